@@ -1,0 +1,391 @@
+/**
+ * JSON Schema of the file a user writes (YAML or JSON). Draft-07, the dialect
+ * the default `Ajv` class speaks.
+ *
+ * Design:
+ * - `DEFAULTS` is the one table of default values; the schema's `default`
+ *   keywords and descriptions are generated from it and resolve.ts fills the
+ *   resolved GatewayConfig from it, so the three can never disagree.
+ * - Every object with fixed keys has `additionalProperties: false`: a typo is
+ *   an error, never a silently ignored option. Renamed or not-yet-supported
+ *   options get a migration hint from `MIGRATION_HINTS` (like undici's
+ *   `unsupported idleTimeout, use keepAliveTimeout instead`).
+ * - `errorMessage` is an annotation keyword of ours (registered with Ajv in
+ *   validate.ts, ignored by editors): the human sentence used when a
+ *   `pattern` or count keyword fails, because a raw regex is no help to a user.
+ * - Cross-field rules (upstream references, template params, target URL
+ *   shape, ...) are in validate.ts, where the messages can say more.
+ */
+
+export const DEFAULTS = Object.freeze({
+  server: Object.freeze({
+    host: '0.0.0.0',
+    port: 8080,
+    workers: 'auto' as const,
+    backend: 'auto' as const,
+    drainTimeoutMs: 30_000, // 30 s
+    requestIdHeader: 'x-request-id',
+    limits: Object.freeze({
+      maxBodyBytes: 10_485_760, // 10 MiB
+      maxUrlBytes: 8_192, // 8 KiB
+      maxHeaderBytes: 32_768, // 32 KiB
+      maxHeaderCount: 100,
+    }),
+    forwarded: Object.freeze({ xForwardedFor: true, xForwardedProtoHost: true, forwarded: false }),
+  }),
+  admin: Object.freeze({ enabled: true, host: '127.0.0.1', port: 9901 }),
+  upstream: Object.freeze({
+    balance: 'round_robin' as const,
+    weight: 1,
+    pool: Object.freeze({ maxConnections: 256, idleTimeoutMs: 30_000, maxPending: 1_024 }),
+    timeouts: Object.freeze({ connectMs: 1_000, responseMs: 15_000, idleMs: 30_000, totalMs: 0 }),
+  }),
+  route: Object.freeze({ host: '*', priority: 0, preserveHost: false }),
+});
+
+/** Largest body limit accepted (1 TiB): a typo guard, not a real bound. */
+export const MAX_BODY_BYTES = 1_099_511_627_776;
+/** Longest timeout accepted anywhere (24 h). */
+export const MAX_TIMEOUT_MS = 86_400_000;
+
+/** RFC 9110 5.6.2 token: what a header name (and a method) may contain. */
+export const TOKEN_PATTERN = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
+/** RFC 9110 5.5: no control characters but HTAB (no CR/LF header injection). */
+export const HEADER_VALUE_PATTERN = '^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F]*$';
+const LABEL = '[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?';
+/** `*`, `*.example.com` or a hostname / IPv4 address. */
+export const HOST_PATTERN = `^(?:\\*|(?:\\*\\.)?${LABEL}(?:\\.${LABEL})*)$`;
+export const NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9_.:-]*$';
+
+const TOKEN_MSG = 'must be a valid header name (letters, digits and !#$%&\'*+-.^_`|~, no spaces or colons)';
+const VALUE_MSG = 'must not contain control characters (CR, LF, NUL, ...)';
+
+/**
+ * Renamed or not-yet-supported options. Keys are paths with array indices
+ * written `[]` and upstream names written `*`; values finish the sentence
+ * `unsupported property "<key>"...`.
+ */
+export const MIGRATION_HINTS: Readonly<Record<string, string>> = Object.freeze({
+  'redis': ': Redis is not supported by this version yet; remove the section (a single node needs none)',
+  'server.threads': ', use "workers" instead',
+  'server.address': ', use "host" instead',
+  'server.bind': ', use "host" instead',
+  'server.listen': ', use "host" and "port" instead',
+  'server.maxBodyBytes': ', use "limits.maxBodyBytes" instead',
+  'server.maxBodySize': ', use "limits.maxBodyBytes" instead',
+  'server.bodyLimit': ', use "limits.maxBodyBytes" instead',
+  'server.gracefulShutdownMs': ', use "drainTimeoutMs" instead',
+  'server.shutdownTimeoutMs': ', use "drainTimeoutMs" instead',
+  'admin.bind': ', use "host" instead',
+  'upstreams.*.url': ', use "targets: [url]" instead',
+  'upstreams.*.servers': ', use "targets" instead',
+  'upstreams.*.nodes': ', use "targets" instead',
+  'upstreams.*.hosts': ', use "targets" instead',
+  'upstreams.*.loadBalancer': ', use "balance" instead',
+  'upstreams.*.algorithm': ', use "balance" instead',
+  'upstreams.*.lb': ', use "balance" instead',
+  'upstreams.*.timeout': ', use "timeouts" (connectMs, responseMs, idleMs, totalMs) instead',
+  'upstreams.*.healthCheck': ': active health checks are not supported by this version yet',
+  'upstreams.*.breaker': ': circuit breakers are not supported by this version yet',
+  'upstreams.*.retry': ': retries are not supported by this version yet',
+  'upstreams.*.timeouts.readMs': ', use "responseMs" instead',
+  'upstreams.*.timeouts.read': ', use "responseMs" instead',
+  'upstreams.*.timeouts.sendMs': ', use "responseMs" instead',
+  'upstreams.*.timeouts.connect': ', use "connectMs" instead',
+  'upstreams.*.timeouts.requestMs': ', use "totalMs" instead',
+  'upstreams.*.timeouts.keepAliveMs': ', use "pool.idleTimeoutMs" instead',
+  'upstreams.*.timeouts.idleTimeoutMs': ', use "idleMs" (silence inside a response) or "pool.idleTimeoutMs" (idle connections) instead',
+  'upstreams.*.pool.max': ', use "maxConnections" instead',
+  'upstreams.*.pool.connections': ', use "maxConnections" instead',
+  'upstreams.*.pool.keepAliveTimeoutMs': ', use "idleTimeoutMs" instead',
+  'routes[].method': ', use "methods: [GET, ...]" instead',
+  'routes[].uri': ', use "path" instead',
+  'routes[].paths': ', use one route per "path"',
+  'routes[].hosts': ', use one route per "host"',
+  'routes[].service': ', use "upstream" instead',
+  'routes[].backend': ', use "upstream" instead',
+  'routes[].target': ', use "upstream" instead',
+  'routes[].stripPrefix': ', use "rewrite: { stripPrefix: ... }" instead',
+  'routes[].stripPath': ', use "rewrite: { stripPrefix: ... }" instead',
+  'routes[].name': ', use "id" instead',
+  'routes[].auth': ': authentication policies are not supported by this version yet',
+  'routes[].rateLimit': ': rate limits are not supported by this version yet',
+});
+
+type Json = Record<string, unknown>;
+
+function int(min: number, max: number, description: string, dflt?: number): Json {
+  const s: Json = { type: 'integer', minimum: min, maximum: max, description };
+  if (dflt !== undefined) s['default'] = dflt;
+  return s;
+}
+
+function ms(min: number, what: string, dflt: number, extra = ''): Json {
+  return int(min, MAX_TIMEOUT_MS, `${what} In milliseconds (${min}..${MAX_TIMEOUT_MS}). Default ${dflt}.${extra}`, dflt);
+}
+
+function bool(description: string, dflt: boolean): Json {
+  return { type: 'boolean', description: `${description} Default ${dflt}.`, default: dflt };
+}
+
+const headerValue = (description: string): Json => ({
+  type: ['string', 'number', 'boolean'],
+  pattern: HEADER_VALUE_PATTERN,
+  errorMessage: VALUE_MSG,
+  description: `${description} Numbers and booleans are written as text.`,
+});
+
+const headerMap = (description: string): Json => ({
+  type: 'object',
+  description,
+  propertyNames: { pattern: TOKEN_PATTERN, errorMessage: TOKEN_MSG },
+  additionalProperties: headerValue('Header value.'),
+  default: {},
+});
+
+export const configSchema = {
+  $schema: 'http://json-schema.org/draft-07/schema#',
+  $id: 'https://turnpike.dev/schema/turnpike.schema.json',
+  title: 'Turnpike gateway configuration',
+  description: 'Routes, upstreams and server settings. Environment variables (TURNPIKE_SERVER__PORT=8081) and --set server.port=8081 override values from this file.',
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    $schema: { type: 'string', description: 'Path or URL of this schema, for editors. Ignored by the gateway.' },
+    server: {
+      type: 'object',
+      additionalProperties: false,
+      description: 'The public listener. Every field is optional.',
+      default: {},
+      properties: {
+        host: {
+          type: 'string', minLength: 1,
+          description: `Address to listen on. Default "${DEFAULTS.server.host}" (all IPv4 interfaces).`,
+          default: DEFAULTS.server.host,
+        },
+        port: int(0, 65535, `TCP port (0..65535; 0 picks a free port, useful in tests). Default ${DEFAULTS.server.port}.`, DEFAULTS.server.port),
+        workers: {
+          description: 'Worker threads serving requests: "auto" (one per available CPU) or a count 1..256. Default "auto".',
+          default: 'auto',
+          errorMessage: 'must be "auto" or an integer from 1 to 256',
+          anyOf: [
+            { type: 'string', enum: ['auto'], errorMessage: 'must be "auto" or an integer from 1 to 256' },
+            { type: 'integer', minimum: 1, maximum: 256 },
+          ],
+        },
+        backend: {
+          type: 'string', enum: ['auto', 'uws', 'bun'],
+          description: 'HTTP server implementation: "auto" (uWebSockets.js on Node, Bun.serve on Bun), "uws" or "bun". Default "auto".',
+          default: DEFAULTS.server.backend,
+        },
+        drainTimeoutMs: int(0, 3_600_000,
+          `On SIGTERM/SIGINT, how long in-flight requests may run before connections are closed. In milliseconds (0..3600000; 0 closes at once). Default ${DEFAULTS.server.drainTimeoutMs}.`,
+          DEFAULTS.server.drainTimeoutMs),
+        requestIdHeader: {
+          type: 'string', pattern: TOKEN_PATTERN, errorMessage: TOKEN_MSG,
+          description: `Header carrying the request id (generated when the client sends none, forwarded upstream and echoed in error bodies). Default "${DEFAULTS.server.requestIdHeader}".`,
+          default: DEFAULTS.server.requestIdHeader,
+        },
+        limits: {
+          type: 'object', additionalProperties: false, default: {},
+          description: 'Request size limits.',
+          properties: {
+            maxBodyBytes: int(0, MAX_BODY_BYTES, `Largest request body; above it the gateway answers 413. In bytes (0..${MAX_BODY_BYTES}). Default ${DEFAULTS.server.limits.maxBodyBytes} (10 MiB).`, DEFAULTS.server.limits.maxBodyBytes),
+            maxUrlBytes: int(64, 1_048_576, `Longest request target (path + query); above it 414. In bytes (64..1048576). Default ${DEFAULTS.server.limits.maxUrlBytes} (8 KiB).`, DEFAULTS.server.limits.maxUrlBytes),
+            maxHeaderBytes: int(1_024, 1_048_576, `Largest sum of header names and values; above it 431. In bytes (1024..1048576). Default ${DEFAULTS.server.limits.maxHeaderBytes} (32 KiB).`, DEFAULTS.server.limits.maxHeaderBytes),
+            maxHeaderCount: int(1, 1_000, `Most request headers; above it 431. A count (1..1000). Default ${DEFAULTS.server.limits.maxHeaderCount}.`, DEFAULTS.server.limits.maxHeaderCount),
+          },
+        },
+        forwarded: {
+          type: 'object', additionalProperties: false, default: {},
+          description: 'Proxy headers added to requests sent upstream.',
+          properties: {
+            xForwardedFor: bool('Append the client address to X-Forwarded-For.', DEFAULTS.server.forwarded.xForwardedFor),
+            xForwardedProtoHost: bool('Set X-Forwarded-Proto and X-Forwarded-Host.', DEFAULTS.server.forwarded.xForwardedProtoHost),
+            forwarded: bool('Also append an RFC 7239 Forwarded element.', DEFAULTS.server.forwarded.forwarded),
+          },
+        },
+        headers: { $ref: '#/definitions/headerPolicy' },
+      },
+    },
+    admin: {
+      type: 'object', additionalProperties: false, default: {},
+      description: 'The admin listener (REST API, /metrics, dashboard).',
+      properties: {
+        enabled: bool('Start the admin listener.', DEFAULTS.admin.enabled),
+        host: {
+          type: 'string', minLength: 1,
+          description: `Address to listen on. Default "${DEFAULTS.admin.host}" (loopback only; expose it with care).`,
+          default: DEFAULTS.admin.host,
+        },
+        port: int(0, 65535, `TCP port (0..65535; 0 picks a free port). Default ${DEFAULTS.admin.port}.`, DEFAULTS.admin.port),
+      },
+    },
+    upstreams: {
+      type: 'object',
+      description: 'Named groups of backend servers that routes send requests to. Default none.',
+      default: {},
+      propertyNames: {
+        pattern: NAME_PATTERN, maxLength: 128,
+        errorMessage: 'must be a valid upstream name (letters, digits, "_", ".", ":" and "-", starting with a letter or digit)',
+      },
+      additionalProperties: { $ref: '#/definitions/upstream' },
+    },
+    routes: {
+      type: 'array',
+      description: 'Routes, matched by host, path, method and optional header/query predicates; among matches the highest priority, then the most specific, wins. Default none.',
+      default: [],
+      items: { $ref: '#/definitions/route' },
+    },
+  },
+  definitions: {
+    headerRules: {
+      type: 'object', additionalProperties: false, default: {},
+      description: 'Header edits, applied in the order remove, set, add.',
+      properties: {
+        add: headerMap('Headers appended (a second value when the header is already present). Map of name to value. Default none.'),
+        set: headerMap('Headers replaced (every existing value is dropped first). Map of name to value. Default none.'),
+        remove: {
+          type: 'array', default: [],
+          description: 'Names of headers removed. Default none.',
+          items: { type: 'string', pattern: TOKEN_PATTERN, errorMessage: TOKEN_MSG },
+        },
+      },
+    },
+    headerPolicy: {
+      type: 'object', additionalProperties: false, default: {},
+      description: 'Header edits on the request sent upstream and on the response sent back. Applied server, then upstream, then route.',
+      properties: {
+        request: { $ref: '#/definitions/headerRules' },
+        response: { $ref: '#/definitions/headerRules' },
+      },
+    },
+    target: {
+      description: 'A backend server: "http://host:port", or { url, weight }. Only http:// (https upstreams are not supported yet); no path, query or credentials.',
+      errorMessage: 'must be a URL string like "http://127.0.0.1:9001" or an object { url, weight }',
+      anyOf: [
+        { type: 'string', minLength: 1 },
+        {
+          type: 'object', additionalProperties: false, required: ['url'],
+          properties: {
+            url: { type: 'string', minLength: 1, description: 'http://host:port (port defaults to 80). No path, query or credentials.' },
+            weight: int(1, 1000, `Share of requests relative to the other targets (1..1000). Default ${DEFAULTS.upstream.weight}.`, DEFAULTS.upstream.weight),
+          },
+        },
+      ],
+    },
+    upstream: {
+      type: 'object', additionalProperties: false, required: ['targets'],
+      description: 'A group of backend servers.',
+      properties: {
+        targets: {
+          type: 'array', minItems: 1, maxItems: 1_000,
+          description: 'Backend servers (at least one).',
+          items: { $ref: '#/definitions/target' },
+        },
+        balance: {
+          type: 'string', enum: ['round_robin', 'least_conn', 'random', 'ip_hash'],
+          description: `How a target is picked: "round_robin" (weighted), "least_conn", "random" (weighted) or "ip_hash" (same client address, same target). Default "${DEFAULTS.upstream.balance}".`,
+          default: DEFAULTS.upstream.balance,
+        },
+        pool: {
+          type: 'object', additionalProperties: false, default: {},
+          description: 'Keep-alive connection pool, per target and per worker thread.',
+          properties: {
+            maxConnections: int(1, 100_000, `Open connections (busy + idle). A count (1..100000). Default ${DEFAULTS.upstream.pool.maxConnections}.`, DEFAULTS.upstream.pool.maxConnections),
+            idleTimeoutMs: ms(1, 'Idle keep-alive connections are closed after this.', DEFAULTS.upstream.pool.idleTimeoutMs),
+            maxPending: int(0, 1_000_000, `Requests waiting for a free connection before the gateway answers 503. A count (0..1000000; 0 = no queue). Default ${DEFAULTS.upstream.pool.maxPending}.`, DEFAULTS.upstream.pool.maxPending),
+          },
+        },
+        timeouts: {
+          type: 'object', additionalProperties: false, default: {},
+          description: 'Upstream timeouts.',
+          properties: {
+            connectMs: ms(1, 'TCP connect; past it 504 upstream_connect_timeout.', DEFAULTS.upstream.timeouts.connectMs),
+            responseMs: ms(1, 'From request sent to response head received; past it 504.', DEFAULTS.upstream.timeouts.responseMs),
+            idleMs: ms(1, 'Longest silence inside a response body before it is aborted.', DEFAULTS.upstream.timeouts.idleMs),
+            totalMs: ms(0, 'Whole exchange, response body included.', DEFAULTS.upstream.timeouts.totalMs, ' 0 = no limit.'),
+          },
+        },
+        headers: { $ref: '#/definitions/headerPolicy' },
+      },
+    },
+    route: {
+      type: 'object', additionalProperties: false, required: ['id', 'path', 'upstream'],
+      description: 'Where a request goes.',
+      properties: {
+        id: {
+          type: 'string', pattern: NAME_PATTERN, maxLength: 128,
+          errorMessage: 'must be a route id of letters, digits, "_", ".", ":" and "-", starting with a letter or digit',
+          description: 'Unique route name (metrics, logs, admin API). Required.',
+        },
+        host: {
+          type: 'string', pattern: HOST_PATTERN, maxLength: 253,
+          errorMessage: 'must be "*", a wildcard like "*.example.com" or a hostname like "api.example.com" (no port, no scheme)',
+          description: `Host to match: "*" (any), "api.example.com" or "*.example.com" (any subdomain). Case-insensitive. Default "${DEFAULTS.route.host}".`,
+          default: DEFAULTS.route.host,
+        },
+        path: {
+          type: 'string', pattern: '^/', maxLength: 2_048, errorMessage: 'must start with "/"',
+          description: 'Path pattern: static segments, ":name", ":name(regex)" and a trailing "*". Required.',
+        },
+        methods: {
+          type: 'array', uniqueItems: true, default: [],
+          description: 'HTTP methods to match (case-insensitive). Absent or empty = any method.',
+          items: { type: 'string', pattern: TOKEN_PATTERN, errorMessage: 'must be an HTTP method such as GET or POST' },
+        },
+        priority: int(-1_000_000, 1_000_000, `Among routes matching the same request the highest priority wins before specificity. An integer (-1000000..1000000). Default ${DEFAULTS.route.priority}.`, DEFAULTS.route.priority),
+        match: {
+          type: 'object', additionalProperties: false, default: {},
+          description: 'Extra predicates; all must hold. Default none.',
+          properties: {
+            headers: {
+              type: 'object', default: {},
+              description: 'Exact value per request header (name case-insensitive).',
+              propertyNames: { pattern: TOKEN_PATTERN, errorMessage: TOKEN_MSG },
+              additionalProperties: { type: ['string', 'number', 'boolean'], description: 'Exact value.' },
+            },
+            query: {
+              type: 'object', default: {},
+              description: 'Exact (decoded) value per query parameter.',
+              propertyNames: { minLength: 1, errorMessage: 'must be a non-empty query parameter name' },
+              additionalProperties: { type: ['string', 'number', 'boolean'], description: 'Exact value.' },
+            },
+          },
+        },
+        upstream: { type: 'string', minLength: 1, description: 'Name of the upstream (under "upstreams") that serves this route. Required.' },
+        rewrite: {
+          type: 'object', additionalProperties: false, minProperties: 1, maxProperties: 1,
+          errorMessage: 'must set exactly one of stripPrefix, replacePrefix or template',
+          description: 'Path rewrite before forwarding (exactly one kind). Default none (the path is forwarded as is).',
+          properties: {
+            stripPrefix: {
+              type: 'string', pattern: '^/', errorMessage: 'must start with "/"',
+              description: 'Remove this prefix: "/api" turns "/api/x" into "/x".',
+            },
+            replacePrefix: {
+              type: 'object', additionalProperties: false, required: ['from', 'to'],
+              description: 'Replace the prefix "from" by "to".',
+              properties: {
+                from: { type: 'string', pattern: '^/', errorMessage: 'must start with "/"', description: 'Prefix to replace.' },
+                to: { type: 'string', pattern: '^/', errorMessage: 'must start with "/"', description: 'Replacement.' },
+              },
+            },
+            template: {
+              type: 'string', pattern: '^/', errorMessage: 'must start with "/"',
+              description: 'Whole new path with {param} placeholders naming the route\'s path params, e.g. "/users/{id}"; {*} is the trailing wildcard.',
+            },
+          },
+        },
+        preserveHost: bool('Send the client\'s Host header upstream instead of the target\'s host:port.', DEFAULTS.route.preserveHost),
+        headers: { $ref: '#/definitions/headerPolicy' },
+        maxBodyBytes: int(0, MAX_BODY_BYTES, `Overrides server.limits.maxBodyBytes for this route. In bytes (0..${MAX_BODY_BYTES}). Default: inherit.`),
+      },
+    },
+  },
+} as const;
+
+/** The schema as pretty JSON (no trailing newline), for `turnpike schema > turnpike.schema.json`. */
+export function schemaJson(): string {
+  return JSON.stringify(configSchema, null, 2);
+}

@@ -1,0 +1,154 @@
+/**
+ * The resolved configuration every thread works from.
+ *
+ * The file a user writes (YAML or JSON, see schema.ts) is validated, merged
+ * with environment and CLI overrides, filled with defaults and deep-frozen by
+ * load.ts; what comes out has exactly this shape: every field present, no
+ * optional lookups left for the hot path. Threads receive it by postMessage
+ * (structured clone) and compile their own fast structures from it.
+ */
+
+export type Balance = 'round_robin' | 'least_conn' | 'random' | 'ip_hash';
+export type Backend = 'auto' | 'uws' | 'bun';
+
+/** Header edits, applied in the order remove, set, add. Names are lowercase. */
+export interface HeaderRules {
+  /** Appended (a second value if the header exists). */
+  add: ReadonlyArray<readonly [name: string, value: string]>;
+  /** Replaces every existing value. */
+  set: ReadonlyArray<readonly [name: string, value: string]>;
+  remove: readonly string[];
+}
+
+export interface HeaderPolicy {
+  request: HeaderRules;
+  response: HeaderRules;
+}
+
+export interface Limits {
+  /** Request bodies above this are refused with 413 (default 10 MiB). */
+  maxBodyBytes: number;
+  /** Request target (path + query) above this: 414 (default 8 KiB). */
+  maxUrlBytes: number;
+  /** Sum of header names + values above this: 431 (default 32 KiB). */
+  maxHeaderBytes: number;
+  /** More request headers than this: 431 (default 100; uWS itself closes past 48, see README). */
+  maxHeaderCount: number;
+}
+
+export interface ForwardedHeaders {
+  /** Append the client address to X-Forwarded-For (default true). */
+  xForwardedFor: boolean;
+  /** Set X-Forwarded-Proto and X-Forwarded-Host (default true). */
+  xForwardedProtoHost: boolean;
+  /** Also append an RFC 7239 `Forwarded` element (default false). */
+  forwarded: boolean;
+}
+
+export interface ServerConfig {
+  host: string;
+  port: number;
+  /** Resolved worker count (`auto` becomes os.availableParallelism()). */
+  workers: number;
+  backend: Backend;
+  /** SIGTERM/SIGINT: how long in-flight requests may take before close. */
+  drainTimeoutMs: number;
+  /** Idle keep-alive client connections are closed by uWS after ~10 s. */
+  limits: Limits;
+  forwarded: ForwardedHeaders;
+  /** Header carrying the request id; generated when absent. */
+  requestIdHeader: string;
+  headers: HeaderPolicy;
+}
+
+export interface AdminConfig {
+  enabled: boolean;
+  host: string;
+  port: number;
+}
+
+export interface TargetConfig {
+  /** Normalised `http://host:port` (no path). */
+  url: string;
+  host: string;
+  port: number;
+  weight: number;
+}
+
+export interface PoolConfig {
+  /** Open connections per target, busy + idle (default 256). */
+  maxConnections: number;
+  /** Idle keep-alive connections are closed after this (default 30 s). */
+  idleTimeoutMs: number;
+  /** Requests waiting for a free connection per target before 503 (default 1024). */
+  maxPending: number;
+}
+
+export interface TimeoutConfig {
+  /** TCP connect (default 1 s) -> 504 upstream_connect_timeout. */
+  connectMs: number;
+  /** From request sent to response head (default 15 s) -> 504. */
+  responseMs: number;
+  /** Longest silence inside a response body (default 30 s) -> abort. */
+  idleMs: number;
+  /** Whole exchange, 0 = off (default 0). */
+  totalMs: number;
+}
+
+export interface UpstreamConfig {
+  name: string;
+  targets: readonly TargetConfig[];
+  balance: Balance;
+  pool: PoolConfig;
+  timeouts: TimeoutConfig;
+  headers: HeaderPolicy;
+}
+
+export interface RewriteConfig {
+  /** Remove this prefix from the matched path (`/api` + `/api/x` -> `/x`). */
+  stripPrefix: string | null;
+  /** Replace `from` prefix by `to`. */
+  replacePrefix: { from: string; to: string } | null;
+  /** Whole new path with `{param}` placeholders, e.g. `/users/{id}`. */
+  template: string | null;
+}
+
+export interface RouteMatchPredicates {
+  /** Exact value match per lowercase header name. */
+  headers: ReadonlyArray<readonly [name: string, value: string]>;
+  /** Exact value match per query parameter (decoded value). */
+  query: ReadonlyArray<readonly [name: string, value: string]>;
+}
+
+export interface RouteConfig {
+  id: string;
+  /** `*`, `api.example.com` or `*.example.com`, lowercase. */
+  host: string;
+  /** Pattern: static, `:param`, `:param(regex)`, trailing `*`. */
+  path: string;
+  /** Uppercase methods; empty = any method. */
+  methods: readonly string[];
+  /** Higher wins among routes that match the same request (default 0). */
+  priority: number;
+  match: RouteMatchPredicates;
+  upstream: string;
+  rewrite: RewriteConfig;
+  /** Send the client's Host upstream instead of the target's (default false). */
+  preserveHost: boolean;
+  headers: HeaderPolicy;
+  /** Overrides server.limits.maxBodyBytes for this route, null = inherit. */
+  maxBodyBytes: number | null;
+}
+
+export interface GatewayConfig {
+  /** Monotonic, assigned by whoever loads the config (1 for the first). */
+  version: number;
+  /** Where it came from: a path, or `<embedded>`. */
+  source: string;
+  server: ServerConfig;
+  admin: AdminConfig;
+  upstreams: Readonly<Record<string, UpstreamConfig>>;
+  routes: readonly RouteConfig[];
+  /** Run the built-in demo upstream (the embedded default config only). */
+  demo: { enabled: boolean; port: number };
+}

@@ -1,0 +1,101 @@
+/**
+ * Small helpers shared by the config modules: readable paths, did-you-mean
+ * suggestions, value descriptions for messages, deep freeze.
+ */
+
+/** One problem with a config: where (`routes[3].upstream`) and what. */
+export interface ConfigError {
+  path: string;
+  message: string;
+}
+
+export type PathSegment = string | number;
+
+const PLAIN_KEY = /^[A-Za-z_$][\w$-]*$/;
+
+/**
+ * `['routes', 3, 'upstream']` -> `routes[3].upstream`. Keys that would be
+ * ambiguous in a dotted path (spaces, dots, leading digits) are quoted:
+ * `set["x y"]`.
+ */
+export function formatPath(segments: readonly PathSegment[]): string {
+  let out = '';
+  for (const s of segments) {
+    if (typeof s === 'number') out += `[${s}]`;
+    else if (PLAIN_KEY.test(s)) out += out === '' ? s : `.${s}`;
+    else out += `[${JSON.stringify(s)}]`;
+  }
+  return out;
+}
+
+export function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Optimal string alignment distance (Levenshtein + adjacent transposition). */
+export function editDistance(a: string, b: string): number {
+  const n = a.length;
+  const m = b.length;
+  if (n === 0) return m;
+  if (m === 0) return n;
+  let prev2: number[] = new Array<number>(m + 1).fill(0);
+  let prev: number[] = Array.from({ length: m + 1 }, (_, j) => j);
+  let cur: number[] = new Array<number>(m + 1).fill(0);
+  for (let i = 1; i <= n; i++) {
+    cur[0] = i;
+    for (let j = 1; j <= m; j++) {
+      const cost = a.charCodeAt(i - 1) === b.charCodeAt(j - 1) ? 0 : 1;
+      let d = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d = Math.min(d, prev2[j - 2]! + 1);
+      cur[j] = d;
+    }
+    [prev2, prev, cur] = [prev, cur, prev2];
+  }
+  return prev[m]!;
+}
+
+/**
+ * The closest candidate when it is close enough to be a plausible typo
+ * (case-insensitive; at most a third of the length, at least 1 edit), else
+ * null.
+ */
+export function didYouMean(input: string, candidates: Iterable<string>): string | null {
+  const lower = input.toLowerCase();
+  let best: string | null = null;
+  let bestD = Infinity;
+  for (const c of candidates) {
+    const d = editDistance(lower, c.toLowerCase());
+    const limit = Math.max(1, Math.floor(Math.max(lower.length, c.length) / 3));
+    if (d <= limit && d < bestD) {
+      best = c;
+      bestD = d;
+    }
+  }
+  return best;
+}
+
+/** ` (did you mean "x"?)` or ``. */
+export function suggestion(input: string, candidates: Iterable<string>): string {
+  const s = didYouMean(input, candidates);
+  return s === null ? '' : ` (did you mean ${JSON.stringify(s)}?)`;
+}
+
+/** Short rendering of a value for "got ..." in messages. */
+export function describeValue(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'a list';
+  if (typeof v === 'object') return 'an object';
+  if (typeof v === 'string') {
+    const s = v.length > 60 ? `${v.slice(0, 57)}...` : v;
+    return JSON.stringify(s);
+  }
+  return String(v);
+}
+
+export function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const k of Object.keys(value)) deepFreeze((value as Record<string, unknown>)[k]);
+  }
+  return value;
+}

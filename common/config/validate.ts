@@ -1,0 +1,425 @@
+/**
+ * Validation: the JSON Schema (Ajv, allErrors) first, then the rules a schema
+ * cannot say well (references between sections, URL shape, template params),
+ * all reported together so one run shows every problem in the file.
+ *
+ * Ajv's messages are written for schema authors ("must NOT have additional
+ * properties", "must match a schema in anyOf"); `translateAjvErrors` turns
+ * them into `path: message` lines a user can act on. The semantic pass runs
+ * on the raw document even when the schema failed, so it is defensive about
+ * types: anything of an unexpected type was already reported by the schema.
+ *
+ * The schema is compiled once, lazily, on first use (a few ms, on the main or
+ * admin thread only, never on the data plane).
+ */
+import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+import { DEFAULTS, configSchema, MIGRATION_HINTS } from './schema.js';
+import {
+  type ConfigError, type PathSegment, describeValue, didYouMean, formatPath, isPlainObject, suggestion,
+} from './util.js';
+
+/** Returns null when the route path pattern is valid, else what is wrong. */
+export type PatternChecker = (path: string) => string | null;
+
+let compiled: ValidateFunction | null = null;
+
+function validator(): ValidateFunction {
+  if (compiled === null) {
+    const ajv = new Ajv({ allErrors: true, verbose: true, allowUnionTypes: true, strict: true });
+    // Annotation only: the sentence shown when `pattern`, `enum`, `anyOf` or a
+    // property-count keyword of the same schema fails.
+    ajv.addKeyword({ keyword: 'errorMessage', schemaType: ['string'] });
+    compiled = ajv.compile(configSchema as unknown as Record<string, unknown>);
+  }
+  return compiled;
+}
+
+// ---------------------------------------------------------------------------
+// Schema errors -> readable errors
+
+/** JSON pointer -> segments, numeric ones as numbers where the data is an array. */
+function pointerToSegments(pointer: string, doc: unknown): PathSegment[] {
+  if (pointer === '') return [];
+  const out: PathSegment[] = [];
+  let cur: unknown = doc;
+  for (const raw of pointer.slice(1).split('/')) {
+    const key = raw.replace(/~1/g, '/').replace(/~0/g, '~');
+    if (Array.isArray(cur) && /^\d+$/.test(key)) {
+      const i = Number(key);
+      out.push(i);
+      cur = cur[i];
+    } else {
+      out.push(key);
+      cur = isPlainObject(cur) ? cur[key] : undefined;
+    }
+  }
+  return out;
+}
+
+/** Hint-table key: indices as `[]`, upstream names as `*`. */
+function hintKey(segments: readonly PathSegment[]): string {
+  let out = '';
+  segments.forEach((s, i) => {
+    if (typeof s === 'number') out += '[]';
+    else if (i === 1 && segments[0] === 'upstreams') out += '.*';
+    else out += out === '' ? s : `.${s}`;
+  });
+  return out;
+}
+
+const TYPE_NAMES: Record<string, string> = {
+  string: 'a string', integer: 'an integer', number: 'a number', boolean: 'true or false',
+  object: 'a mapping (key: value)', array: 'a list', null: 'null',
+};
+
+function typeName(t: unknown): string {
+  const list = Array.isArray(t) ? t.map(String) : [String(t)];
+  const names = list.map((x) => TYPE_NAMES[x] ?? x);
+  return names.length === 1 ? names[0]! : `${names.slice(0, -1).join(', ')} or ${names[names.length - 1]}`;
+}
+
+const USES_ERROR_MESSAGE = new Set(['pattern', 'enum', 'anyOf', 'oneOf', 'minProperties', 'maxProperties', 'const']);
+
+function messageFor(e: ErrorObject): string {
+  const parent = (e.parentSchema ?? {}) as Record<string, unknown>;
+  const custom = typeof parent['errorMessage'] === 'string' ? parent['errorMessage'] : null;
+  if (custom !== null && USES_ERROR_MESSAGE.has(e.keyword)) return custom;
+  const p = e.params as Record<string, unknown>;
+  const got = ` (got ${describeValue(e.data)})`;
+  switch (e.keyword) {
+    case 'type':
+      return `must be ${typeName(p['type'])}${got}`;
+    case 'minimum':
+    case 'maximum': {
+      const min = parent['minimum'];
+      const max = parent['maximum'];
+      const kind = parent['type'] === 'integer' ? 'an integer' : 'a number';
+      if (typeof min === 'number' && typeof max === 'number') return `must be ${kind} from ${min} to ${max}${got}`;
+      return `must be ${e.keyword === 'minimum' ? '>=' : '<='} ${String(p['limit'])}${got}`;
+    }
+    case 'enum': {
+      const allowed = (p['allowedValues'] as unknown[]).map(String);
+      const hint = typeof e.data === 'string' ? suggestion(e.data, allowed) : '';
+      return `must be one of ${allowed.map((a) => JSON.stringify(a)).join(', ')}${got}${hint}`;
+    }
+    case 'minLength':
+      return p['limit'] === 1 ? 'must not be empty' : `must be at least ${String(p['limit'])} characters long`;
+    case 'maxLength':
+      return `must be at most ${String(p['limit'])} characters long (got ${typeof e.data === 'string' ? e.data.length : '?'})`;
+    case 'minItems':
+      return p['limit'] === 1 ? 'must have at least one item' : `must have at least ${String(p['limit'])} items`;
+    case 'maxItems':
+      return `must have at most ${String(p['limit'])} items`;
+    case 'uniqueItems':
+      return `has the same item twice (items ${Math.min(Number(p['i']), Number(p['j']))} and ${Math.max(Number(p['i']), Number(p['j']))})`;
+    case 'pattern':
+      return 'has an invalid format';
+    case 'minProperties':
+      return `must have at least ${String(p['limit'])} properties`;
+    case 'maxProperties':
+      return `must have at most ${String(p['limit'])} properties`;
+    case 'anyOf':
+    case 'oneOf':
+      return `has an invalid value${got}`;
+    default:
+      return e.message ?? 'is invalid';
+  }
+}
+
+function isUnder(child: ErrorObject, parent: ErrorObject): boolean {
+  const ip = parent.instancePath;
+  const instanceOk = child.instancePath === ip || child.instancePath.startsWith(`${ip}/`);
+  return instanceOk && child.schemaPath.startsWith(`${parent.schemaPath}/`);
+}
+
+/**
+ * For `anyOf`, report the errors of the one branch that applies to the
+ * value's type (an object target with a bad weight says "weight must be..."),
+ * or the union's own message when no branch or several apply.
+ */
+function collapseUnions(errors: ErrorObject[]): ErrorObject[] {
+  const dropped = new Set<ErrorObject>();
+  for (const u of errors) {
+    if (u.keyword !== 'anyOf' && u.keyword !== 'oneOf') continue;
+    const branches = new Map<string, ErrorObject[]>();
+    for (const e of errors) {
+      if (e === u || !isUnder(e, u)) continue;
+      const idx = e.schemaPath.slice(u.schemaPath.length + 1).split('/')[0]!;
+      let list = branches.get(idx);
+      if (list === undefined) branches.set(idx, (list = []));
+      list.push(e);
+    }
+    const applicable = [...branches.entries()].filter(([idx, list]) => !list.some(
+      (e) => e.keyword === 'type' && e.instancePath === u.instancePath && e.schemaPath === `${u.schemaPath}/${idx}/type`,
+    ));
+    for (const list of branches.values()) for (const e of list) dropped.add(e);
+    if (applicable.length === 1) {
+      for (const e of applicable[0]![1]) dropped.delete(e);
+      dropped.add(u);
+    }
+  }
+  return errors.filter((e) => !dropped.has(e));
+}
+
+export function translateAjvErrors(ajvErrors: readonly ErrorObject[], doc: unknown): ConfigError[] {
+  const out: ConfigError[] = [];
+  for (const e of collapseUnions([...ajvErrors])) {
+    const segments = pointerToSegments(e.instancePath, doc);
+    if (e.keyword === 'propertyNames') continue; // reported by the inner error, which names the key
+    if (e.keyword === 'additionalProperties') {
+      const prop = String((e.params as Record<string, unknown>)['additionalProperty']);
+      const hint = MIGRATION_HINTS[hintKey([...segments, prop])];
+      if (hint !== undefined) {
+        out.push({ path: formatPath(segments), message: `unsupported property ${JSON.stringify(prop)}${hint}` });
+        continue;
+      }
+      const props = (e.parentSchema as { properties?: Record<string, unknown> } | undefined)?.properties ?? {};
+      const known = Object.keys(props).filter((k) => k !== '$schema');
+      const s = suggestion(prop, known);
+      const tail = s !== '' ? s : known.length > 0 ? ` (known: ${known.join(', ')})` : '';
+      out.push({ path: formatPath(segments), message: `unknown property ${JSON.stringify(prop)}${tail}` });
+      continue;
+    }
+    if (e.keyword === 'required') {
+      const prop = String((e.params as Record<string, unknown>)['missingProperty']);
+      out.push({ path: formatPath(segments), message: `missing required property ${JSON.stringify(prop)}` });
+      continue;
+    }
+    const name = (e as ErrorObject & { propertyName?: string }).propertyName;
+    if (name !== undefined) {
+      // A failing key inside a map (propertyNames): point at the key itself.
+      out.push({ path: formatPath([...segments, name]), message: messageFor(e) });
+      continue;
+    }
+    out.push({ path: formatPath(segments), message: messageFor(e) });
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// Semantic checks
+
+export interface ParsedTarget {
+  url: string;
+  host: string;
+  port: number;
+}
+
+/** Parses an upstream target URL; returns the problem as a string when it is not usable. */
+export function parseTargetUrl(raw: string): ParsedTarget | string {
+  const text = raw.trim();
+  const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//.exec(text);
+  if (scheme === null) return `must be an absolute http:// URL such as "http://127.0.0.1:9001" (got ${describeValue(raw)})`;
+  const proto = scheme[1]!.toLowerCase();
+  if (proto === 'https') return 'https upstreams are not supported yet; use an http:// URL (terminate TLS to the upstream elsewhere)';
+  if (proto !== 'http') return `unsupported scheme "${proto}://"; only http:// upstreams are supported`;
+  let u: URL;
+  try {
+    u = new URL(text);
+  } catch {
+    return `is not a valid URL (got ${describeValue(raw)}); expected http://host:port with a port from 1 to 65535`;
+  }
+  if (u.username !== '' || u.password !== '') return 'must not contain credentials (user:password@); set an Authorization header under headers.request.set instead';
+  if (u.pathname !== '/' && u.pathname !== '') return `must not have a path (got "${u.pathname}"); use the route's rewrite to change the path`;
+  if (u.search !== '' || text.includes('?')) return 'must not have a query string';
+  if (u.hash !== '' || text.includes('#')) return 'must not have a fragment (#...)';
+  if (u.hostname === '') return 'must name a host';
+  const port = u.port === '' ? 80 : Number(u.port);
+  if (!(port >= 1 && port <= 65535)) return `port must be from 1 to 65535 (got ${port})`;
+  const hostname = u.hostname.toLowerCase();
+  const host = hostname.startsWith('[') ? hostname.slice(1, -1) : hostname;
+  return { url: `http://${hostname}:${port}`, host, port };
+}
+
+/** Framing and hop-by-hop fields: the gateway writes these itself (RFC 9110 7.6.1). */
+const MANAGED_HEADERS = new Set([
+  'content-length', 'transfer-encoding', 'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade',
+]);
+
+/** Params of a route path pattern in order (`*` for the trailing wildcard). */
+export function pathParams(path: string): string[] {
+  const names: string[] = [];
+  for (let i = 0; i < path.length; i++) {
+    const c = path[i];
+    if (c === '(') {
+      // Skip a regex constraint, which may itself contain ':' (e.g. `(?:a|b)`).
+      let depth = 0;
+      for (; i < path.length; i++) {
+        if (path[i] === '\\') { i++; continue; }
+        if (path[i] === '(') depth++;
+        else if (path[i] === ')' && --depth === 0) break;
+      }
+    } else if (c === ':') {
+      const m = /^[A-Za-z_][A-Za-z0-9_]*/.exec(path.slice(i + 1));
+      if (m !== null) {
+        names.push(m[0]);
+        i += m[0].length;
+      }
+    } else if (c === '*' && i === path.length - 1) {
+      names.push('*');
+    }
+  }
+  return names;
+}
+
+/** Leading part of a path pattern before any param, regex or wildcard. */
+function staticPrefix(path: string): string {
+  const m = /[:*(]/.exec(path);
+  return m === null ? path : path.slice(0, m.index);
+}
+
+function checkHeaderPolicy(policy: unknown, at: PathSegment[], out: ConfigError[]): void {
+  if (!isPlainObject(policy)) return;
+  for (const side of ['request', 'response'] as const) {
+    const rules = policy[side];
+    if (!isPlainObject(rules)) continue;
+    for (const op of ['set', 'add'] as const) {
+      const map = rules[op];
+      if (!isPlainObject(map)) continue;
+      const seen = new Map<string, string>();
+      for (const name of Object.keys(map)) {
+        const lower = name.toLowerCase();
+        const path = formatPath([...at, side, op, name]);
+        if (MANAGED_HEADERS.has(lower)) {
+          out.push({ path, message: `header "${lower}" is managed by the gateway (message framing / hop-by-hop) and cannot be ${op === 'set' ? 'set' : 'added'}` });
+        }
+        const prev = seen.get(lower);
+        if (prev !== undefined && op === 'set') {
+          out.push({ path, message: `header "${lower}" is already set as ${JSON.stringify(prev)} (header names are case-insensitive)` });
+        }
+        seen.set(lower, name);
+      }
+    }
+  }
+}
+
+function checkUpstreams(upstreams: unknown, out: ConfigError[]): void {
+  if (!isPlainObject(upstreams)) return;
+  for (const name of Object.keys(upstreams)) {
+    const up = upstreams[name];
+    if (!isPlainObject(up)) continue;
+    checkHeaderPolicy(up['headers'], ['upstreams', name, 'headers'], out);
+    const targets = up['targets'];
+    if (!Array.isArray(targets)) continue;
+    const seen = new Map<string, number>();
+    targets.forEach((t, i) => {
+      let raw: unknown;
+      let at: PathSegment[];
+      if (typeof t === 'string') {
+        raw = t;
+        at = ['upstreams', name, 'targets', i];
+      } else if (isPlainObject(t)) {
+        raw = t['url'];
+        at = ['upstreams', name, 'targets', i, 'url'];
+      } else {
+        return;
+      }
+      if (typeof raw !== 'string' || raw === '') return;
+      const parsed = parseTargetUrl(raw);
+      if (typeof parsed === 'string') {
+        out.push({ path: formatPath(at), message: parsed });
+        return;
+      }
+      const prev = seen.get(parsed.url);
+      if (prev !== undefined) {
+        out.push({ path: formatPath(at), message: `duplicate target ${parsed.url} (same as targets[${prev}]); use weight to send it more traffic` });
+      } else {
+        seen.set(parsed.url, i);
+      }
+    });
+  }
+}
+
+function checkRoutes(doc: Record<string, unknown>, checkPattern: PatternChecker | undefined, out: ConfigError[]): void {
+  const routes = doc['routes'];
+  if (!Array.isArray(routes)) return;
+  const upstreams = isPlainObject(doc['upstreams']) ? Object.keys(doc['upstreams']) : [];
+  const ids = new Map<string, number>();
+  routes.forEach((r, i) => {
+    if (!isPlainObject(r)) return;
+    const id = r['id'];
+    if (typeof id === 'string') {
+      const prev = ids.get(id);
+      if (prev !== undefined) out.push({ path: formatPath(['routes', i, 'id']), message: `duplicate route id ${JSON.stringify(id)} (also routes[${prev}].id)` });
+      else ids.set(id, i);
+    }
+    const up = r['upstream'];
+    if (typeof up === 'string' && up !== '' && !upstreams.includes(up)) {
+      const tail = upstreams.length === 0
+        ? ' (no upstreams are defined; add one under "upstreams")'
+        : suggestion(up, upstreams) || ` (known: ${upstreams.join(', ')})`;
+      out.push({ path: formatPath(['routes', i, 'upstream']), message: `unknown upstream ${JSON.stringify(up)}${tail}` });
+    }
+    const path = r['path'];
+    const pathOk = typeof path === 'string' && path.startsWith('/');
+    if (pathOk && checkPattern !== undefined) {
+      const problem = checkPattern(path);
+      if (problem !== null) out.push({ path: formatPath(['routes', i, 'path']), message: problem });
+    }
+    checkHeaderPolicy(r['headers'], ['routes', i, 'headers'], out);
+    const rw = r['rewrite'];
+    if (!pathOk || !isPlainObject(rw)) return;
+    const params = pathParams(path);
+    const template = rw['template'];
+    if (typeof template === 'string') {
+      const at = formatPath(['routes', i, 'rewrite', 'template']);
+      const used = [...template.matchAll(/\{([^{}]*)\}/g)].map((m) => m[1]!);
+      const rest = template.replace(/\{[^{}]*\}/g, '');
+      if (rest.includes('{') || rest.includes('}')) out.push({ path: at, message: 'has an unbalanced "{" or "}"' });
+      for (const name of used) {
+        if (params.includes(name)) continue;
+        const known = params.length === 0
+          ? `the route path ${JSON.stringify(path)} has no parameters`
+          : `parameters of ${JSON.stringify(path)}: ${params.map((p) => `{${p}}`).join(', ')}`;
+        const close = name === '' ? null : didYouMean(name, params.filter((p) => p !== '*'));
+        const s = close === null ? '' : ` (did you mean {${close}}?)`;
+        out.push({ path: at, message: `placeholder {${name}} is not a parameter of the route path${s}; ${known}` });
+      }
+    }
+    const prefix = staticPrefix(path);
+    const checkPrefix = (p: unknown, at: PathSegment[]): void => {
+      if (typeof p !== 'string' || p.length > prefix.length) return;
+      if (!prefix.startsWith(p)) {
+        out.push({ path: formatPath(at), message: `${JSON.stringify(p)} is not a prefix of the route path ${JSON.stringify(path)}, so it would never apply` });
+      }
+    };
+    checkPrefix(rw['stripPrefix'], ['routes', i, 'rewrite', 'stripPrefix']);
+    const rp = rw['replacePrefix'];
+    if (isPlainObject(rp)) checkPrefix(rp['from'], ['routes', i, 'rewrite', 'replacePrefix', 'from']);
+  });
+}
+
+export function semanticErrors(doc: Record<string, unknown>, checkPattern?: PatternChecker): ConfigError[] {
+  const out: ConfigError[] = [];
+  const server = doc['server'];
+  const admin = doc['admin'];
+  if (isPlainObject(server)) checkHeaderPolicy(server['headers'], ['server', 'headers'], out);
+  checkUpstreams(doc['upstreams'], out);
+  checkRoutes(doc, checkPattern, out);
+  const serverPort = isPlainObject(server) && server['port'] !== undefined ? server['port'] : DEFAULTS.server.port;
+  const adminPort = isPlainObject(admin) && admin['port'] !== undefined ? admin['port'] : DEFAULTS.admin.port;
+  const adminOn = !(isPlainObject(admin) && admin['enabled'] === false);
+  const validPort = (p: unknown): p is number => Number.isInteger(p) && (p as number) > 0 && (p as number) <= 65535;
+  if (adminOn && validPort(serverPort) && serverPort === adminPort) {
+    out.push({ path: 'admin.port', message: `same port as server.port (${serverPort}); choose another port or set admin.enabled: false` });
+  }
+  return out;
+}
+
+/** Schema and semantic errors of a raw document; empty when it is valid. */
+export function collectErrors(doc: unknown, checkPattern?: PatternChecker): ConfigError[] {
+  if (!isPlainObject(doc)) {
+    const what = doc === null || doc === undefined ? 'the config is empty' : `the config must be a mapping of sections (server, admin, upstreams, routes), got ${describeValue(doc)}`;
+    return [{ path: '', message: what }];
+  }
+  const validate = validator();
+  const errors = validate(doc) ? [] : translateAjvErrors(validate.errors ?? [], doc);
+  errors.push(...semanticErrors(doc, checkPattern));
+  const seen = new Set<string>();
+  return errors.filter((e) => {
+    const k = `${e.path}\0${e.message}`;
+    if (seen.has(k)) return false;
+    seen.add(k);
+    return true;
+  });
+}
