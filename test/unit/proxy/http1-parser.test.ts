@@ -1,0 +1,129 @@
+import { describe, expect, it } from 'vitest';
+import {
+  BODY_CHUNKED, BODY_CLOSE, BODY_LENGTH, BODY_NONE, ParseError, ResponseParser, type ResponseSink,
+} from '../../../workers/proxy/http1-parser.js';
+
+class Recorder implements ResponseSink {
+  status = 0;
+  reason = '';
+  headers: string[] = [];
+  kind = -1;
+  length = -2;
+  body = '';
+  ended = 0;
+  onResponseHead(status: number, reason: string, headers: string[], kind: number, length: number) {
+    this.status = status; this.reason = reason; this.headers = headers; this.kind = kind; this.length = length;
+  }
+  onResponseData(buf: Buffer, s: number, e: number) { this.body += buf.toString('latin1', s, e); }
+  onResponseEnd() { this.ended++; }
+}
+
+/** Feeds `text` split at every given size, through one reused buffer (like the shared read buffer). */
+function run(text: string, split: number, head = false) {
+  const p = new ResponseParser();
+  const r = new Recorder();
+  p.reset(r, head);
+  const all = Buffer.from(text, 'latin1');
+  const shared = Buffer.alloc(65536);
+  let consumed = 0;
+  for (let i = 0; i < all.length; i += split) {
+    const n = Math.min(split, all.length - i);
+    all.copy(shared, 0, i, i + n);
+    consumed += p.execute(shared, 0, n);
+    shared.fill(0xee, 0, n); // anything kept by reference would now be garbage
+  }
+  return { p, r, consumed, total: all.length };
+}
+
+const splits = [1, 2, 3, 7, 64, 100000];
+
+describe('ResponseParser framing', () => {
+  for (const split of splits) {
+    it(`content-length body, split ${split}`, () => {
+      const { r, consumed, total } = run('HTTP/1.1 200 OK\r\nContent-Length: 11\r\nX-A: b\r\n\r\nhello world', split);
+      expect(r.status).toBe(200);
+      expect(r.reason).toBe('OK');
+      expect(r.kind).toBe(BODY_LENGTH);
+      expect(r.headers).toEqual(['Content-Length', '11', 'X-A', 'b']);
+      expect(r.body).toBe('hello world');
+      expect(r.ended).toBe(1);
+      expect(consumed).toBe(total);
+    });
+
+    it(`chunked body with extensions and trailers, split ${split}`, () => {
+      const { r, p } = run('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n', split);
+      expect(r.kind).toBe(BODY_CHUNKED);
+      expect(r.body).toBe('hello world');
+      expect(r.ended).toBe(1);
+      expect(p.done).toBe(true);
+    });
+
+    it(`interim 100 and 103 responses are skipped, split ${split}`, () => {
+      const { r } = run('HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok', split);
+      expect(r.status).toBe(201);
+      expect(r.body).toBe('ok');
+    });
+  }
+
+  it('HEAD responses have no body whatever Content-Length says', () => {
+    const { r, p } = run('HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n', 100, true);
+    expect(r.kind).toBe(BODY_NONE);
+    expect(r.length).toBe(500);
+    expect(r.ended).toBe(1);
+    expect(p.done).toBe(true);
+  });
+
+  it('204 and 304 have no body', () => {
+    expect(run('HTTP/1.1 204 No Content\r\n\r\n', 100).r.ended).toBe(1);
+    expect(run('HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n', 100).r.kind).toBe(BODY_NONE);
+  });
+
+  it('no framing header means close-delimited, completed by EOF', () => {
+    const { r, p } = run('HTTP/1.1 200 OK\r\n\r\nuntil close', 4);
+    expect(r.kind).toBe(BODY_CLOSE);
+    expect(p.mustClose).toBe(true);
+    expect(r.ended).toBe(0);
+    expect(p.onEof()).toBe(true);
+    expect(r.body).toBe('until close');
+    expect(r.ended).toBe(1);
+  });
+
+  it('Transfer-Encoding wins over Content-Length', () => {
+    const { r } = run('HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n', 100);
+    expect(r.kind).toBe(BODY_CHUNKED);
+    expect(r.body).toBe('ab');
+  });
+
+  it('HTTP/1.0 closes unless keep-alive; Connection: close is seen', () => {
+    expect(run('HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n', 100).p.mustClose).toBe(true);
+    expect(run('HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n', 100).p.mustClose).toBe(false);
+    expect(run('HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n', 100).p.mustClose).toBe(true);
+  });
+
+  it('reports bytes after a complete response as not consumed', () => {
+    const { consumed, total } = run('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA', 100);
+    expect(total - consumed).toBe(5);
+  });
+
+  const bad: [string, string][] = [
+    ['conflicting content-length', 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok'],
+    ['non-numeric content-length', 'HTTP/1.1 200 OK\r\nContent-Length: 2x\r\n\r\nok'],
+    ['space before colon', 'HTTP/1.1 200 OK\r\nX-A : b\r\n\r\n'],
+    ['obs-fold', 'HTTP/1.1 200 OK\r\nX-A: b\r\n c\r\n\r\n'],
+    ['bad status line', 'HTTP/2 200 OK\r\n\r\n'],
+    ['three-digit status missing', 'HTTP/1.1 20 OK\r\n\r\n'],
+    ['bad chunk size', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nxyz\r\n'],
+    ['missing CRLF after chunk', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabXX'],
+    ['101 on a plain request', 'HTTP/1.1 101 Switching Protocols\r\n\r\n'],
+    ['control char in value', 'HTTP/1.1 200 OK\r\nX-A: b\u0001c\r\n\r\n'],
+  ];
+  for (const [name, text] of bad) {
+    it(`refuses ${name}`, () => {
+      expect(() => run(text, 100)).toThrow(ParseError);
+    });
+  }
+
+  it('refuses an endless head', () => {
+    expect(() => run('HTTP/1.1 200 OK\r\n' + 'X-A: b\r\n'.repeat(10000), 1000)).toThrow(/too large/);
+  });
+});

@@ -1,0 +1,119 @@
+/**
+ * One compiled configuration, as a worker uses it: the router, a context per
+ * route (header plans, rewrite, limits, metrics slot, its upstream) and the
+ * upstream pools. Built once per config version; the transport holds one
+ * reference and swaps it between requests. An exchange keeps the route
+ * context it started with, so in-flight requests finish on the config they
+ * started on.
+ */
+import type { GatewayConfig, RouteConfig } from '../common/config/types.js';
+import { OVERFLOW_SLOT } from '../common/metrics-layout.js';
+import { UpstreamRuntime } from './proxy/balancer.js';
+import { compileRequestPlan, compileResponsePlan, type RequestPlan, type ResponsePlan } from './proxy/headers.js';
+import { compileRouter } from './router/compile.js';
+import type { Router } from './router/types.js';
+
+export type Rewrite = ((path: string, paramNames: readonly string[], params: readonly string[]) => string) | null;
+
+export class RouteContext {
+  readonly id: string;
+  readonly slot: number;
+  readonly upstream: UpstreamRuntime;
+  readonly requestPlan: RequestPlan;
+  readonly responsePlan: ResponsePlan;
+  readonly rewrite: Rewrite;
+  readonly preserveHost: boolean;
+  readonly maxBodyBytes: number;
+
+  constructor(route: RouteConfig, slot: number, upstream: UpstreamRuntime, config: GatewayConfig) {
+    this.id = route.id;
+    this.slot = slot;
+    this.upstream = upstream;
+    const levels = [config.server.headers, upstream.config.headers, route.headers];
+    this.requestPlan = compileRequestPlan(levels, config.server.requestIdHeader);
+    this.responsePlan = compileResponsePlan(levels);
+    this.rewrite = compileRewrite(route);
+    this.preserveHost = route.preserveHost;
+    this.maxBodyBytes = route.maxBodyBytes ?? config.server.limits.maxBodyBytes;
+  }
+}
+
+export class Dataplane {
+  readonly config: GatewayConfig;
+  readonly router: Router<RouteContext>;
+  readonly upstreams: Map<string, UpstreamRuntime>;
+  readonly routes: RouteContext[];
+
+  /**
+   * slots: route id -> metrics slot, assigned by the engine and stable across
+   * reloads; a route without one counts under the overflow slot.
+   */
+  constructor(config: GatewayConfig, slots: ReadonlyMap<string, number>) {
+    this.config = config;
+    this.upstreams = new Map();
+    for (const [name, u] of Object.entries(config.upstreams)) this.upstreams.set(name, new UpstreamRuntime(u));
+    this.routes = config.routes.map((r) => new RouteContext(r, slots.get(r.id) ?? OVERFLOW_SLOT, this.upstreams.get(r.upstream)!, config));
+    this.router = compileRouter(
+      config.routes.map((r, i) => ({
+        id: r.id,
+        host: r.host,
+        path: r.path,
+        methods: r.methods,
+        priority: r.priority,
+        match: r.match,
+        data: this.routes[i]!,
+      })),
+    );
+  }
+
+  sweepIdle(cutoff: number): void {
+    for (const u of this.upstreams.values()) u.sweepIdle(cutoff);
+  }
+
+  /** Replaced by a newer config: idle upstream sockets close now, busy ones after their exchange. */
+  retire(): void {
+    for (const u of this.upstreams.values()) u.close();
+  }
+}
+
+/**
+ * Path rewrites, compiled to a small function per route. The path handed in
+ * is the normalised path that was matched, so whatever the upstream receives
+ * was checked by the router (no `..%2f` tricks survive a rewrite).
+ */
+export function compileRewrite(route: RouteConfig): Rewrite {
+  const rw = route.rewrite;
+  if (rw.stripPrefix !== null) {
+    const prefix = rw.stripPrefix.endsWith('/') ? rw.stripPrefix.slice(0, -1) : rw.stripPrefix;
+    const n = prefix.length;
+    return (path) => {
+      if (!path.startsWith(prefix)) return path;
+      const rest = path.slice(n);
+      if (rest === '') return '/';
+      return rest.charCodeAt(0) === 47 ? rest : path; // only strip at a segment boundary
+    };
+  }
+  if (rw.replacePrefix !== null) {
+    const from = rw.replacePrefix.from;
+    const to = rw.replacePrefix.to;
+    return (path) => {
+      if (!path.startsWith(from)) return path;
+      const out = to + path.slice(from.length);
+      return out.charCodeAt(0) === 47 ? out.replace(/\/{2,}/g, '/') : '/' + out;
+    };
+  }
+  if (rw.template !== null) {
+    // Split once into literals and parameter references: `/users/{id}` ->
+    // ['/users/', 'id', '']; odd indexes are parameter names.
+    const parts = rw.template.split(/\{([A-Za-z_][A-Za-z0-9_]*|\*)\}/);
+    return (_path, names, values) => {
+      let out = parts[0]!;
+      for (let i = 1; i < parts.length; i += 2) {
+        const k = names.indexOf(parts[i]!);
+        out += (k === -1 ? '' : values[k]!) + parts[i + 1]!;
+      }
+      return out;
+    };
+  }
+  return null;
+}

@@ -1,0 +1,103 @@
+/**
+ * An upstream at run time: its target pools and the load-balancing pick.
+ *
+ * round_robin is nginx's smooth weighted round robin (weights 1 everywhere
+ * degrade to a plain counter); least_conn picks the fewest active requests
+ * per unit of weight, ties broken round robin; random is weighted random;
+ * ip_hash maps the client address onto the weighted target list (FNV-1a), so
+ * a client sticks to one target while the target set is unchanged.
+ */
+import type { Balance, UpstreamConfig } from '../../common/config/types.js';
+import { TargetPool } from './upstream-pool.js';
+
+export class UpstreamRuntime {
+  readonly name: string;
+  readonly config: UpstreamConfig;
+  readonly pools: TargetPool[];
+  private readonly weights: number[];
+  private readonly current: number[];
+  private readonly totalWeight: number;
+  private readonly uniform: boolean;
+  private readonly balance: Balance;
+  /** Target index per weight unit, for random and ip_hash. */
+  private readonly weighted: number[];
+  private rr = 0;
+
+  constructor(config: UpstreamConfig) {
+    this.name = config.name;
+    this.config = config;
+    this.balance = config.balance;
+    this.pools = config.targets.map((t) => new TargetPool(t, config.pool));
+    this.weights = config.targets.map((t) => t.weight);
+    this.current = this.weights.map(() => 0);
+    this.totalWeight = this.weights.reduce((a, b) => a + b, 0);
+    this.uniform = this.weights.every((w) => w === this.weights[0]);
+    this.weighted = [];
+    this.weights.forEach((w, i) => {
+      for (let k = 0; k < w; k++) this.weighted.push(i);
+    });
+  }
+
+  /** This is the hot path -- change with care! */
+  pick(clientIp: string): TargetPool {
+    const pools = this.pools;
+    const n = pools.length;
+    if (n === 1) return pools[0]!;
+    switch (this.balance) {
+      case 'round_robin':
+        return pools[this.uniform ? this.rr++ % n : this.smoothWeighted()]!;
+      case 'least_conn':
+        return this.leastConn();
+      case 'random':
+        return pools[this.weighted[(Math.random() * this.weighted.length) | 0]!]!;
+      case 'ip_hash':
+        return pools[this.weighted[fnv1a(clientIp) % this.weighted.length]!]!;
+    }
+  }
+
+  private smoothWeighted(): number {
+    const w = this.weights;
+    const cur = this.current;
+    let best = 0;
+    for (let i = 0; i < w.length; i++) {
+      cur[i]! += w[i]!;
+      if (cur[i]! > cur[best]!) best = i;
+    }
+    cur[best]! -= this.totalWeight;
+    return best;
+  }
+
+  private leastConn(): TargetPool {
+    const pools = this.pools;
+    const n = pools.length;
+    const start = this.rr++ % n;
+    let best = pools[start]!;
+    let bestScore = best.active / this.weights[start]!;
+    for (let k = 1; k < n; k++) {
+      const i = (start + k) % n;
+      const score = pools[i]!.active / this.weights[i]!;
+      if (score < bestScore) {
+        best = pools[i]!;
+        bestScore = score;
+      }
+    }
+    return best;
+  }
+
+  sweepIdle(cutoff: number): void {
+    for (const p of this.pools) p.sweepIdle(cutoff);
+  }
+
+  close(): void {
+    for (const p of this.pools) p.close();
+  }
+}
+
+function fnv1a(s: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) {
+    h ^= s.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
+}

@@ -1,0 +1,277 @@
+/**
+ * Keep-alive connection pools to upstream targets, one pool per target per
+ * worker thread.
+ *
+ * Design:
+ *  - Reads use `net.connect({ onread })` with ONE buffer shared by every
+ *    upstream socket of the thread: a read is consumed synchronously (parsed
+ *    and written to the client through uWS, which copies), so a shared buffer
+ *    is safe and no Buffer is allocated per read, and Node's Readable stream
+ *    machinery is skipped.
+ *  - Socket callbacks are module-level functions that find their connection
+ *    through a symbol on the socket: no closures per connection or request.
+ *  - Idle connections are reused LIFO (the most recently used socket is the
+ *    one least likely to have been closed by the upstream's keep-alive
+ *    timer); idle ones older than pool.idleTimeoutMs are closed by the
+ *    worker's sweeper (see timers.ts), not by a timer each.
+ *  - A pool opens at most pool.maxConnections sockets; requests beyond that
+ *    wait in a bounded FIFO (pool.maxPending), past which the request gets
+ *    503 upstream_unavailable at once instead of queueing without bound.
+ */
+import net from 'node:net';
+import type { PoolConfig, TargetConfig } from '../../common/config/types.js';
+import { FixedQueue } from './fixed-queue.js';
+import { ResponseParser } from './http1-parser.js';
+
+export const READ_BUFFER_BYTES = 64 * 1024;
+/** Shared by every upstream socket of this thread; valid only during a read callback. */
+export const READ_BUFFER = Buffer.allocUnsafe(READ_BUFFER_BYTES);
+
+const kConn = Symbol('turnpike.conn');
+
+/** The request side of a connection: implemented by the exchange only. */
+export interface ConnectionUser {
+  /** Set while the user waits in a pool's queue. */
+  queued: boolean;
+  /** The socket being opened for this user, until onConnection or failure. */
+  connecting: Connection | null;
+  /** The user no longer wants a connection (client went away). */
+  cancelled: boolean;
+  onConnection(conn: Connection): void;
+  /** Connect failed, or the connection broke before the exchange completed. */
+  onConnectionError(conn: Connection, connectPhase: boolean, err: Error | null): void;
+  onUpstreamRead(conn: Connection, n: number): void;
+  onUpstreamDrain(conn: Connection): void;
+  /** The socket closed cleanly (EOF); close-delimited bodies end here. */
+  onUpstreamEof(conn: Connection): void;
+}
+
+export class Connection {
+  readonly socket: net.Socket;
+  readonly pool: TargetPool;
+  readonly parser = new ResponseParser();
+  user: ConnectionUser | null = null;
+  connected = false;
+  destroyed = false;
+  /** Requests completed on this connection (0: fresh; >0: a reused keep-alive socket). */
+  served = 0;
+  idleSince = 0;
+
+  constructor(pool: TargetPool, user: ConnectionUser) {
+    this.pool = pool;
+    this.user = user;
+    user.connecting = this;
+    const socket = net.connect({
+      host: pool.target.host,
+      port: pool.target.port,
+      noDelay: true,
+      onread: { buffer: READ_BUFFER, callback: onSocketRead },
+    });
+    (socket as any)[kConn] = this;
+    socket.on('connect', onSocketConnect);
+    socket.on('error', onSocketError);
+    socket.on('close', onSocketClose);
+    socket.on('end', onSocketEnd);
+    socket.on('drain', onSocketDrain);
+    this.socket = socket;
+  }
+
+  write(data: string | Buffer): boolean {
+    return typeof data === 'string' ? this.socket.write(data, 'latin1') : this.socket.write(data);
+  }
+
+  pause(): void {
+    this.socket.pause();
+  }
+
+  resume(): void {
+    this.socket.resume();
+  }
+
+  /** Closes the socket without handing it back (broken or mid-exchange). */
+  destroy(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    this.user = null;
+    this.pool.onConnectionGone(this);
+    this.socket.destroy();
+  }
+}
+
+function onSocketConnect(this: net.Socket): void {
+  const conn = (this as any)[kConn] as Connection;
+  conn.connected = true;
+  const user = conn.user;
+  if (user === null || user.cancelled) {
+    conn.user = null;
+    conn.pool.release(conn);
+    return;
+  }
+  user.connecting = null;
+  user.onConnection(conn);
+}
+
+function onSocketRead(this: net.Socket, n: number, _buf: Buffer): boolean {
+  const conn = (this as any)[kConn] as Connection;
+  const user = conn.user;
+  if (user === null) {
+    // Bytes on an idle connection: the upstream broke framing; never reuse it.
+    conn.destroy();
+    return false;
+  }
+  user.onUpstreamRead(conn, n);
+  return true;
+}
+
+function onSocketDrain(this: net.Socket): void {
+  const conn = (this as any)[kConn] as Connection;
+  if (conn.user !== null) conn.user.onUpstreamDrain(conn);
+}
+
+function onSocketEnd(this: net.Socket): void {
+  const conn = (this as any)[kConn] as Connection;
+  const user = conn.user;
+  if (user !== null) user.onUpstreamEof(conn);
+}
+
+function onSocketError(this: net.Socket, err: Error): void {
+  const conn = (this as any)[kConn] as Connection;
+  connectionBroken(conn, err);
+}
+
+function onSocketClose(this: net.Socket): void {
+  const conn = (this as any)[kConn] as Connection;
+  connectionBroken(conn, null);
+}
+
+function connectionBroken(conn: Connection, err: Error | null): void {
+  const user = conn.user;
+  const connectPhase = !conn.connected;
+  if (user !== null && user.connecting === conn) user.connecting = null;
+  if (!conn.destroyed) {
+    conn.destroyed = true;
+    conn.user = null;
+    conn.pool.onConnectionGone(conn);
+  }
+  if (user !== null) user.onConnectionError(conn, connectPhase, err);
+}
+
+export const ACQUIRE_QUEUED = 1;
+export const ACQUIRE_CONNECTING = 2;
+export const ACQUIRE_FULL = 3;
+
+export class TargetPool {
+  readonly target: TargetConfig;
+  readonly config: PoolConfig;
+  private readonly idle: Connection[] = [];
+  private readonly pending = new FixedQueue<ConnectionUser>();
+  /** Sockets open or connecting. */
+  open = 0;
+  /** Requests assigned to this target and not finished (least_conn). */
+  active = 0;
+  closed = false;
+  /** The Host header value for this target (port omitted when 80). */
+  readonly hostHeader: string;
+
+  constructor(target: TargetConfig, config: PoolConfig) {
+    this.target = target;
+    this.config = config;
+    const h = target.host.includes(':') ? `[${target.host}]` : target.host;
+    this.hostHeader = target.port === 80 ? h : `${h}:${target.port}`;
+  }
+
+  /**
+   * An idle connection, or null; then call `connectOrQueue`.
+   * This is the hot path -- change with care!
+   */
+  takeIdle(): Connection | null {
+    const idle = this.idle;
+    while (idle.length > 0) {
+      const conn = idle.pop()!;
+      if (!conn.destroyed) return conn;
+    }
+    return null;
+  }
+
+  connectOrQueue(user: ConnectionUser): number {
+    if (this.open < this.config.maxConnections) {
+      this.open++;
+      new Connection(this, user);
+      return ACQUIRE_CONNECTING;
+    }
+    if (this.pending.length >= this.config.maxPending) return ACQUIRE_FULL;
+    user.queued = true;
+    this.pending.push(user);
+    return ACQUIRE_QUEUED;
+  }
+
+  /** The exchange is done with a healthy keep-alive connection. */
+  release(conn: Connection): void {
+    conn.user = null;
+    if (conn.destroyed) return;
+    if (this.closed) {
+      conn.destroy();
+      return;
+    }
+    let next = this.pending.shift();
+    while (next !== undefined) {
+      next.queued = false;
+      if (!next.cancelled) {
+        conn.user = next;
+        next.onConnection(conn);
+        return;
+      }
+      next = this.pending.shift();
+    }
+    conn.idleSince = performance.now();
+    this.idle.push(conn);
+  }
+
+  /** A socket closed or was destroyed: its slot may serve a waiting request. */
+  onConnectionGone(_conn: Connection): void {
+    this.open--;
+    if (this.closed) return;
+    let next = this.pending.shift();
+    while (next !== undefined) {
+      next.queued = false;
+      if (!next.cancelled) {
+        this.open++;
+        new Connection(this, next);
+        return;
+      }
+      next = this.pending.shift();
+    }
+  }
+
+  /** Close idle sockets unused since before `cutoff` (performance.now ms). */
+  sweepIdle(cutoff: number): void {
+    const idle = this.idle;
+    if (idle.length === 0) return;
+    // Oldest are at the bottom of the LIFO stack.
+    let k = 0;
+    while (k < idle.length && (idle[k]!.destroyed || idle[k]!.idleSince < cutoff)) k++;
+    if (k === 0) return;
+    const stale = idle.splice(0, k);
+    for (const c of stale) c.destroy();
+  }
+
+  get idleCount(): number {
+    return this.idle.length;
+  }
+
+  /** Config replaced: close idle sockets now, busy ones when their exchange ends. */
+  close(): void {
+    this.closed = true;
+    const idle = this.idle.splice(0);
+    for (const c of idle) c.destroy();
+    let next = this.pending.shift();
+    while (next !== undefined) {
+      next.queued = false;
+      if (!next.cancelled) {
+        this.open++;
+        new Connection(this, next);
+      }
+      next = this.pending.shift();
+    }
+  }
+}

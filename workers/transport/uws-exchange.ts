@@ -1,0 +1,616 @@
+/**
+ * One proxied HTTP exchange on the uWS backend: the client side is a uWS
+ * HttpResponse, the upstream side a pooled keep-alive Connection.
+ *
+ * Life of an exchange:
+ *   start()            pick a target, take an idle connection or open/queue one
+ *   onConnection()     write the request head (+ buffered body) upstream
+ *   onClientData()     stream the request body up; uWS pause() on backpressure
+ *   onResponseHead()   write status + filtered headers to the client
+ *   onResponseData()   stream the body down; tryEnd/write + onWritable backpressure
+ *   onResponseEnd()    end the client response, hand the connection back
+ * and at any point: client aborted (onAborted), upstream broke (502 before
+ * the head, a closed client connection after it: never a clean short 200),
+ * or a deadline passed (504 before the head).
+ *
+ * uWS rules honoured here (ENVIRONMENT.md): onAborted is attached before any
+ * asynchronous step; every write from outside a uWS callback is corked; an
+ * HttpResponse is never touched after end/abort (`res` is nulled).
+ */
+import type { GatewayErrorDef } from '../../common/errors.js';
+import { Errors, errorBody } from '../../common/errors.js';
+import {
+  DURATION_BUCKETS, ERROR_CODES, G_ERRORS, G_IN_FLIGHT, S_DURATION, S_REQ_SIZE, S_REQUESTS, S_RES_SIZE, S_UPSTREAM,
+  SIZE_BUCKETS, STATUS_CLASSES, observe, slotBase,
+} from '../../common/metrics-layout.js';
+import type { RouteContext } from '../dataplane.js';
+import { connectionListed } from '../proxy/headers.js';
+import { BODY_CHUNKED, BODY_LENGTH, BODY_NONE, ParseError, type ResponseSink } from '../proxy/http1-parser.js';
+import type { TimerList, Timed } from '../proxy/timers.js';
+import {
+  ACQUIRE_FULL, READ_BUFFER, type Connection, type ConnectionUser, type TargetPool,
+} from '../proxy/upstream-pool.js';
+
+export const REQ_BODY_NONE = 0;
+export const REQ_BODY_LENGTH = 1;
+export const REQ_BODY_CHUNKED = 2;
+
+const PHASE_CONNECT = 1;
+const PHASE_SEND = 2;
+const PHASE_HEAD = 3;
+const PHASE_BODY = 4;
+
+const CRLF = Buffer.from('\r\n');
+const LAST_CHUNK = Buffer.from('0\r\n\r\n');
+
+/** Shared per-thread state the exchanges need (set by the server). */
+export interface ExchangeEnv {
+  metrics: Float64Array;
+  timers: TimerList;
+  requestIdHeader: string;
+  /** Called after work that may have queued process.nextTick callbacks from a uWS callback. */
+  pump(): void;
+}
+
+export const errorIndex: Record<string, number> = Object.fromEntries(ERROR_CODES.map((c, i) => [c, i]));
+
+// cork() takes a callback; these module-level slots let it run a method of
+// the current exchange without a closure per call.
+let corkEx: Exchange | null = null;
+let corkN = 0;
+function corkedRead(): void {
+  corkEx!.readUpstream(corkConn!, corkN);
+}
+
+export class Exchange implements ConnectionUser, ResponseSink, Timed {
+  // --- client side
+  res: any;
+  readonly env: ExchangeEnv;
+  readonly route: RouteContext;
+  readonly method: string;
+  readonly isHead: boolean;
+  readonly requestId: string;
+  readonly methodIdx: number;
+  readonly t0: number;
+  /** Request head for the upstream, built synchronously from the uWS request. */
+  head: string;
+  reqBodyMode: number;
+  reqBodyLimit: number;
+  reqBytes = 0;
+  reqBodyDone: boolean;
+  /** Body chunks received before the upstream connection was ready. */
+  private bodyQueue: Buffer[] | null = null;
+  private clientPaused = false;
+  // --- upstream side
+  pool: TargetPool | null = null;
+  conn: Connection | null = null;
+  queued = false;
+  cancelled = false;
+  connecting: Connection | null = null;
+  private headSent = false;
+  private retried = false;
+  private tSent = 0;
+  // --- response
+  status = 0;
+  private resBodyKind = BODY_NONE;
+  private resTotal = 0;
+  resBytes = 0;
+  private pending: Buffer | null = null;
+  private pendingBase = 0;
+  private writableHooked = false;
+  private upstreamPaused = false;
+  responded = false;
+  finished = false;
+  // --- timers
+  deadline = 0;
+  phase = 0;
+  prevTimed: Timed | null = null;
+  nextTimed: Timed | null = null;
+
+  constructor(
+    res: any, env: ExchangeEnv, route: RouteContext, pool: TargetPool, method: string, methodIdx: number,
+    requestId: string, head: string, reqBodyMode: number, reqBodyLimit: number, t0: number,
+  ) {
+    this.res = res;
+    this.env = env;
+    this.route = route;
+    this.pool = pool;
+    this.method = method;
+    this.methodIdx = methodIdx;
+    this.isHead = method === 'HEAD';
+    this.requestId = requestId;
+    this.head = head;
+    this.reqBodyMode = reqBodyMode;
+    this.reqBodyLimit = reqBodyLimit;
+    this.reqBodyDone = reqBodyMode === REQ_BODY_NONE;
+    this.t0 = t0;
+  }
+
+  /** Called synchronously from the uWS request handler. */
+  start(): void {
+    this.env.metrics[G_IN_FLIGHT]!++;
+    this.env.timers.add(this);
+    const pool = this.pool!;
+    pool.active++;
+    const idle = pool.takeIdle();
+    if (idle !== null) {
+      idle.user = this;
+      this.onConnection(idle);
+      return;
+    }
+    this.acquireNew();
+  }
+
+  private acquireNew(): void {
+    const pool = this.pool!;
+    this.phase = PHASE_CONNECT;
+    this.setDeadline(performance.now() + this.route.upstream.config.timeouts.connectMs);
+    if (pool.connectOrQueue(this) === ACQUIRE_FULL) {
+      this.fail(Errors.UPSTREAM_UNAVAILABLE);
+      return;
+    }
+    // net.connect defers its work with process.nextTick, which does not run
+    // after a uWS callback until something else enters Node (ENVIRONMENT.md).
+    this.env.pump();
+  }
+
+  // ---------------------------------------------------------------- upstream
+
+  onConnection(conn: Connection): void {
+    this.conn = conn;
+    const t = this.route.upstream.config.timeouts;
+    this.tSent = performance.now();
+    conn.parser.reset(this, this.isHead);
+    const q = this.bodyQueue;
+    if (this.reqBodyMode === REQ_BODY_NONE) {
+      conn.write(this.head);
+      this.headSent = true;
+      this.phase = PHASE_HEAD;
+      this.setDeadline(this.tSent + t.responseMs);
+    } else {
+      // Head and the body received so far leave in one writev.
+      conn.socket.cork();
+      conn.write(this.head);
+      this.headSent = true;
+      let ok = true;
+      if (q !== null) {
+        for (let i = 0; i < q.length; i++) ok = this.writeBody(conn, q[i]!);
+        this.bodyQueue = null;
+      }
+      if (this.reqBodyDone && this.reqBodyMode === REQ_BODY_CHUNKED) ok = conn.write(LAST_CHUNK);
+      conn.socket.uncork();
+      if (this.reqBodyDone) {
+        this.phase = PHASE_HEAD;
+        this.setDeadline(this.tSent + t.responseMs);
+      } else {
+        this.phase = PHASE_SEND;
+        this.setDeadline(0); // the client's own idle timeout (uWS) bounds a slow upload
+        if (!ok) this.pauseClient();
+      }
+    }
+    this.env.pump();
+  }
+
+  private writeBody(conn: Connection, chunk: Buffer): boolean {
+    if (this.reqBodyMode === REQ_BODY_CHUNKED) {
+      conn.write(chunk.length.toString(16) + '\r\n');
+      conn.write(chunk);
+      return conn.write(CRLF);
+    }
+    return conn.write(chunk);
+  }
+
+  private pauseClient(): void {
+    if (this.clientPaused || this.res === null) return;
+    this.clientPaused = true;
+    this.res.pause();
+  }
+
+  onUpstreamDrain(_conn: Connection): void {
+    if (this.clientPaused && this.res !== null) {
+      this.clientPaused = false;
+      this.res.resume();
+    }
+  }
+
+  /** uWS onData. `ab` is neutered when this returns: copy before keeping. */
+  onClientData(ab: ArrayBuffer, isLast: boolean): void {
+    if (this.finished && this.res === null) return;
+    const n = ab.byteLength;
+    this.reqBytes += n;
+    if (this.reqBytes > this.reqBodyLimit) {
+      // A chunked body grew past the limit (a Content-Length one was refused up front).
+      this.reqBodyDone = true;
+      this.abortUpstream();
+      this.fail(Errors.BODY_TOO_LARGE, true);
+      return;
+    }
+    if (isLast) this.reqBodyDone = true;
+    const conn = this.conn;
+    if (conn !== null && this.headSent) {
+      let ok = true;
+      if (n > 0) ok = this.writeBody(conn, Buffer.copyBytesFrom(new Uint8Array(ab)));
+      if (isLast) {
+        if (this.reqBodyMode === REQ_BODY_CHUNKED) ok = conn.write(LAST_CHUNK);
+        this.phase = PHASE_HEAD;
+        this.setDeadline(performance.now() + this.route.upstream.config.timeouts.responseMs);
+      } else if (!ok) {
+        this.pauseClient();
+      }
+      return;
+    }
+    if (n > 0) (this.bodyQueue ??= []).push(Buffer.copyBytesFrom(new Uint8Array(ab)));
+  }
+
+  onUpstreamRead(conn: Connection, n: number): void {
+    const res = this.res;
+    corkEx = this;
+    corkN = n;
+    corkConn = conn;
+    if (res !== null) res.cork(corkedRead);
+    else corkedRead();
+    corkEx = null;
+    corkConn = null;
+    // The exchange may have completed inside the parse: hand the socket back.
+    const parser = conn.parser;
+    if (parser.done && this.conn === conn) this.releaseConnection(this.consumedAll);
+  }
+
+  private consumedAll = true;
+
+  /** Runs corked. */
+  readUpstream(conn: Connection, n: number): void {
+    if (this.conn !== conn) return;
+    try {
+      const used = conn.parser.execute(READ_BUFFER, 0, n);
+      this.consumedAll = used === n;
+    } catch (err) {
+      if (!(err instanceof ParseError)) throw err;
+      this.upstreamBroken(Errors.UPSTREAM_BAD_RESPONSE);
+    }
+  }
+
+  onUpstreamEof(conn: Connection): void {
+    if (this.conn !== conn) return;
+    const res = this.res;
+    corkEx = this;
+    if (res !== null) res.cork(corkedEof);
+    else corkedEof();
+    corkEx = null;
+  }
+
+  eof(): void {
+    const conn = this.conn;
+    if (conn === null) return;
+    if (conn.parser.onEof()) {
+      // close-delimited body complete; the socket cannot be reused.
+      this.conn = null;
+      conn.destroy();
+      if (this.res === null) this.complete();
+      return;
+    }
+    this.connectionLost(conn, false);
+  }
+
+  onConnectionError(conn: Connection, connectPhase: boolean, _err: Error | null): void {
+    if (this.conn !== null && this.conn !== conn) return;
+    const res = this.res;
+    corkEx = this;
+    corkConn = conn;
+    corkConnect = connectPhase;
+    if (res !== null) res.cork(corkedConnError);
+    else corkedConnError();
+    corkEx = null;
+    corkConn = null;
+  }
+
+  connectionLost(conn: Connection, connectPhase: boolean): void {
+    this.conn = null;
+    if (this.finished) return;
+    if (connectPhase) {
+      this.fail(Errors.UPSTREAM_CONNECT_FAILED);
+      return;
+    }
+    // A reused keep-alive socket closed by the upstream just as we sent: the
+    // request never reached it. Safe to send again on a fresh connection
+    // when no response byte came back and no body was streamed from the client.
+    if (!this.retried && conn.served > 0 && !conn.parser.started && this.reqBodyMode === REQ_BODY_NONE && !this.responded) {
+      this.retried = true;
+      this.headSent = false;
+      this.acquireNew();
+      return;
+    }
+    this.upstreamBroken(Errors.UPSTREAM_RESET);
+  }
+
+  /** The upstream failed: 502/504 before the head, a hard close after it. */
+  private upstreamBroken(e: GatewayErrorDef): void {
+    this.abortUpstream();
+    if (this.responded) {
+      this.countError('upstream_aborted');
+      this.closeClient();
+    } else {
+      this.fail(e);
+    }
+  }
+
+  private abortUpstream(): void {
+    const connecting = this.connecting;
+    if (connecting !== null) {
+      // Not ours any more; once connected it goes idle or serves a waiting request.
+      this.connecting = null;
+      connecting.user = null;
+    }
+    const conn = this.conn;
+    if (conn !== null) {
+      this.conn = null;
+      conn.destroy();
+    }
+  }
+
+  private releaseConnection(consumedAll: boolean): void {
+    const conn = this.conn!;
+    this.conn = null;
+    this.deadline = 0; // the upstream is done; uWS bounds a slow client itself
+    conn.served++;
+    if (this.upstreamPaused) {
+      // The rest of the body waits in `pending` or in uWS; the socket itself is free.
+      this.upstreamPaused = false;
+      conn.resume();
+    }
+    if (!consumedAll || conn.parser.mustClose || !this.reqBodyDone) conn.destroy();
+    else conn.pool.release(conn);
+    if (this.res === null) this.complete();
+  }
+
+  // ---------------------------------------------------------------- response
+
+  onResponseHead(status: number, reason: string, headers: string[], bodyKind: number, contentLength: number): void {
+    const now = performance.now();
+    const env = this.env;
+    observe(env.metrics, slotBase(this.route.slot) + S_UPSTREAM, DURATION_BUCKETS, (now - this.tSent) / 1000);
+    this.status = status;
+    this.resBodyKind = bodyKind;
+    this.resTotal = contentLength;
+    this.phase = PHASE_BODY;
+    const idleMs = this.route.upstream.config.timeouts.idleMs;
+    this.setDeadline(now + idleMs);
+    const res = this.res;
+    if (res === null) return;
+    this.responded = true;
+    res.writeStatus(reason === '' ? String(status) : status + ' ' + reason);
+    const plan = this.route.responsePlan;
+    const drop = plan.drop;
+    const ridHeader = env.requestIdHeader;
+    let listed: Set<string> | null = null;
+    let sawRid = false;
+    // Names listed in Connection are hop-by-hop too: find them first (rare).
+    for (let i = 0; i < headers.length; i += 2) {
+      if (headers[i]!.length === 10 && headers[i]!.toLowerCase() === 'connection') {
+        const l = connectionListed(headers[i + 1]!);
+        if (l !== null) listed = listed === null ? l : new Set([...listed, ...l]);
+      }
+    }
+    for (let i = 0; i < headers.length; i += 2) {
+      const name = headers[i]!;
+      const lname = name.toLowerCase();
+      if (drop.has(lname) || (listed !== null && listed.has(lname))) continue;
+      if (lname === ridHeader) sawRid = true;
+      res.writeHeader(name, headers[i + 1]!);
+    }
+    if (!sawRid) res.writeHeader(ridHeader, this.requestId);
+    const extra = plan.extra;
+    for (let i = 0; i < extra.length; i += 2) res.writeHeader(extra[i]!, extra[i + 1]!);
+    if (bodyKind === BODY_NONE) {
+      if (this.isHead) {
+        if (contentLength >= 0) res.endWithoutBody(contentLength);
+        else res.endWithoutBody();
+      } else if (status === 204 || status === 304) {
+        res.endWithoutBody();
+      } else {
+        res.end();
+      }
+      this.res = null;
+      this.clientDone();
+    }
+  }
+
+  onResponseData(buf: Buffer, start: number, end: number): void {
+    this.resBytes += end - start;
+    const res = this.res;
+    if (res === null) return;
+    this.setDeadline(performance.now() + this.route.upstream.config.timeouts.idleMs);
+    const view = buf.subarray(start, end);
+    if (this.resBodyKind === BODY_LENGTH) {
+      if (this.pending !== null) {
+        // Still waiting for the client: keep the order, keep a copy.
+        this.pending = Buffer.concat([this.pending, view]);
+        return;
+      }
+      const base = res.getWriteOffset();
+      const r = res.tryEnd(view, this.resTotal);
+      if (r[1]) {
+        this.res = null;
+        this.clientDone();
+      } else if (!r[0]) {
+        this.pending = Buffer.from(view); // the shared read buffer is reused by the next read
+        this.pendingBase = base;
+        this.backpressure(res);
+      }
+      return;
+    }
+    if (!res.write(view)) this.backpressure(res);
+  }
+
+  private backpressure(res: any): void {
+    const conn = this.conn;
+    if (conn !== null && !this.upstreamPaused) {
+      this.upstreamPaused = true;
+      conn.pause();
+    }
+    if (!this.writableHooked) {
+      this.writableHooked = true;
+      res.onWritable((offset: number) => this.onWritable(offset));
+    }
+  }
+
+  private onWritable(offset: number): boolean {
+    const res = this.res;
+    if (res === null) return true;
+    const pending = this.pending;
+    if (pending !== null) {
+      const r = res.tryEnd(pending.subarray(offset - this.pendingBase), this.resTotal);
+      if (r[1]) {
+        this.pending = null;
+        this.res = null;
+        this.clientDone();
+        this.resumeUpstream();
+        return true;
+      }
+      if (!r[0]) return false;
+      this.pending = null;
+    }
+    this.resumeUpstream();
+    return true;
+  }
+
+  private resumeUpstream(): void {
+    if (this.upstreamPaused) {
+      this.upstreamPaused = false;
+      const conn = this.conn;
+      if (conn !== null) conn.resume();
+      // A parse that finished while paused already released the connection.
+    }
+  }
+
+  onResponseEnd(): void {
+    const res = this.res;
+    if (res !== null && this.resBodyKind !== BODY_NONE) {
+      if (this.resBodyKind === BODY_LENGTH) {
+        if (this.pending === null) {
+          // Content-Length body fully written by tryEnd (done already handled).
+          return;
+        }
+        return; // onWritable finishes it
+      }
+      res.end();
+      this.res = null;
+      this.clientDone();
+    }
+  }
+
+  // ---------------------------------------------------------------- endings
+
+  /** The client has its full response (or is gone). */
+  private clientDone(): void {
+    this.responded = true;
+    if (this.conn === null) this.complete();
+  }
+
+  /** uWS onAborted: the client connection closed before our response ended. */
+  onClientAborted(): void {
+    this.res = null;
+    this.cancelled = true;
+    if (this.finished) return;
+    this.countError('client_aborted');
+    this.abortUpstream();
+    this.complete();
+  }
+
+  /** Answers with a gateway error (when nothing was sent yet) and ends. */
+  fail(e: GatewayErrorDef, closeConnection = false): void {
+    this.countError(e.code);
+    this.status = e.status;
+    this.abortUpstream();
+    const res = this.res;
+    if (res !== null) {
+      this.res = null;
+      if (this.responded) {
+        res.close();
+      } else {
+        this.responded = true;
+        res.cork(() => {
+          res.writeStatus(e.statusLine).writeHeader('content-type', 'application/json')
+            .writeHeader(this.env.requestIdHeader, this.requestId);
+          if (this.isHead) res.endWithoutBody(undefined, closeConnection);
+          else res.end(errorBody(e, this.requestId), closeConnection);
+        });
+      }
+    }
+    this.complete();
+  }
+
+  private closeClient(): void {
+    const res = this.res;
+    if (res !== null) {
+      this.res = null;
+      res.close();
+    }
+    this.complete();
+  }
+
+  onDeadline(_now: number): void {
+    if (this.finished) return;
+    switch (this.phase) {
+      case PHASE_CONNECT: {
+        const connecting = this.connecting;
+        if (connecting !== null) {
+          this.connecting = null;
+          connecting.destroy();
+        }
+        // Waiting in the pool's queue for connectMs: the upstream is saturated.
+        this.fail(this.queued ? Errors.UPSTREAM_UNAVAILABLE : Errors.UPSTREAM_CONNECT_TIMEOUT);
+        return;
+      }
+      case PHASE_SEND: // only a totalMs deadline can fire while the client uploads
+      case PHASE_HEAD:
+        this.fail(Errors.UPSTREAM_TIMEOUT);
+        return;
+      case PHASE_BODY:
+        this.countError('upstream_timeout');
+        this.abortUpstream();
+        this.closeClient();
+        return;
+      default:
+    }
+  }
+
+  /** Phase deadline, never past the whole exchange's timeouts.totalMs. */
+  private setDeadline(at: number): void {
+    const total = this.route.upstream.config.timeouts.totalMs;
+    this.deadline = total > 0 && (at === 0 || at > this.t0 + total) ? this.t0 + total : at;
+  }
+
+  countError(code: string): void {
+    const i = errorIndex[code];
+    if (i !== undefined) this.env.metrics[G_ERRORS + i]!++;
+  }
+
+  /** Once, when both sides are done: metrics, timers, pool accounting. */
+  complete(): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.cancelled = true; // a queued exchange is skipped by the pool
+    const env = this.env;
+    env.timers.remove(this);
+    env.metrics[G_IN_FLIGHT]!--;
+    if (this.pool !== null) this.pool.active--;
+    this.bodyQueue = null;
+    const cells = env.metrics;
+    const base = slotBase(this.route.slot);
+    const cls = this.status >= 100 && this.status < 600 ? ((this.status / 100) | 0) - 1 : 4;
+    cells[base + S_REQUESTS + this.methodIdx * STATUS_CLASSES.length + cls]!++;
+    observe(cells, base + S_DURATION, DURATION_BUCKETS, (performance.now() - this.t0) / 1000);
+    observe(cells, base + S_REQ_SIZE, SIZE_BUCKETS, this.reqBytes);
+    observe(cells, base + S_RES_SIZE, SIZE_BUCKETS, this.resBytes);
+  }
+}
+
+let corkConn: Connection | null = null;
+let corkConnect = false;
+function corkedConnError(): void {
+  corkEx!.connectionLost(corkConn!, corkConnect);
+}
+function corkedEof(): void {
+  corkEx!.eof();
+}

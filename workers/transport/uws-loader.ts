@@ -1,0 +1,66 @@
+/**
+ * The one place that loads uWebSockets.js.
+ *
+ * The package we can install here (@trufflesuite/uws-js-unofficial, see
+ * ENVIRONMENT.md) ships native binaries for Node ABI 93/108/115 only, and on
+ * any other runtime it silently falls back to a JS imitation built on
+ * node:http that throws "Not implemented" for tryEnd, onWritable, upgrade...
+ * A proxy on that fallback would fail on its first streamed response, so we
+ * refuse to start instead, and say what to do. To use another uWS build, set
+ * TURNPIKE_UWS_MODULE to its package name or path.
+ */
+import { createRequire } from 'node:module';
+
+const require = createRequire(import.meta.url);
+const DEFAULT_MODULE = '@trufflesuite/uws-js-unofficial';
+
+export type UWS = typeof import('@trufflesuite/uws-js-unofficial');
+
+export class UwsUnavailableError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UwsUnavailableError';
+  }
+}
+
+let cached: UWS | null = null;
+
+export function loadUws(): UWS {
+  if (cached !== null) return cached;
+  const name = process.env.TURNPIKE_UWS_MODULE || DEFAULT_MODULE;
+  if ((process.versions as Record<string, string>).bun) {
+    throw new UwsUnavailableError('uWebSockets.js has no native build for Bun; use server.backend: bun (the default on Bun).');
+  }
+  // The package prints a warning and falls back instead of throwing; silence
+  // that path and detect it ourselves.
+  const savedWarn = console.warn;
+  const savedLog = console.log;
+  let warned = '';
+  console.warn = (...a: unknown[]) => { warned += a.join(' ') + '\n'; };
+  console.log = (...a: unknown[]) => { warned += a.join(' ') + '\n'; };
+  let mod: UWS;
+  try {
+    mod = require(name) as UWS;
+  } catch (err) {
+    throw new UwsUnavailableError(`cannot load ${name}: ${(err as Error).message}. Run npm ci, or set TURNPIKE_UWS_MODULE.`);
+  } finally {
+    console.warn = savedWarn;
+    console.log = savedLog;
+  }
+  if (!isNative(mod) || warned.includes('Falling back') || warned.includes('fallback')) {
+    throw new UwsUnavailableError(
+      `${name} has no native binary for Node ${process.version} (ABI ${process.versions.modules}, ${process.platform}-${process.arch}) ` +
+      'and fell back to a JS imitation that cannot stream or proxy. Run Turnpike on Node 20 (ABI 115), ' +
+      'use Bun (server.backend: bun), or point TURNPIKE_UWS_MODULE at a uWS build for this Node.',
+    );
+  }
+  cached = mod;
+  return mod;
+}
+
+/** The native addon exposes us_listen_socket_close as a native function; the fallback's App is a JS class. */
+function isNative(mod: UWS): boolean {
+  const fn = (mod as any).us_listen_socket_close;
+  if (typeof fn !== 'function') return false;
+  return Function.prototype.toString.call(fn).includes('[native code]');
+}

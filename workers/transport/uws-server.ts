@@ -1,0 +1,303 @@
+/**
+ * The uWS backend of a worker: one App per worker thread listening on the
+ * shared port (SO_REUSEPORT spreads connections across workers), and the
+ * request handler -- the start of the hot path.
+ *
+ * The handler reads everything it needs from the uWS HttpRequest at once
+ * (it is stack-allocated and dies when the handler returns), checks limits,
+ * normalises the path, routes, builds the upstream request head as one
+ * string and starts an Exchange. Gateway errors that need no upstream
+ * (400/404/405/413/414/431) are answered right here, synchronously.
+ */
+import { Errors, errorBody, type GatewayErrorDef } from '../../common/errors.js';
+import { DURATION_BUCKETS, G_ERRORS, S_DURATION, S_REQUESTS, STATUS_CLASSES, methodIndex, observe, slotBase } from '../../common/metrics-layout.js';
+import type { Dataplane } from '../dataplane.js';
+import { connectionListed, isSafeRequestId } from '../proxy/headers.js';
+import { parseContentLength } from '../proxy/http1-parser.js';
+import { SWEEP_MS, TimerList } from '../proxy/timers.js';
+import { MATCH_FOUND } from '../router/types.js';
+import { normalizeHost, normalizePath } from '../router/normalize.js';
+import { Exchange, REQ_BODY_CHUNKED, REQ_BODY_LENGTH, REQ_BODY_NONE, errorIndex, type ExchangeEnv } from './uws-exchange.js';
+import { loadUws } from './uws-loader.js';
+
+export interface ServerOptions {
+  host: string;
+  port: number;
+  workerIndex: number;
+  metrics: Float64Array;
+  /** Called with the port actually bound (useful with port 0). */
+  onListen(port: number): void;
+}
+
+const textDecoder = new TextDecoder();
+
+// Scratch state filled by collectHeader during req.forEach; the handler is
+// synchronous and single-threaded, so one set of slots serves every request.
+const hdrs: string[] = [];
+let hdrBytes = 0;
+let hHost = '';
+let hContentLength: string | null = null;
+let hConflict = false;
+let hTransferEncoding: string | null = null;
+let hConnection: string | null = null;
+let hXff: string | null = null;
+let hForwarded: string | null = null;
+let hRequestId: string | null = null;
+let ridHeaderName = 'x-request-id';
+
+function resetScratch(): void {
+  hdrs.length = 0;
+  hdrBytes = 0;
+  hHost = '';
+  hContentLength = null;
+  hConflict = false;
+  hTransferEncoding = null;
+  hConnection = null;
+  hXff = null;
+  hForwarded = null;
+  hRequestId = null;
+}
+
+function collectHeader(k: string, v: string): void {
+  hdrs.push(k, v);
+  hdrBytes += k.length + v.length;
+  switch (k.length) {
+    case 4:
+      if (k === 'host') hHost = v;
+      break;
+    case 9:
+      if (k === 'forwarded') hForwarded = hForwarded === null ? v : hForwarded + ', ' + v;
+      break;
+    case 10:
+      if (k === 'connection') hConnection = v;
+      break;
+    case 14:
+      if (k === 'content-length') {
+        if (hContentLength !== null && hContentLength !== v) hConflict = true;
+        hContentLength = v;
+      }
+      break;
+    case 15:
+      if (k === 'x-forwarded-for') hXff = hXff === null ? v : hXff + ', ' + v;
+      break;
+    case 17:
+      if (k === 'transfer-encoding') hTransferEncoding = v;
+      break;
+  }
+  if (k === ridHeaderName) hRequestId = v;
+}
+
+export class UwsServer {
+  private readonly uws = loadUws();
+  private readonly app: any;
+  private listenSocket: any = null;
+  private dp: Dataplane;
+  private readonly env: ExchangeEnv;
+  private readonly timers = new TimerList();
+  private sweeper: NodeJS.Timeout | null = null;
+  private pumpScheduled = false;
+  private readonly ridPrefix: string;
+  private ridCounter = 0;
+  draining = false;
+  port = 0;
+
+  constructor(dp: Dataplane, private readonly opts: ServerOptions) {
+    this.dp = dp;
+    ridHeaderName = dp.config.server.requestIdHeader;
+    // Request ids: a per-process random prefix, the worker index and a counter;
+    // unique without a random call per request.
+    this.ridPrefix = Math.random().toString(36).slice(2, 10) + '-' + opts.workerIndex.toString(36) + '-';
+    const runPump = () => {
+      this.pumpScheduled = false;
+    };
+    this.env = {
+      metrics: opts.metrics,
+      timers: this.timers,
+      requestIdHeader: dp.config.server.requestIdHeader,
+      pump: () => {
+        // One setImmediate per loop turn: Node drains the nextTick queue after
+        // it, which uWS callbacks do not do (see ENVIRONMENT.md, the 466 ms p99).
+        if (!this.pumpScheduled) {
+          this.pumpScheduled = true;
+          setImmediate(runPump);
+        }
+      },
+    };
+    this.app = this.uws.App();
+    this.app.any('/*', (res: any, req: any) => this.onRequest(res, req));
+  }
+
+  listen(): Promise<number> {
+    const { host, port } = this.opts;
+    return new Promise((resolve, reject) => {
+      this.app.listen(host, port, (ls: any) => {
+        if (!ls) {
+          reject(new Error(`cannot listen on ${host}:${port}: the address is in use or not available; pick another server.port/host`));
+          return;
+        }
+        this.listenSocket = ls;
+        this.port = this.uws.us_socket_local_port(ls);
+        this.sweeper = setInterval(() => this.sweep(), SWEEP_MS);
+        this.opts.onListen(this.port);
+        resolve(this.port);
+      });
+    });
+  }
+
+  /** Swap to a new config between requests; in-flight exchanges keep theirs. */
+  setDataplane(dp: Dataplane): void {
+    const old = this.dp;
+    this.dp = dp;
+    ridHeaderName = dp.config.server.requestIdHeader;
+    this.env.requestIdHeader = dp.config.server.requestIdHeader;
+    if (old !== dp) old.retire();
+  }
+
+  get inFlight(): number {
+    return this.timers.count;
+  }
+
+  private lastIdleSweep = 0;
+
+  private sweep(): void {
+    const now = performance.now();
+    this.timers.sweep(now);
+    if (now - this.lastIdleSweep >= 1000) {
+      this.lastIdleSweep = now;
+      for (const u of this.dp.upstreams.values()) u.sweepIdle(now - u.config.pool.idleTimeoutMs);
+    }
+  }
+
+  /** Stop accepting new connections; in-flight requests continue. */
+  stopListening(): void {
+    this.draining = true;
+    if (this.listenSocket !== null) {
+      this.uws.us_listen_socket_close(this.listenSocket);
+      this.listenSocket = null;
+    }
+  }
+
+  /** Final close, after drain: the worker exits by itself afterwards. */
+  close(): void {
+    this.stopListening();
+    if (this.sweeper !== null) clearInterval(this.sweeper);
+    this.sweeper = null;
+    this.dp.retire();
+    this.app.close?.();
+  }
+
+  private nextRequestId(): string {
+    return this.ridPrefix + (++this.ridCounter).toString(36);
+  }
+
+  /** This is the hot path -- change with care! */
+  private onRequest(res: any, req: any): void {
+    const t0 = performance.now();
+    const dp = this.dp;
+    const server = dp.config.server;
+    const limits = server.limits;
+    const method: string = req.getCaseSensitiveMethod();
+    const url: string = req.getUrl();
+    const query: string = req.getQuery() ?? '';
+    resetScratch();
+    req.forEach(collectHeader);
+
+    const requestId = hRequestId !== null && isSafeRequestId(hRequestId) ? hRequestId : this.nextRequestId();
+    const mIdx = methodIndex(method);
+    const isHead = method === 'HEAD';
+
+    if (this.draining) return this.reject(res, Errors.SHUTTING_DOWN, requestId, mIdx, isHead, t0, true);
+    if (url.length + query.length + 1 > limits.maxUrlBytes) {
+      return this.reject(res, Errors.URL_TOO_LONG, requestId, mIdx, isHead, t0, true);
+    }
+    if (hdrs.length > limits.maxHeaderCount * 2 || hdrBytes > limits.maxHeaderBytes) {
+      return this.reject(res, Errors.HEADERS_TOO_LARGE, requestId, mIdx, isHead, t0, true);
+    }
+    // Request smuggling guards: conflicting Content-Length values, or a value
+    // that is not a plain decimal, are refused and the connection closed.
+    let bodyMode = REQ_BODY_NONE;
+    let contentLength = 0;
+    if (hContentLength !== null) {
+      contentLength = parseContentLength(hContentLength);
+      if (hConflict || contentLength < 0 || hTransferEncoding !== null) {
+        return this.reject(res, Errors.BAD_REQUEST, requestId, mIdx, isHead, t0, true);
+      }
+      if (contentLength > 0) bodyMode = REQ_BODY_LENGTH;
+    } else if (hTransferEncoding !== null) {
+      if (hTransferEncoding.toLowerCase() !== 'chunked') {
+        return this.reject(res, Errors.BAD_REQUEST, requestId, mIdx, isHead, t0, true);
+      }
+      bodyMode = REQ_BODY_CHUNKED;
+    }
+
+    const path = normalizePath(url);
+    if (path === null) return this.reject(res, Errors.BAD_PATH, requestId, mIdx, isHead, t0, bodyMode !== REQ_BODY_NONE);
+    const host = normalizeHost(hHost);
+    const m = dp.router.find(method, host, path, hdrs, query);
+    if (m === null) {
+      return this.reject(res, Errors.ROUTE_NOT_FOUND, requestId, mIdx, isHead, t0, bodyMode !== REQ_BODY_NONE);
+    }
+    if (m.kind !== MATCH_FOUND) {
+      res.writeStatus(Errors.METHOD_NOT_ALLOWED.statusLine).writeHeader('allow', m.allow);
+      return this.reject(res, Errors.METHOD_NOT_ALLOWED, requestId, mIdx, isHead, t0, bodyMode !== REQ_BODY_NONE);
+    }
+    const route = m.data!;
+    if (bodyMode === REQ_BODY_LENGTH && contentLength > route.maxBodyBytes) {
+      // Refused before reading a byte of it; the connection is closed so the
+      // unread body cannot be taken for the next request.
+      return this.reject(res, Errors.BODY_TOO_LARGE, requestId, mIdx, isHead, t0, true, route.slot);
+    }
+
+    // --- upstream request head
+    const upstreamPath = route.rewrite === null ? path : route.rewrite(path, m.paramNames, m.params);
+    const clientIp = this.remoteAddress(res);
+    const pool = route.upstream.pick(clientIp);
+    const hostLine = route.preserveHost && hHost !== '' ? hHost : pool.hostHeader;
+    let head = method + ' ' + (query === '' ? upstreamPath : upstreamPath + '?' + query) + ' HTTP/1.1\r\nhost: ' + hostLine + '\r\n';
+    const drop = route.requestPlan.drop;
+    let listed: Set<string> | null = null;
+    if (hConnection !== null && hConnection !== 'keep-alive' && hConnection !== 'close') listed = connectionListed(hConnection);
+    for (let i = 0; i < hdrs.length; i += 2) {
+      const k = hdrs[i]!;
+      if (drop.has(k) || k.charCodeAt(0) === 112 && k.startsWith('proxy-') || (listed !== null && listed.has(k))) continue;
+      head += k + ': ' + hdrs[i + 1] + '\r\n';
+    }
+    const fwd = server.forwarded;
+    if (fwd.xForwardedFor) head += 'x-forwarded-for: ' + (hXff === null ? clientIp : hXff + ', ' + clientIp) + '\r\n';
+    if (fwd.xForwardedProtoHost) head += 'x-forwarded-proto: http\r\nx-forwarded-host: ' + hHost + '\r\n';
+    if (fwd.forwarded) {
+      const forIp = clientIp.includes(':') ? '"[' + clientIp + ']"' : clientIp;
+      const el = 'for=' + forIp + ';host="' + hHost.replace(/["\\]/g, '') + '";proto=http';
+      head += 'forwarded: ' + (hForwarded === null ? el : hForwarded + ', ' + el) + '\r\n';
+    }
+    head += ridHeaderName + ': ' + requestId + '\r\n' + route.requestPlan.extraLines;
+    if (bodyMode === REQ_BODY_LENGTH) head += 'content-length: ' + contentLength + '\r\n\r\n';
+    else if (bodyMode === REQ_BODY_CHUNKED) head += 'transfer-encoding: chunked\r\n\r\n';
+    else head += '\r\n';
+
+    const ex = new Exchange(res, this.env, route, pool, method, mIdx, requestId, head, bodyMode, route.maxBodyBytes, t0);
+    res.onAborted(() => ex.onClientAborted());
+    if (bodyMode !== REQ_BODY_NONE) res.onData((ab: ArrayBuffer, isLast: boolean) => ex.onClientData(ab, isLast));
+    ex.start();
+  }
+
+  private remoteAddress(res: any): string {
+    return textDecoder.decode(res.getRemoteAddressAsText());
+  }
+
+  /** Answers a gateway error synchronously inside the uWS handler and counts it. */
+  private reject(
+    res: any, e: GatewayErrorDef, requestId: string, mIdx: number, isHead: boolean, t0: number, close: boolean, slot = 0,
+  ): void {
+    if (e !== Errors.METHOD_NOT_ALLOWED) res.writeStatus(e.statusLine);
+    res.writeHeader('content-type', 'application/json').writeHeader(ridHeaderName, requestId);
+    if (isHead) res.endWithoutBody(undefined, close);
+    else res.end(errorBody(e, requestId), close);
+    const cells = this.env.metrics;
+    const i = errorIndex[e.code];
+    if (i !== undefined) cells[G_ERRORS + i]!++;
+    const base = slotBase(slot);
+    cells[base + S_REQUESTS + mIdx * STATUS_CLASSES.length + ((e.status / 100) | 0) - 1]!++;
+    observe(cells, base + S_DURATION, DURATION_BUCKETS, (performance.now() - t0) / 1000);
+  }
+}
