@@ -1,0 +1,90 @@
+/**
+ * Admin thread: the control-plane HTTP server (127.0.0.1 by default).
+ *
+ *   GET /health   200 {"status":"ok"} when every worker serves; 503 while
+ *                 starting, draining or after a worker died (load balancers
+ *                 stop sending at once when the gateway drains)
+ *   GET /metrics  Prometheus text, summed across workers (see metrics.ts)
+ *
+ * node:http is used here, not uWS: nothing on this thread is hot, and it
+ * keeps the admin side independent of the data plane's server backend.
+ */
+import http from 'node:http';
+import { isMainThread, parentPort, workerData } from 'node:worker_threads';
+import type { AdminData, FromAdmin, ToAdmin } from '../common/protocol.js';
+import { C_DRAINING, C_WORKER_COUNT, C_WORKER_STATE, W_READY } from '../common/protocol.js';
+import { MetricsView } from './metrics.js';
+
+if (isMainThread || parentPort === null) throw new Error('admin/admin.js runs as a worker thread; start the gateway with `turnpike start`.');
+
+const port = parentPort;
+const data = workerData as AdminData;
+const control = new Int32Array(data.control);
+const metrics = new MetricsView(data.metrics, control, data.slots);
+
+function send(msg: FromAdmin): void {
+  port.postMessage(msg);
+}
+
+const STATE_NAMES = ['starting', 'ready', 'draining', 'dead'];
+
+function health(): { ok: boolean; body: unknown } {
+  const n = Atomics.load(control, C_WORKER_COUNT);
+  const workers = [];
+  let ready = 0;
+  for (let i = 0; i < n; i++) {
+    const st = Atomics.load(control, C_WORKER_STATE + i);
+    if (st === W_READY) ready++;
+    workers.push({ index: i, state: STATE_NAMES[st] ?? 'unknown' });
+  }
+  const draining = Atomics.load(control, C_DRAINING) === 1;
+  const ok = !draining && ready === n;
+  return { ok, body: { status: draining ? 'draining' : ok ? 'ok' : 'degraded', workers } };
+}
+
+function json(res: http.ServerResponse, status: number, body: unknown): void {
+  const s = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(s), 'cache-control': 'no-store' });
+  res.end(s);
+}
+
+const server = http.createServer((req, res) => {
+  const url = req.url ?? '/';
+  const path = url.split('?', 1)[0];
+  if (req.method !== 'GET' && req.method !== 'HEAD') {
+    res.setHeader('allow', 'GET, HEAD');
+    json(res, 405, { error: { code: 'method_not_allowed', message: 'The admin endpoints here are read-only: use GET.' } });
+    return;
+  }
+  if (path === '/health') {
+    const h = health();
+    json(res, h.ok ? 200 : 503, h.body);
+    return;
+  }
+  if (path === '/metrics') {
+    metrics.registry.metrics().then((text) => {
+      res.writeHead(200, { 'content-type': metrics.registry.contentType, 'cache-control': 'no-store' });
+      res.end(text);
+    }, (err: Error) => json(res, 500, { error: { code: 'internal_error', message: err.message } }));
+    return;
+  }
+  json(res, 404, { error: { code: 'not_found', message: 'Unknown admin endpoint; try GET /health or GET /metrics.' } });
+});
+server.keepAliveTimeout = 5000;
+
+port.on('message', (msg: ToAdmin) => {
+  if (msg.type === 'config') metrics.setSlots(msg.slots);
+  else if (msg.type === 'drain') {
+    server.close();
+    server.closeAllConnections();
+    port.close();
+  }
+});
+
+server.once('error', (err: NodeJS.ErrnoException) => {
+  send({ type: 'fatal', message: `admin cannot listen on ${data.config.admin.host}:${data.config.admin.port} (${err.code}); change admin.port or set admin.enabled: false` });
+});
+server.listen(data.config.admin.port, data.config.admin.host, () => {
+  const addr = server.address();
+  send({ type: 'ready', port: typeof addr === 'object' && addr !== null ? addr.port : 0 });
+});

@@ -1,0 +1,88 @@
+/**
+ * Data-plane worker thread entry. Builds the Dataplane from the config it is
+ * handed, starts the backend (uWS on Node, Bun.serve on Bun), and follows
+ * the engine's messages: new config, drain, and (tests only) crash.
+ */
+import { isMainThread, parentPort, workerData } from 'node:worker_threads';
+import type { FromWorker, ToWorker, WorkerData } from '../common/protocol.js';
+import { C_WORKER_STATE, W_DRAINING, W_READY } from '../common/protocol.js';
+import { Dataplane } from './dataplane.js';
+
+if (isMainThread || parentPort === null) throw new Error('workers/worker.js runs as a worker thread; start the gateway with `turnpike start`.');
+
+const port = parentPort;
+const data = workerData as WorkerData;
+const control = new Int32Array(data.control);
+const metrics = new Float64Array(data.metrics);
+const isBun = typeof (process.versions as Record<string, string | undefined>).bun === 'string';
+
+interface Backend {
+  listen(): Promise<number>;
+  setDataplane(dp: Dataplane): void;
+  stopListening(): void;
+  close(): void;
+  readonly inFlight: number;
+}
+
+function send(msg: FromWorker): void {
+  port.postMessage(msg);
+}
+
+async function main(): Promise<void> {
+  let dp = new Dataplane(data.config, new Map(data.slots));
+  const s = data.config.server;
+  const wantBun = s.backend === 'bun' || (s.backend === 'auto' && isBun);
+  let backend: Backend;
+  let backendName: string;
+  if (wantBun) {
+    const { BunServer } = await import('./transport/bun-server.js');
+    backend = new BunServer(dp, { host: s.host, port: s.port, workerIndex: data.index, metrics, onListen: () => {} });
+    backendName = 'bun';
+  } else {
+    const { UwsServer } = await import('./transport/uws-server.js');
+    backend = new UwsServer(dp, { host: s.host, port: s.port, workerIndex: data.index, metrics, onListen: () => {} });
+    backendName = 'uws';
+  }
+  const bound = await backend.listen();
+  Atomics.store(control, C_WORKER_STATE + data.index, W_READY);
+  send({ type: 'ready', port: bound, backend: backendName });
+
+  port.on('message', (msg: ToWorker) => {
+    switch (msg.type) {
+      case 'config': {
+        dp = new Dataplane(msg.config, new Map(msg.slots));
+        backend.setDataplane(dp);
+        send({ type: 'config-applied', version: msg.config.version });
+        break;
+      }
+      case 'drain': {
+        Atomics.store(control, C_WORKER_STATE + data.index, W_DRAINING);
+        backend.stopListening();
+        const deadline = Date.now() + msg.timeoutMs;
+        const check = () => {
+          if (backend.inFlight === 0 || Date.now() >= deadline) {
+            const left = backend.inFlight;
+            backend.close();
+            send({ type: 'drained', inFlight: left });
+            // Once the sockets are closed the thread has nothing left and exits by itself.
+            port.close();
+            return;
+          }
+          setTimeout(check, 20);
+        };
+        check();
+        break;
+      }
+      case 'crash':
+        // Test hook (TURNPIKE_TEST_HOOKS=1 only): simulate a fatal bug in this worker.
+        if (process.env.TURNPIKE_TEST_HOOKS === '1') throw new Error('crash requested by test hook');
+        break;
+    }
+  });
+}
+
+main().catch((err: Error) => {
+  send({ type: 'fatal', message: err.message });
+  // Give the message a moment to leave, then let the engine see the exit.
+  setTimeout(() => process.exit(1), 50);
+});
