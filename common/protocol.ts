@@ -5,6 +5,7 @@
  * thread boundary except the SharedArrayBuffers described here and in
  * metrics-layout.ts.
  */
+import type { MessagePort } from 'node:worker_threads';
 import type { GatewayConfig } from './config/types.js';
 
 /** Route id -> metrics slot, stable for the life of the process. */
@@ -16,6 +17,8 @@ export interface WorkerData {
   slots: SlotEntries;
   metrics: SharedArrayBuffer;
   control: SharedArrayBuffer;
+  /** Private line to the admin thread for latency snapshots (see workers/latency.ts). */
+  statsPort: MessagePort;
 }
 
 export interface AdminData {
@@ -24,6 +27,8 @@ export interface AdminData {
   /** One per worker index. */
   metrics: SharedArrayBuffer[];
   control: SharedArrayBuffer;
+  /** One per worker index that exists when the admin thread starts. */
+  statsPorts: (MessagePort | null)[];
   version: string;
   startedAt: number;
 }
@@ -39,19 +44,48 @@ export type FromWorker =
   | { type: 'drained'; inFlight: number }
   | { type: 'fatal'; message: string };
 
+/** What a reload changed, by id/name (see common/config/diff.ts). */
+export interface ConfigChanges {
+  routes: { added: string[]; removed: string[]; changed: string[] };
+  upstreams: { added: string[]; removed: string[]; changed: string[] };
+  /** Top-level settings paths that changed, e.g. `server.limits.maxBodyBytes`. */
+  settings: string[];
+}
+
+export interface ReloadResult {
+  ok: boolean;
+  /** Version now serving (the new one when ok, the old one when not). */
+  version: number;
+  errors: { path: string; message: string }[];
+  changes: ConfigChanges | null;
+  /** PUT only: the document was written to the config file. */
+  persisted: boolean;
+}
+
 export type ToAdmin =
   | { type: 'config'; config: GatewayConfig; slots: SlotEntries }
+  | { type: 'reload-result'; id: number; result: ReloadResult }
+  /** A worker was (re)started: its stats line. */
+  | { type: 'stats-port'; index: number; port: MessagePort }
   | { type: 'drain' };
 
 export type FromAdmin =
   | { type: 'ready'; port: number }
-  | { type: 'fatal'; message: string };
+  | { type: 'fatal'; message: string }
+  /**
+   * Ask the engine to reload: from the config file (doc absent), or from a
+   * new document (PUT /admin/config) that, when valid, is also persisted to
+   * the config file atomically. `dryRun` validates and diffs only.
+   */
+  | { type: 'reload'; id: number; doc?: unknown; dryRun?: boolean; actor: string };
 
 // -- control block (Int32Array over a SharedArrayBuffer, written by the engine)
 export const C_DRAINING = 0;
 export const C_CONFIG_VERSION = 1;
 export const C_WORKER_COUNT = 2;
 export const C_RESTARTS = 3;
+export const C_RELOADS_OK = 4;
+export const C_RELOADS_FAILED = 5;
 /** Per worker index: one of the W_* states. */
 export const C_WORKER_STATE = 8;
 export const MAX_WORKERS = 256;

@@ -9,7 +9,8 @@
  * Precedence: defaults < config file < TURNPIKE_* environment < CLI flags.
  * Without --config, the embedded default config runs (with its demo upstream).
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, watch } from 'node:fs';
+import { basename, dirname, resolve as resolvePath } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { formatErrors, loadConfigFile, loadEmbeddedConfig, type LoadResult } from '../common/config/load.js';
 import { schemaJson } from '../common/config/schema.js';
@@ -23,7 +24,7 @@ const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../package.json', 
 const USAGE = `turnpike ${pkg.version}: edge proxy and API gateway
 
 Usage:
-  turnpike start [--config FILE] [--set path=value]... [--port N] [--workers N]
+  turnpike start [--config FILE] [--set path=value]... [--port N] [--workers N] [--watch]
   turnpike validate FILE [--set path=value]...
   turnpike schema            print the config JSON Schema (for editors)
   turnpike --version
@@ -36,10 +37,14 @@ interface Args {
   command: string;
   file: string | null;
   sets: string[];
+  watch: boolean;
 }
 
+/** Changes to a watched config file within this window make one reload. */
+const WATCH_DEBOUNCE_MS = 200;
+
 function parseArgs(argv: string[]): Args {
-  const out: Args = { command: argv[0] ?? 'help', file: null, sets: [] };
+  const out: Args = { command: argv[0] ?? 'help', file: null, sets: [], watch: false };
   for (let i = 1; i < argv.length; i++) {
     const a = argv[i]!;
     const next = () => {
@@ -52,6 +57,7 @@ function parseArgs(argv: string[]): Args {
     else if (a.startsWith('--set=')) out.sets.push(a.slice(6));
     else if (a === '--port') out.sets.push(`server.port=${next()}`);
     else if (a === '--workers') out.sets.push(`server.workers=${next()}`);
+    else if (a === '--watch') out.watch = true;
     else if (!a.startsWith('-') && out.file === null) out.file = a;
     else fail(`unknown option ${a}`);
   }
@@ -77,7 +83,12 @@ async function start(args: Args): Promise<void> {
   }
   const config = result.config;
   if (config.demo.enabled) await startDemoUpstream(config.demo.port);
-  const sup = new Supervisor(config, pkg.version);
+  const sup = new Supervisor(config, {
+    configPath: args.file === null ? null : resolvePath(args.file),
+    portWasZero: config.server.port === 0,
+    sets: args.sets,
+    version: pkg.version,
+  });
   let gw;
   try {
     gw = await sup.start();
@@ -86,15 +97,6 @@ async function start(args: Args): Promise<void> {
     await sup.shutdown();
     process.exit(1);
   }
-  log('info', 'turnpike started', {
-    url: `http://${config.server.host === '0.0.0.0' ? '127.0.0.1' : config.server.host}:${gw.port}`,
-    port: gw.port,
-    adminPort: gw.adminPort,
-    workers: config.server.workers,
-    backend: gw.backend,
-    config: config.source,
-    routes: config.routes.length,
-  });
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
@@ -104,10 +106,33 @@ async function start(args: Args): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  // SIGHUP: reload the config file; a bad file is refused and logged, the old config keeps serving.
+  process.on('SIGHUP', () => { void sup.reload({ actor: 'SIGHUP' }); });
+  if (args.watch && args.file !== null) {
+    // Editors replace files (rename) as often as they write them: watch the
+    // directory entry and debounce bursts of events into one reload.
+    let timer: NodeJS.Timeout | null = null;
+    const file = resolvePath(args.file);
+    watch(dirname(file), { persistent: false }, (_event, name) => {
+      if (name !== basename(file)) return;
+      if (timer !== null) clearTimeout(timer);
+      timer = setTimeout(() => { timer = null; void sup.reload({ actor: 'file-watch' }); }, WATCH_DEBOUNCE_MS);
+    });
+  }
   if (process.env.TURNPIKE_TEST_HOOKS === '1') {
     // Test hook: `kill -USR2` makes worker 0 crash (see test/integration).
     process.on('SIGUSR2', () => sup.crashWorker(0));
   }
+  // Handlers first: a signal that arrives right after the line below must not hit Node's defaults.
+  log('info', 'turnpike started', {
+    url: `http://${config.server.host === '0.0.0.0' ? '127.0.0.1' : config.server.host}:${gw.port}`,
+    port: gw.port,
+    adminPort: gw.adminPort,
+    workers: config.server.workers,
+    backend: gw.backend,
+    config: config.source,
+    routes: config.routes.length,
+  });
 }
 
 function validate(args: Args): void {

@@ -9,19 +9,30 @@
  * The main thread never terminate()s a worker that may still hold uWS
  * sockets and never exits before its workers: either aborts the process.
  */
+import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
 import net from 'node:net';
-import { Worker } from 'node:worker_threads';
+import { dirname } from 'node:path';
+import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
+import { stringify as toYaml } from 'yaml';
+import { RESTART_ONLY, diffConfigs, formatChanges } from '../common/config/diff.js';
+import { loadConfigDocument, loadConfigFile, loadEmbeddedConfig, type LoadResult } from '../common/config/load.js';
 import type { GatewayConfig } from '../common/config/types.js';
 import { log } from '../common/log.js';
 import { DEFAULT_MAX_ROUTE_SLOTS, FIRST_ROUTE_SLOT, metricsBufferBytes } from '../common/metrics-layout.js';
-import type { AdminData, FromAdmin, FromWorker, SlotEntries, ToAdmin, ToWorker, WorkerData } from '../common/protocol.js';
-import {
-  C_CONFIG_VERSION, C_DRAINING, C_RESTARTS, C_WORKER_COUNT, C_WORKER_STATE, CONTROL_BYTES, MAX_WORKERS, W_DEAD, W_STARTING,
+import type {
+  AdminData, FromAdmin, FromWorker, ReloadResult, SlotEntries, ToAdmin, ToWorker, WorkerData,
 } from '../common/protocol.js';
+import {
+  C_CONFIG_VERSION, C_DRAINING, C_RELOADS_FAILED, C_RELOADS_OK, C_RESTARTS, C_WORKER_COUNT, C_WORKER_STATE, CONTROL_BYTES,
+  MAX_WORKERS, W_DEAD, W_STARTING,
+} from '../common/protocol.js';
+import { validateRoutePattern } from '../workers/router/compile.js';
 
 const WORKER_ENTRY = new URL('../workers/worker.js', import.meta.url);
 const ADMIN_ENTRY = new URL('../admin/admin.js', import.meta.url);
 
+/** A worker must acknowledge a new config within this, or the reload reports it. */
+const APPLY_TIMEOUT_MS = 5000;
 /** Restart backoff: 100 ms doubling to 10 s; reset after a worker lived 30 s. */
 const BACKOFF_MIN_MS = 100;
 const BACKOFF_MAX_MS = 10_000;
@@ -35,6 +46,22 @@ interface Slot {
   backoffMs: number;
   ready: boolean;
   exiting: boolean;
+  /** Config version this worker serves. */
+  version: number;
+  /** Waiting for 'config-applied' of a version. */
+  acks: Map<number, () => void>;
+  /** The admin thread's end of this worker's stats line, until handed over. */
+  statsPort: MessagePort | null;
+}
+
+export interface SupervisorOptions {
+  /** The config file, or null for the embedded default. */
+  configPath: string | null;
+  /** server.port was 0 (ephemeral) in the config given at start. */
+  portWasZero?: boolean;
+  /** `--set` flags, re-applied on every reload. */
+  sets: readonly string[];
+  version: string;
 }
 
 export interface StartedGateway {
@@ -53,15 +80,20 @@ export class Supervisor {
   private nextRouteSlot = FIRST_ROUTE_SLOT;
   private admin: Worker | null = null;
   private draining = false;
+  private started = false;
   private port = 0;
   private backend = '';
   private readonly version: string;
   private readonly startedAt = Date.now();
+  private readonly opts: SupervisorOptions;
+  /** Reloads run one at a time, in the order asked. */
+  private reloadChain: Promise<unknown> = Promise.resolve();
 
-  constructor(config: GatewayConfig, version: string) {
+  constructor(config: GatewayConfig, opts: SupervisorOptions) {
     if (config.server.workers > MAX_WORKERS) throw new Error(`server.workers: at most ${MAX_WORKERS}`);
     this.config = config;
-    this.version = version;
+    this.opts = opts;
+    this.version = opts.version;
     this.assignSlots(config);
   }
 
@@ -89,10 +121,11 @@ export class Supervisor {
     for (let i = 0; i < n; i++) {
       this.slots.push({
         index: i, worker: null, metrics: new SharedArrayBuffer(metricsBufferBytes(DEFAULT_MAX_ROUTE_SLOTS)),
-        startedAt: 0, backoffMs: BACKOFF_MIN_MS, ready: false, exiting: false,
+        startedAt: 0, backoffMs: BACKOFF_MIN_MS, ready: false, exiting: false, version: 0, acks: new Map(), statsPort: null,
       });
     }
     await Promise.all(this.slots.map((s) => this.spawnWorker(s)));
+    this.started = true;
     let adminPort: number | null = null;
     if (this.config.admin.enabled) adminPort = await this.spawnAdmin();
     return {
@@ -104,24 +137,40 @@ export class Supervisor {
   }
 
   private spawnWorker(slot: Slot): Promise<void> {
+    const config = this.config;
+    const stats = new MessageChannel();
     const data: WorkerData = {
-      index: slot.index, config: this.config, slots: [...this.routeSlots], metrics: slot.metrics, control: this.control,
+      index: slot.index, config, slots: [...this.routeSlots], metrics: slot.metrics, control: this.control, statsPort: stats.port1,
     };
     Atomics.store(this.controlView, C_WORKER_STATE + slot.index, W_STARTING);
-    const w = new Worker(WORKER_ENTRY, { workerData: data, name: `turnpike-worker-${slot.index}` });
+    const w = new Worker(WORKER_ENTRY, { workerData: data, transferList: [stats.port1], name: `turnpike-worker-${slot.index}` });
+    if (this.admin !== null) {
+      this.admin.postMessage({ type: 'stats-port', index: slot.index, port: stats.port2 } satisfies ToAdmin, [stats.port2]);
+      slot.statsPort = null;
+    } else {
+      slot.statsPort = stats.port2;
+    }
     slot.worker = w;
     slot.ready = false;
     slot.exiting = false;
     slot.startedAt = Date.now();
+    slot.version = config.version;
     return new Promise((resolve, reject) => {
       let settled = false;
       w.on('message', (msg: FromWorker) => {
         if (msg.type === 'ready') {
           slot.ready = true;
-          if (this.port === 0) this.port = msg.port;
+          this.port = msg.port;
           this.backend = msg.backend;
+          // A reload may have happened while this worker was starting.
+          if (slot.version !== this.config.version) this.sendConfig(slot);
           if (!settled) { settled = true; resolve(); }
+        } else if (msg.type === 'config-applied') {
+          slot.version = msg.version;
+          const ack = slot.acks.get(msg.version);
+          if (ack) { slot.acks.delete(msg.version); ack(); }
         } else if (msg.type === 'fatal') {
+          Atomics.store(this.controlView, C_WORKER_STATE + slot.index, W_DEAD);
           log('error', 'worker failed', { worker: slot.index, error: msg.message });
           if (!settled) { settled = true; reject(new Error(msg.message)); }
         }
@@ -132,9 +181,13 @@ export class Supervisor {
       w.on('exit', (code) => {
         Atomics.store(this.controlView, C_WORKER_STATE + slot.index, W_DEAD);
         slot.worker = null;
-        if (!settled) { settled = true; reject(new Error(`worker ${slot.index} exited with code ${code} before it was ready`)); return; }
-        if (this.draining || slot.exiting) return;
-        this.scheduleRestart(slot, code);
+        slot.ready = false;
+        for (const ack of slot.acks.values()) ack();
+        slot.acks.clear();
+        if (!settled) { settled = true; reject(new Error(`worker ${slot.index} exited with code ${code} before it was ready`)); }
+        // At start a failing worker fails the start; later, it is replaced (with backoff).
+        if (!this.started || this.draining || slot.exiting) return;
+        this.scheduleRestart(slot, code ?? 0);
       });
     });
   }
@@ -151,22 +204,37 @@ export class Supervisor {
     setTimeout(() => {
       if (this.draining) return;
       this.spawnWorker(slot).catch((err: Error) => {
+        // Its exit handler schedules the next attempt, with a longer delay.
         log('error', 'worker restart failed', { worker: slot.index, error: err.message });
       });
     }, delay).unref();
   }
 
   private spawnAdmin(): Promise<number> {
+    const statsPorts = this.slots.map((s) => s.statsPort);
+    for (const s of this.slots) s.statsPort = null;
     const data: AdminData = {
       config: this.config, slots: [...this.routeSlots], metrics: this.slots.map((s) => s.metrics),
-      control: this.control, version: this.version, startedAt: this.startedAt,
+      control: this.control, statsPorts, version: this.version, startedAt: this.startedAt,
     };
-    const w = new Worker(ADMIN_ENTRY, { workerData: data, name: 'turnpike-admin' });
+    const w = new Worker(ADMIN_ENTRY, {
+      workerData: data, transferList: statsPorts.filter((p): p is MessagePort => p !== null), name: 'turnpike-admin',
+    });
     this.admin = w;
     return new Promise((resolve, reject) => {
       w.on('message', (msg: FromAdmin) => {
         if (msg.type === 'ready') resolve(msg.port);
         else if (msg.type === 'fatal') reject(new Error(msg.message));
+        else if (msg.type === 'reload') {
+          const req = { actor: msg.actor, ...(msg.doc !== undefined ? { doc: msg.doc } : {}), ...(msg.dryRun ? { dryRun: true } : {}) };
+          this.reload(req).then(
+            (result) => w.postMessage({ type: 'reload-result', id: msg.id, result } satisfies ToAdmin),
+            (err: Error) => w.postMessage({
+              type: 'reload-result', id: msg.id,
+              result: { ok: false, version: this.config.version, errors: [{ path: '', message: err.message }], changes: null, persisted: false },
+            } satisfies ToAdmin),
+          );
+        }
       });
       w.on('error', (err) => reject(err));
       w.on('exit', (code) => {
@@ -174,6 +242,78 @@ export class Supervisor {
         if (!this.draining) log('error', 'admin thread exited', { code });
       });
     });
+  }
+
+  private sendConfig(slot: Slot): Promise<void> {
+    const w = slot.worker;
+    if (w === null) return Promise.resolve();
+    const version = this.config.version;
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        slot.acks.delete(version);
+        log('warn', 'worker did not confirm the new config in time', { worker: slot.index, version });
+        resolve();
+      }, APPLY_TIMEOUT_MS);
+      slot.acks.set(version, () => { clearTimeout(timer); resolve(); });
+      w.postMessage({ type: 'config', config: this.config, slots: [...this.routeSlots] } satisfies ToWorker);
+    });
+  }
+
+  /**
+   * Reload from the config file (doc absent) or from a new document. Only a
+   * config that validates is applied; a document that applies is first
+   * written to the config file atomically. Serialised: concurrent calls run
+   * in order.
+   */
+  reload(req: { doc?: unknown; dryRun?: boolean; actor: string }): Promise<ReloadResult> {
+    const run = this.reloadChain.then(() => this.reloadNow(req));
+    this.reloadChain = run.catch(() => {});
+    return run;
+  }
+
+  private async reloadNow(req: { doc?: unknown; dryRun?: boolean; actor: string }): Promise<ReloadResult> {
+    const old = this.config;
+    const version = old.version + 1;
+    const common = { env: process.env, sets: this.opts.sets, version, checkPattern: validateRoutePattern };
+    let result: LoadResult;
+    if (req.doc !== undefined) result = loadConfigDocument(req.doc, { ...common, source: this.opts.configPath ?? '<admin>', demo: old.demo.enabled });
+    else if (this.opts.configPath !== null) result = loadConfigFile(this.opts.configPath, common);
+    else result = loadEmbeddedConfig(common);
+    const refuse = (errors: { path: string; message: string }[]): ReloadResult => {
+      if (!req.dryRun) Atomics.add(this.controlView, C_RELOADS_FAILED, 1);
+      log('error', 'config refused; the running config keeps serving', {
+        actor: req.actor, version: old.version, problems: errors.map((e) => (e.path ? `${e.path}: ${e.message}` : e.message)),
+      });
+      return { ok: false, version: old.version, errors, changes: null, persisted: false };
+    };
+    if (!result.ok) return refuse(result.errors);
+    let next = result.config;
+    // Port 0 was resolved at start; a config that still says 0 keeps that port.
+    if (next.server.port === 0 && this.opts.portWasZero) next = { ...next, server: { ...next.server, port: old.server.port } };
+    if (next.admin.port === 0 && old.admin.port === 0) next = { ...next, admin: { ...next.admin, port: old.admin.port } };
+    const changes = diffConfigs(old, next);
+    const restartOnly = changes.settings.filter((p) => RESTART_ONLY.some((r) => p === r || p.startsWith(r + '.')));
+    if (restartOnly.length > 0) {
+      return refuse(restartOnly.map((p) => ({ path: p, message: 'cannot change on reload; restart the gateway to apply it' })));
+    }
+    if (req.dryRun) return { ok: true, version: old.version, errors: [], changes, persisted: false };
+    let persisted = false;
+    if (req.doc !== undefined && this.opts.configPath !== null) {
+      try {
+        writeAtomically(this.opts.configPath, req.doc);
+        persisted = true;
+      } catch (err) {
+        return refuse([{ path: '', message: `cannot write ${this.opts.configPath}: ${(err as Error).message}; nothing was applied` }]);
+      }
+    }
+    this.config = Object.freeze({ ...next }) as GatewayConfig;
+    this.assignSlots(next);
+    await Promise.all(this.slots.filter((sl) => sl.ready).map((sl) => this.sendConfig(sl)));
+    Atomics.store(this.controlView, C_CONFIG_VERSION, next.version);
+    Atomics.add(this.controlView, C_RELOADS_OK, 1);
+    this.admin?.postMessage({ type: 'config', config: this.config, slots: [...this.routeSlots] } satisfies ToAdmin);
+    log('info', 'config reloaded', { actor: req.actor, version: next.version, changes: formatChanges(changes), persisted });
+    return { ok: true, version: next.version, errors: [], changes, persisted };
   }
 
   /** Test hook: make worker `i` throw (TURNPIKE_TEST_HOOKS=1). */
@@ -229,4 +369,20 @@ function findFreePort(host: string): Promise<number> {
       probe.close(() => resolve(addr.port));
     });
   });
+}
+
+/** Write temp, fsync, rename, fsync the directory: the file is old or new, never half. */
+function writeAtomically(path: string, doc: unknown): void {
+  const text = /\.json$/i.test(path) ? JSON.stringify(doc, null, 2) + '\n' : toYaml(doc);
+  const tmp = `${path}.tmp-${process.pid}`;
+  const fd = openSync(tmp, 'w', 0o600);
+  try {
+    writeSync(fd, text);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, path);
+  const dfd = openSync(dirname(path), 'r');
+  try { fsyncSync(dfd); } finally { closeSync(dfd); }
 }

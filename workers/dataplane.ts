@@ -48,10 +48,15 @@ export class Dataplane {
    * slots: route id -> metrics slot, assigned by the engine and stable across
    * reloads; a route without one counts under the overflow slot.
    */
-  constructor(config: GatewayConfig, slots: ReadonlyMap<string, number>) {
+  constructor(config: GatewayConfig, slots: ReadonlyMap<string, number>, previous: Dataplane | null = null) {
     this.config = config;
     this.upstreams = new Map();
-    for (const [name, u] of Object.entries(config.upstreams)) this.upstreams.set(name, new UpstreamRuntime(u));
+    for (const [name, u] of Object.entries(config.upstreams)) {
+      // An upstream whose settings did not change keeps its runtime: its warm
+      // keep-alive connections and balancer position survive the reload.
+      const prev = previous?.upstreams.get(name);
+      this.upstreams.set(name, prev !== undefined && JSON.stringify(prev.config) === JSON.stringify(u) ? prev : new UpstreamRuntime(u));
+    }
     this.routes = config.routes.map((r) => new RouteContext(r, slots.get(r.id) ?? OVERFLOW_SLOT, this.upstreams.get(r.upstream)!, config));
     this.router = compileRouter(
       config.routes.map((r, i) => ({
@@ -70,9 +75,12 @@ export class Dataplane {
     for (const u of this.upstreams.values()) u.sweepIdle(cutoff);
   }
 
-  /** Replaced by a newer config: idle upstream sockets close now, busy ones after their exchange. */
-  retire(): void {
-    for (const u of this.upstreams.values()) u.close();
+  /**
+   * Replaced by `next` (or shut down when null): upstreams it does not keep
+   * close their idle sockets now and their busy ones when the exchange ends.
+   */
+  retire(next: Dataplane | null): void {
+    for (const [name, u] of this.upstreams) if (next?.upstreams.get(name) !== u) u.close();
   }
 }
 

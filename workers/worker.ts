@@ -5,8 +5,9 @@
  */
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import type { FromWorker, ToWorker, WorkerData } from '../common/protocol.js';
-import { C_WORKER_STATE, W_DRAINING, W_READY } from '../common/protocol.js';
+import { C_WORKER_STATE, W_DEAD, W_DRAINING, W_READY } from '../common/protocol.js';
 import { Dataplane } from './dataplane.js';
+import { LatencyRecorder } from './latency.js';
 
 if (isMainThread || parentPort === null) throw new Error('workers/worker.js runs as a worker thread; start the gateway with `turnpike start`.');
 
@@ -28,21 +29,50 @@ function send(msg: FromWorker): void {
   port.postMessage(msg);
 }
 
+let active: Backend | null = null;
+let crashing = false;
+
+/**
+ * A worker that throws must not take the process down. Node aborts the whole
+ * process ("uv_loop_close() while having open handles", exit 134) when a
+ * worker thread dies holding uWS sockets, so a fatal error here closes the
+ * sockets in the order uWS needs and lets the thread end by itself; the
+ * engine sees the exit and starts a replacement. Only this worker's
+ * in-flight requests are lost.
+ */
+function crash(err: unknown): void {
+  if (crashing) return;
+  crashing = true;
+  const message = err instanceof Error ? err.stack ?? err.message : String(err);
+  Atomics.store(control, C_WORKER_STATE + data.index, W_DEAD);
+  send({ type: 'fatal', message });
+  try {
+    active?.close();
+  } catch { /* closing what we can */ }
+  data.statsPort.close();
+  port.close();
+}
+process.on('uncaughtException', crash);
+process.on('unhandledRejection', crash);
+
 async function main(): Promise<void> {
   let dp = new Dataplane(data.config, new Map(data.slots));
+  const latency = await LatencyRecorder.create();
+  latency.serve(data.statsPort);
   const s = data.config.server;
   const wantBun = s.backend === 'bun' || (s.backend === 'auto' && isBun);
   let backend: Backend;
   let backendName: string;
   if (wantBun) {
     const { BunServer } = await import('./transport/bun-server.js');
-    backend = new BunServer(dp, { host: s.host, port: s.port, workerIndex: data.index, metrics, onListen: () => {} });
+    backend = new BunServer(dp, { host: s.host, port: s.port, workerIndex: data.index, metrics, latency, onListen: () => {} });
     backendName = 'bun';
   } else {
     const { UwsServer } = await import('./transport/uws-server.js');
-    backend = new UwsServer(dp, { host: s.host, port: s.port, workerIndex: data.index, metrics, onListen: () => {} });
+    backend = new UwsServer(dp, { host: s.host, port: s.port, workerIndex: data.index, metrics, latency, onListen: () => {} });
     backendName = 'uws';
   }
+  active = backend;
   const bound = await backend.listen();
   Atomics.store(control, C_WORKER_STATE + data.index, W_READY);
   send({ type: 'ready', port: bound, backend: backendName });
@@ -50,7 +80,7 @@ async function main(): Promise<void> {
   port.on('message', (msg: ToWorker) => {
     switch (msg.type) {
       case 'config': {
-        dp = new Dataplane(msg.config, new Map(msg.slots));
+        dp = new Dataplane(msg.config, new Map(msg.slots), dp);
         backend.setDataplane(dp);
         send({ type: 'config-applied', version: msg.config.version });
         break;
@@ -64,7 +94,8 @@ async function main(): Promise<void> {
             const left = backend.inFlight;
             backend.close();
             send({ type: 'drained', inFlight: left });
-            // Once the sockets are closed the thread has nothing left and exits by itself.
+            // Once the sockets and ports are closed the thread has nothing left and exits by itself.
+            data.statsPort.close();
             port.close();
             return;
           }
@@ -81,8 +112,4 @@ async function main(): Promise<void> {
   });
 }
 
-main().catch((err: Error) => {
-  send({ type: 'fatal', message: err.message });
-  // Give the message a moment to leave, then let the engine see the exit.
-  setTimeout(() => process.exit(1), 50);
-});
+main().catch(crash);

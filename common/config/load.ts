@@ -88,6 +88,16 @@ export function loadConfigText(text: string, fileName: string, options: LoadText
     const message = `${fileName} is empty; write a configuration (turnpike schema describes it) or start without --config to use the embedded default`;
     return { ok: false, errors: [{ path: '', message }] };
   }
+  return loadConfigDocument(doc, { ...options, source: options.source ?? fileName });
+}
+
+/**
+ * Overrides + validate for an already parsed document (the admin API's
+ * PUT /admin/config body): environment and --set still apply on top, as they
+ * would after a restart.
+ */
+export function loadConfigDocument(doc: unknown, options: LoadTextOptions = {}): ValidationResult {
+  const fileName = options.source ?? '<document>';
   const env = applyEnvOverrides(doc, options.env ?? process.env);
   const cli = applyCliOverrides(env.doc, options.sets ?? []);
   const overrideErrors = [...env.errors, ...cli.errors];

@@ -12,6 +12,13 @@ import { fileURLToPath } from 'node:url';
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const CLI = join(ROOT, 'dist/engine/cli.js');
 
+// A test that times out never reaches its `finally`: make sure no gateway
+// outlives the test process that started it.
+const live = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const p of live) p.kill('SIGKILL');
+});
+
 export interface Gateway {
   port: number;
   adminPort: number | null;
@@ -51,8 +58,9 @@ export async function startGateway(config: Record<string, any>, opts: StartOptio
     env: { ...process.env, TURNPIKE_LOG_FORMAT: 'json', ...(opts.env ?? {}) },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  live.add(proc);
   const logs: string[] = [];
-  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => { live.delete(proc); resolve(code); }));
   const started = new Promise<{ port: number; adminPort: number | null }>((resolve, reject) => {
     let buf = '';
     const onData = (chunk: Buffer) => {

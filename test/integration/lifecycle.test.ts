@@ -37,6 +37,30 @@ describe('drain', () => {
   });
 });
 
+describe('drain timeout', () => {
+  it('cuts off requests still running at drainTimeoutMs and exits 0', async () => {
+    const up = await startUpstream(() => { /* never answers */ });
+    const gw = await startGateway(baseConfig({
+      server: { workers: 1, drainTimeoutMs: 400 },
+      upstreams: { up: { targets: [up.url], timeouts: { responseMs: 60_000 } } },
+      routes: [{ id: 'all', path: '/*', upstream: 'up' }],
+    }));
+    try {
+      const stuck = request(gw.url + '/stuck').then((r) => r.body.text()).catch((e: Error) => e);
+      await new Promise((r) => setTimeout(r, 200));
+      const t = performance.now();
+      gw.proc.kill('SIGTERM');
+      expect(await gw.exited).toBe(0);
+      expect(performance.now() - t).toBeLessThan(3000);
+      expect(await stuck).toBeInstanceOf(Error);
+      expect(gw.logs.join('\n')).toMatch(/drain timeout: requests were cut off/);
+    } finally {
+      await gw.stop();
+      await up.close();
+    }
+  });
+});
+
 describe('start errors', () => {
   it('refuses an invalid config and names the problem', async () => {
     await expect(startGateway(baseConfig({

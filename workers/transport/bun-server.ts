@@ -60,6 +60,8 @@ export class BunServer {
     this.dp = dp;
   }
 
+  // Bun's fetch pools upstream connections itself; nothing to retire here.
+
   stopListening(): void {
     this.draining = true;
     // stop(false): stop accepting, let in-flight requests finish.
@@ -77,12 +79,15 @@ export class BunServer {
   }
 
   private count(e: GatewayErrorDef, slot: number, mIdx: number, t0: number): void {
+    if (!this.dp.config.metrics.enabled) return;
+    const ms = performance.now() - t0;
+    this.opts.latency?.recordGateway(ms);
     const cells = this.opts.metrics;
     const i = errorIndex[e.code];
     if (i !== undefined) cells[G_ERRORS + i]!++;
     const base = slotBase(slot);
     cells[base + S_REQUESTS + mIdx * STATUS_CLASSES.length + ((e.status / 100) | 0) - 1]!++;
-    observe(cells, base + S_DURATION, DURATION_BUCKETS, (performance.now() - t0) / 1000);
+    observe(cells, base + S_DURATION, DURATION_BUCKETS, ms / 1000);
   }
 
   private errorResponse(e: GatewayErrorDef, requestId: string, isHead: boolean, extra?: Record<string, string>): Response {
@@ -207,7 +212,12 @@ export class BunServer {
       }
       return reject(Errors.UPSTREAM_RESET, route.slot);
     }
-    observe(cells, base + S_UPSTREAM, DURATION_BUCKETS, (performance.now() - tSent) / 1000);
+    const metricsOn = dp.config.metrics.enabled;
+    const upMs = performance.now() - tSent;
+    if (metricsOn) {
+      observe(cells, base + S_UPSTREAM, DURATION_BUCKETS, upMs / 1000);
+      this.opts.latency?.recordUpstream(upMs);
+    }
     const out = new Headers();
     const rdrop = route.responsePlan.drop;
     const rconn = up.headers.get('connection');
@@ -231,8 +241,12 @@ export class BunServer {
     }
     this.inFlight--;
     cells[G_IN_FLIGHT]!--;
-    cells[base + S_REQUESTS + mIdx * STATUS_CLASSES.length + Math.min(4, Math.max(0, ((status / 100) | 0) - 1))]!++;
-    observe(cells, base + S_DURATION, DURATION_BUCKETS, (performance.now() - t0) / 1000);
+    if (metricsOn) {
+      const ms = performance.now() - t0;
+      this.opts.latency?.recordGateway(ms);
+      cells[base + S_REQUESTS + mIdx * STATUS_CLASSES.length + Math.min(4, Math.max(0, ((status / 100) | 0) - 1))]!++;
+      observe(cells, base + S_DURATION, DURATION_BUCKETS, ms / 1000);
+    }
     return new Response(noBody ? null : up.body, { status, statusText: up.statusText, headers: out });
   }
 }

@@ -24,6 +24,7 @@ import {
   SIZE_BUCKETS, STATUS_CLASSES, observe, slotBase,
 } from '../../common/metrics-layout.js';
 import type { RouteContext } from '../dataplane.js';
+import type { LatencyRecorder } from '../latency.js';
 import { connectionListed } from '../proxy/headers.js';
 import { BODY_CHUNKED, BODY_LENGTH, BODY_NONE, ParseError, type ResponseSink } from '../proxy/http1-parser.js';
 import type { TimerList, Timed } from '../proxy/timers.js';
@@ -46,6 +47,9 @@ const LAST_CHUNK = Buffer.from('0\r\n\r\n');
 /** Shared per-thread state the exchanges need (set by the server). */
 export interface ExchangeEnv {
   metrics: Float64Array;
+  /** metrics.enabled: count into `metrics` and `latency`. */
+  metricsOn: boolean;
+  latency: LatencyRecorder | null;
   timers: TimerList;
   requestIdHeader: string;
   /** Called after work that may have queued process.nextTick callbacks from a uWS callback. */
@@ -368,7 +372,10 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
   onResponseHead(status: number, reason: string, headers: string[], bodyKind: number, contentLength: number): void {
     const now = performance.now();
     const env = this.env;
-    observe(env.metrics, slotBase(this.route.slot) + S_UPSTREAM, DURATION_BUCKETS, (now - this.tSent) / 1000);
+    if (env.metricsOn) {
+      observe(env.metrics, slotBase(this.route.slot) + S_UPSTREAM, DURATION_BUCKETS, (now - this.tSent) / 1000);
+      env.latency?.recordUpstream(now - this.tSent);
+    }
     this.status = status;
     this.resBodyKind = bodyKind;
     this.resTotal = contentLength;
@@ -582,6 +589,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
   }
 
   countError(code: string): void {
+    if (!this.env.metricsOn) return;
     const i = errorIndex[code];
     if (i !== undefined) this.env.metrics[G_ERRORS + i]!++;
   }
@@ -596,11 +604,14 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
     env.metrics[G_IN_FLIGHT]!--;
     if (this.pool !== null) this.pool.active--;
     this.bodyQueue = null;
+    if (!env.metricsOn) return;
+    const ms = performance.now() - this.t0;
+    env.latency?.recordGateway(ms);
     const cells = env.metrics;
     const base = slotBase(this.route.slot);
     const cls = this.status >= 100 && this.status < 600 ? ((this.status / 100) | 0) - 1 : 4;
     cells[base + S_REQUESTS + this.methodIdx * STATUS_CLASSES.length + cls]!++;
-    observe(cells, base + S_DURATION, DURATION_BUCKETS, (performance.now() - this.t0) / 1000);
+    observe(cells, base + S_DURATION, DURATION_BUCKETS, ms / 1000);
     observe(cells, base + S_REQ_SIZE, SIZE_BUCKETS, this.reqBytes);
     observe(cells, base + S_RES_SIZE, SIZE_BUCKETS, this.resBytes);
   }

@@ -19,12 +19,14 @@ import { MATCH_FOUND } from '../router/types.js';
 import { normalizeHost, normalizePath } from '../router/normalize.js';
 import { Exchange, REQ_BODY_CHUNKED, REQ_BODY_LENGTH, REQ_BODY_NONE, errorIndex, type ExchangeEnv } from './uws-exchange.js';
 import { loadUws } from './uws-loader.js';
+import type { LatencyRecorder } from '../latency.js';
 
 export interface ServerOptions {
   host: string;
   port: number;
   workerIndex: number;
   metrics: Float64Array;
+  latency: LatencyRecorder | null;
   /** Called with the port actually bound (useful with port 0). */
   onListen(port: number): void;
 }
@@ -112,6 +114,8 @@ export class UwsServer {
     };
     this.env = {
       metrics: opts.metrics,
+      metricsOn: dp.config.metrics.enabled,
+      latency: dp.config.metrics.enabled ? opts.latency : null,
       timers: this.timers,
       requestIdHeader: dp.config.server.requestIdHeader,
       pump: () => {
@@ -150,7 +154,9 @@ export class UwsServer {
     this.dp = dp;
     ridHeaderName = dp.config.server.requestIdHeader;
     this.env.requestIdHeader = dp.config.server.requestIdHeader;
-    if (old !== dp) old.retire();
+    this.env.metricsOn = dp.config.metrics.enabled;
+    this.env.latency = dp.config.metrics.enabled ? this.opts.latency : null;
+    if (old !== dp) old.retire(dp);
   }
 
   get inFlight(): number {
@@ -182,8 +188,10 @@ export class UwsServer {
     this.stopListening();
     if (this.sweeper !== null) clearInterval(this.sweeper);
     this.sweeper = null;
-    this.dp.retire();
-    this.app.close?.();
+    // Closes every client socket; pending exchanges see onAborted and let go
+    // of their upstream sockets.
+    this.app.close();
+    this.dp.retire(null);
   }
 
   private nextRequestId(): string {
@@ -293,11 +301,14 @@ export class UwsServer {
     res.writeHeader('content-type', 'application/json').writeHeader(ridHeaderName, requestId);
     if (isHead) res.endWithoutBody(undefined, close);
     else res.end(errorBody(e, requestId), close);
+    if (!this.env.metricsOn) return;
+    const ms = performance.now() - t0;
+    this.env.latency?.recordGateway(ms);
     const cells = this.env.metrics;
     const i = errorIndex[e.code];
     if (i !== undefined) cells[G_ERRORS + i]!++;
     const base = slotBase(slot);
     cells[base + S_REQUESTS + mIdx * STATUS_CLASSES.length + ((e.status / 100) | 0) - 1]!++;
-    observe(cells, base + S_DURATION, DURATION_BUCKETS, (performance.now() - t0) / 1000);
+    observe(cells, base + S_DURATION, DURATION_BUCKETS, ms / 1000);
   }
 }
