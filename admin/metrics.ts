@@ -15,7 +15,7 @@ import {
   S_RES_SIZE, S_UPSTREAM, SIZE_BUCKETS, SLOT_CELLS, STATUS_CLASSES, slotBase,
 } from '../common/metrics-layout.js';
 import type { SlotEntries } from '../common/protocol.js';
-import { C_CONFIG_VERSION, C_RESTARTS } from '../common/protocol.js';
+import { C_CONFIG_VERSION, C_RELOADS_FAILED, C_RELOADS_OK, C_RESTARTS } from '../common/protocol.js';
 
 type Values = { labels: Record<string, string | number>; value: number; metricName?: string }[];
 
@@ -63,6 +63,10 @@ export class MetricsView {
       () => [{ labels: {}, value: this.sum(G_IN_FLIGHT) }]);
     add('turnpike_worker_restarts_total', 'Data-plane worker threads replaced after exiting.', 'counter',
       () => [{ labels: {}, value: Atomics.load(this.control, C_RESTARTS) }]);
+    add('turnpike_config_reloads_total', 'Config reloads by result: applied, or refused (the old config kept serving).', 'counter', () => [
+      { labels: { result: 'success' }, value: Atomics.load(this.control, C_RELOADS_OK) },
+      { labels: { result: 'failure' }, value: Atomics.load(this.control, C_RELOADS_FAILED) },
+    ]);
     add('turnpike_config_version', 'Version of the configuration being served.', 'gauge',
       () => [{ labels: {}, value: Atomics.load(this.control, C_CONFIG_VERSION) }]);
   }

@@ -145,6 +145,7 @@ export function resolveConfig(doc: Obj, opts: ResolveOptions): GatewayConfig {
       host: pick(a, 'host', DEFAULTS.admin.host),
       port: pick(a, 'port', DEFAULTS.admin.port),
     },
+    metrics: { enabled: pick(obj(doc['metrics']), 'enabled', DEFAULTS.metrics.enabled) },
     upstreams,
     routes: Array.isArray(doc['routes']) ? (doc['routes'] as unknown[]).map((r) => route(obj(r))) : [],
     demo: opts.demoPort === null ? { enabled: false, port: 0 } : { enabled: true, port: opts.demoPort },

@@ -147,6 +147,7 @@ export interface GatewayConfig {
   source: string;
   server: ServerConfig;
   admin: AdminConfig;
+  metrics: { enabled: boolean };
   upstreams: Readonly<Record<string, UpstreamConfig>>;
   routes: readonly RouteConfig[];
   /** Run the built-in demo upstream (the embedded default config only). */
