@@ -1,0 +1,281 @@
+// The upstream and the targets (proxies under test). Adding a peer is ONE
+// entry in TARGETS: a port, a reason it cannot run (or null), and how to
+// start it (command + args; config files go in the run's temp dir).
+//
+// Every peer gets one worker/thread and an upstream keep-alive pool of 512
+// (more than the largest -c), so no peer loses throughput to reconnects.
+// nginx/haproxy run in the foreground with private configs and pid files in
+// the temp dir: no system service is touched. Ports 18000-18099 only.
+import { writeFileSync, readFileSync, mkdirSync, chmodSync, existsSync } from 'node:fs';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { which, spawnPinned, waitReady, portInUse, stopChild, cmdOutput } from './proc.mjs';
+
+export const BENCH_DIR = join(dirname(fileURLToPath(import.meta.url)), '..');
+export const ROOT_DIR = join(BENCH_DIR, '..');
+// TURNPIKE_DIST points the harness at another build (e.g. a copy of an older
+// dist/ for an A/B run); default: this checkout's dist/.
+export const TURNPIKE_DIST = process.env.TURNPIKE_DIST || join(ROOT_DIR, 'dist');
+export const TURNPIKE_CLI = join(TURNPIKE_DIST, 'engine/cli.js');
+export const BUN_BIN = join(ROOT_DIR, 'node_modules/.bin/bun');
+
+export const UPSTREAM_PORT = 18000;
+export const POOL = 512;
+export const BIG_BODY_BYTES = 1024 * 1024;
+// CPU 0: proxy under test. CPU 1: load generator and upstream.
+export const PROXY_CPU = 0;
+export const LOAD_CPU = 1;
+
+const NGINX = which('nginx');
+const HAPROXY = which('haproxy');
+
+// Shared nginx settings. keepalive_requests defaults to 1000 (client and
+// upstream side): that would make wrk and the proxy reconnect every 1000
+// requests, so it is raised everywhere. Temp paths are private.
+function nginxCommon(tmp, name) {
+  const t = join(tmp, `${name}-temp`);
+  mkdirSync(t, { recursive: true });
+  chmodSync(t, 0o777); // workers drop to `nobody` when started as root
+  return `
+worker_processes 1;
+daemon off;
+master_process on;
+pid ${join(tmp, `${name}.pid`)};
+error_log ${join(tmp, `${name}-error.log`)} warn;
+worker_rlimit_nofile 20000;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 120s;
+  client_max_body_size 4m;
+  client_body_buffer_size 64k;
+  client_body_temp_path ${t}/client;
+  proxy_temp_path ${t}/proxy;
+  fastcgi_temp_path ${t}/fastcgi;
+  uwsgi_temp_path ${t}/uwsgi;
+  scgi_temp_path ${t}/scgi;
+  default_type application/octet-stream;
+`;
+}
+
+/** One-worker nginx upstream: "ok" for any method on /, 1 MiB on /1mb. */
+export async function startUpstream(tmp, log) {
+  if (await portInUse(UPSTREAM_PORT)) throw new Error(`port ${UPSTREAM_PORT} is busy: stop what holds it`);
+  const www = join(tmp, 'www');
+  mkdirSync(www, { recursive: true });
+  chmodSync(tmp, 0o755);
+  chmodSync(www, 0o755);
+  writeFileSync(join(www, '1mb'), Buffer.alloc(BIG_BODY_BYTES, 'x'), { mode: 0o644 });
+  let child;
+  let kind;
+  if (NGINX) {
+    kind = 'nginx';
+    const conf = join(tmp, 'upstream-nginx.conf');
+    // `return 200` answers POST too: nginx reads and discards the body
+    // (client_max_body_size must cover it), verified by checkUpstream().
+    writeFileSync(
+      conf,
+      `${nginxCommon(tmp, 'upstream')}
+  sendfile on;
+  server {
+    listen 127.0.0.1:${UPSTREAM_PORT} backlog=4096;
+    location = /1mb { root ${www}; }
+    location / { return 200 "ok"; }
+  }
+}
+`,
+    );
+    child = spawnPinned(LOAD_CPU, NGINX, ['-c', conf, '-p', tmp], { logFile: log });
+  } else {
+    kind = 'node:http (nginx missing)';
+    child = spawnPinned(LOAD_CPU, process.execPath, [join(BENCH_DIR, 'peers/upstream-node.mjs'), String(UPSTREAM_PORT)], { logFile: log });
+  }
+  await waitReady(UPSTREAM_PORT, { child });
+  await checkUpstream();
+  return { child, kind, port: UPSTREAM_PORT };
+}
+
+/** The upstream must answer POST 16 KB with 200 and serve exactly 1 MiB. */
+async function checkUpstream() {
+  const post = await fetch(`http://127.0.0.1:${UPSTREAM_PORT}/`, { method: 'POST', body: Buffer.alloc(16384, 'p') });
+  const postBody = await post.text();
+  if (post.status !== 200 || postBody !== 'ok') throw new Error(`upstream POST check failed: ${post.status} ${postBody.slice(0, 80)}`);
+  const big = await fetch(`http://127.0.0.1:${UPSTREAM_PORT}/1mb`);
+  const len = (await big.arrayBuffer()).byteLength;
+  if (big.status !== 200 || len !== BIG_BODY_BYTES) throw new Error(`upstream /1mb check failed: ${big.status}, ${len} bytes`);
+}
+
+const upstreamUrl = `http://127.0.0.1:${UPSTREAM_PORT}`;
+
+function turnpikeConfig(tmp, name, port) {
+  const file = join(tmp, `${name}.json`);
+  writeFileSync(
+    file,
+    JSON.stringify(
+      {
+        server: { host: '127.0.0.1', port, workers: 1 },
+        admin: { enabled: false },
+        upstreams: { up: { targets: [{ url: upstreamUrl }], pool: { maxConnections: POOL } } },
+        routes: [{ id: 'all', path: '/*', upstream: 'up' }],
+      },
+      null,
+      2,
+    ),
+  );
+  return file;
+}
+
+const notBuilt = () => (existsSync(TURNPIKE_CLI) ? null : `not built: run npm run build (no ${TURNPIKE_CLI})`);
+
+/**
+ * name: label in tables. port: where load goes. proxy: false for `direct`.
+ * skip(): a reason it cannot run here, or null. command(tmp): [cmd, args].
+ * version(): for the results file.
+ */
+export const TARGETS = [
+  {
+    name: 'turnpike-node',
+    port: 18080,
+    skip: notBuilt,
+    command: (tmp) => [process.execPath, [TURNPIKE_CLI, 'start', '--config', turnpikeConfig(tmp, 'turnpike-node', 18080)]],
+    version: () => `node ${process.version}`,
+  },
+  {
+    name: 'turnpike-bun',
+    port: 18081,
+    skip: () => notBuilt() ?? (existsSync(BUN_BIN) ? null : `no bun: run npm ci at the repo root (${BUN_BIN})`),
+    command: (tmp) => [BUN_BIN, [TURNPIKE_CLI, 'start', '--config', turnpikeConfig(tmp, 'turnpike-bun', 18081)]],
+    version: () => `bun ${cmdOutput(BUN_BIN, ['--version'])}`,
+  },
+  {
+    name: 'nginx',
+    port: 18001,
+    skip: () => (NGINX ? null : 'nginx not installed: run bench/setup.sh'),
+    command: (tmp) => {
+      const conf = join(tmp, 'nginx-proxy.conf');
+      // Upstream keepalive sized to the load (512 >= -c256); without it
+      // nginx reconnects per request. proxy_buffers hold 1 MiB in memory and
+      // proxy_max_temp_file_size 0 keeps big responses off the disk.
+      writeFileSync(
+        conf,
+        `${nginxCommon(tmp, 'nginx-proxy')}
+  proxy_buffer_size 16k;
+  proxy_buffers 16 64k;
+  proxy_busy_buffers_size 128k;
+  proxy_max_temp_file_size 0;
+  upstream up {
+    server 127.0.0.1:${UPSTREAM_PORT};
+    keepalive ${POOL};
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+  }
+  server {
+    listen 127.0.0.1:18001 backlog=4096;
+    location / {
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+`,
+      );
+      return [NGINX, ['-c', conf, '-p', tmp]];
+    },
+    version: () => cmdOutput(NGINX, ['-v'])?.replace(/^nginx version: /, ''),
+  },
+  {
+    name: 'haproxy',
+    port: 18002,
+    skip: () => (HAPROXY ? null : 'haproxy not installed: run bench/setup.sh'),
+    command: (tmp) => {
+      const conf = join(tmp, 'haproxy.cfg');
+      writeFileSync(
+        conf,
+        `global
+  nbthread 1
+  maxconn 8000
+  pidfile ${join(tmp, 'haproxy.pid')}
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 120s
+  timeout server 120s
+  timeout http-keep-alive 120s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:18002
+  default_backend be
+backend be
+  server s1 127.0.0.1:${UPSTREAM_PORT} pool-max-conn ${POOL}
+`,
+      );
+      return [HAPROXY, ['-db', '-f', conf]];
+    },
+    version: () => cmdOutput(HAPROXY, ['-v'])?.split('\n')[0],
+  },
+  {
+    name: 'node-http-proxy',
+    port: 18003,
+    skip: () => (existsSync(join(BENCH_DIR, 'node_modules/http-proxy')) ? null : 'http-proxy missing: run bench/setup.sh'),
+    command: () => [process.execPath, [join(BENCH_DIR, 'peers/node-http-proxy.mjs'), '18003', upstreamUrl, String(POOL)]],
+    version: () => `http-proxy ${pkgVersion('http-proxy')} on node ${process.version}`,
+  },
+  {
+    name: 'fastify',
+    port: 18004,
+    skip: () => (existsSync(join(BENCH_DIR, 'node_modules/@fastify/http-proxy')) ? null : '@fastify/http-proxy missing: run bench/setup.sh'),
+    command: () => [process.execPath, [join(BENCH_DIR, 'peers/fastify-proxy.mjs'), '18004', upstreamUrl, String(POOL)]],
+    version: () => `fastify ${pkgVersion('fastify')} + @fastify/http-proxy ${pkgVersion('@fastify/http-proxy')}`,
+  },
+  {
+    // No proxy: load straight at the upstream. The latency baseline for
+    // "added latency"; its CPU column is the upstream's, not a proxy's.
+    name: 'direct',
+    port: UPSTREAM_PORT,
+    direct: true,
+    skip: () => null,
+    version: () => 'upstream only',
+  },
+];
+
+export function pkgVersion(name) {
+  try {
+    return JSON.parse(readFileSync(join(BENCH_DIR, 'node_modules', name, 'package.json'), 'utf8')).version;
+  } catch {
+    return null;
+  }
+}
+
+/** TARGETS filtered by a comma list (env TARGETS), order kept. */
+export function selectTargets(filter) {
+  if (!filter) return TARGETS;
+  const want = filter.split(',').map((s) => s.trim()).filter(Boolean);
+  const unknown = want.filter((w) => !TARGETS.some((t) => t.name === w));
+  if (unknown.length) throw new Error(`unknown target(s) ${unknown.join(', ')}; known: ${TARGETS.map((t) => t.name).join(', ')}`);
+  return TARGETS.filter((t) => want.includes(t.name));
+}
+
+/**
+ * Start one target pinned to PROXY_CPU and wait until a GET through it
+ * returns 200. Returns { pid, child } (child null for direct).
+ */
+export async function startTarget(target, tmp, upstream) {
+  if (target.direct) return { child: upstream.child, pid: upstream.child.pid, direct: true };
+  if (await portInUse(target.port)) throw new Error(`port ${target.port} is busy`);
+  const [cmd, args] = target.command(tmp);
+  const log = join(tmp, `${target.name}.log`);
+  const child = spawnPinned(PROXY_CPU, cmd, args, { logFile: log, cwd: BENCH_DIR });
+  try {
+    await waitReady(target.port, { child, timeoutMs: 20000 });
+  } catch (err) {
+    await stopChild(child);
+    let tail = '';
+    try {
+      tail = readFileSync(log, 'utf8').split('\n').slice(-8).join('\n');
+    } catch {}
+    throw new Error(`${target.name}: ${err.message}${tail ? `\n--- ${log} ---\n${tail}` : ''}`);
+  }
+  return { child, pid: child.pid, direct: false, log };
+}
