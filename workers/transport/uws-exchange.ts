@@ -241,6 +241,11 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
       } else if (!ok) {
         this.pauseClient();
       }
+      // socket.write completes synchronously and defers its bookkeeping (and
+      // 'drain') with process.nextTick, which does not run after a uWS
+      // callback on its own: without this a paused upload waits for the next
+      // timer to wake Node.
+      this.env.pump();
       return;
     }
     if (n > 0) (this.bodyQueue ??= []).push(Buffer.copyBytesFrom(new Uint8Array(ab)));
