@@ -441,19 +441,25 @@ describe('upstream failures', () => {
     }
   });
 
-  it('keeps low-concurrency latency low (no nextTick stall between uWS and Node)', async () => {
-    const times: number[] = [];
-    for (let i = 0; i < 60; i++) {
-      const t = performance.now();
-      const r = await request(gw.url + '/api/latency');
-      await r.body.dump();
-      times.push(performance.now() - t);
-    }
-    times.sort((a, b) => a - b);
-    // The stall described in ENVIRONMENT.md costs hundreds of ms per request;
-    // a healthy proxy answers these in ~1 ms. The bound is far from both.
-    expect(times[Math.floor(times.length / 2)]).toBeLessThan(50);
-  });
+  // uWS calls into JS outside Node's callback scope, so anything Node defers
+  // with process.nextTick (net.connect, socket 'drain') waits until something
+  // else wakes Node: here the 25 ms timeout sweeper (ENVIRONMENT.md saw
+  // 466 ms without one). A healthy proxy answers these in ~1 ms; a stall
+  // shows as ~25 ms. The bound sits between the two.
+  for (const [name, method, body] of [['GET', 'GET', undefined], ['POST 16 KiB', 'POST', Buffer.alloc(16384, 1)]] as const) {
+    it(`keeps low-concurrency latency low: ${name} (no nextTick stall between uWS and Node)`, async () => {
+      const times: number[] = [];
+      for (let i = 0; i < 60; i++) {
+        const t = performance.now();
+        const r = await request(gw.url + (method === 'GET' ? '/api/latency' : '/upload'), { method, body });
+        await r.body.dump();
+        expect(r.statusCode).toBe(200);
+        times.push(performance.now() - t);
+      }
+      times.sort((a, b) => a - b);
+      expect(times[Math.floor(times.length / 2)]).toBeLessThan(10);
+    });
+  }
 });
 
 async function get2(g: Gateway, path: string) {

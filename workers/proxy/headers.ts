@@ -76,6 +76,9 @@ export function compileResponsePlan(policies: readonly HeaderPolicy[]): Response
  * are already dropped). Null when there are none: the common case, no work.
  */
 export function connectionListed(value: string): Set<string> | null {
+  // The usual values name nothing beyond what is always dropped.
+  const n = value.length;
+  if ((n === 10 || n === 5) && /^(?:keep-alive|close)$/i.test(value)) return null;
   let out: Set<string> | null = null;
   for (const part of value.split(',')) {
     const name = part.trim().toLowerCase();

@@ -9,6 +9,14 @@
 
 export const SWEEP_MS = 25;
 
+/**
+ * A clock refreshed at every sweep, for deadlines that are pushed forward on
+ * every body chunk (a performance.now() per chunk adds up on large bodies).
+ * It lags real time by at most SWEEP_MS, so such a deadline may fire up to
+ * that much early; body idle timeouts are seconds long.
+ */
+export const coarse = { now: performance.now() };
+
 export interface Timed {
   deadline: number;
   prevTimed: Timed | null;
@@ -39,6 +47,7 @@ export class TimerList {
   }
 
   sweep(now: number): void {
+    coarse.now = now;
     let t = this.head;
     while (t !== null) {
       const next = t.nextTimed;

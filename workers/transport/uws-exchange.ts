@@ -27,7 +27,7 @@ import type { RouteContext } from '../dataplane.js';
 import type { LatencyRecorder } from '../latency.js';
 import { connectionListed } from '../proxy/headers.js';
 import { BODY_CHUNKED, BODY_LENGTH, BODY_NONE, ParseError, type ResponseSink } from '../proxy/http1-parser.js';
-import type { TimerList, Timed } from '../proxy/timers.js';
+import { coarse, type TimerList, type Timed } from '../proxy/timers.js';
 import {
   ACQUIRE_FULL, READ_BUFFER, type Connection, type ConnectionUser, type TargetPool,
 } from '../proxy/upstream-pool.js';
@@ -191,8 +191,9 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
         this.setDeadline(0); // the client's own idle timeout (uWS) bounds a slow upload
         if (!ok) this.pauseClient();
       }
+      // 'drain' for a paused upload is emitted with process.nextTick (see onClientData).
+      this.env.pump();
     }
-    this.env.pump();
   }
 
   private writeBody(conn: Connection, chunk: Buffer): boolean {
@@ -431,7 +432,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
     this.resBytes += end - start;
     const res = this.res;
     if (res === null) return;
-    this.setDeadline(performance.now() + this.route.upstream.config.timeouts.idleMs);
+    this.setDeadline(coarse.now + this.route.upstream.config.timeouts.idleMs);
     const view = buf.subarray(start, end);
     if (this.resBodyKind === BODY_LENGTH) {
       if (this.pending !== null) {

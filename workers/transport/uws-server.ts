@@ -31,7 +31,48 @@ export interface ServerOptions {
   onListen(port: number): void;
 }
 
-const textDecoder = new TextDecoder();
+/**
+ * Client address text from uWS's binary form (4 or 16 bytes), with a small
+ * cache for IPv4: getRemoteAddressAsText + TextDecoder cost ~2 µs a request
+ * (4% of a proxied request's CPU in a profile).
+ */
+const v4Cache = new Map<number, string>();
+const V4_CACHE_MAX = 4096;
+function formatAddress(b: Uint8Array): string {
+  if (b.length === 4 || isV4Mapped(b)) {
+    const o = b.length === 4 ? 0 : 12;
+    const key = ((b[o]! << 24) | (b[o + 1]! << 16) | (b[o + 2]! << 8) | b[o + 3]!) >>> 0;
+    let s = v4Cache.get(key);
+    if (s === undefined) {
+      s = `${b[o]}.${b[o + 1]}.${b[o + 2]}.${b[o + 3]}`;
+      if (v4Cache.size >= V4_CACHE_MAX) v4Cache.clear();
+      v4Cache.set(key, s);
+    }
+    return s;
+  }
+  if (b.length !== 16) return '';
+  // RFC 5952 text: lowercase hex groups, the longest run of zero groups as `::`.
+  const g: number[] = [];
+  for (let i = 0; i < 16; i += 2) g.push((b[i]! << 8) | b[i + 1]!);
+  let bestAt = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8;) {
+    if (g[i] !== 0) { i++; continue; }
+    let j = i;
+    while (j < 8 && g[j] === 0) j++;
+    if (j - i > bestLen) { bestAt = i; bestLen = j - i; }
+    i = j;
+  }
+  const hex = g.map((x) => x.toString(16));
+  if (bestAt === -1) return hex.join(':');
+  return hex.slice(0, bestAt).join(':') + '::' + hex.slice(bestAt + bestLen).join(':');
+}
+
+function isV4Mapped(b: Uint8Array): boolean {
+  if (b.length !== 16) return false;
+  for (let i = 0; i < 10; i++) if (b[i] !== 0) return false;
+  return b[10] === 0xff && b[11] === 0xff;
+}
 
 // Scratch state filled by collectHeader during req.forEach; the handler is
 // synchronous and single-threaded, so one set of slots serves every request.
@@ -88,6 +129,8 @@ function collectHeader(k: string, v: string): void {
   }
   if (k === ridHeaderName) hRequestId = v;
 }
+
+export { formatAddress };
 
 export class UwsServer {
   private readonly uws = loadUws();
@@ -290,7 +333,7 @@ export class UwsServer {
   }
 
   private remoteAddress(res: any): string {
-    return textDecoder.decode(res.getRemoteAddressAsText());
+    return formatAddress(new Uint8Array(res.getRemoteAddress() as ArrayBuffer));
   }
 
   /** Answers a gateway error synchronously inside the uWS handler and counts it. */
