@@ -3,16 +3,21 @@
  *
  *   GET /health   200 {"status":"ok"} when every worker serves; 503 while
  *                 starting, draining or after a worker died (load balancers
- *                 stop sending at once when the gateway drains)
- *   GET /metrics  Prometheus text, summed across workers (see metrics.ts)
+ *                 stop sending at once when the gateway drains). No auth.
+ *   GET /metrics  Prometheus text, summed across workers (see metrics.ts).
+ *                 No auth: scrapers run on the same host or network.
+ *   /admin/...    the admin API v1 (api/), behind an admin token.
  *
  * node:http is used here, not uWS: nothing on this thread is hot, and it
  * keeps the admin side independent of the data plane's server backend.
  */
 import http from 'node:http';
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
-import type { AdminData, FromAdmin, ToAdmin } from '../common/protocol.js';
+import type { GatewayConfig } from '../common/config/types.js';
+import type { AdminData, FromAdmin, ReloadResult, SlotEntries, ToAdmin } from '../common/protocol.js';
 import { C_DRAINING, C_WORKER_COUNT, C_WORKER_STATE, W_READY } from '../common/protocol.js';
+import { createAdminApi } from './api/index.js';
+import { LatencyCollector, type AdminContext } from './context.js';
 import { MetricsView } from './metrics.js';
 
 if (isMainThread || parentPort === null) throw new Error('admin/admin.js runs as a worker thread; start the gateway with `turnpike start`.');
@@ -21,14 +26,37 @@ const port = parentPort;
 const data = workerData as AdminData;
 const control = new Int32Array(data.control);
 const metrics = new MetricsView(data.metrics, control, data.slots);
+const collector = new LatencyCollector(data.statsPorts);
+let config: GatewayConfig = data.config;
+let slots: SlotEntries = data.slots;
 
 function send(msg: FromAdmin): void {
   port.postMessage(msg);
 }
 
+let nextReloadId = 1;
+const pendingReloads = new Map<number, (r: ReloadResult) => void>();
+
+const ctx: AdminContext = {
+  version: data.version,
+  startedAt: data.startedAt,
+  control,
+  metrics,
+  config: () => config,
+  slots: () => slots,
+  reload(req) {
+    const id = nextReloadId++;
+    return new Promise<ReloadResult>((resolve) => {
+      pendingReloads.set(id, resolve);
+      send({ type: 'reload', id, actor: req.actor, ...(req.doc !== undefined ? { doc: req.doc } : {}), ...(req.dryRun ? { dryRun: true } : {}) });
+    });
+  },
+  latency: () => collector.collect(),
+};
+
 const STATE_NAMES = ['starting', 'ready', 'draining', 'dead'];
 
-function health(): { ok: boolean; body: unknown } {
+export function health(): { ok: boolean; body: unknown } {
   const n = Atomics.load(control, C_WORKER_COUNT);
   const workers = [];
   let ready = 0;
@@ -48,36 +76,58 @@ function json(res: http.ServerResponse, status: number, body: unknown): void {
   res.end(s);
 }
 
+const api = createAdminApi(ctx);
+
 const server = http.createServer((req, res) => {
   const url = req.url ?? '/';
   const path = url.split('?', 1)[0];
-  if (req.method !== 'GET' && req.method !== 'HEAD') {
-    res.setHeader('allow', 'GET, HEAD');
-    json(res, 405, { error: { code: 'method_not_allowed', message: 'The admin endpoints here are read-only: use GET.' } });
-    return;
-  }
-  if (path === '/health') {
-    const h = health();
-    json(res, h.ok ? 200 : 503, h.body);
-    return;
-  }
-  if (path === '/metrics') {
+  if (path === '/health' || path === '/metrics') {
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.setHeader('allow', 'GET, HEAD');
+      json(res, 405, { error: { code: 'method_not_allowed', message: `${path} is read-only: use GET.` } });
+      return;
+    }
+    if (path === '/health') {
+      const h = health();
+      json(res, h.ok ? 200 : 503, h.body);
+      return;
+    }
     metrics.registry.metrics().then((text) => {
       res.writeHead(200, { 'content-type': metrics.registry.contentType, 'cache-control': 'no-store' });
       res.end(text);
     }, (err: Error) => json(res, 500, { error: { code: 'internal_error', message: err.message } }));
     return;
   }
-  json(res, 404, { error: { code: 'not_found', message: 'Unknown admin endpoint; try GET /health or GET /metrics.' } });
+  if (path === '/admin' || path!.startsWith('/admin/')) {
+    api(req, res);
+    return;
+  }
+  json(res, 404, { error: { code: 'not_found', message: 'Unknown admin endpoint; try GET /health, GET /metrics or GET /admin/openapi.json.' } });
 });
 server.keepAliveTimeout = 5000;
 
 port.on('message', (msg: ToAdmin) => {
-  if (msg.type === 'config') metrics.setSlots(msg.slots);
-  else if (msg.type === 'drain') {
-    server.close();
-    server.closeAllConnections();
-    port.close();
+  switch (msg.type) {
+    case 'config':
+      config = msg.config;
+      slots = msg.slots;
+      metrics.setSlots(msg.slots);
+      break;
+    case 'reload-result': {
+      const resolve = pendingReloads.get(msg.id);
+      pendingReloads.delete(msg.id);
+      resolve?.(msg.result);
+      break;
+    }
+    case 'stats-port':
+      collector.setPort(msg.index, msg.port);
+      break;
+    case 'drain':
+      server.close();
+      server.closeAllConnections();
+      collector.close();
+      port.close();
+      break;
   }
 });
 

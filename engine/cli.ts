@@ -1,17 +1,24 @@
 #!/usr/bin/env node
 /**
- * turnpike CLI: start | validate | schema.
+ * turnpike CLI: start | validate | reload | schema.
  *
  *   turnpike start [--config FILE] [--set path=value]... [--port N] [--workers N]
- *   turnpike validate FILE [--set path=value]...
+ *   turnpike validate FILE [--set path=value]... [--diff [--admin URL]]
+ *   turnpike reload [--admin URL]
  *   turnpike schema > turnpike.schema.json
+ *
+ * reload and validate --diff talk to a running gateway's admin API
+ * (default http://127.0.0.1:9901, or TURNPIKE_ADMIN_URL) with the token in
+ * TURNPIKE_ADMIN_TOKEN, TURNPIKE_ADMIN_TOKEN_FILE or ./.turnpike/admin-token.
  *
  * Precedence: defaults < config file < TURNPIKE_* environment < CLI flags.
  * Without --config, the embedded default config runs (with its demo upstream).
  */
 import { readFileSync, watch } from 'node:fs';
-import { basename, dirname, resolve as resolvePath } from 'node:path';
+import { basename, dirname, extname, resolve as resolvePath } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { clientToken } from '../admin/api/auth.js';
+import { formatChanges } from '../common/config/diff.js';
 import { formatErrors, loadConfigFile, loadEmbeddedConfig, type LoadResult } from '../common/config/load.js';
 import { schemaJson } from '../common/config/schema.js';
 import { log } from '../common/log.js';
@@ -21,30 +28,46 @@ import { Supervisor } from './supervisor.js';
 
 const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../package.json', import.meta.url)), 'utf8')) as { version: string };
 
+const DEFAULT_ADMIN_URL = 'http://127.0.0.1:9901';
+/** reload waits for every worker to apply the config (5 s each at worst). */
+const ADMIN_REQUEST_TIMEOUT_MS = 30_000;
+
 const USAGE = `turnpike ${pkg.version}: edge proxy and API gateway
 
 Usage:
   turnpike start [--config FILE] [--set path=value]... [--port N] [--workers N] [--watch]
-  turnpike validate FILE [--set path=value]...
+  turnpike validate FILE [--set path=value]... [--diff [--admin URL]]
+  turnpike reload [--admin URL]
   turnpike schema            print the config JSON Schema (for editors)
   turnpike --version
 
 Without --config, start runs the embedded default config and its demo
 upstream. Environment overrides: TURNPIKE_SERVER__PORT=8081 (double
-underscore = nesting). Docs: README.md.`;
+underscore = nesting).
+
+reload: make the running gateway re-read its config file.
+validate --diff: also show what FILE would change in the running gateway
+(a dry run: nothing is applied). Both use the admin API at --admin URL
+(default ${DEFAULT_ADMIN_URL}, or TURNPIKE_ADMIN_URL) with the token in
+TURNPIKE_ADMIN_TOKEN, TURNPIKE_ADMIN_TOKEN_FILE or ./.turnpike/admin-token.
+Docs: README.md.`;
 
 interface Args {
   command: string;
   file: string | null;
   sets: string[];
   watch: boolean;
+  /** validate --diff */
+  diff: boolean;
+  /** --admin URL */
+  admin: string | null;
 }
 
 /** Changes to a watched config file within this window make one reload. */
 const WATCH_DEBOUNCE_MS = 200;
 
 function parseArgs(argv: string[]): Args {
-  const out: Args = { command: argv[0] ?? 'help', file: null, sets: [], watch: false };
+  const out: Args = { command: argv[0] ?? 'help', file: null, sets: [], watch: false, diff: false, admin: null };
   for (let i = 1; i < argv.length; i++) {
     const a = argv[i]!;
     const next = () => {
@@ -58,6 +81,9 @@ function parseArgs(argv: string[]): Args {
     else if (a === '--port') out.sets.push(`server.port=${next()}`);
     else if (a === '--workers') out.sets.push(`server.workers=${next()}`);
     else if (a === '--watch') out.watch = true;
+    else if (a === '--diff') out.diff = true;
+    else if (a === '--admin') out.admin = next();
+    else if (a.startsWith('--admin=')) out.admin = a.slice(8);
     else if (!a.startsWith('-') && out.file === null) out.file = a;
     else fail(`unknown option ${a}`);
   }
@@ -76,6 +102,7 @@ function load(args: Args): { result: LoadResult; embedded: boolean } {
 }
 
 async function start(args: Args): Promise<void> {
+  if (args.diff || args.admin !== null) fail('--diff and --admin go with validate and reload, not start');
   const { result } = load(args);
   if (!result.ok) {
     process.stderr.write(`turnpike: the configuration is invalid, nothing was started:\n${formatErrors(result.errors)}\n`);
@@ -135,8 +162,9 @@ async function start(args: Args): Promise<void> {
   });
 }
 
-function validate(args: Args): void {
+async function validate(args: Args): Promise<void> {
   if (args.file === null) fail('validate needs a FILE');
+  if (args.admin !== null && !args.diff) fail('--admin goes with --diff (validate FILE --diff --admin URL) or with reload');
   const { result } = load(args);
   if (!result.ok) {
     process.stderr.write(`${args.file}: ${result.errors.length} problem${result.errors.length === 1 ? '' : 's'}:\n${formatErrors(result.errors)}\n`);
@@ -144,6 +172,97 @@ function validate(args: Args): void {
   }
   const c = result.config;
   process.stdout.write(`${args.file}: valid (${c.routes.length} routes, ${Object.keys(c.upstreams).length} upstreams)\n`);
+  if (!args.diff) return;
+  // The running gateway validates the same document (with its own
+  // environment and --set flags) and answers with what would change.
+  const text = readFileSync(args.file, 'utf8');
+  const type = extname(args.file).toLowerCase() === '.json' ? 'application/json' : 'application/yaml';
+  const admin = adminUrl(args);
+  const r = await adminRequest(admin, 'PUT', '/admin/config?dryRun=true', { type, text });
+  if (r.status === 200) {
+    const b = r.body as { versionBefore: number; changes: Parameters<typeof formatChanges>[0] };
+    process.stdout.write(`against the gateway at ${admin} (config version ${b.versionBefore}), ${args.file} would change:\n${formatChanges(b.changes)}\n(dry run: nothing was applied)\n`);
+    return;
+  }
+  adminFailure(admin, r, `the running gateway would refuse ${args.file}; nothing was applied`);
+}
+
+interface AdminAnswer {
+  status: number;
+  body: unknown;
+  tokenFrom: string;
+}
+
+function adminUrl(args: Args): string {
+  const raw = args.admin ?? process.env.TURNPIKE_ADMIN_URL ?? DEFAULT_ADMIN_URL;
+  let u: URL;
+  try {
+    u = new URL(/^[a-z]+:\/\//i.test(raw) ? raw : `http://${raw}`);
+  } catch {
+    fail(`--admin: ${JSON.stringify(raw)} is not a URL; use e.g. ${DEFAULT_ADMIN_URL}`);
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') fail(`--admin: use an http:// URL, e.g. ${DEFAULT_ADMIN_URL}`);
+  const path = u.pathname.replace(/\/+$/, '').replace(/\/admin$/, '');
+  return u.origin + path;
+}
+
+/** One admin API call; exits with a clear message when the gateway cannot be reached. */
+async function adminRequest(base: string, method: string, path: string, body?: { type: string; text: string }): Promise<AdminAnswer> {
+  const cred = clientToken(process.env, process.cwd());
+  if (cred === null) {
+    process.stderr.write(`turnpike: no admin token found. Set TURNPIKE_ADMIN_TOKEN (or TURNPIKE_ADMIN_TOKEN_FILE), or run this in the directory the gateway was started from: without a configured token it writes one to .turnpike/admin-token there.\n`);
+    process.exit(1);
+  }
+  let res: Response;
+  try {
+    res = await fetch(base + path, {
+      method,
+      headers: { authorization: `Bearer ${cred.token}`, accept: 'application/json', ...(body ? { 'content-type': body.type } : {}) },
+      ...(body ? { body: body.text } : {}),
+      signal: AbortSignal.timeout(ADMIN_REQUEST_TIMEOUT_MS),
+    });
+  } catch (err) {
+    const e = err as Error & { cause?: { code?: string; message?: string } };
+    const why = e.name === 'TimeoutError' ? `no answer within ${ADMIN_REQUEST_TIMEOUT_MS / 1000} s` : (e.cause?.code ?? e.cause?.message ?? e.message);
+    process.stderr.write(`turnpike: cannot reach the admin API at ${base} (${why}): the gateway doesn't seem to run there.\n` +
+      `Start it with \`turnpike start --config FILE\`, or point at its admin listener with --admin http://HOST:PORT ` +
+      `(its admin.host and admin.port; admin.enabled must be true).\n`);
+    process.exit(1);
+  }
+  const text = await res.text();
+  let parsed: unknown = text;
+  try { parsed = JSON.parse(text); } catch { /* not JSON: shown as text */ }
+  return { status: res.status, body: parsed, tokenFrom: cred.from };
+}
+
+/** Prints an admin API error answer and exits 1. */
+function adminFailure(base: string, r: AdminAnswer, refusedHeadline: string): never {
+  const err = (r.body as { error?: { code?: string; message?: string; errors?: { path: string; message: string }[] } } | null)?.error;
+  if (r.status === 422 && err?.errors) {
+    process.stderr.write(`${refusedHeadline}:\n${formatErrors(err.errors)}\n`);
+  } else if (r.status === 401) {
+    process.stderr.write(`turnpike: the admin API at ${base} refused the token from ${r.tokenFrom} (401). Use a token the gateway knows: its TURNPIKE_ADMIN_TOKEN, one in its admin.tokensFile, or its generated .turnpike/admin-token.\n`);
+  } else if (r.status === 403) {
+    process.stderr.write(`turnpike: the token from ${r.tokenFrom} has the viewer role; this needs a token with the admin role (403).\n`);
+  } else {
+    const what = err?.message ?? (typeof r.body === 'string' ? r.body.slice(0, 500) : JSON.stringify(r.body));
+    process.stderr.write(`turnpike: the admin API at ${base} answered ${r.status}${err?.code ? ` ${err.code}` : ''}: ${what}\n`);
+  }
+  process.exit(1);
+}
+
+async function reload(args: Args): Promise<void> {
+  if (args.file !== null || args.sets.length > 0 || args.diff || args.watch) {
+    fail('reload takes only --admin URL; the gateway re-reads its own config file (with its own --set flags)');
+  }
+  const admin = adminUrl(args);
+  const r = await adminRequest(admin, 'POST', '/admin/config/reload');
+  if (r.status === 200) {
+    const b = r.body as { version: number; versionBefore: number; persisted: boolean; changes: Parameters<typeof formatChanges>[0] };
+    process.stdout.write(`reloaded: config version ${b.version} (was ${b.versionBefore})\n${formatChanges(b.changes)}\n`);
+    return;
+  }
+  adminFailure(admin, r, 'reload refused; the running config keeps serving');
 }
 
 async function main(): Promise<void> {
@@ -153,6 +272,8 @@ async function main(): Promise<void> {
       return start(args);
     case 'validate':
       return validate(args);
+    case 'reload':
+      return reload(args);
     case 'schema':
       process.stdout.write(schemaJson() + '\n');
       return;

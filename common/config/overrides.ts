@@ -14,7 +14,9 @@
  *   existing key is matched case-insensitively, a new one is lowercased.
  *   A variable without `__` whose name is not a top-level section
  *   (`TURNPIKE_CONFIG`, `TURNPIKE_LOG_LEVEL`) is not an override and is left
- *   to whoever reads it.
+ *   to whoever reads it; so are the names in RESERVED_ENV_NAMES, whatever
+ *   sections the schema gains (`TURNPIKE_ADMIN_TOKEN` is a credential, not
+ *   the `admin` section).
  * - CLI: `--set server.port=8081`, `--set routes[0].upstream=users` (or
  *   `routes.0.upstream`), `--set 'server.headers.request.set["x.y"]=1'`.
  * - Values are JSON when they parse as JSON (8081, true, ["GET"], {"a":1}),
@@ -36,6 +38,17 @@ const ROOT = configSchema as unknown as SchemaNode;
 const DEFINITIONS = ROOT['definitions'] as Record<string, SchemaNode>;
 const FORBIDDEN_KEYS = new Set(['__proto__', 'prototype', 'constructor']);
 export const ENV_PREFIX = 'TURNPIKE_';
+
+/** `TURNPIKE_*` variables that are read elsewhere and are never config overrides. */
+export const RESERVED_ENV_NAMES: ReadonlySet<string> = new Set([
+  'TURNPIKE_ADMIN_TOKEN', // admin API token (admin/api/auth.ts, turnpike reload)
+  'TURNPIKE_ADMIN_TOKEN_FILE', // file holding that token
+  'TURNPIKE_ADMIN_URL', // admin API address for turnpike reload / validate --diff
+  'TURNPIKE_LOG_FORMAT',
+  'TURNPIKE_LOG_LEVEL',
+  'TURNPIKE_TEST_HOOKS',
+  'TURNPIKE_UWS_MODULE',
+]);
 
 function deref(node: SchemaNode): SchemaNode {
   const ref = node['$ref'];
@@ -179,7 +192,7 @@ export function applyEnvOverrides(doc: unknown, env: NodeJS.ProcessEnv): Overrid
   const sections = Object.keys(ROOT['properties'] as SchemaNode).map((k) => k.toLowerCase());
   for (const name of Object.keys(env).sort()) {
     const value = env[name];
-    if (!name.startsWith(ENV_PREFIX) || value === undefined) continue;
+    if (!name.startsWith(ENV_PREFIX) || value === undefined || RESERVED_ENV_NAMES.has(name)) continue;
     const segments = name.slice(ENV_PREFIX.length).split('__');
     if (segments.length === 1 && !sections.includes(segments[0]!.toLowerCase())) continue;
     const problem = setPath(out, segments, value, 'env');

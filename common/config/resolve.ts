@@ -144,6 +144,8 @@ export function resolveConfig(doc: Obj, opts: ResolveOptions): GatewayConfig {
       enabled: pick(a, 'enabled', DEFAULTS.admin.enabled),
       host: pick(a, 'host', DEFAULTS.admin.host),
       port: pick(a, 'port', DEFAULTS.admin.port),
+      tokensFile: pick<string | null>(a, 'tokensFile', DEFAULTS.admin.tokensFile),
+      auditLog: pick(a, 'auditLog', DEFAULTS.admin.auditLog),
     },
     metrics: { enabled: pick(obj(doc['metrics']), 'enabled', DEFAULTS.metrics.enabled) },
     upstreams,

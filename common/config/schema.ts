@@ -33,7 +33,13 @@ export const DEFAULTS = Object.freeze({
     }),
     forwarded: Object.freeze({ xForwardedFor: true, xForwardedProtoHost: true, forwarded: false }),
   }),
-  admin: Object.freeze({ enabled: true, host: '127.0.0.1', port: 9901 }),
+  admin: Object.freeze({
+    enabled: true,
+    host: '127.0.0.1',
+    port: 9901,
+    tokensFile: null as string | null, // none: TURNPIKE_ADMIN_TOKEN, else a generated token
+    auditLog: '.turnpike/audit.log',
+  }),
   metrics: Object.freeze({ enabled: true }),
   upstream: Object.freeze({
     balance: 'round_robin' as const,
@@ -227,6 +233,15 @@ export const configSchema = {
           default: DEFAULTS.admin.host,
         },
         port: int(0, 65535, `TCP port (0..65535; 0 picks a free port). Default ${DEFAULTS.admin.port}.`, DEFAULTS.admin.port),
+        tokensFile: {
+          type: 'string', minLength: 1,
+          description: 'File of admin API tokens, one per line: "name role sha256:<hex of the token>" (role admin or viewer; "#" starts a comment). Only hashes are stored. Re-read on every reload. A relative path is resolved from the working directory. Default none: the token in TURNPIKE_ADMIN_TOKEN, or, when no token is configured at all, one generated at start into .turnpike/admin-token.',
+        },
+        auditLog: {
+          type: 'string', minLength: 1,
+          description: `File the admin API appends one JSON line to for every write (config reload or replace, refused attempts included); created with mode 0600. A relative path is resolved from the working directory. Default "${DEFAULTS.admin.auditLog}".`,
+          default: DEFAULTS.admin.auditLog,
+        },
       },
     },
     upstreams: {

@@ -65,6 +65,10 @@ export interface AdminConfig {
   enabled: boolean;
   host: string;
   port: number;
+  /** Admin API tokens file (`name role sha256:<hex>` lines), as written; null = none. */
+  tokensFile: string | null;
+  /** Audit log of admin API writes (JSON lines), as written (default `.turnpike/audit.log`). */
+  auditLog: string;
 }
 
 export interface TargetConfig {

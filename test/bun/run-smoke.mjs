@@ -114,6 +114,11 @@ await check('normalises the path before routing', async () => {
   const r = await fetch(`${base}/api/a/../b//c`);
   eq((await r.json()).url, '/api/b/c', 'url');
 });
+await check('passes an extension method (PURGE) through', async () => {
+  const r = await fetch(`${base}/api/purge`, { method: 'PURGE' });
+  eq(r.status, 200, 'status');
+  eq((await r.json()).method, 'PURGE', 'method');
+});
 await check('admin health sees both workers', async () => {
   const r = await fetch(`http://127.0.0.1:${started.adminPort}/health`);
   const j = await r.json();

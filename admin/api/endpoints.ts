@@ -1,0 +1,269 @@
+/**
+ * The admin API v1, one row per endpoint: method, path, role, the schemas of
+ * its query, body and answers (schemas.ts), and its handler. The dispatcher
+ * (index.ts) validates and routes from this table and openapi.ts publishes
+ * it; nothing about an endpoint is written anywhere else.
+ */
+import { isEmptyDiff, formatChanges } from '../../common/config/diff.js';
+import type { GatewayConfig } from '../../common/config/types.js';
+import type { ConfigChanges, ReloadResult } from '../../common/protocol.js';
+import {
+  C_DRAINING, C_RELOADS_FAILED, C_RELOADS_OK, C_RESTARTS, C_WORKER_COUNT, C_WORKER_STATE,
+} from '../../common/protocol.js';
+import type { AdminContext, Percentiles } from '../context.js';
+import type { AuditLog, AuditResult } from './audit.js';
+import type { Principal, Role } from './auth.js';
+import { AdminErrors, ApiError } from './errors.js';
+import { compareKeys, decodeCursor, encodeCursor, pageByKey } from './pagination.js';
+import { redact } from './redact.js';
+import * as S from './schemas.js';
+import type { Schema } from './schemas.js';
+
+/** Largest request body accepted (PUT /admin/config). */
+export const MAX_BODY_BYTES = 1_048_576; // 1 MiB
+
+export interface RequestContext {
+  api: AdminContext;
+  principal: Principal;
+  /** Validated, defaults filled. */
+  query: Record<string, unknown>;
+  /** Parsed body (endpoints with a body). */
+  body: unknown;
+  audit: AuditLog;
+  warnings(): string[];
+  openapi(): unknown;
+}
+
+export interface HandlerResult {
+  status: number;
+  body: unknown;
+  /** Write endpoints: what to record beyond what the dispatcher knows. */
+  audit?: { result: AuditResult; dryRun: boolean; versionAfter: number; changes: ConfigChanges | null; errors: { path: string; message: string }[] };
+}
+
+export interface BodySpec {
+  schema: Schema;
+  /** Media types accepted (parameters such as charset ignored). */
+  contentTypes: readonly string[];
+  maxBytes: number;
+  description: string;
+}
+
+export interface Endpoint {
+  method: 'GET' | 'POST' | 'PUT';
+  path: string;
+  operationId: string;
+  tag: string;
+  summary: string;
+  description: string;
+  /** Least role allowed. */
+  role: Role;
+  query: Schema;
+  /** null: no body; a non-empty one is refused with 400 unexpected_body. */
+  body: BodySpec | null;
+  /** Write endpoints: the audit action. */
+  audit: 'config.reload' | 'config.replace' | null;
+  responses: Readonly<Record<number, { description: string; schema: Schema }>>;
+  handler(rc: RequestContext): HandlerResult | Promise<HandlerResult>;
+}
+
+const err = (description: string) => ({ description, schema: S.errorBody });
+const R401 = { 401: err('Missing or invalid token (answered with WWW-Authenticate: Bearer).') };
+const R403 = { 403: err('The token has the viewer role; this endpoint needs admin.') };
+const R400 = { 400: err('Invalid query parameter (invalid_query, with "parameter").') };
+
+const WORKER_STATES = ['starting', 'ready', 'draining', 'dead'];
+
+function summaryLines(c: ConfigChanges): string[] {
+  return isEmptyDiff(c) ? [] : formatChanges(c).split('\n');
+}
+
+/** Shared by reload and replace: the engine's answer -> HTTP. */
+function reloadAnswer(r: ReloadResult, before: GatewayConfig, dryRun: boolean): HandlerResult {
+  if (!r.ok) {
+    const e = new ApiError(AdminErrors.CONFIG_INVALID,
+      `The configuration was refused and nothing was applied; the running config (version ${r.version}) keeps serving. ${r.errors.length} problem${r.errors.length === 1 ? '' : 's'} in "errors".`,
+      { errors: r.errors });
+    return {
+      status: e.status, body: e.body(),
+      audit: { result: 'refused', dryRun, versionAfter: r.version, changes: null, errors: r.errors },
+    };
+  }
+  const changes = r.changes ?? { routes: { added: [], removed: [], changed: [] }, upstreams: { added: [], removed: [], changed: [] }, settings: [] };
+  return {
+    status: 200,
+    body: { ok: true, dryRun, version: r.version, versionBefore: before.version, persisted: r.persisted, changes, summary: summaryLines(changes) },
+    audit: { result: dryRun ? 'dry_run' : 'applied', dryRun, versionAfter: r.version, changes, errors: [] },
+  };
+}
+
+function ms(us: number): number {
+  return Math.round(us) / 1000;
+}
+
+function toMs(p: Percentiles) {
+  return { count: p.count, p50: ms(p.p50), p90: ms(p.p90), p99: ms(p.p99), p999: ms(p.p999), max: ms(p.max), mean: ms(p.mean) };
+}
+
+export const ENDPOINTS: readonly Endpoint[] = [
+  {
+    method: 'GET', path: '/admin/status', operationId: 'getStatus', tag: 'gateway', role: 'viewer',
+    summary: 'Gateway status',
+    description: 'Version, uptime, config version and source, worker states, restarts, reload counts, draining.',
+    query: S.noQuery, body: null, audit: null,
+    responses: { 200: { description: 'Status.', schema: S.status }, ...R400, ...R401 },
+    handler({ api, warnings }) {
+      const c = api.control;
+      const n = Atomics.load(c, C_WORKER_COUNT);
+      const workers = [];
+      for (let i = 0; i < n; i++) workers.push({ index: i, state: WORKER_STATES[Atomics.load(c, C_WORKER_STATE + i)] ?? 'unknown' });
+      const config = api.config();
+      return {
+        status: 200,
+        body: {
+          version: api.version,
+          pid: process.pid,
+          startedAt: new Date(api.startedAt).toISOString(),
+          uptimeSeconds: Math.max(0, Math.round((Date.now() - api.startedAt) / 100) / 10),
+          config: { version: config.version, source: config.source },
+          workers,
+          restarts: Atomics.load(c, C_RESTARTS),
+          reloads: { success: Atomics.load(c, C_RELOADS_OK), failure: Atomics.load(c, C_RELOADS_FAILED) },
+          draining: Atomics.load(c, C_DRAINING) === 1,
+          warnings: warnings(),
+        },
+      };
+    },
+  },
+  {
+    method: 'GET', path: '/admin/config', operationId: 'getConfig', tag: 'config', role: 'viewer',
+    summary: 'Running configuration',
+    description: 'The resolved configuration now serving (defaults filled in). Values of keys matching /secret|password|token|key$/i, and of Authorization, Proxy-Authorization and Cookie header edits, are "[redacted]".',
+    query: S.noQuery, body: null, audit: null,
+    responses: { 200: { description: 'The running config, redacted.', schema: S.resolvedConfig }, ...R400, ...R401 },
+    handler({ api }) {
+      return { status: 200, body: redact(api.config()) };
+    },
+  },
+  {
+    method: 'PUT', path: '/admin/config', operationId: 'replaceConfig', tag: 'config', role: 'admin',
+    summary: 'Replace the configuration',
+    description: 'Validates a whole config document (environment and --set overrides still apply on top, as after a restart) and, when valid, writes it to the config file atomically and applies it to every worker; in-flight requests finish on the old config. Invalid: 422 with every problem, nothing applied. ?dryRun=true only reports what would change. Settings that need a restart (server.host/port/workers/backend, admin.host/port/enabled) are refused. Comments of a YAML config file are not kept.',
+    query: S.dryRunQuery,
+    body: {
+      schema: S.configDocument,
+      contentTypes: ['application/json', 'application/yaml', 'application/x-yaml', 'text/yaml', 'text/x-yaml'],
+      maxBytes: MAX_BODY_BYTES,
+      description: 'A whole config document, JSON or YAML (the config file\'s schema, `turnpike schema`). At most 1 MiB.',
+    },
+    audit: 'config.replace',
+    responses: {
+      200: { description: 'Applied (or, with dryRun, would apply).', schema: S.reloadResult },
+      400: err('Malformed JSON or YAML (malformed_body) or invalid query parameter (invalid_query).'),
+      ...R401, ...R403,
+      413: err('Body above 1 MiB (body_too_large).'),
+      415: err('Content type other than JSON or YAML (unsupported_media_type).'),
+      422: err('Refused (config_invalid): "errors" lists every problem by path; the running config keeps serving.'),
+    },
+    async handler({ api, principal, query, body }) {
+      const dryRun = query['dryRun'] === true;
+      const before = api.config();
+      if (body === null || typeof body !== 'object' || Array.isArray(body)) {
+        const errors = [{ path: '', message: `the body must be a whole configuration document (a JSON object or YAML mapping), got ${Array.isArray(body) ? 'a list' : body === null ? 'null' : typeof body}` }];
+        return reloadAnswer({ ok: false, version: before.version, errors, changes: null, persisted: false }, before, dryRun);
+      }
+      const r = await api.reload({ doc: body, dryRun, actor: `admin-api:${principal.name}` });
+      return reloadAnswer(r, before, dryRun);
+    },
+  },
+  {
+    method: 'POST', path: '/admin/config/reload', operationId: 'reloadConfig', tag: 'config', role: 'admin',
+    summary: 'Reload the config file',
+    description: 'Reads the config file again (as SIGHUP does) and applies it if it validates; otherwise 422 and the running config keeps serving. ?dryRun=true only reports what would change. No body.',
+    query: S.dryRunQuery, body: null, audit: 'config.reload',
+    responses: {
+      200: { description: 'Applied (or, with dryRun, would apply).', schema: S.reloadResult },
+      400: err('A body was sent (unexpected_body) or invalid query parameter (invalid_query).'),
+      ...R401, ...R403,
+      422: err('Refused (config_invalid): "errors" lists every problem by path; the running config keeps serving.'),
+    },
+    async handler({ api, principal, query }) {
+      const dryRun = query['dryRun'] === true;
+      const before = api.config();
+      const r = await api.reload({ dryRun, actor: `admin-api:${principal.name}` });
+      return reloadAnswer(r, before, dryRun);
+    },
+  },
+  {
+    method: 'GET', path: '/admin/routes', operationId: 'listRoutes', tag: 'config', role: 'viewer',
+    summary: 'Routes',
+    description: 'Routes of the running config in id order, cursor paginated.',
+    query: S.pageQuery, body: null, audit: null,
+    responses: { 200: { description: 'A page of routes.', schema: S.routePage }, ...R400, ...R401 },
+    handler({ api, query }) {
+      const routes = [...api.config().routes].sort((a, b) => compareKeys(a.id, b.id));
+      const p = pageByKey(routes, (r) => r.id, 'routes', query['limit'] as number, query['cursor'] as string | undefined);
+      return {
+        status: 200,
+        body: {
+          items: p.items.map((r) => ({ id: r.id, host: r.host, path: r.path, methods: [...r.methods], upstream: r.upstream, priority: r.priority })),
+          next: p.next,
+        },
+      };
+    },
+  },
+  {
+    method: 'GET', path: '/admin/upstreams', operationId: 'listUpstreams', tag: 'config', role: 'viewer',
+    summary: 'Upstreams',
+    description: 'Upstreams of the running config in name order, cursor paginated.',
+    query: S.pageQuery, body: null, audit: null,
+    responses: { 200: { description: 'A page of upstreams.', schema: S.upstreamPage }, ...R400, ...R401 },
+    handler({ api, query }) {
+      const ups = Object.values(api.config().upstreams).sort((a, b) => compareKeys(a.name, b.name));
+      const p = pageByKey(ups, (u) => u.name, 'upstreams', query['limit'] as number, query['cursor'] as string | undefined);
+      return {
+        status: 200,
+        body: {
+          items: p.items.map((u) => ({
+            name: u.name, targets: u.targets.map((t) => ({ url: t.url, weight: t.weight })), balance: u.balance, timeouts: { ...u.timeouts },
+          })),
+          next: p.next,
+        },
+      };
+    },
+  },
+  {
+    method: 'GET', path: '/admin/stats', operationId: 'getStats', tag: 'gateway', role: 'viewer',
+    summary: 'Latency percentiles',
+    description: 'HDR-histogram percentiles since start, merged across workers: gateway latency (request arrival to response end) and upstream latency (request sent to response head), in milliseconds with 3 decimals.',
+    query: S.noQuery, body: null, audit: null,
+    responses: { 200: { description: 'Latency.', schema: S.stats }, ...R400, ...R401 },
+    async handler({ api }) {
+      const l = await api.latency();
+      return { status: 200, body: { unit: 'ms', workers: l.workers, gateway: toMs(l.gateway), upstream: toMs(l.upstream) } };
+    },
+  },
+  {
+    method: 'GET', path: '/admin/audit', operationId: 'listAudit', tag: 'gateway', role: 'viewer',
+    summary: 'Audit log',
+    description: 'Admin write attempts (applied, dry run, refused, forbidden, malformed), newest first, cursor paginated; the newest 1000 are kept in memory (read back from admin.auditLog at start).',
+    query: S.pageQuery, body: null, audit: null,
+    responses: { 200: { description: 'A page of audit records.', schema: S.auditPage }, ...R400, ...R401 },
+    handler({ audit, query }) {
+      const cursor = query['cursor'] as string | undefined;
+      const before = cursor === undefined ? null : decodeCursor('audit', cursor);
+      const p = audit.page(query['limit'] as number, before);
+      return { status: 200, body: { items: p.records, next: p.next === null ? null : encodeCursor('audit', p.next) } };
+    },
+  },
+  {
+    method: 'GET', path: '/admin/openapi.json', operationId: 'getOpenApi', tag: 'gateway', role: 'viewer',
+    summary: 'This API as OpenAPI 3.1',
+    description: 'Generated from the same schema table the handlers validate with. Behind auth like every /admin endpoint (viewer is enough).',
+    query: S.noQuery, body: null, audit: null,
+    responses: { 200: { description: 'OpenAPI 3.1 document.', schema: S.openapiDocument }, ...R400, ...R401 },
+    handler({ openapi }) {
+      return { status: 200, body: openapi() };
+    },
+  },
+];
