@@ -213,33 +213,35 @@ export class TargetPool {
       conn.destroy();
       return;
     }
-    let next = this.pending.shift();
-    while (next !== undefined) {
-      next.queued = false;
-      if (!next.cancelled) {
-        conn.user = next;
-        next.onConnection(conn);
-        return;
-      }
-      next = this.pending.shift();
+    const next = this.nextWaiting();
+    if (next !== null) {
+      conn.user = next;
+      next.onConnection(conn);
+      return;
     }
     conn.idleSince = performance.now();
     this.idle.push(conn);
+  }
+
+  /** The oldest queued request still wanting a connection (cancelled ones are dropped). */
+  private nextWaiting(): ConnectionUser | null {
+    let next = this.pending.shift();
+    while (next !== undefined) {
+      next.queued = false;
+      if (!next.cancelled) return next;
+      next = this.pending.shift();
+    }
+    return null;
   }
 
   /** A socket closed or was destroyed: its slot may serve a waiting request. */
   onConnectionGone(_conn: Connection): void {
     this.open--;
     if (this.closed) return;
-    let next = this.pending.shift();
-    while (next !== undefined) {
-      next.queued = false;
-      if (!next.cancelled) {
-        this.open++;
-        new Connection(this, next);
-        return;
-      }
-      next = this.pending.shift();
+    const next = this.nextWaiting();
+    if (next !== null) {
+      this.open++;
+      new Connection(this, next);
     }
   }
 
@@ -264,14 +266,10 @@ export class TargetPool {
     this.closed = true;
     const idle = this.idle.splice(0);
     for (const c of idle) c.destroy();
-    let next = this.pending.shift();
-    while (next !== undefined) {
-      next.queued = false;
-      if (!next.cancelled) {
-        this.open++;
-        new Connection(this, next);
-      }
-      next = this.pending.shift();
+    // Whoever still waits gets a socket of its own: their exchange is under way.
+    for (let next = this.nextWaiting(); next !== null; next = this.nextWaiting()) {
+      this.open++;
+      new Connection(this, next);
     }
   }
 }

@@ -13,9 +13,8 @@
  *    (timeouts.connectMs + timeouts.responseMs) and body idle by Bun itself.
  */
 import { Errors, errorBody, type GatewayErrorDef } from '../../common/errors.js';
-import {
-  DURATION_BUCKETS, ERROR_CODES, G_ERRORS, G_IN_FLIGHT, S_DURATION, S_REQUESTS, S_UPSTREAM, STATUS_CLASSES, methodIndex, observe, slotBase,
-} from '../../common/metrics-layout.js';
+import { DURATION_BUCKETS, G_IN_FLIGHT, S_UPSTREAM, methodIndex, observe, slotBase } from '../../common/metrics-layout.js';
+import { countError, recordRequest } from '../request-metrics.js';
 import type { Dataplane } from '../dataplane.js';
 import { connectionListed, isSafeRequestId } from '../proxy/headers.js';
 import { parseContentLength } from '../proxy/http1-parser.js';
@@ -24,8 +23,6 @@ import { normalizeHost, normalizePath } from '../router/normalize.js';
 import type { ServerOptions } from './uws-server.js';
 
 declare const Bun: any;
-
-const errorIndex: Record<string, number> = Object.fromEntries(ERROR_CODES.map((c, i) => [c, i]));
 
 export class BunServer {
   private dp: Dataplane;
@@ -80,14 +77,8 @@ export class BunServer {
 
   private count(e: GatewayErrorDef, slot: number, mIdx: number, t0: number): void {
     if (!this.dp.config.metrics.enabled) return;
-    const ms = performance.now() - t0;
-    this.opts.latency?.recordGateway(ms);
-    const cells = this.opts.metrics;
-    const i = errorIndex[e.code];
-    if (i !== undefined) cells[G_ERRORS + i]!++;
-    const base = slotBase(slot);
-    cells[base + S_REQUESTS + mIdx * STATUS_CLASSES.length + ((e.status / 100) | 0) - 1]!++;
-    observe(cells, base + S_DURATION, DURATION_BUCKETS, ms / 1000);
+    countError(this.opts.metrics, e.code);
+    recordRequest(this.opts.metrics, this.opts.latency, slot, mIdx, e.status, performance.now() - t0);
   }
 
   private errorResponse(e: GatewayErrorDef, requestId: string, isHead: boolean, extra?: Record<string, string>): Response {
@@ -241,12 +232,7 @@ export class BunServer {
     }
     this.inFlight--;
     cells[G_IN_FLIGHT]!--;
-    if (metricsOn) {
-      const ms = performance.now() - t0;
-      this.opts.latency?.recordGateway(ms);
-      cells[base + S_REQUESTS + mIdx * STATUS_CLASSES.length + Math.min(4, Math.max(0, ((status / 100) | 0) - 1))]!++;
-      observe(cells, base + S_DURATION, DURATION_BUCKETS, ms / 1000);
-    }
+    if (metricsOn) recordRequest(cells, this.opts.latency, route.slot, mIdx, status, performance.now() - t0);
     return new Response(noBody ? null : up.body, { status, statusText: up.statusText, headers: out });
   }
 }

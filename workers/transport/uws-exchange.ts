@@ -19,10 +19,8 @@
  */
 import type { GatewayErrorDef } from '../../common/errors.js';
 import { Errors, errorBody } from '../../common/errors.js';
-import {
-  DURATION_BUCKETS, ERROR_CODES, G_ERRORS, G_IN_FLIGHT, S_DURATION, S_REQ_SIZE, S_REQUESTS, S_RES_SIZE, S_UPSTREAM,
-  SIZE_BUCKETS, STATUS_CLASSES, observe, slotBase,
-} from '../../common/metrics-layout.js';
+import { DURATION_BUCKETS, G_IN_FLIGHT, S_UPSTREAM, observe, slotBase } from '../../common/metrics-layout.js';
+import { countError, recordRequest, recordSizes } from '../request-metrics.js';
 import type { RouteContext } from '../dataplane.js';
 import type { LatencyRecorder } from '../latency.js';
 import { connectionListed } from '../proxy/headers.js';
@@ -56,7 +54,6 @@ export interface ExchangeEnv {
   pump(): void;
 }
 
-export const errorIndex: Record<string, number> = Object.fromEntries(ERROR_CODES.map((c, i) => [c, i]));
 
 // cork() takes a callback; these module-level slots let it run a method of
 // the current exchange without a closure per call.
@@ -595,9 +592,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
   }
 
   countError(code: string): void {
-    if (!this.env.metricsOn) return;
-    const i = errorIndex[code];
-    if (i !== undefined) this.env.metrics[G_ERRORS + i]!++;
+    if (this.env.metricsOn) countError(this.env.metrics, code);
   }
 
   /** Once, when both sides are done: metrics, timers, pool accounting. */
@@ -611,15 +606,8 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
     if (this.pool !== null) this.pool.active--;
     this.bodyQueue = null;
     if (!env.metricsOn) return;
-    const ms = performance.now() - this.t0;
-    env.latency?.recordGateway(ms);
-    const cells = env.metrics;
-    const base = slotBase(this.route.slot);
-    const cls = this.status >= 100 && this.status < 600 ? ((this.status / 100) | 0) - 1 : 4;
-    cells[base + S_REQUESTS + this.methodIdx * STATUS_CLASSES.length + cls]!++;
-    observe(cells, base + S_DURATION, DURATION_BUCKETS, ms / 1000);
-    observe(cells, base + S_REQ_SIZE, SIZE_BUCKETS, this.reqBytes);
-    observe(cells, base + S_RES_SIZE, SIZE_BUCKETS, this.resBytes);
+    recordRequest(env.metrics, env.latency, this.route.slot, this.methodIdx, this.status, performance.now() - this.t0);
+    recordSizes(env.metrics, this.route.slot, this.reqBytes, this.resBytes);
   }
 }
 

@@ -10,14 +10,15 @@
  * (400/404/405/413/414/431) are answered right here, synchronously.
  */
 import { Errors, errorBody, type GatewayErrorDef } from '../../common/errors.js';
-import { DURATION_BUCKETS, G_ERRORS, S_DURATION, S_REQUESTS, STATUS_CLASSES, methodIndex, observe, slotBase } from '../../common/metrics-layout.js';
+import { methodIndex } from '../../common/metrics-layout.js';
+import { countError, recordRequest } from '../request-metrics.js';
 import type { Dataplane } from '../dataplane.js';
 import { connectionListed, isSafeRequestId } from '../proxy/headers.js';
 import { parseContentLength } from '../proxy/http1-parser.js';
 import { SWEEP_MS, TimerList } from '../proxy/timers.js';
 import { MATCH_FOUND } from '../router/types.js';
 import { normalizeHost, normalizePath } from '../router/normalize.js';
-import { Exchange, REQ_BODY_CHUNKED, REQ_BODY_LENGTH, REQ_BODY_NONE, errorIndex, type ExchangeEnv } from './uws-exchange.js';
+import { Exchange, REQ_BODY_CHUNKED, REQ_BODY_LENGTH, REQ_BODY_NONE, type ExchangeEnv } from './uws-exchange.js';
 import { loadUws } from './uws-loader.js';
 import type { LatencyRecorder } from '../latency.js';
 
@@ -345,13 +346,7 @@ export class UwsServer {
     if (isHead) res.endWithoutBody(undefined, close);
     else res.end(errorBody(e, requestId), close);
     if (!this.env.metricsOn) return;
-    const ms = performance.now() - t0;
-    this.env.latency?.recordGateway(ms);
-    const cells = this.env.metrics;
-    const i = errorIndex[e.code];
-    if (i !== undefined) cells[G_ERRORS + i]!++;
-    const base = slotBase(slot);
-    cells[base + S_REQUESTS + mIdx * STATUS_CLASSES.length + ((e.status / 100) | 0) - 1]!++;
-    observe(cells, base + S_DURATION, DURATION_BUCKETS, ms / 1000);
+    countError(this.env.metrics, e.code);
+    recordRequest(this.env.metrics, this.env.latency, slot, mIdx, e.status, performance.now() - t0);
   }
 }
