@@ -81,6 +81,17 @@ export function cpuDeltaTicks(before, after) {
   return ticks;
 }
 
+/** User and kernel ticks summed over a tree (to split CPU into JS/native vs syscalls). */
+export function cpuSplit(rootPid) {
+  let utime = 0;
+  let stime = 0;
+  for (const pid of processTree(rootPid)) {
+    const st = readStat(pid);
+    if (st !== null) { utime += st.utime; stime += st.stime; }
+  }
+  return { utime, stime };
+}
+
 export function ticksToMicros(ticks) {
   return (ticks * 1e6) / clockTicks();
 }

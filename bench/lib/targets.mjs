@@ -108,7 +108,7 @@ async function checkUpstream() {
 
 const upstreamUrl = `http://127.0.0.1:${UPSTREAM_PORT}`;
 
-function turnpikeConfig(tmp, name, port) {
+function turnpikeConfig(tmp, name, port, extra = {}) {
   const file = join(tmp, `${name}.json`);
   writeFileSync(
     file,
@@ -116,6 +116,7 @@ function turnpikeConfig(tmp, name, port) {
       {
         server: { host: '127.0.0.1', port, workers: 1 },
         admin: { enabled: false },
+        ...extra,
         upstreams: { up: { targets: [{ url: upstreamUrl }], pool: { maxConnections: POOL } } },
         routes: [{ id: 'all', path: '/*', upstream: 'up' }],
       },
@@ -139,6 +140,15 @@ export const TARGETS = [
     port: 18080,
     skip: notBuilt,
     command: (tmp) => [process.execPath, [TURNPIKE_CLI, 'start', '--config', turnpikeConfig(tmp, 'turnpike-node', 18080)]],
+    version: () => `node ${process.version}`,
+  },
+  {
+    // The same, with metrics.enabled: false: the difference to turnpike-node
+    // is what counting (shared counters + HDR histograms) costs per request.
+    name: 'turnpike-nometrics',
+    port: 18082,
+    skip: notBuilt,
+    command: (tmp) => [process.execPath, [TURNPIKE_CLI, 'start', '--config', turnpikeConfig(tmp, 'turnpike-nometrics', 18082, { metrics: { enabled: false } })]],
     version: () => `node ${process.version}`,
   },
   {
