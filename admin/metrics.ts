@@ -11,7 +11,7 @@
  */
 import client from 'prom-client';
 import {
-  DURATION_BUCKETS, ERROR_CODES, G_ERRORS, G_IN_FLIGHT, METHODS, OVERFLOW_SLOT, S_DURATION, S_REQ_SIZE, S_REQUESTS,
+  DURATION_BUCKETS, ERROR_CODES, G_ERRORS, G_IN_FLIGHT, G_UPSTREAM_IDLE, G_UPSTREAM_OPEN, METHODS, OVERFLOW_SLOT, S_DURATION, S_REQ_SIZE, S_REQUESTS,
   S_RES_SIZE, S_UPSTREAM, SIZE_BUCKETS, SLOT_CELLS, STATUS_CLASSES, slotBase,
 } from '../common/metrics-layout.js';
 import type { SlotEntries } from '../common/protocol.js';
@@ -61,6 +61,10 @@ export class MetricsView {
     });
     add('turnpike_active_requests', 'Requests in flight across all workers (uWS exposes no per-connection events for HTTP).', 'gauge',
       () => [{ labels: {}, value: this.sum(G_IN_FLIGHT) }]);
+    add('turnpike_upstream_connections', 'Upstream sockets held by the workers: open (busy + idle, connecting included) and idle keep-alive.', 'gauge', () => [
+      { labels: { state: 'open' }, value: this.sum(G_UPSTREAM_OPEN) },
+      { labels: { state: 'idle' }, value: this.sum(G_UPSTREAM_IDLE) },
+    ]);
     add('turnpike_worker_restarts_total', 'Data-plane worker threads replaced after exiting.', 'counter',
       () => [{ labels: {}, value: Atomics.load(this.control, C_RESTARTS) }]);
     add('turnpike_config_reloads_total', 'Config reloads by result: applied, or refused (the old config kept serving).', 'counter', () => [

@@ -5,9 +5,11 @@
  */
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import type { FromWorker, ToWorker, WorkerData } from '../common/protocol.js';
+import { G_IN_FLIGHT, G_UPSTREAM_IDLE, G_UPSTREAM_OPEN } from '../common/metrics-layout.js';
 import { C_WORKER_STATE, W_DEAD, W_DRAINING, W_READY } from '../common/protocol.js';
 import { Dataplane } from './dataplane.js';
 import { LatencyRecorder } from './latency.js';
+import { setPoolGauges } from './proxy/upstream-pool.js';
 
 if (isMainThread || parentPort === null) throw new Error('workers/worker.js runs as a worker thread; start the gateway with `turnpike start`.');
 
@@ -15,6 +17,12 @@ const port = parentPort;
 const data = workerData as WorkerData;
 const control = new Int32Array(data.control);
 const metrics = new Float64Array(data.metrics);
+// A replacement worker inherits its slot's counters; gauges restart from zero
+// (the dead worker's sockets are gone with it).
+metrics[G_IN_FLIGHT] = 0;
+metrics[G_UPSTREAM_OPEN] = 0;
+metrics[G_UPSTREAM_IDLE] = 0;
+setPoolGauges(metrics);
 const isBun = typeof (process.versions as Record<string, string | undefined>).bun === 'string';
 
 interface Backend {

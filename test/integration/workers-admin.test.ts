@@ -70,7 +70,11 @@ describe('admin thread', () => {
     expect(after.get('turnpike_upstream_latency_seconds_count{route="all"}')).toBeGreaterThanOrEqual(n);
     expect(after.get('turnpike_request_duration_seconds_bucket{route="all",le="+Inf"}'))
       .toBe(after.get('turnpike_request_duration_seconds_count{route="all"}'));
-    expect(after.has('turnpike_active_requests')).toBe(true);
+    expect(after.get('turnpike_active_requests')).toBe(0);
+    // Keep-alive sockets to the upstream stay open and, with nothing in flight, all idle.
+    const open = after.get('turnpike_upstream_connections{state="open"}')!;
+    expect(open).toBeGreaterThanOrEqual(1);
+    expect(after.get('turnpike_upstream_connections{state="idle"}')).toBe(open);
     expect(after.get('turnpike_worker_restarts_total')).toBe(0);
     expect(after.get('turnpike_config_version')).toBe(1);
   });

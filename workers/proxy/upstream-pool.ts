@@ -21,6 +21,7 @@
 import net from 'node:net';
 import type { PoolConfig, TargetConfig } from '../../common/config/types.js';
 import { FixedQueue } from './fixed-queue.js';
+import { G_UPSTREAM_IDLE, G_UPSTREAM_OPEN } from '../../common/metrics-layout.js';
 import { ResponseParser } from './http1-parser.js';
 
 export const READ_BUFFER_BYTES = 64 * 1024;
@@ -28,6 +29,18 @@ export const READ_BUFFER_BYTES = 64 * 1024;
 export const READ_BUFFER = Buffer.allocUnsafe(READ_BUFFER_BYTES);
 
 const kConn = Symbol('turnpike.conn');
+
+/**
+ * This thread's shared counters (common/metrics-layout.ts), for the
+ * open/idle upstream connection gauges; set once by the worker.
+ */
+let gauges: Float64Array | null = null;
+export function setPoolGauges(cells: Float64Array): void {
+  gauges = cells;
+}
+function gauge(cell: number, delta: number): void {
+  if (gauges !== null) gauges[cell]! += delta;
+}
 
 /** The request side of a connection: implemented by the exchange only. */
 export interface ConnectionUser {
@@ -56,11 +69,14 @@ export class Connection {
   /** Requests completed on this connection (0: fresh; >0: a reused keep-alive socket). */
   served = 0;
   idleSince = 0;
+  /** In its pool's idle stack (for the idle gauge). */
+  idle = false;
 
   constructor(pool: TargetPool, user: ConnectionUser) {
     this.pool = pool;
     this.user = user;
     user.connecting = this;
+    gauge(G_UPSTREAM_OPEN, 1);
     const socket = net.connect({
       host: pool.target.host,
       port: pool.target.port,
@@ -188,7 +204,11 @@ export class TargetPool {
     const idle = this.idle;
     while (idle.length > 0) {
       const conn = idle.pop()!;
-      if (!conn.destroyed) return conn;
+      if (!conn.destroyed) {
+        conn.idle = false;
+        gauge(G_UPSTREAM_IDLE, -1);
+        return conn;
+      }
     }
     return null;
   }
@@ -220,6 +240,8 @@ export class TargetPool {
       return;
     }
     conn.idleSince = performance.now();
+    conn.idle = true;
+    gauge(G_UPSTREAM_IDLE, 1);
     this.idle.push(conn);
   }
 
@@ -235,8 +257,13 @@ export class TargetPool {
   }
 
   /** A socket closed or was destroyed: its slot may serve a waiting request. */
-  onConnectionGone(_conn: Connection): void {
+  onConnectionGone(conn: Connection): void {
     this.open--;
+    gauge(G_UPSTREAM_OPEN, -1);
+    if (conn.idle) {
+      conn.idle = false;
+      gauge(G_UPSTREAM_IDLE, -1);
+    }
     if (this.closed) return;
     const next = this.nextWaiting();
     if (next !== null) {
