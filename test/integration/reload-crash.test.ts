@@ -2,7 +2,7 @@
  * The gateway must never drop a request because its config changed or a
  * thread died. Real gateway process, real upstream, a bounded client loop.
  */
-import { writeFileSync } from 'node:fs';
+import { renameSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Agent, request } from 'undici';
 import { baseConfig, startGateway, type Gateway } from '../helpers/gateway.js';
@@ -123,6 +123,28 @@ describe('reload under load', () => {
     }
     expect(checked).toBeGreaterThan(100);
   }, 60_000);
+
+  it('--watch reloads when the config file is replaced', async () => {
+    const { A, B } = configs(up.url);
+    const gw = await startGateway(A, { args: ['--watch'] });
+    try {
+      const before = await request(gw.url + '/toggled/x');
+      await before.body.dump();
+      expect(before.statusCode).toBe(404);
+      const mark = gw.logs.length;
+      // Write a temp file and rename it over the config, as editors do.
+      const tmp = gw.configFile + '.new';
+      writeFileSync(tmp, JSON.stringify({ ...B, server: { ...B.server, port: gw.port } }));
+      renameSync(tmp, gw.configFile);
+      const line = await waitLog(gw, mark, (j) => j.msg === 'config reloaded');
+      expect(line.actor).toBe('file-watch');
+      const after = await request(gw.url + '/toggled/x');
+      await after.body.dump();
+      expect(after.statusCode).toBe(200);
+    } finally {
+      await gw.stop();
+    }
+  });
 
   it('refuses a bad config on SIGHUP and keeps serving the old one', async () => {
     const { A } = configs(up.url);
