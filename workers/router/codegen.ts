@@ -23,12 +23,19 @@
 import type { Matcher, SearchState } from './matcher.js';
 import type { Predicate } from './predicates.js';
 import type { MatchResultImpl, Node, RouteRec } from './node.js';
+import { headRoutesOf, regexOf, rxOf, wildOf } from './node.js';
 import { ANY_MASK } from './methods.js';
 
-/** Literals up to this many chars are compared with inline charCodeAt, longer ones with startsWith. */
-const INLINE_CHARS = 4;
-/** Subtrees whose code exceeds this become their own function (keeps each one optimisable by TurboFan). */
-const SPLIT_CHARS = 3000;
+export interface CodegenTuning {
+  /** Literals up to this many chars are compared with inline charCodeAt, longer ones with startsWith. */
+  inlineChars: number;
+  /** Subtrees whose code exceeds this many chars become their own function (keeps each one optimisable by TurboFan). */
+  splitChars: number;
+  /** Find the end of a parameter segment with indexOf (builtin call) or an inline charCodeAt loop. */
+  scan: 'indexOf' | 'loop';
+}
+
+export const DEFAULT_TUNING: CodegenTuning = { inlineChars: 12, splitChars: 3000, scan: 'indexOf' };
 const SAFE_LITERAL = /^[\x21-\x7e]*$/;
 
 type AllowFn = (mb: number, h: readonly string[], q: string) => number;
@@ -42,7 +49,7 @@ class Generator {
   readonly #resultIndex = new Map<RouteRec<unknown>, number>();
   #counter = 1; // 0 is the root position, p0
 
-  constructor(readonly headBit: number) {}
+  constructor(readonly headBit: number, readonly tuning: CodegenTuning) {}
 
   name(prefix: string): string {
     return prefix + this.#counter++;
@@ -62,19 +69,21 @@ class Generator {
     return i;
   }
 
-  node(n: Node, pv: string, params: readonly string[]): string {
+  /** `hoistKids` false: the root, whose child would otherwise be a function called by an otherwise empty one. */
+  node(n: Node, pv: string, params: readonly string[], hoistKids = true): string {
     let c = '';
     if (n.routes !== null) c += `if (${pv} === len) {${this.terminal(n, params)}}\n`;
-    if (n.kids !== null) c += this.statics(n, pv, params);
-    if (n.rx !== null || n.param !== null) c += this.parameters(n, pv, params);
-    if (n.wild !== null) c += this.terminal(n.wild, [...params, pv, 'len']);
+    if (n.kids !== null) c += this.statics(n, pv, params, hoistKids);
+    if (rxOf(n) !== null || n.param !== null) c += this.parameters(n, pv, params);
+    const wild = wildOf(n);
+    if (wild !== null) c += this.terminal(wild, [...params, pv, 'len']);
     return c;
   }
 
   /** Code for a child subtree, hoisted into its own function when big. */
-  sub(n: Node, pv: string, params: readonly string[]): string {
+  sub(n: Node, pv: string, params: readonly string[], hoist = true): string {
     const code = this.node(n, pv, params);
-    if (code.length <= SPLIT_CHARS) return code;
+    if (!hoist || code.length <= this.tuning.splitChars) return code;
     const fname = this.name('f');
     const args = ['path', 'len', 'mb', 'h', 'q', pv];
     for (const v of params) if (v !== 'len' && !args.includes(v)) args.push(v);
@@ -86,7 +95,7 @@ class Generator {
   prefixCond(prefix: string, pv: string, from: number): string {
     const n = prefix.length - from;
     if (n <= 0) return '';
-    if (n <= INLINE_CHARS) {
+    if (n <= this.tuning.inlineChars) {
       this.literal(prefix);
       const parts = [`${pv} + ${prefix.length} <= len`];
       for (let i = from; i < prefix.length; i++) {
@@ -97,32 +106,35 @@ class Generator {
     return `path.startsWith(${this.literal(prefix.slice(from))}, ${from === 0 ? pv : `${pv} + ${from}`})`;
   }
 
-  statics(n: Node, pv: string, params: readonly string[]): string {
+  statics(n: Node, pv: string, params: readonly string[], hoist: boolean): string {
     const kids = n.kids!;
     if (kids.length === 1) {
       const k = kids[0]!;
       const v = this.name('p');
-      return `if (${this.prefixCond(k.prefix, pv, 0)}) { const ${v} = ${pv} + ${k.prefix.length};\n${this.sub(k, v, params)}}\n`;
+      return `if (${this.prefixCond(k.prefix, pv, 0)}) { const ${v} = ${pv} + ${k.prefix.length};\n${this.sub(k, v, params, hoist)}}\n`;
     }
     let s = `if (${pv} < len) switch (path.charCodeAt(${pv})) {\n`;
     for (let i = 0; i < kids.length; i++) {
       const k = kids[i]!;
       const v = this.name('p');
       const rest = this.prefixCond(k.prefix, pv, 1);
-      s += `case ${n.codes![i]!}: ${rest === '' ? '' : `if (${rest}) `}{ const ${v} = ${pv} + ${k.prefix.length};\n${this.sub(k, v, params)}} break;\n`;
+      s += `case ${n.codes.charCodeAt(i)}: ${rest === '' ? '' : `if (${rest}) `}{ const ${v} = ${pv} + ${k.prefix.length};\n${this.sub(k, v, params, hoist)}} break;\n`;
     }
     return s + '}\n';
   }
 
   parameters(n: Node, pv: string, params: readonly string[]): string {
     const e = this.name('e');
-    let s = `{ let ${e} = path.indexOf("/", ${pv}); if (${e} === -1) ${e} = len;\nif (${e} !== ${pv}) {\n`;
+    let s = this.tuning.scan === 'loop'
+      ? `{ let ${e} = ${pv}; while (${e} < len && path.charCodeAt(${e}) !== 47) ${e}++;\nif (${e} !== ${pv}) {\n`
+      : `{ let ${e} = path.indexOf("/", ${pv}); if (${e} === -1) ${e} = len;\nif (${e} !== ${pv}) {\n`;
     const withParam = [...params, pv, e];
-    if (n.rx !== null) {
+    const rx = rxOf(n);
+    if (rx !== null) {
       const sv = this.name('s');
       s += `const ${sv} = path.slice(${pv}, ${e});\n`;
-      for (const child of n.rx) {
-        const idx = this.regexes.push(child.regex!) - 1;
+      for (const child of rx) {
+        const idx = this.regexes.push(regexOf(child)!) - 1;
         s += `if (RX[${idx}].test(${sv})) {\n${this.sub(child, e, withParam)}}\n`;
       }
     }
@@ -138,15 +150,13 @@ class Generator {
       if (r.accept !== ANY_MASK) conds.push(`(mb & ${r.accept}) !== 0`);
       if (r.pred !== null) conds.push(`PR[${this.preds.push(r.pred) - 1}](h, q)`);
       let ret: string;
-      if (r.nParams === 0) {
+      if (r.result.paramNames.length === 0) {
         ret = `return R[${idx}];`;
       } else {
-        const slices: string[] = [];
-        for (let i = 0; i < params.length; i += 2) {
-          const end = params[i + 1]!;
-          slices.push(end === 'len' ? `path.slice(${params[i]!})` : `path.slice(${params[i]!}, ${end})`);
-        }
-        ret = `{ const m = R[${idx}]; m.params = [${slices.join(', ')}]; return m; }`;
+        // Lazy params: record boundaries only (see MatchResultImpl).
+        let stores = '';
+        for (let i = 0; i < params.length; i++) stores += `o[${i}] = ${params[i]!}; `;
+        ret = `{ const m = R[${idx}]; let o = m.offsets; if (o === null) o = m.slots(); ${stores}m.path = path; m.cache = null; return m; }`;
       }
       if (conds.length === 0) {
         s += ret + '\n';
@@ -159,8 +169,9 @@ class Generator {
 
   terminal(n: Node, params: readonly string[]): string {
     const routes = n.routes!;
-    let s = n.headRoutes !== null
-      ? `if (mb === ${this.headBit}) {\n${this.routeBlocks(n.headRoutes, params)}} else {\n${this.routeBlocks(routes, params)}}\n`
+    const head = headRoutesOf(n);
+    let s = head !== null
+      ? `if (mb === ${this.headBit}) {\n${this.routeBlocks(head, params)}} else {\n${this.routeBlocks(routes, params)}}\n`
       : this.routeBlocks(routes, params);
     // Reached only when no route took the request: record the 405 candidates.
     if (routes.some((r) => r.accept === ANY_MASK && r.pred === null)) return s;
@@ -181,10 +192,24 @@ class Generator {
   }
 }
 
-/** Generate the matcher for one tree. Throws if code generation is unavailable (the caller falls back). */
-export function generateMatcher(root: Node, state: SearchState, headBit: number): { match: Matcher; sourceLength: number } {
-  const g = new Generator(headBit);
-  const body = g.node(root, 'p0', []);
+/**
+ * Above this many characters a generated function may exceed V8's limit for
+ * optimisation (TurboFan skips functions over 60 KB of bytecode) and would
+ * run 5-10x slower than the interpreter: refuse, the caller interprets.
+ */
+export const MAX_FUNCTION_CHARS = 40_000;
+
+/**
+ * Generate the matcher for one tree; null when a generated function would be
+ * too big to be optimised. Throws if code generation is unavailable (the
+ * caller falls back to the interpreter).
+ */
+export function generateMatcher(
+  root: Node, state: SearchState, headBit: number, tuning: CodegenTuning = DEFAULT_TUNING, enforceLimit = true,
+): { match: Matcher; sourceLength: number } | null {
+  const g = new Generator(headBit, tuning);
+  const body = g.node(root, 'p0', [], false);
+  if (enforceLimit && (body.length > MAX_FUNCTION_CHARS || g.fns.some((f) => f.length > MAX_FUNCTION_CHARS))) return null;
   const src =
     '"use strict";\n' +
     g.fns.join('\n') +
@@ -197,8 +222,8 @@ export function generateMatcher(root: Node, state: SearchState, headBit: number)
 }
 
 /** The generated source, for debugging and for the tests that check nothing unquoted gets in. */
-export function generateSource(root: Node, headBit: number): string {
-  const g = new Generator(headBit);
-  const body = g.node(root, 'p0', []);
+export function generateSource(root: Node, headBit: number, tuning: CodegenTuning = DEFAULT_TUNING): string {
+  const g = new Generator(headBit, tuning);
+  const body = g.node(root, 'p0', [], false);
   return g.fns.join('\n') + `\nfunction match(path, len, mb, h, q) {\nconst p0 = 0;\n${body}return null;\n}`;
 }

@@ -29,13 +29,13 @@ import type { MatchResult, RouteInput, Router } from './types.js';
 import { MATCH_METHOD_NOT_ALLOWED } from './types.js';
 import { ANY_MASK, M_GET, M_HEAD, MethodTable } from './methods.js';
 import { compilePredicate, predicateKey } from './predicates.js';
-import type { ParsedPattern } from './pattern.js';
-import { SEG_STATIC, parsePattern, toTokens } from './pattern.js';
+import { parsePattern } from './pattern.js';
 import type { Node } from './node.js';
-import { MatchResultImpl, RouteRec, finalizeTree, insertTokens, newRoot } from './node.js';
+import { MatchResultImpl, RouteRec, finalizeTree, headRoutesOf, insertTokens, newRoot } from './node.js';
 import type { Matcher } from './matcher.js';
 import { SearchState } from './matcher.js';
-import { generateMatcher } from './codegen.js';
+import type { CodegenTuning } from './codegen.js';
+import { DEFAULT_TUNING, generateMatcher } from './codegen.js';
 import { makeInterpreter } from './interpret.js';
 
 export { validateRoutePattern } from './pattern.js';
@@ -47,6 +47,8 @@ export interface CompileOptions {
    * it; 'always' / 'never' force one matcher (tests run both).
    */
   codegen?: 'auto' | 'always' | 'never';
+  /** Code generator knobs (benchmarks and tests only). */
+  tuning?: Partial<CodegenTuning>;
 }
 
 /** Trees above this many nodes are interpreted in 'auto' mode (compile time and code size). */
@@ -55,6 +57,8 @@ const CODEGEN_MAX_NODES = 4000;
 const CODEGEN_MAX_DEPTH = 120;
 /** Host buckets with more wildcard suffixes than this are looked up label by label in a Map. */
 const WILDCARD_LINEAR_MAX = 8;
+
+const NO_PREDICATES = Object.freeze({ headers: Object.freeze([]), query: Object.freeze([]) });
 
 const HOST_EXACT_RE = /^(?:\[[0-9a-f:.]+\]|[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?)$/;
 
@@ -67,8 +71,19 @@ class Tier {
     readonly staticGet: Map<string, MatchResultImpl<unknown>>,
     /** Any method: path -> per method index, result or null (null = ask the tree). */
     readonly staticAll: Map<string, StaticTable>,
+    /**
+     * 1 at staticKey(path) of every static path: most dynamic paths skip the
+     * Map probe (whose hashing of a fresh request string costs per character).
+     */
+    readonly staticFilter: Uint8Array,
     readonly match: Matcher,
   ) {}
+}
+
+/** (length mod 64, last char mod 64): a 4096-slot filter in front of the static maps. */
+function staticKey(path: string): number {
+  const len = path.length;
+  return ((len & 63) << 6) | (path.charCodeAt(len - 1) & 63);
 }
 
 class Bucket {
@@ -81,12 +96,11 @@ interface WildcardHost {
   bucket: Bucket;
 }
 
-interface Draft<T> {
-  input: RouteInput<T>;
-  rec: RouteRec<T>;
-  parsed: ParsedPattern;
-  host: string;
-  staticPath: string | null;
+/** A tier while routes are being inserted. */
+interface TierDraft {
+  priority: number;
+  root: Node;
+  staticNodes: Map<string, Node>;
 }
 
 function fail(id: unknown, reason: string): never {
@@ -116,8 +130,15 @@ function checkPairs(id: string, what: string, pairs: unknown): void {
 /** Compile routes into a Router. Throws an Error naming the route for any invalid or duplicate route. */
 export function compileRouter<T>(routes: readonly RouteInput<T>[], options: CompileOptions = {}): Router<T> {
   const mode = options.codegen ?? 'auto';
+  // Routes with the same parameter names share one frozen array.
+  const namesCache = new Map<string, readonly string[]>();
+  const tuning: CodegenTuning = { ...DEFAULT_TUNING, ...options.tuning };
   const methods = new MethodTable();
-  const drafts: Draft<T>[] = [];
+  // host -> priority -> tree under construction. Routes go into their tree
+  // as they are read, so nothing per route outlives this loop except what
+  // the router keeps (fewer survivors = less GC copying on big tables).
+  const byHost = new Map<string, Map<number, TierDraft>>();
+  const sameNode = new Map<Node, Map<string, RouteRec<unknown>[]>>();
 
   for (let order = 0; order < routes.length; order++) {
     const input = routes[order]!;
@@ -145,69 +166,64 @@ export function compileRouter<T>(routes: readonly RouteInput<T>[], options: Comp
       allow = ANY_MASK;
       explicitHead = true;
     }
-    const match = input.match ?? { headers: [], query: [] };
+    const match = input.match ?? NO_PREDICATES;
     checkPairs(id, 'headers', match.headers);
     checkPairs(id, 'query', match.query);
     const pred = compilePredicate(match);
-    const predCount = match.headers.length + match.query.length;
-    const rec = RouteRec.create<T>(
-      id, order, priority, accept, allow, explicitHead, pred, predCount, Object.freeze(parsed.paramNames.slice()), input.data,
-    );
-    const staticPath = parsed.segments.every((s) => s.kind === SEG_STATIC)
-      ? '/' + parsed.segments.map((s) => s.text).join('/')
-      : null;
-    drafts.push({ input, rec, parsed, host, staticPath });
-  }
+    const namesKey = parsed.paramNames.join('/');
+    let paramNames = namesCache.get(namesKey);
+    if (paramNames === undefined) namesCache.set(namesKey, (paramNames = Object.freeze(parsed.paramNames.slice())));
+    const rec = RouteRec.create<T>(id, order, accept, allow, explicitHead, pred, paramNames, match, input.data);
 
-  // Duplicates: same host, priority, path shape and predicates with overlapping methods.
-  const seen = new Map<string, Draft<T>[]>();
-  for (const d of drafts) {
-    const key = `${d.host}\u0000${d.rec.priority}\u0000${d.parsed.shapeKey}\u0000${predicateKey(d.input.match ?? { headers: [], query: [] })}`;
-    const same = seen.get(key);
-    if (same === undefined) {
-      seen.set(key, [d]);
-      continue;
-    }
-    for (const o of same) {
-      const overlap = o.rec.allow & d.rec.allow;
-      if (overlap !== 0) {
-        const names = d.rec.allow === ANY_MASK || o.rec.allow === ANY_MASK ? 'any method' : methods.allowString(overlap);
-        fail(d.rec.id, `duplicate of route ${JSON.stringify(o.rec.id)} (same host, path, priority and predicates; both take ${names})`);
+    let tiers = byHost.get(host);
+    if (tiers === undefined) byHost.set(host, (tiers = new Map()));
+    let tier = tiers.get(priority);
+    if (tier === undefined) tiers.set(priority, (tier = { priority, root: newRoot(), staticNodes: new Map() }));
+    const node = insertTokens(tier.root, parsed.tokens);
+    if (node.routes === null) {
+      node.routes = [rec as RouteRec<unknown>];
+    } else {
+      // Same tree + same node = same host, priority and path shape. Index the
+      // node's routes by predicate set (built when a node gets its second route).
+      let byPreds = sameNode.get(node);
+      if (byPreds === undefined) {
+        sameNode.set(node, (byPreds = new Map()));
+        const first = node.routes[0]!;
+        byPreds.set(predicateKey(first.match), [first]);
       }
+      const key = predicateKey(match);
+      const same = byPreds.get(key);
+      if (same === undefined) byPreds.set(key, [rec as RouteRec<unknown>]);
+      else {
+        for (const o of same) {
+          const overlap = o.allow & rec.allow;
+          if (overlap !== 0) {
+            const names = rec.allow === ANY_MASK || o.allow === ANY_MASK ? 'any method' : methods.allowString(overlap);
+            fail(id, `duplicate of route ${JSON.stringify(o.id)} (same host, path, priority and predicates; both take ${names})`);
+          }
+        }
+        same.push(rec as RouteRec<unknown>);
+      }
+      node.routes.push(rec as RouteRec<unknown>);
     }
-    same.push(d);
-  }
-
-  // Group by host, then by priority.
-  const byHost = new Map<string, Map<number, Draft<T>[]>>();
-  for (const d of drafts) {
-    let tiers = byHost.get(d.host);
-    if (tiers === undefined) byHost.set(d.host, (tiers = new Map()));
-    let list = tiers.get(d.rec.priority);
-    if (list === undefined) tiers.set(d.rec.priority, (list = []));
-    list.push(d);
+    if (parsed.staticPath !== null) tier.staticNodes.set(parsed.staticPath, node);
   }
 
   const state = new SearchState();
   const headBit = 1 << M_HEAD;
   const tableSize = methods.tableSize;
-  const buildTier = (priority: number, list: Draft<T>[]): Tier => {
-    const root = newRoot();
-    const staticNodes = new Map<string, Node>();
-    for (const d of list) {
-      const node = insertTokens(root, toTokens(d.parsed));
-      if (node.routes === null) node.routes = [];
-      node.routes.push(d.rec as RouteRec<unknown>);
-      if (d.staticPath !== null) staticNodes.set(d.staticPath, node);
-    }
+  const buildTier = ({ priority, root, staticNodes }: TierDraft): Tier => {
     const shape = finalizeTree(root);
     const staticGet = new Map<string, MatchResultImpl<unknown>>();
     const staticAll = new Map<string, StaticTable>();
+    const staticFilter = new Uint8Array(4096);
     for (const [path, node] of staticNodes) {
+      staticFilter[staticKey(path)] = 1;
       const table = new Array<MatchResultImpl<unknown> | null>(tableSize).fill(null);
       for (let mi = 0; mi < tableSize; mi++) {
         const mb = 1 << mi;
-        const ordered = mi === M_HEAD && node.headRoutes !== null ? node.headRoutes : node.routes!;
+        const head = headRoutesOf(node);
+        const ordered = mi === M_HEAD && head !== null ? head : node.routes!;
         const first = ordered.find((r) => (r.accept & mb) !== 0);
         table[mi] = first !== undefined && first.pred === null ? first.result : null;
       }
@@ -219,14 +235,15 @@ export function compileRouter<T>(routes: readonly RouteInput<T>[], options: Comp
       (mode === 'auto' && shape.nodes <= CODEGEN_MAX_NODES && shape.maxDepth <= CODEGEN_MAX_DEPTH);
     if (wantCodegen) {
       try {
-        match = generateMatcher(root, state, headBit).match;
+        const generated = generateMatcher(root, state, headBit, tuning, mode === 'auto');
+        if (generated !== null) match = generated.match;
       } catch (err) {
         // Code generation disabled (--disallow-code-generation-from-strings) or refused: interpret.
         if (mode === 'always') throw err;
       }
     }
     if (match === null) match = makeInterpreter(root, shape.maxDepth, shape.maxParams, state, headBit);
-    return new Tier(priority, staticGet, staticAll, match);
+    return new Tier(priority, staticGet, staticAll, staticFilter, match);
   };
 
   let any: Bucket | null = null;
@@ -234,7 +251,7 @@ export function compileRouter<T>(routes: readonly RouteInput<T>[], options: Comp
   const wild: WildcardHost[] = [];
   for (const [host, tiersByPriority] of byHost) {
     const priorities = [...tiersByPriority.keys()].sort((a, b) => b - a);
-    const tiers = priorities.map((p) => buildTier(p, tiersByPriority.get(p)!));
+    const tiers = priorities.map((p) => buildTier(tiersByPriority.get(p)!));
     const bucket = new Bucket(tiers, priorities[0]!);
     if (host === '*') any = bucket;
     else if (host.startsWith('*.')) wild.push({ suffix: host.slice(1), bucket });
@@ -271,25 +288,35 @@ class CompiledRouter<T> implements Router<T> {
     this.#notAllowed = new MatchResultImpl<T>(MATCH_METHOD_NOT_ALLOWED, null, Object.freeze([]) as readonly string[]);
   }
 
-  // This is the hot path -- change with care!
+  // This is the hot path -- change with care! Kept small so V8 inlines it
+  // into the caller: static hits cost a filter probe and one Map.get.
   find(method: string, host: string, path: string, headers: readonly string[], query: string): MatchResult<T> | null {
-    // Interned 'GET' compares by pointer; anything else goes through one switch.
-    const mi = method === 'GET' ? M_GET : this.#methods.index(method);
     const only = this.#only;
-    if (only === null) return this.#findByHost(mi, host, path, headers, query);
-    if (mi === M_GET) {
-      const r = only.staticGet.get(path);
-      if (r !== undefined) return r as MatchResultImpl<T>;
-    } else {
-      const t = only.staticAll.get(path);
-      if (t !== undefined) {
-        const r = t[mi]!;
-        if (r !== null) return r as MatchResultImpl<T>;
+    if (only === null) return this.#findByHost(method, host, path, headers, query);
+    const len = path.length;
+    if (only.staticFilter[((len & 63) << 6) | (path.charCodeAt(len - 1) & 63)] !== 0) {
+      // 'GET' literals are interned: usually a pointer comparison.
+      if (method === 'GET') {
+        const r = only.staticGet.get(path);
+        if (r !== undefined) return r as MatchResultImpl<T>;
+      } else {
+        const t = only.staticAll.get(path);
+        if (t !== undefined) {
+          const r = t[this.#methods.index(method)]!;
+          if (r !== null) return r as MatchResultImpl<T>;
+        }
       }
     }
+    return this.#searchOnly(only, method, path, len, headers, query);
+  }
+
+  #searchOnly(
+    only: Tier, method: string, path: string, len: number, headers: readonly string[], query: string,
+  ): MatchResult<T> | null {
+    const mi = method === 'GET' ? M_GET : this.#methods.index(method);
     const state = this.#state;
     state.allow = 0;
-    const r = only.match(path, path.length, 1 << mi, headers, query);
+    const r = only.match(path, len, 1 << mi, headers, query);
     if (r !== null) return r as MatchResultImpl<T>;
     return state.allow === 0 ? null : this.#methodNotAllowed(state.allow);
   }
@@ -300,7 +327,8 @@ class CompiledRouter<T> implements Router<T> {
     return res;
   }
 
-  #findByHost(mi: number, host: string, path: string, headers: readonly string[], query: string): MatchResult<T> | null {
+  #findByHost(method: string, host: string, path: string, headers: readonly string[], query: string): MatchResult<T> | null {
+    const mi = method === 'GET' ? M_GET : this.#methods.index(method);
     const state = this.#state;
     state.allow = 0;
     state.best = null;
@@ -340,7 +368,9 @@ class CompiledRouter<T> implements Router<T> {
       const t = tiers[i]!;
       if (state.best !== null && t.priority <= state.bestPriority) return;
       let r: MatchResultImpl<unknown> | null = null;
-      if (mi === M_GET) {
+      if (t.staticFilter[staticKey(path)] === 0) {
+        // not a static path of this tier
+      } else if (mi === M_GET) {
         const s = t.staticGet.get(path);
         if (s !== undefined) r = s;
       } else {

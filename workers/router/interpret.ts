@@ -8,6 +8,7 @@
  */
 import type { Matcher, SearchState } from './matcher.js';
 import type { MatchResultImpl, Node, RouteRec } from './node.js';
+import { headRoutesOf } from './node.js';
 
 const ST_END = 0;
 const ST_STATIC = 1;
@@ -37,15 +38,23 @@ export function makeInterpreter(
   function terminal(
     node: Node, n: number, path: string, mb: number, h: readonly string[], q: string,
   ): MatchResultImpl<unknown> | null {
-    const list: RouteRec<unknown>[] = mb === headBit && node.headRoutes !== null ? node.headRoutes : node.routes!;
+    let list: RouteRec<unknown>[] = node.routes!;
+    if (mb === headBit) {
+      const head = headRoutesOf(node);
+      if (head !== null) list = head;
+    }
     for (let i = 0; i < list.length; i++) {
       const r = list[i]!;
       if ((r.accept & mb) !== 0 && (r.pred === null || r.pred(h, q))) {
         const res = r.result;
         if (n !== 0) {
-          const params = new Array<string>(n);
-          for (let k = 0; k < n; k++) params[k] = path.slice(pa[k]!, pb[k]!);
-          res.params = params;
+          const o = res.slots();
+          for (let k = 0; k < n; k++) {
+            o[2 * k] = pa[k]!;
+            o[2 * k + 1] = pb[k]!;
+          }
+          res.path = path;
+          res.cache = null;
         }
         return res;
       }
@@ -81,7 +90,7 @@ export function makeInterpreter(
         }
         case ST_STATIC: {
           stage[sp] = ST_SEGMENT;
-          if (p < len && node.codes !== null) {
+          if (p < len && node.kids !== null) {
             const child = node.staticChild(path.charCodeAt(p));
             if (child !== null && path.startsWith(child.prefix, p)) {
               const n = nParams[sp]!;
@@ -96,25 +105,25 @@ export function makeInterpreter(
         }
         case ST_SEGMENT: {
           stage[sp] = ST_WILDCARD;
-          if (node.rx !== null || node.param !== null) {
+          if (node.param !== null || (node.x !== null && node.x.rx !== null)) {
             let e = path.indexOf('/', p);
             if (e === -1) e = len;
             if (e !== p) {
               segEnd[sp] = e;
               sub[sp] = 0;
-              stage[sp] = node.rx !== null ? ST_REGEX : ST_PARAM;
+              stage[sp] = node.x !== null && node.x.rx !== null ? ST_REGEX : ST_PARAM;
             }
           }
           break;
         }
         case ST_REGEX: {
-          const rx = node.rx!;
+          const rx = node.x!.rx!;
           const k = sub[sp]!;
           if (k + 1 < rx.length) sub[sp] = k + 1;
           else stage[sp] = ST_PARAM;
           const e = segEnd[sp]!;
           const child = rx[k]!;
-          if (child.regex!.test(path.slice(p, e))) {
+          if (child.x!.regex!.test(path.slice(p, e))) {
             const n = nParams[sp]!;
             pa[n] = p;
             pb[n] = e;
@@ -144,7 +153,7 @@ export function makeInterpreter(
         }
         case ST_WILDCARD: {
           stage[sp] = ST_POP;
-          const w = node.wild;
+          const w = node.x === null ? null : node.x.wild;
           if (w !== null) {
             const n = nParams[sp]!;
             pa[n] = p;

@@ -27,9 +27,9 @@ export class MethodTable {
 
   /** Bit index of a configured method name, registering extras; string = error. */
   register(method: string): number | string {
-    if (typeof method !== 'string' || !METHOD_TOKEN.test(method)) return `invalid method ${JSON.stringify(method)}`;
     const std = standardIndex(method);
     if (std >= 0) return std;
+    if (typeof method !== 'string' || !METHOD_TOKEN.test(method)) return `invalid method ${JSON.stringify(method)}`;
     const known = this.#extras.get(method);
     if (known !== undefined) return known;
     if (this.#extras.size >= MAX_EXTRA) return `too many distinct non-standard methods (max ${MAX_EXTRA})`;

@@ -144,6 +144,23 @@ function normalizeSlow(raw: string): string | null {
 }
 
 /**
+ * True when `seg` (one path segment, no `/`) is already in the form
+ * normalizePath produces and is not a dot segment: only raw pchars, no `%`.
+ */
+export function isPlainSegment(seg: string): boolean {
+  return isPlainRange(seg, 0, seg.length) && seg !== '.' && seg !== '..';
+}
+
+/** isPlainSegment for s[start, end), without the dot-segment check and without slicing. */
+export function isPlainRange(s: string, start: number, end: number): boolean {
+  for (let i = start; i < end; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 128 || RAW_CLASS[c] !== C_OK || c === 47) return false;
+  }
+  return true;
+}
+
+/**
  * Normalise a Host header for host matching: lowercase, `:port` removed
  * (`[v6]:port` -> `[v6]`), one trailing dot removed. `''` when absent.
  * A value with several colons and no brackets is not a valid Host; it is

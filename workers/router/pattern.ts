@@ -17,7 +17,7 @@
  * code generator only ever embeds literals through JSON.stringify, and
  * regexes and names travel through closure arrays (see codegen.ts).
  */
-import { normalizePath } from './normalize.js';
+import { isPlainRange, normalizePath } from './normalize.js';
 
 export const SEG_STATIC = 0;
 export const SEG_REGEX = 1;
@@ -25,30 +25,34 @@ export const SEG_PARAM = 2;
 export const SEG_WILDCARD = 3;
 export type SegmentKind = typeof SEG_STATIC | typeof SEG_REGEX | typeof SEG_PARAM | typeof SEG_WILDCARD;
 
-export interface PatternSegment {
-  kind: SegmentKind;
-  /** Canonical literal (static), regex source (regex), '' otherwise. */
-  text: string;
-  /** Parameter name (`*` for the wildcard), '' for static segments. */
-  name: string;
-}
-
-export interface ParsedPattern {
-  segments: PatternSegment[];
-  /** In path order; the wildcard is named `*`. */
-  paramNames: string[];
-  /** Identifies the matching behaviour: equal keys <=> same set of matched paths and same tree position. */
-  shapeKey: string;
-}
-
-/** Parts of a pattern as inserted in the radix tree: static text runs between parameters. */
+/** Parts of a pattern as inserted in the radix tree: static text runs (with their slashes) between parameters. */
 export type PatternToken =
   | { kind: typeof SEG_STATIC; text: string }
   | { kind: typeof SEG_REGEX; text: string; regex: RegExp }
   | { kind: typeof SEG_PARAM }
   | { kind: typeof SEG_WILDCARD };
 
-const NAME_CHAR = /[A-Za-z0-9_]/;
+export interface ParsedPattern {
+  /** `/repos/:o/x` -> "/repos/", param, "/x". */
+  tokens: PatternToken[];
+  /** In path order; the wildcard is named `*`. */
+  paramNames: string[];
+  /** The canonical path when the pattern has no parameter, else null. */
+  staticPath: string | null;
+}
+
+/** `*`, `(` or `)` in s[start, end): pchars, but reserved for pattern syntax. */
+function hasSpecial(s: string, start: number, end: number): boolean {
+  for (let i = start; i < end; i++) {
+    const c = s.charCodeAt(i);
+    if (c === 42 || c === 40 || c === 41) return true;
+  }
+  return false;
+}
+
+function isNameChar(c: number): boolean {
+  return (c >= 97 && c <= 122) || (c >= 65 && c <= 90) || (c >= 48 && c <= 57) || c === 95;
+}
 const NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
 /** Upper bound on one pattern, so a hostile admin request cannot build a giant matcher. */
 export const MAX_PATTERN_LENGTH = 2048;
@@ -62,84 +66,89 @@ export function compileSegmentRegex(src: string): RegExp | string {
   }
 }
 
-/** Parse a pattern; returns an error message instead of throwing. */
+/**
+ * Parse a pattern; returns an error message instead of throwing. Runs once
+ * per route per config version (10k routes: a few ms), so it works on
+ * char codes and slices of the input, canonicalising only literals that
+ * need it.
+ */
 export function parsePattern(path: string): ParsedPattern | string {
   if (typeof path !== 'string' || path.length === 0 || path.charCodeAt(0) !== 47) {
     return 'path must start with "/"';
   }
-  if (path.length > MAX_PATTERN_LENGTH) return `path is longer than ${MAX_PATTERN_LENGTH} characters`;
   const len = path.length;
-  const segments: PatternSegment[] = [];
+  if (len > MAX_PATTERN_LENGTH) return `path is longer than ${MAX_PATTERN_LENGTH} characters`;
+  const tokens: PatternToken[] = [];
   const paramNames: string[] = [];
-  let i = 1;
-  for (;;) {
-    const c = path[i];
-    if (c === ':') {
+  // Pending static text = `run` (already canonicalised) + path[runStart, i).
+  let run = '';
+  let runStart = 0;
+  let i = 1; // start of the current segment; path[i - 1] === '/'
+  while (i < len) {
+    const c = path.charCodeAt(i);
+    if (c === 58 /* : */) {
       let j = i + 1;
-      while (j < len && NAME_CHAR.test(path[j]!)) j++;
+      while (j < len && isNameChar(path.charCodeAt(j))) j++;
       const name = path.slice(i + 1, j);
       if (name === '') return `empty parameter name at offset ${i}`;
       if (!NAME_RE.test(name)) return `invalid parameter name "${name}" (must match ^[A-Za-z_][A-Za-z0-9_]*$)`;
       if (paramNames.includes(name)) return `duplicate parameter name "${name}"`;
-      let regexSrc: string | null = null;
-      if (path[j] === '(') {
+      let token: PatternToken = { kind: SEG_PARAM };
+      if (path.charCodeAt(j) === 40 /* ( */) {
         const close = findRegexEnd(path, j);
         if (close < 0) return `unbalanced parentheses in the regex of ":${name}"`;
-        regexSrc = path.slice(j + 1, close);
-        if (regexSrc === '') return `empty regex for ":${name}"`;
-        const re = compileSegmentRegex(regexSrc);
+        const src = path.slice(j + 1, close);
+        if (src === '') return `empty regex for ":${name}"`;
+        const re = compileSegmentRegex(src);
         if (typeof re === 'string') return `invalid regex for ":${name}": ${re}`;
+        token = { kind: SEG_REGEX, text: src, regex: re };
         j = close + 1;
       }
-      if (j < len && path[j] !== '/') {
+      if (j < len && path.charCodeAt(j) !== 47) {
         return `parameter ":${name}" must be a whole segment (unexpected "${path[j]}" at offset ${j})`;
       }
+      tokens.push({ kind: SEG_STATIC, text: run + path.slice(runStart, i) });
+      tokens.push(token);
       paramNames.push(name);
-      segments.push(
-        regexSrc === null
-          ? { kind: SEG_PARAM, text: '', name }
-          : { kind: SEG_REGEX, text: regexSrc, name },
-      );
-      i = j;
-    } else if (c === '*' && (i + 1 === len || path[i + 1] === '/')) {
+      run = '';
+      runStart = j;
+      i = j + 1;
+    } else if (c === 42 /* * */ && (i + 1 === len || path.charCodeAt(i + 1) === 47)) {
       if (i + 1 !== len) return '"*" must be the last segment';
-      segments.push({ kind: SEG_WILDCARD, text: '', name: '*' });
+      tokens.push({ kind: SEG_STATIC, text: run + path.slice(runStart, i) });
+      tokens.push({ kind: SEG_WILDCARD });
       paramNames.push('*');
-      i = i + 1;
+      run = '';
+      runStart = len;
+      i = len + 1;
     } else {
-      let j = i;
-      while (j < len && path[j] !== '/') j++;
-      const lit = path.slice(i, j);
-      if (lit === '') {
-        if (j !== len) return `empty segment at offset ${i} ("//" never matches a normalised path)`;
-      } else {
+      let j = path.indexOf('/', i);
+      if (j === -1) j = len;
+      if (j === i) return `empty segment at offset ${i} ("//" never matches a normalised path)`;
+      // Plain literals (the common case) stay in the raw run, unsliced.
+      const dot = path.charCodeAt(i) === 46 && (j === i + 1 || (j === i + 2 && path.charCodeAt(i + 1) === 46));
+      if (dot || !isPlainRange(path, i, j) || hasSpecial(path, i, j)) {
+        const lit = path.slice(i, j);
         if (lit.includes('*')) return `"*" is only allowed as the whole last segment (segment "${lit}")`;
         if (lit.includes('(') || lit.includes(')')) {
           return `parentheses are only allowed right after a parameter name (segment "${lit}")`;
         }
-        if (lit === '.' || lit === '..') return `dot segment "${lit}" is not allowed`;
-      }
-      let canonical = '';
-      if (lit !== '') {
+        if (dot) return `dot segment "${lit}" is not allowed`;
         const norm = normalizePath('/' + lit);
         if (norm === null) return `invalid character or escape in segment "${lit}"`;
-        canonical = norm.slice(1);
+        const canonical = norm.slice(1);
         if (canonical === '' || canonical.includes('/')) return `segment "${lit}" is a dot segment once decoded`;
+        run += path.slice(runStart, i) + canonical;
+        runStart = j;
       }
-      segments.push({ kind: SEG_STATIC, text: canonical, name: '' });
-      i = j;
-    }
-    if (i >= len) break;
-    // path[i] === '/': next segment.
-    i++;
-    if (i === len) {
-      // Trailing slash: an empty last static segment.
-      segments.push({ kind: SEG_STATIC, text: '', name: '' });
-      break;
+      i = j + 1;
     }
   }
-  const shapeKey = JSON.stringify(segments.map((s) => [s.kind, s.text]));
-  return { segments, paramNames, shapeKey };
+  // i === len: the pattern ends with '/', an empty last segment (kept in the run).
+  const rest = run + path.slice(runStart);
+  if (rest !== '') tokens.push({ kind: SEG_STATIC, text: rest });
+  const staticPath = paramNames.length === 0 ? rest : null;
+  return { tokens, paramNames, staticPath };
 }
 
 /**
@@ -176,28 +185,4 @@ function findRegexEnd(path: string, open: number): number {
 export function validateRoutePattern(path: string): string | null {
   const r = parsePattern(path);
   return typeof r === 'string' ? r : null;
-}
-
-/** Split parsed segments into tree tokens: `/repos/:o/x` -> "/repos/", param, "/x". */
-export function toTokens(p: ParsedPattern): PatternToken[] {
-  const tokens: PatternToken[] = [];
-  let buf = '';
-  for (const s of p.segments) {
-    buf += '/';
-    if (s.kind === SEG_STATIC) {
-      buf += s.text;
-      continue;
-    }
-    tokens.push({ kind: SEG_STATIC, text: buf });
-    buf = '';
-    if (s.kind === SEG_REGEX) {
-      tokens.push({ kind: SEG_REGEX, text: s.text, regex: compileSegmentRegex(s.text) as RegExp });
-    } else if (s.kind === SEG_PARAM) {
-      tokens.push({ kind: SEG_PARAM });
-    } else {
-      tokens.push({ kind: SEG_WILDCARD });
-    }
-  }
-  if (buf !== '') tokens.push({ kind: SEG_STATIC, text: buf });
-  return tokens;
 }

@@ -103,6 +103,7 @@ export function queryHas(query: string, name: string, value: string): boolean {
 
 /** One closure per route (built at compile time, never per request); null when the route has no predicates. */
 export function compilePredicate(match: RouteMatchPredicates): Predicate | null {
+  if (match.headers.length === 0 && match.query.length === 0) return null;
   const hs = match.headers.map(([n, v]) => [n.toLowerCase(), v] as const);
   const qs = match.query.map(([n, v]) => [n, v] as const);
   if (hs.length === 0 && qs.length === 0) return null;
@@ -119,6 +120,7 @@ export function compilePredicate(match: RouteMatchPredicates): Predicate | null 
 
 /** Order-insensitive identity of a predicate set, for duplicate detection. */
 export function predicateKey(match: RouteMatchPredicates): string {
+  if (match.headers.length === 0 && match.query.length === 0) return '';
   const h = match.headers.map(([n, v]) => JSON.stringify([n.toLowerCase(), v])).sort();
   const q = match.query.map(([n, v]) => JSON.stringify([n, v])).sort();
   return `h${h.join(',')}q${q.join(',')}`;

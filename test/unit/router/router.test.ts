@@ -4,14 +4,25 @@ import { MATCH_FOUND, MATCH_METHOD_NOT_ALLOWED } from '../../../workers/router/t
 import type { CompileOptions } from '../../../workers/router/compile.js';
 import { compileRouter, validateRoutePattern } from '../../../workers/router/compile.js';
 import { normalizePath } from '../../../workers/router/normalize.js';
+import { generateSource } from '../../../workers/router/codegen.js';
+import { RouteRec, finalizeTree, insertTokens, newRoot } from '../../../workers/router/node.js';
+import { parsePattern } from '../../../workers/router/pattern.js';
 import { ReferenceRouter } from './reference-router.js';
 import type { CaseResult, CaseRouter } from './router.cases.js';
 import { githubRequests, githubRouteInputs, route, runTest } from './router.cases.js';
 
-const MODES: Array<CompileOptions['codegen']> = ['auto', 'always', 'never'];
+/** Every matcher configuration: default, forced codegen, interpreter, codegen with every subtree hoisted into its own function. */
+const CONFIGS: Array<{ name: string; options: CompileOptions }> = [
+  { name: 'auto', options: { codegen: 'auto' } },
+  { name: 'codegen', options: { codegen: 'always' } },
+  { name: 'interpreter', options: { codegen: 'never' } },
+  { name: 'codegen, all split, startsWith', options: { codegen: 'always', tuning: { splitChars: 1, inlineChars: 0 } } },
+  { name: 'codegen, loop scan', options: { codegen: 'always', tuning: { scan: 'loop', inlineChars: 64 } } },
+];
+const MODES = CONFIGS.map((c) => c.name);
 
-for (const codegen of MODES) {
-  runTest({ name: `compiled (codegen: ${codegen})`, newRouter: (routes) => compileRouter(routes, { codegen }) });
+for (const c of CONFIGS) {
+  runTest({ name: `compiled (${c.name})`, newRouter: (routes) => compileRouter(routes, c.options) });
 }
 runTest({ name: 'reference', newRouter: (routes) => new ReferenceRouter(routes) });
 
@@ -94,7 +105,7 @@ describe('compiled router agrees with the reference on random tables (fuzz)', ()
       let routers: Router<string>[] | null = null;
       while (routers === null) {
         try {
-          routers = MODES.map((codegen) => compileRouter(routes, { codegen }));
+          routers = CONFIGS.map((c) => compileRouter(routes, c.options));
         } catch (err) {
           // Random tables sometimes hold duplicates: they must be refused as such; drop the named route and retry.
           const m = /^route "(r\d+)": duplicate of route/.exec((err as Error).message);
@@ -247,14 +258,39 @@ describe('compileRouter: results and safety', () => {
       { ...route('r', '/p/:p(\\d+)'), data: '`${globalThis.__pwned = 2}`' },
       route('q', '/quote%22/:id'),
     ];
-    for (const codegen of MODES) {
-      const router = compileRouter(routes, { codegen });
+    for (const c of CONFIGS) {
+      const router = compileRouter(routes, c.options);
       expect(router.find('GET', '', `/it's/$x;y=z/@a:b/!+,&`, [], '')!.data).toBe(evil);
       expect(router.find('GET', '', '/p/12', [], '')!.params).toEqual(['12']);
       expect(router.find('GET', '', '/quote%22/x', [], '')!.data).toBe('q');
       expect(router.find('GET', '', '/quote"/x', [], '')).toBeNull();
     }
     expect((globalThis as Record<string, unknown>).__pwned).toBeUndefined();
+  });
+
+  it('generated source holds no route id, data or param name, and literals only JSON-quoted', () => {
+    const root = newRoot();
+    const evilId = 'id"+process.exit(1)+"';
+    for (const [i, path] of ['/lit:a$b/:secretName/x', '/lit:a$b/:other(\\d+)', "/q'uote/*"].entries()) {
+      const parsed = parsePattern(path);
+      if (typeof parsed === 'string') throw new Error(parsed);
+      const node = insertTokens(root, parsed.tokens);
+      node.routes = [RouteRec.create(evilId + i, i, 1, 1, false, null, parsed.paramNames, { headers: [], query: [] }, 'DATA-MARKER') as RouteRec<unknown>];
+    }
+    finalizeTree(root);
+    for (const tuning of [{ inlineChars: 0, splitChars: 3000, scan: 'indexOf' as const }, { inlineChars: 64, splitChars: 1, scan: 'loop' as const }]) {
+      const src = generateSource(root, 2, tuning);
+      expect(src).not.toContain('secretName');
+      expect(src).not.toContain('other');
+      expect(src).not.toContain('process');
+      expect(src).not.toContain('DATA-MARKER');
+      expect(src).not.toContain('\\d');
+      // Every string literal in the source is one JSON.stringify produced.
+      for (const lit of src.match(/"(?:[^"\\]|\\.)*"/g) ?? []) expect(JSON.stringify(JSON.parse(lit))).toBe(lit);
+      // Outside those literals there are no other quotes at all.
+      expect(src.replace(/"(?:[^"\\]|\\.)*"/g, '""')).not.toMatch(/['`]/);
+      if (tuning.inlineChars === 0) expect(src).toContain(`"'uote/"`); // the "q" is a switch case
+    }
   });
 
   it('works when code generation is forbidden, falling back to the interpreter', () => {
@@ -268,6 +304,19 @@ describe('compileRouter: results and safety', () => {
       expect(router.find('GET', '', '/repos/a/b/pulls/1', [], '')!.data).toBe('/repos/:owner/:repo/pulls/:number');
     } finally {
       (globalThis as Record<string, unknown>).Function = original;
+    }
+  });
+
+  it('a tree too big to optimise falls back to the interpreter in auto mode, same answers', () => {
+    // 3000 routes on one node (predicates only): one huge generated function.
+    const routes: RouteInput<string>[] = [];
+    for (let i = 0; i < 3000; i++) routes.push(route(`v${i}`, '/api/:x', { headers: [['x-v', String(i)]] }));
+    routes.push(route('plain', '/api/:x'));
+    for (const c of CONFIGS.slice(0, 3)) {
+      const router = compileRouter(routes, c.options);
+      expect(router.find('GET', '', '/api/1', ['x-v', '2999'], '')!.data).toBe('v2999');
+      expect(router.find('GET', '', '/api/1', ['x-v', 'nope'], '')!.data).toBe('plain');
+      expect(router.find('POST', '', '/api/1', [], '')!.allow).toBe('GET');
     }
   });
 
