@@ -4,6 +4,7 @@
  */
 import { createHash } from 'node:crypto';
 import http from 'node:http';
+import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import { baseConfig, startGateway, type Gateway } from '../helpers/gateway.js';
@@ -438,6 +439,85 @@ describe('upstream failures', () => {
     } finally {
       await g.stop();
       await raw.close();
+    }
+  });
+
+  it('retries on a fresh connection when a reused socket closes under a request, without counting the close twice', async () => {
+    // The keep-alive race: the upstream closes a connection just as a second
+    // request arrives on it. The socket then emits 'end' and 'close'; only
+    // the first may act, or the retry is failed with a 502 by the second.
+    const perConn = new WeakMap<object, number>();
+    const raw = await startRawUpstream((_head, socket) => {
+      const n = (perConn.get(socket) ?? 0) + 1;
+      perConn.set(socket, n);
+      if (n === 1) socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+      else socket.end();
+    });
+    const g = await startGateway(baseConfig({ server: { workers: 1 }, upstreams: { r: { targets: [raw.url] } }, routes: [{ id: 'r', path: '/*', upstream: 'r' }] }));
+    try {
+      for (let i = 0; i < 3; i++) expect((await get2(g, '/race')).status).toBe(200);
+      expect(raw.seen.length).toBe(5); // 3 answered, 2 refused on a reused socket
+      expect(raw.connections).toBe(3);
+    } finally {
+      await g.stop();
+      await raw.close();
+    }
+  });
+
+  it('sends a body request\'s head with its first body chunk, and retries it when the idle socket it took closes meanwhile', async () => {
+    // An upstream that reads Content-Length bodies, answers with the byte
+    // count, and closes every connection 100 ms after its last response.
+    const heads: string[] = [];
+    let connections = 0;
+    const server = net.createServer((socket) => {
+      connections++;
+      socket.on('error', () => {});
+      let buf = Buffer.alloc(0);
+      let idle: NodeJS.Timeout | undefined;
+      socket.on('data', (d) => {
+        clearTimeout(idle);
+        buf = Buffer.concat([buf, d]);
+        for (;;) {
+          const end = buf.indexOf('\r\n\r\n');
+          if (end === -1) return;
+          const head = buf.subarray(0, end).toString('latin1');
+          const len = Number(/content-length: *(\d+)/i.exec(head)?.[1] ?? 0);
+          if (buf.length < end + 4 + len) return;
+          heads.push(head.split('\r\n')[0]!);
+          const body = buf.subarray(end + 4, end + 4 + len).toString('latin1');
+          buf = buf.subarray(end + 4 + len);
+          const text = `${len}:${body}`;
+          socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${text.length}\r\n\r\n${text}`);
+          idle = setTimeout(() => socket.destroy(), 100);
+        }
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const port = (server.address() as net.AddressInfo).port;
+    const g = await startGateway(baseConfig({ upstreams: { r: { targets: [`http://127.0.0.1:${port}`] } }, routes: [{ id: 'r', path: '/*', upstream: 'r' }] }));
+    try {
+      // Warm the pool: one idle keep-alive connection that dies in 100 ms.
+      const first = await request(g.url + '/one', { method: 'POST', body: 'abc' });
+      expect(await first.body.text()).toBe('3:abc');
+      // Take that connection with a POST whose body comes 300 ms after its head.
+      const client = net.connect(g.port, '127.0.0.1');
+      let reply = '';
+      client.on('data', (d) => { reply += d.toString('latin1'); });
+      await new Promise((r) => client.once('connect', r));
+      client.write('POST /two HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n');
+      await new Promise((r) => setTimeout(r, 300));
+      client.write('hello');
+      for (let i = 0; i < 100 && !reply.endsWith('5:hello'); i++) await new Promise((r) => setTimeout(r, 10));
+      client.destroy();
+      expect(reply).toMatch(/^HTTP\/1\.1 200 /);
+      expect(reply.endsWith('\r\n\r\n5:hello')).toBe(true);
+      // The second head never went out on the first connection before its
+      // body was there: it reached the upstream once, on a new connection.
+      expect(heads).toEqual(['POST /one HTTP/1.1', 'POST /two HTTP/1.1']);
+      expect(connections).toBe(2);
+    } finally {
+      await g.stop();
+      await new Promise((r) => server.close(r));
     }
   });
 

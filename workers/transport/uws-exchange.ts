@@ -168,6 +168,13 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
       this.headSent = true;
       this.phase = PHASE_HEAD;
       this.setDeadline(this.tSent + t.responseMs);
+    } else if (q === null && !this.reqBodyDone) {
+      // No body byte has arrived yet (uWS hands over the body that came with
+      // the headers right after the request handler returns): the head waits
+      // for the first chunk so both leave in one writev (one syscall, one
+      // upstream segment) instead of two.
+      this.phase = PHASE_SEND;
+      this.setDeadline(0); // the client's own idle timeout (uWS) bounds a slow upload
     } else {
       // Head and the body received so far leave in one writev.
       conn.socket.cork();
@@ -219,6 +226,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
   onClientData(ab: ArrayBuffer, isLast: boolean): void {
     if (this.finished && this.res === null) return;
     const n = ab.byteLength;
+    if (n === 0 && !isLast) return; // uWS may hand over an empty chunk before the body
     this.reqBytes += n;
     if (this.reqBytes > this.reqBodyLimit) {
       // A chunked body grew past the limit (a Content-Length one was refused up front).
@@ -229,11 +237,20 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
     }
     if (isLast) this.reqBodyDone = true;
     const conn = this.conn;
-    if (conn !== null && this.headSent) {
+    if (conn !== null) {
+      // The connection is ours but the head is still here (see onConnection):
+      // it leaves corked together with this chunk.
+      const withHead = !this.headSent;
+      if (withHead) {
+        conn.socket.cork();
+        conn.write(this.head);
+        this.headSent = true;
+      }
       let ok = true;
       if (n > 0) ok = this.writeBody(conn, Buffer.copyBytesFrom(new Uint8Array(ab)));
+      if (isLast && this.reqBodyMode === REQ_BODY_CHUNKED) ok = conn.write(LAST_CHUNK);
+      if (withHead) conn.socket.uncork();
       if (isLast) {
-        if (this.reqBodyMode === REQ_BODY_CHUNKED) ok = conn.write(LAST_CHUNK);
         this.phase = PHASE_HEAD;
         this.setDeadline(performance.now() + this.route.upstream.config.timeouts.responseMs);
       } else if (!ok) {
@@ -313,6 +330,9 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
 
   connectionLost(conn: Connection, connectPhase: boolean): void {
     this.conn = null;
+    // Detach it now: after 'end' the socket still emits 'close', which must
+    // not reach this exchange again (it may be waiting on a retry by then).
+    conn.destroy();
     if (this.finished) return;
     if (connectPhase) {
       this.fail(Errors.UPSTREAM_CONNECT_FAILED);
@@ -320,8 +340,13 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
     }
     // A reused keep-alive socket closed by the upstream just as we sent: the
     // request never reached it. Safe to send again on a fresh connection
-    // when no response byte came back and no body was streamed from the client.
-    if (!this.retried && conn.served > 0 && !conn.parser.started && this.reqBodyMode === REQ_BODY_NONE && !this.responded) {
+    // when no response byte came back and no body was streamed from the
+    // client, or when nothing at all was sent (a body request whose head
+    // was waiting for the first chunk).
+    if (
+      !this.retried && !this.responded && !conn.parser.started &&
+      (!this.headSent || (conn.served > 0 && this.reqBodyMode === REQ_BODY_NONE))
+    ) {
       this.retried = true;
       this.headSent = false;
       this.acquireNew();
