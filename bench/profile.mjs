@@ -6,7 +6,9 @@
 // CPU-µs/request split into user (JS, V8, uWS, libuv) and kernel (syscalls,
 // loopback TCP) time from /proc; once under --cpu-prof, whose worker-thread
 // profile attributes self time to the parts of the pipeline by function and
-// file. Knobs: DURATION (s, default 8), CONNECTIONS (64).
+// file. Knobs: DURATION (s, default 8), SCENARIO (a name from
+// lib/scenarios.mjs, default get-64; other than get-64 it writes its own
+// section, budget-<name>), CONNECTIONS (the scenario's by default).
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,10 +16,13 @@ import { spawnSync } from 'node:child_process';
 import { cpuSplit, clockTicks, spawnPinned, stopAllOnExit, stopChild, waitReady } from './lib/proc.mjs';
 import { LOAD_CPU, PROXY_CPU, TURNPIKE_CLI, UPSTREAM_PORT, startUpstream } from './lib/targets.mjs';
 import { machineFacts, mdTable, updateResultsMd, writeResultsJson } from './lib/report.mjs';
+import { selectScenarios, wrkLua } from './lib/scenarios.mjs';
 import { writeFileSync } from 'node:fs';
 
 const DURATION = Number(process.env.DURATION ?? 8);
-const CONNECTIONS = Number(process.env.CONNECTIONS ?? 64);
+const [SCENARIO] = selectScenarios(process.env.SCENARIO || 'get-64');
+const CONNECTIONS = Number(process.env.CONNECTIONS ?? SCENARIO.connections);
+const SECTION = SCENARIO.name === 'get-64' ? 'budget' : `budget-${SCENARIO.name}`;
 const PORT = 18085;
 stopAllOnExit();
 
@@ -67,8 +72,9 @@ function attribute(profile) {
   return { busy, idle, parts, topOther: top };
 }
 
+let luaFile = '';
 function wrk(seconds) {
-  const r = spawnSync('taskset', ['-c', String(LOAD_CPU), 'wrk', '-t1', `-c${CONNECTIONS}`, `-d${seconds}s`, `http://127.0.0.1:${PORT}/`], { encoding: 'utf8' });
+  const r = spawnSync('taskset', ['-c', String(LOAD_CPU), 'wrk', '-t1', `-c${CONNECTIONS}`, `-d${seconds}s`, '-s', luaFile, `http://127.0.0.1:${PORT}${SCENARIO.path}`], { encoding: 'utf8' });
   const m = /(\d+) requests in/.exec(r.stdout);
   if (!m) throw new Error(`wrk failed: ${r.stdout}${r.stderr}`);
   return Number(m[1]);
@@ -87,9 +93,11 @@ async function runTurnpike(tmp, extraArgs) {
 }
 
 const tmp = mkdtempSync(join(tmpdir(), 'turnpike-profile-'));
+luaFile = join(tmp, 'scenario.lua');
+writeFileSync(luaFile, wrkLua(SCENARIO));
 const upstream = await startUpstream(tmp, join(tmp, 'upstream.log'));
 try {
-  console.log(`[1/2] plain run, ${DURATION}s at -c${CONNECTIONS}`);
+  console.log(`[1/2] plain run, ${SCENARIO.name}, ${DURATION}s at -c${CONNECTIONS}`);
   let child = await runTurnpike(tmp, []);
   wrk(2); // warm-up
   const a = cpuSplit(child.pid);
@@ -114,18 +122,19 @@ try {
   const total = userUs + sysUs;
   const rows = [...parts].sort((x, y) => y[1] - x[1]).map(([name, t]) => [name, `${(100 * t / busy).toFixed(1)}%`, (userUs * t / busy).toFixed(1)]);
   for (const r of rows) console.log(`  ${r[1].padStart(6)}  ${r[2].padStart(5)} µs  ${r[0]}`);
+  console.log(`  largest in other JS: ${topOther.join(', ') || 'none'}`);
   const md = [
-    `## CPU budget of a proxied GET (Turnpike on Node, one worker, -c${CONNECTIONS})`,
+    `## CPU budget of a proxied request: ${SCENARIO.name}, ${SCENARIO.note} (Turnpike on Node, one worker, -c${CONNECTIONS})`,
     '',
-    `Run on ${new Date().toISOString().slice(0, 10)} by \`node bench/profile.mjs\`. CPU per request: **${total.toFixed(1)} µs** = ${userUs.toFixed(1)} µs user (JS, V8, uWS, libuv) + ${sysUs.toFixed(1)} µs kernel (syscalls and loopback TCP, which the proxy's own writes pay for the receiving side too). The user part is split by the worker thread's --cpu-prof self time (share of busy samples; µs = that share of the user time; syscalls made from JS such as the upstream socket write show up as their JS frame, so part of the kernel time is also inside these shares).`,
+    `Run on ${new Date().toISOString().slice(0, 10)} by \`${SCENARIO.name === 'get-64' ? '' : `SCENARIO=${SCENARIO.name} `}node bench/profile.mjs\`. CPU per request: **${total.toFixed(1)} µs** = ${userUs.toFixed(1)} µs user (JS, V8, uWS, libuv) + ${sysUs.toFixed(1)} µs kernel (syscalls and loopback TCP, which the proxy's own writes pay for the receiving side too). The user part is split by the worker thread's --cpu-prof self time (share of busy samples; µs = that share of the user time; syscalls made from JS such as the upstream socket write show up as their JS frame, so part of the kernel time is also inside these shares).`,
     '',
     mdTable(['part', 'share of busy samples', '≈ µs/req'], rows),
     '',
     `Largest functions left in "other JS": ${topOther.join(', ') || 'none'}.`,
   ].join('\n');
-  updateResultsMd('budget', md);
-  writeResultsJson('budget', { kind: 'budget', machine: machineFacts(), knobs: { DURATION, CONNECTIONS }, requests: n, userUs, sysUs, parts: Object.fromEntries(parts), topOther });
-  console.log('wrote bench/RESULTS.md (budget) and results/');
+  updateResultsMd(SECTION, md);
+  writeResultsJson(SECTION, { kind: 'budget', scenario: SCENARIO.name, machine: machineFacts(), knobs: { DURATION, CONNECTIONS }, requests: n, userUs, sysUs, parts: Object.fromEntries(parts), topOther });
+  console.log(`wrote bench/RESULTS.md (${SECTION}) and results/`);
 } finally {
   await stopChild(upstream.child);
   rmSync(tmp, { recursive: true, force: true });
