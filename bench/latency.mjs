@@ -23,7 +23,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { selectTargets, startTarget, startUpstream, BENCH_DIR, LOAD_CPU, PROXY_CPU } from './lib/targets.mjs';
+import { selectTargets, startTargets, startUpstream, BENCH_DIR, LOAD_CPU, PROXY_CPU } from './lib/targets.mjs';
 import { cpuSnapshot, cpuDeltaTicks, ticksToMicros, rssKb, stopChild, stopAllOnExit, stopAll, which, machineBusyPct } from './lib/proc.mjs';
 import { machineFacts, writeResultsJson, updateResultsMd, mdTable, fmtRate, fmtLatency, fmt, relPath } from './lib/report.mjs';
 
@@ -98,25 +98,7 @@ if (facts.busyPctBeforeStart > 15) console.log(`warning: the machine was ${facts
 const upstream = await startUpstream(tmp, join(tmp, 'upstream.log'));
 console.log(`upstream: ${upstream.kind} on 127.0.0.1:${upstream.port}, CPU ${LOAD_CPU}`);
 
-const running = [];
-const targetInfo = [];
-for (const target of targets) {
-  const reason = target.skip();
-  if (reason) {
-    console.log(`skip ${target.name}: ${reason}`);
-    targetInfo.push({ name: target.name, status: 'skipped', reason });
-    continue;
-  }
-  try {
-    const s = await startTarget(target, tmp, upstream);
-    running.push({ target, name: target.name, ...s });
-    targetInfo.push({ name: target.name, status: 'ok', version: target.version?.() ?? null });
-    console.log(`started ${target.name} on 127.0.0.1:${target.port}, pid ${s.pid}, CPU ${s.direct ? LOAD_CPU : PROXY_CPU}`);
-  } catch (err) {
-    console.log(`FAILED to start ${target.name}: ${err.message}`);
-    targetInfo.push({ name: target.name, status: 'failed', reason: err.message.split('\n')[0] });
-  }
-}
+const { running, targetInfo } = await startTargets(targets, tmp, upstream);
 const direct = running.find((t) => t.direct);
 const proxies = running.filter((t) => !t.direct);
 const est = running.length * (WARMUP + DURATION) + proxies.length * LEVELS.length * 2 * DURATION;

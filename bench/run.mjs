@@ -18,7 +18,7 @@ import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { TARGETS, selectTargets, startTarget, startUpstream, PROXY_CPU, LOAD_CPU, POOL } from './lib/targets.mjs';
+import { TARGETS, selectTargets, startTargets, startUpstream, PROXY_CPU, LOAD_CPU, POOL } from './lib/targets.mjs';
 import { SCENARIOS, selectScenarios, wrkLua } from './lib/scenarios.mjs';
 import { which, cpuSnapshot, cpuDeltaTicks, ticksToMicros, rssKb, stopChild, stopAllOnExit, stopAll, machineBusyPct, cpuLineTicks } from './lib/proc.mjs';
 import { machineFacts, writeResultsJson, updateResultsMd, mdTable, median, fmtRate, fmtLatency, fmt, relPath } from './lib/report.mjs';
@@ -136,26 +136,7 @@ for (const s of scenarios) {
   luaFiles.set(s.name, f);
 }
 
-const targetInfo = [];
-const running = [];
-for (const target of targets) {
-  const reason = target.skip();
-  if (reason) {
-    console.log(`skip ${target.name}: ${reason}`);
-    targetInfo.push({ name: target.name, status: 'skipped', reason });
-    continue;
-  }
-  try {
-    const started = await startTarget(target, tmp, upstream);
-    running.push({ target, ...started, name: target.name });
-    const version = target.version?.() ?? null;
-    targetInfo.push({ name: target.name, status: 'ok', version, port: target.port });
-    console.log(`started ${target.name} (${version}) on 127.0.0.1:${target.port}, pid ${started.pid}, CPU ${started.direct ? LOAD_CPU : PROXY_CPU}`);
-  } catch (err) {
-    console.log(`FAILED to start ${target.name}: ${err.message}`);
-    targetInfo.push({ name: target.name, status: 'failed', reason: err.message.split('\n')[0] });
-  }
-}
+const { running, targetInfo } = await startTargets(targets, tmp, upstream);
 if (running.length === 0) {
   console.error('no target could run');
   await stopAll();

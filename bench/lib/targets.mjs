@@ -289,3 +289,32 @@ export async function startTarget(target, tmp, upstream) {
   }
   return { child, pid: child.pid, direct: false, log };
 }
+
+/**
+ * Start every target (skipping those that cannot run here, reporting those
+ * that fail to start). Returns { running: [{ target, name, pid, child,
+ * direct, log }], targetInfo: [{ name, status, version?, port?, reason? }] }.
+ */
+export async function startTargets(targets, tmp, upstream) {
+  const running = [];
+  const targetInfo = [];
+  for (const target of targets) {
+    const reason = target.skip();
+    if (reason) {
+      console.log(`skip ${target.name}: ${reason}`);
+      targetInfo.push({ name: target.name, status: 'skipped', reason });
+      continue;
+    }
+    try {
+      const started = await startTarget(target, tmp, upstream);
+      running.push({ target, ...started, name: target.name });
+      const version = target.version?.() ?? null;
+      targetInfo.push({ name: target.name, status: 'ok', version, port: target.port });
+      console.log(`started ${target.name} (${version}) on 127.0.0.1:${target.port}, pid ${started.pid}, CPU ${started.direct ? LOAD_CPU : PROXY_CPU}`);
+    } catch (err) {
+      console.log(`FAILED to start ${target.name}: ${err.message}`);
+      targetInfo.push({ name: target.name, status: 'failed', reason: err.message.split('\n')[0] });
+    }
+  }
+  return { running, targetInfo };
+}
