@@ -17,7 +17,7 @@
 import { readFileSync, watch } from 'node:fs';
 import { basename, dirname, extname, resolve as resolvePath } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { clientToken } from '../admin/api/auth.js';
+import { clientToken, loadTokens } from '../admin/api/auth.js';
 import { formatChanges } from '../common/config/diff.js';
 import { formatErrors, loadConfigFile, loadEmbeddedConfig, type LoadResult } from '../common/config/load.js';
 import { schemaJson } from '../common/config/schema.js';
@@ -171,6 +171,16 @@ async function validate(args: Args): Promise<void> {
     process.exit(1);
   }
   const c = result.config;
+  if (c.admin.enabled && c.admin.tokensFile !== null) {
+    // The admin thread reads it at start and on reload (relative to the
+    // gateway's working directory): a bad file is caught here, not there.
+    try {
+      loadTokens({ env: {}, tokensFile: c.admin.tokensFile, cwd: process.cwd() });
+    } catch (e) {
+      process.stderr.write(`${args.file}: 1 problem:\n  ${(e as Error).message.replace(/\n/g, '\n  ')}\n`);
+      process.exit(1);
+    }
+  }
   process.stdout.write(`${args.file}: valid (${c.routes.length} routes, ${Object.keys(c.upstreams).length} upstreams)\n`);
   if (!args.diff) return;
   // The running gateway validates the same document (with its own

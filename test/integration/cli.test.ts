@@ -61,6 +61,24 @@ routes:
     expect(r.err).toMatch(/routes\[1\]\.path/);
   });
 
+  it('checks admin.tokensFile: a missing file or a bad line is a problem', () => {
+    const cfg = (tokens: string) => `
+admin: { tokensFile: ${JSON.stringify(tokens)} }
+upstreams: { u: { targets: [http://127.0.0.1:9001] } }
+routes: [ { id: r, path: /, upstream: u } ]
+`;
+    const missing = cli(['validate', file('tok-missing.yaml', cfg(join(tmpdir(), `turnpike-no-such-tokens-${process.pid}`)))]);
+    expect(missing.code).toBe(1);
+    expect(missing.err).toMatch(/admin\.tokensFile: cannot read .*no-such-tokens.* \(not found\); fix the path or remove the setting/);
+    const bad = cli(['validate', file('tok-bad.yaml', cfg(file('tokens-bad', 'ops admin sha256:abc\n')))]);
+    expect(bad.code).toBe(1);
+    expect(bad.err).toMatch(/admin\.tokensFile .*tokens-bad has 1 bad line/);
+    const okTokens = file('tokens-ok', `ops admin sha256:${'a'.repeat(64)}\n`);
+    const ok = cli(['validate', file('tok-ok.yaml', cfg(okTokens))]);
+    expect(ok.err).toBe('');
+    expect(ok.code).toBe(0);
+  });
+
   it('reports a YAML syntax error with its position', () => {
     const r = cli(['validate', file('syntax.yaml', 'routes: [\n  - id: x\n')]);
     expect(r.code).toBe(1);
