@@ -188,7 +188,7 @@ async function validate(args: Args): Promise<void> {
   const text = readFileSync(args.file, 'utf8');
   const type = extname(args.file).toLowerCase() === '.json' ? 'application/json' : 'application/yaml';
   const admin = adminUrl(args);
-  const r = await adminRequest(admin, 'PUT', '/admin/config?dryRun=true', { type, text });
+  const r = await adminRequest(admin, 'POST', '/admin/config/validate', { type, text });
   if (r.status === 200) {
     const b = r.body as { versionBefore: number; changes: Parameters<typeof formatChanges>[0] };
     process.stdout.write(`against the gateway at ${admin} (config version ${b.versionBefore}), ${args.file} would change:\n${formatChanges(b.changes)}\n(dry run: nothing was applied)\n`);

@@ -280,10 +280,14 @@ export class Supervisor {
     else if (this.opts.configPath !== null) result = loadConfigFile(this.opts.configPath, common);
     else result = loadEmbeddedConfig(common);
     const refuse = (errors: { path: string; message: string }[]): ReloadResult => {
-      if (!req.dryRun) Atomics.add(this.controlView, C_RELOADS_FAILED, 1);
-      log('error', 'config refused; the running config keeps serving', {
-        actor: req.actor, version: old.version, problems: errors.map((e) => (e.path ? `${e.path}: ${e.message}` : e.message)),
-      });
+      const problems = errors.map((e) => (e.path ? `${e.path}: ${e.message}` : e.message));
+      if (req.dryRun) {
+        // A check (validate --diff, dry runs): the caller gets the problems; nothing failed here.
+        log('info', 'config checked (dry run): it would be refused', { actor: req.actor, version: old.version, problems });
+      } else {
+        Atomics.add(this.controlView, C_RELOADS_FAILED, 1);
+        log('error', 'config refused; the running config keeps serving', { actor: req.actor, version: old.version, problems });
+      }
       return { ok: false, version: old.version, errors, changes: null, persisted: false };
     };
     if (!result.ok) return refuse(result.errors);

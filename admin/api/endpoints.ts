@@ -97,6 +97,24 @@ function reloadAnswer(r: ReloadResult, before: GatewayConfig, dryRun: boolean): 
   };
 }
 
+/** A whole config document, as PUT /admin/config and POST /admin/config/validate take it. */
+const CONFIG_BODY: BodySpec = {
+  schema: S.configDocument,
+  contentTypes: ['application/json', 'application/yaml', 'application/x-yaml', 'text/yaml', 'text/x-yaml'],
+  maxBytes: MAX_BODY_BYTES,
+  description: 'A whole config document, JSON or YAML (the config file\'s schema, `turnpike schema`). At most 1 MiB.',
+};
+
+async function replaceConfig(api: RequestContext['api'], actor: string, body: unknown, dryRun: boolean): Promise<HandlerResult> {
+  const before = api.config();
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) {
+    const errors = [{ path: '', message: `the body must be a whole configuration document (a JSON object or YAML mapping), got ${Array.isArray(body) ? 'a list' : body === null ? 'null' : typeof body}` }];
+    return reloadAnswer({ ok: false, version: before.version, errors, changes: null, persisted: false }, before, dryRun);
+  }
+  const r = await api.reload({ doc: body, dryRun, actor: `admin-api:${actor}` });
+  return reloadAnswer(r, before, dryRun);
+}
+
 function ms(us: number): number {
   return Math.round(us) / 1000;
 }
@@ -150,12 +168,7 @@ export const ENDPOINTS: readonly Endpoint[] = [
     summary: 'Replace the configuration',
     description: 'Validates a whole config document (environment and --set overrides still apply on top, as after a restart) and, when valid, writes it to the config file atomically and applies it to every worker; in-flight requests finish on the old config. Invalid: 422 with every problem, nothing applied. ?dryRun=true only reports what would change. Settings that need a restart (server.host/port/workers/backend, admin.host/port/enabled) are refused. Comments of a YAML config file are not kept.',
     query: S.dryRunQuery,
-    body: {
-      schema: S.configDocument,
-      contentTypes: ['application/json', 'application/yaml', 'application/x-yaml', 'text/yaml', 'text/x-yaml'],
-      maxBytes: MAX_BODY_BYTES,
-      description: 'A whole config document, JSON or YAML (the config file\'s schema, `turnpike schema`). At most 1 MiB.',
-    },
+    body: CONFIG_BODY,
     audit: 'config.replace',
     responses: {
       200: { description: 'Applied (or, with dryRun, would apply).', schema: S.reloadResult },
@@ -165,15 +178,27 @@ export const ENDPOINTS: readonly Endpoint[] = [
       415: err('Content type other than JSON or YAML (unsupported_media_type).'),
       422: err('Refused (config_invalid): "errors" lists every problem by path; the running config keeps serving.'),
     },
-    async handler({ api, principal, query, body }) {
-      const dryRun = query['dryRun'] === true;
-      const before = api.config();
-      if (body === null || typeof body !== 'object' || Array.isArray(body)) {
-        const errors = [{ path: '', message: `the body must be a whole configuration document (a JSON object or YAML mapping), got ${Array.isArray(body) ? 'a list' : body === null ? 'null' : typeof body}` }];
-        return reloadAnswer({ ok: false, version: before.version, errors, changes: null, persisted: false }, before, dryRun);
-      }
-      const r = await api.reload({ doc: body, dryRun, actor: `admin-api:${principal.name}` });
-      return reloadAnswer(r, before, dryRun);
+    handler({ api, principal, query, body }) {
+      return replaceConfig(api, principal.name, body, query['dryRun'] === true);
+    },
+  },
+  {
+    method: 'POST', path: '/admin/config/validate', operationId: 'validateConfig', tag: 'config', role: 'viewer',
+    summary: 'Check a configuration against the running one',
+    description: 'What PUT /admin/config?dryRun=true answers, for read-only tokens too: validates a whole config document (with the same overrides) and reports what would change. Nothing is applied, persisted or audited.',
+    query: S.noQuery,
+    body: CONFIG_BODY,
+    audit: null,
+    responses: {
+      200: { description: 'Valid; "changes" is what applying it would change (dryRun is always true).', schema: S.reloadResult },
+      400: err('Malformed JSON or YAML (malformed_body) or a query parameter (invalid_query).'),
+      ...R401,
+      413: err('Body above 1 MiB (body_too_large).'),
+      415: err('Content type other than JSON or YAML (unsupported_media_type).'),
+      422: err('Invalid (config_invalid): "errors" lists every problem by path.'),
+    },
+    handler({ api, principal, body }) {
+      return replaceConfig(api, principal.name, body, true);
     },
   },
   {
