@@ -23,7 +23,7 @@
 import type { Matcher, SearchState } from './matcher.js';
 import type { Predicate } from './predicates.js';
 import type { MatchResultImpl, Node, RouteRec } from './node.js';
-import { headRoutesOf, regexOf, rxOf, wildOf } from './node.js';
+import { headRoutesOf, regexOf, routeList, rxOf, wildOf } from './node.js';
 import { ANY_MASK } from './methods.js';
 
 export interface CodegenTuning {
@@ -63,7 +63,7 @@ class Generator {
   resultIndex(r: RouteRec<unknown>): number {
     let i = this.#resultIndex.get(r);
     if (i === undefined) {
-      i = this.results.push(r.result) - 1;
+      i = this.results.push(r) - 1;
       this.#resultIndex.set(r, i);
     }
     return i;
@@ -150,7 +150,7 @@ class Generator {
       if (r.accept !== ANY_MASK) conds.push(`(mb & ${r.accept}) !== 0`);
       if (r.pred !== null) conds.push(`PR[${this.preds.push(r.pred) - 1}](h, q)`);
       let ret: string;
-      if (r.result.paramNames.length === 0) {
+      if (r.paramNames.length === 0) {
         ret = `return R[${idx}];`;
       } else {
         // Lazy params: record boundaries only (see MatchResultImpl).
@@ -168,7 +168,7 @@ class Generator {
   }
 
   terminal(n: Node, params: readonly string[]): string {
-    const routes = n.routes!;
+    const routes = routeList(n.routes);
     const head = headRoutesOf(n);
     let s = head !== null
       ? `if (mb === ${this.headBit}) {\n${this.routeBlocks(head, params)}} else {\n${this.routeBlocks(routes, params)}}\n`
@@ -177,13 +177,13 @@ class Generator {
     if (routes.some((r) => r.accept === ANY_MASK && r.pred === null)) return s;
     if (routes.every((r) => r.pred === null)) {
       let mask = 0;
-      for (const r of routes) mask |= r.allow;
+      for (const r of routes) mask |= r.allowMask;
       s += `S.allow |= ${mask};\n`;
     } else {
-      const list = routes.slice();
+      const list = routes;
       const fn: AllowFn = (mb, h, q) => {
         let a = 0;
-        for (const r of list) if ((r.accept & mb) === 0 && (r.pred === null || r.pred(h, q))) a |= r.allow;
+        for (const r of list) if ((r.accept & mb) === 0 && (r.pred === null || r.pred(h, q))) a |= r.allowMask;
         return a;
       };
       s += `S.allow |= AL[${this.allowFns.push(fn) - 1}](mb, h, q);\n`;

@@ -26,12 +26,12 @@
  * methods.
  */
 import type { MatchResult, RouteInput, Router } from './types.js';
-import { MATCH_METHOD_NOT_ALLOWED } from './types.js';
+import { MATCH_FOUND } from './types.js';
 import { ANY_MASK, M_GET, M_HEAD, MethodTable } from './methods.js';
 import { compilePredicate, predicateKey } from './predicates.js';
-import { parsePattern } from './pattern.js';
-import type { Node } from './node.js';
-import { MatchResultImpl, RouteRec, finalizeTree, headRoutesOf, insertTokens, newRoot } from './node.js';
+import { SEG_STATIC, isSimplePattern, parsePattern, simpleParamNames } from './pattern.js';
+import type { MatchResultImpl, Node } from './node.js';
+import { EMPTY_STRINGS, RouteRec, finalizeTree, headRoutesOf, insertSimple, insertTokens, newRoot, nodeCount, routeList, setRoutes } from './node.js';
 import type { Matcher } from './matcher.js';
 import { SearchState } from './matcher.js';
 import type { CodegenTuning } from './codegen.js';
@@ -101,6 +101,11 @@ interface TierDraft {
   priority: number;
   root: Node;
   staticNodes: Map<string, Node>;
+  /** Nodes in the tree, counted as they are created. */
+  nodes: number;
+  /** Bounds for the interpreter's stacks (a big tree is not walked): depth (every edge takes >= 1 character of static text or one parameter), most params. */
+  maxDepth: number;
+  maxParams: number;
 }
 
 function fail(id: unknown, reason: string): never {
@@ -108,6 +113,7 @@ function fail(id: unknown, reason: string): never {
 }
 
 function checkHost(id: string, host: unknown): string {
+  if (host === '*') return host;
   if (typeof host !== 'string' || host.length === 0) fail(id, 'host must be "*", a host name or "*.domain"');
   const h = host.toLowerCase();
   if (h === '*') return h;
@@ -120,100 +126,174 @@ function checkHost(id: string, host: unknown): string {
 
 function checkPairs(id: string, what: string, pairs: unknown): void {
   if (!Array.isArray(pairs)) fail(id, `match.${what} must be an array of [name, value]`);
-  for (const p of pairs) {
+  for (let i = 0; i < pairs.length; i++) {
+    const p: unknown = pairs[i];
     if (!Array.isArray(p) || p.length !== 2 || typeof p[0] !== 'string' || typeof p[1] !== 'string' || p[0] === '') {
       fail(id, `match.${what} must be an array of [name, value] string pairs`);
     }
   }
 }
 
-/** Compile routes into a Router. Throws an Error naming the route for any invalid or duplicate route. */
-export function compileRouter<T>(routes: readonly RouteInput<T>[], options: CompileOptions = {}): Router<T> {
-  const mode = options.codegen ?? 'auto';
-  // Routes with the same parameter names share one frozen array.
-  const namesCache = new Map<string, readonly string[]>();
-  const tuning: CodegenTuning = { ...DEFAULT_TUNING, ...options.tuning };
-  const methods = new MethodTable();
-  // host -> priority -> tree under construction. Routes go into their tree
-  // as they are read, so nothing per route outlives this loop except what
-  // the router keeps (fewer survivors = less GC copying on big tables).
-  const byHost = new Map<string, Map<number, TierDraft>>();
-  const sameNode = new Map<Node, Map<string, RouteRec<unknown>[]>>();
+/**
+ * Reads the routes into trees (one per host and priority). Routes go into
+ * their tree as they are read, so nothing per route outlives this except
+ * what the router keeps (fewer survivors = less GC copying on big tables).
+ * Kept as small methods: a 10k-route table is read before the JIT has
+ * optimised much, and the optimiser's work on one big function would
+ * compete with the build for the CPU.
+ */
+class TreeBuilder<T> {
+  readonly methods = new MethodTable();
+  /** host -> priority -> tree under construction. */
+  readonly byHost = new Map<string, Map<number, TierDraft>>();
+  /** Nodes holding more than one route, with their routes by predicate set (duplicate detection). */
+  readonly sameNode = new Map<Node, { all: RouteRec<unknown>[]; byPreds: Map<string, RouteRec<unknown>[]> }>();
+  /** Routes with the same parameter names share one frozen array. */
+  readonly #names = new Map<string, readonly string[]>();
+  /** Param names of the route being added (fast path). */
+  readonly #scratchNames: string[] = [];
+  /** The last tree used: consecutive routes usually share host and priority. */
+  #lastHost = '';
+  #lastPriority = 0;
+  #lastTier: TierDraft | null = null;
 
-  for (let order = 0; order < routes.length; order++) {
-    const input = routes[order]!;
+  constructor(readonly routes: readonly RouteInput<T>[]) {}
+
+  add(order: number): void {
+    const input = this.routes[order]!;
     const id = input.id;
     if (typeof id !== 'string' || id === '') fail(id, 'id must be a non-empty string');
     const host = checkHost(id, input.host);
-    const parsed = parsePattern(input.path);
-    if (typeof parsed === 'string') fail(id, `invalid path ${JSON.stringify(input.path)}: ${parsed}`);
+    const path = input.path;
+    // Plain patterns (nearly all) skip the tokens: names now, insertion straight from the string.
+    const simple = isSimplePattern(path) && simpleParamNames(path, this.#scratchNames);
+    const parsed = simple ? null : parsePattern(path);
+    if (typeof parsed === 'string') fail(id, `invalid path ${JSON.stringify(path)}: ${parsed}`);
     const priority = input.priority ?? 0;
     if (typeof priority !== 'number' || !Number.isFinite(priority)) fail(id, 'priority must be a finite number');
-    if (!Array.isArray(input.methods)) fail(id, 'methods must be an array');
-    let accept = 0;
-    let allow = 0;
-    let explicitHead = false;
-    for (const m of input.methods) {
-      const idx = methods.register(m);
-      if (typeof idx === 'string') fail(id, idx);
-      allow |= 1 << idx;
-      if (idx === M_HEAD) explicitHead = true;
+    const names = parsed === null ? this.#scratchNames : parsed.paramNames;
+    const rec = this.record(input, order, names);
+    const tier = this.tier(host, priority);
+    const created = nodeCount();
+    let node: Node;
+    // Bound on the depth: every edge takes at least one character of static text or one parameter.
+    let depth = 1;
+    if (parsed === null) {
+      node = insertSimple(tier.root, path);
+      depth += path.length;
+    } else {
+      node = insertTokens(tier.root, parsed.tokens);
+      const tokens = parsed.tokens;
+      for (let i = 0; i < tokens.length; i++) {
+        const t = tokens[i]!;
+        depth += t.kind === SEG_STATIC ? t.text.length : 1;
+      }
     }
-    accept = allow;
-    if ((allow & (1 << M_GET)) !== 0) accept |= 1 << M_HEAD;
-    if (input.methods.length === 0) {
-      accept = ANY_MASK;
-      allow = ANY_MASK;
-      explicitHead = true;
+    tier.nodes += nodeCount() - created;
+    if (depth > tier.maxDepth) tier.maxDepth = depth;
+    if (names.length > tier.maxParams) tier.maxParams = names.length;
+    if (node.routes === null) node.routes = rec;
+    else this.share(node, rec);
+    const staticPath = parsed === null ? (names.length === 0 ? path : null) : parsed.staticPath;
+    if (staticPath !== null) tier.staticNodes.set(staticPath, node);
+  }
+
+  /** Methods, predicates and names of one route: its record. */
+  record(input: RouteInput<T>, order: number, names: readonly string[]): RouteRec<unknown> {
+    const id = input.id;
+    const ms = input.methods;
+    if (!Array.isArray(ms)) fail(id, 'methods must be an array');
+    let accept = ANY_MASK;
+    let allow = ANY_MASK;
+    let explicitHead = true;
+    if (ms.length !== 0) {
+      allow = 0;
+      explicitHead = false;
+      for (let i = 0; i < ms.length; i++) {
+        const idx = this.methods.register(ms[i]!);
+        if (typeof idx === 'string') fail(id, idx);
+        allow |= 1 << idx;
+        if (idx === M_HEAD) explicitHead = true;
+      }
+      accept = (allow & (1 << M_GET)) !== 0 ? allow | (1 << M_HEAD) : allow;
     }
     const match = input.match ?? NO_PREDICATES;
     checkPairs(id, 'headers', match.headers);
     checkPairs(id, 'query', match.query);
-    const pred = compilePredicate(match);
-    const namesKey = parsed.paramNames.join('/');
-    let paramNames = namesCache.get(namesKey);
-    if (paramNames === undefined) namesCache.set(namesKey, (paramNames = Object.freeze(parsed.paramNames.slice())));
-    const rec = RouteRec.create<T>(id, order, accept, allow, explicitHead, pred, paramNames, match, input.data);
-
-    let tiers = byHost.get(host);
-    if (tiers === undefined) byHost.set(host, (tiers = new Map()));
-    let tier = tiers.get(priority);
-    if (tier === undefined) tiers.set(priority, (tier = { priority, root: newRoot(), staticNodes: new Map() }));
-    const node = insertTokens(tier.root, parsed.tokens);
-    if (node.routes === null) {
-      node.routes = [rec as RouteRec<unknown>];
-    } else {
-      // Same tree + same node = same host, priority and path shape. Index the
-      // node's routes by predicate set (built when a node gets its second route).
-      let byPreds = sameNode.get(node);
-      if (byPreds === undefined) {
-        sameNode.set(node, (byPreds = new Map()));
-        const first = node.routes[0]!;
-        byPreds.set(predicateKey(first.match), [first]);
-      }
-      const key = predicateKey(match);
-      const same = byPreds.get(key);
-      if (same === undefined) byPreds.set(key, [rec as RouteRec<unknown>]);
-      else {
-        for (const o of same) {
-          const overlap = o.allow & rec.allow;
-          if (overlap !== 0) {
-            const names = rec.allow === ANY_MASK || o.allow === ANY_MASK ? 'any method' : methods.allowString(overlap);
-            fail(id, `duplicate of route ${JSON.stringify(o.id)} (same host, path, priority and predicates; both take ${names})`);
-          }
-        }
-        same.push(rec as RouteRec<unknown>);
-      }
-      node.routes.push(rec as RouteRec<unknown>);
+    const predCount = match.headers.length + match.query.length;
+    const pred = predCount === 0 ? null : compilePredicate(match);
+    let paramNames: readonly string[] = EMPTY_STRINGS;
+    if (names.length !== 0) {
+      const key = names.length === 1 ? names[0]! : names.join('/');
+      paramNames = this.#names.get(key) ?? EMPTY_STRINGS;
+      if (paramNames === EMPTY_STRINGS) this.#names.set(key, (paramNames = Object.freeze(names.slice())));
     }
-    if (parsed.staticPath !== null) tier.staticNodes.set(parsed.staticPath, node);
+    return new RouteRec<unknown>(MATCH_FOUND, order, accept, allow, explicitHead, pred, predCount, paramNames, input.data);
   }
+
+  tier(host: string, priority: number): TierDraft {
+    const last = this.#lastTier;
+    if (last !== null && host === this.#lastHost && priority === this.#lastPriority) return last;
+    let tiers = this.byHost.get(host);
+    if (tiers === undefined) this.byHost.set(host, (tiers = new Map()));
+    let tier = tiers.get(priority);
+    if (tier === undefined) {
+      tiers.set(priority, (tier = { priority, root: newRoot(), staticNodes: new Map(), nodes: 1, maxDepth: 1, maxParams: 0 }));
+    }
+    this.#lastHost = host;
+    this.#lastPriority = priority;
+    this.#lastTier = tier;
+    return tier;
+  }
+
+  /**
+   * A second (third...) route on one node: same tree + same node = same
+   * host, priority and path shape. Refuses a duplicate (same predicates,
+   * overlapping methods); the node's list is sorted at the end.
+   */
+  share(node: Node, rec: RouteRec<unknown>): void {
+    let shared = this.sameNode.get(node);
+    if (shared === undefined) {
+      const first = node.routes!;
+      this.sameNode.set(node, (shared = { all: [first], byPreds: new Map([[this.predKey(first), [first]]]) }));
+    }
+    const key = this.predKey(rec);
+    const same = shared.byPreds.get(key);
+    if (same === undefined) shared.byPreds.set(key, [rec]);
+    else {
+      for (const o of same) {
+        const overlap = o.allowMask & rec.allowMask;
+        if (overlap !== 0) {
+          const both = rec.allowMask === ANY_MASK || o.allowMask === ANY_MASK ? 'any method' : this.methods.allowString(overlap);
+          fail(this.routes[rec.order]!.id, `duplicate of route ${JSON.stringify(this.routes[o.order]!.id)} (same host, path, priority and predicates; both take ${both})`);
+        }
+      }
+      same.push(rec);
+    }
+    shared.all.push(rec);
+  }
+
+  predKey(r: RouteRec<unknown>): string {
+    return r.predCount === 0 ? '' : predicateKey(this.routes[r.order]!.match);
+  }
+}
+
+/** Compile routes into a Router. Throws an Error naming the route for any invalid or duplicate route. */
+export function compileRouter<T>(routes: readonly RouteInput<T>[], options: CompileOptions = {}): Router<T> {
+  const mode = options.codegen ?? 'auto';
+  const tuning: CodegenTuning = { ...DEFAULT_TUNING, ...options.tuning };
+  const builder = new TreeBuilder<T>(routes);
+  for (let order = 0; order < routes.length; order++) builder.add(order);
+  for (const [node, shared] of builder.sameNode) setRoutes(node, shared.all);
+  const { methods, byHost } = builder;
 
   const state = new SearchState();
   const headBit = 1 << M_HEAD;
   const tableSize = methods.tableSize;
-  const buildTier = ({ priority, root, staticNodes }: TierDraft): Tier => {
-    const shape = finalizeTree(root);
+  const buildTier = ({ priority, root, staticNodes, nodes, maxDepth, maxParams }: TierDraft): Tier => {
+    // Walk the tree only when it may become code: a big tree is interpreted
+    // with the bounds counted during insertion.
+    const shape = mode === 'never' || (mode === 'auto' && nodes > CODEGEN_MAX_NODES) ? null : finalizeTree(root);
     const staticGet = new Map<string, MatchResultImpl<unknown>>();
     const staticAll = new Map<string, StaticTable>();
     const staticFilter = new Uint8Array(4096);
@@ -223,16 +303,15 @@ export function compileRouter<T>(routes: readonly RouteInput<T>[], options: Comp
       for (let mi = 0; mi < tableSize; mi++) {
         const mb = 1 << mi;
         const head = headRoutesOf(node);
-        const ordered = mi === M_HEAD && head !== null ? head : node.routes!;
+        const ordered = mi === M_HEAD && head !== null ? head : routeList(node.routes);
         const first = ordered.find((r) => (r.accept & mb) !== 0);
-        table[mi] = first !== undefined && first.pred === null ? first.result : null;
+        table[mi] = first !== undefined && first.pred === null ? first : null;
       }
       staticAll.set(path, table);
       if (table[M_GET] !== null) staticGet.set(path, table[M_GET]!);
     }
     let match: Matcher | null = null;
-    const wantCodegen = mode === 'always' ||
-      (mode === 'auto' && shape.nodes <= CODEGEN_MAX_NODES && shape.maxDepth <= CODEGEN_MAX_DEPTH);
+    const wantCodegen = shape !== null && (mode === 'always' || shape.maxDepth <= CODEGEN_MAX_DEPTH);
     if (wantCodegen) {
       try {
         const generated = generateMatcher(root, state, headBit, tuning, mode === 'auto');
@@ -242,7 +321,11 @@ export function compileRouter<T>(routes: readonly RouteInput<T>[], options: Comp
         if (mode === 'always') throw err;
       }
     }
-    if (match === null) match = makeInterpreter(root, shape.maxDepth, shape.maxParams, state, headBit);
+    if (match === null) {
+      match = shape !== null
+        ? makeInterpreter(root, shape.maxDepth, shape.maxParams, state, headBit)
+        : makeInterpreter(root, Math.min(maxDepth, nodes), maxParams, state, headBit);
+    }
     return new Tier(priority, staticGet, staticAll, staticFilter, match);
   };
 
@@ -285,7 +368,7 @@ class CompiledRouter<T> implements Router<T> {
     this.#wild = wild.length === 0 || wild.length > WILDCARD_LINEAR_MAX ? null : wild;
     this.#wildMap = wild.length > WILDCARD_LINEAR_MAX ? new Map(wild.map((w) => [w.suffix, w.bucket])) : null;
     this.#only = any !== null && any.tiers.length === 1 && exact.size === 0 && wild.length === 0 ? any.tiers[0]! : null;
-    this.#notAllowed = new MatchResultImpl<T>(MATCH_METHOD_NOT_ALLOWED, null, Object.freeze([]) as readonly string[]);
+    this.#notAllowed = RouteRec.notAllowed<T>();
   }
 
   // This is the hot path -- change with care! Kept small so V8 inlines it

@@ -78,6 +78,90 @@ export function parsePattern(path: string): ParsedPattern | string {
   }
   const len = path.length;
   if (len > MAX_PATTERN_LENGTH) return `path is longer than ${MAX_PATTERN_LENGTH} characters`;
+  if (!SIMPLE_PATTERN.test(path)) return parseGeneral(path);
+  // (compileRouter's fast path, isSimplePattern + simpleParamNames +
+  // insertSimple in node.ts, reads the same grammar without tokens.)
+  // The fast path, inline (one function for the JIT to compile): the same
+  // tokens as the general parser, found with indexOf (a big table is parsed
+  // before the JIT has optimised anything, so builtins beat character loops).
+  const tokens: PatternToken[] = [];
+  const paramNames: string[] = [];
+  let from = 0; // start of the pending static text
+  // Every "/:" starts a parameter: a literal ":" never follows a "/".
+  for (let k = path.indexOf('/:'); k !== -1; k = path.indexOf('/:', from)) {
+    let end = path.indexOf('/', k + 2);
+    if (end === -1) end = len;
+    const name = path.slice(k + 2, end);
+    // A duplicate name: the general parser writes the message.
+    if (paramNames.includes(name)) return parseGeneral(path);
+    tokens.push({ kind: SEG_STATIC, text: path.slice(from, k + 1) });
+    tokens.push(PARAM_TOKEN);
+    paramNames.push(name);
+    from = end;
+  }
+  if (path.charCodeAt(len - 1) === 42 /* * */) {
+    tokens.push({ kind: SEG_STATIC, text: path.slice(from, len - 1) });
+    tokens.push(WILDCARD_TOKEN);
+    paramNames.push('*');
+    return { tokens, paramNames, staticPath: null };
+  }
+  const rest = from === 0 ? path : path.slice(from);
+  if (rest !== '') tokens.push({ kind: SEG_STATIC, text: rest });
+  return { tokens, paramNames, staticPath: paramNames.length === 0 ? rest : null };
+}
+
+/** Raw pchars that are plain in a pattern: no `/`, `%`, and none of the pattern syntax `*`, `(`, `)`, `:`. */
+const PLAIN_CLASS = ((): string => {
+  let cls = '';
+  for (let c = 0x21; c < 0x7f; c++) {
+    const ch = String.fromCharCode(c);
+    if (isPlainRange(ch, 0, 1) && !hasSpecial(ch, 0, 1) && ch !== ':') cls += '\\x' + c.toString(16);
+  }
+  return cls;
+})();
+
+/**
+ * Patterns the fast path takes (nearly all): segments of plain characters
+ * (a `:` after the first one is a literal), never `.`/`..`; `:name` params;
+ * an optional trailing `/` or `/*`. Segments are delimited by `/`, which no
+ * class contains, so matching is linear. Anything else goes to the general
+ * parser, which also writes every error message.
+ */
+const SIMPLE_PATTERN = new RegExp(
+  `^(?:/(?:(?!\\.\\.?(?:/|$))[${PLAIN_CLASS}][${PLAIN_CLASS}:]*|:[A-Za-z_][A-Za-z0-9_]*))*(?:/\\*?)?$`,
+);
+const PARAM_TOKEN: PatternToken = Object.freeze({ kind: SEG_PARAM });
+const WILDCARD_TOKEN: PatternToken = Object.freeze({ kind: SEG_WILDCARD });
+
+/**
+ * A valid pattern in the fast-path grammar (plain literals, `:name`
+ * params, optional trailing `/` or `/*`): already canonical, so compile
+ * inserts it straight from the string (insertSimple in node.ts).
+ */
+export function isSimplePattern(path: unknown): path is string {
+  return typeof path === 'string' && path.length > 0 && path.length <= MAX_PATTERN_LENGTH &&
+    path.charCodeAt(0) === 47 && SIMPLE_PATTERN.test(path);
+}
+
+/** Param names of an isSimplePattern path into `out` (cleared first); false on a duplicate name. */
+export function simpleParamNames(path: string, out: string[]): boolean {
+  out.length = 0;
+  let k = path.indexOf('/:'); // every "/:" starts a parameter
+  while (k !== -1) {
+    let end = path.indexOf('/', k + 2);
+    if (end === -1) end = path.length;
+    const name = path.slice(k + 2, end);
+    if (out.includes(name)) return false;
+    out.push(name);
+    k = path.indexOf('/:', end);
+  }
+  if (path.length >= 2 && path.charCodeAt(path.length - 1) === 42 /* * */) out.push('*');
+  return true;
+}
+
+/** parsePattern for any pattern: canonicalises escapes and writes every error message. */
+export function parseGeneral(path: string): ParsedPattern | string {
+  const len = path.length;
   const tokens: PatternToken[] = [];
   const paramNames: string[] = [];
   // Pending static text = `run` (already canonicalised) + path[runStart, i).
