@@ -64,6 +64,14 @@ function isTokenChar(c: number): boolean {
     c === 0x2a || c === 0x2b || c === 0x2e || c === 0x5e || c === 0x5f || c === 0x60 || c === 0x7c || c === 0x7e;
 }
 
+/** `s[pos, pos + lower.length)` equals `lower` (lowercase letters and '-') ignoring ASCII case; `s` holds token characters there. */
+function nameIs(s: string, pos: number, lower: string): boolean {
+  for (let k = 0; k < lower.length; k++) {
+    if ((s.charCodeAt(pos + k) | 0x20) !== lower.charCodeAt(k)) return false;
+  }
+  return true;
+}
+
 export class ResponseParser {
   sink: ResponseSink | null = null;
   /** Set before each request: a HEAD request's response never has a body. */
@@ -77,6 +85,8 @@ export class ResponseParser {
   mustClose = false;
   /** A status line or byte of the response was seen (for retry decisions). */
   started = false;
+  /** The final response's Connection value(s), comma-joined, or null: the names it lists are hop-by-hop. */
+  connection: string | null = null;
 
   reset(sink: ResponseSink, headRequest: boolean): void {
     this.sink = sink;
@@ -86,6 +96,7 @@ export class ResponseParser {
     this.carry = null;
     this.mustClose = false;
     this.started = false;
+    this.connection = null;
   }
 
   get done(): boolean {
@@ -216,6 +227,7 @@ export class ResponseParser {
     let chunked = false;
     let hasTE = false;
     let close = minor === 0x30; // HTTP/1.0 closes unless keep-alive
+    let connection: string | null = null;
     let pos = lineEnd + 2;
     const len = head.length;
     while (pos < len) {
@@ -238,22 +250,21 @@ export class ResponseParser {
         if ((c < 0x20 && c !== 0x09) || c === 0x7f) throw new ParseError('invalid header value');
       }
       headers.push(name, value);
-      // Framing headers, matched by length first to keep this cheap.
+      // Framing headers, matched by length first and compared in place (no
+      // lowercased copy of every name).
       const nl = colon - pos;
-      if (nl === 14 || nl === 17 || nl === 10) {
-        const lname = name.toLowerCase();
-        if (lname === 'content-length') {
-          const n = parseContentLength(value);
-          if (n < 0 || (contentLength !== -1 && contentLength !== n)) throw new ParseError('invalid content-length');
-          contentLength = n;
-        } else if (lname === 'transfer-encoding') {
-          hasTE = true;
-          chunked = /(?:^|,)\s*chunked\s*$/i.test(value);
-        } else if (lname === 'connection') {
-          const v = value.toLowerCase();
-          if (v.includes('close')) close = true;
-          else if (minor === 0x30 && v.includes('keep-alive')) close = false;
-        }
+      if (nl === 14 && nameIs(head, pos, 'content-length')) {
+        const n = parseContentLength(value);
+        if (n < 0 || (contentLength !== -1 && contentLength !== n)) throw new ParseError('invalid content-length');
+        contentLength = n;
+      } else if (nl === 17 && nameIs(head, pos, 'transfer-encoding')) {
+        hasTE = true;
+        chunked = /(?:^|,)\s*chunked\s*$/i.test(value);
+      } else if (nl === 10 && nameIs(head, pos, 'connection')) {
+        connection = connection === null ? value : connection + ', ' + value;
+        const v = value.toLowerCase();
+        if (v.includes('close')) close = true;
+        else if (minor === 0x30 && v.includes('keep-alive')) close = false;
       }
       pos = eol + 2;
     }
@@ -265,6 +276,7 @@ export class ResponseParser {
       return;
     }
     this.mustClose = close;
+    this.connection = connection;
     const sink = this.sink!;
     if (this.expectNoBody || status === 204 || status === 304) {
       sink.onResponseHead(status, reason, headers, BODY_NONE, contentLength);

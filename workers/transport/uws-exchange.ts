@@ -417,15 +417,10 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
     const plan = this.route.responsePlan;
     const drop = plan.drop;
     const ridHeader = env.requestIdHeader;
-    let listed: Set<string> | null = null;
+    // Names listed in Connection are hop-by-hop too (the parser kept its value).
+    const connection = this.conn === null ? null : this.conn.parser.connection;
+    const listed = connection === null ? null : connectionListed(connection);
     let sawRid = false;
-    // Names listed in Connection are hop-by-hop too: find them first (rare).
-    for (let i = 0; i < headers.length; i += 2) {
-      if (headers[i]!.length === 10 && headers[i]!.toLowerCase() === 'connection') {
-        const l = connectionListed(headers[i + 1]!);
-        if (l !== null) listed = listed === null ? l : new Set([...listed, ...l]);
-      }
-    }
     for (let i = 0; i < headers.length; i += 2) {
       const name = headers[i]!;
       const lname = name.toLowerCase();

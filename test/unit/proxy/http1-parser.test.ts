@@ -94,6 +94,18 @@ describe('ResponseParser framing', () => {
     expect(r.body).toBe('ab');
   });
 
+  it('matches framing header names in any case, and keeps the Connection values (joined) for the hop-by-hop filter', () => {
+    const { r, p } = run('HTTP/1.1 200 OK\r\nCONTENT-length: 2\r\ncOnNeCtIoN: x-a\r\nContent-Lengtx: 9\r\nConnection: X-B, keep-alive\r\n\r\nok', 100);
+    expect([r.kind, r.length, r.body]).toEqual([BODY_LENGTH, 2, 'ok']);
+    expect(p.connection).toBe('x-a, X-B, keep-alive');
+    expect(p.mustClose).toBe(false);
+    const te = run('HTTP/1.1 200 OK\r\ntransfer-ENCODING: CHUNKED\r\n\r\n2\r\nab\r\n0\r\n\r\n', 100);
+    expect([te.r.kind, te.r.body, te.p.connection]).toEqual([BODY_CHUNKED, 'ab', null]);
+    // A reset forgets the previous response's Connection value.
+    te.p.reset(new Recorder(), false);
+    expect(te.p.connection).toBe(null);
+  });
+
   it('HTTP/1.0 closes unless keep-alive; Connection: close is seen', () => {
     expect(run('HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n', 100).p.mustClose).toBe(true);
     expect(run('HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n', 100).p.mustClose).toBe(false);
