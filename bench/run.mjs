@@ -196,6 +196,8 @@ for (const s of scenarios) {
       p50Us: pick('p50Us'),
       p99Us: pick('p99Us'),
       cpuUsPerReq: pick('cpuUsPerReq'),
+      cpuUsPerReqMin: Math.min(...rs.map((x) => x.cpuUsPerReq ?? Infinity)),
+      cpuUsPerReqMax: Math.max(...rs.map((x) => x.cpuUsPerReq ?? -Infinity)),
       upstreamCpuUsPerReq: pick('upstreamCpuUsPerReq'),
       rssMb: pick('rssMb'),
       coreUsPerReq: pick('coreUsPerReq'),
@@ -238,7 +240,7 @@ if (process.env.KEEP_TMP || failures.length) console.log(`kept ${tmp} (configs, 
 else rmSync(tmp, { recursive: true, force: true });
 
 // ---------------------------------------------------------------------------
-const header = ['target', 'req/s', 'p50', 'p99', 'CPU-µs/req', '× nginx', 'core-µs/req', 'RSS MB', 'errors'];
+const header = ['target', 'req/s', 'p50', 'p99', 'CPU-µs/req', 'rounds min-max', '× nginx', 'core-µs/req', 'RSS MB', 'errors'];
 const sections = [];
 for (const s of scenarios) {
   const rows = running
@@ -246,7 +248,8 @@ for (const s of scenarios) {
     .map((t) => {
       const m = medians[s.name][t.name];
       const cpu = t.direct ? `(${fmt(m.cpuUsPerReq)} upstream)` : fmt(m.cpuUsPerReq);
-      return [t.name, fmtRate(m.rps), fmtLatency(m.p50Us), fmtLatency(m.p99Us), cpu, fmt(m.xNginx, 2), fmt(m.coreUsPerReq), fmt(m.rssMb), m.errors];
+      const range = t.direct || !Number.isFinite(m.cpuUsPerReqMin) ? '' : `${fmt(m.cpuUsPerReqMin)}-${fmt(m.cpuUsPerReqMax)}`;
+      return [t.name, fmtRate(m.rps), fmtLatency(m.p50Us), fmtLatency(m.p99Us), cpu, range, fmt(m.xNginx, 2), fmt(m.coreUsPerReq), fmt(m.rssMb), m.errors];
     });
   const table = mdTable(header, rows);
   console.log(`\n${s.name}: ${s.note}, -c${s.connections}\n${table}`);
@@ -260,7 +263,7 @@ Knobs: ROUNDS=${ROUNDS}, DURATION=${DURATION}s, WARMUP=${WARMUP}s. Medians acros
 ${skipped.length ? `\nNot run: ${skipped.map((t) => `${t.name} (${t.reason})`).join('; ')}.\n` : ''}
 ${sections.join('\n\n')}
 
-Caveats. This is a shared 2-core VM whose throughput swings up to 4x from minute to minute: read req/s and latency as rough, and compare **CPU-µs/req** (CPU time of the target's whole process tree divided by requests served), which stays steady. wrk and the upstream share CPU 1, so for the fastest targets req/s is capped by CPU 1, not by the proxy; the target alone owns CPU 0. **core-µs/req** is all of CPU 0's busy time per request: it adds the kernel's softirq time for loopback TCP on CPU 0, which this kernel charges to no process (10-17% of CPU 0 under load in a check here), but also anything else that ran on CPU 0, so it is the complete figure on a quiet machine and a noisy one when other work runs (see busy % above and cpu0OtherPct in the JSON). \`direct\` has no proxy: its CPU column is the upstream's own cost, and its latency is the baseline for added latency. CPU time is counted in clock ticks (${facts.clkTck}/s): a fully busy ${DURATION} s run spans ${DURATION * facts.clkTck} ticks, so one tick is ${fmt(100 / (DURATION * facts.clkTck), 2)}%. Runs with ROUNDS=1 or short DURATION are indicative only.`;
+Caveats. This is a shared 2-core VM whose throughput swings up to 4x from minute to minute: read req/s and latency as rough, and compare **CPU-µs/req** (CPU time of the target's whole process tree divided by requests served), which is steadier; its spread over the rounds is shown (an event-loop proxy handles fewer requests per loop turn when the VM is busy, which raises its cost per request). wrk and the upstream share CPU 1, so for the fastest targets req/s is capped by CPU 1, not by the proxy; the target alone owns CPU 0. **core-µs/req** is all of CPU 0's busy time per request: it adds the kernel's softirq time for loopback TCP on CPU 0, which this kernel charges to no process (10-17% of CPU 0 under load in a check here), but also anything else that ran on CPU 0, so it is the complete figure on a quiet machine and a noisy one when other work runs (see busy % above and cpu0OtherPct in the JSON). \`direct\` has no proxy: its CPU column is the upstream's own cost, and its latency is the baseline for added latency. CPU time is counted in clock ticks (${facts.clkTck}/s): a fully busy ${DURATION} s run spans ${DURATION * facts.clkTck} ticks, so one tick is ${fmt(100 / (DURATION * facts.clkTck), 2)}%. Runs with ROUNDS=1 or short DURATION are indicative only.`;
 if (!process.env.NO_MD) console.log(`\nwrote ${relPath(updateResultsMd('proxy', md))} (proxy section)`);
 console.log(`wrote ${relPath(file)}`);
 if (failures.length) console.log(`${failures.length} run(s) failed; see "failures" in the results file`);
