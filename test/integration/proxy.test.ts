@@ -2,7 +2,7 @@
  * The proxy end to end: a real gateway process, real upstreams, real clients
  * (undici fetch/request and raw sockets for what fetch will not send).
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import http from 'node:http';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -271,6 +271,46 @@ describe('bodies and limits', () => {
     for await (const c of down.body) { hash.update(c as Buffer); n += (c as Buffer).length; }
     expect(n).toBe(16 * 1024 * 1024);
     expect(hash.digest('hex')).toBe(createHash('sha256').update(Buffer.alloc(16 * 1024 * 1024, 7)).digest('hex'));
+  });
+
+  it('streams uploads intact to an upstream that reads slowly (socket writes that the kernel cannot take at once)', async () => {
+    // Body chunks are written from a reused scratch buffer; a write the
+    // socket keeps must never see that buffer overwritten by the next chunk.
+    const slow = http.createServer((req, res) => {
+      const h = createHash('sha256');
+      let n = 0;
+      req.on('data', (c: Buffer) => {
+        h.update(c);
+        n += c.length;
+        req.pause();
+        setTimeout(() => req.resume(), 1);
+      });
+      req.on('end', () => res.end(h.digest('hex') + ':' + n));
+    });
+    await new Promise<void>((r) => slow.listen(0, '127.0.0.1', () => r()));
+    const url = `http://127.0.0.1:${(slow.address() as { port: number }).port}`;
+    const g = await startGateway(baseConfig({
+      upstreams: { slow: { targets: [url] } },
+      routes: [{ id: 'slow', path: '/*', upstream: 'slow', maxBodyBytes: 64 * 1024 * 1024 }],
+    }));
+    try {
+      const body = randomBytes(6 * 1024 * 1024);
+      const want = createHash('sha256').update(body).digest('hex') + ':' + body.length;
+      // In 16 KiB pieces, so uWS hands over chunks that fit the scratch buffer.
+      const pieces = async function* () {
+        for (let i = 0; i < body.length; i += 16384) {
+          yield body.subarray(i, i + 16384);
+          if ((i & 0x3ffff) === 0) await new Promise((r) => setImmediate(r));
+        }
+      };
+      const sized = await request(g.url + '/cl', { method: 'POST', body: pieces(), headers: { 'content-length': String(body.length) } });
+      expect(await sized.body.text()).toBe(want);
+      const chunked = await request(g.url + '/te', { method: 'POST', body: pieces() });
+      expect(await chunked.body.text()).toBe(want);
+    } finally {
+      await g.stop();
+      await new Promise((r) => slow.close(r));
+    }
   });
 
   it('streams a chunked request body', async () => {
