@@ -126,7 +126,7 @@ try {
   const md = [
     `## CPU budget of a proxied request: ${SCENARIO.name}, ${SCENARIO.note} (Turnpike on Node, one worker, -c${CONNECTIONS})`,
     '',
-    `Run on ${new Date().toISOString().slice(0, 10)} by \`${SCENARIO.name === 'get-64' ? '' : `SCENARIO=${SCENARIO.name} `}node bench/profile.mjs\`. CPU per request: **${total.toFixed(1)} µs** = ${userUs.toFixed(1)} µs user (JS, V8, uWS, libuv) + ${sysUs.toFixed(1)} µs kernel (syscalls and loopback TCP, which the proxy's own writes pay for the receiving side too). The user part is split by the worker thread's --cpu-prof self time (share of busy samples; µs = that share of the user time; syscalls made from JS such as the upstream socket write show up as their JS frame, so part of the kernel time is also inside these shares).`,
+    `Run on ${new Date().toISOString().slice(0, 10)} by \`${SCENARIO.name === 'get-64' ? '' : `SCENARIO=${SCENARIO.name} `}node bench/profile.mjs\`. CPU per request: **${total.toFixed(1)} µs** = ${userUs.toFixed(1)} µs user (JS, V8, uWS, libuv) + ${sysUs.toFixed(1)} µs kernel (syscalls and loopback TCP, which the proxy's own writes pay for the receiving side too). The user part is split by the worker thread's --cpu-prof self time (share of busy samples; µs = that share of the user time; syscalls made from JS such as the upstream socket write show up as their JS frame, so part of the kernel time is also inside these shares). --cpu-prof samples the JS thread only: V8's concurrent marking and sweeping run on background threads and are in the µs/req total but in no row (\`perf record -p PID\` shows them).`,
     '',
     mdTable(['part', 'share of busy samples', '≈ µs/req'], rows),
     '',
