@@ -61,7 +61,7 @@ export interface ExchangeEnv {
 // the callback returns, so a chunk must be copied before a socket may keep
 // it. A fresh Buffer per chunk (16 KiB for a 16 KiB POST) is external memory
 // that drives V8 into a major GC every few hundred requests (concurrent
-// marking was ~10% of CPU under a POST load, invisible to --cpu-prof).
+// marking was ~12% of CPU under a POST load, invisible to --cpu-prof).
 // Instead a chunk is copied into this thread's scratch buffer and written
 // from there; almost always the kernel takes the whole write at once and the
 // scratch buffer is free again. When the socket keeps the bytes (a partial
