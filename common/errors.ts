@@ -35,7 +35,7 @@ function def(code: string, status: number, reason: string, message: string): Gat
 export const Errors = Object.freeze({
   // -- client errors ---------------------------------------------------------
   BAD_REQUEST: def('bad_request', 400, 'Bad Request',
-    'The request is malformed (invalid path encoding, conflicting Content-Length, or bad framing); fix the client request.'),
+    'The request is malformed (conflicting Content-Length, bad framing, or header or query bytes that cannot be forwarded exactly); fix the client request.'),
   BAD_PATH: def('bad_path', 400, 'Bad Request',
     'The request path is invalid (bad percent-encoding, control or non-ASCII characters, or a backslash); percent-encode it per RFC 3986.'),
   ROUTE_NOT_FOUND: def('route_not_found', 404, 'Not Found',
@@ -48,6 +48,8 @@ export const Errors = Object.freeze({
     'The request target exceeds server.limits.maxUrlBytes; shorten the URL.'),
   HEADERS_TOO_LARGE: def('headers_too_large', 431, 'Request Header Fields Too Large',
     'The request headers exceed server.limits.maxHeaderBytes or maxHeaderCount; send fewer or smaller headers.'),
+  BAD_HOST: def('bad_host', 400, 'Bad Request',
+    'The request has no valid Host header, or more than one (RFC 9112 3.2); send exactly one Host: name[:port].'),
   // -- upstream errors -------------------------------------------------------
   UPSTREAM_CONNECT_FAILED: def('upstream_connect_failed', 502, 'Bad Gateway',
     'The gateway could not connect to the upstream; check that the service is running.'),

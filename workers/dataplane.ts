@@ -23,6 +23,8 @@ export class RouteContext {
   readonly responsePlan: ResponsePlan;
   readonly rewrite: Rewrite;
   readonly preserveHost: boolean;
+  /** pathForwarding "original": forward the request target as sent (routes without a rewrite). */
+  readonly forwardOriginalPath: boolean;
   readonly maxBodyBytes: number;
 
   constructor(route: RouteConfig, slot: number, upstream: UpstreamRuntime, config: GatewayConfig) {
@@ -34,6 +36,7 @@ export class RouteContext {
     this.responsePlan = compileResponsePlan(levels);
     this.rewrite = compileRewrite(route);
     this.preserveHost = route.preserveHost;
+    this.forwardOriginalPath = (route.pathForwarding ?? config.server.pathForwarding) === 'original';
     this.maxBodyBytes = route.maxBodyBytes ?? config.server.limits.maxBodyBytes;
   }
 }

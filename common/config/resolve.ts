@@ -7,7 +7,7 @@
  */
 import os from 'node:os';
 import type {
-  Backend, Balance, GatewayConfig, HeaderPolicy, HeaderRules, RouteConfig, TargetConfig, UpstreamConfig,
+  Backend, Balance, GatewayConfig, HeaderPolicy, HeaderRules, PathForwarding, RouteConfig, TargetConfig, UpstreamConfig,
 } from './types.js';
 import { DEFAULTS } from './schema.js';
 import { parseTargetUrl } from './validate.js';
@@ -102,6 +102,7 @@ function route(raw: Obj): RouteConfig {
       template: typeof rw['template'] === 'string' ? rw['template'] : null,
     },
     preserveHost: pick(raw, 'preserveHost', DEFAULTS.route.preserveHost),
+    pathForwarding: pick<PathForwarding | null>(raw, 'pathForwarding', null),
     headers: policy(raw['headers']),
     maxBodyBytes: pick<number | null>(raw, 'maxBodyBytes', null),
   };
@@ -138,6 +139,7 @@ export function resolveConfig(doc: Obj, opts: ResolveOptions): GatewayConfig {
         forwarded: pick(fwd, 'forwarded', d.forwarded.forwarded),
       },
       requestIdHeader: pick(s, 'requestIdHeader', d.requestIdHeader).toLowerCase(),
+      pathForwarding: pick<PathForwarding>(s, 'pathForwarding', d.pathForwarding),
       headers: policy(s['headers']),
     },
     admin: {

@@ -25,6 +25,7 @@ export const DEFAULTS = Object.freeze({
     backend: 'auto' as const,
     drainTimeoutMs: 30_000, // 30 s
     requestIdHeader: 'x-request-id',
+    pathForwarding: 'normalized' as const,
     limits: Object.freeze({
       maxBodyBytes: 10_485_760, // 10 MiB
       maxUrlBytes: 8_192, // 8 KiB
@@ -192,6 +193,11 @@ export const configSchema = {
           type: 'string', pattern: TOKEN_PATTERN, errorMessage: TOKEN_MSG,
           description: `Header carrying the request id (generated when the client sends none, forwarded upstream and echoed in error bodies). Default "${DEFAULTS.server.requestIdHeader}".`,
           default: DEFAULTS.server.requestIdHeader,
+        },
+        pathForwarding: {
+          type: 'string', enum: ['normalized', 'original'],
+          description: 'What path the upstream receives when a route has no rewrite: "normalized" (the path the router matched: escapes of unreserved characters decoded, `//` merged, dot segments resolved) or "original" (the request target exactly as the client sent it; routing still uses the normalized path). A route may override it. Default "normalized".',
+          default: DEFAULTS.server.pathForwarding,
         },
         limits: {
           type: 'object', additionalProperties: false, default: {},
@@ -401,6 +407,10 @@ export const configSchema = {
           },
         },
         preserveHost: bool('Send the client\'s Host header upstream instead of the target\'s host:port.', DEFAULTS.route.preserveHost),
+        pathForwarding: {
+          type: 'string', enum: ['normalized', 'original'],
+          description: 'This route\'s server.pathForwarding ("normalized" or "original"). A route with a rewrite always forwards the rewritten normalized path. Default: server.pathForwarding.',
+        },
         headers: { $ref: '#/definitions/headerPolicy' },
         maxBodyBytes: int(0, MAX_BODY_BYTES, `Overrides server.limits.maxBodyBytes for this route. In bytes (0..${MAX_BODY_BYTES}). Default: inherit.`),
       },

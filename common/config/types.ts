@@ -58,8 +58,16 @@ export interface ServerConfig {
   forwarded: ForwardedHeaders;
   /** Header carrying the request id; generated when absent. */
   requestIdHeader: string;
+  /** Path sent upstream by routes without a rewrite (routes may override). */
+  pathForwarding: PathForwarding;
   headers: HeaderPolicy;
 }
+
+/**
+ * `normalized`: the path the router matched; `original`: the request target
+ * exactly as the client sent it (routing still uses the normalized path).
+ */
+export type PathForwarding = 'normalized' | 'original';
 
 export interface AdminConfig {
   enabled: boolean;
@@ -139,6 +147,8 @@ export interface RouteConfig {
   rewrite: RewriteConfig;
   /** Send the client's Host upstream instead of the target's (default false). */
   preserveHost: boolean;
+  /** Overrides server.pathForwarding for this route, null = inherit. */
+  pathForwarding: PathForwarding | null;
   headers: HeaderPolicy;
   /** Overrides server.limits.maxBodyBytes for this route, null = inherit. */
   maxBodyBytes: number | null;

@@ -4,10 +4,20 @@
  * merged), so a request only does one Set lookup per header.
  *
  * RFC 9110 7.6.1: a proxy removes the hop-by-hop fields (Connection and every
- * field it names, Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade,
- * Proxy-*) before forwarding. Framing (Content-Length / Transfer-Encoding),
- * Host, the X-Forwarded-* family, Expect and the request id are rebuilt by
- * the gateway itself, so they are dropped from what is copied too.
+ * field it names, Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade)
+ * before forwarding. Framing (Content-Length / Transfer-Encoding), Host, the
+ * X-Forwarded-* family, Expect and the request id are rebuilt by the gateway
+ * itself, so they are dropped from what is copied too.
+ *
+ * Proxy authentication (RFC 9110 11.7) stops here, both ways: the gateway is
+ * the first inbound server the client talks to, so a client's
+ * Proxy-Authorization is meant for no one behind it (and is a credential
+ * that must not leak to an upstream), and an upstream's Proxy-Authenticate /
+ * Proxy-Authentication-Info "applies only to the next outbound client on the
+ * response chain" -- that is the gateway, never the end client. On requests
+ * every `Proxy-*` field and `Proxy` (httpoxy: CGI-style upstreams turn it
+ * into HTTP_PROXY) are removed; on responses the three proxy-auth/connection
+ * fields are, and `Proxy-Status` (RFC 9209, meant for the client) passes.
  */
 import type { HeaderPolicy, HeaderRules } from '../../common/config/types.js';
 
@@ -15,10 +25,12 @@ export const HOP_BY_HOP: readonly string[] = [
   'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade',
 ];
 
-/** Managed by the gateway on the request side. */
-const REQUEST_MANAGED = ['host', 'content-length', 'expect', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded'];
-/** Written by uWS itself on the response side (it adds Date and Content-Length). */
-const RESPONSE_MANAGED = ['content-length', 'date'];
+/** Managed by the gateway on the request side (`proxy-*` is dropped by prefix in the transports). */
+const REQUEST_MANAGED = [
+  'host', 'content-length', 'expect', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded', 'proxy',
+];
+/** Written by uWS itself on the response side (it adds Date and Content-Length), and proxy auth (see above). */
+const RESPONSE_MANAGED = ['content-length', 'date', 'proxy-authenticate', 'proxy-authentication-info'];
 
 export interface RequestPlan {
   /** Lowercase names never copied from the client request. */
@@ -60,7 +72,9 @@ export function compileRequestPlan(policies: readonly HeaderPolicy[], requestIdH
   const drop = new Set<string>([...HOP_BY_HOP, ...REQUEST_MANAGED, requestIdHeader, ...removed]);
   let extraLines = '';
   for (const [name, values] of final) for (const v of values) extraLines += `${name}: ${v}\r\n`;
-  return { drop, extraLines };
+  // The request head is written as latin1 (one char = one byte); a configured
+  // value is text, sent as its UTF-8 bytes (as uWS does on the response side).
+  return { drop, extraLines: Buffer.from(extraLines, 'utf8').toString('latin1') };
 }
 
 export function compileResponsePlan(policies: readonly HeaderPolicy[]): ResponsePlan {
@@ -72,8 +86,9 @@ export function compileResponsePlan(policies: readonly HeaderPolicy[]): Response
 }
 
 /**
- * Names listed in a Connection header value, beyond keep-alive/close (which
- * are already dropped). Null when there are none: the common case, no work.
+ * Names listed in a Connection header value (all its lines joined with
+ * ", "), beyond keep-alive/close (which are already dropped). Null when there
+ * are none: the common case, no work.
  */
 export function connectionListed(value: string): Set<string> | null {
   // The usual values name nothing beyond what is always dropped.
@@ -86,6 +101,27 @@ export function connectionListed(value: string): Set<string> | null {
     (out ??= new Set()).add(name);
   }
   return out;
+}
+
+/**
+ * The `close` connection option anywhere in a Connection value (RFC 9112
+ * 9.6: the connection closes after the response), case-insensitively.
+ */
+export function hasCloseOption(value: string): boolean {
+  const n = value.length;
+  if (n < 5) return false;
+  if (n === 10 && value === 'keep-alive') return false;
+  for (let i = 0, start = 0; i <= n; i++) {
+    if (i === n || value.charCodeAt(i) === 44) {
+      let a = start;
+      let b = i;
+      while (a < b && (value.charCodeAt(a) === 32 || value.charCodeAt(a) === 9)) a++;
+      while (b > a && (value.charCodeAt(b - 1) === 32 || value.charCodeAt(b - 1) === 9)) b--;
+      if (b - a === 5 && value.slice(a, b).toLowerCase() === 'close') return true;
+      start = i + 1;
+    }
+  }
+  return false;
 }
 
 /** A client-supplied request id we are willing to forward (and echo into JSON). */

@@ -87,6 +87,12 @@ export class ResponseParser {
   started = false;
   /** The final response's Connection value(s), comma-joined, or null: the names it lists are hop-by-hop. */
   connection: string | null = null;
+  /**
+   * The final response's head holds bytes >= 0x80 (obs-text, RFC 9110 5.5):
+   * its strings are latin1 (one char per byte) and must be written back as
+   * those bytes, not as UTF-8.
+   */
+  highBytes = false;
 
   reset(sink: ResponseSink, headRequest: boolean): void {
     this.sink = sink;
@@ -97,6 +103,7 @@ export class ResponseParser {
     this.mustClose = false;
     this.started = false;
     this.connection = null;
+    this.highBytes = false;
   }
 
   get done(): boolean {
@@ -277,6 +284,8 @@ export class ResponseParser {
     }
     this.mustClose = close;
     this.connection = connection;
+    // One native scan: a latin1 string is longer in UTF-8 only if it has a char >= 0x80.
+    this.highBytes = Buffer.byteLength(head, 'utf8') !== head.length;
     const sink = this.sink!;
     if (this.expectNoBody || status === 204 || status === 304) {
       sink.onResponseHead(status, reason, headers, BODY_NONE, contentLength);

@@ -190,3 +190,56 @@ export function normalizeHost(hostHeader: string | undefined | null): string {
   const s = end === h.length ? h : h.slice(0, end);
   return upper ? s.toLowerCase() : s;
 }
+
+/** reg-name characters (RFC 3986 3.2.2: unreserved / sub-delims; `%` is checked apart). */
+const REG_NAME = new Uint8Array(128);
+(function initRegName(): void {
+  const ok = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=";
+  for (let i = 0; i < ok.length; i++) REG_NAME[ok.charCodeAt(i)] = 1;
+})();
+
+/** Longest Host value accepted: a 253-character DNS name, or a bracketed IPv6 literal, plus `:65535`. */
+export const MAX_HOST_LENGTH = 261;
+
+/**
+ * A Host header value as RFC 9112 3.2 requires it: `uri-host [":" port]`
+ * (RFC 3986 3.2.2-3.2.3): a non-empty reg-name (unreserved, sub-delims,
+ * `%HH`) or a bracketed IP literal (hex digits, `:`, `.`), then an optional
+ * port of up to 5 digits no greater than 65535. An empty value is invalid
+ * for an `http` URI (RFC 9110 4.2.1). Used to answer 400 bad_host.
+ */
+export function isValidHost(h: string): boolean {
+  const n = h.length;
+  if (n === 0 || n > MAX_HOST_LENGTH) return false;
+  let i = 0;
+  if (h.charCodeAt(0) === 91) {
+    const close = h.indexOf(']');
+    if (close < 3) return false;
+    for (let k = 1; k < close; k++) {
+      const c = h.charCodeAt(k);
+      if (!(c === 58 || c === 46 || (c >= 48 && c <= 57) || (c >= 65 && c <= 70) || (c >= 97 && c <= 102))) return false;
+    }
+    i = close + 1;
+  } else {
+    for (; i < n; i++) {
+      const c = h.charCodeAt(i);
+      if (c === 58) break;
+      if (c === 37) {
+        if (i + 2 >= n || hex(h.charCodeAt(i + 1)) < 0 || hex(h.charCodeAt(i + 2)) < 0) return false;
+        i += 2;
+        continue;
+      }
+      if (c >= 128 || REG_NAME[c] === 0) return false;
+    }
+    if (i === 0) return false;
+  }
+  if (i === n) return true;
+  if (h.charCodeAt(i) !== 58 || n - i - 1 > 5) return false;
+  let port = 0;
+  for (let k = i + 1; k < n; k++) {
+    const d = h.charCodeAt(k) - 48;
+    if (d < 0 || d > 9) return false;
+    port = port * 10 + d;
+  }
+  return port <= 65535;
+}

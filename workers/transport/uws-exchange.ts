@@ -18,7 +18,8 @@
  * HttpResponse is never touched after end/abort (`res` is nulled).
  */
 import type { GatewayErrorDef } from '../../common/errors.js';
-import { Errors, errorBody } from '../../common/errors.js';
+import { Errors } from '../../common/errors.js';
+import { log } from '../../common/log.js';
 import { DURATION_BUCKETS, G_IN_FLIGHT, S_UPSTREAM, observe, slotBase } from '../../common/metrics-layout.js';
 import { countError, recordRequest, recordSizes } from '../request-metrics.js';
 import type { RouteContext } from '../dataplane.js';
@@ -29,6 +30,7 @@ import { coarse, type TimerList, type Timed } from '../proxy/timers.js';
 import {
   ACQUIRE_FULL, READ_BUFFER, type Connection, type ConnectionUser, type TargetPool,
 } from '../proxy/upstream-pool.js';
+import { endWithoutBody, writeGatewayError } from './uws-respond.js';
 
 export const REQ_BODY_NONE = 0;
 export const REQ_BODY_LENGTH = 1;
@@ -40,6 +42,28 @@ const PHASE_HEAD = 3;
 const PHASE_BODY = 4;
 
 const CRLF = Buffer.from('\r\n');
+
+/**
+ * Methods a request may be sent again for after the upstream dropped it
+ * (RFC 9110 9.2.2 idempotent methods; RFC 9112 9.3.1: a proxy MUST NOT
+ * retry a non-idempotent request on its own).
+ */
+function isIdempotent(method: string): boolean {
+  switch (method) {
+    case 'GET': case 'HEAD': case 'OPTIONS': case 'TRACE': case 'PUT': case 'DELETE': return true;
+    default: return false;
+  }
+}
+
+/**
+ * A response header value as uWS must be given it. The upstream head is
+ * decoded as latin1 (one char per byte) but uWS writes a JS string as
+ * UTF-8, which would turn each byte >= 0x80 into two: such values go over
+ * as their original bytes. Only called when the head has such bytes.
+ */
+function exactValue(v: string): string | Buffer {
+  return Buffer.byteLength(v, 'utf8') === v.length ? v : Buffer.from(v, 'latin1');
+}
 const LAST_CHUNK = Buffer.from('0\r\n\r\n');
 
 /** Shared per-thread state the exchanges need (set by the server). */
@@ -99,6 +123,15 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
   readonly requestId: string;
   readonly methodIdx: number;
   readonly t0: number;
+  /**
+   * The client asked to close the connection after this response (`close`
+   * in a Connection list; uWS only closes by itself for the exact value).
+   */
+  readonly clientClose: boolean;
+  /** `Connection: close` still to be written before the first body byte (a streamed response cannot close itself: uws-respond.ts). */
+  private closeHeaderPending = false;
+  /** Ending the response with a real close is under way: the onAborted it triggers is expected. */
+  private closing = false;
   /** Request head for the upstream, built synchronously from the uWS request. */
   head: string;
   reqBodyMode: number;
@@ -136,7 +169,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
 
   constructor(
     res: any, env: ExchangeEnv, route: RouteContext, pool: TargetPool, method: string, methodIdx: number,
-    requestId: string, head: string, reqBodyMode: number, reqBodyLimit: number, t0: number,
+    requestId: string, head: string, reqBodyMode: number, reqBodyLimit: number, t0: number, clientClose: boolean,
   ) {
     this.res = res;
     this.env = env;
@@ -151,6 +184,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
     this.reqBodyLimit = reqBodyLimit;
     this.reqBodyDone = reqBodyMode === REQ_BODY_NONE;
     this.t0 = t0;
+    this.clientClose = clientClose;
   }
 
   /** Called synchronously from the uWS request handler. */
@@ -366,13 +400,14 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
       return;
     }
     // A reused keep-alive socket closed by the upstream just as we sent: the
-    // request never reached it. Safe to send again on a fresh connection
-    // when no response byte came back and no body was streamed from the
-    // client, or when nothing at all was sent (a body request whose head
-    // was waiting for the first chunk).
+    // request most likely never reached it, but it may have. Sent again on a
+    // fresh connection when nothing at all was written (a body request whose
+    // head was waiting for the first chunk), or when no response byte came
+    // back, no body was streamed from the client and the method is
+    // idempotent: a POST must never reach an upstream twice.
     if (
       !this.retried && !this.responded && !conn.parser.started &&
-      (!this.headSent || (conn.served > 0 && this.reqBodyMode === REQ_BODY_NONE))
+      (!this.headSent || (conn.served > 0 && this.reqBodyMode === REQ_BODY_NONE && isIdempotent(this.method)))
     ) {
       this.retried = true;
       this.headSent = false;
@@ -440,12 +475,16 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
     const res = this.res;
     if (res === null) return;
     this.responded = true;
-    res.writeStatus(reason === '' ? String(status) : status + ' ' + reason);
+    const parser = this.conn === null ? null : this.conn.parser;
+    // Bytes >= 0x80 in the upstream head (rare; the parser noticed) go over as they came.
+    const exact = parser !== null && parser.highBytes;
+    const statusLine = reason === '' ? String(status) : status + ' ' + reason;
+    res.writeStatus(exact ? exactValue(statusLine) : statusLine);
     const plan = this.route.responsePlan;
     const drop = plan.drop;
     const ridHeader = env.requestIdHeader;
     // Names listed in Connection are hop-by-hop too (the parser kept its value).
-    const connection = this.conn === null ? null : this.conn.parser.connection;
+    const connection = parser === null ? null : parser.connection;
     const listed = connection === null ? null : connectionListed(connection);
     let sawRid = false;
     for (let i = 0; i < headers.length; i += 2) {
@@ -453,23 +492,26 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
       const lname = name.toLowerCase();
       if (drop.has(lname) || (listed !== null && listed.has(lname))) continue;
       if (lname === ridHeader) sawRid = true;
-      res.writeHeader(name, headers[i + 1]!);
+      res.writeHeader(name, exact ? exactValue(headers[i + 1]!) : headers[i + 1]!);
     }
     if (!sawRid) res.writeHeader(ridHeader, this.requestId);
     const extra = plan.extra;
     for (let i = 0; i < extra.length; i += 2) res.writeHeader(extra[i]!, extra[i + 1]!);
     if (bodyKind === BODY_NONE) {
-      if (this.isHead) {
-        if (contentLength >= 0) res.endWithoutBody(contentLength);
-        else res.endWithoutBody();
-      } else if (status === 204 || status === 304) {
-        res.endWithoutBody();
+      const close = this.clientClose;
+      this.closing = close;
+      if (this.isHead || status === 204 || status === 304) {
+        // HEAD and 304 keep the upstream's Content-Length (the length a GET
+        // or a 200 would have); a 204 never has one.
+        endWithoutBody(res, status, contentLength, close, true);
       } else {
-        res.end();
+        res.end(undefined, close); // Content-Length: 0
       }
       this.res = null;
       this.clientDone();
+      return;
     }
+    this.closeHeaderPending = this.clientClose;
   }
 
   onResponseData(buf: Buffer, start: number, end: number): void {
@@ -478,6 +520,18 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
     if (res === null) return;
     this.setDeadline(coarse.now + this.route.upstream.config.timeouts.idleMs);
     const view = buf.subarray(start, end);
+    if (this.closeHeaderPending) {
+      this.closeHeaderPending = false;
+      if (this.resBodyKind === BODY_LENGTH && view.length === this.resTotal) {
+        // The whole body is here: one end() call can still close for real.
+        this.closing = true;
+        res.end(view, true);
+        this.res = null;
+        this.clientDone();
+        return;
+      }
+      res.writeHeader('connection', 'close');
+    }
     if (this.resBodyKind === BODY_LENGTH) {
       if (this.pending !== null) {
         // Still waiting for the client: keep the order, keep a copy.
@@ -568,7 +622,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
   onClientAborted(): void {
     this.res = null;
     this.cancelled = true;
-    if (this.finished) return;
+    if (this.finished || this.closing) return;
     this.countError('client_aborted');
     this.abortUpstream();
     this.complete();
@@ -586,15 +640,31 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
         res.close();
       } else {
         this.responded = true;
-        res.cork(() => {
-          res.writeStatus(e.statusLine).writeHeader('content-type', 'application/json')
-            .writeHeader(this.env.requestIdHeader, this.requestId);
-          if (this.isHead) res.endWithoutBody(undefined, closeConnection);
-          else res.end(errorBody(e, this.requestId), closeConnection);
-        });
+        failEx = this;
+        failRes = res;
+        failError = e;
+        failClose = closeConnection || this.clientClose;
+        this.closing = failClose;
+        res.cork(corkedFail);
+        failEx = null;
+        failRes = null;
       }
     }
     this.complete();
+  }
+
+  writeError(res: any, e: GatewayErrorDef, close: boolean): void {
+    writeGatewayError(res, e, this.env.requestIdHeader, this.requestId, this.isHead, close, true, null);
+  }
+
+  /**
+   * A bug threw while this exchange was being served (caller logs it): 500
+   * internal_error if nothing was sent yet, else the client connection is
+   * closed; the upstream socket is dropped either way.
+   */
+  internalError(): void {
+    if (this.finished) return;
+    this.fail(Errors.INTERNAL, true);
   }
 
   private closeClient(): void {
@@ -656,6 +726,14 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
     recordRequest(env.metrics, env.latency, this.route.slot, this.methodIdx, this.status, performance.now() - this.t0);
     recordSizes(env.metrics, this.route.slot, this.reqBytes, this.resBytes);
   }
+}
+
+let failEx: Exchange | null = null;
+let failRes: any = null;
+let failError: GatewayErrorDef = Errors.INTERNAL;
+let failClose = false;
+function corkedFail(): void {
+  failEx!.writeError(failRes, failError, failClose);
 }
 
 let corkConn: Connection | null = null;

@@ -9,17 +9,19 @@
  * string and starts an Exchange. Gateway errors that need no upstream
  * (400/404/405/413/414/431) are answered right here, synchronously.
  */
-import { Errors, errorBody, type GatewayErrorDef } from '../../common/errors.js';
+import { Errors, type GatewayErrorDef } from '../../common/errors.js';
 import { methodIndex } from '../../common/metrics-layout.js';
 import { countError, recordRequest } from '../request-metrics.js';
 import type { Dataplane } from '../dataplane.js';
-import { connectionListed, isSafeRequestId } from '../proxy/headers.js';
+import { log } from '../../common/log.js';
+import { connectionListed, hasCloseOption, isSafeRequestId } from '../proxy/headers.js';
 import { parseContentLength } from '../proxy/http1-parser.js';
 import { SWEEP_MS, TimerList } from '../proxy/timers.js';
 import { MATCH_FOUND } from '../router/types.js';
-import { normalizeHost, normalizePath } from '../router/normalize.js';
+import { isValidHost, normalizeHost, normalizePath } from '../router/normalize.js';
 import { Exchange, REQ_BODY_CHUNKED, REQ_BODY_LENGTH, REQ_BODY_NONE, type ExchangeEnv } from './uws-exchange.js';
 import { loadUws } from './uws-loader.js';
+import { writeGatewayError } from './uws-respond.js';
 import type { LatencyRecorder } from '../latency.js';
 
 export interface ServerOptions {
@@ -77,15 +79,20 @@ function isV4Mapped(b: Uint8Array): boolean {
 
 // Scratch state filled by collectHeader during req.forEach; the handler is
 // synchronous and single-threaded, so one set of slots serves every request.
+// Fields whose meaning depends on all their lines (RFC 9110 5.3: Connection,
+// Transfer-Encoding, X-Forwarded-For, Forwarded) are joined with ", " as
+// they arrive, so no decision is ever taken on one line of several.
 const hdrs: string[] = [];
 let hdrBytes = 0;
 let hHost = '';
+let hHostCount = 0;
 let hContentLength: string | null = null;
 let hConflict = false;
 let hTransferEncoding: string | null = null;
 let hConnection: string | null = null;
 let hXff: string | null = null;
 let hForwarded: string | null = null;
+/** The request id header's value; '' when it came more than once (then one is generated). */
 let hRequestId: string | null = null;
 let ridHeaderName = 'x-request-id';
 
@@ -93,6 +100,7 @@ function resetScratch(): void {
   hdrs.length = 0;
   hdrBytes = 0;
   hHost = '';
+  hHostCount = 0;
   hContentLength = null;
   hConflict = false;
   hTransferEncoding = null;
@@ -107,13 +115,16 @@ function collectHeader(k: string, v: string): void {
   hdrBytes += k.length + v.length;
   switch (k.length) {
     case 4:
-      if (k === 'host') hHost = v;
+      if (k === 'host') {
+        hHost = v;
+        hHostCount++;
+      }
       break;
     case 9:
       if (k === 'forwarded') hForwarded = hForwarded === null ? v : hForwarded + ', ' + v;
       break;
     case 10:
-      if (k === 'connection') hConnection = v;
+      if (k === 'connection') hConnection = hConnection === null ? v : hConnection + ', ' + v;
       break;
     case 14:
       if (k === 'content-length') {
@@ -125,11 +136,22 @@ function collectHeader(k: string, v: string): void {
       if (k === 'x-forwarded-for') hXff = hXff === null ? v : hXff + ', ' + v;
       break;
     case 17:
-      if (k === 'transfer-encoding') hTransferEncoding = v;
+      if (k === 'transfer-encoding') hTransferEncoding = hTransferEncoding === null ? v : hTransferEncoding + ', ' + v;
       break;
   }
-  if (k === ridHeaderName) hRequestId = v;
+  if (k === ridHeaderName) hRequestId = hRequestId === null ? v : '';
 }
+
+/** The last Host value found valid: clients send the same one again and again. */
+let lastValidHost = '';
+
+/**
+ * Test hook (TURNPIKE_TEST_HOOKS=1 only): a request carrying this header
+ * makes the handler throw, so tests can check that a bug in the hot path
+ * becomes a 500 internal_error and a log line, not a dead worker.
+ */
+const TEST_HOOKS = process.env.TURNPIKE_TEST_HOOKS === '1';
+const TEST_THROW_HEADER = 'x-turnpike-test-throw';
 
 export { formatAddress };
 
@@ -242,8 +264,21 @@ export class UwsServer {
     return this.ridPrefix + (++this.ridCounter).toString(36);
   }
 
-  /** This is the hot path -- change with care! */
+  /**
+   * uWS calls this for every request. A throw out of the handler would end
+   * the worker with every request it carries: a bug answers 500
+   * internal_error (logged with the request id and stack) instead.
+   */
   private onRequest(res: any, req: any): void {
+    try {
+      this.handle(res, req);
+    } catch (err) {
+      this.internalError(res, err);
+    }
+  }
+
+  /** This is the hot path -- change with care! */
+  private handle(res: any, req: any): void {
     const t0 = performance.now();
     const dp = this.dp;
     const server = dp.config.server;
@@ -255,56 +290,65 @@ export class UwsServer {
     req.forEach(collectHeader);
 
     const requestId = hRequestId !== null && isSafeRequestId(hRequestId) ? hRequestId : this.nextRequestId();
+    this.pendingId = requestId;
     const mIdx = methodIndex(method);
     const isHead = method === 'HEAD';
+    if (TEST_HOOKS && req.getHeader(TEST_THROW_HEADER) === 'handler') throw new Error('internal error requested by test hook');
+
+    // Request framing first: whether a body follows decides whether an
+    // early answer must close the connection (unread body bytes must never
+    // be taken for the next request).
+    let bodyMode = REQ_BODY_NONE;
+    let contentLength = 0;
+    let badFraming = false;
+    if (hContentLength !== null) {
+      contentLength = parseContentLength(hContentLength);
+      // Smuggling guards: conflicting values, a value that is not a plain
+      // decimal, or Content-Length with Transfer-Encoding (RFC 9112 6.3).
+      badFraming = hConflict || contentLength < 0 || hTransferEncoding !== null;
+      if (contentLength > 0) bodyMode = REQ_BODY_LENGTH;
+    } else if (hTransferEncoding !== null) {
+      badFraming = hTransferEncoding.toLowerCase() !== 'chunked';
+      bodyMode = REQ_BODY_CHUNKED;
+    }
+    // `close` anywhere in Connection (uWS itself only honours the exact value).
+    const clientClose = hConnection !== null && hConnection.length !== 10 && hasCloseOption(hConnection);
+    const close = clientClose || bodyMode !== REQ_BODY_NONE || badFraming;
 
     if (this.draining) return this.reject(res, Errors.SHUTTING_DOWN, requestId, mIdx, isHead, t0, true);
+    if (badFraming) return this.reject(res, Errors.BAD_REQUEST, requestId, mIdx, isHead, t0, true);
     if (url.length + query.length + 1 > limits.maxUrlBytes) {
       return this.reject(res, Errors.URL_TOO_LONG, requestId, mIdx, isHead, t0, true);
     }
     if (hdrs.length > limits.maxHeaderCount * 2 || hdrBytes > limits.maxHeaderBytes) {
       return this.reject(res, Errors.HEADERS_TOO_LARGE, requestId, mIdx, isHead, t0, true);
     }
-    // Request smuggling guards: conflicting Content-Length values, or a value
-    // that is not a plain decimal, are refused and the connection closed.
-    let bodyMode = REQ_BODY_NONE;
-    let contentLength = 0;
-    if (hContentLength !== null) {
-      contentLength = parseContentLength(hContentLength);
-      if (hConflict || contentLength < 0 || hTransferEncoding !== null) {
-        return this.reject(res, Errors.BAD_REQUEST, requestId, mIdx, isHead, t0, true);
-      }
-      if (contentLength > 0) bodyMode = REQ_BODY_LENGTH;
-    } else if (hTransferEncoding !== null) {
-      if (hTransferEncoding.toLowerCase() !== 'chunked') {
-        return this.reject(res, Errors.BAD_REQUEST, requestId, mIdx, isHead, t0, true);
-      }
-      bodyMode = REQ_BODY_CHUNKED;
+    // RFC 9112 3.2: exactly one Host line, with a valid value, or 400.
+    if (hHostCount !== 1 || (hHost !== lastValidHost && !this.acceptHost(hHost))) {
+      return this.reject(res, Errors.BAD_HOST, requestId, mIdx, isHead, t0, close);
     }
 
     const path = normalizePath(url);
-    if (path === null) return this.reject(res, Errors.BAD_PATH, requestId, mIdx, isHead, t0, bodyMode !== REQ_BODY_NONE);
+    if (path === null) return this.reject(res, Errors.BAD_PATH, requestId, mIdx, isHead, t0, close);
     const host = normalizeHost(hHost);
     const m = dp.router.find(method, host, path, hdrs, query);
-    if (m === null) {
-      return this.reject(res, Errors.ROUTE_NOT_FOUND, requestId, mIdx, isHead, t0, bodyMode !== REQ_BODY_NONE);
-    }
+    if (m === null) return this.reject(res, Errors.ROUTE_NOT_FOUND, requestId, mIdx, isHead, t0, close);
     if (m.kind !== MATCH_FOUND) {
-      res.writeStatus(Errors.METHOD_NOT_ALLOWED.statusLine).writeHeader('allow', m.allow);
-      return this.reject(res, Errors.METHOD_NOT_ALLOWED, requestId, mIdx, isHead, t0, bodyMode !== REQ_BODY_NONE);
+      return this.reject(res, Errors.METHOD_NOT_ALLOWED, requestId, mIdx, isHead, t0, close, 0, m.allow);
     }
     const route = m.data!;
     if (bodyMode === REQ_BODY_LENGTH && contentLength > route.maxBodyBytes) {
       // Refused before reading a byte of it; the connection is closed so the
-      // unread body cannot be taken for the next request.
+      // unread body cannot be taken for the next request. (uWS has already
+      // answered an `Expect: 100-continue` by then: see the README.)
       return this.reject(res, Errors.BODY_TOO_LARGE, requestId, mIdx, isHead, t0, true, route.slot);
     }
 
     // --- upstream request head
-    const upstreamPath = route.rewrite === null ? path : route.rewrite(path, m.paramNames, m.params);
+    const upstreamPath = route.rewrite !== null ? route.rewrite(path, m.paramNames, m.params) : route.forwardOriginalPath ? url : path;
     const clientIp = this.remoteAddress(res);
     const pool = route.upstream.pick(clientIp);
-    const hostLine = route.preserveHost && hHost !== '' ? hHost : pool.hostHeader;
+    const hostLine = route.preserveHost ? hHost : pool.hostHeader;
     let head = method + ' ' + (query === '' ? upstreamPath : upstreamPath + '?' + query) + ' HTTP/1.1\r\nhost: ' + hostLine + '\r\n';
     const drop = route.requestPlan.drop;
     let listed: Set<string> | null = null;
@@ -322,15 +366,51 @@ export class UwsServer {
       const el = 'for=' + forIp + ';host="' + hHost.replace(/["\\]/g, '') + '";proto=http';
       head += 'forwarded: ' + (hForwarded === null ? el : hForwarded + ', ' + el) + '\r\n';
     }
+    // Header and query bytes reach the upstream exactly as the client sent
+    // them, or the request is refused; never altered. The head is written as
+    // latin1 (one char = one byte). uWS hands header values and the query
+    // over decoded as UTF-8, so anything beyond ASCII (rare; one native scan
+    // to find out) takes the slow path, as does DEL, which uWS lets through.
+    if (Buffer.byteLength(head, 'utf8') !== head.length || head.indexOf('\x7f') !== -1) {
+      const exact = exactBytes(head, req);
+      if (exact === null) return this.reject(res, Errors.BAD_REQUEST, requestId, mIdx, isHead, t0, close, route.slot);
+      head = exact;
+    }
     head += ridHeaderName + ': ' + requestId + '\r\n' + route.requestPlan.extraLines;
     if (bodyMode === REQ_BODY_LENGTH) head += 'content-length: ' + contentLength + '\r\n\r\n';
     else if (bodyMode === REQ_BODY_CHUNKED) head += 'transfer-encoding: chunked\r\n\r\n';
     else head += '\r\n';
 
-    const ex = new Exchange(res, this.env, route, pool, method, mIdx, requestId, head, bodyMode, route.maxBodyBytes, t0);
+    const ex = new Exchange(res, this.env, route, pool, method, mIdx, requestId, head, bodyMode, route.maxBodyBytes, t0, clientClose);
+    this.pendingEx = ex;
     res.onAborted(() => ex.onClientAborted());
     if (bodyMode !== REQ_BODY_NONE) res.onData((ab: ArrayBuffer, isLast: boolean) => ex.onClientData(ab, isLast));
     ex.start();
+    this.pendingEx = null;
+  }
+
+  /** The exchange the handler is starting, and the request id it gave out: what a throw must clean up. */
+  private pendingEx: Exchange | null = null;
+  private pendingId = '';
+
+  private acceptHost(h: string): boolean {
+    if (!isValidHost(h)) return false;
+    lastValidHost = h;
+    return true;
+  }
+
+  private internalError(res: any, err: unknown): void {
+    const ex = this.pendingEx;
+    this.pendingEx = null;
+    log('error', 'internal error in the request handler; answered 500', {
+      requestId: this.pendingId, error: err instanceof Error ? err.stack ?? err.message : String(err),
+    });
+    try {
+      if (ex !== null) ex.internalError();
+      else this.reject(res, Errors.INTERNAL, this.pendingId, 0, false, performance.now(), true);
+    } catch {
+      // The response was already ended (or the client is gone): nothing to answer.
+    }
   }
 
   private remoteAddress(res: any): string {
@@ -340,13 +420,46 @@ export class UwsServer {
   /** Answers a gateway error synchronously inside the uWS handler and counts it. */
   private reject(
     res: any, e: GatewayErrorDef, requestId: string, mIdx: number, isHead: boolean, t0: number, close: boolean, slot = 0,
+    allow: string | null = null,
   ): void {
-    if (e !== Errors.METHOD_NOT_ALLOWED) res.writeStatus(e.statusLine);
-    res.writeHeader('content-type', 'application/json').writeHeader(ridHeaderName, requestId);
-    if (isHead) res.endWithoutBody(undefined, close);
-    else res.end(errorBody(e, requestId), close);
+    writeGatewayError(res, e, ridHeaderName, requestId, isHead, close, false, allow);
     if (!this.env.metricsOn) return;
     countError(this.env.metrics, e.code);
     recordRequest(this.env.metrics, this.env.latency, slot, mIdx, e.status, performance.now() - t0);
   }
+}
+
+/**
+ * Slow path of the upstream head (it holds a character beyond ASCII, or
+ * DEL): the head as latin1 bytes equal to what the client sent, or null
+ * when that cannot be known (the request is then refused with 400).
+ *
+ * uWS's forEach decodes header values as UTF-8, invalid sequences becoming
+ * U+FFFD; getQuery does the same. Valid UTF-8 is re-encoded to its exact
+ * bytes. A value holding U+FFFD was not valid UTF-8 (latin1 text, say): its
+ * exact bytes come from req.getHeader, which decodes as latin1, when the
+ * name occurs once; otherwise (and for the query, which has no exact
+ * accessor) the bytes are lost and the request is refused. DEL is refused
+ * anywhere (RFC 9110 5.5: not a field-value character).
+ */
+function exactBytes(head: string, req: any): string | null {
+  if (head.indexOf('\x7f') !== -1) return null;
+  const bad = head.indexOf('\ufffd');
+  if (bad === -1) return Buffer.from(head, 'utf8').toString('latin1');
+  // Lines holding U+FFFD: header lines can be recovered, the request line cannot.
+  const lines = head.split('\r\n');
+  if (lines[0]!.includes('\ufffd')) return null;
+  for (let i = 1; i < lines.length; i++) {
+    const line = lines[i]!;
+    if (!line.includes('\ufffd')) {
+      lines[i] = Buffer.from(line, 'utf8').toString('latin1');
+      continue;
+    }
+    const name = line.slice(0, line.indexOf(':'));
+    let count = 0;
+    for (let k = 0; k < hdrs.length; k += 2) if (hdrs[k] === name) count++;
+    if (count !== 1) return null;
+    lines[i] = name + ': ' + (req.getHeader(name) as string);
+  }
+  return lines.join('\r\n');
 }

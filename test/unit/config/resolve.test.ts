@@ -17,6 +17,7 @@ describe('defaults resolution', () => {
       limits: { maxBodyBytes: 10485760, maxUrlBytes: 8192, maxHeaderBytes: 32768, maxHeaderCount: 100 },
       forwarded: { xForwardedFor: true, xForwardedProtoHost: true, forwarded: false },
       requestIdHeader: 'x-request-id',
+      pathForwarding: 'normalized',
       headers: { request: { add: [], set: [], remove: [] }, response: { add: [], set: [], remove: [] } },
     });
     expect(c.admin).toEqual({ enabled: true, host: '127.0.0.1', port: 9901, tokensFile: null, auditLog: '.turnpike/audit.log' });
@@ -40,6 +41,7 @@ describe('defaults resolution', () => {
       upstream: 'users',
       rewrite: { stripPrefix: null, replacePrefix: null, template: null },
       preserveHost: false,
+      pathForwarding: null,
       headers: { request: { add: [], set: [], remove: [] }, response: { add: [], set: [], remove: [] } },
       maxBodyBytes: null,
     });
