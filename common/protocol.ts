@@ -41,6 +41,8 @@ export type ToWorker =
 export type FromWorker =
   | { type: 'ready'; port: number; backend: string }
   | { type: 'config-applied'; version: number }
+  /** The worker could not compile the config (a bug: validation runs the same compile); it keeps its old one. */
+  | { type: 'config-failed'; version: number; message: string }
   | { type: 'drained'; inFlight: number }
   | { type: 'fatal'; message: string };
 

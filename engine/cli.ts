@@ -22,7 +22,7 @@ import { formatChanges } from '../common/config/diff.js';
 import { formatErrors, loadConfigFile, loadEmbeddedConfig, type LoadResult } from '../common/config/load.js';
 import { schemaJson } from '../common/config/schema.js';
 import { log } from '../common/log.js';
-import { validateRoutePattern } from '../workers/router/compile.js';
+import { WORKER_CHECKS } from '../workers/config-check.js';
 import { startDemoUpstream } from './demo-upstream.js';
 import { Supervisor } from './supervisor.js';
 
@@ -63,8 +63,13 @@ interface Args {
   admin: string | null;
 }
 
-/** Changes to a watched config file within this window make one reload. */
-const WATCH_DEBOUNCE_MS = 200;
+/**
+ * --watch applies a config file once its bytes have stayed the same across
+ * two reads this far apart and no change event came in between: a file
+ * rewritten in place in several writes (an editor, `cat > file`, a
+ * deployment tool) is applied whole, never its first, possibly valid, part.
+ */
+const WATCH_SETTLE_MS = 250;
 
 function parseArgs(argv: string[]): Args {
   const out: Args = { command: argv[0] ?? 'help', file: null, sets: [], watch: false, diff: false, admin: null };
@@ -96,7 +101,7 @@ function fail(message: string): never {
 }
 
 function load(args: Args): { result: LoadResult; embedded: boolean } {
-  const opts = { env: process.env, sets: args.sets, version: 1, checkPattern: validateRoutePattern };
+  const opts = { env: process.env, sets: args.sets, version: 1, ...WORKER_CHECKS };
   if (args.file === null) return { result: loadEmbeddedConfig(opts), embedded: true };
   return { result: loadConfigFile(args.file, opts), embedded: false };
 }
@@ -137,13 +142,11 @@ async function start(args: Args): Promise<void> {
   process.on('SIGHUP', () => { void sup.reload({ actor: 'SIGHUP' }); });
   if (args.watch && args.file !== null) {
     // Editors replace files (rename) as often as they write them: watch the
-    // directory entry and debounce bursts of events into one reload.
-    let timer: NodeJS.Timeout | null = null;
+    // directory entry, and reload once the file has settled.
     const file = resolvePath(args.file);
+    const settler = new FileSettler(file, WATCH_SETTLE_MS, () => sup.reload({ actor: 'file-watch' }));
     watch(dirname(file), { persistent: false }, (_event, name) => {
-      if (name !== basename(file)) return;
-      if (timer !== null) clearTimeout(timer);
-      timer = setTimeout(() => { timer = null; void sup.reload({ actor: 'file-watch' }); }, WATCH_DEBOUNCE_MS);
+      if (name === basename(file)) settler.changed();
     });
   }
   if (process.env.TURNPIKE_TEST_HOOKS === '1') {
@@ -160,6 +163,50 @@ async function start(args: Args): Promise<void> {
     config: config.source,
     routes: config.routes.length,
   });
+}
+
+/**
+ * Calls `apply` after a burst of changes to `file` once the file's bytes
+ * read the same twice, `settleMs` apart, with no change event in between.
+ * One settle loop at a time; a change during `apply` starts another.
+ */
+class FileSettler {
+  private running = false;
+  private dirty = false;
+
+  constructor(private readonly file: string, private readonly settleMs: number, private readonly apply: () => Promise<unknown>) {}
+
+  changed(): void {
+    this.dirty = true;
+    if (!this.running) void this.settle();
+  }
+
+  private read(): Buffer | null {
+    try {
+      return readFileSync(this.file);
+    } catch {
+      return null; // mid-rename: the next event or read will see it
+    }
+  }
+
+  private async settle(): Promise<void> {
+    this.running = true;
+    try {
+      let previous: Buffer | null = null;
+      for (;;) {
+        this.dirty = false;
+        await new Promise((r) => setTimeout(r, this.settleMs));
+        const current = this.read();
+        if (!this.dirty && previous !== null && current !== null && current.equals(previous)) break;
+        previous = current;
+      }
+      this.dirty = false;
+      await this.apply();
+    } finally {
+      this.running = false;
+      if (this.dirty) void this.settle();
+    }
+  }
 }
 
 async function validate(args: Args): Promise<void> {

@@ -26,7 +26,7 @@ import {
   C_CONFIG_VERSION, C_DRAINING, C_RELOADS_FAILED, C_RELOADS_OK, C_RESTARTS, C_WORKER_COUNT, C_WORKER_STATE, CONTROL_BYTES,
   MAX_WORKERS, W_DEAD, W_STARTING,
 } from '../common/protocol.js';
-import { validateRoutePattern } from '../workers/router/compile.js';
+import { WORKER_CHECKS } from '../workers/config-check.js';
 
 const WORKER_ENTRY = new URL('../workers/worker.js', import.meta.url);
 const ADMIN_ENTRY = new URL('../admin/admin.js', import.meta.url);
@@ -48,8 +48,8 @@ interface Slot {
   exiting: boolean;
   /** Config version this worker serves. */
   version: number;
-  /** Waiting for 'config-applied' of a version. */
-  acks: Map<number, () => void>;
+  /** Waiting for 'config-applied' (null) or 'config-failed' (its message) of a version. */
+  acks: Map<number, (failure: string | null) => void>;
   /** The admin thread's end of this worker's stats line, until handed over. */
   statsPort: MessagePort | null;
 }
@@ -165,10 +165,10 @@ export class Supervisor {
           // A reload may have happened while this worker was starting.
           if (slot.version !== this.config.version) this.sendConfig(slot);
           if (!settled) { settled = true; resolve(); }
-        } else if (msg.type === 'config-applied') {
-          slot.version = msg.version;
+        } else if (msg.type === 'config-applied' || msg.type === 'config-failed') {
+          if (msg.type === 'config-applied') slot.version = msg.version;
           const ack = slot.acks.get(msg.version);
-          if (ack) { slot.acks.delete(msg.version); ack(); }
+          if (ack) { slot.acks.delete(msg.version); ack(msg.type === 'config-failed' ? msg.message : null); }
         } else if (msg.type === 'fatal') {
           Atomics.store(this.controlView, C_WORKER_STATE + slot.index, W_DEAD);
           log('error', 'worker failed', { worker: slot.index, error: msg.message });
@@ -182,7 +182,8 @@ export class Supervisor {
         Atomics.store(this.controlView, C_WORKER_STATE + slot.index, W_DEAD);
         slot.worker = null;
         slot.ready = false;
-        for (const ack of slot.acks.values()) ack();
+        // Its replacement starts on the current config.
+        for (const ack of slot.acks.values()) ack(null);
         slot.acks.clear();
         if (!settled) { settled = true; reject(new Error(`worker ${slot.index} exited with code ${code} before it was ready`)); }
         // At start a failing worker fails the start; later, it is replaced (with backoff).
@@ -244,17 +245,18 @@ export class Supervisor {
     });
   }
 
-  private sendConfig(slot: Slot): Promise<void> {
+  /** Sends the current config to one worker; resolves null once applied, or the worker's reason for refusing it. */
+  private sendConfig(slot: Slot): Promise<string | null> {
     const w = slot.worker;
-    if (w === null) return Promise.resolve();
+    if (w === null) return Promise.resolve(null);
     const version = this.config.version;
-    return new Promise<void>((resolve) => {
+    return new Promise<string | null>((resolve) => {
       const timer = setTimeout(() => {
         slot.acks.delete(version);
         log('warn', 'worker did not confirm the new config in time', { worker: slot.index, version });
-        resolve();
+        resolve(null);
       }, APPLY_TIMEOUT_MS);
-      slot.acks.set(version, () => { clearTimeout(timer); resolve(); });
+      slot.acks.set(version, (failure) => { clearTimeout(timer); resolve(failure); });
       w.postMessage({ type: 'config', config: this.config, slots: [...this.routeSlots] } satisfies ToWorker);
     });
   }
@@ -274,7 +276,7 @@ export class Supervisor {
   private async reloadNow(req: { doc?: unknown; dryRun?: boolean; actor: string }): Promise<ReloadResult> {
     const old = this.config;
     const version = old.version + 1;
-    const common = { env: process.env, sets: this.opts.sets, version, checkPattern: validateRoutePattern };
+    const common = { env: process.env, sets: this.opts.sets, version, ...WORKER_CHECKS };
     let result: LoadResult;
     if (req.doc !== undefined) result = loadConfigDocument(req.doc, { ...common, source: this.opts.configPath ?? '<admin>', demo: old.demo.enabled });
     else if (this.opts.configPath !== null) result = loadConfigFile(this.opts.configPath, common);
@@ -301,18 +303,32 @@ export class Supervisor {
       return refuse(restartOnly.map((p) => ({ path: p, message: 'cannot change on reload; restart the gateway to apply it' })));
     }
     if (req.dryRun) return { ok: true, version: old.version, errors: [], changes, persisted: false };
+    this.config = Object.freeze({ ...next }) as GatewayConfig;
+    this.assignSlots(next);
+    const targets = this.slots.filter((sl) => sl.ready);
+    const failures = await Promise.all(targets.map((sl) => this.sendConfig(sl)));
+    const refusedBy = targets.flatMap((sl, i) => (failures[i] === null ? [] : [{ worker: sl.index, message: failures[i]! }]));
+    // A document from the admin API is written to the config file only once
+    // every worker serves it: a refused config is never persisted.
     let persisted = false;
-    if (req.doc !== undefined && this.opts.configPath !== null) {
+    let writeProblem: string | null = null;
+    if (refusedBy.length === 0 && req.doc !== undefined && this.opts.configPath !== null) {
       try {
         writeAtomically(this.opts.configPath, req.doc);
         persisted = true;
       } catch (err) {
-        return refuse([{ path: '', message: `cannot write ${this.opts.configPath}: ${(err as Error).message}; nothing was applied` }]);
+        writeProblem = `cannot write ${this.opts.configPath}: ${(err as Error).message}; the reload was rolled back`;
       }
     }
-    this.config = Object.freeze({ ...next }) as GatewayConfig;
-    this.assignSlots(next);
-    await Promise.all(this.slots.filter((sl) => sl.ready).map((sl) => this.sendConfig(sl)));
+    if (refusedBy.length > 0 || writeProblem !== null) {
+      // Roll back: every worker that took the new config goes back to the old one.
+      this.config = old;
+      await Promise.all(targets.filter((_sl, i) => failures[i] === null).map((sl) => this.sendConfig(sl)));
+      const errors = writeProblem !== null
+        ? [{ path: '', message: writeProblem }]
+        : refusedBy.map((r) => ({ path: '', message: `worker ${r.worker} could not apply the config (${r.message}); every worker was rolled back to version ${old.version}` }));
+      return refuse(errors);
+    }
     Atomics.store(this.controlView, C_CONFIG_VERSION, next.version);
     Atomics.add(this.controlView, C_RELOADS_OK, 1);
     this.admin?.postMessage({ type: 'config', config: this.config, slots: [...this.routeSlots] } satisfies ToAdmin);

@@ -23,6 +23,7 @@ metrics[G_IN_FLIGHT] = 0;
 metrics[G_UPSTREAM_OPEN] = 0;
 metrics[G_UPSTREAM_IDLE] = 0;
 setPoolGauges(metrics);
+const TEST_HOOKS = process.env.TURNPIKE_TEST_HOOKS === '1';
 const isBun = typeof (process.versions as Record<string, string | undefined>).bun === 'string';
 
 interface Backend {
@@ -88,7 +89,20 @@ async function main(): Promise<void> {
   port.on('message', (msg: ToWorker) => {
     switch (msg.type) {
       case 'config': {
-        dp = new Dataplane(msg.config, new Map(msg.slots), dp);
+        // Validation compiles exactly this before any worker sees a config,
+        // so this cannot fail unless there is a bug; if it does, the worker
+        // keeps serving its current config and the engine rolls the reload
+        // back on every worker. A bad config must never take a worker down.
+        let next: Dataplane;
+        try {
+          // Test hook (TURNPIKE_TEST_HOOKS=1 only): a route with this id stands for a config only a worker refuses.
+          if (TEST_HOOKS && msg.config.routes.some((r) => r.id === 'test-hook-refused-by-worker')) throw new Error('refused by test hook');
+          next = new Dataplane(msg.config, new Map(msg.slots), dp);
+        } catch (err) {
+          send({ type: 'config-failed', version: msg.config.version, message: err instanceof Error ? err.message : String(err) });
+          break;
+        }
+        dp = next;
         backend.setDataplane(dp);
         send({ type: 'config-applied', version: msg.config.version });
         break;
@@ -114,7 +128,7 @@ async function main(): Promise<void> {
       }
       case 'crash':
         // Test hook (TURNPIKE_TEST_HOOKS=1 only): simulate a fatal bug in this worker.
-        if (process.env.TURNPIKE_TEST_HOOKS === '1') throw new Error('crash requested by test hook');
+        if (TEST_HOOKS) throw new Error('crash requested by test hook');
         break;
     }
   });

@@ -32,9 +32,18 @@ export type ValidationResult =
 /** Same union, under the name the engine uses. */
 export type LoadResult = ValidationResult;
 
+/**
+ * The data plane's own compile step, run on the resolved config (common/
+ * must not import workers/; the engine passes workers/config-check.ts).
+ * Returns the problems, empty when a worker would accept the config.
+ */
+export type CompileChecker = (config: GatewayConfig) => ConfigError[];
+
 export interface ValidateOptions {
   /** The router's pattern validator (common/ must not import workers/). */
   checkPattern?: PatternChecker;
+  /** Run after resolution: a config is valid only when a worker can compile it. */
+  checkCompile?: CompileChecker;
   /** Default 1. */
   version?: number;
   /** Default `<inline>`. */
@@ -50,6 +59,7 @@ export interface LoadOptions {
   sets?: readonly string[];
   version?: number;
   checkPattern?: PatternChecker;
+  checkCompile?: CompileChecker;
 }
 
 /** Validates a raw document and, when valid, resolves it into a frozen GatewayConfig. */
@@ -61,6 +71,8 @@ export function validateConfig(doc: unknown, options: ValidateOptions = {}): Val
     source: options.source ?? '<inline>',
     demoPort: options.demo === true ? DEMO_PORT : null,
   });
+  const compileProblems = options.checkCompile?.(config) ?? [];
+  if (compileProblems.length > 0) return { ok: false, errors: compileProblems };
   return { ok: true, config };
 }
 
@@ -105,6 +117,7 @@ export function loadConfigDocument(doc: unknown, options: LoadTextOptions = {}):
     version: options.version ?? 1,
     source: options.source ?? fileName,
     ...(options.checkPattern !== undefined ? { checkPattern: options.checkPattern } : {}),
+    ...(options.checkCompile !== undefined ? { checkCompile: options.checkCompile } : {}),
     ...(options.demo !== undefined ? { demo: options.demo } : {}),
   });
   if (overrideErrors.length === 0) return result;

@@ -108,8 +108,16 @@ interface TierDraft {
   maxParams: number;
 }
 
+/** A route the router cannot take; `routeId` names it (for `routes[i]` paths in config errors). */
+export class RouteCompileError extends Error {
+  constructor(readonly routeId: string, readonly reason: string) {
+    super(`route ${JSON.stringify(routeId)}: ${reason}`);
+    this.name = 'RouteCompileError';
+  }
+}
+
 function fail(id: unknown, reason: string): never {
-  throw new Error(`route ${JSON.stringify(String(id))}: ${reason}`);
+  throw new RouteCompileError(String(id), reason);
 }
 
 function checkHost(id: string, host: unknown): string {

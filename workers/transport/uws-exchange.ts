@@ -640,6 +640,11 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
         res.close();
       } else {
         this.responded = true;
+        // A paused upload must flow again: uWS discards the rest by its framing.
+        if (this.clientPaused) {
+          this.clientPaused = false;
+          res.resume();
+        }
         failEx = this;
         failRes = res;
         failError = e;

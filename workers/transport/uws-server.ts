@@ -142,6 +142,17 @@ function collectHeader(k: string, v: string): void {
   if (k === ridHeaderName) hRequestId = hRequestId === null ? v : '';
 }
 
+/**
+ * An early answer (an error before the body was read) keeps the connection
+ * when the body still to come is known to be at most this large: uWS reads
+ * and discards it by its framing, and the client reads the answer. Closing
+ * with unread bytes in the socket makes the kernel send a reset, which can
+ * destroy the answer before the client reads it (nginx's lingering_close
+ * solves the same problem). Larger declared bodies and chunked bodies (of
+ * unknown size) close at once rather than be read for nothing.
+ */
+export const LINGER_MAX_BYTES = 8 * 1024 * 1024;
+
 /** The last Host value found valid: clients send the same one again and again. */
 let lastValidHost = '';
 
@@ -296,8 +307,8 @@ export class UwsServer {
     if (TEST_HOOKS && req.getHeader(TEST_THROW_HEADER) === 'handler') throw new Error('internal error requested by test hook');
 
     // Request framing first: whether a body follows decides whether an
-    // early answer must close the connection (unread body bytes must never
-    // be taken for the next request).
+    // early answer closes the connection (see LINGER_MAX_BYTES; with bad
+    // framing it must, or body bytes could be taken for the next request).
     let bodyMode = REQ_BODY_NONE;
     let contentLength = 0;
     let badFraming = false;
@@ -313,15 +324,15 @@ export class UwsServer {
     }
     // `close` anywhere in Connection (uWS itself only honours the exact value).
     const clientClose = hConnection !== null && hConnection.length !== 10 && hasCloseOption(hConnection);
-    const close = clientClose || bodyMode !== REQ_BODY_NONE || badFraming;
+    const close = clientClose || bodyMode === REQ_BODY_CHUNKED || contentLength > LINGER_MAX_BYTES;
 
     if (this.draining) return this.reject(res, Errors.SHUTTING_DOWN, requestId, mIdx, isHead, t0, true);
     if (badFraming) return this.reject(res, Errors.BAD_REQUEST, requestId, mIdx, isHead, t0, true);
     if (url.length + query.length + 1 > limits.maxUrlBytes) {
-      return this.reject(res, Errors.URL_TOO_LONG, requestId, mIdx, isHead, t0, true);
+      return this.reject(res, Errors.URL_TOO_LONG, requestId, mIdx, isHead, t0, close);
     }
     if (hdrs.length > limits.maxHeaderCount * 2 || hdrBytes > limits.maxHeaderBytes) {
-      return this.reject(res, Errors.HEADERS_TOO_LARGE, requestId, mIdx, isHead, t0, true);
+      return this.reject(res, Errors.HEADERS_TOO_LARGE, requestId, mIdx, isHead, t0, close);
     }
     // RFC 9112 3.2: exactly one Host line, with a valid value, or 400.
     if (hHostCount !== 1 || (hHost !== lastValidHost && !this.acceptHost(hHost))) {
@@ -338,10 +349,9 @@ export class UwsServer {
     }
     const route = m.data!;
     if (bodyMode === REQ_BODY_LENGTH && contentLength > route.maxBodyBytes) {
-      // Refused before reading a byte of it; the connection is closed so the
-      // unread body cannot be taken for the next request. (uWS has already
-      // answered an `Expect: 100-continue` by then: see the README.)
-      return this.reject(res, Errors.BODY_TOO_LARGE, requestId, mIdx, isHead, t0, true, route.slot);
+      // Refused before reading a byte of it. (uWS has already answered an
+      // `Expect: 100-continue` by then: see the README.)
+      return this.reject(res, Errors.BODY_TOO_LARGE, requestId, mIdx, isHead, t0, close, route.slot);
     }
 
     // --- upstream request head
