@@ -4,26 +4,33 @@
  * response goes through here, so the rules live in one place.
  *
  * What the build does (probed with raw sockets, see ENVIRONMENT.md):
- *  - `endWithoutBody(n)` with ANY argument treats `n` as a body still to
- *    come: inside a request handler without an onAborted handler it aborts
- *    the process ("Returning from a request handler without responding...");
- *    elsewhere it leaves the response open, and the next request on the
- *    connection closes it. `endWithoutBody()` with no argument ends cleanly
- *    and writes no Content-Length, so a HEAD response's Content-Length is
- *    written as an ordinary header first.
- *  - `endWithoutBody(n, true)` with onAborted attached writes
- *    `Content-Length: n` and `Connection: close` and closes: the one way to
- *    close after a HEAD response (onAborted then runs once).
+ *  - `endWithoutBody(n)` with ANY argument n > 0 treats `n` as body bytes
+ *    still to come: inside a request handler without an onAborted handler
+ *    it aborts the process ("Returning from a request handler without
+ *    responding..."); elsewhere it leaves the response open, and the next
+ *    request on the connection kills the connection. `endWithoutBody()`
+ *    with no argument ends cleanly and writes no Content-Length, so a HEAD
+ *    response's Content-Length is written as an ordinary header first.
+ *  - `endWithoutBody(n, true)` (onAborted attached) writes the right head,
+ *    `Content-Length: n` and `Connection: close`, and the connection then
+ *    serves no further request: whatever the client sends next, uWS closes
+ *    it (or its idle timeout does). That is the one way to honour a close
+ *    after a HEAD response with a length: used for it. `endWithoutBody(0,
+ *    true)` closes at once.
  *  - `end(body, true)` closes cleanly only when nothing of the body was
  *    written before: after a `write`/`tryEnd` it inserts `Connection: close`
- *    INTO the body bytes. A streamed response therefore cannot close the
- *    connection at its end; it carries `Connection: close` in its head and
- *    the client closes (RFC 9112 9.6 obliges it to).
+ *    INTO the body bytes.
  *  - `end()` writes `Content-Length: 0`, which a 204 must never carry
  *    (RFC 9110 8.6); 204 and 304 end with `endWithoutBody()`.
- * A client's `Connection: close` (exactly that value) makes uWS close by
- * itself; `close` inside a list (`keep-alive, close`) does not, so the
- * gateway passes `close` here for those.
+ *  - A client's `Connection: close` (exactly that value) makes uWS close
+ *    after any response by itself; `close` inside a list (`keep-alive,
+ *    close`) does not.
+ * So a `close` (the client's, or the gateway's own after bad framing) is
+ * honoured for real where one `end(body, true)` call writes the whole
+ * response (the gateway's own errors, bodies that arrive whole) and for HEAD
+ * as above; a 204 or 304 response (which must not carry `Content-Length: 0`)
+ * or a streamed body carries `Connection: close`, and the client closes
+ * (RFC 9112 9.6 obliges it to).
  */
 import { errorBody, type GatewayErrorDef } from '../../common/errors.js';
 
@@ -31,20 +38,19 @@ const noop = (): void => {};
 
 /**
  * Ends a response that has no body: HEAD (with the Content-Length the GET
- * would have, or none when unknown: -1), 204 and 304 (Content-Length only
- * for 304, and only a known one). `close` closes the connection after it
- * when the build allows it, else says `Connection: close`. The caller must
- * have attached onAborted when `close` may be true (the exchange always
- * has; the synchronous error path passes abortAttached = false).
+ * would have, or none when unknown: -1), 204 (never a Content-Length) and
+ * 304 (a known one). With `close`, no further request is served on the
+ * connection where the build allows it, else it says `Connection: close`
+ * (see above). `abortAttached`: the caller attached onAborted (the
+ * exchange); the synchronous error path has not.
  */
 export function endWithoutBody(res: any, status: number, contentLength: number, close: boolean, abortAttached: boolean): void {
-  const lengthAllowed = status !== 204 && contentLength >= 0;
-  if (close && lengthAllowed && status !== 304) {
+  if (close && status !== 204 && status !== 304 && contentLength >= 0) {
     if (!abortAttached) res.onAborted(noop);
     res.endWithoutBody(contentLength, true);
     return;
   }
-  if (lengthAllowed) res.writeHeader('content-length', String(contentLength));
+  if (status !== 204 && contentLength >= 0) res.writeHeader('content-length', String(contentLength));
   if (close) res.writeHeader('connection', 'close');
   res.endWithoutBody();
 }

@@ -323,7 +323,7 @@ export class UwsServer {
       bodyMode = REQ_BODY_CHUNKED;
     }
     // `close` anywhere in Connection (uWS itself only honours the exact value).
-    const clientClose = hConnection !== null && hConnection.length !== 10 && hasCloseOption(hConnection);
+    const clientClose = hConnection !== null && hasCloseOption(hConnection);
     const close = clientClose || bodyMode === REQ_BODY_CHUNKED || contentLength > LINGER_MAX_BYTES;
 
     if (this.draining) return this.reject(res, Errors.SHUTTING_DOWN, requestId, mIdx, isHead, t0, true);
