@@ -1,0 +1,195 @@
+/**
+ * A config can never take the gateway down (issue 8, cases 8 and 9):
+ * validation runs the workers' own compile step, a config a worker still
+ * refuses is rolled back everywhere and reported as a failure, a config
+ * that cannot compile stops `start` with one clear error, and --watch
+ * applies a file only once it has settled.
+ */
+import { spawn } from 'node:child_process';
+import { readFileSync, writeFileSync, appendFileSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { request } from 'undici';
+import { CLI, ROOT, baseConfig, startGateway, type Gateway } from '../helpers/gateway.js';
+import { startUpstream, type Upstream } from '../helpers/upstream.js';
+
+const TOKEN = 'config-safety-test-token-0123456789';
+let up: Upstream;
+
+beforeAll(async () => {
+  up = await startUpstream((req, res) => { res.end('ok ' + req.url); });
+});
+afterAll(async () => {
+  await up?.close();
+});
+
+/** Two routes with the same host, path, priority and methods: the router refuses the second. */
+function duplicateRoutes(extra: Record<string, any> = {}) {
+  return baseConfig({
+    ...extra,
+    upstreams: { up: { targets: [up.url] } },
+    routes: [
+      { id: 'a', path: '/dup/*', upstream: 'up' },
+      { id: 'b', path: '/dup/*', upstream: 'up' },
+    ],
+  });
+}
+
+function run(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, [CLI, ...args], { cwd: ROOT, env: { ...process.env, TURNPIKE_LOG_FORMAT: 'json', ...env } });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d) => { stdout += d; });
+    p.stderr.on('data', (d) => { stderr += d; });
+    p.on('exit', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+function tmpFile(name: string, content: unknown): string {
+  const file = join(mkdtempSync(join(tmpdir(), 'turnpike-cfg-')), name);
+  writeFileSync(file, typeof content === 'string' ? content : JSON.stringify(content, null, 2));
+  return file;
+}
+
+async function status(gw: Gateway, path: string): Promise<number> {
+  const r = await request(gw.url + path);
+  await r.body.dump();
+  return r.statusCode;
+}
+
+async function admin(gw: Gateway, method: string, path: string, body?: unknown) {
+  const r = await request(`http://127.0.0.1:${gw.adminPort}${path}`, {
+    method: method as any,
+    headers: { authorization: `Bearer ${TOKEN}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+  });
+  return { status: r.statusCode, body: await r.body.json() as any };
+}
+
+async function metric(gw: Gateway, line: string): Promise<number> {
+  const r = await request(`http://127.0.0.1:${gw.adminPort}/metrics`);
+  const text = await r.body.text();
+  const m = text.split('\n').find((l) => l.startsWith(line + ' '));
+  return m === undefined ? 0 : Number(m.slice(line.length + 1));
+}
+
+describe('validation runs the workers\' compile step (case 8)', () => {
+  it('turnpike validate refuses duplicate routes and names the route', async () => {
+    const file = tmpFile('dup.json', duplicateRoutes());
+    const r = await run(['validate', file]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('routes[1]: duplicate of route "a"');
+  });
+
+  it('start refuses a config that cannot compile: one clear error, exit 1, no restart loop', async () => {
+    const file = tmpFile('dup.json', duplicateRoutes());
+    const r = await run(['start', '--config', file]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('the configuration is invalid, nothing was started');
+    expect(r.stderr).toContain('routes[1]: duplicate of route "a"');
+    expect(r.stderr).not.toContain('worker exited');
+  });
+
+  describe('on a running gateway', () => {
+    let gw: Gateway;
+    let good: Record<string, any>; // port 0 stays the port resolved at start on every reload
+    beforeAll(async () => {
+      good = baseConfig({
+        server: { workers: 2 },
+        admin: { enabled: true, port: 0 },
+        upstreams: { up: { targets: [up.url] } },
+        routes: [{ id: 'a', path: '/dup/*', upstream: 'up' }],
+      });
+      gw = await startGateway(good, { env: { TURNPIKE_ADMIN_TOKEN: TOKEN, TURNPIKE_TEST_HOOKS: '1' } });
+    });
+    afterAll(async () => {
+      await gw?.stop();
+    });
+
+    it('SIGHUP with duplicate routes: refused, counted as a failure, the old config keeps serving', async () => {
+      const failures = await metric(gw, 'turnpike_config_reloads_total{result="failure"}');
+      const bad = { ...duplicateRoutes(), server: good.server, admin: good.admin };
+      writeFileSync(gw.configFile, JSON.stringify(bad));
+      const from = gw.logs.length;
+      gw.proc.kill('SIGHUP');
+      await expect.poll(() => gw.logs.slice(from).some((l) => l.includes('config refused')), { timeout: 5000 }).toBe(true);
+      expect(gw.logs.slice(from).join('\n')).toContain('duplicate of route');
+      expect(await metric(gw, 'turnpike_config_reloads_total{result="failure"}')).toBe(failures + 1);
+      for (let i = 0; i < 20; i++) expect(await status(gw, '/dup/x')).toBe(200);
+      expect(gw.logs.some((l) => l.includes('worker failed') || l.includes('worker exited'))).toBe(false);
+      writeFileSync(gw.configFile, JSON.stringify(good));
+    });
+
+    it('PUT /admin/config with duplicate routes: 422 naming the route, nothing persisted', async () => {
+      const before = readFileSync(gw.configFile, 'utf8');
+      const r = await admin(gw, 'PUT', '/admin/config', { ...duplicateRoutes(), server: good.server, admin: good.admin });
+      expect(r.status).toBe(422);
+      expect(JSON.stringify(r.body)).toContain('duplicate of route');
+      expect(readFileSync(gw.configFile, 'utf8')).toBe(before);
+      expect(await status(gw, '/dup/x')).toBe(200);
+    });
+
+    it('a config a worker still refuses is rolled back on every worker, reported as a failure, and not persisted', async () => {
+      const before = readFileSync(gw.configFile, 'utf8');
+      const failures = await metric(gw, 'turnpike_config_reloads_total{result="failure"}');
+      const version = (await admin(gw, 'GET', '/admin/status')).body.config?.version;
+      // Valid for the validator; the test hook makes every worker refuse it.
+      const refused = {
+        ...good,
+        routes: [{ id: 'test-hook-refused-by-worker', path: '/refused/*', upstream: 'up' }],
+      };
+      const r = await admin(gw, 'PUT', '/admin/config', refused);
+      expect(r.status, JSON.stringify(r.body)).toBe(422);
+      expect(JSON.stringify(r.body), JSON.stringify(r.body)).toContain("rolled back");
+      expect(readFileSync(gw.configFile, 'utf8')).toBe(before);
+      expect(await metric(gw, 'turnpike_config_reloads_total{result="failure"}')).toBe(failures + 1);
+      expect((await admin(gw, 'GET', '/admin/status')).body.config?.version).toBe(version);
+      // Both workers serve the old route set (many connections spread over both).
+      const codes = await Promise.all(Array.from({ length: 40 }, async (_v, i) => status(gw, i % 2 === 0 ? '/dup/x' : '/refused/x')));
+      expect(codes.filter((c, i) => (i % 2 === 0 ? c !== 200 : c !== 404))).toEqual([]);
+      expect(gw.logs.some((l) => l.includes('worker failed') || l.includes('worker exited'))).toBe(false);
+    });
+  });
+});
+
+describe('--watch applies a file only once it has settled (case 9)', () => {
+  it('a file rewritten in place in two writes 300 ms apart never serves its first part', async () => {
+    const routes = (ids: string[]) => ids.map((id) => `  - id: ${id}\n    path: /${id}/*\n    upstream: up\n`).join('');
+    const header = `server: { host: 127.0.0.1, port: 0, workers: 1 }\nadmin: { enabled: false }\nupstreams:\n  up: { targets: ["${up.url}"] }\nroutes:\n`;
+    // The CLI directly (startGateway writes JSON): this test rewrites YAML text.
+    const file = tmpFile('watched.yaml', header + routes(['keep', 'second']));
+    const proc = spawn(process.execPath, [CLI, 'start', '--config', file, '--watch'], { cwd: ROOT, env: { ...process.env, TURNPIKE_LOG_FORMAT: 'json' } });
+    try {
+      const port = await new Promise<number>((resolve, reject) => {
+        let buf = '';
+        proc.stderr.on('data', (d) => {
+          buf += d;
+          const m = /"msg":"turnpike started".*?"port":(\d+)/.exec(buf);
+          if (m) resolve(Number(m[1]));
+        });
+        proc.on('exit', () => reject(new Error('exited: ' + buf)));
+      });
+      const url = `http://127.0.0.1:${port}`;
+      const get = async (p: string) => { const r = await request(url + p); await r.body.dump(); return r.statusCode; };
+      expect(await get('/second/x')).toBe(200);
+      // Rewrite in place in two writes; the first part alone is a valid
+      // config without the route "second" (port 0 keeps the resolved port).
+      const codes: number[] = [];
+      let sampling = true;
+      const sampler = (async () => { while (sampling) codes.push(await get('/second/x')); })();
+      writeFileSync(file, header + routes(['keep']));
+      await new Promise((r) => setTimeout(r, 300));
+      appendFileSync(file, routes(['second', 'third']));
+      await expect.poll(() => get('/third/x'), { timeout: 5000, interval: 50 }).toBe(200);
+      sampling = false;
+      await sampler;
+      expect(codes.length).toBeGreaterThan(10);
+      expect(codes.filter((c) => c !== 200)).toEqual([]);
+    } finally {
+      proc.kill('SIGTERM');
+      await new Promise((r) => proc.once('exit', r));
+    }
+  });
+});
