@@ -448,4 +448,19 @@ describe('a bug in the request path', () => {
     after.conn.close();
     expect(gw.logs.some((l) => l.includes('worker failed') || l.includes('worker exited'))).toBe(false);
   });
+
+  it('in an upstream socket callback: 500 internal_error for that request only, logged, the worker keeps serving', async () => {
+    const { res, conn } = await rawExchange(gw.port, GET('/up/x', 'X-Turnpike-Test-Throw: upstream\r\n'));
+    expect(res.status).toBe(500);
+    const body = JSON.parse(res.body.toString());
+    expect(body.error.code).toBe('internal_error');
+    await expect.poll(() => gw.logs.some((l) => l.includes('internal error while proxying') && l.includes(body.error.requestId)), { timeout: 2000 }).toBe(true);
+    const after = await Promise.all([1, 2, 3].map(() => rawExchange(gw.port, GET('/up/x'))));
+    for (const a of after) {
+      expect(a.res.status).toBe(200);
+      a.conn.close();
+    }
+    conn.close();
+    expect(gw.logs.some((l) => l.includes('worker failed') || l.includes('worker exited'))).toBe(false);
+  });
 });

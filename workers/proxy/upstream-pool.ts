@@ -57,6 +57,21 @@ export interface ConnectionUser {
   onUpstreamDrain(conn: Connection): void;
   /** The socket closed cleanly (EOF); close-delimited bodies end here. */
   onUpstreamEof(conn: Connection): void;
+  /**
+   * One of the calls above threw (a bug): log it, answer 500 or close the
+   * client side; must not throw. The connection is destroyed already.
+   */
+  crashed(err: unknown): void;
+}
+
+/**
+ * Socket callbacks run the exchange; a throw out of them would be an
+ * uncaught exception that ends the worker and every request on it. A bug
+ * ends only its own exchange instead.
+ */
+function userCrashed(conn: Connection, user: ConnectionUser, err: unknown): void {
+  conn.destroy();
+  user.crashed(err);
 }
 
 export class Connection {
@@ -124,7 +139,11 @@ function onSocketConnect(this: net.Socket): void {
     return;
   }
   user.connecting = null;
-  user.onConnection(conn);
+  try {
+    user.onConnection(conn);
+  } catch (err) {
+    userCrashed(conn, user, err);
+  }
 }
 
 function onSocketRead(this: net.Socket, n: number, _buf: Buffer): boolean {
@@ -135,19 +154,35 @@ function onSocketRead(this: net.Socket, n: number, _buf: Buffer): boolean {
     conn.destroy();
     return false;
   }
-  user.onUpstreamRead(conn, n);
+  try {
+    user.onUpstreamRead(conn, n);
+  } catch (err) {
+    userCrashed(conn, user, err);
+    return false;
+  }
   return true;
 }
 
 function onSocketDrain(this: net.Socket): void {
   const conn = (this as any)[kConn] as Connection;
-  if (conn.user !== null) conn.user.onUpstreamDrain(conn);
+  const user = conn.user;
+  if (user === null) return;
+  try {
+    user.onUpstreamDrain(conn);
+  } catch (err) {
+    userCrashed(conn, user, err);
+  }
 }
 
 function onSocketEnd(this: net.Socket): void {
   const conn = (this as any)[kConn] as Connection;
   const user = conn.user;
-  if (user !== null) user.onUpstreamEof(conn);
+  if (user === null) return;
+  try {
+    user.onUpstreamEof(conn);
+  } catch (err) {
+    userCrashed(conn, user, err);
+  }
 }
 
 function onSocketError(this: net.Socket, err: Error): void {
@@ -169,7 +204,12 @@ function connectionBroken(conn: Connection, err: Error | null): void {
     conn.user = null;
     conn.pool.onConnectionGone(conn);
   }
-  if (user !== null) user.onConnectionError(conn, connectPhase, err);
+  if (user === null) return;
+  try {
+    user.onConnectionError(conn, connectPhase, err);
+  } catch (e) {
+    user.crashed(e);
+  }
 }
 
 export const ACQUIRE_QUEUED = 1;
@@ -236,7 +276,11 @@ export class TargetPool {
     const next = this.nextWaiting();
     if (next !== null) {
       conn.user = next;
-      next.onConnection(conn);
+      try {
+        next.onConnection(conn);
+      } catch (err) {
+        userCrashed(conn, next, err);
+      }
       return;
     }
     conn.idleSince = performance.now();

@@ -161,6 +161,8 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
   private upstreamPaused = false;
   responded = false;
   finished = false;
+  /** Test hook (TURNPIKE_TEST_HOOKS=1 only): throw when the response head arrives. */
+  testThrow = false;
   // --- timers
   deadline = 0;
   phase = 0;
@@ -460,6 +462,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
   // ---------------------------------------------------------------- response
 
   onResponseHead(status: number, reason: string, headers: string[], bodyKind: number, contentLength: number): void {
+    if (this.testThrow) throw new Error('internal error requested by test hook (upstream response)');
     const now = performance.now();
     const env = this.env;
     if (env.metricsOn) {
@@ -561,7 +564,14 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
     }
     if (!this.writableHooked) {
       this.writableHooked = true;
-      res.onWritable((offset: number) => this.onWritable(offset));
+      res.onWritable((offset: number) => {
+        try {
+          return this.onWritable(offset);
+        } catch (err) {
+          this.crashed(err);
+          return true;
+        }
+      });
     }
   }
 
@@ -670,6 +680,18 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
   internalError(): void {
     if (this.finished) return;
     this.fail(Errors.INTERNAL, true);
+  }
+
+  /** A callback of this exchange threw: log it with the request id and end only this exchange. Never throws. */
+  crashed(err: unknown): void {
+    log('error', 'internal error while proxying; answered 500 or closed the client connection', {
+      requestId: this.requestId, route: this.route.id, error: err instanceof Error ? err.stack ?? err.message : String(err),
+    });
+    try {
+      this.internalError();
+    } catch {
+      // The response could not be ended either; uWS's idle timeout closes its connection.
+    }
   }
 
   private closeClient(): void {

@@ -393,8 +393,24 @@ export class UwsServer {
 
     const ex = new Exchange(res, this.env, route, pool, method, mIdx, requestId, head, bodyMode, route.maxBodyBytes, t0, clientClose);
     this.pendingEx = ex;
-    res.onAborted(() => ex.onClientAborted());
-    if (bodyMode !== REQ_BODY_NONE) res.onData((ab: ArrayBuffer, isLast: boolean) => ex.onClientData(ab, isLast));
+    if (TEST_HOOKS) ex.testThrow = req.getHeader(TEST_THROW_HEADER) === 'upstream';
+    // A throw out of a uWS callback would end the worker: a bug ends only its exchange.
+    res.onAborted(() => {
+      try {
+        ex.onClientAborted();
+      } catch (err) {
+        ex.crashed(err);
+      }
+    });
+    if (bodyMode !== REQ_BODY_NONE) {
+      res.onData((ab: ArrayBuffer, isLast: boolean) => {
+        try {
+          ex.onClientData(ab, isLast);
+        } catch (err) {
+          ex.crashed(err);
+        }
+      });
+    }
     ex.start();
     this.pendingEx = null;
   }
