@@ -1,0 +1,717 @@
+/**
+ * Every error the gateway answers by itself (common/errors.ts `Errors`) ×
+ * every common method, over raw TCP sockets, against real gateway processes
+ * and real upstreams.
+ *
+ * Why: `curl -I` (HEAD) to an unknown path once killed the whole process,
+ * because no test ever sent HEAD to a response the gateway makes itself.
+ * Each code has a trigger that works for every method (or says in the table
+ * why a method cannot reach it), and every (code, method) answer must:
+ *  - carry the code's status line (status AND reason phrase);
+ *  - carry the same headers as GET's answer to the same trigger (names and
+ *    values; the request id, Date and Content-Length differ per request and
+ *    are checked on their own);
+ *  - be `application/json`, with the request id header, equal for non-HEAD
+ *    to the body's `error.requestId`; the body is exactly the catalogue's;
+ *  - for HEAD: no body at all, and the Content-Length the GET body has
+ *    (same body, this request's id);
+ *  - `Allow` on 405 (and only there);
+ *  - leave the connection usable (`GET /ok` on the same socket answers 200
+ *    from the upstream), unless the answer is one that closes (bad framing,
+ *    a declared body above LINGER_MAX_BYTES or a chunked one, shutting_down,
+ *    internal_error): then the socket must close;
+ *  - leave the gateway process alive (and no worker restarted).
+ * Then turnpike_errors_total{code} on the admin /metrics must count exactly
+ * what the table sent.
+ *
+ * Two gateways: one for every code but shutting_down (TURNPIKE_TEST_HOOKS=1
+ * for internal_error), one that is shut down. All cases run concurrently,
+ * each on its own connection; results are collected first, asserted per
+ * case below.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import http from 'node:http';
+import net from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Errors, errorBody, type GatewayErrorDef } from '../../common/errors.js';
+import { LINGER_MAX_BYTES } from '../../workers/transport/uws-server.js';
+import { baseConfig, startGateway, type Gateway } from '../helpers/gateway.js';
+import { startRawUpstream, startUpstream, type Upstream } from '../helpers/upstream.js';
+
+const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'OPTIONS', 'PATCH'] as const;
+type Method = (typeof METHODS)[number];
+
+const RID = 'x-request-id';
+const RESPONSE_TIMEOUT_MS = 5000;
+/** How long a keep-alive answer is watched for stray bytes (a HEAD body) before the follow-up request. */
+const QUIET_MS = 60;
+/** How long an answer that closes may take to close its connection (uWS's own idle timeout is ~10 s). */
+const CLOSE_WAIT_MS = 1500;
+
+const SMALL_LIMIT = 8; // routes[small].maxBodyBytes
+const LIMITS = { maxUrlBytes: 2048, maxHeaderBytes: 8192, maxHeaderCount: 30 };
+
+// ------------------------------------------------------------------ raw client
+
+interface RawResponse {
+  statusLine: string;
+  /** [lowercased name, value] in wire order. */
+  headers: [string, string][];
+  body: Buffer;
+}
+
+function header(r: RawResponse, name: string): string[] {
+  return r.headers.filter(([k]) => k === name).map(([, v]) => v);
+}
+
+/** One client connection that reads HTTP/1.1 responses off a raw socket. */
+class RawConn {
+  private buf = Buffer.alloc(0);
+  ended = false;
+  private waiter: (() => void) | null = null;
+
+  private constructor(readonly socket: net.Socket) {
+    socket.on('data', (d: Buffer) => { this.buf = Buffer.concat([this.buf, d]); this.wake(); });
+    socket.on('end', () => { this.ended = true; this.wake(); });
+    socket.on('close', () => { this.ended = true; this.wake(); });
+    socket.on('error', () => { /* a reset shows as the end of the stream */ });
+  }
+
+  static open(port: number): Promise<RawConn> {
+    return new Promise((resolve, reject) => {
+      const s = net.connect(port, '127.0.0.1');
+      s.once('connect', () => resolve(new RawConn(s)));
+      s.once('error', reject);
+    });
+  }
+
+  write(data: Buffer): void {
+    this.socket.write(data);
+  }
+
+  private wake(): void {
+    const w = this.waiter;
+    this.waiter = null;
+    w?.();
+  }
+
+  /** Waits until `ready()` holds or the stream ends; false on timeout. */
+  private async until(ready: () => boolean, timeoutMs: number): Promise<boolean> {
+    const deadline = performance.now() + timeoutMs;
+    while (!ready()) {
+      if (this.ended) return ready();
+      const left = deadline - performance.now();
+      if (left <= 0) return false;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, left);
+        this.waiter = () => { clearTimeout(t); resolve(); };
+      });
+    }
+    return true;
+  }
+
+  /** Reads one response; a HEAD response ends with its head whatever its Content-Length says. */
+  async read(isHead: boolean, timeoutMs = RESPONSE_TIMEOUT_MS): Promise<RawResponse> {
+    const gotHead = await this.until(() => this.buf.indexOf('\r\n\r\n') !== -1, timeoutMs);
+    if (!gotHead) {
+      throw new Error(`no response head (${this.ended ? 'connection closed' : 'timeout'}); got ${JSON.stringify(this.buf.toString('latin1'))}`);
+    }
+    const end = this.buf.indexOf('\r\n\r\n');
+    const lines = this.buf.subarray(0, end).toString('latin1').split('\r\n');
+    const statusLine = lines[0]!;
+    const headers = lines.slice(1).map((l): [string, string] => {
+      const i = l.indexOf(':');
+      return [l.slice(0, i).trim().toLowerCase(), l.slice(i + 1).trim()];
+    });
+    this.buf = this.buf.subarray(end + 4);
+    const res: RawResponse = { statusLine, headers, body: Buffer.alloc(0) };
+    const status = Number(statusLine.split(' ')[1]);
+    if (isHead || status === 204 || status === 304) return res;
+    const cl = header(res, 'content-length');
+    if (cl.length === 1) {
+      const n = Number(cl[0]);
+      if (!(await this.until(() => this.buf.length >= n, timeoutMs))) {
+        throw new Error(`body shorter than Content-Length ${n}: ${JSON.stringify(this.buf.toString('latin1'))}`);
+      }
+      res.body = Buffer.from(this.buf.subarray(0, n));
+      this.buf = this.buf.subarray(n);
+      return res;
+    }
+    if (header(res, 'transfer-encoding').join(',').toLowerCase() === 'chunked') {
+      const parts: Buffer[] = [];
+      for (;;) {
+        if (!(await this.until(() => this.buf.indexOf('\r\n') !== -1, timeoutMs))) throw new Error('truncated chunk size');
+        const nl = this.buf.indexOf('\r\n');
+        const size = parseInt(this.buf.subarray(0, nl).toString('latin1'), 16);
+        if (!(await this.until(() => this.buf.length >= nl + 2 + size + 2, timeoutMs))) throw new Error('truncated chunk');
+        parts.push(Buffer.from(this.buf.subarray(nl + 2, nl + 2 + size)));
+        this.buf = this.buf.subarray(nl + 2 + size + 2);
+        if (size === 0) break;
+      }
+      res.body = Buffer.concat(parts);
+      return res;
+    }
+    throw new Error(`response without Content-Length or chunked framing: ${statusLine} ${JSON.stringify(headers)}`);
+  }
+
+  /** Bytes that arrive within `ms` with nothing asked for (must be none after a complete response). */
+  async stray(ms: number): Promise<string> {
+    await new Promise((r) => setTimeout(r, ms));
+    return this.buf.toString('latin1');
+  }
+
+  /** True when the peer closes within `timeoutMs`; `rest` = unread bytes. */
+  async closes(timeoutMs: number): Promise<{ closed: boolean; rest: string }> {
+    const closed = await this.until(() => this.ended, timeoutMs);
+    return { closed, rest: this.buf.toString('latin1') };
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+}
+
+// ------------------------------------------------------------------ requests
+
+const HAS_BODY = new Set<Method>(['POST', 'PUT', 'PATCH']);
+
+/** A raw request: Host `t` unless the headers bring their own; POST/PUT/PATCH carry `hello` unless `body` is given. */
+function raw(m: Method, target: string, headers: string[] = [], body?: string, opts: { noHost?: boolean } = {}): Buffer {
+  let b = body;
+  let hs = headers;
+  if (b === undefined && HAS_BODY.has(m)) {
+    b = 'hello';
+    hs = [...hs, 'Content-Length: 5'];
+  }
+  const lines = [`${m} ${target} HTTP/1.1`, ...(opts.noHost ? [] : ['Host: t']), ...hs];
+  return Buffer.from(lines.join('\r\n') + '\r\n\r\n' + (b ?? ''), 'latin1');
+}
+
+const OK_REQUEST = Buffer.from('GET /ok HTTP/1.1\r\nHost: t\r\n\r\n');
+
+// ------------------------------------------------------------------ the table
+
+interface Trigger {
+  error: GatewayErrorDef;
+  /** How the error is provoked (the table printed in the report). */
+  how: string;
+  /** The gateway must close the connection after answering (else it must stay usable). */
+  closes: boolean;
+  request(m: Method): Buffer;
+  /** Methods that cannot trigger this error, and why. (None so far: every method reaches every code.) */
+  cannot?: Partial<Record<Method, string>>;
+}
+
+const manyHeaders = Array.from({ length: LIMITS.maxHeaderCount + 1 }, (_, i) => `X-H${i}: 1`);
+
+/** Every code but shutting_down, on the main gateway. */
+const TABLE: Trigger[] = [
+  {
+    error: Errors.BAD_REQUEST, how: 'two different Content-Length values (bad framing)', closes: true,
+    request: (m) => raw(m, '/api/x', ['Content-Length: 1', 'Content-Length: 2'], ''),
+  },
+  {
+    error: Errors.BAD_REQUEST, how: 'a header value holding DEL (0x7f), on a proxied route', closes: false,
+    request: (m) => raw(m, '/api/x', ['X-Odd: a\x7fb']),
+  },
+  {
+    error: Errors.BAD_HOST, how: 'two Host lines', closes: false,
+    request: (m) => raw(m, '/api/x', ['Host: a', 'Host: b'], undefined, { noHost: true }),
+  },
+  {
+    error: Errors.BAD_HOST, how: 'an invalid Host value (`a b`)', closes: false,
+    request: (m) => raw(m, '/api/x', ['Host: a b'], undefined, { noHost: true }),
+  },
+  {
+    error: Errors.BAD_PATH, how: 'an invalid percent-escape: /a/%zz', closes: false,
+    request: (m) => raw(m, '/a/%zz'),
+  },
+  {
+    error: Errors.ROUTE_NOT_FOUND, how: 'a path no route matches: /nowhere', closes: false,
+    request: (m) => raw(m, '/nowhere'),
+  },
+  {
+    error: Errors.METHOD_NOT_ALLOWED, how: 'a route whose methods are [TRACE] only', closes: false,
+    request: (m) => raw(m, '/trace-only'),
+  },
+  {
+    error: Errors.BODY_TOO_LARGE, how: `Content-Length 16 (body sent) on a route with maxBodyBytes ${SMALL_LIMIT}`, closes: false,
+    request: (m) => raw(m, '/small/x', ['Content-Length: 16'], '0123456789abcdef'),
+  },
+  {
+    error: Errors.BODY_TOO_LARGE, how: 'Content-Length LINGER_MAX_BYTES + 1 declared (body not sent)', closes: true,
+    request: (m) => raw(m, '/small/x', [`Content-Length: ${LINGER_MAX_BYTES + 1}`], ''),
+  },
+  {
+    error: Errors.BODY_TOO_LARGE, how: `a chunked body of 16 bytes on a route with maxBodyBytes ${SMALL_LIMIT}`, closes: true,
+    request: (m) => raw(m, '/small/x', ['Transfer-Encoding: chunked'], '10\r\n0123456789abcdef\r\n0\r\n\r\n'),
+  },
+  {
+    error: Errors.URL_TOO_LONG, how: `a 3000-byte path (maxUrlBytes ${LIMITS.maxUrlBytes})`, closes: false,
+    request: (m) => raw(m, '/api/' + 'a'.repeat(3000)),
+  },
+  {
+    error: Errors.HEADERS_TOO_LARGE, how: `${LIMITS.maxHeaderCount + 1} extra headers (maxHeaderCount ${LIMITS.maxHeaderCount}; under uWS's own 48)`, closes: false,
+    request: (m) => raw(m, '/api/x', manyHeaders),
+  },
+  {
+    error: Errors.HEADERS_TOO_LARGE, how: `one 9000-byte header value (maxHeaderBytes ${LIMITS.maxHeaderBytes})`, closes: false,
+    request: (m) => raw(m, '/api/x', ['X-Big: ' + 'v'.repeat(9000)]),
+  },
+  {
+    error: Errors.UPSTREAM_CONNECT_FAILED, how: 'upstream target on a closed port', closes: false,
+    request: (m) => raw(m, '/dead/x'),
+  },
+  {
+    error: Errors.UPSTREAM_RESET, how: 'raw upstream that closes on the request head without answering', closes: false,
+    request: (m) => raw(m, '/reset/x'),
+  },
+  {
+    error: Errors.UPSTREAM_BAD_RESPONSE, how: 'raw upstream answering `NOT HTTP AT ALL`', closes: false,
+    request: (m) => raw(m, '/garbage/x'),
+  },
+  {
+    error: Errors.UPSTREAM_UNAVAILABLE, how: 'pool maxConnections 1, maxPending 0, its one connection held by a request', closes: false,
+    request: (m) => raw(m, '/busy/x'),
+  },
+  {
+    error: Errors.UPSTREAM_CONNECT_TIMEOUT, how: 'upstream whose accept queue is full (SYN dropped), connectMs 300', closes: false,
+    request: (m) => raw(m, '/blackhole/x'),
+  },
+  {
+    error: Errors.UPSTREAM_TIMEOUT, how: 'raw upstream that never answers, responseMs 300', closes: false,
+    request: (m) => raw(m, '/silent/x'),
+  },
+  {
+    // The handler throws before it has looked at the request's framing, so
+    // the gateway closes (uws-server.ts internalError passes close = true).
+    error: Errors.INTERNAL, how: 'TURNPIKE_TEST_HOOKS=1 + `x-turnpike-test-throw: handler`', closes: true,
+    request: (m) => raw(m, '/api/x', ['X-Turnpike-Test-Throw: handler']),
+  },
+];
+
+const SHUTTING_DOWN: Trigger = {
+  error: Errors.SHUTTING_DOWN,
+  how: 'second gateway: keep-alive connections opened first, one slow request in flight, SIGTERM, then requests on the open connections',
+  closes: true,
+  request: (m) => raw(m, '/ok'),
+};
+
+const ALL_TRIGGERS = [...TABLE, SHUTTING_DOWN];
+
+interface Outcome {
+  trigger: Trigger;
+  method: Method;
+  /** Thrown while running the case (no answer, timeout...). */
+  failure?: string;
+  response?: RawResponse;
+  /** Closing cases: whether the socket closed, and what came after the answer. */
+  closed?: boolean;
+  /** Bytes after the answer (a HEAD body, a second response...). */
+  stray?: string;
+  /** Closing cases left open: the answer to a `GET /ok` sent on that connection anyway. */
+  servedAfterClose?: RawResponse;
+  /** Keep-alive cases: the answer to `GET /ok` sent next on the same socket. */
+  followUp?: RawResponse;
+  followUpFailure?: string;
+}
+
+/** Reads the answer on `c` (the request already sent) and checks what happens to the connection after it. */
+async function finish(c: RawConn, t: Trigger, m: Method): Promise<Outcome> {
+  const out: Outcome = { trigger: t, method: m };
+  try {
+    out.response = await c.read(m === 'HEAD');
+    if (t.closes) {
+      const { closed, rest } = await c.closes(CLOSE_WAIT_MS);
+      out.closed = closed;
+      out.stray = rest;
+      if (!closed && rest === '') {
+        // Still open: does it serve the next request? (After bad framing that is request smuggling.)
+        c.write(OK_REQUEST);
+        try {
+          out.servedAfterClose = await c.read(false, 500);
+        } catch { /* not served: good */ }
+      }
+      return out;
+    }
+    out.stray = await c.stray(QUIET_MS);
+    if (out.stray !== '') return out;
+    c.write(OK_REQUEST);
+    try {
+      out.followUp = await c.read(false);
+    } catch (err) {
+      out.followUpFailure = (err as Error).message;
+    }
+  } catch (err) {
+    out.failure = (err as Error).message;
+  } finally {
+    c.destroy();
+  }
+  return out;
+}
+
+async function runCase(port: number, t: Trigger, m: Method): Promise<Outcome> {
+  let c: RawConn;
+  try {
+    c = await RawConn.open(port);
+  } catch (err) {
+    return { trigger: t, method: m, failure: `connect: ${(err as Error).message}` };
+  }
+  c.write(t.request(m));
+  return finish(c, t, m);
+}
+
+// ------------------------------------------------------------------ fixtures
+
+let okUp: Upstream;
+let rawUp: Upstream & { connections: number };
+let busyUp: Upstream;
+let slowUp: Upstream;
+const busyHeld: http.ServerResponse[] = [];
+const slowHeld: http.ServerResponse[] = [];
+let blackhole: ChildProcess | null = null;
+const fillers: net.Socket[] = [];
+let gw: Gateway;
+let drainGw: Gateway;
+let busyHolder: RawConn | null = null;
+const outcomes = new Map<string, Outcome>();
+const key = (t: Trigger, m: Method) => `${ALL_TRIGGERS.indexOf(t)}:${m}`;
+let drainMetrics = '';
+let drainAliveAfterAnswers = false;
+let drainSlowAnswer: RawResponse | null = null;
+let drainExit: number | null = null;
+/** A setup step that threw (reported by the tests that depend on it, so the rest still run). */
+let mainFailure: string | undefined;
+let drainFailure: string | undefined;
+
+/** A closed port: bound once, then released. */
+async function closedPort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+/**
+ * A listener that never accepts: a child process listens with backlog 1,
+ * then blocks its event loop for good (Atomics.wait). Connections fill its
+ * accept queue; once full, the kernel drops further SYNs, so a connect
+ * neither succeeds nor fails until the client gives up.
+ */
+async function startBlackhole(): Promise<number> {
+  const script = `
+    const net = require('node:net');
+    const s = net.createServer();
+    s.listen({ port: 0, host: '127.0.0.1', backlog: 1 }, () => {
+      require('node:fs').writeSync(1, s.address().port + '\\n');
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);
+    });`;
+  const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  blackhole = child;
+  const port = await new Promise<number>((resolve, reject) => {
+    let text = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      text += d.toString();
+      if (text.includes('\n')) resolve(Number(text.trim()));
+    });
+    child.once('exit', (code) => reject(new Error(`blackhole exited (${code})`)));
+  });
+  // Fill the accept queue until a connect no longer completes.
+  for (let i = 0; i < 16; i++) {
+    const s = net.connect(port, '127.0.0.1');
+    s.on('error', () => {});
+    fillers.push(s);
+    const connected = await new Promise<boolean>((resolve) => {
+      // Loopback handshakes complete in the kernel: a connect that takes this long was dropped.
+      const t = setTimeout(() => resolve(false), 400);
+      s.once('connect', () => { clearTimeout(t); resolve(true); });
+    });
+    if (!connected) return port;
+  }
+  throw new Error('could not fill the blackhole upstream\'s accept queue: connects keep completing');
+}
+
+async function scrape(adminPort: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    http.get({ host: '127.0.0.1', port: adminPort, path: '/metrics' }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => (text += d));
+      res.on('end', () => resolve(text));
+    }).on('error', reject);
+  });
+}
+
+function metricValue(text: string, series: string): number | null {
+  for (const line of text.split('\n')) {
+    if (line.startsWith(series + ' ')) return Number(line.slice(series.length + 1));
+  }
+  return null;
+}
+
+async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
+  const deadline = performance.now() + ms;
+  while (!cond()) {
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** The main gateway: every code but shutting_down. */
+async function startMain(): Promise<void> {
+  const [deadPort, blackholePort] = await Promise.all([closedPort(), startBlackhole()]);
+  gw = await startGateway(baseConfig({
+    server: { workers: 1, limits: LIMITS },
+    admin: { enabled: true, port: 0 },
+    upstreams: {
+      ok: { targets: [okUp.url] },
+      dead: { targets: [`http://127.0.0.1:${deadPort}`] },
+      raw: { targets: [rawUp.url], timeouts: { responseMs: 300 } },
+      busy: { targets: [busyUp.url], pool: { maxConnections: 1, maxPending: 0 } },
+      // responseMs too: if a connect ever got through, the case fails fast with the wrong code.
+      blackhole: { targets: [`http://127.0.0.1:${blackholePort}`], timeouts: { connectMs: 300, responseMs: 300 } },
+    },
+    routes: [
+      { id: 'ok', path: '/ok', methods: ['GET'], upstream: 'ok' },
+      { id: 'api', path: '/api/*', upstream: 'ok' },
+      { id: 'small', path: '/small/*', upstream: 'ok', maxBodyBytes: SMALL_LIMIT },
+      { id: 'trace-only', path: '/trace-only', methods: ['TRACE'], upstream: 'ok' },
+      { id: 'dead', path: '/dead/*', upstream: 'dead' },
+      { id: 'reset', path: '/reset/*', upstream: 'raw' },
+      { id: 'garbage', path: '/garbage/*', upstream: 'raw' },
+      { id: 'silent', path: '/silent/*', upstream: 'raw' },
+      { id: 'busy', path: '/busy/*', upstream: 'busy' },
+      { id: 'blackhole', path: '/blackhole/*', upstream: 'blackhole' },
+    ],
+  }), { env: { TURNPIKE_TEST_HOOKS: '1' } });
+  // Hold the busy upstream's only connection.
+  busyHolder = await RawConn.open(gw.port);
+  busyHolder.write(Buffer.from('GET /busy/hold HTTP/1.1\r\nHost: t\r\n\r\n'));
+  await waitFor(() => busyHeld.length === 1, 5000, 'the busy upstream to hold a request');
+}
+
+async function runMainTable(): Promise<void> {
+  const runs: Promise<void>[] = [];
+  for (const t of TABLE) {
+    for (const m of METHODS) {
+      if (t.cannot?.[m] !== undefined) continue;
+      runs.push(runCase(gw.port, t, m).then((o) => { outcomes.set(key(t, m), o); }));
+    }
+  }
+  await Promise.all(runs);
+}
+
+/**
+ * shutting_down: keep-alive connections opened (and used) first, one slow
+ * request in flight, SIGTERM, wait until the listener is closed (then the
+ * worker is draining), then each method on an already open connection.
+ */
+async function runDrainScenario(): Promise<void> {
+  drainGw = await startGateway(baseConfig({
+    server: { workers: 1, drainTimeoutMs: 10_000 },
+    admin: { enabled: true, port: 0 },
+    upstreams: { ok: { targets: [okUp.url] }, slow: { targets: [slowUp.url] } },
+    routes: [
+      { id: 'ok', path: '/ok', methods: ['GET'], upstream: 'ok' },
+      { id: 'slow', path: '/slow', upstream: 'slow' },
+    ],
+  }));
+  const conns = new Map<Method, RawConn>();
+  await Promise.all(METHODS.map(async (m) => {
+    const c = await RawConn.open(drainGw.port);
+    c.write(OK_REQUEST);
+    const r = await c.read(false);
+    if (!r.statusLine.startsWith('HTTP/1.1 200')) throw new Error(`warm-up GET /ok: ${r.statusLine}`);
+    conns.set(m, c);
+  }));
+  const slow = await RawConn.open(drainGw.port);
+  slow.write(Buffer.from('GET /slow HTTP/1.1\r\nHost: t\r\n\r\n'));
+  await waitFor(() => slowHeld.length === 1, 5000, 'the slow upstream to hold a request');
+  drainGw.proc.kill('SIGTERM');
+  // Draining once new connections are refused (the worker sets `draining` as it closes its listener).
+  const deadline = performance.now() + 5000;
+  for (;;) {
+    const refused = await new Promise<boolean>((resolve) => {
+      const s = net.connect(drainGw.port, '127.0.0.1');
+      s.once('connect', () => { s.destroy(); resolve(false); });
+      s.once('error', () => resolve(true));
+    });
+    if (refused) break;
+    if (performance.now() > deadline) throw new Error('the draining gateway kept accepting connections');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  await Promise.all(METHODS.map(async (m) => {
+    const c = conns.get(m)!;
+    c.write(SHUTTING_DOWN.request(m));
+    outcomes.set(key(SHUTTING_DOWN, m), await finish(c, SHUTTING_DOWN, m));
+  }));
+  drainAliveAfterAnswers = drainGw.proc.exitCode === null && drainGw.proc.signalCode === null;
+  // The admin listener serves until the workers are done draining.
+  drainMetrics = await scrape(drainGw.adminPort!);
+  slowHeld[0]!.end('slow-ok');
+  try {
+    drainSlowAnswer = await slow.read(false);
+  } finally {
+    slow.destroy();
+  }
+  drainExit = await drainGw.exited;
+}
+
+beforeAll(async () => {
+  [okUp, rawUp, busyUp, slowUp] = await Promise.all([
+    startUpstream((req, res, body) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ method: req.method, url: req.url, bodyLength: body.length }));
+    }),
+    startRawUpstream((head, socket) => {
+      const url = head.split(' ')[1]!;
+      if (url.startsWith('/reset/')) socket.destroy();
+      else if (url.startsWith('/garbage/')) socket.end('NOT HTTP AT ALL\r\n\r\n');
+      // /silent/: never answers
+    }),
+    startUpstream((_req, res) => { busyHeld.push(res); }),
+    startUpstream((_req, res) => { slowHeld.push(res); }),
+  ]);
+  // The two gateways are independent: run them side by side.
+  await Promise.all([
+    startMain().then(runMainTable).catch((err: Error) => { mainFailure = err.stack ?? err.message; }),
+    runDrainScenario().catch((err: Error) => { drainFailure = err.stack ?? err.message; }),
+  ]);
+}, 60_000);
+
+afterAll(async () => {
+  for (const r of busyHeld) r.end('released');
+  busyHolder?.destroy();
+  for (const s of fillers) s.destroy();
+  blackhole?.kill('SIGKILL');
+  await gw?.stop();
+  await drainGw?.stop();
+  await Promise.all([okUp?.close(), rawUp?.close(), busyUp?.close(), slowUp?.close()]);
+});
+
+// ------------------------------------------------------------------ assertions
+
+/** Headers compared with GET's: everything but what differs per request. */
+function comparable(r: RawResponse): string[] {
+  return r.headers
+    .filter(([k]) => k !== RID && k !== 'date' && k !== 'content-length')
+    .map(([k, v]) => `${k}: ${v}`)
+    .sort();
+}
+
+
+/** The error code of a probe served on a connection that should have closed, if it was a gateway error. */
+function probeErrorCode(o: Outcome | undefined): string | null {
+  const r = o?.servedAfterClose;
+  if (r === undefined) return null;
+  try {
+    return JSON.parse(r.body.toString('utf8')).error.code ?? null;
+  } catch {
+    return null;
+  }
+}
+
+describe('every gateway error × every method', () => {
+  for (const t of ALL_TRIGGERS) for (const m of METHODS) it(`${t.error.code} ${m}: ${t.how}`, () => {
+    if (t.cannot?.[m] !== undefined) return; // documented in the table
+    expect(t === SHUTTING_DOWN ? drainFailure : mainFailure, 'setup').toBeUndefined();
+    const o = outcomes.get(key(t, m));
+    expect(o, 'case did not run').toBeDefined();
+    expect(o!.failure, 'an answer').toBeUndefined();
+    const r = o!.response!;
+    const e = t.error;
+
+    // Status and reason are the code's.
+    expect(r.statusLine).toBe(`HTTP/1.1 ${e.statusLine}`);
+    expect(header(r, 'content-type')).toEqual(['application/json']);
+    const ids = header(r, RID);
+    expect(ids).toHaveLength(1);
+    const rid = ids[0]!;
+    expect(rid).toMatch(/^[A-Za-z0-9._:-]{1,128}$/);
+    const contentLength = header(r, 'content-length');
+    expect(contentLength).toHaveLength(1);
+
+    if (m === 'HEAD') {
+      // No body, and the length GET's body has (the same body around this request's id).
+      expect(r.body.length).toBe(0);
+      expect(o!.stray ?? '', 'bytes after a HEAD answer').toBe('');
+      expect(Number(contentLength[0])).toBe(errorBody(e, rid).length);
+      const get = outcomes.get(key(t, 'GET'))?.response;
+      expect(get, 'GET answer to compare with').toBeDefined();
+      const getRid = header(get!, RID)[0]!;
+      expect(Number(contentLength[0])).toBe(get!.body.length - getRid.length + rid.length);
+    } else {
+      expect(Number(contentLength[0])).toBe(r.body.length);
+      const body = JSON.parse(r.body.toString('utf8'));
+      expect(body.error.code).toBe(e.code);
+      expect(body.error.requestId).toBe(rid);
+      expect(r.body.toString('utf8')).toBe(errorBody(e, rid));
+      expect(o!.stray ?? '', 'bytes after the answer').toBe('');
+    }
+
+    if (e === Errors.METHOD_NOT_ALLOWED) expect(header(r, 'allow')).toEqual(['TRACE']);
+    else expect(header(r, 'allow')).toEqual([]);
+
+    // Same headers as GET's answer to the same trigger.
+    if (m !== 'GET') {
+      const get = outcomes.get(key(t, 'GET'))?.response;
+      expect(get, 'GET answer to compare with').toBeDefined();
+      expect(comparable(r)).toEqual(comparable(get!));
+    }
+
+    // The connection after the answer.
+    if (t.closes) {
+      expect(o!.servedAfterClose?.statusLine, 'a request on a connection the gateway said it closes must not be served').toBeUndefined();
+      expect(o!.closed, 'the gateway closes the connection after this answer').toBe(true);
+    } else {
+      expect(o!.followUpFailure, 'GET /ok on the same connection').toBeUndefined();
+      const f = o!.followUp!;
+      expect(f.statusLine).toMatch(/^HTTP\/1\.1 200 /);
+      expect(JSON.parse(f.body.toString('utf8')).url).toBe('/ok');
+    }
+  });
+
+  it('the main gateway is alive, no worker restarted, no refused request reached an upstream, and /metrics counts every error the table sent', async () => {
+    expect(mainFailure, 'setup').toBeUndefined();
+    expect(gw.proc.exitCode).toBeNull();
+    expect(gw.proc.signalCode).toBeNull();
+    // Still answering.
+    const c = await RawConn.open(gw.port);
+    c.write(OK_REQUEST);
+    expect((await c.read(false)).statusLine).toMatch(/^HTTP\/1\.1 200 /);
+    c.destroy();
+    // Every request the `ok` upstream saw is a follow-up GET /ok: the client
+    // errors refused on /api/* and /small/* never left the gateway.
+    expect(okUp.seen.filter((s) => s.url !== '/ok').map((s) => `${s.method} ${s.url.slice(0, 40)}`)).toEqual([]);
+    const text = await scrape(gw.adminPort!);
+    expect(metricValue(text, 'turnpike_worker_restarts_total')).toBe(0);
+    const sent = new Map<string, number>();
+    for (const t of TABLE) {
+      const n = METHODS.filter((m) => t.cannot?.[m] === undefined).length;
+      sent.set(t.error.code, (sent.get(t.error.code) ?? 0) + n);
+    }
+    // A probe that a connection left open answered with an error counts too (its own test fails).
+    for (const t of TABLE) for (const m of METHODS) {
+      const code = probeErrorCode(outcomes.get(key(t, m)));
+      if (code !== null) sent.set(code, (sent.get(code) ?? 0) + 1);
+    }
+    const counted = Object.fromEntries([...sent.keys()].map((code) => [code, metricValue(text, `turnpike_errors_total{code="${code}"}`)]));
+    expect(counted).toEqual(Object.fromEntries(sent));
+  });
+
+  it('the draining gateway answered shutting_down while alive, counted it, then finished its slow request and exited 0', () => {
+    expect(drainFailure, 'setup').toBeUndefined();
+    expect(drainAliveAfterAnswers).toBe(true);
+    const probes = METHODS.filter((m) => probeErrorCode(outcomes.get(key(SHUTTING_DOWN, m))) === 'shutting_down').length;
+    expect(metricValue(drainMetrics, 'turnpike_errors_total{code="shutting_down"}')).toBe(METHODS.length + probes);
+    expect(drainSlowAnswer?.statusLine).toMatch(/^HTTP\/1\.1 200 /);
+    expect(drainSlowAnswer?.body.toString()).toBe('slow-ok');
+    expect(drainExit).toBe(0);
+  });
+
+  it('covers every code in the catalogue', () => {
+    const covered = new Set(ALL_TRIGGERS.map((t) => t.error.code));
+    expect([...covered].sort()).toEqual(Object.values(Errors).map((e) => e.code).sort());
+  });
+});
