@@ -151,6 +151,8 @@ function collectHeader(k: string, v: string): void {
  * solves the same problem). Larger declared bodies and chunked bodies (of
  * unknown size) close at once rather than be read for nothing.
  */
+const HEAD_INDEX = methodIndex('HEAD');
+
 export const LINGER_MAX_BYTES = 8 * 1024 * 1024;
 
 /** The last Host value found valid: clients send the same one again and again. */
@@ -301,9 +303,10 @@ export class UwsServer {
     req.forEach(collectHeader);
 
     const requestId = hRequestId !== null && isSafeRequestId(hRequestId) ? hRequestId : this.nextRequestId();
-    this.pendingId = requestId;
     const mIdx = methodIndex(method);
     const isHead = method === 'HEAD';
+    this.pendingId = requestId;
+    this.pendingMethod = mIdx;
     if (TEST_HOOKS && req.getHeader(TEST_THROW_HEADER) === 'handler') throw new Error('internal error requested by test hook');
 
     // Request framing first: whether a body follows decides whether an
@@ -415,9 +418,10 @@ export class UwsServer {
     this.pendingEx = null;
   }
 
-  /** The exchange the handler is starting, and the request id it gave out: what a throw must clean up. */
+  /** The exchange the handler is starting, the request id it gave out and the method's index: what a throw must clean up. */
   private pendingEx: Exchange | null = null;
   private pendingId = '';
+  private pendingMethod = 0;
 
   private acceptHost(h: string): boolean {
     if (!isValidHost(h)) return false;
@@ -433,7 +437,7 @@ export class UwsServer {
     });
     try {
       if (ex !== null) ex.internalError();
-      else this.reject(res, Errors.INTERNAL, this.pendingId, 0, false, performance.now(), true);
+      else this.reject(res, Errors.INTERNAL, this.pendingId, this.pendingMethod, this.pendingMethod === HEAD_INDEX, performance.now(), true);
     } catch {
       // The response was already ended (or the client is gone): nothing to answer.
     }
