@@ -236,6 +236,39 @@ const MANAGED_HEADERS = new Set([
   'content-length', 'transfer-encoding', 'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade',
 ]);
 
+/**
+ * Request fields the gateway writes itself, with what to use instead. A rule
+ * that set or added one would send the upstream a second line (two Host
+ * lines: RFC 9112 3.2 says 400) or fight the gateway's own value.
+ */
+const REQUEST_MANAGED: ReadonlyMap<string, string> = new Map([
+  ['host', 'the gateway sends the target\'s host (or the client\'s with preserveHost: true)'],
+  ['expect', 'the gateway answers Expect itself and never forwards it'],
+  ['x-forwarded-for', 'the gateway appends it (server.forwarded.xForwardedFor)'],
+  ['x-forwarded-proto', 'the gateway sets it (server.forwarded.xForwardedProtoHost)'],
+  ['x-forwarded-host', 'the gateway sets it (server.forwarded.xForwardedProtoHost)'],
+  ['forwarded', 'the gateway appends it (server.forwarded.forwarded)'],
+]);
+
+/**
+ * Response fields this uWS build writes itself (every response gets its own
+ * `Date` and `uWebSockets: 20`): a rule could only add a second line.
+ */
+const RESPONSE_MANAGED: ReadonlyMap<string, string> = new Map([
+  ['date', 'the server writes its own Date on every response (the upstream\'s is dropped)'],
+  ['uwebsockets', 'uWebSockets writes this header itself on every response'],
+]);
+
+/**
+ * Names server.requestIdHeader may not take: the gateway writes the request
+ * id into that header on the way up and down, so it must be a header of its
+ * own, never one that frames a message, routes it or carries credentials.
+ */
+const RESERVED_REQUEST_ID_NAMES = new Set([
+  ...MANAGED_HEADERS, ...REQUEST_MANAGED.keys(), ...RESPONSE_MANAGED.keys(),
+  'authorization', 'proxy-authorization', 'cookie', 'set-cookie', 'content-type', 'content-encoding', 'location',
+]);
+
 /** Params of a route path pattern in order (`*` for the trailing wildcard). */
 export function pathParams(path: string): string[] {
   const names: string[] = [];
@@ -268,7 +301,7 @@ function staticPrefix(path: string): string {
   return m === null ? path : path.slice(0, m.index);
 }
 
-function checkHeaderPolicy(policy: unknown, at: PathSegment[], out: ConfigError[]): void {
+function checkHeaderPolicy(policy: unknown, at: PathSegment[], out: ConfigError[], requestIdHeader: string): void {
   if (!isPlainObject(policy)) return;
   for (const side of ['request', 'response'] as const) {
     const rules = policy[side];
@@ -280,8 +313,15 @@ function checkHeaderPolicy(policy: unknown, at: PathSegment[], out: ConfigError[
       for (const name of Object.keys(map)) {
         const lower = name.toLowerCase();
         const path = formatPath([...at, side, op, name]);
-        if (MANAGED_HEADERS.has(lower)) {
-          out.push({ path, message: `header "${lower}" is managed by the gateway (message framing / hop-by-hop) and cannot be ${op === 'set' ? 'set' : 'added'}` });
+        const verb = op === 'set' ? 'set' : 'added';
+        if (MANAGED_HEADERS.has(lower) || lower.startsWith('proxy-')) {
+          out.push({ path, message: `header "${lower}" is managed by the gateway (message framing / hop-by-hop) and cannot be ${verb}` });
+        } else if (side === 'request' && REQUEST_MANAGED.has(lower)) {
+          out.push({ path, message: `header "${lower}" cannot be ${verb}: ${REQUEST_MANAGED.get(lower)!}` });
+        } else if (side === 'response' && RESPONSE_MANAGED.has(lower)) {
+          out.push({ path, message: `header "${lower}" cannot be ${verb}: ${RESPONSE_MANAGED.get(lower)!}` });
+        } else if (lower === requestIdHeader) {
+          out.push({ path, message: `header "${lower}" cannot be ${verb}: it carries the request id (server.requestIdHeader)` });
         }
         const prev = seen.get(lower);
         if (prev !== undefined && op === 'set') {
@@ -293,12 +333,12 @@ function checkHeaderPolicy(policy: unknown, at: PathSegment[], out: ConfigError[
   }
 }
 
-function checkUpstreams(upstreams: unknown, out: ConfigError[]): void {
+function checkUpstreams(upstreams: unknown, out: ConfigError[], requestIdHeader: string): void {
   if (!isPlainObject(upstreams)) return;
   for (const name of Object.keys(upstreams)) {
     const up = upstreams[name];
     if (!isPlainObject(up)) continue;
-    checkHeaderPolicy(up['headers'], ['upstreams', name, 'headers'], out);
+    checkHeaderPolicy(up['headers'], ['upstreams', name, 'headers'], out, requestIdHeader);
     const targets = up['targets'];
     if (!Array.isArray(targets)) continue;
     const seen = new Map<string, number>();
@@ -330,7 +370,7 @@ function checkUpstreams(upstreams: unknown, out: ConfigError[]): void {
   }
 }
 
-function checkRoutes(doc: Record<string, unknown>, checkPattern: PatternChecker | undefined, out: ConfigError[]): void {
+function checkRoutes(doc: Record<string, unknown>, checkPattern: PatternChecker | undefined, out: ConfigError[], requestIdHeader: string): void {
   const routes = doc['routes'];
   if (!Array.isArray(routes)) return;
   const upstreams = isPlainObject(doc['upstreams']) ? Object.keys(doc['upstreams']) : [];
@@ -356,7 +396,7 @@ function checkRoutes(doc: Record<string, unknown>, checkPattern: PatternChecker 
       const problem = checkPattern(path);
       if (problem !== null) out.push({ path: formatPath(['routes', i, 'path']), message: problem });
     }
-    checkHeaderPolicy(r['headers'], ['routes', i, 'headers'], out);
+    checkHeaderPolicy(r['headers'], ['routes', i, 'headers'], out, requestIdHeader);
     const rw = r['rewrite'];
     if (!pathOk || !isPlainObject(rw)) return;
     const params = pathParams(path);
@@ -393,15 +433,23 @@ export function semanticErrors(doc: Record<string, unknown>, checkPattern?: Patt
   const out: ConfigError[] = [];
   const server = doc['server'];
   const admin = doc['admin'];
-  if (isPlainObject(server)) checkHeaderPolicy(server['headers'], ['server', 'headers'], out);
-  checkUpstreams(doc['upstreams'], out);
-  checkRoutes(doc, checkPattern, out);
+  const rid = isPlainObject(server) && typeof server['requestIdHeader'] === 'string' ? server['requestIdHeader'].toLowerCase() : DEFAULTS.server.requestIdHeader;
+  if (RESERVED_REQUEST_ID_NAMES.has(rid) || rid.startsWith('proxy-')) {
+    out.push({ path: 'server.requestIdHeader', message: `"${rid}" is a header the gateway or HTTP itself gives a meaning; the request id needs a header of its own (e.g. x-request-id)` });
+  }
+  if (isPlainObject(server)) checkHeaderPolicy(server['headers'], ['server', 'headers'], out, rid);
+  checkUpstreams(doc['upstreams'], out, rid);
+  checkRoutes(doc, checkPattern, out, rid);
   const serverPort = isPlainObject(server) && server['port'] !== undefined ? server['port'] : DEFAULTS.server.port;
   const adminPort = isPlainObject(admin) && admin['port'] !== undefined ? admin['port'] : DEFAULTS.admin.port;
   const adminOn = !(isPlainObject(admin) && admin['enabled'] === false);
   const validPort = (p: unknown): p is number => Number.isInteger(p) && (p as number) > 0 && (p as number) <= 65535;
   if (adminOn && validPort(serverPort) && serverPort === adminPort) {
-    out.push({ path: 'admin.port', message: `same port as server.port (${serverPort}); choose another port or set admin.enabled: false` });
+    // Name a key the document has: the clash may come from a default.
+    const adminSet = isPlainObject(admin) && admin['port'] !== undefined;
+    out.push(adminSet
+      ? { path: 'admin.port', message: `same port as server.port (${serverPort}); choose another port or set admin.enabled: false` }
+      : { path: 'server.port', message: `${serverPort} is the admin listener's default port (admin.port); choose another server.port, set admin.port, or set admin.enabled: false` });
   }
   return out;
 }

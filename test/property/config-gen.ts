@@ -129,8 +129,11 @@ const PRIORITIES = [0, 0, 1, -1, 5, 10, 1_000_000, -1_000_000];
 const BAD_PRIORITIES = [1_000_001, 0.5, '1', null, -1_000_001];
 const UPSTREAM_NAMES = ['users', 'users-v2', 'orders', 'a.b', 'svc:1', 'Users', '0', 'constructor', 'toString', 'x_y'];
 const BAD_UPSTREAM_NAMES = ['_hidden', '-x', 'a b', '', 'é', 'x'.repeat(129)];
-const HEADER_NAMES = ['x-a', 'X-A', 'x-b', 'x-service', 'cookie', 'server', 'cache-control', 'x-request-id', 'content-type', 'x-forwarded-for', 'host', 'expect', 'accept', 'x_under', '__proto__', 'constructor'];
-const BAD_HEADER_NAMES = ['content-length', 'transfer-encoding', 'connection', 'keep-alive', 'te', 'upgrade', 'bad name', 'x:y', '', 'é'];
+const HEADER_NAMES = ['x-a', 'X-A', 'x-b', 'x-service', 'cookie', 'server', 'cache-control', 'x-request-id', 'content-type', 'accept', 'x_under', '__proto__', 'constructor'];
+// A rule may not set or add framing or hop-by-hop fields, nor what the gateway writes itself (host, expect,
+// x-forwarded-*, forwarded, the request id header): those are "bad" names for set/add (remove takes any).
+const BAD_HEADER_NAMES = ['content-length', 'transfer-encoding', 'connection', 'keep-alive', 'te', 'upgrade', 'bad name', 'x:y', '', 'é',
+  'host', 'expect', 'x-forwarded-for', 'forwarded'];
 const HEADER_VALUES: unknown[] = ['v', '1', 2, true, false, 0, '', 'a\tb', 'héllo', 'x'.repeat(200), 'a, b', '"quoted"'];
 const BAD_HEADER_VALUES: unknown[] = ['a\r\nb', 'a\nb', '\u0000', 'a\u007f', null, [], {}];
 /** Predicate header names: never one a client library adds by itself (host, connection, content-length...). */

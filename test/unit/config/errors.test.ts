@@ -263,3 +263,39 @@ describe('helpers', () => {
     expect(didYouMean('zzzzzz', ['users'])).toBeNull();
   });
 });
+
+describe('headers the gateway writes itself cannot be configured (found by test/property)', () => {
+  it.each(['transfer-encoding', 'content-length', 'host', 'connection', 'authorization', 'cookie', 'date', 'proxy-foo'])(
+    'server.requestIdHeader %s is refused', (name) => {
+      expect(lines(withServer({ requestIdHeader: name }))[0]).toMatch(/^server\.requestIdHeader: ".*" is a header the gateway or HTTP itself gives a meaning/);
+    });
+
+  it.each([
+    ['host', /the gateway sends the target's host/], ['expect', /answers Expect itself/], ['x-forwarded-for', /server\.forwarded\.xForwardedFor/],
+    ['X-Forwarded-Host', /xForwardedProtoHost/], ['forwarded', /server\.forwarded\.forwarded/], ['x-request-id', /carries the request id/],
+  ])('request rule naming %s is refused, saying why', (name, why) => {
+    for (const op of ['set', 'add']) {
+      const errs = lines(withRoute({ headers: { request: { [op]: { [name]: 'v' } } } }));
+      expect(errs).toHaveLength(1);
+      expect(errs[0]).toMatch(new RegExp(`^routes\\[0\\]\\.headers\\.request\\.${op}\\.${name}: header "${name.toLowerCase()}" cannot be`));
+      expect(errs[0]).toMatch(why);
+    }
+  });
+
+  it('response rules naming date or uWebSockets are refused (this build writes them itself)', () => {
+    expect(lines(withServer({ headers: { response: { set: { Date: 'x' } } } }))).toEqual([
+      'server.headers.response.set.Date: header "date" cannot be set: the server writes its own Date on every response (the upstream\'s is dropped)',
+    ]);
+    expect(lines(withUpstream({ targets: ['http://a:1'], headers: { response: { add: { uWebSockets: '1' } } } }))[0]).toMatch(/uWebSockets writes this header itself/);
+  });
+
+  it('removing a managed header stays allowed (it is dropped anyway)', () => {
+    expect(validateConfig(withRoute({ headers: { request: { remove: ['host', 'x-forwarded-for'] }, response: { remove: ['date'] } } })).ok).toBe(true);
+  });
+
+  it('a port clash with the admin default names the key the document has', () => {
+    expect(lines(withServer({ port: 9901 }))).toEqual([
+      'server.port: 9901 is the admin listener\'s default port (admin.port); choose another server.port, set admin.port, or set admin.enabled: false',
+    ]);
+  });
+});
