@@ -402,7 +402,7 @@ export async function runFuzz(env: FuzzEnv, o: FuzzOptions): Promise<FuzzReport>
       pending.add(p);
       void p.then(() => pending.delete(p));
       if (cases % o.batchSize === 0) {
-        env.upstream.prune(performance.now() - 30_000);
+        env.upstream.prune(performance.now() - 10_000);
         await aliveCheck();
       }
       if (o.onlyCase !== null) stop = true;
