@@ -4,31 +4,180 @@
  * cheapest client there is: ~10 µs per proxied request here, see
  * ENVIRONMENT.md). Routing, path normalisation, header plans, limits, error
  * bodies and metrics are the same code as the uWS backend's; only the
- * transport differs.
+ * transport differs. The rules are the uWS backend's too (uws-server.ts):
+ * exactly one valid Host, `close` anywhere in Connection, header bytes
+ * forwarded exactly or 400, HEAD answered with the GET's head, a bug answers
+ * 500 internal_error instead of ending the worker.
  *
- * Differences from the uWS backend (documented in the README):
- *  - Bun's Headers merge repeated request headers with ", " (Set-Cookie
- *    excepted), so the upstream sees one line per name;
- *  - connect/response timeouts are enforced together by one AbortSignal
- *    (timeouts.connectMs + timeouts.responseMs) and body idle by Bun itself.
+ * What Bun.serve does by itself (probed with raw sockets; README, Bun
+ * section) and what this file does about it:
+ *  - repeated request header lines reach the handler as one value joined
+ *    with ", " (Connection, Transfer-Encoding, Host, the request id...):
+ *    every decision is therefore taken on all the lines. Two Host lines
+ *    become "a, b", which isValidHost refuses (400 bad_host); two request
+ *    ids are never a safe id (one is generated); identical Content-Length
+ *    lines ("3, 3") are one length, as on uWS;
+ *  - header values arrive as latin1 strings (one char per byte) and fetch()
+ *    writes such strings back as the same bytes, so header bytes reach the
+ *    upstream exactly (DEL, which Bun lets through, is refused as on uWS);
+ *  - `close` anywhere in a Connection list closes the connection after the
+ *    response; a `Connection: close` response header does the same, which
+ *    is how the gateway closes when it must (an early answer while a
+ *    chunked or over-LINGER_MAX_BYTES body is unread, 500, draining). A
+ *    smaller declared body left unread is read and discarded by Bun;
+ *  - a null-body HEAD response keeps an explicit Content-Length but carries
+ *    no Date, and gets `Content-Length: 0` when it has none: HEAD answers
+ *    set Date, and `Transfer-Encoding: chunked` when the GET's length is
+ *    unknown (no body bytes follow either way);
+ *  - Bun.serve's idle timeout (10 s by default) also runs while a handler
+ *    waits for the upstream: it is set to cover every upstream's head wait
+ *    and idleMs, and a request that needs more (after a reload) raises its
+ *    own with server.timeout();
+ *  - Bun ignores statusText and writes its own reason phrases;
+ *  - fetch() refuses a body on GET/HEAD: such a request is refused (400)
+ *    rather than forwarded without its body.
  */
 import { Errors, errorBody, type GatewayErrorDef } from '../../common/errors.js';
+import { log } from '../../common/log.js';
 import { DURATION_BUCKETS, G_IN_FLIGHT, S_UPSTREAM, methodIndex, observe, slotBase } from '../../common/metrics-layout.js';
 import { countError, recordRequest } from '../request-metrics.js';
-import type { Dataplane } from '../dataplane.js';
-import { connectionListed, isSafeRequestId } from '../proxy/headers.js';
+import type { Dataplane, RouteContext } from '../dataplane.js';
+import { connectionListed, hasCloseOption, isSafeRequestId } from '../proxy/headers.js';
 import { parseContentLength } from '../proxy/http1-parser.js';
 import { MATCH_FOUND } from '../router/types.js';
-import { normalizeHost, normalizePath } from '../router/normalize.js';
-import type { ServerOptions } from './uws-server.js';
+import { isValidHost, normalizeHost, normalizePath } from '../router/normalize.js';
+import { LINGER_MAX_BYTES, type ServerOptions } from './uws-server.js';
 
 declare const Bun: any;
+
+const BODY_NONE = 0;
+const BODY_LENGTH = 1;
+const BODY_CHUNKED = 2;
+
+/**
+ * Test hooks (TURNPIKE_TEST_HOOKS=1 only), the same as the uWS backend's: a
+ * request carrying this header with `handler` makes the handler throw, with
+ * `upstream` the code that handles the upstream's response head, so tests
+ * can check that a bug becomes a 500 internal_error and a log line, not a
+ * dead worker.
+ */
+const TEST_HOOKS = process.env.TURNPIKE_TEST_HOOKS === '1';
+const TEST_THROW_HEADER = 'x-turnpike-test-throw';
+
+/** Longest idle timeout Bun accepts (seconds); 0 turns it off. */
+const BUN_MAX_IDLE_S = 255;
+/** Bun.serve's default idle timeout (seconds): never set shorter. */
+const BUN_DEFAULT_IDLE_S = 10;
+
+/** Bun adds Date to every response but a null-body HEAD one: HEAD answers carry it themselves. */
+let dateSecond = -1;
+let dateText = '';
+function httpDate(): string {
+  const s = Math.floor(Date.now() / 1000);
+  if (s !== dateSecond) {
+    dateSecond = s;
+    dateText = new Date(s * 1000).toUTCString();
+  }
+  return dateText;
+}
+
+/**
+ * Content-Length as Bun hands it: repeated lines are joined with ", ", so
+ * "3, 3" is two identical lines (one length, RFC 9110 8.6, as on uWS) and
+ * "3, 4" a conflict (-1). Bun refuses a list on one line itself.
+ */
+function contentLengthOf(v: string): number {
+  const n = parseContentLength(v);
+  if (n >= 0 || v.indexOf(',') === -1) return n;
+  const parts = v.split(',');
+  const first = parts[0]!.trim();
+  for (let i = 1; i < parts.length; i++) if (parts[i]!.trim() !== first) return -1;
+  return parseContentLength(first);
+}
+
+/**
+ * The request target from Bun's req.url: an absolute URL built from the
+ * Host header, or only the target when that Host is not a valid authority
+ * (it is then refused as bad_host anyway). An authority-form (CONNECT) or
+ * `*` target comes back as it is, and normalizePath refuses it.
+ */
+function requestTarget(url: string): string {
+  if (url.charCodeAt(0) === 47) return url;
+  const s = url.indexOf('://');
+  if (s === -1) return url;
+  const p = url.indexOf('/', s + 3);
+  return p === -1 ? '/' : url.slice(p);
+}
+
+/**
+ * Response header values from the config are text and go out as their
+ * UTF-8 bytes (as uWS writes them); Bun writes a header string as latin1
+ * and throws on a char above U+00FF, so they are given to it as latin1
+ * strings of their UTF-8 bytes. Cached per compiled plan.
+ */
+const latin1Extras = new WeakMap<readonly string[], readonly string[]>();
+function latin1Extra(extra: readonly string[]): readonly string[] {
+  let out = latin1Extras.get(extra);
+  if (out === undefined) {
+    out = extra.map((v, i) => (i % 2 === 1 ? Buffer.from(v, 'utf8').toString('latin1') : v));
+    latin1Extras.set(extra, out);
+  }
+  return out;
+}
+
+/** A request body over its route's limit: the counting stream errors with this. */
+class BodyTooLarge extends Error {}
+
+/**
+ * A chunked request body counted on its way to the upstream and cut off
+ * past the route's limit (a Content-Length body is checked before a byte is
+ * read). Bun's own maxRequestBodySize is set out of the way so that every
+ * 413 is the gateway's JSON one.
+ */
+function limitedBody(body: ReadableStream<Uint8Array>, limit: number): ReadableStream<Uint8Array> {
+  let seen = 0;
+  return body.pipeThrough(new TransformStream<Uint8Array, Uint8Array>({
+    transform(chunk, ctl) {
+      seen += chunk.byteLength;
+      if (seen > limit) ctl.error(new BodyTooLarge('request body over the route limit'));
+      else ctl.enqueue(chunk);
+    },
+  }));
+}
+
+function abortUpstream(ac: AbortController): void {
+  ac.abort();
+}
+
+/** Seconds of client-connection silence a request may need while waiting for its upstream's response head. */
+function headWaitSeconds(t: { connectMs: number; responseMs: number }): number {
+  return Math.ceil((t.connectMs + t.responseMs) / 1000) + 1;
+}
+
+/**
+ * Bun.serve's idleTimeout for a config: long enough for every upstream's
+ * response head and body silence (idleMs), so that the common request
+ * needs no per-request server.timeout() call (measurably not free); never
+ * below Bun's default, at most what Bun accepts.
+ */
+function serverIdleSeconds(dp: Dataplane): number {
+  let s = BUN_DEFAULT_IDLE_S;
+  for (const u of dp.upstreams.values()) {
+    const t = u.config.timeouts;
+    s = Math.max(s, headWaitSeconds(t), Math.ceil(t.idleMs / 1000));
+  }
+  return Math.min(s, BUN_MAX_IDLE_S);
+}
 
 export class BunServer {
   private dp: Dataplane;
   private server: any = null;
   private ridCounter = 0;
   private readonly ridPrefix: string;
+  /** The request id the synchronous part of the handler gave out: what a throw there is logged with. */
+  private pendingId = '';
+  /** Bun.serve's idleTimeout, fixed at listen (serverIdleSeconds); requests that need more set their own. */
+  private idleS = BUN_DEFAULT_IDLE_S;
   inFlight = 0;
   draining = false;
 
@@ -38,15 +187,21 @@ export class BunServer {
   }
 
   async listen(): Promise<number> {
-    const limits = this.dp.config.server.limits;
+    this.idleS = serverIdleSeconds(this.dp);
     this.server = Bun.serve({
       hostname: this.opts.host,
       port: this.opts.port,
       reusePort: true,
-      // Bun refuses larger bodies itself; per-route limits are checked below.
-      maxRequestBodySize: Math.max(limits.maxBodyBytes, ...this.dp.routes.map((r) => r.maxBodyBytes)),
+      // Bun's idle timer also runs while a handler waits for its upstream
+      // (it would close the client connection with no answer): see proxy().
+      idleTimeout: this.idleS,
+      // The gateway checks Content-Length against the route's limit before
+      // reading a byte and counts chunked bodies itself (JSON 413); Bun's
+      // own refusal would be a bare 413 after its `100 Continue`.
+      maxRequestBodySize: Number.MAX_SAFE_INTEGER,
       fetch: (req: Request, server: any) => this.onRequest(req, server),
-      error: () => this.errorResponse(Errors.INTERNAL, this.nextRequestId(), false),
+      // Only reached if something throws outside onRequest's own guard.
+      error: (err: unknown) => this.internalError(err, this.nextRequestId(), 0, false, performance.now()),
     });
     const port = this.server.port as number;
     this.opts.onListen(port);
@@ -81,78 +236,149 @@ export class BunServer {
     recordRequest(this.opts.metrics, this.opts.latency, slot, mIdx, e.status, performance.now() - t0);
   }
 
-  private errorResponse(e: GatewayErrorDef, requestId: string, isHead: boolean, extra?: Record<string, string>): Response {
-    const headers: Record<string, string> = { 'content-type': 'application/json', [this.dp.config.server.requestIdHeader]: requestId, ...extra };
-    return new Response(isHead ? null : errorBody(e, requestId), { status: e.status, headers });
+  /**
+   * A gateway error: JSON body, request id, `Allow` for 405, and for HEAD
+   * the same head (Content-Length of the JSON, Date) without the body.
+   * `close` adds `Connection: close`, on which Bun closes after the response.
+   */
+  private errorResponse(e: GatewayErrorDef, requestId: string, isHead: boolean, close: boolean, allow: string | null = null): Response {
+    const body = errorBody(e, requestId);
+    const headers = new Headers();
+    headers.set('content-type', 'application/json');
+    headers.set(this.dp.config.server.requestIdHeader, requestId);
+    if (allow !== null) headers.set('allow', allow);
+    if (close) headers.set('connection', 'close');
+    const init = { status: e.status, statusText: e.statusLine.slice(4), headers };
+    if (!isHead) return new Response(body, init);
+    // Messages and request ids are ASCII: length in characters = in bytes.
+    headers.set('content-length', String(body.length));
+    headers.set('date', httpDate());
+    return new Response(null, init);
   }
 
-  private async onRequest(req: Request, server: any): Promise<Response> {
+  /**
+   * A bug: logged with the request id and stack, answered 500 internal_error
+   * (counted under the request's method) and the connection closed.
+   */
+  private internalError(err: unknown, requestId: string, mIdx: number, isHead: boolean, t0: number): Response {
+    log('error', 'internal error in the request handler; answered 500', {
+      requestId, error: err instanceof Error ? err.stack ?? err.message : String(err),
+    });
+    this.count(Errors.INTERNAL, 0, mIdx, t0);
+    return this.errorResponse(Errors.INTERNAL, requestId, isHead, true);
+  }
+
+  /**
+   * Bun calls this for every request. A throw out of the handler would reach
+   * Bun's error callback without the request id: the synchronous part is
+   * guarded here, the asynchronous part (proxy) guards itself.
+   */
+  private onRequest(req: Request, server: any): Response | Promise<Response> {
+    this.pendingId = '';
     const t0 = performance.now();
+    try {
+      return this.handle(req, server, t0);
+    } catch (err) {
+      const method = req.method;
+      const id = this.pendingId !== '' ? this.pendingId : this.nextRequestId();
+      return this.internalError(err, id, methodIndex(method), method === 'HEAD', t0);
+    }
+  }
+
+  private handle(req: Request, server: any, t0: number): Response | Promise<Response> {
     const dp = this.dp;
     const cfg = dp.config.server;
     const limits = cfg.limits;
     const method = req.method;
     const mIdx = methodIndex(method);
     const isHead = method === 'HEAD';
-    const ridName = cfg.requestIdHeader;
-    const incomingRid = req.headers.get(ridName);
+    const h = req.headers;
+    // Repeated lines are joined with ", ": never a safe id, so one is generated.
+    const incomingRid = h.get(cfg.requestIdHeader);
     const requestId = incomingRid !== null && isSafeRequestId(incomingRid) ? incomingRid : this.nextRequestId();
-    const reject = (e: GatewayErrorDef, slot = 0, extra?: Record<string, string>) => {
-      this.count(e, slot, mIdx, t0);
-      return this.errorResponse(e, requestId, isHead, extra);
-    };
-    if (this.draining) return reject(Errors.SHUTTING_DOWN);
+    this.pendingId = requestId;
+    if (TEST_HOOKS && h.get(TEST_THROW_HEADER) === 'handler') throw new Error('internal error requested by test hook');
 
-    // The request target: Bun hands an absolute URL; take path and query verbatim.
-    const url = req.url;
-    const pathStart = url.indexOf('/', url.indexOf('://') + 3);
-    const target = pathStart === -1 ? '/' : url.slice(pathStart);
-    if (target.length > limits.maxUrlBytes) return reject(Errors.URL_TOO_LONG);
+    // Request framing first: whether a body follows decides whether an early
+    // answer closes the connection. (Bun itself refuses two different
+    // Content-Length lines, a non-decimal one, CL with TE, and any transfer
+    // coding but chunked, before the handler runs.)
+    const cl = h.get('content-length');
+    const te = h.get('transfer-encoding');
+    let bodyMode = BODY_NONE;
+    let contentLength = 0;
+    let badFraming = false;
+    if (cl !== null) {
+      contentLength = contentLengthOf(cl);
+      badFraming = contentLength < 0 || te !== null;
+      if (contentLength > 0) bodyMode = BODY_LENGTH;
+    } else if (te !== null) {
+      badFraming = te.toLowerCase() !== 'chunked';
+      bodyMode = BODY_CHUNKED;
+    }
+    // `close` anywhere in Connection (all its lines, joined by Bun). An answer
+    // given before the body was read keeps the connection when the body to
+    // come is declared and at most LINGER_MAX_BYTES (Bun reads and discards
+    // it by its framing, as uWS does); a chunked or larger one closes.
+    const conn = h.get('connection');
+    const clientClose = conn !== null && hasCloseOption(conn);
+    const close = clientClose || bodyMode === BODY_CHUNKED || contentLength > LINGER_MAX_BYTES;
+    const reject = (e: GatewayErrorDef, closeIt: boolean, slot = 0, allow: string | null = null): Response => {
+      this.count(e, slot, mIdx, t0);
+      return this.errorResponse(e, requestId, isHead, closeIt, allow);
+    };
+
+    if (this.draining) return reject(Errors.SHUTTING_DOWN, true);
+    if (badFraming) return reject(Errors.BAD_REQUEST, true);
+    const target = requestTarget(req.url);
+    if (target.length > limits.maxUrlBytes) return reject(Errors.URL_TOO_LONG, close);
     const q = target.indexOf('?');
     const rawPath = q === -1 ? target : target.slice(0, q);
     const query = q === -1 ? '' : target.slice(q + 1);
 
     const flat: string[] = [];
     let bytes = 0;
-    req.headers.forEach((v: string, k: string) => {
+    let del = false;
+    h.forEach((v: string, k: string) => {
       flat.push(k, v);
       bytes += k.length + v.length;
+      // DEL is not a field-value character (RFC 9110 5.5); Bun lets it through, uWS's backend refuses it.
+      if (v.indexOf('\x7f') !== -1) del = true;
     });
-    if (flat.length > limits.maxHeaderCount * 2 || bytes > limits.maxHeaderBytes) return reject(Errors.HEADERS_TOO_LARGE);
-    const cl = req.headers.get('content-length');
-    const te = req.headers.get('transfer-encoding');
-    let contentLength = -1;
-    if (cl !== null) {
-      contentLength = parseContentLength(cl);
-      if (contentLength < 0 || te !== null) return reject(Errors.BAD_REQUEST);
-    } else if (te !== null && te.toLowerCase() !== 'chunked') {
-      return reject(Errors.BAD_REQUEST);
-    }
+    if (flat.length > limits.maxHeaderCount * 2 || bytes > limits.maxHeaderBytes) return reject(Errors.HEADERS_TOO_LARGE, close);
+    // RFC 9112 3.2: exactly one Host line (two arrive as "a, b", never valid), with a valid value, or 400.
+    const hostHeader = h.get('host');
+    if (hostHeader === null || !isValidHost(hostHeader)) return reject(Errors.BAD_HOST, close);
 
     const path = normalizePath(rawPath);
-    if (path === null) return reject(Errors.BAD_PATH);
-    const hostHeader = req.headers.get('host') ?? '';
+    if (path === null) return reject(Errors.BAD_PATH, close);
     const m = dp.router.find(method, normalizeHost(hostHeader), path, flat, query);
-    if (m === null) return reject(Errors.ROUTE_NOT_FOUND);
-    if (m.kind !== MATCH_FOUND) return reject(Errors.METHOD_NOT_ALLOWED, 0, { allow: m.allow });
+    if (m === null) return reject(Errors.ROUTE_NOT_FOUND, close);
+    if (m.kind !== MATCH_FOUND) return reject(Errors.METHOD_NOT_ALLOWED, close, 0, m.allow);
     const route = m.data!;
-    if (contentLength > route.maxBodyBytes) return reject(Errors.BODY_TOO_LARGE, route.slot);
+    // Refused before reading a byte of it (Bun has already sent `100 Continue` to an Expect).
+    if (bodyMode === BODY_LENGTH && contentLength > route.maxBodyBytes) return reject(Errors.BODY_TOO_LARGE, close, route.slot);
+    // Bun's fetch cannot send a GET or HEAD body: refused rather than forwarded without it.
+    if (bodyMode !== BODY_NONE && (method === 'GET' || isHead)) return reject(Errors.BAD_REQUEST, close, route.slot);
+    if (del) return reject(Errors.BAD_REQUEST, close, route.slot);
 
-    const upstreamPath = route.rewrite === null ? path : route.rewrite(path, m.paramNames, m.params);
+    // --- upstream request
+    const upstreamPath = route.rewrite !== null
+      ? route.rewrite(path, m.paramNames, m.params)
+      : route.forwardOriginalPath ? rawPath : path;
     const clientIp: string = server.requestIP(req)?.address ?? '';
     const pool = route.upstream.pick(clientIp);
     const headers = new Headers();
     const drop = route.requestPlan.drop;
-    const conn = req.headers.get('connection');
     const listed = conn !== null ? connectionListed(conn) : null;
     for (let i = 0; i < flat.length; i += 2) {
       const k = flat[i]!;
       if (drop.has(k) || k.startsWith('proxy-') || (listed !== null && listed.has(k))) continue;
       headers.append(k, flat[i + 1]!);
     }
-    headers.set('host', route.preserveHost && hostHeader !== '' ? hostHeader : pool.hostHeader);
+    headers.set('host', route.preserveHost ? hostHeader : pool.hostHeader);
     const fwd = cfg.forwarded;
-    const xff = req.headers.get('x-forwarded-for');
+    const xff = h.get('x-forwarded-for');
     if (fwd.xForwardedFor) headers.set('x-forwarded-for', xff === null ? clientIp : `${xff}, ${clientIp}`);
     if (fwd.xForwardedProtoHost) {
       headers.set('x-forwarded-proto', 'http');
@@ -161,10 +387,11 @@ export class BunServer {
     if (fwd.forwarded) {
       const forIp = clientIp.includes(':') ? `"[${clientIp}]"` : clientIp;
       const el = `for=${forIp};host="${hostHeader.replace(/["\\]/g, '')}";proto=http`;
-      const prev = req.headers.get('forwarded');
+      const prev = h.get('forwarded');
       headers.set('forwarded', prev === null ? el : `${prev}, ${el}`);
     }
-    headers.set(ridName, requestId);
+    headers.set(cfg.requestIdHeader, requestId);
+    // Configured lines are latin1 strings of their UTF-8 bytes: fetch writes them as those bytes.
     const extraLines = route.requestPlan.extraLines;
     if (extraLines !== '') {
       for (const line of extraLines.split('\r\n')) {
@@ -172,67 +399,137 @@ export class BunServer {
         if (c > 0) headers.append(line.slice(0, c), line.slice(c + 2));
       }
     }
-    if (contentLength >= 0) headers.set('content-length', String(contentLength));
+    let body: ReadableStream<Uint8Array> | null = null;
+    if (bodyMode === BODY_LENGTH) {
+      headers.set('content-length', String(contentLength));
+      body = req.body;
+    } else if (bodyMode === BODY_CHUNKED && req.body !== null) {
+      body = limitedBody(req.body, route.maxBodyBytes);
+    }
+    const url = `http://${pool.hostHeader}${query === '' ? upstreamPath : `${upstreamPath}?${query}`}`;
+    const testThrow = TEST_HOOKS && h.get(TEST_THROW_HEADER) === 'upstream';
+    return this.proxy(req, server, route, url, method, mIdx, isHead, requestId, headers, body, clientClose, close, t0, testThrow);
+  }
 
+  /**
+   * The asynchronous part: fetch, then the response for the client. Guards
+   * itself: a throw anywhere in it answers 500 with this request's id.
+   * `close`: whether an error answer closes (see handle); `clientClose`:
+   * the client asked to close after the response.
+   */
+  private async proxy(
+    req: Request, server: any, route: RouteContext, url: string, method: string, mIdx: number, isHead: boolean,
+    requestId: string, headers: Headers, body: ReadableStream<Uint8Array> | null, clientClose: boolean, close: boolean, t0: number,
+    testThrow: boolean,
+  ): Promise<Response> {
+    const ridName = this.dp.config.server.requestIdHeader;
     const t = route.upstream.config.timeouts;
     const cells = this.opts.metrics;
-    const base = slotBase(route.slot);
+    const metricsOn = this.dp.config.metrics.enabled;
     this.inFlight++;
     cells[G_IN_FLIGHT]!++;
-    const tSent = performance.now();
-    let up: Response;
-    try {
-      up = await fetch(`http://${pool.hostHeader}${query === '' ? upstreamPath : `${upstreamPath}?${query}`}`, {
-        method,
-        headers,
-        body: method === 'GET' || method === 'HEAD' ? undefined : req.body,
-        redirect: 'manual',
-        decompress: false,
-        keepalive: true,
-        signal: AbortSignal.timeout(t.connectMs + t.responseMs),
-        duplex: 'half', // stream the request body
-      } as RequestInit);
-    } catch (err) {
+    let counted = true;
+    let upBody: ReadableStream<Uint8Array> | null = null;
+    const done = (): void => {
+      if (!counted) return;
+      counted = false;
       this.inFlight--;
       cells[G_IN_FLIGHT]!--;
-      const name = (err as Error).name;
-      const code = (err as { code?: string }).code ?? '';
-      if (name === 'TimeoutError' || name === 'AbortError') return reject(Errors.UPSTREAM_TIMEOUT, route.slot);
-      if (code === 'ConnectionRefused' || code === 'ECONNREFUSED' || code === 'FailedToOpenSocket') {
-        return reject(Errors.UPSTREAM_CONNECT_FAILED, route.slot);
+    };
+    try {
+      // Connect and response head share one budget; the timer stops at the
+      // head, so a long body is never cut by it. Bun.serve's idle timer
+      // also runs while the upstream thinks and would close the client
+      // connection with no answer: it is set long enough for every
+      // upstream at listen; a config reloaded with longer timeouts raises
+      // it for this request (head budget, then idleMs for the body).
+      const headBudget = t.connectMs + t.responseMs;
+      const headS = headWaitSeconds(t);
+      const raised = headS > this.idleS;
+      if (raised) server.timeout(req, headS > BUN_MAX_IDLE_S ? 0 : headS);
+      const ac = new AbortController();
+      const timer = setTimeout(abortUpstream, headBudget, ac);
+      const tSent = performance.now();
+      let up: Response;
+      try {
+        // Bun's fetch sends a request again on a fresh connection when a
+        // reused one dies under it only for idempotent methods (GET, HEAD,
+        // PUT, DELETE...): a POST or PATCH fails instead (502).
+        up = await fetch(url, {
+          method,
+          headers,
+          body,
+          redirect: 'manual',
+          decompress: false,
+          keepalive: true,
+          signal: ac.signal,
+          duplex: 'half', // stream the request body
+        } as RequestInit);
+      } catch (err) {
+        done();
+        const code = (err as { code?: string }).code ?? '';
+        let e: GatewayErrorDef = Errors.UPSTREAM_RESET;
+        if (err instanceof BodyTooLarge || (err as { cause?: unknown }).cause instanceof BodyTooLarge) e = Errors.BODY_TOO_LARGE;
+        else if (ac.signal.aborted) e = Errors.UPSTREAM_TIMEOUT;
+        else if (code === 'ConnectionRefused' || code === 'ECONNREFUSED' || code === 'FailedToOpenSocket') e = Errors.UPSTREAM_CONNECT_FAILED;
+        else if (code.startsWith('Invalid') || code.startsWith('Malformed')) e = Errors.UPSTREAM_BAD_RESPONSE;
+        this.count(e, route.slot, mIdx, t0);
+        return this.errorResponse(e, requestId, isHead, close);
+      } finally {
+        clearTimeout(timer);
       }
-      return reject(Errors.UPSTREAM_RESET, route.slot);
+      upBody = up.body;
+      const bodyS = Math.min(Math.ceil(t.idleMs / 1000), BUN_MAX_IDLE_S);
+      if (raised || bodyS > this.idleS) server.timeout(req, Math.max(bodyS, 1));
+      if (testThrow) throw new Error('internal error requested by test hook (upstream response)');
+      const upMs = performance.now() - tSent;
+      if (metricsOn) {
+        observe(cells, slotBase(route.slot) + S_UPSTREAM, DURATION_BUCKETS, upMs / 1000);
+        this.opts.latency?.recordUpstream(upMs);
+      }
+      const out = new Headers();
+      const plan = route.responsePlan;
+      const rdrop = plan.drop;
+      const uh = up.headers;
+      const rconn = uh.get('connection');
+      const rlisted = rconn !== null ? connectionListed(rconn) : null;
+      let sawRid = false;
+      // Values are latin1 strings of the upstream's bytes, written back as those bytes.
+      uh.forEach((v: string, k: string) => {
+        if (k === 'set-cookie' || rdrop.has(k) || (rlisted !== null && rlisted.has(k))) return;
+        if (k === ridName) sawRid = true;
+        out.append(k, v);
+      });
+      // Headers.forEach merges Set-Cookie; getSetCookie keeps each one apart.
+      if (!rdrop.has('set-cookie') && !(rlisted !== null && rlisted.has('set-cookie'))) {
+        for (const c of uh.getSetCookie()) out.append('set-cookie', c);
+      }
+      if (!sawRid) out.set(ridName, requestId);
+      const extra = plan.extra;
+      if (extra.length !== 0) {
+        const vals = latin1Extra(extra);
+        for (let i = 0; i < vals.length; i += 2) out.append(vals[i]!, vals[i + 1]!);
+      }
+      const status = up.status;
+      const noBody = isHead || status === 204 || status === 304;
+      if (noBody) {
+        // HEAD and 304 keep the upstream's Content-Length (the length a GET or
+        // a 200 would have); a 204 never has one. A HEAD without one says
+        // chunked, else Bun would write `Content-Length: 0`.
+        const upLen = status === 204 ? null : uh.get('content-length');
+        if (upLen !== null) out.set('content-length', upLen);
+        else if (isHead && status !== 204 && status !== 304) out.set('transfer-encoding', 'chunked');
+        if (isHead) out.set('date', httpDate());
+      }
+      if (clientClose) out.set('connection', 'close');
+      done();
+      if (metricsOn) recordRequest(cells, this.opts.latency, route.slot, mIdx, status, performance.now() - t0);
+      return new Response(noBody ? null : up.body, { status, statusText: up.statusText, headers: out });
+    } catch (err) {
+      done();
+      // The upstream connection is not left holding an unread body.
+      upBody?.cancel().catch(() => {});
+      return this.internalError(err, requestId, mIdx, isHead, t0);
     }
-    const metricsOn = dp.config.metrics.enabled;
-    const upMs = performance.now() - tSent;
-    if (metricsOn) {
-      observe(cells, base + S_UPSTREAM, DURATION_BUCKETS, upMs / 1000);
-      this.opts.latency?.recordUpstream(upMs);
-    }
-    const out = new Headers();
-    const rdrop = route.responsePlan.drop;
-    const rconn = up.headers.get('connection');
-    const rlisted = rconn !== null ? connectionListed(rconn) : null;
-    let sawRid = false;
-    up.headers.forEach((v: string, k: string) => {
-      if (k === 'set-cookie' || rdrop.has(k) || (rlisted !== null && rlisted.has(k))) return;
-      if (k === ridName) sawRid = true;
-      out.append(k, v);
-    });
-    // Headers.forEach merges Set-Cookie; getSetCookie keeps each one apart.
-    if (!rdrop.has('set-cookie')) for (const c of up.headers.getSetCookie()) out.append('set-cookie', c);
-    if (!sawRid) out.set(ridName, requestId);
-    const extra = route.responsePlan.extra;
-    for (let i = 0; i < extra.length; i += 2) out.append(extra[i]!, extra[i + 1]!);
-    const status = up.status;
-    const noBody = isHead || status === 204 || status === 304;
-    if (isHead) {
-      const upLen = up.headers.get('content-length');
-      if (upLen !== null) out.set('content-length', upLen);
-    }
-    this.inFlight--;
-    cells[G_IN_FLIGHT]!--;
-    if (metricsOn) recordRequest(cells, this.opts.latency, route.slot, mIdx, status, performance.now() - t0);
-    return new Response(noBody ? null : up.body, { status, statusText: up.statusText, headers: out });
   }
 }
