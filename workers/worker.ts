@@ -10,6 +10,7 @@ import { C_WORKER_STATE, W_DEAD, W_DRAINING, W_READY } from '../common/protocol.
 import { Dataplane } from './dataplane.js';
 import { LatencyRecorder } from './latency.js';
 import { setPoolGauges } from './proxy/upstream-pool.js';
+import type { Backend } from './transport/backend.js';
 
 if (isMainThread || parentPort === null) throw new Error('workers/worker.js runs as a worker thread; start the gateway with `turnpike start`.');
 
@@ -25,14 +26,6 @@ metrics[G_UPSTREAM_IDLE] = 0;
 setPoolGauges(metrics);
 const TEST_HOOKS = process.env.TURNPIKE_TEST_HOOKS === '1';
 const isBun = typeof (process.versions as Record<string, string | undefined>).bun === 'string';
-
-interface Backend {
-  listen(): Promise<number>;
-  setDataplane(dp: Dataplane): void;
-  stopListening(): void;
-  close(): void;
-  readonly inFlight: number;
-}
 
 function send(msg: FromWorker): void {
   port.postMessage(msg);

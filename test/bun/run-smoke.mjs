@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Errors, errorBody } from '../../dist/common/errors.js';
-import { LINGER_MAX_BYTES } from '../../dist/workers/transport/uws-server.js';
+import { LINGER_MAX_BYTES } from '../../dist/workers/transport/backend.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const BUN = join(ROOT, 'node_modules/.bin/bun');

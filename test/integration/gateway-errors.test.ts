@@ -34,7 +34,7 @@ import http from 'node:http';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Errors, errorBody, type GatewayErrorDef } from '../../common/errors.js';
-import { LINGER_MAX_BYTES } from '../../workers/transport/uws-server.js';
+import { LINGER_MAX_BYTES } from '../../workers/transport/backend.js';
 import { baseConfig, startGateway, type Gateway } from '../helpers/gateway.js';
 import { startRawUpstream, startUpstream, type Upstream } from '../helpers/upstream.js';
 

@@ -46,7 +46,7 @@ import { connectionListed, hasCloseOption, isSafeRequestId } from '../proxy/head
 import { parseContentLength } from '../proxy/http1-parser.js';
 import { MATCH_FOUND } from '../router/types.js';
 import { isValidHost, normalizeHost, normalizePath } from '../router/normalize.js';
-import { LINGER_MAX_BYTES, type ServerOptions } from './uws-server.js';
+import { LINGER_MAX_BYTES, type Backend, type ServerOptions } from './backend.js';
 
 declare const Bun: any;
 
@@ -169,7 +169,7 @@ function serverIdleSeconds(dp: Dataplane): number {
   return Math.min(s, BUN_MAX_IDLE_S);
 }
 
-export class BunServer {
+export class BunServer implements Backend {
   private dp: Dataplane;
   private server: any = null;
   private ridCounter = 0;

@@ -22,17 +22,7 @@ import { isValidHost, normalizeHost, normalizePath } from '../router/normalize.j
 import { Exchange, REQ_BODY_CHUNKED, REQ_BODY_LENGTH, REQ_BODY_NONE, type ExchangeEnv } from './uws-exchange.js';
 import { loadUws } from './uws-loader.js';
 import { writeGatewayError } from './uws-respond.js';
-import type { LatencyRecorder } from '../latency.js';
-
-export interface ServerOptions {
-  host: string;
-  port: number;
-  workerIndex: number;
-  metrics: Float64Array;
-  latency: LatencyRecorder | null;
-  /** Called with the port actually bound (useful with port 0). */
-  onListen(port: number): void;
-}
+import { LINGER_MAX_BYTES, type Backend, type ServerOptions } from './backend.js';
 
 /**
  * Client address text from uWS's binary form (4 or 16 bytes), with a small
@@ -142,18 +132,7 @@ function collectHeader(k: string, v: string): void {
   if (k === ridHeaderName) hRequestId = hRequestId === null ? v : '';
 }
 
-/**
- * An early answer (an error before the body was read) keeps the connection
- * when the body still to come is known to be at most this large: uWS reads
- * and discards it by its framing, and the client reads the answer. Closing
- * with unread bytes in the socket makes the kernel send a reset, which can
- * destroy the answer before the client reads it (nginx's lingering_close
- * solves the same problem). Larger declared bodies and chunked bodies (of
- * unknown size) close at once rather than be read for nothing.
- */
 const HEAD_INDEX = methodIndex('HEAD');
-
-export const LINGER_MAX_BYTES = 8 * 1024 * 1024;
 
 /** The last Host value found valid: clients send the same one again and again. */
 let lastValidHost = '';
@@ -168,7 +147,7 @@ const TEST_THROW_HEADER = 'x-turnpike-test-throw';
 
 export { formatAddress };
 
-export class UwsServer {
+export class UwsServer implements Backend {
   private readonly uws = loadUws();
   private readonly app: any;
   private listenSocket: any = null;
