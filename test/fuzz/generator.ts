@@ -595,6 +595,25 @@ const EDGES: readonly (readonly [number, Edge])[] = [
     m.body = 'x'.repeat(r.range(0, 100));
     return 'body-over-limit';
   }],
+  [2, (r, m) => {
+    // Characters U+0100-U+01FF in the query (as UTF-8) next to a latin1 field value: a head
+    // written as latin1 without re-encoding would turn them into CR/LF/SP and split the request.
+    const inj = utf8('\u0120HTTP/1.1\u010d\u010aHost:\u0120x\u010d\u010a\u010d\u010aGET\u0120/api/injected?t=') + TAG_PLACEHOLDER + utf8('\u0120HTTP/1.1\u010d\u010aX-Fz-Ignore:');
+    m.target += '&q=' + r.pick([utf8('\u010d\u010a'), utf8('\u0100\u01ff'), inj, utf8('\u{1F600}')]);
+    m.lines.push('X-Fz-Latin1: ' + r.pick(['a\xe9b', 'x\xa0y', '\xff\xfe1']));
+    return 'query-unicode-with-latin1-value';
+  }],
+  [2, (r, m) => {
+    // A chunk whose data terminator is a bare LF: a reader that skips 2 bytes there instead of
+    // checking for CRLF reads the next size line differently and the chunk data as a request.
+    withBody(r, m);
+    m.lines.push('Transfer-Encoding: chunked');
+    const smug = 'GET /api/smuggled?t=' + TAG_PLACEHOLDER + ' HTTP/1.1\r\nHost: fuzz.test\r\nX-Pad: ';
+    const data = '\r\n' + smug + 'p'.repeat(256 - 6 - smug.length) + '\r\n\r\n';
+    m.body = '5\r\nhello' + r.pick(['\n', '\nX', 'XY']) + '100\r\n' + data + '\r\n0\r\n\r\n';
+    if (r.chance(0.5)) m.target = '/nowhere/x?t=' + TAG_PLACEHOLDER;
+    return 'chunk-terminator-desync';
+  }],
   [3, (r, m) => {
     // A defective line before the framing header: does the framing still count?
     // (A server that stops reading fields there reads the body as the next request.)
@@ -753,7 +772,12 @@ export function generateCase(runSeed: number, index: number, L: GenLimits = DEFA
     for (let i = 0; i < n; i++) {
       if (i === n - 1 && r.chance(0.3)) parts.push(serialize(edgeMsg(r, L).m));
       else if (i === n - 1) parts.push(serialize(validMsg(r)));
-      else parts.push(serialize(simpleMsg(r)));
+      else {
+        const m = simpleMsg(r);
+        // RFC 9112 9.6: nothing after a request with `close` may be processed.
+        if (r.chance(0.1)) m.lines.push('Connection: ' + r.pick(['close', 'keep-alive, close']));
+        parts.push(serialize(m));
+      }
     }
     kind = 'pipeline' + n;
     text = parts.join('');

@@ -168,6 +168,8 @@ function drive(port: number, plan: Plan, ref: RefParse, stallMs: number, tag: st
         const req = followUpAt >= 0 && i >= followUpAt ? undefined : ref.requests[i];
         const r = parseResponse(text, pos, { head: req?.method === 'HEAD', connect: req?.method === 'CONNECT', eof: closed });
         if (r.kind === 'more') break;
+        // A 100 Continue and then a close: no final response, the connection closed (acceptable, property b).
+        if (r.kind === 'bad' && r.why === 'eof-after-interim') return finish('closed');
         if (r.kind === 'bad') return finish('bad-response', r.why);
         responses.push(r.res);
         pos = r.end;
@@ -258,7 +260,10 @@ export async function runCase(env: FuzzEnv, plan: Plan, stallMs: number): Promis
     setTimeout(() => {
       const recs = env.upstream.byTag.get(tag) ?? [];
       env.upstream.byTag.delete(tag);
-      const v = judgeUpstream(recs);
+      const sent = ref.requests.length + (obs.followUpAt >= 0 ? 1 : 0);
+      // A 413 for a chunked body was streamed until it crossed the limit (README): its head did go upstream.
+      const notForwarded = verdict.gatewayRejects.filter((x) => !(x.status === 413 && x.chunkedBody)).length;
+      const v = judgeUpstream(recs, ref, sent, notForwarded);
       for (const rej of verdict.gatewayRejects) {
         const rec = env.upstream.byRid.get(rej.rid);
         if (rec === undefined) continue;
@@ -351,8 +356,11 @@ export async function runFuzz(env: FuzzEnv, o: FuzzOptions): Promise<FuzzReport>
     const sample: Sample = c === null
       ? { seed: o.seed, index: -1, caseSeed: 0, kind: 'harness', input: Buffer.alloc(0), splits: [], abort: null, detail: v.detail, received }
       : { seed: o.seed, index: c.index, caseSeed: c.seed, kind: c.kind, input: c.bytes, splits: c.splits, abort: c.abort, detail: v.detail, received };
-    groups.set(v.signature, { signature: v.signature, count: 1, known: knownFinding(v.signature), sample, minimized: null });
-    if (o.progressMs > 0) o.log(`[fuzz] new violation ${v.signature} (case ${sample.index}, ${sample.kind}): ${v.detail}`);
+    const known = knownFinding(v.signature);
+    groups.set(v.signature, { signature: v.signature, count: 1, known, sample, minimized: null });
+    if (o.progressMs > 0) {
+      o.log(`[fuzz] first ${known === null ? 'NEW violation' : `known violation (${known.id})`} ${v.signature} (case ${sample.index}, ${sample.kind}): ${v.detail}`);
+    }
   };
 
   const aliveCheck = async (): Promise<void> => {

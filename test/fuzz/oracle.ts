@@ -114,7 +114,7 @@ const stall = (id: string, reasons: string[], summary: string, reproducer: strin
 export const KNOWN_FINDINGS: KnownFinding[] = [
   {
     id: 'F1-smuggling-fields-dropped-after-empty-name',
-    match: /^c:request-body-length-changed:body-dropped:empty-name$|empty-name-line-present/,
+    match: /^c:(?:request-body-length-changed:body-dropped|upstream-got-more-requests-than-client-sent|response-to-a-request-the-client-did-not-send):empty-name$|empty-name-line-present/,
     summary: 'uWS stops reading header fields at a line with an empty name (`: x`) but still answers: every later field is dropped, ' +
       'Content-Length included, so the gateway forwards the request without its body and the body bytes are parsed as the next ' +
       'request on the connection (request smuggling when a front proxy passes such a line: the smuggled request reaches the ' +
@@ -137,11 +137,14 @@ export const KNOWN_FINDINGS: KnownFinding[] = [
     reproducer: 'POST /api/x?t=FzT00000000 HTTP/1.1\r\nHost: fuzz.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: 1\r\n\r\n',
   },
   {
-    id: 'F4-query-utf8-sent-as-latin1',
-    match: /^fidelity:query:non-ascii$/,
-    summary: 'Gateway bug (workers/transport/uws-server.ts exactBytes): when a header value is not valid UTF-8 (e.g. latin1 ' +
-      '`a\\xe9b`), the header lines are re-encoded one by one but the request line is not, so UTF-8 in the query ' +
-      '(`?q=\\xc3\\xa9`) reaches the upstream as latin1 (`?q=\\xe9`). README: the query is passed through byte-exact.',
+    id: 'F4-request-injection-via-query-when-a-value-is-latin1',
+    match: /^fidelity:query:non-ascii$|^(?:c|fidelity):.*:non-ascii-target$/,
+    summary: 'CRITICAL. Gateway bug (workers/transport/uws-server.ts exactBytes): when a header value is not valid UTF-8 ' +
+      '(e.g. latin1 `a\\xe9b`), the header lines are re-encoded one by one but the request line is not, and the head is ' +
+      'written as latin1: every UTF-16 unit of the decoded query becomes its low byte. `?q=\\xc3\\xa9` arrives as ' +
+      '`?q=\\xe9`; an emoji as `=\\x00`; U+010D U+010A U+0120 (UTF-8 c4 8d, c4 8a, c4 a0) as CR LF SP, so a client ' +
+      'injects header lines and whole requests into the upstream connection (a smuggled `GET /admin/secret` that no route ' +
+      'allows reached the upstream). Fix: re-encode line 0 too, and never write a char > 0xff as latin1.',
     reproducer: 'GET /api/x?t=FzT00000000&q=\xc3\xa9 HTTP/1.1\r\nHost: fuzz.test\r\nX-A: a\xe9b\r\n\r\n',
   },
   {
@@ -175,6 +178,25 @@ export const KNOWN_FINDINGS: KnownFinding[] = [
       'authority-form only; RFC 9110 9.3.6: a 2xx to CONNECT switches the connection to a tunnel (the client ignores ' +
       'Content-Length). The gateway does not tunnel: it should refuse CONNECT (405/501).',
     reproducer: 'CONNECT /api/x?t=FzT00000000 HTTP/1.1\r\nHost: fuzz.test\r\n\r\n',
+  },
+  {
+    id: 'F18-request-after-close-processed',
+    match: /^rfc:request-processed-after-close$|^rfc:connection-not-closed-after-(?:request|response)-with-connection-close:sized-response$/,
+    summary: 'A request pipelined behind one with `Connection: close` that the gateway answers itself (404, 405...) is still ' +
+      'processed and forwarded, and the connection is not closed (with the exact value `close` the 404 does not even say ' +
+      '`Connection: close`). RFC 9112 9.6: after `close` the server MUST NOT process further requests and MUST close.',
+    reproducer: 'GET /nowhere?t=FzT00000000 HTTP/1.1\r\nHost: fuzz.test\r\nConnection: close\r\n\r\n' +
+      'GET /api/after-close?t=FzT00000000 HTTP/1.1\r\nHost: fuzz.test\r\n\r\n',
+  },
+  {
+    id: 'F19-smuggling-chunk-data-terminator-not-checked',
+    match: /^c:(?:request-body-length-changed(?::body-dropped)?|upstream-got-more-requests-than-client-sent|response-to-a-request-the-client-did-not-send):(?:chunk-bare-lf|chunk-data-no-crlf)$/,
+    summary: 'HIGH. uWS skips the 2 bytes after chunk data without checking they are CRLF. After `5\\r\\nhello\\n100\\r\\n` ' +
+      'it reads `00` as the last chunk, so the 0x100 bytes an RFC 9112 reader (which may accept a bare LF there, 2.2) takes ' +
+      'as chunk data are parsed as the next request: a smuggled `GET /api/smuggled` reached the upstream. The gateway ' +
+      'forwards a different body than the client sent.',
+    reproducer: 'POST /nowhere?t=FzT00000000 HTTP/1.1\r\nHost: fuzz.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\n100\r\n\r\n' +
+      'GET /api/smuggled?t=FzT00000000 HTTP/1.1\r\nHost: fuzz.test\r\nX-Pad: ' + 'p'.repeat(184) + '\r\n\r\n\r\n0\r\n\r\n',
   },
   stall('F9-stall-on-legal-field-name-characters', ['name-special-tchar'],
     'uWS accepts only [A-Za-z0-9-] in field names and gives no answer (a ~10 s stall) for legal names with other tchars ' +
@@ -295,7 +317,10 @@ const show = (s: string): string => JSON.stringify(s.length > 120 ? s.slice(0, 1
  */
 function fidelity(req: RefRequest, rec: UpstreamRecord, out: Violation[]): void {
   const up = rec.parsed;
-  if (up.method !== req.method) out.push({ signature: 'fidelity:method', detail: `client ${req.method}, upstream ${up.method}` });
+  if (up.method !== req.method) {
+    const nonAscii = req.reasons.includes('non-ascii-target') ? ':non-ascii-target' : '';
+    out.push({ signature: 'fidelity:method' + nonAscii, detail: `client ${req.method}, upstream ${up.method}` });
+  }
   const cq = query(req.target);
   const uq = query(up.target);
   if ((cq === null || cq === '' ? null : cq) !== uq) {
@@ -377,7 +402,7 @@ export function judgeCase(ref: RefParse, obs: Observation, lookup: (rid: string)
       outcomes.push('gateway:' + (code === 'head' ? `head-${res.status}` : code));
     }
     if (req !== undefined) allBenignSoFar &&= req.reasons.every((r) => FIDELITY_OK.has(r));
-    if (kind !== undefined && req !== undefined) {
+    if (kind !== undefined && kind !== 'rejected' && req !== undefined) {
       // Came from the upstream: it must have been a request the gateway may forward.
       const mustReject = req.reasons.find((r) => MUST_REJECT.has(r));
       if (mustReject !== undefined) {
@@ -414,6 +439,15 @@ export function judgeCase(ref: RefParse, obs: Observation, lookup: (rid: string)
     if (before === null && closeDue !== null) {
       closeShape = req?.method === 'HEAD' || res.status === 204 || res.status === 304 ? 'bodyless' : res.framing === 'chunked' ? 'chunked' : 'sized';
     }
+  }
+
+  // Every byte the client sent belongs to the requests the reference parser
+  // delimited; an answer beyond those answers a request the client never
+  // sent: the server read the bytes differently (request smuggling).
+  if (ref.exact && main.length > ref.requests.length) {
+    const defect = ref.requests.map(firstDefect).find((d) => d !== 'valid') ?? 'valid';
+    const nonAscii = ref.requests.some((r) => r.reasons.includes('non-ascii-target')) ? ':non-ascii-target' : '';
+    v.push({ signature: `c:response-to-a-request-the-client-did-not-send:${defect}${nonAscii}`, detail: `${ref.requests.length} requests sent, ${main.length} responses` });
   }
 
   switch (obs.terminal) {
@@ -479,12 +513,29 @@ function shape(ref: RefParse): string {
   return tags.size === 0 ? 'plain' : [...tags].sort().join('+');
 }
 
-/** Property (c) for the requests the upstream received from one case. */
-export function judgeUpstream(records: UpstreamRecord[]): Violation[] {
+/**
+ * Property (c) for the requests the upstream received from one case
+ * (correlated by the case's tag), and the request smuggling guard: the
+ * upstream never gets more distinct requests (by request id; a retry keeps
+ * its id) than the client sent on the connection, follow-up included.
+ * Violations get `:non-ascii-target` appended when the client's target
+ * held non-ASCII bytes (what finding F4 needs to show).
+ */
+export function judgeUpstream(records: UpstreamRecord[], ref: RefParse, sent: number, answeredByGateway: number): Violation[] {
   const v: Violation[] = [];
+  const suffix = ref.requests.some((r) => r.reasons.includes('non-ascii-target')) ? ':non-ascii-target' : '';
   for (const rec of records) {
-    for (const x of rec.parsed.violations) v.push({ signature: 'c:' + x, detail: show(rec.head) });
-    if (rec.bodyViolation !== null) v.push({ signature: 'c:' + rec.bodyViolation, detail: show(rec.head) });
+    for (const x of rec.parsed.violations) v.push({ signature: 'c:' + x + (x.startsWith('upstream-target-') ? '' : suffix), detail: show(rec.head) });
+    if (rec.bodyViolation !== null) v.push({ signature: 'c:' + rec.bodyViolation + suffix, detail: show(rec.head) });
+  }
+  // Requests the gateway answered itself were not forwarded (checked by id in the harness).
+  const ids = new Set(records.map((r) => r.rid ?? 'none:' + r.seq));
+  if (ids.size > sent - answeredByGateway) {
+    const defect = ref.requests.map(firstDefect).find((d) => d !== 'valid') ?? 'valid';
+    v.push({
+      signature: `c:upstream-got-more-requests-than-client-sent:${defect}${suffix}`,
+      detail: `client sent ${sent} (${answeredByGateway} answered by the gateway), upstream got ${ids.size}: ${records.map((r) => show(r.head.slice(0, r.head.indexOf('\r\n')))).join(', ')}`,
+    });
   }
   return v;
 }

@@ -12,6 +12,7 @@
  *   /hop/...      200 carrying hop-by-hop fields the gateway must strip
  *   /close/...    200 with `Connection: close`, then closes its side
  *   anything else 200, Content-Length 2, `ok`
+ * and a request head it cannot frame gets a 400 (`X-Fz-Up: rejected`) and a close.
  *
  * Every response carries `X-Fz-Up: <kind>` so the client side knows the
  * answer came from here (a 4xx without it is the gateway's own).
@@ -140,7 +141,7 @@ export class RecordingUpstream {
           cur = this.record(head);
           if (cur.parsed.framing === 'invalid' || cur.parsed.violations.includes('upstream-bad-request-line')) {
             // Cannot frame what follows: answer 400 and close, as a server must (RFC 9112 6.3).
-            socket.end('HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+            socket.end('HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nX-Fz-Up: rejected\r\nConnection: close\r\n\r\n');
             cur = null;
             return;
           }

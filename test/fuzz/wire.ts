@@ -592,7 +592,9 @@ export function parseUpstreamRequest(head: string): UpstreamHead {
   if (cls.length > 1) v.push('upstream-duplicate-content-length');
   if (tes.length > 1) v.push('upstream-duplicate-transfer-encoding');
   if (cls.length > 0 && tes.length > 0) v.push('upstream-cl-and-te');
-  if (count('x-request-id') !== 1) v.push('upstream-request-id-count-' + count('x-request-id'));
+  // The gateway adds exactly one to every request it builds: a head without one was not built by it (injected).
+  if (count('x-request-id') === 0) v.push('upstream-request-not-built-by-gateway');
+  else if (count('x-request-id') !== 1) v.push('upstream-request-id-count-' + count('x-request-id'));
   if (tes.length > 0) {
     if (tes[0] !== 'chunked') v.push('upstream-transfer-coding-not-chunked');
     out.framing = tes.length === 1 && tes[0] === 'chunked' && cls.length === 0 ? 'chunked' : 'invalid';
