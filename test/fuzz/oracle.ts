@@ -414,7 +414,10 @@ export function judgeCase(ref: RefParse, obs: Observation, lookup: (rid: string)
       const lenient = req.reasons.filter((r) => !FIDELITY_OK.has(r));
       for (const r of lenient) outcomes.push('lenient:' + r);
       const rec = rid === undefined ? undefined : lookup(rid);
-      if (rec === undefined) v.push({ signature: 'c:upstream-response-without-upstream-record', detail: `rid ${rid}` });
+      if (rec === undefined) {
+        const nonAscii = req.reasons.includes('non-ascii-target') ? ':non-ascii-target' : '';
+        v.push({ signature: 'c:upstream-response-without-upstream-record' + nonAscii, detail: `rid ${rid}` });
+      }
       else {
         framingAgreement(req, rec, v);
         if (allBenignSoFar) fidelity(req, rec, v);

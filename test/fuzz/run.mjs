@@ -47,6 +47,14 @@ if (env.FUZZ_CASE === undefined && env.FUZZ_REQUESTS === undefined) env.FUZZ_REQ
 
 const build = spawnSync('npm', ['run', 'build', '--silent'], { cwd: root, stdio: 'inherit' });
 if (build.status !== 0) process.exit(build.status ?? 1);
-const child = spawn(process.execPath, [`${root}node_modules/vitest/vitest.mjs`, 'run', 'test/fuzz/fuzz.test.ts'], { cwd: root, env, stdio: 'inherit' });
-for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => child.kill(sig));
+// Its own process group: a signal reaches vitest, its fork worker and the
+// gateway process the test started (stopping vitest alone leaves them running).
+const child = spawn(process.execPath, [`${root}node_modules/vitest/vitest.mjs`, 'run', 'test/fuzz/fuzz.test.ts'], {
+  cwd: root, env, stdio: 'inherit', detached: true,
+});
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.on(sig, () => {
+    try { process.kill(-child.pid, sig); } catch { /* already gone */ }
+  });
+}
 child.on('exit', (code, signal) => process.exit(code ?? (signal ? 1 : 0)));

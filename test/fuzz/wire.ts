@@ -131,7 +131,7 @@ function fieldLine(line: string, reasons: Set<string>, pre: string): [string, st
 function checkTarget(method: string, target: string, reasons: Set<string>): void {
   if (method === 'CONNECT') {
     reasons.add(target.startsWith('/') ? 'connect-origin-form' : 'authority-form');
-    return;
+    if (!target.startsWith('/')) return;
   }
   if (target === '*') {
     reasons.add(method === 'OPTIONS' ? 'asterisk-form' : 'asterisk-form-not-options');
