@@ -339,11 +339,12 @@ function headerFromPool(r: Rng, i: number): string[] {
     case 1: return ['Accept' + c + r.pick(['*/*', 'text/html, application/json;q=0.9', ''])];
     case 2: return ['Accept-Encoding' + c + 'gzip, deflate, br'];
     case 3: return ['Cookie' + c + 'a=1; b=' + str(r, UNRESERVED, 1, 10)];
-    case 4: return ['Connection' + c + r.pick(['keep-alive', 'Keep-Alive', 'close', 'keep-alive, close', 'keep-alive, X-Fz-Hop', 'X-Fz-Hop, keep-alive']), 'X-Fz-Hop' + c + '1'];
+    case 4: return ['Connection' + c + r.pick(['keep-alive', 'Keep-Alive', 'close', 'keep-alive, close', 'keep-alive, X-Fz-Hop', 'X-Fz-Hop, keep-alive', 'X-Foo']), 'X-Fz-Hop' + c + '1'];
     case 5: return ['Connection' + c + 'keep-alive', 'Connection' + c + r.pick(['X-Fz-Hop', 'TE', 'Upgrade']), 'X-Fz-Hop' + c + 'hop'];
     case 6: return [r.pick(['TE: trailers', 'Keep-Alive: timeout=5, max=100', 'Trailer: X-Fz-Trailer', 'Upgrade: h2c', 'Proxy-Connection: keep-alive', 'Proxy-Authorization: Basic eDp5', 'Proxy: http://evil.test'])];
     case 7: return [r.pick(['X-Forwarded-For: 10.0.0.1', 'X-Forwarded-For: 10.0.0.1, 10.0.0.2', 'Forwarded: for=192.0.2.60;proto=http', 'X-Forwarded-Host: other.test', 'X-Forwarded-Proto: https', 'Via: 1.1 other'])];
-    case 8: return ['X-Request-Id' + c + r.pick([TAG_PLACEHOLDER + '-' + (ridCounter++ % 1000), TAG_PLACEHOLDER + '-' + i, 'unsafe "id"', ''])];
+    // Unique within a case (pipelined requests must not share an id), or unsafe (the gateway makes its own).
+    case 8: return ['X-Request-Id' + c + r.pick([TAG_PLACEHOLDER + '-' + (ridCounter++ % 100000), 'unsafe "id"', ''])];
     case 9: return ['X-Fz-Drop' + c + '1'];
     case 10: return ['X-Fz-Set' + c + 'client'];
     case 11: return ['Authorization: Bearer ' + str(r, UNRESERVED, 8, 32)];
@@ -787,6 +788,12 @@ export function generateCase(runSeed: number, index: number, L: GenLimits = DEFA
   let splits: number[] = [];
   let writeDelayMs = 0;
   let abort: FuzzCase['abort'] = null;
+  // The smuggling edges: half the time the body comes 20 ms after the head,
+  // once the first request is answered (a slow upload through a front proxy).
+  const cut = kind === 'edge:bad-line-before-framing' ? text.indexOf('\r\n\r\n') + 4 : kind === 'edge:chunk-terminator-desync' ? text.indexOf('100\r\n') + 5 : -1;
+  if (cut > 4 && cut < text.length && r.chance(0.5)) {
+    return { index, seed, kind: kind + '+body-later', bytes: Buffer.from(text, 'latin1'), splits: [cut], writeDelayMs: 20, abort: null };
+  }
   if (r.chance(W.abort)) {
     abort = { at: r.range(1, bytes.length), reset: r.chance(0.5) };
     kind += '+abort';

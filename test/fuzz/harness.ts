@@ -633,7 +633,7 @@ export async function describeCase(env: FuzzEnv, seed: number, index: number, st
 export async function staleKnownFindings(env: FuzzEnv, stallMs: number): Promise<{ id: string; saw: string[] }[]> {
   const stale: { id: string; saw: string[] }[] = [];
   await Promise.all(KNOWN_FINDINGS.filter((f) => f.deterministic !== false).map(async (f) => {
-    const r = await runCase(env, { bytes: Buffer.from(f.reproducer, 'latin1'), splits: [], writeDelayMs: 0, abort: null }, stallMs);
+    const r = await runCase(env, { bytes: Buffer.from(f.reproducer, 'latin1'), splits: f.splits ?? [], writeDelayMs: 150, abort: null }, stallMs);
     const saw = [...r.violations, ...(await r.deferred)].map((v) => v.signature);
     if (!saw.some((sig) => f.match.test(sig))) stale.push({ id: f.id, saw });
   }));

@@ -73,6 +73,11 @@ const FIDELITY_OK = new Set([
   'fragment-in-target',
 ]);
 
+/** Host, Content-Length or Transfer-Encoding holds a byte >= 0x80 (finding F2 changes what they say). */
+function framingNonAscii(req: RefRequest): boolean {
+  return req.headers.some(([n, val]) => (n === 'host' || n === 'content-length' || n === 'transfer-encoding') && /[\x80-\xff]/.test(val));
+}
+
 /** The first defect of a request that is not a harmless deviation (for naming violations), or `valid`. */
 function firstDefect(req: RefRequest): string {
   return req.reasons.find((r) => !FIDELITY_OK.has(r) && r !== 'incomplete') ?? 'valid';
@@ -95,9 +100,15 @@ export interface KnownFinding {
   summary: string;
   /** A minimal input that shows it (latin1), run by fuzz.test.ts to notice when it gets fixed. */
   reproducer: string;
+  /** Write the reproducer in pieces, split at these offsets, 150 ms apart (the answer to the first comes in between). */
+  splits?: number[];
   /** False when it shows only with some timing (the reproducer test skips it). */
   deterministic?: boolean;
 }
+
+const F1_SMUGGLED = 'GET /api/smuggled?t=FzT00000000 HTTP/1.1\r\nHost: fuzz.test\r\n\r\n';
+const F1_HEAD = `POST /api/x?t=FzT00000000 HTTP/1.1\r\nHost: fuzz.test\r\n: x\r\nContent-Length: ${F1_SMUGGLED.length}\r\n\r\n`;
+const F19_HEAD = 'POST /api/x?t=FzT00000000 HTTP/1.1\r\nHost: fuzz.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\n100\r\n';
 
 const stall = (id: string, reasons: string[], summary: string, reproducer: string): KnownFinding => ({
   id, match: new RegExp(`^b:stall:(?:${reasons.join('|')})$`), stallReasons: reasons, summary, reproducer,
@@ -119,13 +130,16 @@ export const KNOWN_FINDINGS: KnownFinding[] = [
       'Content-Length included, so the gateway forwards the request without its body and the body bytes are parsed as the next ' +
       'request on the connection (request smuggling when a front proxy passes such a line: the smuggled request reaches the ' +
       'upstream). RFC 9112 5 / RFC 9110 5.1: a field name is a token (non-empty); the message is invalid (400).',
-    reproducer: 'POST /api/x?t=FzT00000000 HTTP/1.1\r\nHost: fuzz.test\r\n: x\r\nContent-Length: 5\r\n\r\nhello',
+    reproducer: F1_HEAD + F1_SMUGGLED,
+    // The body after the answer (a slow upload): the smuggled request is then served, not refused as pipelined.
+    splits: [F1_HEAD.length],
   },
   {
     id: 'F2-non-ascii-trimmed-from-field-value-ends',
-    match: /^fidelity:header-(?:value-altered|count-changed):non-ascii$|^rfc:forwarded-request-that-must-be-rejected:bad-host:non-ascii$/,
+    match: /^fidelity:header-(?:value-altered|count-changed):non-ascii$|^rfc:forwarded-request-that-must-be-rejected:(?:bad-host|bad-cl|cl-conflict|te-not-chunked):non-ascii$|^rfc:connection-not-closed-after-request-with-[a-z-]+-non-ascii:/,
     summary: 'uWS trims bytes >= 0x80 at the start and end of a field value as if they were whitespace (`X-A: \\xc3\\xa9t\\xc3\\xa9` ' +
-      'reaches the upstream as `x-a: t`; `Host: \\xc3\\xa9.test` is accepted and routed as `.test`). obs-text is a legal field ' +
+      'reaches the upstream as `x-a: t`; `Host: \\xc3\\xa9.test` is accepted and routed as `.test`; `Content-Length: \\xa98` ' +
+      'is read as 8, where an RFC reader refuses it: a framing disagreement with any front proxy). obs-text is a legal field ' +
       'value byte (RFC 9110 5.5); README: header bytes reach the upstream exactly or the request is refused.',
     reproducer: 'GET /api/x?t=FzT00000000 HTTP/1.1\r\nHost: fuzz.test\r\nX-A: \xc3\xa9t\xc3\xa9\r\n\r\n',
   },
@@ -195,8 +209,26 @@ export const KNOWN_FINDINGS: KnownFinding[] = [
       'it reads `00` as the last chunk, so the 0x100 bytes an RFC 9112 reader (which may accept a bare LF there, 2.2) takes ' +
       'as chunk data are parsed as the next request: a smuggled `GET /api/smuggled` reached the upstream. The gateway ' +
       'forwards a different body than the client sent.',
-    reproducer: 'POST /nowhere?t=FzT00000000 HTTP/1.1\r\nHost: fuzz.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\n100\r\n\r\n' +
-      'GET /api/smuggled?t=FzT00000000 HTTP/1.1\r\nHost: fuzz.test\r\nX-Pad: ' + 'p'.repeat(184) + '\r\n\r\n\r\n0\r\n\r\n',
+    reproducer: F19_HEAD + '\r\nGET /api/smuggled?t=FzT00000000 HTTP/1.1\r\nHost: fuzz.test\r\nX-Pad: ' + 'p'.repeat(184) + '\r\n\r\n\r\n0\r\n\r\n',
+    splits: [F19_HEAD.length],
+  },
+  {
+    id: 'F20-any-5-byte-connection-value-closes',
+    match: /^d:connection-closed-on-follow-up:.*connection-value-of-5-bytes/,
+    summary: 'uWS closes the connection after the response when the Connection value is any 5 bytes (`X-Foo`, `Hello`), ' +
+      'apparently comparing only the length with `close`, and the response does not say `Connection: close`: a client ' +
+      'reusing the connection loses its next request (RFC 9112 9.3: persistent unless `close`).',
+    reproducer: 'GET /api/x?t=FzT00000000 HTTP/1.1\r\nHost: fuzz.test\r\nConnection: X-Foo\r\n\r\n',
+  },
+  {
+    id: 'F21-large-head-answer-then-next-request-dropped',
+    match: /^d:connection-closed-on-follow-up:.*large-head/,
+    deterministic: false,
+    summary: 'After a request head of tens of KB (a 100 KB target, a 70 KB field) answered by the gateway itself (414/431, ' +
+      'which it asks uWS to end with a close), the response carries no `Connection: close` and the connection is closed when ' +
+      'the next request arrives right after it, unanswered (timing-dependent; sometimes no response at all). RFC 9112 9.6: ' +
+      'a close the server intends must be announced with `close`.',
+    reproducer: 'GET /api/' + 'p'.repeat(100_000) + '?t=FzT00000000 HTTP/1.1\r\nHost: fuzz.test\r\n\r\n',
   },
   stall('F9-stall-on-legal-field-name-characters', ['name-special-tchar'],
     'uWS accepts only [A-Za-z0-9-] in field names and gives no answer (a ~10 s stall) for legal names with other tchars ' +
@@ -227,10 +259,10 @@ export const KNOWN_FINDINGS: KnownFinding[] = [
   stall('F16-stall-on-leading-empty-line', ['leading-empty-line'],
     'An empty line (CRLF) before the request line gets no answer; RFC 9112 2.2: a server SHOULD ignore at least one.',
     '\r\nGET /api/x?t=FzT00000000 HTTP/1.1\r\nHost: fuzz.test\r\n\r\n'),
-  stall('F17-stall-on-chunked-framing-defects', ['chunk-ext', 'chunk-bare-lf', 'chunk-data-no-crlf', 'bad-trailer', 'cl-te'],
+  stall('F17-stall-on-chunked-framing-defects', ['chunk-ext', 'chunk-bare-lf', 'chunk-data-no-crlf', 'bad-trailer', 'cl-te', 'bad-chunk-size'],
     'Some chunked framing defects get no answer instead of 400 + close: an empty chunk extension (`5;`), a bare LF in chunk ' +
     'framing together with other defects, chunk data not followed by CRLF (uWS skips any 2 bytes there), an invalid trailer ' +
-    'line, and Content-Length: 0 with Transfer-Encoding (ENVIRONMENT.md: ' +
+    'line, some invalid chunk sizes (`bb\\xe2`), and Content-Length: 0 with Transfer-Encoding (ENVIRONMENT.md: bad chunk sizes, ' +
     'CL+TE and chunk extensions close).',
     'POST /api/x?t=FzT00000000 HTTP/1.1\r\nHost: fuzz.test\r\nTransfer-Encoding: chunked\r\n\r\n5;\r\nhello\r\n0\r\n\r\n'),
 ];
@@ -393,7 +425,11 @@ export function judgeCase(ref: RefParse, obs: Observation, lookup: (rid: string)
     const rid = header(res.headers, 'x-request-id');
     if (rid === undefined) v.push({ signature: 'b:response-without-request-id', detail: `status ${res.status}` });
     const kind = header(res.headers, 'x-fz-up');
-    if (res.status >= 500) v.push({ signature: `b:gateway-${res.status}:${kind === undefined ? gatewayErrorCode(res) : 'upstream'}`, detail: show(res.body) });
+    // With a healthy upstream a 5xx is a gateway failure, except 501 and 505, the statuses RFC 9110
+    // 15.6.2/15.6.6 give a server for a method or an HTTP version it does not support.
+    if (res.status >= 500 && res.status !== 501 && res.status !== 505) {
+      v.push({ signature: `b:gateway-${res.status}:${kind === undefined ? gatewayErrorCode(res) : 'upstream'}`, detail: show(res.body) });
+    }
     if (kind === undefined && res.status >= 400 && res.status < 500 && rid !== undefined) {
       // Declared chunked (whatever its chunks look like): the gateway streams such a body until it crosses the limit.
       gatewayRejects.push({ rid, status: res.status, chunkedBody: req?.headers.some((h) => h[0] === 'transfer-encoding') ?? false });
@@ -407,7 +443,7 @@ export function judgeCase(ref: RefParse, obs: Observation, lookup: (rid: string)
       const mustReject = req.reasons.find((r) => MUST_REJECT.has(r));
       if (mustReject !== undefined) {
         // uWS trims bytes >= 0x80 at the ends of field values (see KNOWN_FINDINGS): tell those apart.
-        const nonAscii = req.headers.some(([n, val]) => (n === 'host' || n === 'content-length' || n === 'transfer-encoding') && /[\x80-\xff]/.test(val));
+        const nonAscii = framingNonAscii(req);
         const emptyName = req.reasons.includes('empty-name') ? ':empty-name-line-present' : '';
         v.push({ signature: 'rfc:forwarded-request-that-must-be-rejected:' + mustReject + (nonAscii ? ':non-ascii' : '') + emptyName, detail: `status ${res.status}` });
       }
@@ -438,7 +474,10 @@ export function judgeCase(ref: RefParse, obs: Observation, lookup: (rid: string)
     if (res.connectionClose) closeDue ??= 'a response with Connection: close';
     if (req?.closeOption) closeDue ??= 'a request with Connection: close' + (req.reasons.includes('empty-name') ? ' (empty-name line present)' : '');
     const mc = req?.reasons.find((r) => MUST_CLOSE.has(r));
-    if (mc !== undefined) closeDue ??= 'a request with ' + mc + (req!.reasons.includes('empty-name') ? ' (empty-name line present)' : '');
+    if (mc !== undefined) {
+      const why = req!.reasons.includes('empty-name') ? ' (empty-name line present)' : framingNonAscii(req!) ? ' (non-ascii)' : '';
+      closeDue ??= 'a request with ' + mc + why;
+    }
     if (before === null && closeDue !== null) {
       closeShape = req?.method === 'HEAD' || res.status === 204 || res.status === 304 ? 'bodyless' : res.framing === 'chunked' ? 'chunked' : 'sized';
     }
@@ -511,6 +550,11 @@ function shape(ref: RefParse): string {
     if (r.framing === 'chunked') tags.add('chunked');
     else if (r.framing === 'length' && r.body !== '') tags.add('length');
     if (r.method === 'HEAD') tags.add('head');
+    // Finding F20: uWS closes after a 5-byte value in the first Connection line, as if it were `close`.
+    const conn = r.headers.find((h) => h[0] === 'connection')?.[1] ?? '';
+    if (conn.length === 5 && conn.toLowerCase() !== 'close') tags.add('connection-value-of-5-bytes');
+    // Finding F21: a large head answered by the gateway, then the connection drops the next request.
+    if (r.headEnd - r.start > 16384) tags.add('large-head');
   }
   if (ref.requests.length > 1) tags.add('pipelined');
   return tags.size === 0 ? 'plain' : [...tags].sort().join('+');
