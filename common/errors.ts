@@ -50,6 +50,8 @@ export const Errors = Object.freeze({
     'The request headers exceed server.limits.maxHeaderBytes or maxHeaderCount; send fewer or smaller headers.'),
   BAD_HOST: def('bad_host', 400, 'Bad Request',
     'The request has no valid Host header, or more than one (RFC 9112 3.2); send exactly one Host: name[:port].'),
+  NOT_IMPLEMENTED: def('not_implemented', 501, 'Not Implemented',
+    'The gateway does not tunnel: CONNECT is not supported; send requests to the gateway directly.'),
   // -- upstream errors -------------------------------------------------------
   UPSTREAM_CONNECT_FAILED: def('upstream_connect_failed', 502, 'Bad Gateway',
     'The gateway could not connect to the upstream; check that the service is running.'),

@@ -30,7 +30,7 @@ export const ERROR_CODES = [
   'bad_request', 'bad_path', 'route_not_found', 'method_not_allowed', 'body_too_large', 'url_too_long',
   'headers_too_large', 'upstream_connect_failed', 'upstream_reset', 'upstream_bad_response',
   'upstream_unavailable', 'upstream_connect_timeout', 'upstream_timeout', 'internal_error', 'shutting_down',
-  'upstream_aborted', 'client_aborted', 'bad_host',
+  'upstream_aborted', 'client_aborted', 'bad_host', 'not_implemented',
 ] as const;
 
 // -- global section -----------------------------------------------------------

@@ -17,6 +17,10 @@ export const ROOT_DIR = join(BENCH_DIR, '..');
 // dist/ for an A/B run); default: this checkout's dist/.
 export const TURNPIKE_DIST = process.env.TURNPIKE_DIST || join(ROOT_DIR, 'dist');
 export const TURNPIKE_CLI = join(TURNPIKE_DIST, 'engine/cli.js');
+// TURNPIKE_BASE_DIST: a second build (e.g. main before a change) benched as
+// the `turnpike-base` target in the same run, rounds interleaved with
+// `turnpike-node`: an A/B that a minute-scale swing of the VM hits alike.
+export const TURNPIKE_BASE_DIST = process.env.TURNPIKE_BASE_DIST || null;
 export const BUN_BIN = join(ROOT_DIR, 'node_modules/.bin/bun');
 
 export const UPSTREAM_PORT = 18000;
@@ -150,6 +154,16 @@ export const TARGETS = [
     skip: notBuilt,
     command: (tmp) => [process.execPath, [TURNPIKE_CLI, 'start', '--config', turnpikeConfig(tmp, 'turnpike-nometrics', 18082, { metrics: { enabled: false } })]],
     version: () => `node ${process.version}`,
+  },
+  {
+    name: 'turnpike-base',
+    port: 18083,
+    skip: () => {
+      if (TURNPIKE_BASE_DIST === null) return 'set TURNPIKE_BASE_DIST to a built dist/ to bench it against this one';
+      return existsSync(join(TURNPIKE_BASE_DIST, 'engine/cli.js')) ? null : `no ${join(TURNPIKE_BASE_DIST, 'engine/cli.js')}`;
+    },
+    command: (tmp) => [process.execPath, [join(TURNPIKE_BASE_DIST, 'engine/cli.js'), 'start', '--config', turnpikeConfig(tmp, 'turnpike-base', 18083)]],
+    version: () => `node ${process.version}, ${TURNPIKE_BASE_DIST}`,
   },
   {
     name: 'turnpike-bun',

@@ -397,6 +397,13 @@ function checkRoutes(doc: Record<string, unknown>, checkPattern: PatternChecker 
       if (problem !== null) out.push({ path: formatPath(['routes', i, 'path']), message: problem });
     }
     checkHeaderPolicy(r['headers'], ['routes', i, 'headers'], out, requestIdHeader);
+    if (Array.isArray(r['methods'])) {
+      r['methods'].forEach((m: unknown, k: number) => {
+        if (typeof m === 'string' && m.toUpperCase() === 'CONNECT') {
+          out.push({ path: formatPath(['routes', i, 'methods', k]), message: 'CONNECT cannot be routed: the gateway does not tunnel (it answers 501 not_implemented)' });
+        }
+      });
+    }
     const rw = r['rewrite'];
     if (!pathOk || !isPlainObject(rw)) return;
     const params = pathParams(path);

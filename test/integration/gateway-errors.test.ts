@@ -233,6 +233,13 @@ const TABLE: Trigger[] = [
     request: (m) => raw(m, '/nowhere'),
   },
   {
+    // Only the CONNECT method triggers it: the GET row sends CONNECT (the
+    // answer is compared with nothing but itself), the others cannot.
+    error: Errors.NOT_IMPLEMENTED, how: 'the CONNECT method (sent in the GET row), on a routed path', closes: false,
+    request: () => raw('CONNECT' as Method, '/api/x'),
+    cannot: Object.fromEntries(['HEAD', 'POST', 'PUT', 'DELETE', 'OPTIONS', 'PATCH'].map((m) => [m, 'only CONNECT triggers not_implemented'])),
+  },
+  {
     error: Errors.METHOD_NOT_ALLOWED, how: 'a route whose methods are [TRACE] only', closes: false,
     request: (m) => raw(m, '/trace-only'),
   },

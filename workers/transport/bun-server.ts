@@ -330,6 +330,8 @@ export class BunServer implements Backend {
 
     if (this.draining) return reject(Errors.SHUTTING_DOWN, true);
     if (badFraming) return reject(Errors.BAD_REQUEST, true);
+    // The gateway does not tunnel: CONNECT is refused whatever the routes say (RFC 9110 9.3.6).
+    if (method === 'CONNECT') return reject(Errors.NOT_IMPLEMENTED, close);
     const target = requestTarget(req.url);
     if (target.length > limits.maxUrlBytes) return reject(Errors.URL_TOO_LONG, close);
     const q = target.indexOf('?');

@@ -30,7 +30,7 @@ import { coarse, type TimerList, type Timed } from '../proxy/timers.js';
 import {
   ACQUIRE_FULL, READ_BUFFER, type Connection, type ConnectionUser, type TargetPool,
 } from '../proxy/upstream-pool.js';
-import { endWithoutBody, writeGatewayError } from './uws-respond.js';
+import { CLOSE_NONE, endWithoutBody, writeGatewayError } from './uws-respond.js';
 
 export const REQ_BODY_NONE = 0;
 export const REQ_BODY_LENGTH = 1;
@@ -124,10 +124,13 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
   readonly methodIdx: number;
   readonly t0: number;
   /**
-   * The client asked to close the connection after this response (`close`
-   * in a Connection list; uWS only closes by itself for the exact value).
+   * CLOSE_NONE, or how the connection closes after this response because
+   * the client asked (`close` in Connection): CLOSE_BY_SERVER when uWS does
+   * it by itself, CLOSE_ENFORCE when the gateway must (uws-respond.ts).
    */
-  readonly clientClose: boolean;
+  readonly clientClose: number;
+  /** How this connection closes when the gateway decides it must (CLOSE_BY_SERVER or CLOSE_ENFORCE). */
+  readonly closeBy: number;
   /** `Connection: close` still to be written before the first body byte (a streamed response cannot close itself: uws-respond.ts). */
   private closeHeaderPending = false;
   /** Ending the response with a real close is under way: the onAborted it triggers is expected. */
@@ -171,7 +174,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
 
   constructor(
     res: any, env: ExchangeEnv, route: RouteContext, pool: TargetPool, method: string, methodIdx: number,
-    requestId: string, head: string, reqBodyMode: number, reqBodyLimit: number, t0: number, clientClose: boolean,
+    requestId: string, head: string, reqBodyMode: number, reqBodyLimit: number, t0: number, clientClose: number, closeBy: number,
   ) {
     this.res = res;
     this.env = env;
@@ -187,6 +190,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
     this.reqBodyDone = reqBodyMode === REQ_BODY_NONE;
     this.t0 = t0;
     this.clientClose = clientClose;
+    this.closeBy = closeBy;
   }
 
   /** Called synchronously from the uWS request handler. */
@@ -502,19 +506,19 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
     for (let i = 0; i < extra.length; i += 2) res.writeHeader(extra[i]!, extra[i + 1]!);
     if (bodyKind === BODY_NONE) {
       const close = this.clientClose;
-      this.closing = close;
+      this.closing = close !== CLOSE_NONE;
       if (this.isHead || status === 204 || status === 304) {
         // HEAD and 304 keep the upstream's Content-Length (the length a GET
         // or a 200 would have); a 204 never has one.
         endWithoutBody(res, status, contentLength, close, true);
       } else {
-        res.end(undefined, close); // Content-Length: 0
+        res.end(undefined, close !== CLOSE_NONE); // Content-Length: 0
       }
       this.res = null;
       this.clientDone();
       return;
     }
-    this.closeHeaderPending = this.clientClose;
+    this.closeHeaderPending = this.clientClose !== CLOSE_NONE;
   }
 
   onResponseData(buf: Buffer, start: number, end: number): void {
@@ -658,8 +662,8 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
         failEx = this;
         failRes = res;
         failError = e;
-        failClose = closeConnection || this.clientClose;
-        this.closing = failClose;
+        failClose = closeConnection ? this.closeBy : this.clientClose;
+        this.closing = failClose !== CLOSE_NONE;
         res.cork(corkedFail);
         failEx = null;
         failRes = null;
@@ -668,7 +672,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
     this.complete();
   }
 
-  writeError(res: any, e: GatewayErrorDef, close: boolean): void {
+  writeError(res: any, e: GatewayErrorDef, close: number): void {
     writeGatewayError(res, e, this.env.requestIdHeader, this.requestId, this.isHead, close, true, null);
   }
 
@@ -758,7 +762,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
 let failEx: Exchange | null = null;
 let failRes: any = null;
 let failError: GatewayErrorDef = Errors.INTERNAL;
-let failClose = false;
+let failClose = CLOSE_NONE;
 function corkedFail(): void {
   failEx!.writeError(failRes, failError, failClose);
 }

@@ -22,16 +22,31 @@
  *    INTO the body bytes.
  *  - `end()` writes `Content-Length: 0`, which a 204 must never carry
  *    (RFC 9110 8.6); 204 and 304 end with `endWithoutBody()`.
- *  - A client's `Connection: close` (exactly that value) makes uWS close
- *    after any response by itself; `close` inside a list (`keep-alive,
- *    close`) does not.
+ *  - uWS closes after any complete response by itself when the request's
+ *    first Connection line is 5 characters long (`close`, in any case;
+ *    also `x-abc`); `close` inside a list (`keep-alive, close`) or on a
+ *    second line does not make it close.
+ *  - An answer ended inside the request handler does not stop uWS from
+ *    handling a request pipelined behind it, even with `end(body, true)`:
+ *    uWS serves it and keeps the connection. An answer ended after the
+ *    handler returned is safe: a request already pipelined then makes uWS
+ *    close the connection. So an answer that must close is written from
+ *    setImmediate (uws-server.ts).
  * So a `close` (the client's, or the gateway's own after bad framing) is
- * honoured for real where one `end(body, true)` call writes the whole
- * response (the gateway's own errors, bodies that arrive whole) and for HEAD
- * as above; a 204 or 304 response (which must not carry `Content-Length: 0`)
- * or a streamed body carries `Connection: close`, and the client closes
- * (RFC 9112 9.6 obliges it to).
+ * honoured for real where uWS closes by itself (CLOSE_BY_SERVER), where one
+ * `end(body, true)` call writes the whole response (the gateway's own
+ * errors, bodies that arrive whole) and for HEAD as above; otherwise (a 204
+ * or 304, which must not carry `Content-Length: 0`, or a streamed body) the
+ * response carries `Connection: close` and the client closes (RFC 9112 9.6
+ * obliges it to).
  */
+
+/** Keep the connection. */
+export const CLOSE_NONE = 0;
+/** Close after the response; uWS will do it by itself (the request's first Connection line has 5 characters). */
+export const CLOSE_BY_SERVER = 1;
+/** Close after the response; the gateway must make it happen. */
+export const CLOSE_ENFORCE = 2;
 import { errorBody, type GatewayErrorDef } from '../../common/errors.js';
 
 const noop = (): void => {};
@@ -39,19 +54,19 @@ const noop = (): void => {};
 /**
  * Ends a response that has no body: HEAD (with the Content-Length the GET
  * would have, or none when unknown: -1), 204 (never a Content-Length) and
- * 304 (a known one). With `close`, no further request is served on the
- * connection where the build allows it, else it says `Connection: close`
- * (see above). `abortAttached`: the caller attached onAborted (the
- * exchange); the synchronous error path has not.
+ * 304 (a known one). `close` (CLOSE_*): with CLOSE_ENFORCE no further
+ * request is served on the connection where the build allows it, else the
+ * response says `Connection: close` (see above). `abortAttached`: the
+ * caller attached onAborted (the exchange); the synchronous path has not.
  */
-export function endWithoutBody(res: any, status: number, contentLength: number, close: boolean, abortAttached: boolean): void {
-  if (close && status !== 204 && status !== 304 && contentLength >= 0) {
+export function endWithoutBody(res: any, status: number, contentLength: number, close: number, abortAttached: boolean): void {
+  if (close === CLOSE_ENFORCE && status !== 204 && status !== 304 && contentLength >= 0) {
     if (!abortAttached) res.onAborted(noop);
     res.endWithoutBody(contentLength, true);
     return;
   }
   if (status !== 204 && contentLength >= 0) res.writeHeader('content-length', String(contentLength));
-  if (close) res.writeHeader('connection', 'close');
+  if (close !== CLOSE_NONE) res.writeHeader('connection', 'close');
   res.endWithoutBody();
 }
 
@@ -61,7 +76,7 @@ export function endWithoutBody(res: any, status: number, contentLength: number, 
  * the same head without the body. Call inside a cork (or the handler).
  */
 export function writeGatewayError(
-  res: any, e: GatewayErrorDef, requestIdHeader: string, requestId: string, isHead: boolean, close: boolean,
+  res: any, e: GatewayErrorDef, requestIdHeader: string, requestId: string, isHead: boolean, close: number,
   abortAttached: boolean, allow: string | null,
 ): void {
   res.writeStatus(e.statusLine).writeHeader('content-type', 'application/json').writeHeader(requestIdHeader, requestId);
@@ -69,5 +84,5 @@ export function writeGatewayError(
   const body = errorBody(e, requestId);
   // Messages and request ids are ASCII: length in characters = in bytes.
   if (isHead) endWithoutBody(res, e.status, body.length, close, abortAttached);
-  else res.end(body, close);
+  else res.end(body, close !== CLOSE_NONE);
 }

@@ -21,7 +21,7 @@ import { MATCH_FOUND } from '../router/types.js';
 import { isValidHost, normalizeHost, normalizePath } from '../router/normalize.js';
 import { Exchange, REQ_BODY_CHUNKED, REQ_BODY_LENGTH, REQ_BODY_NONE, type ExchangeEnv } from './uws-exchange.js';
 import { loadUws } from './uws-loader.js';
-import { writeGatewayError } from './uws-respond.js';
+import { CLOSE_BY_SERVER, CLOSE_ENFORCE, CLOSE_NONE, writeGatewayError } from './uws-respond.js';
 import { LINGER_MAX_BYTES, type Backend, type ServerOptions } from './backend.js';
 
 /**
@@ -80,6 +80,8 @@ let hContentLength: string | null = null;
 let hConflict = false;
 let hTransferEncoding: string | null = null;
 let hConnection: string | null = null;
+/** Length of the first Connection line: 5 makes uWS close after the response by itself (uws-respond.ts). */
+let hConnectionFirstLength = 0;
 let hXff: string | null = null;
 let hForwarded: string | null = null;
 /** The request id header's value; '' when it came more than once (then one is generated). */
@@ -95,6 +97,7 @@ function resetScratch(): void {
   hConflict = false;
   hTransferEncoding = null;
   hConnection = null;
+  hConnectionFirstLength = 0;
   hXff = null;
   hForwarded = null;
   hRequestId = null;
@@ -114,7 +117,14 @@ function collectHeader(k: string, v: string): void {
       if (k === 'forwarded') hForwarded = hForwarded === null ? v : hForwarded + ', ' + v;
       break;
     case 10:
-      if (k === 'connection') hConnection = hConnection === null ? v : hConnection + ', ' + v;
+      if (k === 'connection') {
+        if (hConnection === null) {
+          hConnection = v;
+          hConnectionFirstLength = v.length;
+        } else {
+          hConnection += ', ' + v;
+        }
+      }
       break;
     case 14:
       if (k === 'content-length') {
@@ -304,12 +314,16 @@ export class UwsServer implements Backend {
       badFraming = hTransferEncoding.toLowerCase() !== 'chunked';
       bodyMode = REQ_BODY_CHUNKED;
     }
-    // `close` anywhere in Connection (uWS itself only honours the exact value).
-    const clientClose = hConnection !== null && hasCloseOption(hConnection);
-    const close = clientClose || bodyMode === REQ_BODY_CHUNKED || contentLength > LINGER_MAX_BYTES;
+    // `close` anywhere in Connection; uWS itself closes only when the first
+    // Connection line is 5 characters long (uws-respond.ts).
+    const closeBy = hConnectionFirstLength === 5 ? CLOSE_BY_SERVER : CLOSE_ENFORCE;
+    const clientClose = hConnection !== null && hasCloseOption(hConnection) ? closeBy : CLOSE_NONE;
+    const close = clientClose !== CLOSE_NONE || bodyMode === REQ_BODY_CHUNKED || contentLength > LINGER_MAX_BYTES ? closeBy : CLOSE_NONE;
 
-    if (this.draining) return this.reject(res, Errors.SHUTTING_DOWN, requestId, mIdx, isHead, t0, true);
-    if (badFraming) return this.reject(res, Errors.BAD_REQUEST, requestId, mIdx, isHead, t0, true);
+    if (this.draining) return this.reject(res, Errors.SHUTTING_DOWN, requestId, mIdx, isHead, t0, closeBy);
+    if (badFraming) return this.reject(res, Errors.BAD_REQUEST, requestId, mIdx, isHead, t0, closeBy);
+    // The gateway does not tunnel: CONNECT is refused whatever the routes say (RFC 9110 9.3.6).
+    if (method === 'CONNECT') return this.reject(res, Errors.NOT_IMPLEMENTED, requestId, mIdx, isHead, t0, close);
     if (url.length + query.length + 1 > limits.maxUrlBytes) {
       return this.reject(res, Errors.URL_TOO_LONG, requestId, mIdx, isHead, t0, close);
     }
@@ -373,7 +387,7 @@ export class UwsServer implements Backend {
     else if (bodyMode === REQ_BODY_CHUNKED) head += 'transfer-encoding: chunked\r\n\r\n';
     else head += '\r\n';
 
-    const ex = new Exchange(res, this.env, route, pool, method, mIdx, requestId, head, bodyMode, route.maxBodyBytes, t0, clientClose);
+    const ex = new Exchange(res, this.env, route, pool, method, mIdx, requestId, head, bodyMode, route.maxBodyBytes, t0, clientClose, closeBy);
     this.pendingEx = ex;
     if (TEST_HOOKS) ex.testThrow = req.getHeader(TEST_THROW_HEADER) === 'upstream';
     // A throw out of a uWS callback would end the worker: a bug ends only its exchange.
@@ -416,7 +430,7 @@ export class UwsServer implements Backend {
     });
     try {
       if (ex !== null) ex.internalError();
-      else this.reject(res, Errors.INTERNAL, this.pendingId, this.pendingMethod, this.pendingMethod === HEAD_INDEX, performance.now(), true);
+      else this.reject(res, Errors.INTERNAL, this.pendingId, this.pendingMethod, this.pendingMethod === HEAD_INDEX, performance.now(), CLOSE_ENFORCE);
     } catch {
       // The response was already ended (or the client is gone): nothing to answer.
     }
@@ -426,16 +440,64 @@ export class UwsServer implements Backend {
     return formatAddress(new Uint8Array(res.getRemoteAddress() as ArrayBuffer));
   }
 
-  /** Answers a gateway error synchronously inside the uWS handler and counts it. */
+  private closing: ClosingAnswer[] = [];
+  private closingScheduled = false;
+
+  /**
+   * An answer after which the connection must close is written once the
+   * handler has returned (in one setImmediate per loop turn): inside the
+   * handler uWS would go on to serve a request pipelined behind this one
+   * and keep the connection (uws-respond.ts) -- after bad framing, the
+   * request smuggling this answer is there to stop. Written later, a request
+   * already pipelined makes uWS close the connection instead.
+   */
+  private answerAfterHandler(res: any, e: GatewayErrorDef, requestId: string, isHead: boolean, close: number, allow: string | null): void {
+    const a: ClosingAnswer = { res, e, ridHeader: ridHeaderName, requestId, isHead, close, allow, aborted: false };
+    res.onAborted(() => { a.aborted = true; });
+    this.closing.push(a);
+    if (!this.closingScheduled) {
+      this.closingScheduled = true;
+      setImmediate(this.flushClosing);
+    }
+  }
+
+  private readonly flushClosing = (): void => {
+    this.closingScheduled = false;
+    const list = this.closing;
+    this.closing = [];
+    for (const a of list) {
+      if (a.aborted) continue;
+      try {
+        a.res.cork(() => writeGatewayError(a.res, a.e, a.ridHeader, a.requestId, a.isHead, a.close, true, a.allow));
+      } catch (err) {
+        log('error', 'internal error while answering; the connection is dropped', { requestId: a.requestId, error: String(err) });
+      }
+    }
+  };
+
+  /** Answers a gateway error (inside the uWS handler, or just after it when it must close) and counts it. */
   private reject(
-    res: any, e: GatewayErrorDef, requestId: string, mIdx: number, isHead: boolean, t0: number, close: boolean, slot = 0,
+    res: any, e: GatewayErrorDef, requestId: string, mIdx: number, isHead: boolean, t0: number, close: number, slot = 0,
     allow: string | null = null,
   ): void {
-    writeGatewayError(res, e, ridHeaderName, requestId, isHead, close, false, allow);
+    if (close === CLOSE_NONE) writeGatewayError(res, e, ridHeaderName, requestId, isHead, CLOSE_NONE, false, allow);
+    else this.answerAfterHandler(res, e, requestId, isHead, close, allow);
     if (!this.env.metricsOn) return;
     countError(this.env.metrics, e.code);
     recordRequest(this.env.metrics, this.env.latency, slot, mIdx, e.status, performance.now() - t0);
   }
+}
+
+/** An answer that must close, waiting for the handler to return (see answerAfterHandler). */
+interface ClosingAnswer {
+  res: any;
+  e: GatewayErrorDef;
+  ridHeader: string;
+  requestId: string;
+  isHead: boolean;
+  close: number;
+  allow: string | null;
+  aborted: boolean;
 }
 
 /**
@@ -453,22 +515,34 @@ export class UwsServer implements Backend {
  */
 function exactBytes(head: string, req: any): string | null {
   if (head.indexOf('\x7f') !== -1) return null;
-  const bad = head.indexOf('\ufffd');
-  if (bad === -1) return Buffer.from(head, 'utf8').toString('latin1');
-  // Lines holding U+FFFD: header lines can be recovered, the request line cannot.
-  const lines = head.split('\r\n');
-  if (lines[0]!.includes('\ufffd')) return null;
-  for (let i = 1; i < lines.length; i++) {
-    const line = lines[i]!;
-    if (!line.includes('\ufffd')) {
-      lines[i] = Buffer.from(line, 'utf8').toString('latin1');
-      continue;
+  let out: string;
+  if (head.indexOf('\ufffd') === -1) {
+    out = Buffer.from(head, 'utf8').toString('latin1');
+  } else {
+    // Lines holding U+FFFD: header lines can be recovered, the request line
+    // (the query) cannot. Every other line, the request line included, is
+    // re-encoded: a char left as UTF-16 would be cut to its low byte by the
+    // latin1 write (U+010D U+010A -> CR LF: a header or request injected).
+    const lines = head.split('\r\n');
+    if (lines[0]!.includes('\ufffd')) return null;
+    for (let i = 0; i < lines.length; i++) {
+      const line = lines[i]!;
+      if (!line.includes('\ufffd')) {
+        lines[i] = Buffer.from(line, 'utf8').toString('latin1');
+        continue;
+      }
+      const name = line.slice(0, line.indexOf(':'));
+      let count = 0;
+      for (let k = 0; k < hdrs.length; k += 2) if (hdrs[k] === name) count++;
+      if (count !== 1) return null;
+      lines[i] = name + ': ' + (req.getHeader(name) as string);
     }
-    const name = line.slice(0, line.indexOf(':'));
-    let count = 0;
-    for (let k = 0; k < hdrs.length; k += 2) if (hdrs[k] === name) count++;
-    if (count !== 1) return null;
-    lines[i] = name + ': ' + (req.getHeader(name) as string);
+    out = lines.join('\r\n');
   }
-  return lines.join('\r\n');
+  // Whatever happened above, the head goes out as latin1: one char per byte,
+  // and no CR, LF or NUL but the line ends. Refuse anything else.
+  return SAFE_HEAD.test(out) ? out : null;
 }
+
+/** Lines of tab, printable latin1 and obs-text, each ended by CRLF. */
+const SAFE_HEAD = /^(?:[\t\x20-\x7e\x80-\xff]*\r\n)*$/;
