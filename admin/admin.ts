@@ -16,7 +16,7 @@ import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import type { GatewayConfig } from '../common/config/types.js';
 import type { AdminData, FromAdmin, ReloadResult, SlotEntries, ToAdmin } from '../common/protocol.js';
 import { C_DRAINING, C_WORKER_COUNT, C_WORKER_STATE, W_READY } from '../common/protocol.js';
-import { createAdminApi } from './api/index.js';
+import { type AdminApi, createAdminApi } from './api/index.js';
 import { LatencyCollector, type AdminContext } from './context.js';
 import { MetricsView } from './metrics.js';
 
@@ -76,7 +76,12 @@ function json(res: http.ServerResponse, status: number, body: unknown): void {
   res.end(s);
 }
 
-const api = createAdminApi(ctx);
+/**
+ * Built once the listener is bound: the generated token file and the default
+ * audit log are named by the bound port, and a gateway that cannot get its
+ * admin port must not touch the files of the one that holds it.
+ */
+let api: AdminApi | null = null;
 
 const server = http.createServer((req, res) => {
   const url = req.url ?? '/';
@@ -99,6 +104,10 @@ const server = http.createServer((req, res) => {
     return;
   }
   if (path === '/admin' || path!.startsWith('/admin/')) {
+    if (api === null) {
+      json(res, 503, { error: { code: 'unavailable', message: 'The admin API is starting; try again in a moment.' } });
+      return;
+    }
     api(req, res);
     return;
   }
@@ -123,6 +132,7 @@ port.on('message', (msg: ToAdmin) => {
       collector.setPort(msg.index, msg.port);
       break;
     case 'drain':
+      api?.stop();
       server.close();
       server.closeAllConnections();
       collector.close();
@@ -136,5 +146,14 @@ server.once('error', (err: NodeJS.ErrnoException) => {
 });
 server.listen(data.config.admin.port, data.config.admin.host, () => {
   const addr = server.address();
-  send({ type: 'ready', port: typeof addr === 'object' && addr !== null ? addr.port : 0 });
+  const bound = typeof addr === 'object' && addr !== null ? addr.port : 0;
+  try {
+    api = createAdminApi(ctx, { adminPort: bound });
+  } catch (err) {
+    // A bad tokens file or an unwritable audit log: the start fails with the message.
+    server.close();
+    send({ type: 'fatal', message: (err as Error).message });
+    return;
+  }
+  send({ type: 'ready', port: bound });
 });

@@ -62,6 +62,8 @@ export interface ReloadResult {
   changes: ConfigChanges | null;
   /** PUT only: the document was written to the config file. */
   persisted: boolean;
+  /** A valid config's warnings (an unused upstream, no routes...): see common/config/validate.ts semanticWarnings. */
+  warnings?: { path: string; message: string }[];
 }
 
 export type ToAdmin =

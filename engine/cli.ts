@@ -1,29 +1,38 @@
 #!/usr/bin/env node
 /**
- * turnpike CLI: start | validate | reload | schema.
+ * turnpike CLI: start | validate | reload | schema | init | help.
  *
- *   turnpike start [--config FILE] [--set path=value]... [--port N] [--workers N]
+ *   turnpike start [--config FILE] [--set path=value]... [--port N] [--workers N] [--watch]
  *   turnpike validate FILE [--set path=value]... [--diff [--admin URL]]
  *   turnpike reload [--admin URL]
  *   turnpike schema > turnpike.schema.json
+ *   turnpike init [FILE]
+ *   turnpike <command> --help, turnpike help <command>
  *
  * reload and validate --diff talk to a running gateway's admin API
  * (default http://127.0.0.1:9901, or TURNPIKE_ADMIN_URL) with the token in
- * TURNPIKE_ADMIN_TOKEN, TURNPIKE_ADMIN_TOKEN_FILE or ./.turnpike/admin-token.
+ * TURNPIKE_ADMIN_TOKEN, TURNPIKE_ADMIN_TOKEN_FILE or the token the gateway
+ * generated for that admin port (./.turnpike/admin-token-<port>).
  *
  * Precedence: defaults < config file < TURNPIKE_* environment < CLI flags.
  * Without --config, the embedded default config runs (with its demo upstream).
+ *
+ * Exit codes: 0 done, 1 refused or failed (invalid config, gateway refused or
+ * unreachable, file exists), 2 usage error (unknown command or option).
  */
-import { readFileSync, watch } from 'node:fs';
+import { readFileSync, watch, writeFileSync } from 'node:fs';
 import { basename, dirname, extname, resolve as resolvePath } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { clientToken, loadTokens } from '../admin/api/auth.js';
+import { LEGACY_TOKEN_FILE, clientToken, generatedTokenFile, loadTokens } from '../admin/api/auth.js';
 import { formatChanges } from '../common/config/diff.js';
+import { didYouMean } from '../common/config/util.js';
 import { formatErrors, loadConfigFile, loadEmbeddedConfig, type LoadResult } from '../common/config/load.js';
 import { schemaJson } from '../common/config/schema.js';
 import { log } from '../common/log.js';
 import { WORKER_CHECKS } from '../workers/config-check.js';
 import { startDemoUpstream } from './demo-upstream.js';
+import { COMMANDS, commandHelp, usage } from './help.js';
+import { starterConfig } from '../common/config/starter-config.js';
 import { Supervisor } from './supervisor.js';
 
 const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../package.json', import.meta.url)), 'utf8')) as { version: string };
@@ -32,28 +41,12 @@ const DEFAULT_ADMIN_URL = 'http://127.0.0.1:9901';
 /** reload waits for every worker to apply the config (5 s each at worst). */
 const ADMIN_REQUEST_TIMEOUT_MS = 30_000;
 
-const USAGE = `turnpike ${pkg.version}: edge proxy and API gateway
-
-Usage:
-  turnpike start [--config FILE] [--set path=value]... [--port N] [--workers N] [--watch]
-  turnpike validate FILE [--set path=value]... [--diff [--admin URL]]
-  turnpike reload [--admin URL]
-  turnpike schema            print the config JSON Schema (for editors)
-  turnpike --version
-
-Without --config, start runs the embedded default config and its demo
-upstream. Environment overrides: TURNPIKE_SERVER__PORT=8081 (double
-underscore = nesting).
-
-reload: make the running gateway re-read its config file.
-validate --diff: also show what FILE would change in the running gateway
-(a dry run: nothing is applied). Both use the admin API at --admin URL
-(default ${DEFAULT_ADMIN_URL}, or TURNPIKE_ADMIN_URL) with the token in
-TURNPIKE_ADMIN_TOKEN, TURNPIKE_ADMIN_TOKEN_FILE or ./.turnpike/admin-token.
-Docs: README.md.`;
+const USAGE = usage(pkg.version, DEFAULT_ADMIN_URL);
 
 interface Args {
   command: string;
+  /** --help / -h anywhere: print the command's help. */
+  help: boolean;
   file: string | null;
   sets: string[];
   watch: boolean;
@@ -72,12 +65,18 @@ interface Args {
 const WATCH_SETTLE_MS = 250;
 
 function parseArgs(argv: string[]): Args {
-  const out: Args = { command: argv[0] ?? 'help', file: null, sets: [], watch: false, diff: false, admin: null };
+  const out: Args = { command: argv[0] ?? 'help', help: false, file: null, sets: [], watch: false, diff: false, admin: null };
+  // Help wins over everything else on the line: `turnpike start --bogus --help` explains, it does not fail.
+  for (let i = 1; i < argv.length; i++) {
+    if (VALUE_OPTIONS.has(argv[i]!)) i++;
+    else if (argv[i] === '--help' || argv[i] === '-h') out.help = true;
+  }
+  if (out.help) return out;
   for (let i = 1; i < argv.length; i++) {
     const a = argv[i]!;
     const next = () => {
       const v = argv[++i];
-      if (v === undefined) fail(`${a} needs a value`);
+      if (v === undefined) fail(`${a} needs a value`, out.command);
       return v;
     };
     if (a === '--config' || a === '-c') out.file = next();
@@ -90,13 +89,19 @@ function parseArgs(argv: string[]): Args {
     else if (a === '--admin') out.admin = next();
     else if (a.startsWith('--admin=')) out.admin = a.slice(8);
     else if (!a.startsWith('-') && out.file === null) out.file = a;
-    else fail(`unknown option ${a}`);
+    else if (!a.startsWith('-')) fail(`unexpected argument ${JSON.stringify(a)} (after ${JSON.stringify(out.file)})`, out.command);
+    else fail(`unknown option ${a}`, out.command);
   }
   return out;
 }
 
-function fail(message: string): never {
-  process.stderr.write(`turnpike: ${message}\n\n${USAGE}\n`);
+/** Options followed by a value (skipped when looking for --help). */
+const VALUE_OPTIONS = new Set(['--config', '-c', '--set', '--port', '--workers', '--admin']);
+
+/** A usage error: the message, the right help (the command's, when known), exit 2. */
+function fail(message: string, command?: string): never {
+  const help = command !== undefined && Object.hasOwn(COMMANDS, command) ? commandHelp(command, DEFAULT_ADMIN_URL) : USAGE;
+  process.stderr.write(`turnpike: ${message}\n\n${help}\n`);
   process.exit(2);
 }
 
@@ -107,7 +112,7 @@ function load(args: Args): { result: LoadResult; embedded: boolean } {
 }
 
 async function start(args: Args): Promise<void> {
-  if (args.diff || args.admin !== null) fail('--diff and --admin go with validate and reload, not start');
+  if (args.diff || args.admin !== null) fail('--diff and --admin go with validate and reload, not start', 'start');
   const { result } = load(args);
   if (!result.ok) {
     process.stderr.write(`turnpike: the configuration is invalid, nothing was started:\n${formatErrors(result.errors)}\n`);
@@ -121,6 +126,8 @@ async function start(args: Args): Promise<void> {
     sets: args.sets,
     version: pkg.version,
   });
+  // Valid, but probably not what was meant: said once, at start (validate prints the same).
+  for (const w of result.warnings) log('warn', `config warning: ${w.path === '' ? '' : `${w.path}: `}${w.message}`);
   let gw;
   try {
     gw = await sup.start();
@@ -210,8 +217,9 @@ class FileSettler {
 }
 
 async function validate(args: Args): Promise<void> {
-  if (args.file === null) fail('validate needs a FILE');
-  if (args.admin !== null && !args.diff) fail('--admin goes with --diff (validate FILE --diff --admin URL) or with reload');
+  if (args.file === null) fail('validate needs a FILE', 'validate');
+  if (args.admin !== null && !args.diff) fail('--admin goes with --diff (validate FILE --diff --admin URL) or with reload', 'validate');
+  if (args.watch) fail('--watch goes with start', 'validate');
   const { result } = load(args);
   if (!result.ok) {
     process.stderr.write(`${args.file}: ${result.errors.length} problem${result.errors.length === 1 ? '' : 's'}:\n${formatErrors(result.errors)}\n`);
@@ -229,6 +237,7 @@ async function validate(args: Args): Promise<void> {
     }
   }
   process.stdout.write(`${args.file}: valid (${c.routes.length} routes, ${Object.keys(c.upstreams).length} upstreams)\n`);
+  writeWarnings(result.warnings);
   if (!args.diff) return;
   // The running gateway validates the same document (with its own
   // environment and --set flags) and answers with what would change.
@@ -244,6 +253,17 @@ async function validate(args: Args): Promise<void> {
   adminFailure(admin, r, `the running gateway would refuse ${args.file}; nothing was applied`);
 }
 
+/** `warning: path: message` lines on stderr (valid, but probably not what was meant). */
+function writeWarnings(warnings: readonly { path: string; message: string }[]): void {
+  for (const w of warnings) process.stderr.write(`warning: ${w.path === '' ? '' : `${w.path}: `}${w.message}\n`);
+}
+
+/** The port of an admin URL (http://h:9902 -> 9902; no port: 80 or 443). */
+function adminPort(base: string): number {
+  const u = new URL(base);
+  return u.port !== '' ? Number(u.port) : u.protocol === 'https:' ? 443 : 80;
+}
+
 interface AdminAnswer {
   status: number;
   body: unknown;
@@ -256,18 +276,21 @@ function adminUrl(args: Args): string {
   try {
     u = new URL(/^[a-z]+:\/\//i.test(raw) ? raw : `http://${raw}`);
   } catch {
-    fail(`--admin: ${JSON.stringify(raw)} is not a URL; use e.g. ${DEFAULT_ADMIN_URL}`);
+    fail(`--admin: ${JSON.stringify(raw)} is not a URL; use e.g. ${DEFAULT_ADMIN_URL}`, args.command);
   }
-  if (u.protocol !== 'http:' && u.protocol !== 'https:') fail(`--admin: use an http:// URL, e.g. ${DEFAULT_ADMIN_URL}`);
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') fail(`--admin: use an http:// URL, e.g. ${DEFAULT_ADMIN_URL}`, args.command);
   const path = u.pathname.replace(/\/+$/, '').replace(/\/admin$/, '');
   return u.origin + path;
 }
 
 /** One admin API call; exits with a clear message when the gateway cannot be reached. */
 async function adminRequest(base: string, method: string, path: string, body?: { type: string; text: string }): Promise<AdminAnswer> {
-  const cred = clientToken(process.env, process.cwd());
+  const port = adminPort(base);
+  const cred = clientToken(process.env, process.cwd(), port);
   if (cred === null) {
-    process.stderr.write(`turnpike: no admin token found. Set TURNPIKE_ADMIN_TOKEN (or TURNPIKE_ADMIN_TOKEN_FILE), or run this in the directory the gateway was started from: without a configured token it writes one to .turnpike/admin-token there.\n`);
+    process.stderr.write(`turnpike: no admin token found for the admin API at ${base}. Set TURNPIKE_ADMIN_TOKEN (or TURNPIKE_ADMIN_TOKEN_FILE), ` +
+      `or run this in the directory the gateway was started from: without a configured token it writes one to ${generatedTokenFile(port)} there ` +
+      `(named by its admin port; is --admin the right port?).\n`);
     process.exit(1);
   }
   let res: Response;
@@ -298,7 +321,10 @@ function adminFailure(base: string, r: AdminAnswer, refusedHeadline: string): ne
   if (r.status === 422 && err?.errors) {
     process.stderr.write(`${refusedHeadline}:\n${formatErrors(err.errors)}\n`);
   } else if (r.status === 401) {
-    process.stderr.write(`turnpike: the admin API at ${base} refused the token from ${r.tokenFrom} (401). Use a token the gateway knows: its TURNPIKE_ADMIN_TOKEN, one in its admin.tokensFile, or its generated .turnpike/admin-token.\n`);
+    const stale = r.tokenFrom === LEGACY_TOKEN_FILE
+      ? ` ${LEGACY_TOKEN_FILE} is the name older versions used; this gateway's own generated token would be ${generatedTokenFile(adminPort(base))}, and there is none: check --admin, or run this where the gateway was started.`
+      : '';
+    process.stderr.write(`turnpike: the admin API at ${base} refused the token from ${r.tokenFrom} (401). Use a token the gateway knows: its TURNPIKE_ADMIN_TOKEN, one in its admin.tokensFile, or the one it generated (${generatedTokenFile(adminPort(base))} in its working directory).${stale}\n`);
   } else if (r.status === 403) {
     process.stderr.write(`turnpike: the token from ${r.tokenFrom} has the viewer role; this needs a token with the admin role (403).\n`);
   } else {
@@ -310,13 +336,14 @@ function adminFailure(base: string, r: AdminAnswer, refusedHeadline: string): ne
 
 async function reload(args: Args): Promise<void> {
   if (args.file !== null || args.sets.length > 0 || args.diff || args.watch) {
-    fail('reload takes only --admin URL; the gateway re-reads its own config file (with its own --set flags)');
+    fail('reload takes only --admin URL; the gateway re-reads its own config file (with its own --set flags)', 'reload');
   }
   const admin = adminUrl(args);
   const r = await adminRequest(admin, 'POST', '/admin/config/reload');
   if (r.status === 200) {
-    const b = r.body as { version: number; versionBefore: number; persisted: boolean; changes: Parameters<typeof formatChanges>[0] };
+    const b = r.body as { version: number; versionBefore: number; persisted: boolean; changes: Parameters<typeof formatChanges>[0]; warnings?: { path: string; message: string }[] };
     process.stdout.write(`reloaded: config version ${b.version} (was ${b.versionBefore})\n${formatChanges(b.changes)}\n`);
+    writeWarnings(b.warnings ?? []);
     return;
   }
   adminFailure(admin, r, 'reload refused; the running config keeps serving');
@@ -324,6 +351,7 @@ async function reload(args: Args): Promise<void> {
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
+  if (args.help && !['help', '--help', '-h'].includes(args.command)) return showHelp(args.command);
   switch (args.command) {
     case 'start':
       return start(args);
@@ -332,8 +360,11 @@ async function main(): Promise<void> {
     case 'reload':
       return reload(args);
     case 'schema':
+      if (args.file !== null || args.sets.length > 0 || args.watch || args.diff || args.admin !== null) fail('schema takes no arguments; it prints the JSON Schema to stdout', 'schema');
       process.stdout.write(schemaJson() + '\n');
       return;
+    case 'init':
+      return init(args);
     case '--version':
     case '-v':
     case 'version':
@@ -342,11 +373,58 @@ async function main(): Promise<void> {
     case 'help':
     case '--help':
     case '-h':
+      // `turnpike help start`, `turnpike --help start`
+      if (args.file !== null) return showHelp(args.file);
       process.stdout.write(USAGE + '\n');
       return;
     default:
-      fail(`unknown command "${args.command}"`);
+      fail(unknownCommand(args.command));
   }
+}
+
+function unknownCommand(name: string): string {
+  const close = didYouMean(name, Object.keys(COMMANDS));
+  return `unknown command ${JSON.stringify(name)}${close === null ? '' : ` (did you mean "${close}"?)`}; the commands are ${Object.keys(COMMANDS).join(', ')}`;
+}
+
+function showHelp(command: string): void {
+  if (!Object.hasOwn(COMMANDS, command)) fail(unknownCommand(command));
+  process.stdout.write(commandHelp(command, DEFAULT_ADMIN_URL) + '\n');
+}
+
+/**
+ * `turnpike init`: the starter config on stdout, or into FILE, which must
+ * not exist yet (opened with O_EXCL: never a file overwritten, not even one
+ * created a moment ago by someone else).
+ */
+function init(args: Args): void {
+  if (args.sets.length > 0 || args.watch || args.diff || args.admin !== null) {
+    fail('init takes only an optional FILE; edit the written file (or use --set when you start it)', 'init');
+  }
+  const text = starterConfig();
+  if (args.file === null) {
+    process.stdout.write(text);
+    return;
+  }
+  const file = args.file;
+  const ext = extname(file).toLowerCase();
+  if (ext !== '.yaml' && ext !== '.yml') {
+    fail(`init writes a commented YAML config: name the file *.yaml or *.yml (got ${JSON.stringify(file)})`, 'init');
+  }
+  try {
+    writeFileSync(file, text, { flag: 'wx', mode: 0o644 });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const why = code === 'EEXIST'
+      ? `${file} already exists; nothing was written. init never overwrites a file: choose another name, or move the existing one away first`
+      : code === 'ENOENT'
+        ? `cannot write ${file}: its directory does not exist; create it first or choose another path`
+        : `cannot write ${file} (${code ?? (e as Error).message}); check the path and its permissions`;
+    process.stderr.write(`turnpike: ${why}\n`);
+    process.exit(1);
+  }
+  process.stdout.write(`wrote ${file}: a starter config. Point upstreams.app.targets at your service, then:\n` +
+    `  turnpike validate ${file}\n  turnpike start --config ${file}\n`);
 }
 
 main().catch((err: Error) => {

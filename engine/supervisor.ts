@@ -302,7 +302,8 @@ export class Supervisor {
     if (restartOnly.length > 0) {
       return refuse(restartOnly.map((p) => ({ path: p, message: 'cannot change on reload; restart the gateway to apply it' })));
     }
-    if (req.dryRun) return { ok: true, version: old.version, errors: [], changes, persisted: false };
+    const warnings = result.warnings;
+    if (req.dryRun) return { ok: true, version: old.version, errors: [], changes, persisted: false, warnings };
     this.config = Object.freeze({ ...next }) as GatewayConfig;
     this.assignSlots(next);
     const targets = this.slots.filter((sl) => sl.ready);
@@ -333,7 +334,8 @@ export class Supervisor {
     Atomics.add(this.controlView, C_RELOADS_OK, 1);
     this.admin?.postMessage({ type: 'config', config: this.config, slots: [...this.routeSlots] } satisfies ToAdmin);
     log('info', 'config reloaded', { actor: req.actor, version: next.version, changes: formatChanges(changes), persisted });
-    return { ok: true, version: next.version, errors: [], changes, persisted };
+    for (const w of warnings) log('warn', `config warning: ${w.path === '' ? '' : `${w.path}: `}${w.message}`, { version: next.version });
+    return { ok: true, version: next.version, errors: [], changes, persisted, warnings };
   }
 
   /** Test hook: make worker `i` throw (TURNPIKE_TEST_HOOKS=1). */

@@ -48,6 +48,14 @@ interface Entry {
 }
 
 export const AUDIT_CAPACITY = 1000;
+
+/**
+ * admin.auditLog when not set: named by the port the admin listener bound,
+ * so gateways started from one directory keep separate trails.
+ */
+export function defaultAuditLog(adminPort: number): string {
+  return `.turnpike/audit-${adminPort}.log`;
+}
 /** At start, at most this much of the end of an existing file is read back. */
 const TAIL_BYTES = 4 * 1024 * 1024;
 

@@ -9,9 +9,13 @@
  *   role admin, name "env".
  * - admin.tokensFile: lines `name role sha256:<hex of the token>`. Only the
  *   hash is stored, so the file is not itself a credential.
- * - Neither: a random token is generated at admin-thread start into
- *   .turnpike/admin-token (0600, directory 0700) under the working
- *   directory; only that path is logged, never the token.
+ * - Neither: a random token is generated once the admin listener is bound,
+ *   into .turnpike/admin-token-<admin port> (0600, directory 0700) under the
+ *   working directory; only that path is logged, never the token. Named by
+ *   port so that gateways started from one directory (necessarily on
+ *   different admin ports) never overwrite each other's; clients find it
+ *   from the admin URL's port. The file is removed when the gateway stops.
+ *   Older versions wrote .turnpike/admin-token; clients still read it last.
  *
  * Comparison is on SHA-256 digests with crypto.timingSafeEqual: both sides
  * are 32 bytes whatever the token lengths, and every configured token is
@@ -19,7 +23,7 @@
  * guess was or which entry matched.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { chmodSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 
 export type Role = 'admin' | 'viewer';
@@ -38,8 +42,12 @@ export interface TokenEntry extends Principal {
   origin: string;
 }
 
-/** Where the generated token goes, relative to the working directory. */
-export const GENERATED_TOKEN_FILE = join('.turnpike', 'admin-token');
+/** Where the generated token goes, relative to the working directory: one file per admin port. */
+export function generatedTokenFile(adminPort: number): string {
+  return join('.turnpike', `admin-token-${adminPort}`);
+}
+/** The one generated-token file of versions before tokens were named by port; clients still read it, last. */
+export const LEGACY_TOKEN_FILE = join('.turnpike', 'admin-token');
 /** A configured token shorter than this draws a warning. */
 export const MIN_TOKEN_LENGTH = 16;
 
@@ -197,12 +205,14 @@ export function generateToken(): string {
 }
 
 /**
- * Writes a new token to `<cwd>/.turnpike/admin-token` (directory 0700, file
- * 0600, written under a temporary name and renamed, so a reader never sees
- * half a token). Returns the token and the absolute path. Throws on I/O errors.
+ * Writes a new token to `<cwd>/.turnpike/admin-token-<adminPort>` (directory
+ * 0700, file 0600, written under a temporary name and renamed, so a reader
+ * never sees half a token). `adminPort` is the port the admin listener
+ * bound (never 0): only the gateway holding that port writes this file.
+ * Returns the token and the absolute path. Throws on I/O errors.
  */
-export function writeGeneratedToken(cwd: string, token: string = generateToken()): { token: string; path: string } {
-  const path = resolve(cwd, GENERATED_TOKEN_FILE);
+export function writeGeneratedToken(cwd: string, adminPort: number, token: string = generateToken()): { token: string; path: string } {
+  const path = resolve(cwd, generatedTokenFile(adminPort));
   const dir = resolve(cwd, '.turnpike');
   const created = mkdirSync(dir, { recursive: true, mode: 0o700 });
   if (created !== undefined) chmodSync(dir, 0o700);
@@ -214,16 +224,28 @@ export function writeGeneratedToken(cwd: string, token: string = generateToken()
 }
 
 /**
- * The token a client (turnpike reload) should send: TURNPIKE_ADMIN_TOKEN,
- * TURNPIKE_ADMIN_TOKEN_FILE, then `<cwd>/.turnpike/admin-token`. Null when
- * none is found.
+ * Removes a generated token file when it still holds the token of `digest`
+ * (the gateway stops: the token dies with it). Never throws.
  */
-export function clientToken(env: NodeJS.ProcessEnv, cwd: string): { token: string; from: string } | null {
+export function removeGeneratedToken(path: string, digest: Buffer): void {
+  try {
+    if (timingSafeEqual(tokenDigest(readFileSync(path, 'utf8').trim()), digest)) unlinkSync(path);
+  } catch { /* already gone or replaced: nothing to do */ }
+}
+
+/**
+ * The token a client (turnpike reload) should send to the admin listener on
+ * `adminPort`: TURNPIKE_ADMIN_TOKEN, TURNPIKE_ADMIN_TOKEN_FILE, then the
+ * token generated for that port (`<cwd>/.turnpike/admin-token-<port>`), then
+ * the legacy `<cwd>/.turnpike/admin-token`. Null when none is found.
+ */
+export function clientToken(env: NodeJS.ProcessEnv, cwd: string, adminPort: number | null = null): { token: string; from: string } | null {
   const t = env['TURNPIKE_ADMIN_TOKEN'];
   if (t !== undefined && t !== '') return { token: t.trim(), from: 'TURNPIKE_ADMIN_TOKEN' };
   const candidates = [
     ...(env['TURNPIKE_ADMIN_TOKEN_FILE'] ? [[resolve(cwd, env['TURNPIKE_ADMIN_TOKEN_FILE']), 'TURNPIKE_ADMIN_TOKEN_FILE'] as const] : []),
-    [resolve(cwd, GENERATED_TOKEN_FILE), GENERATED_TOKEN_FILE] as const,
+    ...(adminPort !== null ? [[resolve(cwd, generatedTokenFile(adminPort)), generatedTokenFile(adminPort)] as const] : []),
+    [resolve(cwd, LEGACY_TOKEN_FILE), LEGACY_TOKEN_FILE] as const,
   ];
   for (const [path, from] of candidates) {
     try {

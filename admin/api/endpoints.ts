@@ -92,7 +92,7 @@ function reloadAnswer(r: ReloadResult, before: GatewayConfig, dryRun: boolean): 
   const changes = r.changes ?? { routes: { added: [], removed: [], changed: [] }, upstreams: { added: [], removed: [], changed: [] }, settings: [] };
   return {
     status: 200,
-    body: { ok: true, dryRun, version: r.version, versionBefore: before.version, persisted: r.persisted, changes, summary: summaryLines(changes) },
+    body: { ok: true, dryRun, version: r.version, versionBefore: before.version, persisted: r.persisted, changes, summary: summaryLines(changes), warnings: r.warnings ?? [] },
     audit: { result: dryRun ? 'dry_run' : 'applied', dryRun, versionAfter: r.version, changes, errors: [] },
   };
 }

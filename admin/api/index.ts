@@ -21,9 +21,10 @@ import { ConfigParseError, parseConfigText } from '../../common/config/parse.js'
 import type { GatewayConfig } from '../../common/config/types.js';
 import { log } from '../../common/log.js';
 import type { AdminContext } from '../context.js';
-import { AuditLog, type AuditRecord, configHash } from './audit.js';
+import { AuditLog, type AuditRecord, configHash, defaultAuditLog } from './audit.js';
 import {
-  type Principal, TokenStore, type TokenEntry, bearerToken, generateToken, loadTokens, tokenDigest, writeGeneratedToken,
+  type Principal, TokenStore, type TokenEntry, bearerToken, generateToken, loadTokens, removeGeneratedToken, tokenDigest,
+  writeGeneratedToken,
 } from './auth.js';
 import { ENDPOINTS, type Endpoint, type HandlerResult } from './endpoints.js';
 import { AdminErrors, ApiError } from './errors.js';
@@ -34,6 +35,11 @@ export { ENDPOINTS } from './endpoints.js';
 export { buildOpenApi } from './openapi.js';
 
 export interface AdminApiOptions {
+  /**
+   * The port the admin listener bound (admin.port, or the one picked for 0):
+   * it names the generated token file and the default audit log.
+   */
+  adminPort: number;
   env?: NodeJS.ProcessEnv;
   cwd?: string;
   /** Check every answer against its schema and answer 500 on a mismatch. Default: TURNPIKE_TEST_HOOKS=1. */
@@ -207,13 +213,23 @@ function allowOf(list: readonly Endpoint[]): string {
   return list.flatMap((e) => (e.method === 'GET' ? ['GET', 'HEAD'] : [e.method])).join(', ');
 }
 
+/** The request handler, and `stop()`: the generated token file goes away with the gateway. */
+export interface AdminApi {
+  (req: http.IncomingMessage, res: http.ServerResponse): void;
+  stop(): void;
+}
+
 /**
- * Builds the admin API request handler. Reads the tokens and opens the audit
- * log now: a bad tokens file or an unwritable audit log throws, which fails
- * the gateway's start with the message (file and line).
+ * Builds the admin API request handler, once the admin listener is bound
+ * (so a gateway that cannot get its admin port never touches the token file
+ * or audit log of the one that holds it). Reads the tokens and opens the
+ * audit log now: a bad tokens file or an unwritable audit log throws, which
+ * fails the gateway's start with the message (file and line).
  */
-export function createAdminApi(ctx: AdminContext, opts: AdminApiOptions = {}) {
+export function createAdminApi(ctx: AdminContext, opts: AdminApiOptions): AdminApi {
   const env = opts.env ?? process.env;
+  const adminPort = opts.adminPort;
+  const auditPath = (c: GatewayConfig) => c.admin.auditLog ?? defaultAuditLog(adminPort);
   const cwd = opts.cwd ?? process.cwd();
   const strict = opts.strictResponses ?? env['TURNPIKE_TEST_HOOKS'] === '1';
   const warnings: string[] = [];
@@ -237,8 +253,9 @@ export function createAdminApi(ctx: AdminContext, opts: AdminApiOptions = {}) {
     if (generated === null) {
       const token = generateToken();
       try {
-        const { path } = writeGeneratedToken(cwd, token);
-        const where = `http://${config.admin.host}:${config.admin.port === 0 ? '<admin port>' : config.admin.port}`;
+        const { path } = writeGeneratedToken(cwd, adminPort, token);
+        const host = config.admin.host === '0.0.0.0' ? '127.0.0.1' : config.admin.host.includes(':') ? `[${config.admin.host}]` : config.admin.host;
+        const where = `http://${host}:${adminPort}`;
         log('warn', 'no admin API token configured; generated one (it changes on every start)', {
           file: path,
           usage: `curl -H "Authorization: Bearer $(cat ${path})" ${where}/admin/status`,
@@ -256,7 +273,7 @@ export function createAdminApi(ctx: AdminContext, opts: AdminApiOptions = {}) {
   for (const w of start.warnings) warn(w);
   useTokens(start.entries, lastConfig);
   const audit = new AuditLog();
-  audit.open(lastConfig.admin.auditLog, cwd);
+  audit.open(auditPath(lastConfig), cwd);
 
   /** After a reload: re-read the tokens (rotation = edit the file + reload) and follow a moved audit log. */
   const refresh = (): void => {
@@ -272,7 +289,7 @@ export function createAdminApi(ctx: AdminContext, opts: AdminApiOptions = {}) {
     }
     if (config.admin.auditLog !== prev.admin.auditLog) {
       try {
-        audit.open(config.admin.auditLog, cwd);
+        audit.open(auditPath(config), cwd);
       } catch (e) {
         warn(`${(e as Error).message} (the audit log stays at ${audit.path})`);
       }
@@ -392,11 +409,18 @@ export function createAdminApi(ctx: AdminContext, opts: AdminApiOptions = {}) {
     await answer(req, res, endpoint, result.status, result.body, headers);
   }
 
-  return (req: http.IncomingMessage, res: http.ServerResponse): void => {
+  const handler = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     handle(req, res).catch((err: Error) => {
       log('error', 'admin API request failed', { error: err?.stack ?? String(err) });
       if (!res.headersSent) send(req, res, 500, new ApiError(AdminErrors.INTERNAL).body());
       else res.destroy();
     });
   };
+  return Object.assign(handler, {
+    stop(): void {
+      const g = generated as TokenEntry | null;
+      if (g !== null) removeGeneratedToken(g.origin, g.digest);
+      audit.close();
+    },
+  });
 }

@@ -86,7 +86,7 @@ export function buildOpenApi(endpoints: readonly Endpoint[], version: string): R
     paths,
     components: {
       securitySchemes: {
-        bearerAuth: { type: 'http', scheme: 'bearer', description: 'An admin API token: TURNPIKE_ADMIN_TOKEN, admin.tokensFile, or the generated .turnpike/admin-token.' },
+        bearerAuth: { type: 'http', scheme: 'bearer', description: 'An admin API token: TURNPIKE_ADMIN_TOKEN, admin.tokensFile, or the generated .turnpike/admin-token-<admin port>.' },
       },
       schemas: Object.fromEntries(Object.entries(schemas).sort(([a], [b]) => (a < b ? -1 : 1))),
     },

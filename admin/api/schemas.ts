@@ -94,6 +94,10 @@ export const reloadResult = named('ReloadResult', object({
   persisted: { type: 'boolean', description: 'The document was written to the config file (PUT only; false without a config file or on a dry run).' },
   changes: configChanges,
   summary: strings('"changes" as lines: "+ route x", "- upstream y", "~ server.limits.maxBodyBytes".'),
+  warnings: {
+    type: 'array', items: configProblem,
+    description: 'Valid, but probably not what was meant: an upstream no route uses, no routes, a match.headers name the uWS backend never receives. Never a reason to refuse.',
+  },
 }, 'Outcome of a reload or config replacement.'));
 
 // -- resources ----------------------------------------------------------------

@@ -1,6 +1,7 @@
 /**
  * The embedded default configuration: what `npm start` runs without
- * --config, and what `turnpike init` can write out as a starting point. It
+ * --config (`turnpike init` prints a different one, starter-config.ts, for a
+ * service of the user's own). It
  * needs nothing else running: its only upstream is the demo server the engine
  * starts itself when the config is loaded with `loadEmbeddedConfig` (the
  * resolved config then has `demo.enabled: true`). Written as YAML so the

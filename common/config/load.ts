@@ -15,7 +15,7 @@ import { readFileSync } from 'node:fs';
 import type { GatewayConfig } from './types.js';
 import { ConfigParseError, parseConfigText } from './parse.js';
 import { applyCliOverrides, applyEnvOverrides } from './overrides.js';
-import { type PatternChecker, collectErrors } from './validate.js';
+import { type PatternChecker, checkDocument } from './validate.js';
 import { resolveConfig } from './resolve.js';
 import { DEMO_PORT, EMBEDDED_SOURCE, defaultConfigYaml } from './default-config.js';
 import type { ConfigError } from './util.js';
@@ -27,7 +27,8 @@ export { parseConfigText, ConfigParseError } from './parse.js';
 export { applyEnvOverrides, applyCliOverrides } from './overrides.js';
 
 export type ValidationResult =
-  | { ok: true; config: GatewayConfig }
+  /** `warnings`: valid, but probably not what was meant (an unused upstream, no routes...); see semanticWarnings. */
+  | { ok: true; config: GatewayConfig; warnings: ConfigError[] }
   | { ok: false; errors: ConfigError[] };
 /** Same union, under the name the engine uses. */
 export type LoadResult = ValidationResult;
@@ -64,16 +65,16 @@ export interface LoadOptions {
 
 /** Validates a raw document and, when valid, resolves it into a frozen GatewayConfig. */
 export function validateConfig(doc: unknown, options: ValidateOptions = {}): ValidationResult {
-  const errors = collectErrors(doc, options.checkPattern);
-  if (errors.length > 0) return { ok: false, errors };
-  const config = resolveConfig(doc as Record<string, unknown>, {
+  const checked = checkDocument(doc, options.checkPattern);
+  if (checked.errors.length > 0) return { ok: false, errors: checked.errors };
+  const config = resolveConfig(checked.doc as Record<string, unknown>, {
     version: options.version ?? 1,
     source: options.source ?? '<inline>',
     demoPort: options.demo === true ? DEMO_PORT : null,
   });
   const compileProblems = options.checkCompile?.(config) ?? [];
   if (compileProblems.length > 0) return { ok: false, errors: compileProblems };
-  return { ok: true, config };
+  return { ok: true, config, warnings: checked.warnings };
 }
 
 export interface LoadTextOptions extends LoadOptions {

@@ -147,7 +147,7 @@ export function resolveConfig(doc: Obj, opts: ResolveOptions): GatewayConfig {
       host: pick(a, 'host', DEFAULTS.admin.host),
       port: pick(a, 'port', DEFAULTS.admin.port),
       tokensFile: pick<string | null>(a, 'tokensFile', DEFAULTS.admin.tokensFile),
-      auditLog: pick(a, 'auditLog', DEFAULTS.admin.auditLog),
+      auditLog: pick<string | null>(a, 'auditLog', DEFAULTS.admin.auditLog),
     },
     metrics: { enabled: pick(obj(doc['metrics']), 'enabled', DEFAULTS.metrics.enabled) },
     upstreams,

@@ -15,7 +15,12 @@
  *   `pattern` or count keyword fails, because a raw regex is no help to a user.
  * - Cross-field rules (upstream references, template params, target URL
  *   shape, ...) are in validate.ts, where the messages can say more.
+ * - Every `*Ms` integer setting also takes a duration string ("250ms", "5s",
+ *   "1m", "1h"): `acceptDurations` below widens each one, wherever and
+ *   however it is declared, and validate.ts converts the string (duration.ts)
+ *   before the same minimum and maximum are checked.
  */
+import { DURATION_MESSAGE, DURATION_PATTERN } from './duration.js';
 
 export const DEFAULTS = Object.freeze({
   server: Object.freeze({
@@ -39,7 +44,7 @@ export const DEFAULTS = Object.freeze({
     host: '127.0.0.1',
     port: 9901,
     tokensFile: null as string | null, // none: TURNPIKE_ADMIN_TOKEN, else a generated token
-    auditLog: '.turnpike/audit.log',
+    auditLog: null as string | null, // none: .turnpike/audit-<admin port>.log (one per gateway in a directory)
   }),
   metrics: Object.freeze({ enabled: true }),
   upstream: Object.freeze({
@@ -241,12 +246,11 @@ export const configSchema = {
         port: int(0, 65535, `TCP port (0..65535; 0 picks a free port). Default ${DEFAULTS.admin.port}.`, DEFAULTS.admin.port),
         tokensFile: {
           type: 'string', minLength: 1,
-          description: 'File of admin API tokens, one per line: "name role sha256:<hex of the token>" (role admin or viewer; "#" starts a comment). Only hashes are stored. Re-read on every reload. A relative path is resolved from the working directory. Default none: the token in TURNPIKE_ADMIN_TOKEN, or, when no token is configured at all, one generated at start into .turnpike/admin-token.',
+          description: 'File of admin API tokens, one per line: "name role sha256:<hex of the token>" (role admin or viewer; "#" starts a comment). Only hashes are stored. Re-read on every reload. A relative path is resolved from the working directory. Default none: the token in TURNPIKE_ADMIN_TOKEN, or, when no token is configured at all, one generated at start into .turnpike/admin-token-<admin port> (named by port, so gateways started from one directory keep their own).',
         },
         auditLog: {
           type: 'string', minLength: 1,
-          description: `File the admin API appends one JSON line to for every write (config reload or replace, refused attempts included); created with mode 0600. A relative path is resolved from the working directory. Default "${DEFAULTS.admin.auditLog}".`,
-          default: DEFAULTS.admin.auditLog,
+          description: 'File the admin API appends one JSON line to for every write (config reload or replace, refused attempts included); created with mode 0600. A relative path is resolved from the working directory. Default ".turnpike/audit-<admin port>.log" (the port the admin listener bound, so gateways started from one directory keep their own).',
         },
       },
     },
@@ -417,6 +421,38 @@ export const configSchema = {
     },
   },
 } as const;
+
+/**
+ * Widens every `*Ms` integer property under `node` to also take a duration
+ * string, and returns those schema nodes. Runs once, on the schema above.
+ */
+function acceptDurations(node: unknown, found: Set<object> = new Set()): Set<object> {
+  if (Array.isArray(node)) {
+    for (const x of node) acceptDurations(x, found);
+    return found;
+  }
+  if (typeof node !== 'object' || node === null) return found;
+  const n = node as Record<string, unknown>;
+  const props = n['properties'];
+  if (typeof props === 'object' && props !== null) {
+    for (const [key, child] of Object.entries(props as Record<string, Record<string, unknown>>)) {
+      if (!/Ms$/.test(key) || child['type'] !== 'integer') continue;
+      child['type'] = ['integer', 'string'];
+      child['pattern'] = DURATION_PATTERN;
+      child['errorMessage'] = DURATION_MESSAGE;
+      child['description'] = `${String(child['description'] ?? '')} Also a duration string: "250ms", "5s", "1m", "1h" (a whole number and a unit).`.trim();
+      found.add(child);
+    }
+  }
+  for (const v of Object.values(n)) acceptDurations(v, found);
+  return found;
+}
+
+/**
+ * Schema nodes of the `*Ms` settings, each taking a number of milliseconds
+ * or a duration string (validate.ts converts the string before the bounds).
+ */
+export const DURATION_NODES: ReadonlySet<object> = acceptDurations(configSchema);
 
 /** The schema as pretty JSON (no trailing newline), for `turnpike schema > turnpike.schema.json`. */
 export function schemaJson(): string {

@@ -75,8 +75,8 @@ export interface AdminConfig {
   port: number;
   /** Admin API tokens file (`name role sha256:<hex>` lines), as written; null = none. */
   tokensFile: string | null;
-  /** Audit log of admin API writes (JSON lines), as written (default `.turnpike/audit.log`). */
-  auditLog: string;
+  /** Audit log of admin API writes (JSON lines), as written; null = `.turnpike/audit-<bound admin port>.log`. */
+  auditLog: string | null;
 }
 
 export interface TargetConfig {

@@ -13,7 +13,8 @@
  * admin thread only, never on the data plane).
  */
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
-import { DEFAULTS, configSchema, MIGRATION_HINTS } from './schema.js';
+import { DURATION_FORMS, DURATION_MESSAGE, formatDuration, parseDuration } from './duration.js';
+import { DEFAULTS, DURATION_NODES, configSchema, MIGRATION_HINTS, TOKEN_PATTERN } from './schema.js';
 import {
   type ConfigError, type PathSegment, describeValue, didYouMean, formatPath, isPlainObject, suggestion,
 } from './util.js';
@@ -32,6 +33,88 @@ function validator(): ValidateFunction {
     compiled = ajv.compile(configSchema as unknown as Record<string, unknown>);
   }
   return compiled;
+}
+
+// ---------------------------------------------------------------------------
+// Durations: "5s" -> 5000 before the schema checks the bounds
+
+type SchemaNode = Record<string, unknown>;
+const DEFINITIONS = (configSchema as unknown as SchemaNode)['definitions'] as Record<string, SchemaNode>;
+
+function derefNode(node: unknown): SchemaNode | null {
+  if (!isPlainObject(node)) return null;
+  const ref = node['$ref'];
+  if (typeof ref === 'string' && ref.startsWith('#/definitions/')) return derefNode(DEFINITIONS[ref.slice(14)]);
+  return node;
+}
+
+/** The schema of `key` inside an object of schema `node` (a fixed property or a map's values). */
+function childSchema(node: SchemaNode, key: string): SchemaNode | null {
+  const props = node['properties'];
+  if (isPlainObject(props) && Object.prototype.hasOwnProperty.call(props, key)) return derefNode(props[key]);
+  return derefNode(node['additionalProperties']);
+}
+
+/** Object- or array-shaped branches of a union, for walking into the value. */
+function branches(node: SchemaNode): SchemaNode[] {
+  const any = node['anyOf'];
+  return Array.isArray(any) ? any.map(derefNode).filter((b): b is SchemaNode => b !== null) : [node];
+}
+
+function findDurations(value: unknown, node: SchemaNode | null, at: PathSegment[], out: Array<{ at: PathSegment[]; ms: number; text: string }>): void {
+  if (node === null) return;
+  if (Array.isArray(value)) {
+    const items = branches(node).map((b) => derefNode(b['items'])).find((x) => x !== null) ?? null;
+    value.forEach((v, i) => findDurations(v, items, [...at, i], out));
+    return;
+  }
+  if (!isPlainObject(value)) return;
+  const obj = branches(node).find((b) => b['type'] === 'object' || isPlainObject(b['properties'])) ?? null;
+  if (obj === null) return;
+  for (const key of Object.keys(value)) {
+    const child = childSchema(obj, key);
+    if (child === null) continue;
+    const v = value[key];
+    if (DURATION_NODES.has(child)) {
+      if (typeof v === 'string') {
+        const ms = parseDuration(v);
+        if (ms !== null) out.push({ at: [...at, key], ms, text: v });
+      }
+    } else {
+      findDurations(v, child, [...at, key], out);
+    }
+  }
+}
+
+function toPointer(at: readonly PathSegment[]): string {
+  return at.map((s) => `/${String(s).replace(/~/g, '~0').replace(/\//g, '~1')}`).join('');
+}
+
+export interface DurationResult {
+  /** The document with every valid duration string replaced by its milliseconds (the input itself when there were none). */
+  doc: unknown;
+  /** JSON pointer -> the string it was converted from, for messages. */
+  originals: ReadonlyMap<string, string>;
+}
+
+/**
+ * Replaces each duration string of a `*Ms` setting ("5s") by its number of
+ * milliseconds (5000), in a copy; anything else is left for the schema to
+ * judge (a malformed "5 sec" is then refused with the accepted forms).
+ */
+export function convertDurations(doc: unknown): DurationResult {
+  const found: Array<{ at: PathSegment[]; ms: number; text: string }> = [];
+  findDurations(doc, configSchema as unknown as SchemaNode, [], found);
+  if (found.length === 0) return { doc, originals: new Map() };
+  const copy = structuredClone(doc) as Record<string, unknown>;
+  const originals = new Map<string, string>();
+  for (const { at, ms, text } of found) {
+    let cur: unknown = copy;
+    for (const s of at.slice(0, -1)) cur = (cur as Record<string | number, unknown>)[s];
+    Object.defineProperty(cur, at[at.length - 1]!, { value: ms, enumerable: true, writable: true, configurable: true });
+    originals.set(toPointer(at), text);
+  }
+  return { doc: copy, originals };
 }
 
 // ---------------------------------------------------------------------------
@@ -80,8 +163,28 @@ function typeName(t: unknown): string {
 
 const USES_ERROR_MESSAGE = new Set(['pattern', 'enum', 'anyOf', 'oneOf', 'minProperties', 'maxProperties', 'const']);
 
-function messageFor(e: ErrorObject): string {
+/** A duration setting's message: the accepted forms, or its bounds in both units. */
+function durationMessage(e: ErrorObject, original: string | undefined): string {
   const parent = (e.parentSchema ?? {}) as Record<string, unknown>;
+  const min = parent['minimum'];
+  const max = parent['maximum'];
+  if ((e.keyword === 'minimum' || e.keyword === 'maximum') && typeof min === 'number' && typeof max === 'number') {
+    const got = original === undefined ? describeValue(e.data) : `${JSON.stringify(original)} = ${String(e.data)} ms`;
+    const limit = (n: number) => (formatDuration(n) === `${n}ms` ? `${n} ms` : `${n} ms (${formatDuration(n)})`);
+    return `must be from ${limit(min)} to ${limit(max)} (got ${got})`;
+  }
+  if (typeof e.data === 'number') {
+    return `${DURATION_MESSAGE.replace('a number of', 'a whole number of')} (got ${describeValue(e.data)}); ${DURATION_FORMS}`;
+  }
+  return `${DURATION_MESSAGE} (got ${describeValue(original ?? e.data)}); ${DURATION_FORMS}`;
+}
+
+function messageFor(e: ErrorObject, originals: ReadonlyMap<string, string> = new Map()): string {
+  const parent = (e.parentSchema ?? {}) as Record<string, unknown>;
+  const original = originals.get(e.instancePath);
+  if (DURATION_NODES.has(parent) && (original !== undefined || e.keyword === 'type' || e.keyword === 'pattern')) {
+    return durationMessage(e, original);
+  }
   const custom = typeof parent['errorMessage'] === 'string' ? parent['errorMessage'] : null;
   if (custom !== null && USES_ERROR_MESSAGE.has(e.keyword)) return custom;
   const p = e.params as Record<string, unknown>;
@@ -93,7 +196,8 @@ function messageFor(e: ErrorObject): string {
     case 'maximum': {
       const min = parent['minimum'];
       const max = parent['maximum'];
-      const kind = parent['type'] === 'integer' ? 'an integer' : 'a number';
+      const t = parent['type'];
+      const kind = t === 'integer' || (Array.isArray(t) && t.includes('integer')) ? 'an integer' : 'a number';
       if (typeof min === 'number' && typeof max === 'number') return `must be ${kind} from ${min} to ${max}${got}`;
       return `must be ${e.keyword === 'minimum' ? '>=' : '<='} ${String(p['limit'])}${got}`;
     }
@@ -161,7 +265,7 @@ function collapseUnions(errors: ErrorObject[]): ErrorObject[] {
   return errors.filter((e) => !dropped.has(e));
 }
 
-export function translateAjvErrors(ajvErrors: readonly ErrorObject[], doc: unknown): ConfigError[] {
+export function translateAjvErrors(ajvErrors: readonly ErrorObject[], doc: unknown, originals: ReadonlyMap<string, string> = new Map()): ConfigError[] {
   const out: ConfigError[] = [];
   for (const e of collapseUnions([...ajvErrors])) {
     const segments = pointerToSegments(e.instancePath, doc);
@@ -188,10 +292,10 @@ export function translateAjvErrors(ajvErrors: readonly ErrorObject[], doc: unkno
     const name = (e as ErrorObject & { propertyName?: string }).propertyName;
     if (name !== undefined) {
       // A failing key inside a map (propertyNames): point at the key itself.
-      out.push({ path: formatPath([...segments, name]), message: messageFor(e) });
+      out.push({ path: formatPath([...segments, name]), message: messageFor(e, originals) });
       continue;
     }
-    out.push({ path: formatPath(segments), message: messageFor(e) });
+    out.push({ path: formatPath(segments), message: messageFor(e, originals) });
   }
   return out;
 }
@@ -370,10 +474,111 @@ function checkUpstreams(upstreams: unknown, out: ConfigError[], requestIdHeader:
   }
 }
 
+// -- methods and paths that can never match ----------------------------------
+
+/** What uWS (this build) and Bun.serve both receive: RFC 9110's methods and PATCH (CONNECT: see below). */
+export const STANDARD_METHODS: readonly string[] = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'TRACE'];
+/**
+ * Extension methods Bun.serve 1.4 receives (its method table, probed over
+ * raw sockets). The bundled uWS build closes the connection on every one of
+ * them, and both close it on any method outside these lists.
+ */
+export const EXTENSION_METHODS: readonly string[] = [
+  'ACL', 'BIND', 'CHECKOUT', 'COPY', 'LINK', 'LOCK', 'M-SEARCH', 'MERGE', 'MKACTIVITY', 'MKCALENDAR', 'MKCOL', 'MOVE',
+  'NOTIFY', 'PROPFIND', 'PROPPATCH', 'PURGE', 'QUERY', 'REBIND', 'REPORT', 'SEARCH', 'SOURCE', 'SUBSCRIBE', 'UNBIND',
+  'UNLINK', 'UNLOCK', 'UNSUBSCRIBE',
+];
+
+const METHOD_TOKEN = new RegExp(TOKEN_PATTERN);
+const IS_BUN = typeof (process.versions as Record<string, string | undefined>)['bun'] === 'string';
+
+/**
+ * The server backend this document runs on in this process: server.backend,
+ * or for "auto" the runtime's (uws on Node, bun on Bun), as the workers pick it.
+ */
+export function effectiveBackend(doc: Record<string, unknown>): 'uws' | 'bun' {
+  const server = doc['server'];
+  const b = isPlainObject(server) ? server['backend'] : undefined;
+  if (b === 'uws' || b === 'bun') return b;
+  return IS_BUN ? 'bun' : 'uws';
+}
+
+/** TURNPIKE_UWS_MODULE points the loader at another uWS build, whose limits this one's facts may not describe. */
+function customUws(): boolean {
+  return (process.env['TURNPIKE_UWS_MODULE'] ?? '') !== '';
+}
+
+function checkMethods(methods: unknown[], i: number, backend: 'uws' | 'bun', out: ConfigError[]): void {
+  methods.forEach((m: unknown, k: number) => {
+    if (typeof m !== 'string' || !METHOD_TOKEN.test(m)) return; // the schema says what is wrong
+    const at = formatPath(['routes', i, 'methods', k]);
+    const up = m.toUpperCase();
+    if (up === 'CONNECT') {
+      out.push({ path: at, message: 'CONNECT cannot be routed: the gateway does not tunnel (it answers 501 not_implemented)' });
+    } else if (!STANDARD_METHODS.includes(up) && !EXTENSION_METHODS.includes(up)) {
+      const close = didYouMean(up, [...STANDARD_METHODS, ...EXTENSION_METHODS]);
+      out.push({
+        path: at,
+        message: `unknown HTTP method ${JSON.stringify(m)}${close === null ? '' : ` (did you mean ${JSON.stringify(close)}?)`}: no backend can receive it (uWS and Bun close the connection on it). Use a standard method: ${STANDARD_METHODS.join(', ')}`,
+      });
+    } else if (EXTENSION_METHODS.includes(up) && backend === 'uws' && !customUws()) {
+      out.push({
+        path: at,
+        message: `${up} can never reach this route on the uWS backend: this uWebSockets.js build closes the connection on extension methods before the gateway sees the request. Remove it, or run on Bun (server.backend: bun), which receives ${up}`,
+      });
+    }
+  });
+}
+
+/** A path pattern without its `:name(regex)` constraints. */
+function outsideRegexes(path: string): string {
+  let out = '';
+  for (let i = 0; i < path.length; i++) {
+    if (path[i] === '(' && i > 0 && /[A-Za-z0-9_]/.test(path[i - 1]!)) {
+      let depth = 0;
+      for (; i < path.length; i++) {
+        if (path[i] === '\\') { i++; continue; }
+        if (path[i] === '(') depth++;
+        else if (path[i] === ')' && --depth === 0) break;
+      }
+      out += '\u0000'; // where the regex was: its braces and spaces are the regex's business
+      continue;
+    }
+    out += path[i];
+  }
+  return out;
+}
+
+/** `{id}`-style parameters and spaces: a route path that could never be what it looks like. */
+function checkPathSyntax(path: string, at: PathSegment[], out: ConfigError[]): void {
+  const text = outsideRegexes(path);
+  const brace = /\{([^{}/]*)\}/.exec(text);
+  if (brace !== null) {
+    const inner = brace[1]!;
+    const named = /^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?::(.+))?$/.exec(inner);
+    let hint: string;
+    if (inner.startsWith('*') || inner.startsWith('...')) hint = 'a trailing wildcard is written "*" as the last segment (e.g. "/static/*")';
+    else if (named !== null) hint = `write ":${named[1]}${named[2] !== undefined ? `(${named[2]})` : ''}" (e.g. "/users/:${named[1]}")`;
+    else hint = 'parameters are written ":name" (e.g. "/users/:id")';
+    out.push({
+      path: formatPath(at),
+      message: `"{${inner}}" is not a path parameter here, it would only match those characters literally: ${hint}. {name} placeholders belong in rewrite.template`,
+    });
+  }
+  if (/\s/.test(text)) {
+    const what = text.includes(' ') ? 'a space' : 'whitespace';
+    out.push({
+      path: formatPath(at),
+      message: `contains ${what}, which no request path carries raw (clients send a space as %20); remove it, or write %20 if the path really has a space`,
+    });
+  }
+}
+
 function checkRoutes(doc: Record<string, unknown>, checkPattern: PatternChecker | undefined, out: ConfigError[], requestIdHeader: string): void {
   const routes = doc['routes'];
   if (!Array.isArray(routes)) return;
   const upstreams = isPlainObject(doc['upstreams']) ? Object.keys(doc['upstreams']) : [];
+  const backend = effectiveBackend(doc);
   const ids = new Map<string, number>();
   routes.forEach((r, i) => {
     if (!isPlainObject(r)) return;
@@ -397,13 +602,8 @@ function checkRoutes(doc: Record<string, unknown>, checkPattern: PatternChecker 
       if (problem !== null) out.push({ path: formatPath(['routes', i, 'path']), message: problem });
     }
     checkHeaderPolicy(r['headers'], ['routes', i, 'headers'], out, requestIdHeader);
-    if (Array.isArray(r['methods'])) {
-      r['methods'].forEach((m: unknown, k: number) => {
-        if (typeof m === 'string' && m.toUpperCase() === 'CONNECT') {
-          out.push({ path: formatPath(['routes', i, 'methods', k]), message: 'CONNECT cannot be routed: the gateway does not tunnel (it answers 501 not_implemented)' });
-        }
-      });
-    }
+    if (Array.isArray(r['methods'])) checkMethods(r['methods'], i, backend, out);
+    if (pathOk) checkPathSyntax(path, ['routes', i, 'path'], out);
     const rw = r['rewrite'];
     if (!pathOk || !isPlainObject(rw)) return;
     const params = pathParams(path);
@@ -461,20 +661,89 @@ export function semanticErrors(doc: Record<string, unknown>, checkPattern?: Patt
   return out;
 }
 
+// ---------------------------------------------------------------------------
+// Warnings: valid, but probably not what was meant
+
+/** Header names the uWS backend receives: letters, digits and "-" only. */
+const UWS_HEADER_NAME = /^[A-Za-z0-9-]+$/;
+
+/**
+ * What a valid document does that is probably a mistake: upstreams no route
+ * uses, no routes at all, `match.headers` names the uWS backend never
+ * receives, extension methods with another uWS build. Never a reason to
+ * refuse; `turnpike validate` prints them (`warning:` on stderr), start and
+ * reload log them, the admin API returns them.
+ */
+export function semanticWarnings(doc: Record<string, unknown>): ConfigError[] {
+  const out: ConfigError[] = [];
+  const routes = Array.isArray(doc['routes']) ? doc['routes'] : [];
+  const upstreams = isPlainObject(doc['upstreams']) ? Object.keys(doc['upstreams']) : [];
+  const backend = effectiveBackend(doc);
+  if (routes.length === 0) {
+    out.push({ path: 'routes', message: 'no routes: every request will be answered 404 route_not_found; add a route under "routes" (turnpike init prints an example)' });
+  }
+  const used = new Set<string>();
+  routes.forEach((r: unknown, i: number) => {
+    if (!isPlainObject(r)) return;
+    if (typeof r['upstream'] === 'string') used.add(r['upstream']);
+    const match = r['match'];
+    const headers = isPlainObject(match) ? match['headers'] : undefined;
+    if (backend === 'uws' && isPlainObject(headers)) {
+      for (const name of Object.keys(headers)) {
+        if (UWS_HEADER_NAME.test(name)) continue;
+        const better = name.replace(/[^A-Za-z0-9-]+/g, '-');
+        out.push({
+          path: formatPath(['routes', i, 'match', 'headers', name]),
+          message: `the uWS backend never receives a header named ${JSON.stringify(name)} (this uWebSockets.js build stalls a request whose header names have characters other than letters, digits and "-"), so this route can never match there; match on a name such as ${JSON.stringify(better)}, or run on Bun (server.backend: bun)`,
+        });
+      }
+    }
+    if (backend === 'uws' && customUws() && Array.isArray(r['methods'])) {
+      r['methods'].forEach((m: unknown, k: number) => {
+        if (typeof m === 'string' && EXTENSION_METHODS.includes(m.toUpperCase())) {
+          out.push({
+            path: formatPath(['routes', i, 'methods', k]),
+            message: `${m.toUpperCase()}: the bundled uWebSockets.js build closes the connection on extension methods; TURNPIKE_UWS_MODULE names another build, so check that it receives ${m.toUpperCase()}`,
+          });
+        }
+      });
+    }
+  });
+  for (const name of upstreams) {
+    if (used.has(name)) continue;
+    out.push({ path: formatPath(['upstreams', name]), message: 'no route uses this upstream; point a route at it (routes[].upstream: ' + JSON.stringify(name) + ') or remove it' });
+  }
+  return out;
+}
+
 /** Schema and semantic errors of a raw document; empty when it is valid. */
 export function collectErrors(doc: unknown, checkPattern?: PatternChecker): ConfigError[] {
-  if (!isPlainObject(doc)) {
-    const what = doc === null || doc === undefined ? 'the config is empty' : `the config must be a mapping of sections (server, admin, upstreams, routes), got ${describeValue(doc)}`;
-    return [{ path: '', message: what }];
+  return checkDocument(doc, checkPattern).errors;
+}
+
+/**
+ * Converts duration strings (convertDurations), then collects the schema and
+ * semantic errors, and the warnings. `doc` is the converted document: the
+ * one to resolve when `errors` is empty.
+ */
+export function checkDocument(raw: unknown, checkPattern?: PatternChecker): { doc: unknown; errors: ConfigError[]; warnings: ConfigError[] } {
+  if (!isPlainObject(raw)) {
+    const what = raw === null || raw === undefined ? 'the config is empty' : `the config must be a mapping of sections (server, admin, upstreams, routes), got ${describeValue(raw)}`;
+    return { doc: raw, errors: [{ path: '', message: what }], warnings: [] };
   }
+  const { doc, originals } = convertDurations(raw);
   const validate = validator();
-  const errors = validate(doc) ? [] : translateAjvErrors(validate.errors ?? [], doc);
-  errors.push(...semanticErrors(doc, checkPattern));
+  const errors = validate(doc) ? [] : translateAjvErrors(validate.errors ?? [], doc, originals);
+  errors.push(...semanticErrors(doc as Record<string, unknown>, checkPattern));
   const seen = new Set<string>();
-  return errors.filter((e) => {
-    const k = `${e.path}\0${e.message}`;
-    if (seen.has(k)) return false;
-    seen.add(k);
-    return true;
-  });
+  return {
+    doc,
+    warnings: semanticWarnings(doc as Record<string, unknown>),
+    errors: errors.filter((e) => {
+      const k = `${e.path}\0${e.message}`;
+      if (seen.has(k)) return false;
+      seen.add(k);
+      return true;
+    }),
+  };
 }

@@ -36,6 +36,8 @@ export interface StartOptions {
   env?: Record<string, string>;
   args?: string[];
   timeoutMs?: number;
+  /** Working directory of the gateway (default the repository root). */
+  cwd?: string;
 }
 
 /** A minimal config around the given routes/upstreams, on ephemeral ports. */
@@ -52,9 +54,14 @@ export async function startGateway(config: Record<string, any>, opts: StartOptio
   const dir = mkdtempSync(join(tmpdir(), 'turnpike-test-'));
   const configFile = join(dir, 'turnpike.json');
   writeFileSync(configFile, JSON.stringify(config, null, 2));
+  return startGatewayFile(configFile, opts);
+}
+
+/** startGateway for a config file already written (YAML or JSON). */
+export async function startGatewayFile(configFile: string, opts: StartOptions = {}): Promise<Gateway> {
   const bin = opts.runtime === 'bun' ? join(ROOT, 'node_modules/.bin/bun') : process.execPath;
   const proc = spawn(bin, [CLI, 'start', '--config', configFile, ...(opts.args ?? [])], {
-    cwd: ROOT,
+    cwd: opts.cwd ?? ROOT,
     env: { ...process.env, TURNPIKE_LOG_FORMAT: 'json', ...(opts.env ?? {}) },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

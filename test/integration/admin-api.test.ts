@@ -293,7 +293,13 @@ describe('writes', () => {
     const auditBefore = auditLines().length;
     const r = await put(doc([R1, { id: 'r2', path: '/r2', upstream: 'up' }]), '?dryRun=true');
     expect(r.status).toBe(200);
-    expect(r.json).toEqual(expect.objectContaining({ ok: true, dryRun: true, version: 1, versionBefore: 1, persisted: false, summary: ['+ route r2'] }));
+    expect(r.json).toEqual(expect.objectContaining({ ok: true, dryRun: true, version: 1, versionBefore: 1, persisted: false, summary: ['+ route r2'], warnings: [] }));
+    // Valid but probably not meant: the validate answer says so (an upstream no route uses; not audited).
+    const spare = await api('POST', '/admin/config/validate', {
+      token: VIEWER_TOKEN, type: 'application/json', body: JSON.stringify(doc([R1], { up: { targets: [up.url] }, spare: { targets: [up.url] } })),
+    });
+    expect(spare.status).toBe(200);
+    expect(spare.json.warnings).toEqual([{ path: 'upstreams.spare', message: 'no route uses this upstream; point a route at it (routes[].upstream: "spare") or remove it' }]);
     expect(await proxied('/r2')).toBe(404);
     expect(readFileSync(gw.configFile, 'utf8')).toBe(fileBefore);
     expect((await api('GET', '/admin/status')).json.config.version).toBe(1);
@@ -373,6 +379,7 @@ describe('writes', () => {
     const r = await api('POST', '/admin/config/reload', { token: OPS_TOKEN });
     expect(r.status).toBe(200);
     expect(r.json.summary).toEqual(['+ route r4', '- route r3']);
+    expect(r.json.warnings).toEqual([]);
     expect(r.json.persisted).toBe(false);
     expect(await proxied('/r4')).toBe(200);
     const version = r.json.version;
@@ -467,7 +474,8 @@ describe('CLI against the running gateway', () => {
     writeFileSync(file, JSON.stringify(candidate)); // JSON is YAML too; sent as application/yaml
     // A read-only token is enough for a dry run.
     const r = cli(['validate', file, '--diff', '--admin', admin], { TURNPIKE_ADMIN_TOKEN: VIEWER_TOKEN });
-    expect(r.err).toBe('');
+    // Valid, with a warning per upstream no route uses (u2..u4).
+    expect(r.err.trim().split('\n')).toEqual(['u2', 'u3', 'u4'].map((n) => `warning: upstreams.${n}: no route uses this upstream; point a route at it (routes[].upstream: "${n}") or remove it`));
     expect(r.code).toBe(0);
     expect(r.out).toContain('valid (7 routes, 4 upstreams)');
     expect(r.out).toContain('+ route fresh');
@@ -570,8 +578,8 @@ describe('no token configured', () => {
   });
   afterAll(async () => { await g?.stop(); });
 
-  it('generates a token in .turnpike/admin-token (0600, directory 0700) and logs only the path', async () => {
-    const file = join(cwd, '.turnpike', 'admin-token');
+  it('generates a token in .turnpike/admin-token-<admin port> (0600, directory 0700) and logs only the path', async () => {
+    const file = join(cwd, '.turnpike', `admin-token-${g.adminPort}`);
     expect(statSync(file).mode & 0o777).toBe(0o600);
     expect(statSync(join(cwd, '.turnpike')).mode & 0o777).toBe(0o700);
     const token = readFileSync(file, 'utf8').trim();
@@ -589,10 +597,11 @@ describe('no token configured', () => {
 
   it('turnpike reload finds the generated token in the working directory; the default audit log is written there', () => {
     const r = cli(['reload', '--admin', `http://127.0.0.1:${g.adminPort}`], {}, cwd);
-    expect(r.err).toBe('');
+    // The reload answer's warnings (this config has no routes), printed by the CLI.
+    expect(r.err).toBe('warning: routes: no routes: every request will be answered 404 route_not_found; add a route under "routes" (turnpike init prints an example)\n');
     expect(r.code).toBe(0);
     expect(r.out).toContain('reloaded: config version 2 (was 1)');
-    const audit = join(cwd, '.turnpike', 'audit.log');
+    const audit = join(cwd, '.turnpike', `audit-${g.adminPort}.log`);
     expect(statSync(audit).mode & 0o777).toBe(0o600);
     const line = JSON.parse(readFileSync(audit, 'utf8').trim().split('\n').at(-1)!);
     expect(line).toEqual(expect.objectContaining({ actor: 'generated', role: 'admin', action: 'config.reload', result: 'applied', versionAfter: 2 }));

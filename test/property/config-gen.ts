@@ -98,10 +98,10 @@ export interface GenOptions {
 const STATIC_WORDS = [
   'api', 'users', 'u', 'v1', 'v2', 'static', 'files', 'a', 'b', 'posts', 'me', 'orders', 'items', 'health',
   'x.json', 'a:b', '-', '_', '~user', '%7euser', '%7Euser', '%41', 'A', 'caf%C3%A9', 'a%2fb', 'a%2Fb', '..%2F',
-  'a%20b', 'a b', 'a|b', "it's", 'a=b', 'a,b', '@', '!', '$', 'CamelCase', '123', 'x%2e', '.x', '..x',
+  'a%20b', 'a|b', "it's", 'a=b', 'a,b', '@', '!', '$', 'CamelCase', '123', 'x%2e', '.x', '..x',
 ];
-/** Static segments the pattern parser refuses. */
-const BAD_STATIC_WORDS = ['.', '..', '%2e', '%2E%2e', '%2e%2e', '%2E', '%zz', '%0', '%', '%00', 'é', 'a*', 'a(b', 'b)', 'a\\b', '\u0001', ''];
+/** Static segments the pattern parser (or, for a space and `{id}`, validation) refuses. */
+const BAD_STATIC_WORDS = ['.', '..', '%2e', '%2E%2e', '%2e%2e', '%2E', '%zz', '%0', '%', '%00', 'é', 'a*', 'a(b', 'b)', 'a\\b', '\u0001', '', 'a b', '{id}'];
 const PARAM_NAMES = ['id', 'uid', 'ID', '_x', 'name', 'slug', 'p1', 'userId', 'v'];
 const BAD_PARAM_NAMES = ['1a', '', 'a-b', 'a.b', 'é'];
 
@@ -123,9 +123,11 @@ const BAD_HOSTS = [
   'api.example.com:8080', 'http://api.example.com', '*.*.com', '**', 'a..b', '-a.com', '', 'a_b.com',
   `${'x'.repeat(63)}.`.repeat(4) + 'com', 'api.example.com.', '*example.com', 'a/b', ' api.example.com', 'ex ample.com',
 ];
-const METHODS = ['GET', 'POST', 'PUT', 'DELETE', 'PATCH', 'HEAD', 'OPTIONS', 'get', 'post', 'head', 'Delete', 'PURGE', 'PROPFIND', 'X-CUSTOM', 'TRACE', 'report'];
-// CONNECT is refused in routes (the gateway does not tunnel).
-const BAD_METHODS = ['GE T', '', 'M.1', '1GET', 'GET\n', 'é', 'a!', 'CONNECT', 'connect'];
+const METHODS = ['GET', 'POST', 'PUT', 'DELETE', 'PATCH', 'HEAD', 'OPTIONS', 'get', 'post', 'head', 'Delete', 'TRACE'];
+/** Extension methods: only a document on the Bun backend can route them (the uWS build closes the connection). */
+const EXTENSION_METHODS = ['PURGE', 'PROPFIND', 'report', 'MKCOL', 'search'];
+// CONNECT is refused in routes (the gateway does not tunnel); a method no backend receives is refused too.
+const BAD_METHODS = ['GE T', '', 'M.1', '1GET', 'GET\n', 'é', 'a!', 'CONNECT', 'connect', 'X-CUSTOM', 'FETCH'];
 const PRIORITIES = [0, 0, 1, -1, 5, 10, 1_000_000, -1_000_000];
 const BAD_PRIORITIES = [1_000_001, 0.5, '1', null, -1_000_001];
 const UPSTREAM_NAMES = ['users', 'users-v2', 'orders', 'a.b', 'svc:1', 'Users', '0', 'constructor', 'toString', 'x_y'];
@@ -174,6 +176,8 @@ class DocGen {
    * per document, or every document would be one.
    */
   dupeBudget: number;
+  /** server.backend is "bun": extension methods (PURGE...) are valid in this document. */
+  extensionsOk = false;
 
   constructor(readonly rng: Rng, readonly opts: GenOptions) {
     this.dirty = rng.chance(0.35);
@@ -287,7 +291,8 @@ class DocGen {
       ]);
     }
     if (r.chance(0.1)) return [];
-    return r.sample(METHODS, r.int(1, 3));
+    if (!this.extensionsOk && this.bad()) return [r.pick(EXTENSION_METHODS)]; // refused: the uWS backend never receives it
+    return r.sample(this.extensionsOk ? [...METHODS, ...EXTENSION_METHODS] : METHODS, r.int(1, 3));
   }
 
   mapOf(names: readonly string[], values: readonly unknown[], n: number, badNames: readonly string[] = [], badValues: readonly unknown[] = []): Obj {
@@ -437,7 +442,7 @@ class DocGen {
         break;
       case 'methods-disjoint': {
         const used = new Set((Array.isArray(v['methods']) ? v['methods'] : []).map((m) => String(m).toUpperCase()));
-        const free = ['GET', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'PURGE'].filter((m) => !used.has(m));
+        const free = ['GET', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', ...(this.extensionsOk ? ['PURGE'] : [])].filter((m) => !used.has(m));
         if (used.size === 0) base['methods'] = ['GET']; // the base takes any method: give it one
         v['methods'] = r.sample(free.filter((m) => m !== 'GET' || used.size > 0), r.int(1, 2));
         break;
@@ -574,7 +579,9 @@ class DocGen {
     if (r.chance(0.15)) s['pathForwarding'] = this.bad() ? 'raw' : r.pick(['normalized', 'original']);
     if (r.chance(0.2)) s['headers'] = this.headerPolicy();
     if (r.chance(0.1)) s['drainTimeoutMs'] = this.bad() ? 3_600_001 : r.pick([0, 100, 30000]);
-    if (r.chance(0.05)) s['backend'] = this.bad() ? 'nginx' : r.pick(['auto', 'uws']);
+    // "bun" documents keep extension methods (PURGE...) valid; property B starts them on Node without backend.
+    if (r.chance(0.25)) s['backend'] = this.bad() ? 'nginx' : r.pick(['auto', 'uws', 'bun', 'bun', 'bun']);
+    this.extensionsOk = s['backend'] === 'bun';
     if (this.bad()) s[r.pick(['threads', 'bind', 'maxBodyBytes', 'listen'])] = 1;
     return s;
   }

@@ -1,6 +1,6 @@
 /** Admin tokens: constant-time comparison, tokens file parsing, sources, generated token. */
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeEach, describe, expect, it, vi } from 'vitest';
@@ -15,7 +15,8 @@ vi.mock('node:crypto', async (importOriginal) => {
 
 const crypto = await import('node:crypto');
 const {
-  AuthConfigError, TokenStore, bearerToken, clientToken, loadTokens, parseTokensFile, tokenDigest, tokensEqual, writeGeneratedToken,
+  AuthConfigError, TokenStore, bearerToken, clientToken, loadTokens, parseTokensFile, removeGeneratedToken, tokenDigest, tokensEqual,
+  writeGeneratedToken,
 } = await import('../../../admin/api/auth.js');
 
 const spy = vi.mocked(crypto.timingSafeEqual);
@@ -129,17 +130,41 @@ describe('token sources', () => {
 
   it('writes a generated token with mode 0600 in a 0700 directory, and clients find it', () => {
     const cwd = mkdtempSync(join(tmpdir(), 'turnpike-gen-'));
-    const { token, path } = writeGeneratedToken(cwd);
+    const { token, path } = writeGeneratedToken(cwd, 9901);
     expect(token).toMatch(/^[A-Za-z0-9_-]{43}$/);
-    expect(path).toBe(join(cwd, '.turnpike', 'admin-token'));
+    expect(path).toBe(join(cwd, '.turnpike', 'admin-token-9901'));
     expect(readFileSync(path, 'utf8')).toBe(token + '\n');
     expect(statSync(path).mode & 0o777).toBe(0o600);
     expect(statSync(join(cwd, '.turnpike')).mode & 0o777).toBe(0o700);
-    expect(clientToken({}, cwd)).toEqual({ token, from: join('.turnpike', 'admin-token') });
-    expect(clientToken({ TURNPIKE_ADMIN_TOKEN: 'x' }, cwd)).toEqual({ token: 'x', from: 'TURNPIKE_ADMIN_TOKEN' });
-    // A second start replaces it.
-    const again = writeGeneratedToken(cwd);
+    expect(clientToken({}, cwd, 9901)).toEqual({ token, from: join('.turnpike', 'admin-token-9901') });
+    expect(clientToken({ TURNPIKE_ADMIN_TOKEN: 'x' }, cwd, 9901)).toEqual({ token: 'x', from: 'TURNPIKE_ADMIN_TOKEN' });
+    // A second start on the same port replaces it.
+    const again = writeGeneratedToken(cwd, 9901);
     expect(again.token).not.toBe(token);
     expect(readFileSync(path, 'utf8')).toBe(again.token + '\n');
+  });
+
+  it('names generated tokens by admin port: one per gateway, the legacy name read last, removed on stop', () => {
+    const cwd = mkdtempSync(join(tmpdir(), 'turnpike-gen-'));
+    const a = writeGeneratedToken(cwd, 9901);
+    const b = writeGeneratedToken(cwd, 9902);
+    expect(readFileSync(a.path, 'utf8').trim()).toBe(a.token);
+    expect(clientToken({}, cwd, 9901)?.token).toBe(a.token);
+    expect(clientToken({}, cwd, 9902)?.token).toBe(b.token);
+    // No file for that port and no legacy file: nothing to send.
+    expect(clientToken({}, cwd, 9903)).toBeNull();
+    // A gateway of an older version wrote .turnpike/admin-token: read last.
+    writeFileSync(join(cwd, '.turnpike', 'admin-token'), 'legacy-token\n');
+    expect(clientToken({}, cwd, 9903)).toEqual({ token: 'legacy-token', from: join('.turnpike', 'admin-token') });
+    expect(clientToken({}, cwd, 9902)?.token).toBe(b.token);
+    // TURNPIKE_ADMIN_TOKEN_FILE comes before the generated files.
+    writeFileSync(join(cwd, 'mine'), 'from-env-file\n');
+    expect(clientToken({ TURNPIKE_ADMIN_TOKEN_FILE: 'mine' }, cwd, 9901)).toEqual({ token: 'from-env-file', from: 'TURNPIKE_ADMIN_TOKEN_FILE' });
+    // Removed only while it still holds that gateway's token.
+    removeGeneratedToken(b.path, tokenDigest('some other token'));
+    expect(existsSync(b.path)).toBe(true);
+    removeGeneratedToken(b.path, tokenDigest(b.token));
+    expect(existsSync(b.path)).toBe(false);
+    expect(existsSync(a.path)).toBe(true);
   });
 });

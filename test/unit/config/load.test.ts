@@ -121,7 +121,7 @@ describe('embedded default config', () => {
     expect(r.config.source).toBe('<embedded>');
     expect(r.config.demo).toEqual({ enabled: true, port: 9090 });
     expect(r.config.server.port).toBe(8080);
-    expect(r.config.admin).toEqual({ enabled: true, host: '127.0.0.1', port: 9901, tokensFile: null, auditLog: '.turnpike/audit.log' });
+    expect(r.config.admin).toEqual({ enabled: true, host: '127.0.0.1', port: 9901, tokensFile: null, auditLog: null });
     expect(r.config.upstreams['demo']!.targets[0]!.url).toBe('http://127.0.0.1:9090');
     const demo = r.config.routes.find((x) => x.path === '/demo/*');
     expect(demo?.rewrite.stripPrefix).toBe('/demo');

@@ -20,7 +20,7 @@ describe('defaults resolution', () => {
       pathForwarding: 'normalized',
       headers: { request: { add: [], set: [], remove: [] }, response: { add: [], set: [], remove: [] } },
     });
-    expect(c.admin).toEqual({ enabled: true, host: '127.0.0.1', port: 9901, tokensFile: null, auditLog: '.turnpike/audit.log' });
+    expect(c.admin).toEqual({ enabled: true, host: '127.0.0.1', port: 9901, tokensFile: null, auditLog: null });
     expect(c.demo).toEqual({ enabled: false, port: 0 });
     const up = c.upstreams['users']!;
     expect(up).toEqual({
@@ -66,7 +66,7 @@ describe('defaults resolution', () => {
     expect(c.server.drainTimeoutMs).toBe(0);
     expect(c.server.limits.maxBodyBytes).toBe(0);
     expect(c.server.limits.maxUrlBytes).toBe(8192);
-    expect(c.admin).toEqual({ enabled: false, host: '127.0.0.1', port: 0, tokensFile: null, auditLog: '.turnpike/audit.log' });
+    expect(c.admin).toEqual({ enabled: false, host: '127.0.0.1', port: 0, tokensFile: null, auditLog: null });
   });
 
   it('normalises targets: trailing slash, case, default port 80, IPv6, weight', () => {
