@@ -16,6 +16,7 @@ import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import type { GatewayConfig } from '../common/config/types.js';
 import type { AdminData, FromAdmin, ReloadResult, SlotEntries, ToAdmin } from '../common/protocol.js';
 import { C_DRAINING, C_WORKER_COUNT, C_WORKER_STATE, W_READY } from '../common/protocol.js';
+import { configureLog, logLevel, setLogLevel, setLogThread } from '../common/log.js';
 import { type AdminApi, createAdminApi } from './api/index.js';
 import { LatencyCollector, type AdminContext } from './context.js';
 import { MetricsView } from './metrics.js';
@@ -24,6 +25,8 @@ if (isMainThread || parentPort === null) throw new Error('admin/admin.js runs as
 
 const port = parentPort;
 const data = workerData as AdminData;
+setLogThread('admin');
+setLogLevel(data.logLevel);
 const control = new Int32Array(data.control);
 const metrics = new MetricsView(data.metrics, control, data.slots);
 const collector = new LatencyCollector(data.statsPorts);
@@ -52,6 +55,11 @@ const ctx: AdminContext = {
     });
   },
   latency: () => collector.collect(),
+  logLevel: () => logLevel(),
+  setLogLevel(level, actor) {
+    setLogLevel(level);
+    send({ type: 'log-level', level, actor });
+  },
 };
 
 const STATE_NAMES = ['starting', 'ready', 'draining', 'dead'];
@@ -121,6 +129,10 @@ port.on('message', (msg: ToAdmin) => {
       config = msg.config;
       slots = msg.slots;
       metrics.setSlots(msg.slots);
+      configureLog(msg.config.log);
+      break;
+    case 'log-level':
+      setLogLevel(msg.level);
       break;
     case 'reload-result': {
       const resolve = pendingReloads.get(msg.id);

@@ -6,6 +6,7 @@
 import type { MessagePort } from 'node:worker_threads';
 import hdr from 'hdr-histogram-js';
 import type { GatewayConfig } from '../common/config/types.js';
+import type { Level } from '../common/log.js';
 import type { ReloadResult, SlotEntries } from '../common/protocol.js';
 import type { LatencySnapshot } from '../workers/latency.js';
 import type { MetricsView } from './metrics.js';
@@ -38,6 +39,10 @@ export interface AdminContext {
   config(): GatewayConfig;
   slots(): SlotEntries;
   reload(req: { doc?: unknown; dryRun?: boolean; actor: string }): Promise<ReloadResult>;
+  /** The gateway log level now (every thread follows the same level). */
+  logLevel(): Level;
+  /** Sets it in every thread, until the next reload or restart. */
+  setLogLevel(level: Level, actor: string): void;
   latency(): Promise<LatencyStats>;
 }
 

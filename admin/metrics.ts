@@ -11,7 +11,7 @@
  */
 import client from 'prom-client';
 import {
-  DURATION_BUCKETS, ERROR_CODES, G_ERRORS, G_IN_FLIGHT, G_UPSTREAM_IDLE, G_UPSTREAM_OPEN, METHODS, OVERFLOW_SLOT, S_DURATION, S_REQ_SIZE, S_REQUESTS,
+  DURATION_BUCKETS, ERROR_CODES, G_ACCESS_LOG_DROPPED, G_ERRORS, G_IN_FLIGHT, G_UPSTREAM_IDLE, G_UPSTREAM_OPEN, METHODS, OVERFLOW_SLOT, S_DURATION, S_REQ_SIZE, S_REQUESTS,
   S_RES_SIZE, S_UPSTREAM, SIZE_BUCKETS, SLOT_CELLS, STATUS_CLASSES, slotBase,
 } from '../common/metrics-layout.js';
 import type { SlotEntries } from '../common/protocol.js';
@@ -65,6 +65,8 @@ export class MetricsView {
       { labels: { state: 'open' }, value: this.sum(G_UPSTREAM_OPEN) },
       { labels: { state: 'idle' }, value: this.sum(G_UPSTREAM_IDLE) },
     ]);
+    add('turnpike_access_log_dropped_total', 'Access log lines dropped because the destination could not keep up (over 8 MiB waiting) or failed.', 'counter',
+      () => [{ labels: {}, value: this.sum(G_ACCESS_LOG_DROPPED) }]);
     add('turnpike_worker_restarts_total', 'Data-plane worker threads replaced after exiting.', 'counter',
       () => [{ labels: {}, value: Atomics.load(this.control, C_RESTARTS) }]);
     add('turnpike_config_reloads_total', 'Config reloads by result: applied, or refused (the old config kept serving).', 'counter', () => [

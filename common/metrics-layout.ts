@@ -37,6 +37,8 @@ export const ERROR_CODES = [
 export const G_IN_FLIGHT = 0;
 export const G_UPSTREAM_OPEN = 1;
 export const G_UPSTREAM_IDLE = 2;
+/** Access log lines dropped because the destination could not keep up or failed (a running total). */
+export const G_ACCESS_LOG_DROPPED = 3;
 export const G_ERRORS = 8;
 export const GLOBAL_CELLS = G_ERRORS + ERROR_CODES.length + 7; // padded
 

@@ -7,6 +7,7 @@
  */
 import type { MessagePort } from 'node:worker_threads';
 import type { GatewayConfig } from './config/types.js';
+import type { Level } from './log.js';
 
 /** Route id -> metrics slot, stable for the life of the process. */
 export type SlotEntries = ReadonlyArray<readonly [routeId: string, slot: number]>;
@@ -14,6 +15,8 @@ export type SlotEntries = ReadonlyArray<readonly [routeId: string, slot: number]
 export interface WorkerData {
   index: number;
   config: GatewayConfig;
+  /** The gateway log level now (a runtime change may differ from config.log.level). */
+  logLevel: Level;
   slots: SlotEntries;
   metrics: SharedArrayBuffer;
   control: SharedArrayBuffer;
@@ -23,6 +26,7 @@ export interface WorkerData {
 
 export interface AdminData {
   config: GatewayConfig;
+  logLevel: Level;
   slots: SlotEntries;
   /** One per worker index. */
   metrics: SharedArrayBuffer[];
@@ -36,6 +40,10 @@ export interface AdminData {
 export type ToWorker =
   | { type: 'config'; config: GatewayConfig; slots: SlotEntries }
   | { type: 'drain'; timeoutMs: number }
+  /** The gateway log level, changed at runtime (PUT /admin/logging). */
+  | { type: 'log-level'; level: Level }
+  /** SIGUSR1: reopen log files (logrotate). */
+  | { type: 'reopen-logs' }
   | { type: 'crash' };
 
 export type FromWorker =
@@ -71,6 +79,7 @@ export type ToAdmin =
   | { type: 'reload-result'; id: number; result: ReloadResult }
   /** A worker was (re)started: its stats line. */
   | { type: 'stats-port'; index: number; port: MessagePort }
+  | { type: 'log-level'; level: Level }
   | { type: 'drain' };
 
 export type FromAdmin =
@@ -81,7 +90,9 @@ export type FromAdmin =
    * new document (PUT /admin/config) that, when valid, is also persisted to
    * the config file atomically. `dryRun` validates and diffs only.
    */
-  | { type: 'reload'; id: number; doc?: unknown; dryRun?: boolean; actor: string };
+  | { type: 'reload'; id: number; doc?: unknown; dryRun?: boolean; actor: string }
+  /** PUT /admin/logging: set the gateway log level in every thread (until the next reload or restart). */
+  | { type: 'log-level'; level: Level; actor: string };
 
 // -- control block (Int32Array over a SharedArrayBuffer, written by the engine)
 export const C_DRAINING = 0;

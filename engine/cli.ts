@@ -28,7 +28,7 @@ import { formatChanges } from '../common/config/diff.js';
 import { didYouMean } from '../common/config/util.js';
 import { formatErrors, loadConfigFile, loadEmbeddedConfig, type LoadResult } from '../common/config/load.js';
 import { schemaJson } from '../common/config/schema.js';
-import { log } from '../common/log.js';
+import { configureLog, log } from '../common/log.js';
 import { WORKER_CHECKS } from '../workers/config-check.js';
 import { startDemoUpstream } from './demo-upstream.js';
 import { COMMANDS, commandHelp, usage } from './help.js';
@@ -119,6 +119,7 @@ async function start(args: Args): Promise<void> {
     process.exit(1);
   }
   const config = result.config;
+  configureLog(config.log);
   if (config.demo.enabled) await startDemoUpstream(config.demo.port);
   const sup = new Supervisor(config, {
     configPath: args.file === null ? null : resolvePath(args.file),
@@ -147,6 +148,8 @@ async function start(args: Args): Promise<void> {
   process.on('SIGINT', () => stop('SIGINT'));
   // SIGHUP: reload the config file; a bad file is refused and logged, the old config keeps serving.
   process.on('SIGHUP', () => { void sup.reload({ actor: 'SIGHUP' }); });
+  // SIGUSR1: reopen access log files (logrotate's postrotate: `kill -USR1 <pid>`).
+  process.on('SIGUSR1', () => sup.reopenLogs());
   if (args.watch && args.file !== null) {
     // Editors replace files (rename) as often as they write them: watch the
     // directory entry, and reload once the file has settled.

@@ -17,7 +17,7 @@ import { stringify as toYaml } from 'yaml';
 import { RESTART_ONLY, diffConfigs, formatChanges } from '../common/config/diff.js';
 import { loadConfigDocument, loadConfigFile, loadEmbeddedConfig, type LoadResult } from '../common/config/load.js';
 import type { GatewayConfig } from '../common/config/types.js';
-import { log } from '../common/log.js';
+import { configureLog, log, logLevel, setLogLevel, type Level } from '../common/log.js';
 import { DEFAULT_MAX_ROUTE_SLOTS, FIRST_ROUTE_SLOT, metricsBufferBytes } from '../common/metrics-layout.js';
 import type {
   AdminData, FromAdmin, FromWorker, ReloadResult, SlotEntries, ToAdmin, ToWorker, WorkerData,
@@ -140,7 +140,7 @@ export class Supervisor {
     const config = this.config;
     const stats = new MessageChannel();
     const data: WorkerData = {
-      index: slot.index, config, slots: [...this.routeSlots], metrics: slot.metrics, control: this.control, statsPort: stats.port1,
+      index: slot.index, config, logLevel: logLevel(), slots: [...this.routeSlots], metrics: slot.metrics, control: this.control, statsPort: stats.port1,
     };
     Atomics.store(this.controlView, C_WORKER_STATE + slot.index, W_STARTING);
     const w = new Worker(WORKER_ENTRY, { workerData: data, transferList: [stats.port1], name: `turnpike-worker-${slot.index}` });
@@ -215,7 +215,7 @@ export class Supervisor {
     const statsPorts = this.slots.map((s) => s.statsPort);
     for (const s of this.slots) s.statsPort = null;
     const data: AdminData = {
-      config: this.config, slots: [...this.routeSlots], metrics: this.slots.map((s) => s.metrics),
+      config: this.config, logLevel: logLevel(), slots: [...this.routeSlots], metrics: this.slots.map((s) => s.metrics),
       control: this.control, statsPorts, version: this.version, startedAt: this.startedAt,
     };
     const w = new Worker(ADMIN_ENTRY, {
@@ -226,6 +226,7 @@ export class Supervisor {
       w.on('message', (msg: FromAdmin) => {
         if (msg.type === 'ready') resolve(msg.port);
         else if (msg.type === 'fatal') reject(new Error(msg.message));
+        else if (msg.type === 'log-level') this.changeLogLevel(msg.level, msg.actor);
         else if (msg.type === 'reload') {
           const req = { actor: msg.actor, ...(msg.doc !== undefined ? { doc: msg.doc } : {}), ...(msg.dryRun ? { dryRun: true } : {}) };
           this.reload(req).then(
@@ -305,6 +306,7 @@ export class Supervisor {
     const warnings = result.warnings;
     if (req.dryRun) return { ok: true, version: old.version, errors: [], changes, persisted: false, warnings };
     this.config = Object.freeze({ ...next }) as GatewayConfig;
+    configureLog(next.log);
     this.assignSlots(next);
     const targets = this.slots.filter((sl) => sl.ready);
     const failures = await Promise.all(targets.map((sl) => this.sendConfig(sl)));
@@ -324,6 +326,7 @@ export class Supervisor {
     if (refusedBy.length > 0 || writeProblem !== null) {
       // Roll back: every worker that took the new config goes back to the old one.
       this.config = old;
+      configureLog(old.log);
       await Promise.all(targets.filter((_sl, i) => failures[i] === null).map((sl) => this.sendConfig(sl)));
       const errors = writeProblem !== null
         ? [{ path: '', message: writeProblem }]
@@ -336,6 +339,23 @@ export class Supervisor {
     log('info', 'config reloaded', { actor: req.actor, version: next.version, changes: formatChanges(changes), persisted });
     for (const w of warnings) log('warn', `config warning: ${w.path === '' ? '' : `${w.path}: `}${w.message}`, { version: next.version });
     return { ok: true, version: next.version, errors: [], changes, persisted, warnings };
+  }
+
+  /**
+   * Sets the gateway log level in every thread, until the next reload
+   * (which applies the config's log.level) or restart.
+   */
+  changeLogLevel(level: Level, actor: string): void {
+    const before = logLevel();
+    setLogLevel(level);
+    for (const s of this.slots) s.worker?.postMessage({ type: 'log-level', level } satisfies ToWorker);
+    this.admin?.postMessage({ type: 'log-level', level } satisfies ToAdmin);
+    log('info', 'log level changed', { actor, from: before, to: level });
+  }
+
+  /** SIGUSR1: every worker reopens its access log file (logrotate's postrotate). */
+  reopenLogs(): void {
+    for (const s of this.slots) s.worker?.postMessage({ type: 'reopen-logs' } satisfies ToWorker);
   }
 
   /** Test hook: make worker `i` throw (TURNPIKE_TEST_HOOKS=1). */

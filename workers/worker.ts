@@ -7,8 +7,10 @@ import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import type { FromWorker, ToWorker, WorkerData } from '../common/protocol.js';
 import { G_IN_FLIGHT, G_UPSTREAM_IDLE, G_UPSTREAM_OPEN } from '../common/metrics-layout.js';
 import { C_WORKER_STATE, W_DEAD, W_DRAINING, W_READY } from '../common/protocol.js';
+import { log, setLogLevel, setLogThread } from '../common/log.js';
 import { Dataplane } from './dataplane.js';
 import { LatencyRecorder } from './latency.js';
+import { WorkerLogs } from './logs.js';
 import { setPoolGauges } from './proxy/upstream-pool.js';
 import type { Backend } from './transport/backend.js';
 
@@ -16,6 +18,7 @@ if (isMainThread || parentPort === null) throw new Error('workers/worker.js runs
 
 const port = parentPort;
 const data = workerData as WorkerData;
+setLogThread(`worker-${data.index}`);
 const control = new Int32Array(data.control);
 const metrics = new Float64Array(data.metrics);
 // A replacement worker inherits its slot's counters; gauges restart from zero
@@ -60,6 +63,8 @@ process.on('unhandledRejection', crash);
 async function main(): Promise<void> {
   let dp = new Dataplane(data.config, new Map(data.slots));
   const latency = await LatencyRecorder.create();
+  const logs = new WorkerLogs(data.config.log, metrics);
+  setLogLevel(data.logLevel);
   latency.serve(data.statsPort);
   const s = data.config.server;
   const wantBun = s.backend === 'bun' || (s.backend === 'auto' && isBun);
@@ -67,11 +72,11 @@ async function main(): Promise<void> {
   let backendName: string;
   if (wantBun) {
     const { BunServer } = await import('./transport/bun-server.js');
-    backend = new BunServer(dp, { host: s.host, port: s.port, workerIndex: data.index, metrics, latency, onListen: () => {} });
+    backend = new BunServer(dp, { host: s.host, port: s.port, workerIndex: data.index, metrics, latency, logs, onListen: () => {} });
     backendName = 'bun';
   } else {
     const { UwsServer } = await import('./transport/uws-server.js');
-    backend = new UwsServer(dp, { host: s.host, port: s.port, workerIndex: data.index, metrics, latency, onListen: () => {} });
+    backend = new UwsServer(dp, { host: s.host, port: s.port, workerIndex: data.index, metrics, latency, logs, onListen: () => {} });
     backendName = 'uws';
   }
   active = backend;
@@ -97,9 +102,17 @@ async function main(): Promise<void> {
         }
         dp = next;
         backend.setDataplane(dp);
+        logs.apply(msg.config.log);
         send({ type: 'config-applied', version: msg.config.version });
         break;
       }
+      case 'log-level':
+        setLogLevel(msg.level);
+        break;
+      case 'reopen-logs':
+        logs.reopen();
+        log('debug', 'log files reopened');
+        break;
       case 'drain': {
         Atomics.store(control, C_WORKER_STATE + data.index, W_DRAINING);
         backend.stopListening();
@@ -108,6 +121,7 @@ async function main(): Promise<void> {
           if (backend.inFlight === 0 || Date.now() >= deadline) {
             const left = backend.inFlight;
             backend.close();
+            logs.close();
             send({ type: 'drained', inFlight: left });
             // Once the sockets and ports are closed the thread has nothing left and exits by itself.
             data.statsPort.close();

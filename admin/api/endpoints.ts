@@ -7,6 +7,7 @@
 import { isEmptyDiff, formatChanges } from '../../common/config/diff.js';
 import type { GatewayConfig } from '../../common/config/types.js';
 import type { ConfigChanges, ReloadResult } from '../../common/protocol.js';
+import { isLevel } from '../../common/log.js';
 import {
   C_DRAINING, C_RELOADS_FAILED, C_RELOADS_OK, C_RESTARTS, C_WORKER_COUNT, C_WORKER_STATE,
 } from '../../common/protocol.js';
@@ -62,7 +63,7 @@ export interface Endpoint {
   /** null: no body; a non-empty one is refused with 400 unexpected_body. */
   body: BodySpec | null;
   /** Write endpoints: the audit action. */
-  audit: 'config.reload' | 'config.replace' | null;
+  audit: 'config.reload' | 'config.replace' | 'logging.update' | null;
   responses: Readonly<Record<number, { description: string; schema: Schema }>>;
   handler(rc: RequestContext): HandlerResult | Promise<HandlerResult>;
 }
@@ -217,6 +218,53 @@ export const ENDPOINTS: readonly Endpoint[] = [
       const before = api.config();
       const r = await api.reload({ dryRun, actor: `admin-api:${principal.name}` });
       return reloadAnswer(r, before, dryRun);
+    },
+  },
+  {
+    method: 'GET', path: '/admin/logging', operationId: 'getLogging', tag: 'gateway', role: 'viewer',
+    summary: 'Log settings',
+    description: 'The gateway log level now (every thread uses the same one) and the access log settings of the running config.',
+    query: S.noQuery, body: null, audit: null,
+    responses: { 200: { description: 'Log settings.', schema: S.logging }, ...R400, ...R401 },
+    handler({ api }) {
+      const a = api.config().log.access;
+      return { status: 200, body: { level: api.logLevel(), configuredLevel: api.config().log.level, access: { enabled: a.enabled, destination: a.destination, format: a.format, sampleRate: a.sampleRate } } };
+    },
+  },
+  {
+    method: 'PUT', path: '/admin/logging', operationId: 'setLogging', tag: 'gateway', role: 'admin',
+    summary: 'Change the log level at runtime',
+    description: 'Body {"level": "debug" | "info" | "warn" | "error"}: every thread (engine, admin, workers) logs at that level from now on, until the next reload (which applies the config\'s log.level) or restart. Audited.',
+    query: S.noQuery,
+    body: {
+      schema: S.loggingBody,
+      contentTypes: ['application/json'],
+      maxBytes: 4096,
+      description: '{"level": "debug" | "info" | "warn" | "error"}',
+    },
+    audit: 'logging.update',
+    responses: {
+      200: { description: 'Changed: the settings now.', schema: S.logging },
+      400: err('Malformed JSON (malformed_body) or a query parameter (invalid_query).'),
+      ...R401, ...R403,
+      415: err('Content type other than JSON (unsupported_media_type).'),
+      422: err('Not a level (invalid_body).'),
+    },
+    handler({ api, principal, body }) {
+      const level = (body as { level?: unknown } | null)?.level;
+      if (body === null || typeof body !== 'object' || Array.isArray(body) || Object.keys(body).some((k) => k !== 'level') || !isLevel(level)) {
+        throw new ApiError(AdminErrors.INVALID_BODY, 'The body must be {"level": "debug" | "info" | "warn" | "error"} and nothing else.', {
+          errors: [{ path: 'level', message: `must be one of debug, info, warn, error (got ${JSON.stringify(level)})` }],
+        });
+      }
+      const before = api.config().version;
+      api.setLogLevel(level, `admin-api:${principal.name}`);
+      const a = api.config().log.access;
+      return {
+        status: 200,
+        body: { level, configuredLevel: api.config().log.level, access: { enabled: a.enabled, destination: a.destination, format: a.format, sampleRate: a.sampleRate } },
+        audit: { result: 'applied', dryRun: false, versionAfter: before, changes: null, errors: [] },
+      };
     },
   },
   {

@@ -27,6 +27,7 @@ export const AdminErrors = Object.freeze({
   METHOD_NOT_ALLOWED: def('method_not_allowed', 405, 'This endpoint does not accept this method; see the Allow header.'),
   BODY_TOO_LARGE: def('body_too_large', 413, 'The request body exceeds 1 MiB.'),
   UNSUPPORTED_MEDIA_TYPE: def('unsupported_media_type', 415, 'Send the body as application/json or application/yaml.'),
+  INVALID_BODY: def('invalid_body', 422, 'The request body is not what this endpoint takes; "errors" says what is wrong.'),
   // -- config -----------------------------------------------------------------
   CONFIG_INVALID: def('config_invalid', 422, 'The configuration was refused and nothing was applied; the running config keeps serving. "errors" lists every problem by path.'),
   // -- admin thread -----------------------------------------------------------

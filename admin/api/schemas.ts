@@ -126,7 +126,7 @@ export const status = named('Status', object({
 export const resolvedConfig = named('ResolvedConfig', {
   type: 'object',
   additionalProperties: false,
-  required: ['version', 'source', 'server', 'admin', 'metrics', 'upstreams', 'routes', 'demo'],
+  required: ['version', 'source', 'server', 'admin', 'metrics', 'log', 'upstreams', 'routes', 'demo'],
   description: 'The running configuration, resolved (every default filled in), secrets shown as "[redacted]". Header edits are [name, value] pairs.',
   properties: {
     version: int('Config version.'),
@@ -134,6 +134,7 @@ export const resolvedConfig = named('ResolvedConfig', {
     server: { type: 'object', description: 'Listener, limits, forwarded headers, header edits.' },
     admin: { type: 'object', description: 'Admin listener and admin API settings.' },
     metrics: { type: 'object', description: 'Metrics settings.' },
+    log: { type: 'object', description: 'Gateway log and access log settings.' },
     upstreams: { type: 'object', description: 'Upstreams by name.', additionalProperties: { type: 'object' } },
     routes: { type: 'array', description: 'Routes, in file order.', items: { type: 'object' } },
     demo: { type: 'object', description: 'Built-in demo upstream (embedded default config only).' },
@@ -213,3 +214,20 @@ export const openapiDocument: Schema = {
 
 /** PUT /admin/config's body: the config file's own schema, the object the config loader validates with. */
 export const configDocument = named('ConfigDocument', configSchema as unknown as Schema);
+
+// -- logging ------------------------------------------------------------------
+
+const levelSchema: Schema = { type: 'string', enum: ['debug', 'info', 'warn', 'error'], description: 'Log level.' };
+
+export const logging = named('Logging', object({
+  level: { ...levelSchema, description: 'The level every thread logs at now.' },
+  configuredLevel: { ...levelSchema, description: 'log.level of the running config (what a reload returns to).' },
+  access: object({
+    enabled: { type: 'boolean', description: 'The access log is written.' },
+    destination: str('stdout, stderr or a file path.'),
+    format: { type: 'string', enum: ['json', 'combined'], description: 'Line format.' },
+    sampleRate: { type: 'number', minimum: 0, maximum: 1, description: 'Share of requests logged (5xx always).' },
+  }, 'The access log settings of the running config.'),
+}));
+
+export const loggingBody = named('LoggingUpdate', object({ level: levelSchema }));

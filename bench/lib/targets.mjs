@@ -21,6 +21,12 @@ export const TURNPIKE_CLI = join(TURNPIKE_DIST, 'engine/cli.js');
 // the `turnpike-base` target in the same run, rounds interleaved with
 // `turnpike-node`: an A/B that a minute-scale swing of the VM hits alike.
 export const TURNPIKE_BASE_DIST = process.env.TURNPIKE_BASE_DIST || null;
+// Config keys added to the base target's config (JSON), e.g.
+// '{"log":{"access":{"enabled":false}}}' when the base build has an access
+// log too; none by default, since older builds refuse keys they do not know.
+const TURNPIKE_BASE_EXTRA = process.env.TURNPIKE_BASE_EXTRA ? JSON.parse(process.env.TURNPIKE_BASE_EXTRA) : {};
+/** The plain proxy: no access log (the turnpike-accesslog target measures it). */
+const NO_ACCESS_LOG = { log: { access: { enabled: false } } };
 export const BUN_BIN = join(ROOT_DIR, 'node_modules/.bin/bun');
 
 export const UPSTREAM_PORT = 18000;
@@ -143,7 +149,17 @@ export const TARGETS = [
     name: 'turnpike-node',
     port: 18080,
     skip: notBuilt,
-    command: (tmp) => [process.execPath, [TURNPIKE_CLI, 'start', '--config', turnpikeConfig(tmp, 'turnpike-node', 18080)]],
+    command: (tmp) => [process.execPath, [TURNPIKE_CLI, 'start', '--config', turnpikeConfig(tmp, 'turnpike-node', 18080, NO_ACCESS_LOG)]],
+    version: () => `node ${process.version}`,
+  },
+  {
+    // The same with the access log on (JSON, every field, to a file): the
+    // difference to turnpike-node is what logging every request costs.
+    name: 'turnpike-accesslog',
+    port: 18084,
+    skip: notBuilt,
+    command: (tmp) => [process.execPath, [TURNPIKE_CLI, 'start', '--config',
+      turnpikeConfig(tmp, 'turnpike-accesslog', 18084, { log: { access: { enabled: true, destination: join(tmp, 'access.log'), format: 'json' } } })]],
     version: () => `node ${process.version}`,
   },
   {
@@ -152,7 +168,7 @@ export const TARGETS = [
     name: 'turnpike-nometrics',
     port: 18082,
     skip: notBuilt,
-    command: (tmp) => [process.execPath, [TURNPIKE_CLI, 'start', '--config', turnpikeConfig(tmp, 'turnpike-nometrics', 18082, { metrics: { enabled: false } })]],
+    command: (tmp) => [process.execPath, [TURNPIKE_CLI, 'start', '--config', turnpikeConfig(tmp, 'turnpike-nometrics', 18082, { metrics: { enabled: false }, ...NO_ACCESS_LOG })]],
     version: () => `node ${process.version}`,
   },
   {
@@ -162,14 +178,14 @@ export const TARGETS = [
       if (TURNPIKE_BASE_DIST === null) return 'set TURNPIKE_BASE_DIST to a built dist/ to bench it against this one';
       return existsSync(join(TURNPIKE_BASE_DIST, 'engine/cli.js')) ? null : `no ${join(TURNPIKE_BASE_DIST, 'engine/cli.js')}`;
     },
-    command: (tmp) => [process.execPath, [join(TURNPIKE_BASE_DIST, 'engine/cli.js'), 'start', '--config', turnpikeConfig(tmp, 'turnpike-base', 18083)]],
+    command: (tmp) => [process.execPath, [join(TURNPIKE_BASE_DIST, 'engine/cli.js'), 'start', '--config', turnpikeConfig(tmp, 'turnpike-base', 18083, TURNPIKE_BASE_EXTRA)]],
     version: () => `node ${process.version}, ${TURNPIKE_BASE_DIST}`,
   },
   {
     name: 'turnpike-bun',
     port: 18081,
     skip: () => notBuilt() ?? (existsSync(BUN_BIN) ? null : `no bun: run npm ci at the repo root (${BUN_BIN})`),
-    command: (tmp) => [BUN_BIN, [TURNPIKE_CLI, 'start', '--config', turnpikeConfig(tmp, 'turnpike-bun', 18081)]],
+    command: (tmp) => [BUN_BIN, [TURNPIKE_CLI, 'start', '--config', turnpikeConfig(tmp, 'turnpike-bun', 18081, NO_ACCESS_LOG)]],
     version: () => `bun ${cmdOutput(BUN_BIN, ['--version'])}`,
   },
   {

@@ -7,9 +7,10 @@
  */
 import os from 'node:os';
 import type {
-  Backend, Balance, GatewayConfig, HeaderPolicy, HeaderRules, PathForwarding, RouteConfig, TargetConfig, UpstreamConfig,
+  Backend, Balance, GatewayConfig, HeaderPolicy, HeaderRules, LogConfig, LogLevel, PathForwarding, RouteConfig, TargetConfig,
+  UpstreamConfig,
 } from './types.js';
-import { DEFAULTS } from './schema.js';
+import { ACCESS_LOG_FIELDS, DEFAULTS, type AccessLogField } from './schema.js';
 import { parseTargetUrl } from './validate.js';
 import { deepFreeze, isPlainObject } from './util.js';
 
@@ -108,6 +109,25 @@ function route(raw: Obj): RouteConfig {
   };
 }
 
+function logConfig(raw: Obj): LogConfig {
+  const d = DEFAULTS.log;
+  const access = obj(raw['access']);
+  const errors = obj(raw['errors']);
+  return {
+    level: pick<LogLevel>(raw, 'level', d.level),
+    format: pick<'json' | 'pretty' | null>(raw, 'format', null),
+    access: {
+      enabled: pick(access, 'enabled', d.access.enabled),
+      destination: pick(access, 'destination', d.access.destination),
+      format: pick<'json' | 'combined'>(access, 'format', d.access.format),
+      sampleRate: pick(access, 'sampleRate', d.access.sampleRate),
+      fields: pick<readonly AccessLogField[]>(access, 'fields', ACCESS_LOG_FIELDS),
+      redactQuery: pick<readonly string[]>(access, 'redactQuery', d.access.redactQuery).map((n) => n.toLowerCase()),
+    },
+    errors: { burst: pick(errors, 'burst', d.errors.burst), intervalMs: pick(errors, 'intervalMs', d.errors.intervalMs) },
+  };
+}
+
 export function resolveConfig(doc: Obj, opts: ResolveOptions): GatewayConfig {
   const s = obj(doc['server']);
   const limits = obj(s['limits']);
@@ -150,6 +170,7 @@ export function resolveConfig(doc: Obj, opts: ResolveOptions): GatewayConfig {
       auditLog: pick<string | null>(a, 'auditLog', DEFAULTS.admin.auditLog),
     },
     metrics: { enabled: pick(obj(doc['metrics']), 'enabled', DEFAULTS.metrics.enabled) },
+    log: logConfig(obj(doc['log'])),
     upstreams,
     routes: Array.isArray(doc['routes']) ? (doc['routes'] as unknown[]).map((r) => route(obj(r))) : [],
     demo: opts.demoPort === null ? { enabled: false, port: 0 } : { enabled: true, port: opts.demoPort },

@@ -47,6 +47,21 @@ export const DEFAULTS = Object.freeze({
     auditLog: null as string | null, // none: .turnpike/audit-<admin port>.log (one per gateway in a directory)
   }),
   metrics: Object.freeze({ enabled: true }),
+  log: Object.freeze({
+    level: 'info' as const,
+    access: Object.freeze({
+      enabled: true,
+      destination: 'stdout',
+      format: 'json' as const,
+      sampleRate: 1,
+      // Query parameters whose values never reach a log line (case-insensitive).
+      redactQuery: Object.freeze([
+        'access_token', 'api_key', 'apikey', 'auth', 'code', 'id_token', 'key', 'password', 'refresh_token', 'secret',
+        'sig', 'signature', 'token', 'x-amz-credential', 'x-amz-security-token', 'x-amz-signature',
+      ]),
+    }),
+    errors: Object.freeze({ burst: 10, intervalMs: 10_000 }), // per (kind, target): 10 lines per 10 s, then a count
+  }),
   upstream: Object.freeze({
     balance: 'round_robin' as const,
     weight: 1,
@@ -55,6 +70,13 @@ export const DEFAULTS = Object.freeze({
   }),
   route: Object.freeze({ host: '*', priority: 0, preserveHost: false }),
 });
+
+/** Fields of a JSON access log line, in their default order (README, Logs). */
+export const ACCESS_LOG_FIELDS = Object.freeze([
+  'time', 'request_id', 'client', 'method', 'host', 'path', 'query', 'status', 'bytes_received', 'bytes_sent',
+  'duration_ms', 'upstream_ms', 'route', 'upstream', 'target', 'error', 'user_agent',
+] as const);
+export type AccessLogField = (typeof ACCESS_LOG_FIELDS)[number];
 
 /** Largest body limit accepted (1 TiB): a typo guard, not a real bound. */
 export const MAX_BODY_BYTES = 1_099_511_627_776;
@@ -224,6 +246,61 @@ export const configSchema = {
           },
         },
         headers: { $ref: '#/definitions/headerPolicy' },
+      },
+    },
+    log: {
+      type: 'object', additionalProperties: false, default: {},
+      description: 'Logs: the gateway\'s own log (stderr) and the access log.',
+      properties: {
+        level: {
+          type: 'string', enum: ['debug', 'info', 'warn', 'error'],
+          description: `Least severe level written to the gateway log (stderr). Changeable at runtime: PUT /admin/logging. TURNPIKE_LOG_LEVEL overrides it. Default "${DEFAULTS.log.level}".`,
+          default: DEFAULTS.log.level,
+        },
+        format: {
+          type: 'string', enum: ['json', 'pretty'],
+          description: 'Gateway log format: "json" (one object per line) or "pretty" (readable lines). TURNPIKE_LOG_FORMAT overrides it. Default: "pretty" when stderr is a terminal, else "json".',
+        },
+        access: {
+          type: 'object', additionalProperties: false, default: {},
+          description: 'The access log: one line per request, written in batches off the request path.',
+          properties: {
+            enabled: bool('Write the access log.', DEFAULTS.log.access.enabled),
+            destination: {
+              type: 'string', minLength: 1,
+              description: `"stdout", "stderr", or a file path (appended to, created with mode 0640, reopened on SIGUSR1 for logrotate). A relative path is resolved from the working directory. Default "${DEFAULTS.log.access.destination}".`,
+              default: DEFAULTS.log.access.destination,
+            },
+            format: {
+              type: 'string', enum: ['json', 'combined'],
+              description: `"json" (one object per line, fields below) or "combined" (nginx's combined format). Default "${DEFAULTS.log.access.format}".`,
+              default: DEFAULTS.log.access.format,
+            },
+            sampleRate: {
+              type: 'number', minimum: 0, maximum: 1,
+              description: 'Share of requests logged (0..1); 5xx answers are always logged. Default 1.',
+              default: DEFAULTS.log.access.sampleRate,
+            },
+            fields: {
+              type: 'array', uniqueItems: true, minItems: 1,
+              items: { type: 'string', enum: [...ACCESS_LOG_FIELDS] },
+              description: `JSON format: the fields written, in this order. Default all: ${ACCESS_LOG_FIELDS.join(', ')}.`,
+            },
+            redactQuery: {
+              type: 'array', uniqueItems: true,
+              items: { type: 'string', minLength: 1, maxLength: 128 },
+              description: `Query parameter names (case-insensitive) whose values are logged as "[REDACTED]". Replaces the default list: ${DEFAULTS.log.access.redactQuery.join(', ')}.`,
+            },
+          },
+        },
+        errors: {
+          type: 'object', additionalProperties: false, default: {},
+          description: 'Upstream failures and gateway 5xx in the gateway log: at most `burst` lines per kind and target per interval, then one line with the count of those left out.',
+          properties: {
+            burst: int(1, 10_000, `Lines per kind and target per interval (1..10000). Default ${DEFAULTS.log.errors.burst}.`, DEFAULTS.log.errors.burst),
+            intervalMs: int(100, 3_600_000, `The interval. In milliseconds (100..3600000). Default ${DEFAULTS.log.errors.intervalMs}.`, DEFAULTS.log.errors.intervalMs),
+          },
+        },
       },
     },
     metrics: {

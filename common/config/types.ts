@@ -7,6 +7,9 @@
  * optional lookups left for the hot path. Threads receive it by postMessage
  * (structured clone) and compile their own fast structures from it.
  */
+import type { AccessLogField } from './schema.js';
+
+export type { AccessLogField } from './schema.js';
 
 export type Balance = 'round_robin' | 'least_conn' | 'random' | 'ip_hash';
 export type Backend = 'auto' | 'uws' | 'bun';
@@ -154,6 +157,30 @@ export interface RouteConfig {
   maxBodyBytes: number | null;
 }
 
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+
+export interface AccessLogConfig {
+  enabled: boolean;
+  /** `stdout`, `stderr` or a file path (as written in the config). */
+  destination: string;
+  format: 'json' | 'combined';
+  /** 0..1; 5xx are always logged. */
+  sampleRate: number;
+  /** JSON fields in order. */
+  fields: readonly AccessLogField[];
+  /** Lowercase query parameter names whose values are redacted. */
+  redactQuery: readonly string[];
+}
+
+export interface LogConfig {
+  level: LogLevel;
+  /** null: pretty on a terminal, else json. */
+  format: 'json' | 'pretty' | null;
+  access: AccessLogConfig;
+  /** Rate limit of upstream-failure and 5xx lines, per kind and target. */
+  errors: { burst: number; intervalMs: number };
+}
+
 export interface GatewayConfig {
   /** Monotonic, assigned by whoever loads the config (1 for the first). */
   version: number;
@@ -162,6 +189,7 @@ export interface GatewayConfig {
   server: ServerConfig;
   admin: AdminConfig;
   metrics: { enabled: boolean };
+  log: LogConfig;
   upstreams: Readonly<Record<string, UpstreamConfig>>;
   routes: readonly RouteConfig[];
   /** Run the built-in demo upstream (the embedded default config only). */

@@ -9,7 +9,7 @@
 // Requests are never pipelined: Bun.serve closes a connection on which a
 // request arrives while an asynchronous response is pending (README, Bun).
 import { spawn } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -110,6 +110,7 @@ function writeConfig(name, server, routes) {
   writeFileSync(file, JSON.stringify({
     server: { host: '127.0.0.1', port: 0, backend: 'bun', limits: LIMITS, ...server },
     admin: { enabled: true, host: '127.0.0.1', port: 0 },
+    log: { access: { destination: join(dir, name + '.access.log') } },
     upstreams: {
       up: { targets: [`http://127.0.0.1:${upPort}`] },
       raw: { targets: [`http://127.0.0.1:${rawPort}`], timeouts: { connectMs: 300, responseMs: 300 } },
@@ -300,6 +301,25 @@ const upstreamSaw = async (r) => JSON.parse(r.body.toString('utf8'));
 
 console.log(`bun smoke: gateway on ${base} (backend ${started.backend})`);
 await check('runs the bun backend', () => eq(started.backend, 'bun', 'backend'));
+await check('writes the access log: one JSON line per request, proxied and answered by the gateway', async () => {
+  const ok = await fetch(`${base}/api/logged?token=secret&a=1`);
+  await ok.text();
+  const miss = await fetch(`${base}/nowhere`);
+  await miss.text();
+  const file = join(dir, 'turnpike.json.access.log');
+  let lines = [];
+  for (let i = 0; i < 100; i++) {
+    lines = existsSync(file) ? readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l)) : [];
+    if (lines.some((l) => l.request_id === miss.headers.get('x-request-id'))) break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  const a = lines.find((l) => l.request_id === ok.headers.get('x-request-id'));
+  eq(a?.status, 200, 'status');
+  eq(a?.route, 'all', 'route');
+  eq(a?.query, 'token=[REDACTED]&a=1', 'query redacted');
+  const b = lines.find((l) => l.request_id === miss.headers.get('x-request-id'));
+  eq(b?.error, 'route_not_found', 'error code');
+});
 await check('proxies GET with template rewrite and query', async () => {
   const r = await fetch(`${base}/users/7?x=%20y`);
   eq(r.status, 200, 'status');

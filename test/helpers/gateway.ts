@@ -84,7 +84,16 @@ export async function startGatewayFile(configFile: string, opts: StartOptions = 
       }
     };
     proc.stderr!.on('data', onData);
-    proc.stdout!.on('data', (c: Buffer) => logs.push(c.toString()));
+    // stdout is the access log by default: one JSON object per line.
+    let out = '';
+    proc.stdout!.on('data', (c: Buffer) => {
+      out += c.toString();
+      let nl: number;
+      while ((nl = out.indexOf('\n')) !== -1) {
+        logs.push(out.slice(0, nl));
+        out = out.slice(nl + 1);
+      }
+    });
     exited.then((code) => reject(new Error(`gateway exited (${code}) before starting:\n${logs.join('\n')}`)));
     setTimeout(() => reject(new Error(`gateway did not start in time:\n${logs.join('\n')}`)), opts.timeoutMs ?? 20_000);
   });

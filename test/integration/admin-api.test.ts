@@ -129,7 +129,7 @@ describe('authentication', () => {
   });
 
   it('viewer: 200 on every read, 403 on writes (and the attempt is audited)', async () => {
-    for (const p of ['/admin/status', '/admin/config', '/admin/routes', '/admin/upstreams', '/admin/stats', '/admin/audit', '/admin/openapi.json']) {
+    for (const p of ['/admin/status', '/admin/config', '/admin/routes', '/admin/upstreams', '/admin/stats', '/admin/audit', '/admin/logging', '/admin/openapi.json']) {
       expect((await api('GET', p, { token: VIEWER_TOKEN })).status, p).toBe(200);
     }
     const reload = await api('POST', '/admin/config/reload', { token: VIEWER_TOKEN });
@@ -217,6 +217,7 @@ describe('reads', () => {
     const expected: Record<string, string[]> = {
       '/admin/status': ['get'], '/admin/config': ['get', 'put'], '/admin/config/reload': ['post'], '/admin/config/validate': ['post'], '/admin/routes': ['get'],
       '/admin/upstreams': ['get'], '/admin/stats': ['get'], '/admin/audit': ['get'], '/admin/openapi.json': ['get'],
+      '/admin/logging': ['get', 'put'],
     };
     expect(Object.keys(d.paths).sort()).toEqual(Object.keys(expected).sort());
     for (const [p, methods] of Object.entries(expected)) expect(Object.keys(d.paths[p]).sort(), p).toEqual(methods);

@@ -161,13 +161,18 @@ describe('--watch applies a file only once it has settled (case 9)', () => {
     // The CLI directly (startGateway writes JSON): this test rewrites YAML text.
     const file = tmpFile('watched.yaml', header + routes(['keep', 'second']));
     const proc = spawn(process.execPath, [CLI, 'start', '--config', file, '--watch'], { cwd: ROOT, env: { ...process.env, TURNPIKE_LOG_FORMAT: 'json' } });
+    proc.stdout.resume(); // the access log: a pipe nobody reads fills up
     try {
       const port = await new Promise<number>((resolve, reject) => {
         let buf = '';
         proc.stderr.on('data', (d) => {
           buf += d;
-          const m = /"msg":"turnpike started".*?"port":(\d+)/.exec(buf);
-          if (m) resolve(Number(m[1]));
+          for (const line of buf.split('\n')) {
+            try {
+              const j = JSON.parse(line);
+              if (j.msg === 'turnpike started') resolve(j.port);
+            } catch { /* a partial line */ }
+          }
         });
         proc.on('exit', () => reject(new Error('exited: ' + buf)));
       });

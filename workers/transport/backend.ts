@@ -6,6 +6,7 @@
  */
 import type { Dataplane } from '../dataplane.js';
 import type { LatencyRecorder } from '../latency.js';
+import type { WorkerLogs } from '../logs.js';
 
 export interface ServerOptions {
   host: string;
@@ -13,6 +14,8 @@ export interface ServerOptions {
   workerIndex: number;
   metrics: Float64Array;
   latency: LatencyRecorder | null;
+  /** The worker's access and error logs (their settings follow reloads). */
+  logs: WorkerLogs;
   /** Called with the port actually bound (useful with port 0). */
   onListen(port: number): void;
 }

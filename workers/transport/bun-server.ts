@@ -47,8 +47,50 @@ import { parseContentLength } from '../proxy/http1-parser.js';
 import { MATCH_FOUND } from '../router/types.js';
 import { isValidHost, normalizeHost, normalizePath } from '../router/normalize.js';
 import { LINGER_MAX_BYTES, type Backend, type ServerOptions } from './backend.js';
+import { entry, resetEntry } from '../access-log.js';
+import { coarse } from '../proxy/timers.js';
+
+/**
+ * What the access log needs of one request on this backend (made only when
+ * the access log is on). Bun streams the response body itself, so the line
+ * is written when the response head is ready: duration_ms is the time to
+ * the head, bytes_sent the Content-Length (0 when the body is chunked).
+ */
+interface AccessInfo {
+  t0: number;
+  requestId: string;
+  client: string;
+  method: string;
+  host: string;
+  path: string;
+  query: string;
+  bytesReceived: number;
+  userAgent: string;
+  referer: string;
+}
 
 declare const Bun: any;
+
+function accessInfo(req: Request, server: any, t0: number, requestId: string, method: string, contentLength: number): AccessInfo {
+  const h = req.headers;
+  const target = requestTarget(req.url);
+  const q = target.indexOf('?');
+  return {
+    t0, requestId, method,
+    client: server.requestIP(req)?.address ?? '',
+    host: h.get('host') ?? '',
+    path: q === -1 ? target : target.slice(0, q),
+    query: q === -1 ? '' : target.slice(q + 1),
+    bytesReceived: contentLength,
+    userAgent: h.get('user-agent') ?? '',
+    referer: h.get('referer') ?? '',
+  };
+}
+
+/** The id of the route counted in metrics slot `slot` ('' if none). */
+function route0(dp: Dataplane, slot: number): string {
+  return dp.routes.find((r) => r.slot === slot)?.id ?? '';
+}
 
 const BODY_NONE = 0;
 const BODY_LENGTH = 1;
@@ -256,6 +298,36 @@ export class BunServer implements Backend {
     return new Response(null, init);
   }
 
+  /** The access log line of a request (no-op when the access log is off). */
+  private logAnswer(
+    info: AccessInfo | null, status: number, route: string | null, upstream: string, target: string, error: string, upstreamMs: number,
+    bytesSent: number,
+  ): void {
+    const access = this.opts.logs.access;
+    if (info === null || access === null) return;
+    resetEntry();
+    const e = entry;
+    e.t0 = info.t0;
+    e.requestId = info.requestId;
+    e.client = info.client;
+    e.method = info.method;
+    e.host = info.host;
+    e.path = info.path;
+    e.query = info.query;
+    e.status = status;
+    e.bytesReceived = info.bytesReceived;
+    e.bytesSent = bytesSent;
+    e.durationMs = performance.now() - info.t0;
+    e.upstreamMs = upstreamMs;
+    e.route = route ?? '';
+    e.upstream = upstream;
+    e.target = target;
+    e.error = error;
+    e.userAgent = info.userAgent;
+    e.referer = info.referer;
+    access.write();
+  }
+
   /**
    * A bug: logged with the request id and stack, answered 500 internal_error
    * (counted under the request's method) and the connection closed.
@@ -323,8 +395,10 @@ export class BunServer implements Backend {
     const conn = h.get('connection');
     const clientClose = conn !== null && hasCloseOption(conn);
     const close = clientClose || bodyMode === BODY_CHUNKED || contentLength > LINGER_MAX_BYTES;
+    const info = this.opts.logs.access === null ? null : accessInfo(req, server, t0, requestId, method, contentLength);
     const reject = (e: GatewayErrorDef, closeIt: boolean, slot = 0, allow: string | null = null): Response => {
       this.count(e, slot, mIdx, t0);
+      this.logAnswer(info, e.status, slot === 0 ? null : route0(this.dp, slot), '', '', e.code, -1, 0);
       return this.errorResponse(e, requestId, isHead, closeIt, allow);
     };
 
@@ -410,7 +484,7 @@ export class BunServer implements Backend {
     }
     const url = `http://${pool.hostHeader}${query === '' ? upstreamPath : `${upstreamPath}?${query}`}`;
     const testThrow = TEST_HOOKS && h.get(TEST_THROW_HEADER) === 'upstream';
-    return this.proxy(req, server, route, url, method, mIdx, isHead, requestId, headers, body, clientClose, close, t0, testThrow);
+    return this.proxy(req, server, route, url, method, mIdx, isHead, requestId, headers, body, clientClose, close, t0, testThrow, info, pool.target.url);
   }
 
   /**
@@ -422,7 +496,7 @@ export class BunServer implements Backend {
   private async proxy(
     req: Request, server: any, route: RouteContext, url: string, method: string, mIdx: number, isHead: boolean,
     requestId: string, headers: Headers, body: ReadableStream<Uint8Array> | null, clientClose: boolean, close: boolean, t0: number,
-    testThrow: boolean,
+    testThrow: boolean, info: AccessInfo | null, target: string,
   ): Promise<Response> {
     const ridName = this.dp.config.server.requestIdHeader;
     const t = route.upstream.config.timeouts;
@@ -476,6 +550,14 @@ export class BunServer implements Backend {
         else if (code === 'ConnectionRefused' || code === 'ECONNREFUSED' || code === 'FailedToOpenSocket') e = Errors.UPSTREAM_CONNECT_FAILED;
         else if (code.startsWith('Invalid') || code.startsWith('Malformed')) e = Errors.UPSTREAM_BAD_RESPONSE;
         this.count(e, route.slot, mIdx, t0);
+        if (e.status >= 500) {
+          this.opts.logs.errors.report({
+            requestId, route: route.id, upstream: route.upstream.config.name, target,
+            phase: e === Errors.UPSTREAM_CONNECT_FAILED ? 'connect' : 'head', code: e.code, status: e.status,
+            detail: ac.signal.aborted ? 'response timeout' : code !== '' ? code : (err as Error).message ?? '',
+          }, coarse.now);
+        }
+        this.logAnswer(info, e.status, route.id, route.upstream.config.name, target, e.code, -1, 0);
         return this.errorResponse(e, requestId, isHead, close);
       } finally {
         clearTimeout(timer);
@@ -526,6 +608,10 @@ export class BunServer implements Backend {
       if (clientClose) out.set('connection', 'close');
       done();
       if (metricsOn) recordRequest(cells, this.opts.latency, route.slot, mIdx, status, performance.now() - t0);
+      if (info !== null) {
+        const len = noBody ? 0 : Number(uh.get('content-length') ?? '0');
+        this.logAnswer(info, status, route.id, route.upstream.config.name, target, '', upMs, Number.isFinite(len) ? len : 0);
+      }
       return new Response(noBody ? null : up.body, { status, statusText: up.statusText, headers: out });
     } catch (err) {
       done();

@@ -31,6 +31,9 @@ import {
   ACQUIRE_FULL, READ_BUFFER, type Connection, type ConnectionUser, type TargetPool,
 } from '../proxy/upstream-pool.js';
 import { CLOSE_NONE, endWithoutBody, writeGatewayError } from './uws-respond.js';
+import { entry, resetEntry } from '../access-log.js';
+import type { Phase } from '../error-log.js';
+import type { WorkerLogs } from '../logs.js';
 
 export const REQ_BODY_NONE = 0;
 export const REQ_BODY_LENGTH = 1;
@@ -40,6 +43,7 @@ const PHASE_CONNECT = 1;
 const PHASE_SEND = 2;
 const PHASE_HEAD = 3;
 const PHASE_BODY = 4;
+const PHASE_NAMES: readonly Phase[] = ['connect', 'connect', 'send', 'head', 'body'];
 
 const CRLF = Buffer.from('\r\n');
 
@@ -68,6 +72,8 @@ const LAST_CHUNK = Buffer.from('0\r\n\r\n');
 
 /** Shared per-thread state the exchanges need (set by the server). */
 export interface ExchangeEnv {
+  /** Access and error logs of this worker. */
+  logs: WorkerLogs;
   metrics: Float64Array;
   /** metrics.enabled: count into `metrics` and `latency`. */
   metricsOn: boolean;
@@ -166,6 +172,20 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
   finished = false;
   /** Test hook (TURNPIKE_TEST_HOOKS=1 only): throw when the response head arrives. */
   testThrow = false;
+  // --- for the logs (set by the server; references, no copies)
+  client = '';
+  host = '';
+  /** The request target's path as received, and its query. */
+  path = '';
+  query = '';
+  userAgent = '';
+  referer = '';
+  /** Request sent to response head, ms (-1: none). */
+  upstreamMs = -1;
+  /** The gateway error code this exchange ended with ('' for none). */
+  errorCode = '';
+  /** What the upstream failure was: errno code, timeout, parse problem ('' for none). */
+  detail = '';
   // --- timers
   deadline = 0;
   phase = 0;
@@ -357,6 +377,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
       this.consumedAll = used === n;
     } catch (err) {
       if (!(err instanceof ParseError)) throw err;
+      this.detail = err.message;
       this.upstreamBroken(Errors.UPSTREAM_BAD_RESPONSE);
     }
   }
@@ -380,11 +401,13 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
       if (this.res === null) this.complete();
       return;
     }
+    if (this.detail === '') this.detail = 'closed by the upstream';
     this.connectionLost(conn, false);
   }
 
-  onConnectionError(conn: Connection, connectPhase: boolean, _err: Error | null): void {
+  onConnectionError(conn: Connection, connectPhase: boolean, err: Error | null): void {
     if (this.conn !== null && this.conn !== conn) return;
+    if (err !== null) this.detail = (err as NodeJS.ErrnoException).code ?? err.message;
     const res = this.res;
     corkEx = this;
     corkConn = conn;
@@ -428,6 +451,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
     this.abortUpstream();
     if (this.responded) {
       this.countError('upstream_aborted');
+      this.report('upstream_aborted', 502, 'body');
       this.closeClient();
     } else {
       this.fail(e);
@@ -477,6 +501,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
     this.resBodyKind = bodyKind;
     this.resTotal = contentLength;
     this.phase = PHASE_BODY;
+    this.upstreamMs = now - this.tSent;
     const idleMs = this.route.upstream.config.timeouts.idleMs;
     this.setDeadline(now + idleMs);
     const res = this.res;
@@ -646,6 +671,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
   fail(e: GatewayErrorDef, closeConnection = false): void {
     this.countError(e.code);
     this.status = e.status;
+    if (e.status >= 500 && e !== Errors.INTERNAL) this.report(e.code, e.status, PHASE_NAMES[this.phase] ?? 'connect');
     this.abortUpstream();
     const res = this.res;
     if (res !== null) {
@@ -717,15 +743,19 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
           connecting.destroy();
         }
         // Waiting in the pool's queue for connectMs: the upstream is saturated.
+        this.detail = this.queued ? 'waited connectMs for a free connection' : 'connect timeout';
         this.fail(this.queued ? Errors.UPSTREAM_UNAVAILABLE : Errors.UPSTREAM_CONNECT_TIMEOUT);
         return;
       }
       case PHASE_SEND: // only a totalMs deadline can fire while the client uploads
       case PHASE_HEAD:
+        this.detail = this.deadline === this.t0 + this.route.upstream.config.timeouts.totalMs ? 'total timeout' : 'response timeout';
         this.fail(Errors.UPSTREAM_TIMEOUT);
         return;
       case PHASE_BODY:
         this.countError('upstream_timeout');
+        this.detail = 'idle timeout in the response body';
+        this.report('upstream_timeout', 504, 'body');
         this.abortUpstream();
         this.closeClient();
         return;
@@ -740,7 +770,44 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
   }
 
   countError(code: string): void {
+    this.errorCode = code;
     if (this.env.metricsOn) countError(this.env.metrics, code);
+  }
+
+  /** One line in the (rate-limited) error log: what failed, where, for which request. */
+  private report(code: string, status: number, phase: Phase): void {
+    const pool = this.pool;
+    this.env.logs.errors.report({
+      requestId: this.requestId, route: this.route.id, upstream: this.route.upstream.config.name,
+      target: pool === null ? '' : pool.target.url, phase, code, status, detail: this.detail,
+    }, coarse.now);
+  }
+
+  /** The access log line of this exchange (called once, from complete()). */
+  private writeAccess(): void {
+    const access = this.env.logs.access!;
+    resetEntry();
+    const e = entry;
+    e.t0 = this.t0;
+    e.requestId = this.requestId;
+    e.client = this.client;
+    e.method = this.method;
+    e.host = this.host;
+    e.path = this.path;
+    e.query = this.query;
+    // No status yet: the client closed first (logged as nginx's 499).
+    e.status = this.status === 0 ? 499 : this.status;
+    e.bytesReceived = this.reqBytes;
+    e.bytesSent = this.resBytes;
+    e.durationMs = performance.now() - this.t0;
+    e.upstreamMs = this.upstreamMs;
+    e.route = this.route.id;
+    e.upstream = this.route.upstream.config.name;
+    e.target = this.pool === null ? '' : this.pool.target.url;
+    e.error = this.errorCode;
+    e.userAgent = this.userAgent;
+    e.referer = this.referer;
+    access.write();
   }
 
   /** Once, when both sides are done: metrics, timers, pool accounting. */
@@ -753,6 +820,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
     env.metrics[G_IN_FLIGHT]!--;
     if (this.pool !== null) this.pool.active--;
     this.bodyQueue = null;
+    if (env.logs.access !== null) this.writeAccess();
     if (!env.metricsOn) return;
     recordRequest(env.metrics, env.latency, this.route.slot, this.methodIdx, this.status, performance.now() - this.t0);
     recordSizes(env.metrics, this.route.slot, this.reqBytes, this.resBytes);

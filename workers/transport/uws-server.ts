@@ -16,7 +16,8 @@ import type { Dataplane } from '../dataplane.js';
 import { log } from '../../common/log.js';
 import { connectionListed, hasCloseOption, isSafeRequestId } from '../proxy/headers.js';
 import { parseContentLength } from '../proxy/http1-parser.js';
-import { SWEEP_MS, TimerList } from '../proxy/timers.js';
+import { SWEEP_MS, TimerList, coarse } from '../proxy/timers.js';
+import { entry, resetEntry } from '../access-log.js';
 import { MATCH_FOUND } from '../router/types.js';
 import { isValidHost, normalizeHost, normalizePath } from '../router/normalize.js';
 import { Exchange, REQ_BODY_CHUNKED, REQ_BODY_LENGTH, REQ_BODY_NONE, type ExchangeEnv } from './uws-exchange.js';
@@ -83,6 +84,8 @@ let hConnection: string | null = null;
 /** Length of the first Connection line: 5 makes uWS close after the response by itself (uws-respond.ts). */
 let hConnectionFirstLength = 0;
 let hXff: string | null = null;
+let hUserAgent = '';
+let hReferer = '';
 let hForwarded: string | null = null;
 /** The request id header's value; '' when it came more than once (then one is generated). */
 let hRequestId: string | null = null;
@@ -99,6 +102,8 @@ function resetScratch(): void {
   hConnection = null;
   hConnectionFirstLength = 0;
   hXff = null;
+  hUserAgent = '';
+  hReferer = '';
   hForwarded = null;
   hRequestId = null;
 }
@@ -113,11 +118,15 @@ function collectHeader(k: string, v: string): void {
         hHostCount++;
       }
       break;
+    case 7:
+      if (k === 'referer') hReferer = v;
+      break;
     case 9:
       if (k === 'forwarded') hForwarded = hForwarded === null ? v : hForwarded + ', ' + v;
       break;
     case 10:
-      if (k === 'connection') {
+      if (k === 'user-agent') hUserAgent = v;
+      else if (k === 'connection') {
         if (hConnection === null) {
           hConnection = v;
           hConnectionFirstLength = v.length;
@@ -181,6 +190,7 @@ export class UwsServer implements Backend {
       this.pumpScheduled = false;
     };
     this.env = {
+      logs: opts.logs,
       metrics: opts.metrics,
       metricsOn: dp.config.metrics.enabled,
       latency: dp.config.metrics.enabled ? opts.latency : null,
@@ -288,6 +298,9 @@ export class UwsServer implements Backend {
     const method: string = req.getCaseSensitiveMethod();
     const url: string = req.getUrl();
     const query: string = req.getQuery() ?? '';
+    this.currentMethod = method;
+    this.currentUrl = url;
+    this.currentQuery = query;
     resetScratch();
     req.forEach(collectHeader);
 
@@ -389,6 +402,12 @@ export class UwsServer implements Backend {
 
     const ex = new Exchange(res, this.env, route, pool, method, mIdx, requestId, head, bodyMode, route.maxBodyBytes, t0, clientClose, closeBy);
     this.pendingEx = ex;
+    ex.client = clientIp;
+    ex.host = hHost;
+    ex.path = url;
+    ex.query = query;
+    ex.userAgent = hUserAgent;
+    ex.referer = hReferer;
     if (TEST_HOOKS) ex.testThrow = req.getHeader(TEST_THROW_HEADER) === 'upstream';
     // A throw out of a uWS callback would end the worker: a bug ends only its exchange.
     res.onAborted(() => {
@@ -415,6 +434,10 @@ export class UwsServer implements Backend {
   private pendingEx: Exchange | null = null;
   private pendingId = '';
   private pendingMethod = 0;
+  /** The request being handled, for the access log of an early answer. */
+  private currentMethod = '';
+  private currentUrl = '';
+  private currentQuery = '';
 
   private acceptHost(h: string): boolean {
     if (!isValidHost(h)) return false;
@@ -475,13 +498,44 @@ export class UwsServer implements Backend {
     }
   };
 
+  /** Access log line (and, for a 5xx, an error log line) of a request the gateway answered itself. */
+  private logReject(client: string, e: GatewayErrorDef, requestId: string, t0: number, slot: number): void {
+    const logs = this.opts.logs;
+    const route = slot === 0 ? '' : (this.dp.routes.find((r) => r.slot === slot)?.id ?? '');
+    if (e.status >= 500 && e !== Errors.INTERNAL) {
+      logs.errors.report({ requestId, route, upstream: '', target: '', phase: 'gateway', code: e.code, status: e.status, detail: '' }, coarse.now);
+    }
+    const access = logs.access;
+    if (access === null) return;
+    resetEntry();
+    const a = entry;
+    a.t0 = t0;
+    a.requestId = requestId;
+    a.client = client;
+    a.method = this.currentMethod;
+    a.host = hHost;
+    a.path = this.currentUrl;
+    a.query = this.currentQuery;
+    a.status = e.status;
+    a.durationMs = performance.now() - t0;
+    a.route = route;
+    a.error = e.code;
+    a.userAgent = hUserAgent;
+    a.referer = hReferer;
+    access.write();
+  }
+
   /** Answers a gateway error (inside the uWS handler, or just after it when it must close) and counts it. */
   private reject(
     res: any, e: GatewayErrorDef, requestId: string, mIdx: number, isHead: boolean, t0: number, close: number, slot = 0,
     allow: string | null = null,
   ): void {
+    const logs = this.opts.logs;
+    // The client address must be read before the response ends (res is dead after).
+    const client = logs.access !== null ? this.remoteAddress(res) : '';
     if (close === CLOSE_NONE) writeGatewayError(res, e, ridHeaderName, requestId, isHead, CLOSE_NONE, false, allow);
     else this.answerAfterHandler(res, e, requestId, isHead, close, allow);
+    if (logs.access !== null || e.status >= 500) this.logReject(client, e, requestId, t0, slot);
     if (!this.env.metricsOn) return;
     countError(this.env.metrics, e.code);
     recordRequest(this.env.metrics, this.env.latency, slot, mIdx, e.status, performance.now() - t0);
