@@ -14,7 +14,7 @@
 import http from 'node:http';
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import type { GatewayConfig } from '../common/config/types.js';
-import type { AdminData, FromAdmin, ReloadResult, SlotEntries, ToAdmin } from '../common/protocol.js';
+import type { AdminData, ConfigDocument, FromAdmin, ReloadResult, SlotEntries, ToAdmin } from '../common/protocol.js';
 import { C_DRAINING, C_WORKER_COUNT, C_WORKER_STATE, W_READY } from '../common/protocol.js';
 import { configureLog, logLevel, setLogLevel, setLogThread } from '../common/log.js';
 import { type AdminApi, createAdminApi } from './api/index.js';
@@ -31,6 +31,7 @@ const control = new Int32Array(data.control);
 const metrics = new MetricsView(data.metrics, control, data.slots);
 const collector = new LatencyCollector(data.statsPorts);
 let config: GatewayConfig = data.config;
+let document: ConfigDocument = data.document;
 let slots: SlotEntries = data.slots;
 
 function send(msg: FromAdmin): void {
@@ -46,6 +47,7 @@ const ctx: AdminContext = {
   control,
   metrics,
   config: () => config,
+  configDocument: () => document,
   slots: () => slots,
   reload(req) {
     const id = nextReloadId++;
@@ -127,6 +129,7 @@ port.on('message', (msg: ToAdmin) => {
   switch (msg.type) {
     case 'config':
       config = msg.config;
+      document = msg.document;
       slots = msg.slots;
       metrics.setSlots(msg.slots);
       configureLog(msg.config.log);

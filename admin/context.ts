@@ -7,7 +7,7 @@ import type { MessagePort } from 'node:worker_threads';
 import hdr from 'hdr-histogram-js';
 import type { GatewayConfig } from '../common/config/types.js';
 import type { Level } from '../common/log.js';
-import type { ReloadResult, SlotEntries } from '../common/protocol.js';
+import type { ConfigDocument, ReloadResult, SlotEntries } from '../common/protocol.js';
 import type { LatencySnapshot } from '../workers/latency.js';
 import type { MetricsView } from './metrics.js';
 
@@ -37,6 +37,8 @@ export interface AdminContext {
   readonly control: Int32Array;
   readonly metrics: MetricsView;
   config(): GatewayConfig;
+  /** The running config as its document and the config file's format (GET /admin/config?format=file). */
+  configDocument(): ConfigDocument;
   slots(): SlotEntries;
   reload(req: { doc?: unknown; dryRun?: boolean; actor: string }): Promise<ReloadResult>;
   /** The gateway log level now (every thread follows the same level). */

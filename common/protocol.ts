@@ -26,6 +26,7 @@ export interface WorkerData {
 
 export interface AdminData {
   config: GatewayConfig;
+  document: ConfigDocument;
   logLevel: Level;
   slots: SlotEntries;
   /** One per worker index. */
@@ -74,8 +75,17 @@ export interface ReloadResult {
   warnings?: { path: string; message: string }[];
 }
 
+/**
+ * The running config as its document (before environment and --set
+ * overrides) and the format of the config file: GET /admin/config?format=file.
+ */
+export interface ConfigDocument {
+  document: unknown;
+  format: 'yaml' | 'json';
+}
+
 export type ToAdmin =
-  | { type: 'config'; config: GatewayConfig; slots: SlotEntries }
+  | { type: 'config'; config: GatewayConfig; slots: SlotEntries; document: ConfigDocument }
   | { type: 'reload-result'; id: number; result: ReloadResult }
   /** A worker was (re)started: its stats line. */
   | { type: 'stats-port'; index: number; port: MessagePort }

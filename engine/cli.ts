@@ -123,6 +123,7 @@ async function start(args: Args): Promise<void> {
   if (config.demo.enabled) await startDemoUpstream(config.demo.port);
   const sup = new Supervisor(config, {
     configPath: args.file === null ? null : resolvePath(args.file),
+    document: result.document ?? null,
     portWasZero: config.server.port === 0,
     sets: args.sets,
     version: pkg.version,

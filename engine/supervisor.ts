@@ -9,7 +9,9 @@
  * The main thread never terminate()s a worker that may still hold uWS
  * sockets and never exits before its workers: either aborts the process.
  */
-import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
+import {
+  type Stats, chmodSync, closeSync, copyFileSync, fchmodSync, fchownSync, fsyncSync, openSync, renameSync, statSync, writeSync,
+} from 'node:fs';
 import net from 'node:net';
 import { dirname } from 'node:path';
 import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
@@ -20,7 +22,7 @@ import type { GatewayConfig } from '../common/config/types.js';
 import { configureLog, log, logLevel, setLogLevel, type Level } from '../common/log.js';
 import { DEFAULT_MAX_ROUTE_SLOTS, FIRST_ROUTE_SLOT, metricsBufferBytes } from '../common/metrics-layout.js';
 import type {
-  AdminData, FromAdmin, FromWorker, ReloadResult, SlotEntries, ToAdmin, ToWorker, WorkerData,
+  AdminData, ConfigDocument, FromAdmin, FromWorker, ReloadResult, SlotEntries, ToAdmin, ToWorker, WorkerData,
 } from '../common/protocol.js';
 import {
   C_CONFIG_VERSION, C_DRAINING, C_RELOADS_FAILED, C_RELOADS_OK, C_RESTARTS, C_WORKER_COUNT, C_WORKER_STATE, CONTROL_BYTES,
@@ -57,6 +59,8 @@ interface Slot {
 export interface SupervisorOptions {
   /** The config file, or null for the embedded default. */
   configPath: string | null;
+  /** The document `config` came from, before overrides (GET /admin/config?format=file). */
+  document: unknown;
   /** server.port was 0 (ephemeral) in the config given at start. */
   portWasZero?: boolean;
   /** `--set` flags, re-applied on every reload. */
@@ -86,6 +90,8 @@ export class Supervisor {
   private readonly version: string;
   private readonly startedAt = Date.now();
   private readonly opts: SupervisorOptions;
+  /** The running config's document, before overrides. */
+  private configDoc: unknown;
   /** Reloads run one at a time, in the order asked. */
   private reloadChain: Promise<unknown> = Promise.resolve();
 
@@ -93,6 +99,7 @@ export class Supervisor {
     if (config.server.workers > MAX_WORKERS) throw new Error(`server.workers: at most ${MAX_WORKERS}`);
     this.config = config;
     this.opts = opts;
+    this.configDoc = opts.document;
     this.version = opts.version;
     this.assignSlots(config);
   }
@@ -215,7 +222,7 @@ export class Supervisor {
     const statsPorts = this.slots.map((s) => s.statsPort);
     for (const s of this.slots) s.statsPort = null;
     const data: AdminData = {
-      config: this.config, logLevel: logLevel(), slots: [...this.routeSlots], metrics: this.slots.map((s) => s.metrics),
+      config: this.config, document: this.document(), logLevel: logLevel(), slots: [...this.routeSlots], metrics: this.slots.map((s) => s.metrics),
       control: this.control, statsPorts, version: this.version, startedAt: this.startedAt,
     };
     const w = new Worker(ADMIN_ENTRY, {
@@ -335,7 +342,8 @@ export class Supervisor {
     }
     Atomics.store(this.controlView, C_CONFIG_VERSION, next.version);
     Atomics.add(this.controlView, C_RELOADS_OK, 1);
-    this.admin?.postMessage({ type: 'config', config: this.config, slots: [...this.routeSlots] } satisfies ToAdmin);
+    this.configDoc = result.document ?? req.doc ?? null;
+    this.admin?.postMessage({ type: 'config', config: this.config, slots: [...this.routeSlots], document: this.document() } satisfies ToAdmin);
     log('info', 'config reloaded', { actor: req.actor, version: next.version, changes: formatChanges(changes), persisted });
     for (const w of warnings) log('warn', `config warning: ${w.path === '' ? '' : `${w.path}: `}${w.message}`, { version: next.version });
     return { ok: true, version: next.version, errors: [], changes, persisted, warnings };
@@ -358,6 +366,10 @@ export class Supervisor {
     for (const s of this.slots) s.worker?.postMessage({ type: 'reopen-logs' } satisfies ToWorker);
   }
 
+  private document(): ConfigDocument {
+    return { document: this.configDoc, format: this.opts.configPath !== null && /\.json$/i.test(this.opts.configPath) ? 'json' : 'yaml' };
+  }
+
   /** Test hook: make worker `i` throw (TURNPIKE_TEST_HOOKS=1). */
   crashWorker(i: number): void {
     this.slots[i]?.worker?.postMessage({ type: 'crash' } satisfies ToWorker);
@@ -369,6 +381,14 @@ export class Supervisor {
     this.draining = true;
     Atomics.store(this.controlView, C_DRAINING, 1);
     const timeoutMs = this.config.server.drainTimeoutMs;
+    const delayMs = this.config.server.drainDelayMs;
+    if (delayMs > 0) {
+      // Health checks fail from now on (admin /health, server.healthPath)
+      // while the listeners still accept and serve: load balancers take the
+      // node out before it stops accepting.
+      log('info', 'drain delay: health checks fail, requests are still served', { delayMs });
+      await new Promise((r) => setTimeout(r, delayMs));
+    }
     log('info', 'draining', { timeoutMs });
     let leftover = 0;
     await Promise.all(this.slots.map((slot) => new Promise<void>((resolve) => {
@@ -414,15 +434,34 @@ function findFreePort(host: string): Promise<number> {
 }
 
 /** Write temp, fsync, rename, fsync the directory: the file is old or new, never half. */
+/**
+ * Write temp, fsync, rename, fsync the directory: the file is old or new,
+ * never half. The new file keeps the old one's mode (and owner, when the
+ * gateway may set it), and the old content is kept as `<path>.bak` (one
+ * backup, replaced by the next write): PUT /admin/config never loses the
+ * file it replaces.
+ */
 function writeAtomically(path: string, doc: unknown): void {
   const text = /\.json$/i.test(path) ? JSON.stringify(doc, null, 2) + '\n' : toYaml(doc);
+  let old: Stats | null = null;
+  try {
+    old = statSync(path);
+  } catch { /* first write */ }
   const tmp = `${path}.tmp-${process.pid}`;
-  const fd = openSync(tmp, 'w', 0o600);
+  const fd = openSync(tmp, 'w', old !== null ? old.mode & 0o7777 : 0o600);
   try {
     writeSync(fd, text);
+    if (old !== null) {
+      fchmodSync(fd, old.mode & 0o7777);
+      try { fchownSync(fd, old.uid, old.gid); } catch { /* not permitted: keeps the gateway's own */ }
+    }
     fsyncSync(fd);
   } finally {
     closeSync(fd);
+  }
+  if (old !== null) {
+    copyFileSync(path, `${path}.bak`);
+    chmodSync(`${path}.bak`, old.mode & 0o7777);
   }
   renameSync(tmp, path);
   const dfd = openSync(dirname(path), 'r');

@@ -72,11 +72,11 @@ async function main(): Promise<void> {
   let backendName: string;
   if (wantBun) {
     const { BunServer } = await import('./transport/bun-server.js');
-    backend = new BunServer(dp, { host: s.host, port: s.port, workerIndex: data.index, metrics, latency, logs, onListen: () => {} });
+    backend = new BunServer(dp, { host: s.host, port: s.port, workerIndex: data.index, metrics, latency, logs, control, onListen: () => {} });
     backendName = 'bun';
   } else {
     const { UwsServer } = await import('./transport/uws-server.js');
-    backend = new UwsServer(dp, { host: s.host, port: s.port, workerIndex: data.index, metrics, latency, logs, onListen: () => {} });
+    backend = new UwsServer(dp, { host: s.host, port: s.port, workerIndex: data.index, metrics, latency, logs, control, onListen: () => {} });
     backendName = 'uws';
   }
   active = backend;

@@ -8,6 +8,7 @@ import { isEmptyDiff, formatChanges } from '../../common/config/diff.js';
 import type { GatewayConfig } from '../../common/config/types.js';
 import type { ConfigChanges, ReloadResult } from '../../common/protocol.js';
 import { isLevel } from '../../common/log.js';
+import { stringify as toYaml } from 'yaml';
 import {
   C_DRAINING, C_RELOADS_FAILED, C_RELOADS_OK, C_RESTARTS, C_WORKER_COUNT, C_WORKER_STATE,
 } from '../../common/protocol.js';
@@ -38,6 +39,8 @@ export interface RequestContext {
 export interface HandlerResult {
   status: number;
   body: unknown;
+  /** A body that is not JSON (GET /admin/config?format=file): sent as is, not checked against a schema. */
+  raw?: { contentType: string; text: string };
   /** Write endpoints: what to record beyond what the dispatcher knows. */
   audit?: { result: AuditResult; dryRun: boolean; versionAfter: number; changes: ConfigChanges | null; errors: { path: string; message: string }[] };
 }
@@ -157,11 +160,21 @@ export const ENDPOINTS: readonly Endpoint[] = [
   {
     method: 'GET', path: '/admin/config', operationId: 'getConfig', tag: 'config', role: 'viewer',
     summary: 'Running configuration',
-    description: 'The resolved configuration now serving (defaults filled in). Values of keys matching /secret|password|token|key$/i, and of Authorization, Proxy-Authorization and Cookie header edits, are "[redacted]".',
-    query: S.noQuery, body: null, audit: null,
-    responses: { 200: { description: 'The running config, redacted.', schema: S.resolvedConfig }, ...R400, ...R401 },
-    handler({ api }) {
-      return { status: 200, body: redact(api.config()) };
+    description: 'format=resolved (default): the resolved configuration now serving (defaults filled in), JSON; values of keys matching /secret|password|token|key$/i, and of Authorization, Proxy-Authorization and Cookie header edits, are "[redacted]". format=file (admin role: it holds secrets unredacted): the document now serving as written, before environment and --set overrides, in the config file\'s format (application/yaml or application/json), so that it round-trips: dump it, edit it, PUT it back. YAML comments are not kept.',
+    query: S.configQuery, body: null, audit: null,
+    responses: {
+      200: { description: 'format=resolved: the running config, redacted (JSON). format=file: the config document (YAML or JSON text).', schema: S.resolvedConfig },
+      ...R400, ...R401,
+      403: err('format=file needs a token with the admin role (the document holds secrets).'),
+    },
+    handler({ api, principal, query }) {
+      if (query['format'] !== 'file') return { status: 200, body: redact(api.config()) };
+      if (principal.role !== 'admin') {
+        throw new ApiError(AdminErrors.FORBIDDEN, `GET /admin/config?format=file returns the document with its secrets and needs a token with the admin role; "${principal.name}" has the ${principal.role} role (format=resolved is redacted).`);
+      }
+      const d = api.configDocument();
+      const text = d.format === 'json' ? JSON.stringify(d.document, null, 2) + '\n' : toYaml(d.document);
+      return { status: 200, body: null, raw: { contentType: d.format === 'json' ? 'application/json; charset=utf-8' : 'application/yaml; charset=utf-8', text } };
     },
   },
   {

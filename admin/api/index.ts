@@ -406,6 +406,14 @@ export function createAdminApi(ctx: AdminContext, opts: AdminApiOptions): AdminA
       result = { status: e.status, body: e.body(), audit: { result: e.status === 403 ? 'forbidden' : e.status >= 500 ? 'error' : 'rejected', dryRun: false, versionAfter: before.version, changes: null, errors: problems } };
     }
     if (endpoint.audit !== null) record(endpoint, principal, before, path, result.status, result.audit ?? null);
+    if (result.raw !== undefined) {
+      const text = result.raw.text;
+      res.writeHead(result.status, {
+        'content-type': result.raw.contentType, 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store', 'x-content-type-options': 'nosniff',
+      });
+      res.end(text);
+      return;
+    }
     await answer(req, res, endpoint, result.status, result.body, headers);
   }
 

@@ -57,6 +57,15 @@ const dryRunParam: Schema = {
 export const pageQuery: Schema = { type: 'object', additionalProperties: false, properties: { limit: limitParam, cursor: cursorParam } };
 export const dryRunQuery: Schema = { type: 'object', additionalProperties: false, properties: { dryRun: dryRunParam } };
 export const noQuery: Schema = { type: 'object', additionalProperties: false, properties: {} };
+export const configQuery: Schema = {
+  type: 'object', additionalProperties: false,
+  properties: {
+    format: {
+      type: 'string', enum: ['resolved', 'file'], default: 'resolved',
+      description: 'resolved: the resolved config, redacted (JSON). file: the document as written, in the config file\'s format (admin role). Default resolved.',
+    },
+  },
+};
 
 // -- shared pieces ------------------------------------------------------------
 

@@ -28,7 +28,12 @@ export { applyEnvOverrides, applyCliOverrides } from './overrides.js';
 
 export type ValidationResult =
   /** `warnings`: valid, but probably not what was meant (an unused upstream, no routes...); see semanticWarnings. */
-  | { ok: true; config: GatewayConfig; warnings: ConfigError[] }
+  /**
+   * `document`: the document as written, before environment and --set
+   * overrides (loadConfigDocument and the loaders built on it): what a dump
+   * of the running config gives back, so that it round-trips.
+   */
+  | { ok: true; config: GatewayConfig; warnings: ConfigError[]; document?: unknown }
   | { ok: false; errors: ConfigError[] };
 /** Same union, under the name the engine uses. */
 export type LoadResult = ValidationResult;
@@ -121,7 +126,7 @@ export function loadConfigDocument(doc: unknown, options: LoadTextOptions = {}):
     ...(options.checkCompile !== undefined ? { checkCompile: options.checkCompile } : {}),
     ...(options.demo !== undefined ? { demo: options.demo } : {}),
   });
-  if (overrideErrors.length === 0) return result;
+  if (overrideErrors.length === 0) return result.ok ? { ...result, document: doc } : result;
   return { ok: false, errors: [...overrideErrors, ...(result.ok ? [] : result.errors)] };
 }
 

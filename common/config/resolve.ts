@@ -147,6 +147,8 @@ export function resolveConfig(doc: Obj, opts: ResolveOptions): GatewayConfig {
       workers: workers === 'auto' ? defaultWorkers() : workers,
       backend: pick<Backend>(s, 'backend', d.backend),
       drainTimeoutMs: pick(s, 'drainTimeoutMs', d.drainTimeoutMs),
+      drainDelayMs: pick(s, 'drainDelayMs', d.drainDelayMs),
+      healthPath: pick<string | null>(s, 'healthPath', d.healthPath),
       limits: {
         maxBodyBytes: pick(limits, 'maxBodyBytes', d.limits.maxBodyBytes),
         maxUrlBytes: pick(limits, 'maxUrlBytes', d.limits.maxUrlBytes),

@@ -29,6 +29,8 @@ export const DEFAULTS = Object.freeze({
     workers: 'auto' as const,
     backend: 'auto' as const,
     drainTimeoutMs: 30_000, // 30 s
+    drainDelayMs: 0, // SIGTERM: health checks fail this long before the listeners close
+    healthPath: null as string | null, // off: the public listener has no health endpoint
     requestIdHeader: 'x-request-id',
     pathForwarding: 'normalized' as const,
     limits: Object.freeze({
@@ -216,6 +218,14 @@ export const configSchema = {
         drainTimeoutMs: int(0, 3_600_000,
           `On SIGTERM/SIGINT, how long in-flight requests may run before connections are closed. In milliseconds (0..3600000; 0 closes at once). Default ${DEFAULTS.server.drainTimeoutMs}.`,
           DEFAULTS.server.drainTimeoutMs),
+        drainDelayMs: int(0, 3_600_000,
+          `On SIGTERM/SIGINT, how long health checks (admin /health and server.healthPath) answer 503 while the listeners still accept and serve, so load balancers take the node out before it stops accepting; then the drain starts. In milliseconds (0..3600000). Default ${DEFAULTS.server.drainDelayMs}.`,
+          DEFAULTS.server.drainDelayMs),
+        healthPath: {
+          type: 'string', pattern: '^/[A-Za-z0-9._~!$&\'()*+,;=:@/-]*$', maxLength: 256,
+          errorMessage: 'must be a path such as "/healthz" (unreserved characters only, no query)',
+          description: 'A health endpoint on the public listener for external load balancers: GET or HEAD answers 200 {"status":"ok"} (503 {"status":"draining"} during a drain), before any route; other methods 405. Default none (off). The admin listener always has /health.',
+        },
         requestIdHeader: {
           type: 'string', pattern: TOKEN_PATTERN, errorMessage: TOKEN_MSG,
           description: `Header carrying the request id (generated when the client sends none, forwarded upstream and echoed in error bodies). Default "${DEFAULTS.server.requestIdHeader}".`,

@@ -56,6 +56,10 @@ export interface ServerConfig {
   backend: Backend;
   /** SIGTERM/SIGINT: how long in-flight requests may take before close. */
   drainTimeoutMs: number;
+  /** SIGTERM/SIGINT: health checks fail this long (ms) before the listeners close. */
+  drainDelayMs: number;
+  /** A health endpoint on the public listener, or null (off). */
+  healthPath: string | null;
   /** Idle keep-alive client connections are closed by uWS after ~10 s. */
   limits: Limits;
   forwarded: ForwardedHeaders;

@@ -132,6 +132,9 @@ describe('authentication', () => {
     for (const p of ['/admin/status', '/admin/config', '/admin/routes', '/admin/upstreams', '/admin/stats', '/admin/audit', '/admin/logging', '/admin/openapi.json']) {
       expect((await api('GET', p, { token: VIEWER_TOKEN })).status, p).toBe(200);
     }
+    const dump = await api('GET', '/admin/config?format=file', { token: VIEWER_TOKEN });
+    expect(dump.status).toBe(403); // the document holds secrets unredacted
+    expect(dump.json.error.message).toContain('admin role');
     const reload = await api('POST', '/admin/config/reload', { token: VIEWER_TOKEN });
     expect(reload.status).toBe(403);
     expect(reload.json.error.code).toBe('forbidden');

@@ -16,6 +16,8 @@ export interface ServerOptions {
   latency: LatencyRecorder | null;
   /** The worker's access and error logs (their settings follow reloads). */
   logs: WorkerLogs;
+  /** The engine's control block (common/protocol.ts): C_DRAINING says whether health checks fail. */
+  control: Int32Array;
   /** Called with the port actually bound (useful with port 0). */
   onListen(port: number): void;
 }
@@ -44,3 +46,7 @@ export interface Backend {
  * rather than be read for nothing.
  */
 export const LINGER_MAX_BYTES = 8 * 1024 * 1024;
+
+/** server.healthPath answers: while the engine drains (drainDelayMs included) health checks fail. */
+export const HEALTH_OK = '{"status":"ok"}';
+export const HEALTH_DRAINING = '{"status":"draining"}';

@@ -46,7 +46,8 @@ import { connectionListed, hasCloseOption, isSafeRequestId } from '../proxy/head
 import { parseContentLength } from '../proxy/http1-parser.js';
 import { MATCH_FOUND } from '../router/types.js';
 import { isValidHost, normalizeHost, normalizePath } from '../router/normalize.js';
-import { LINGER_MAX_BYTES, type Backend, type ServerOptions } from './backend.js';
+import { HEALTH_DRAINING, HEALTH_OK, LINGER_MAX_BYTES, type Backend, type ServerOptions } from './backend.js';
+import { C_DRAINING } from '../../common/protocol.js';
 import { entry, resetEntry } from '../access-log.js';
 import { coarse } from '../proxy/timers.js';
 
@@ -298,6 +299,19 @@ export class BunServer implements Backend {
     return new Response(null, init);
   }
 
+  /** server.healthPath (see the uWS backend): 200, or 503 as soon as the engine drains; not routed, logged or counted. */
+  private health(method: string, isHead: boolean): Response {
+    const headers = { 'content-type': 'application/json', 'cache-control': 'no-store' };
+    if (method !== 'GET' && !isHead) {
+      return new Response('{"status":"method not allowed: use GET or HEAD"}', { status: 405, headers: { ...headers, allow: 'GET, HEAD' } });
+    }
+    const draining = Atomics.load(this.opts.control, C_DRAINING) === 1;
+    const body = draining ? HEALTH_DRAINING : HEALTH_OK;
+    const status = draining ? 503 : 200;
+    if (!isHead) return new Response(body, { status, headers });
+    return new Response(null, { status, headers: { ...headers, 'content-length': String(body.length), date: httpDate() } });
+  }
+
   /** The access log line of a request (no-op when the access log is off). */
   private logAnswer(
     info: AccessInfo | null, status: number, route: string | null, upstream: string, target: string, error: string, upstreamMs: number,
@@ -370,6 +384,7 @@ export class BunServer implements Backend {
     const requestId = incomingRid !== null && isSafeRequestId(incomingRid) ? incomingRid : this.nextRequestId();
     this.pendingId = requestId;
     if (TEST_HOOKS && h.get(TEST_THROW_HEADER) === 'handler') throw new Error('internal error requested by test hook');
+    if (cfg.healthPath !== null && requestTarget(req.url).split('?', 1)[0] === cfg.healthPath) return this.health(method, isHead);
 
     // Request framing first: whether a body follows decides whether an early
     // answer closes the connection. (Bun itself refuses two different

@@ -71,6 +71,18 @@ export function endWithoutBody(res: any, status: number, contentLength: number, 
 }
 
 /**
+ * A small JSON answer of the gateway's own (the public health endpoint):
+ * status line, JSON body, no-store, and for HEAD the same head without the
+ * body. Call inside the handler or a cork.
+ */
+export function writeJson(res: any, statusLine: string, body: string, isHead: boolean, allow: string | null): void {
+  res.writeStatus(statusLine).writeHeader('content-type', 'application/json').writeHeader('cache-control', 'no-store');
+  if (allow !== null) res.writeHeader('allow', allow);
+  if (isHead) endWithoutBody(res, 200, body.length, CLOSE_NONE, false);
+  else res.end(body);
+}
+
+/**
  * Writes a gateway error (JSON body `{"error":{code,message,requestId}}`)
  * in full: status, content-type, request id, `Allow` for 405, and for HEAD
  * the same head without the body. Call inside a cork (or the handler).

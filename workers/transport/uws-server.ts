@@ -22,8 +22,9 @@ import { MATCH_FOUND } from '../router/types.js';
 import { isValidHost, normalizeHost, normalizePath } from '../router/normalize.js';
 import { Exchange, REQ_BODY_CHUNKED, REQ_BODY_LENGTH, REQ_BODY_NONE, type ExchangeEnv } from './uws-exchange.js';
 import { loadUws } from './uws-loader.js';
-import { CLOSE_BY_SERVER, CLOSE_ENFORCE, CLOSE_NONE, writeGatewayError } from './uws-respond.js';
-import { LINGER_MAX_BYTES, type Backend, type ServerOptions } from './backend.js';
+import { CLOSE_BY_SERVER, CLOSE_ENFORCE, CLOSE_NONE, writeGatewayError, writeJson } from './uws-respond.js';
+import { C_DRAINING } from '../../common/protocol.js';
+import { HEALTH_DRAINING, HEALTH_OK, LINGER_MAX_BYTES, type Backend, type ServerOptions } from './backend.js';
 
 /**
  * Client address text from uWS's binary form (4 or 16 bytes), with a small
@@ -333,6 +334,7 @@ export class UwsServer implements Backend {
     const clientClose = hConnection !== null && hasCloseOption(hConnection) ? closeBy : CLOSE_NONE;
     const close = clientClose !== CLOSE_NONE || bodyMode === REQ_BODY_CHUNKED || contentLength > LINGER_MAX_BYTES ? closeBy : CLOSE_NONE;
 
+    if (server.healthPath !== null && url === server.healthPath) return this.health(res, method, isHead);
     if (this.draining) return this.reject(res, Errors.SHUTTING_DOWN, requestId, mIdx, isHead, t0, closeBy);
     if (badFraming) return this.reject(res, Errors.BAD_REQUEST, requestId, mIdx, isHead, t0, closeBy);
     // The gateway does not tunnel: CONNECT is refused whatever the routes say (RFC 9110 9.3.6).
@@ -497,6 +499,22 @@ export class UwsServer implements Backend {
       }
     }
   };
+
+  /**
+   * server.healthPath, for external load balancers: 200 while serving, 503
+   * as soon as the engine drains (drainDelayMs: the listeners still accept
+   * meanwhile, so the load balancer takes the node out first). Not routed,
+   * not logged, not counted: a health check every second would drown the
+   * request metrics.
+   */
+  private health(res: any, method: string, isHead: boolean): void {
+    if (method !== 'GET' && !isHead) {
+      writeJson(res, '405 Method Not Allowed', '{"status":"method not allowed: use GET or HEAD"}', false, 'GET, HEAD');
+      return;
+    }
+    const draining = Atomics.load(this.opts.control, C_DRAINING) === 1;
+    writeJson(res, draining ? '503 Service Unavailable' : '200 OK', draining ? HEALTH_DRAINING : HEALTH_OK, isHead, null);
+  }
 
   /** Access log line (and, for a 5xx, an error log line) of a request the gateway answered itself. */
   private logReject(client: string, e: GatewayErrorDef, requestId: string, t0: number, slot: number): void {

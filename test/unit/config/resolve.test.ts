@@ -14,6 +14,8 @@ describe('defaults resolution', () => {
       workers: Math.min(256, os.availableParallelism()),
       backend: 'auto',
       drainTimeoutMs: 30000,
+      drainDelayMs: 0,
+      healthPath: null,
       limits: { maxBodyBytes: 10485760, maxUrlBytes: 8192, maxHeaderBytes: 32768, maxHeaderCount: 100 },
       forwarded: { xForwardedFor: true, xForwardedProtoHost: true, forwarded: false },
       requestIdHeader: 'x-request-id',
