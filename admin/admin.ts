@@ -28,7 +28,7 @@ const data = workerData as AdminData;
 setLogThread('admin');
 setLogLevel(data.logLevel);
 const control = new Int32Array(data.control);
-const metrics = new MetricsView(data.metrics, control, data.slots);
+const metrics = new MetricsView(data.metrics, control, data.slots, { targetSlots: data.targetSlots, config: data.config, version: data.version });
 const collector = new LatencyCollector(data.statsPorts);
 let config: GatewayConfig = data.config;
 let document: ConfigDocument = data.document;
@@ -107,7 +107,7 @@ const server = http.createServer((req, res) => {
       json(res, h.ok ? 200 : 503, h.body);
       return;
     }
-    metrics.registry.metrics().then((text) => {
+    metrics.scrape().then((text) => {
       res.writeHead(200, { 'content-type': metrics.registry.contentType, 'cache-control': 'no-store' });
       res.end(text);
     }, (err: Error) => json(res, 500, { error: { code: 'internal_error', message: err.message } }));
@@ -131,7 +131,7 @@ port.on('message', (msg: ToAdmin) => {
       config = msg.config;
       document = msg.document;
       slots = msg.slots;
-      metrics.setSlots(msg.slots);
+      metrics.setSlots(msg.slots, msg.targetSlots, msg.config);
       configureLog(msg.config.log);
       break;
     case 'log-level':

@@ -5,17 +5,33 @@
  * Workers never send a message per request: each one owns a Float64Array in
  * shared memory; at scrape time this module sums the arrays of every worker
  * slot and hands the totals to prom-client as custom metrics whose get()
- * reads them. Labels are bounded: route id (from config, capped, overflow
- * shares `_overflow`), method (8 values), status class (5 values), error code
- * (a fixed list) -- never raw paths, hosts or keys.
+ * reads them. Labels are bounded: route id and (upstream, target) from the
+ * config, each capped with an `_overflow` value past the cap; method (8
+ * values); code (a fixed table of 23 codes and one bucket per class); error
+ * reason (a fixed list); thread (admin + one per worker) -- never raw
+ * paths, hosts or keys.
+ *
+ * Names follow the Prometheus conventions (base units, `_total` counters,
+ * `_seconds`, `_bytes`); label names follow Kong's (`route`, `code`,
+ * `upstream`, `target`). prom-client's default process and runtime metrics
+ * keep their standard names (process_*, nodejs_*), except that event-loop
+ * delay and GC come from every thread (label `thread`): prom-client's own
+ * would only see the admin thread, where no traffic is served.
  */
 import client from 'prom-client';
+import type { GatewayConfig } from '../common/config/types.js';
 import {
-  DURATION_BUCKETS, ERROR_CODES, G_ACCESS_LOG_DROPPED, G_ERRORS, G_IN_FLIGHT, G_UPSTREAM_IDLE, G_UPSTREAM_OPEN, METHODS, OVERFLOW_SLOT, S_DURATION, S_REQ_SIZE, S_REQUESTS,
-  S_RES_SIZE, S_UPSTREAM, SIZE_BUCKETS, SLOT_CELLS, STATUS_CLASSES, slotBase,
+  CODE_COLUMNS, CODE_LABELS, DURATION_BUCKETS, ERROR_CODES, GC_BUCKETS, GC_HIST_CELLS, GC_KINDS, GLOBAL_CELLS, G_ACCESS_LOG_DROPPED,
+  G_ERRORS, G_GC, G_GC_OBSERVED, G_IN_FLIGHT, G_LOOP, G_LOOP_SAMPLED, G_SCRAPE_EPOCH, LOOP_STATS, METHODS, OVERFLOW_SLOT,
+  S_DURATION, S_REQ_SIZE, S_REQUESTS, S_RES_SIZE, SIZE_BUCKETS, SLOT_CELLS, TARGET_OVERFLOW_SLOT, T_ERRORS, T_IDLE,
+  T_LAST_ERROR_AT, T_LAST_ERROR_CODE, T_LATENCY, T_OPEN, T_REQUESTS, UPSTREAM_ERROR_CODES, slotBase, targetBase,
 } from '../common/metrics-layout.js';
-import type { SlotEntries } from '../common/protocol.js';
-import { C_CONFIG_VERSION, C_RELOADS_FAILED, C_RELOADS_OK, C_RESTARTS } from '../common/protocol.js';
+import type { SlotEntries, TargetSlotEntries } from '../common/protocol.js';
+import {
+  C_CONFIG_VERSION, C_RELOADS_FAILED, C_RELOADS_OK, C_RESTARTS, C_WORKER_COUNT, C_WORKER_STATE, W_DRAINING, W_READY,
+} from '../common/protocol.js';
+import { RuntimeSampler } from '../common/runtime-metrics.js';
+import { uwsPackageVersion } from '../workers/transport/uws-loader.js';
 
 type Values = { labels: Record<string, string | number>; value: number; metricName?: string }[];
 
@@ -28,15 +44,65 @@ interface CustomMetric {
   reset(): void;
 }
 
+/** prom-client defaults replaced by per-thread ones (see runtime-metrics.ts). */
+const PER_THREAD_DEFAULTS = [...LOOP_STATS.map((s) => `nodejs_eventloop_lag${s}_seconds`), 'nodejs_gc_duration_seconds'];
+
+const LOOP_HELP = [
+  'Event loop delay of the thread: a setImmediate\'s delay at the last sample (every second).',
+  'The minimum recorded event loop delay of the thread since the previous scrape.',
+  'The maximum recorded event loop delay of the thread since the previous scrape.',
+  'The mean of the recorded event loop delays of the thread since the previous scrape.',
+  'The standard deviation of the recorded event loop delays of the thread since the previous scrape.',
+  'The 50th percentile of the recorded event loop delays of the thread since the previous scrape.',
+  'The 90th percentile of the recorded event loop delays of the thread since the previous scrape.',
+  'The 99th percentile of the recorded event loop delays of the thread since the previous scrape.',
+];
+
+export interface MetricsOptions {
+  targetSlots: TargetSlotEntries;
+  config: GatewayConfig;
+  /** Turnpike version (turnpike_build_info). */
+  version: string;
+}
+
+/** One target's counters for GET /admin/upstreams, summed over the workers. */
+export interface TargetStats {
+  requests: number;
+  /** Requests by `code` label (the code table), non-zero only. */
+  responses: Record<string, number>;
+  /** Upstream errors by code (every UPSTREAM_ERROR_CODES entry). */
+  errors: Record<string, number>;
+  open: number;
+  idle: number;
+  lastError: { code: string; at: string } | null;
+  /** Past the target cap: these counters are shared by every overflowed target. */
+  overflow: boolean;
+}
+
+interface TargetName {
+  upstream: string;
+  target: string;
+}
+
 export class MetricsView {
   readonly registry = new client.Registry();
   private readonly buffers: Float64Array[];
+  /** The admin thread's own runtime cells (event loop, GC). */
+  private readonly adminCells = new Float64Array(GLOBAL_CELLS);
   private slotNames = new Map<number, string>();
+  /** Route id -> its upstream: the running config's, or the last one it had (a removed route keeps its counters). */
+  private readonly routeUpstream = new Map<string, string>();
+  private targetNames = new Map<number, TargetName>();
+  private targetSlotOf = new Map<string, number>();
+  private readonly buildLabels: Record<string, string>;
 
-  constructor(buffers: SharedArrayBuffer[], private readonly control: Int32Array, slots: SlotEntries) {
+  constructor(buffers: SharedArrayBuffer[], private readonly control: Int32Array, slots: SlotEntries, opts: MetricsOptions) {
     this.buffers = buffers.map((b) => new Float64Array(b));
-    this.setSlots(slots);
-    client.collectDefaultMetrics({ register: this.registry, prefix: 'turnpike_process_' });
+    this.setSlots(slots, opts.targetSlots, opts.config);
+    this.buildLabels = buildInfo(opts.version, opts.config);
+    client.collectDefaultMetrics({ register: this.registry });
+    for (const name of PER_THREAD_DEFAULTS) this.registry.removeSingleMetric(name);
+    new RuntimeSampler(this.adminCells).start();
     const add = (name: string, help: string, type: string, collect: () => Values) => {
       const m: CustomMetric = {
         name, help, type, aggregator: 'sum',
@@ -45,26 +111,29 @@ export class MetricsView {
       };
       this.registry.registerMetric(m as unknown as client.Metric);
     };
-    add('turnpike_requests_total', 'Requests answered, by route, method and status class.', 'counter', () => this.requests());
-    add('turnpike_request_duration_seconds', 'Time from request arrival to the end of the response (gateway + upstream).', 'histogram',
-      () => this.histogram('turnpike_request_duration_seconds', S_DURATION, DURATION_BUCKETS));
-    add('turnpike_upstream_latency_seconds', 'Time from the request sent upstream to the response head received.', 'histogram',
-      () => this.histogram('turnpike_upstream_latency_seconds', S_UPSTREAM, DURATION_BUCKETS));
-    add('turnpike_request_size_bytes', 'Request body size.', 'histogram',
-      () => this.histogram('turnpike_request_size_bytes', S_REQ_SIZE, SIZE_BUCKETS));
-    add('turnpike_response_size_bytes', 'Response body size.', 'histogram',
-      () => this.histogram('turnpike_response_size_bytes', S_RES_SIZE, SIZE_BUCKETS));
-    add('turnpike_errors_total', 'Gateway-level errors by stable error code.', 'counter', () => {
+    add('turnpike_requests_total', 'Requests answered, by route, method, status code (uncommon codes in a 1xx..5xx bucket) and the route\'s upstream.', 'counter',
+      () => this.requests());
+    add('turnpike_request_duration_seconds', 'Time from request arrival to the end of the response (gateway + upstream), by route.', 'histogram',
+      () => this.routeHistogram('turnpike_request_duration_seconds', S_DURATION, DURATION_BUCKETS));
+    add('turnpike_request_size_bytes', 'Request body size, by route.', 'histogram',
+      () => this.routeHistogram('turnpike_request_size_bytes', S_REQ_SIZE, SIZE_BUCKETS));
+    add('turnpike_response_size_bytes', 'Response body size, by route.', 'histogram',
+      () => this.routeHistogram('turnpike_response_size_bytes', S_RES_SIZE, SIZE_BUCKETS));
+    add('turnpike_upstream_requests_total', 'Requests sent (or assigned) to an upstream target, by the status code the client got (the gateway\'s 502/503/504 when the target failed).', 'counter',
+      () => this.upstreamRequests());
+    add('turnpike_upstream_latency_seconds', 'Time from the request sent to a target to its response head, by upstream and target.', 'histogram',
+      () => this.targetHistogram('turnpike_upstream_latency_seconds'));
+    add('turnpike_upstream_errors_total', 'Upstream failures by target and reason (the upstream_* error code).', 'counter',
+      () => this.upstreamErrors());
+    add('turnpike_upstream_connections', 'Upstream sockets held by the workers, by target: open (busy + idle, connecting included) and idle keep-alive.', 'gauge',
+      () => this.upstreamConnections());
+    add('turnpike_gateway_errors_total', 'Errors the gateway answered or ended a request with, by reason (its stable error code).', 'counter', () => {
       const out: Values = [];
-      ERROR_CODES.forEach((code, i) => out.push({ labels: { code }, value: this.sum(G_ERRORS + i) }));
+      ERROR_CODES.forEach((reason, i) => out.push({ labels: { reason }, value: this.sum(G_ERRORS + i) }));
       return out;
     });
     add('turnpike_active_requests', 'Requests in flight across all workers (uWS exposes no per-connection events for HTTP).', 'gauge',
       () => [{ labels: {}, value: this.sum(G_IN_FLIGHT) }]);
-    add('turnpike_upstream_connections', 'Upstream sockets held by the workers: open (busy + idle, connecting included) and idle keep-alive.', 'gauge', () => [
-      { labels: { state: 'open' }, value: this.sum(G_UPSTREAM_OPEN) },
-      { labels: { state: 'idle' }, value: this.sum(G_UPSTREAM_IDLE) },
-    ]);
     add('turnpike_access_log_dropped_total', 'Access log lines dropped because the destination could not keep up (over 8 MiB waiting) or failed.', 'counter',
       () => [{ labels: {}, value: this.sum(G_ACCESS_LOG_DROPPED) }]);
     add('turnpike_worker_restarts_total', 'Data-plane worker threads replaced after exiting.', 'counter',
@@ -75,12 +144,67 @@ export class MetricsView {
     ]);
     add('turnpike_config_version', 'Version of the configuration being served.', 'gauge',
       () => [{ labels: {}, value: Atomics.load(this.control, C_CONFIG_VERSION) }]);
+    add('turnpike_build_info', 'Always 1; the labels say what runs: Turnpike version, Node (or Bun) version, data-plane backend, uWebSockets.js package version.', 'gauge',
+      () => [{ labels: this.buildLabels, value: 1 }]);
+    LOOP_STATS.forEach((stat, k) => {
+      add(`nodejs_eventloop_lag${stat}_seconds`, LOOP_HELP[k]!, 'gauge', () => this.loopStat(k));
+    });
+    add('nodejs_gc_duration_seconds', 'Garbage collection duration by thread and kind, one of major, minor, incremental or weakcb.', 'histogram',
+      () => this.gcHistogram());
   }
 
-  setSlots(slots: SlotEntries): void {
+  /** The Prometheus text; a new event-loop window starts in every thread. */
+  async scrape(): Promise<string> {
+    const text = await this.registry.metrics();
+    this.adminCells[G_SCRAPE_EPOCH]!++;
+    for (const b of this.buffers) b[G_SCRAPE_EPOCH]!++;
+    return text;
+  }
+
+  setSlots(slots: SlotEntries, targetSlots: TargetSlotEntries, config: GatewayConfig): void {
     const names = new Map<number, string>([[0, '_none'], [OVERFLOW_SLOT, '_overflow']]);
     for (const [id, slot] of slots) names.set(slot, id);
     this.slotNames = names;
+    for (const r of config.routes) this.routeUpstream.set(r.id, r.upstream);
+    const targets = new Map<number, TargetName>([[TARGET_OVERFLOW_SLOT, { upstream: '_overflow', target: '_overflow' }]]);
+    const slotOf = new Map<string, number>();
+    for (const [upstream, target, slot] of targetSlots) {
+      targets.set(slot, { upstream, target });
+      slotOf.set(upstream + ' ' + target, slot);
+    }
+    this.targetNames = targets;
+    this.targetSlotOf = slotOf;
+  }
+
+  /** GET /admin/upstreams: one target's counters. */
+  targetStats(upstream: string, url: string): TargetStats {
+    const own = this.targetSlotOf.get(upstream + ' ' + url);
+    const base = targetBase(own ?? TARGET_OVERFLOW_SLOT);
+    let requests = 0;
+    const responses: Record<string, number> = {};
+    for (let c = 0; c < CODE_COLUMNS; c++) {
+      const v = this.sum(base + T_REQUESTS + c);
+      if (v > 0) responses[CODE_LABELS[c]!] = v;
+      requests += v;
+    }
+    const errors: Record<string, number> = {};
+    UPSTREAM_ERROR_CODES.forEach((code, k) => { errors[code] = this.sum(base + T_ERRORS + k); });
+    // The latest error of any worker.
+    let at = 0;
+    let code = 0;
+    for (const b of this.buffers) {
+      if (b[base + T_LAST_ERROR_AT]! > at) {
+        at = b[base + T_LAST_ERROR_AT]!;
+        code = b[base + T_LAST_ERROR_CODE]!;
+      }
+    }
+    return {
+      requests, responses, errors,
+      open: this.sum(base + T_OPEN),
+      idle: this.sum(base + T_IDLE),
+      lastError: at > 0 && code > 0 ? { code: ERROR_CODES[code - 1]!, at: new Date(at).toISOString() } : null,
+      overflow: own === undefined,
+    };
   }
 
   private sum(cell: number): number {
@@ -89,37 +213,137 @@ export class MetricsView {
     return s;
   }
 
+  /** Threads with their cells: the admin thread, then every worker that is running (a dead one's samples are stale). */
+  private threads(): { thread: string; cells: Float64Array }[] {
+    const out: { thread: string; cells: Float64Array }[] = [{ thread: 'admin', cells: this.adminCells }];
+    const n = Math.min(Atomics.load(this.control, C_WORKER_COUNT), this.buffers.length);
+    for (let i = 0; i < n; i++) {
+      const st = Atomics.load(this.control, C_WORKER_STATE + i);
+      if (st === W_READY || st === W_DRAINING) out.push({ thread: `worker-${i}`, cells: this.buffers[i]! });
+    }
+    return out;
+  }
+
+  private loopStat(k: number): Values {
+    const out: Values = [];
+    for (const { thread, cells } of this.threads()) {
+      if (cells[G_LOOP_SAMPLED] === 1) out.push({ labels: { thread }, value: cells[G_LOOP + k]! });
+    }
+    return out;
+  }
+
+  private gcHistogram(): Values {
+    const out: Values = [];
+    const name = 'nodejs_gc_duration_seconds';
+    const n = GC_BUCKETS.length;
+    // Counters: a worker being replaced still shows what its slot counted.
+    const threads: { thread: string; cells: Float64Array }[] = [{ thread: 'admin', cells: this.adminCells }, ...this.buffers.map((cells, i) => ({ thread: `worker-${i}`, cells }))];
+    for (const { thread, cells } of threads) {
+      if (cells[G_GC_OBSERVED] !== 1 && cells[G_GC + n + 2] === 0) continue;
+      GC_KINDS.forEach((kind, k) => {
+        const base = G_GC + k * GC_HIST_CELLS;
+        let cum = 0;
+        for (let i = 0; i <= n; i++) {
+          cum += cells[base + i]!;
+          out.push({ metricName: `${name}_bucket`, labels: { thread, kind, le: i < n ? GC_BUCKETS[i]! : '+Inf' }, value: cum });
+        }
+        out.push({ metricName: `${name}_sum`, labels: { thread, kind }, value: cells[base + n + 1]! });
+        out.push({ metricName: `${name}_count`, labels: { thread, kind }, value: cells[base + n + 2]! });
+      });
+    }
+    return out;
+  }
+
+  private upstreamOf(slot: number, route: string): string {
+    if (slot === 0) return '_none';
+    if (slot === OVERFLOW_SLOT) return '_overflow';
+    return this.routeUpstream.get(route) ?? '_none';
+  }
+
   private requests(): Values {
     const out: Values = [];
     for (const [slot, route] of this.slotNames) {
       const base = slotBase(slot);
+      const upstream = this.upstreamOf(slot, route);
       for (let m = 0; m < METHODS.length; m++) {
-        for (let c = 0; c < STATUS_CLASSES.length; c++) {
-          const v = this.sum(base + S_REQUESTS + m * STATUS_CLASSES.length + c);
-          if (v > 0) out.push({ labels: { route, method: METHODS[m]!, status_class: STATUS_CLASSES[c]! }, value: v });
+        for (let c = 0; c < CODE_COLUMNS; c++) {
+          const v = this.sum(base + S_REQUESTS + m * CODE_COLUMNS + c);
+          if (v > 0) out.push({ labels: { route, method: METHODS[m]!, code: CODE_LABELS[c]!, upstream }, value: v });
         }
       }
     }
     return out;
   }
 
-  private histogram(name: string, offset: number, buckets: readonly number[]): Values {
+  private upstreamRequests(): Values {
     const out: Values = [];
-    const n = buckets.length;
-    for (const [slot, route] of this.slotNames) {
-      const base = slotBase(slot) + offset;
-      const count = this.sum(base + n + 2);
-      if (count === 0) continue;
-      let cum = 0;
-      for (let i = 0; i <= n; i++) {
-        cum += this.sum(base + i);
-        out.push({ metricName: `${name}_bucket`, labels: { route, le: i < n ? buckets[i]! : '+Inf' }, value: cum });
+    for (const [slot, { upstream, target }] of this.targetNames) {
+      const base = targetBase(slot);
+      for (let c = 0; c < CODE_COLUMNS; c++) {
+        const v = this.sum(base + T_REQUESTS + c);
+        if (v > 0) out.push({ labels: { upstream, target, code: CODE_LABELS[c]! }, value: v });
       }
-      out.push({ metricName: `${name}_sum`, labels: { route }, value: this.sum(base + n + 1) });
-      out.push({ metricName: `${name}_count`, labels: { route }, value: count });
     }
     return out;
+  }
+
+  private upstreamErrors(): Values {
+    const out: Values = [];
+    for (const [slot, { upstream, target }] of this.targetNames) {
+      const base = targetBase(slot);
+      UPSTREAM_ERROR_CODES.forEach((reason, k) => {
+        const v = this.sum(base + T_ERRORS + k);
+        if (v > 0) out.push({ labels: { upstream, target, reason }, value: v });
+      });
+    }
+    return out;
+  }
+
+  private upstreamConnections(): Values {
+    const out: Values = [];
+    for (const [slot, { upstream, target }] of this.targetNames) {
+      const base = targetBase(slot);
+      const open = this.sum(base + T_OPEN);
+      const idle = this.sum(base + T_IDLE);
+      // Every assigned target; the overflow slot only when it holds sockets.
+      if (slot === TARGET_OVERFLOW_SLOT && open === 0) continue;
+      out.push({ labels: { upstream, target, state: 'open' }, value: open });
+      out.push({ labels: { upstream, target, state: 'idle' }, value: idle });
+    }
+    return out;
+  }
+
+  private routeHistogram(name: string, offset: number, buckets: readonly number[]): Values {
+    const out: Values = [];
+    for (const [slot, route] of this.slotNames) this.histogram(out, name, slotBase(slot) + offset, buckets, { route });
+    return out;
+  }
+
+  private targetHistogram(name: string): Values {
+    const out: Values = [];
+    for (const [slot, labels] of this.targetNames) this.histogram(out, name, targetBase(slot) + T_LATENCY, DURATION_BUCKETS, { ...labels });
+    return out;
+  }
+
+  private histogram(out: Values, name: string, base: number, buckets: readonly number[], labels: Record<string, string>): void {
+    const n = buckets.length;
+    const count = this.sum(base + n + 2);
+    if (count === 0) return;
+    let cum = 0;
+    for (let i = 0; i <= n; i++) {
+      cum += this.sum(base + i);
+      out.push({ metricName: `${name}_bucket`, labels: { ...labels, le: i < n ? buckets[i]! : '+Inf' }, value: cum });
+    }
+    out.push({ metricName: `${name}_sum`, labels, value: this.sum(base + n + 1) });
+    out.push({ metricName: `${name}_count`, labels, value: count });
   }
 }
 
 export const CELLS_PER_SLOT = SLOT_CELLS;
+
+/** turnpike_build_info labels. `node` is `bun-<version>` on Bun; `uws` is `none` on the Bun backend. */
+function buildInfo(version: string, config: GatewayConfig): Record<string, string> {
+  const bun = (process.versions as Record<string, string | undefined>).bun;
+  const backend = config.server.backend === 'bun' || (config.server.backend === 'auto' && bun !== undefined) ? 'bun' : 'uws';
+  return { version, node: bun !== undefined ? `bun-${bun}` : process.versions.node, backend, uws: backend === 'uws' ? uwsPackageVersion() : 'none' };
+}

@@ -4,28 +4,61 @@
  * The engine allocates one SharedArrayBuffer per worker *slot* (so a worker
  * that is replaced after a crash keeps counting where its predecessor
  * stopped) and hands it to the worker and to the admin thread. The worker is
- * the only writer of its buffer: plain Float64Array increments, no Atomics,
+ * the only writer of its buffer (one cell excepted: G_SCRAPE_EPOCH, which
+ * only the admin thread writes): plain Float64Array increments, no Atomics,
  * no message per request. The admin thread sums all buffers when /metrics is
  * scraped; a read that races a write sees the old or the new value of that
  * one cell, which is all Prometheus needs.
  *
  * Layout (Float64 cells):
- *   [0, GLOBAL_CELLS)                       worker-wide gauges and counters
- *   then SLOT_CELLS per route slot          slot 0 = "no route" (404/400...)
+ *   [0, GLOBAL_CELLS)                          worker-wide gauges, counters, runtime samples
+ *   then SLOT_CELLS per route slot             slot 0 = "no route" (404/400...), 1 = overflow
+ *   then TARGET_CELLS per target slot          slot 0 = overflow
  *
- * Route slots are assigned by route id and stay stable across reloads (the
- * engine keeps the id -> slot map), so a counter never jumps between routes.
+ * Route slots are assigned by route id, target slots by (upstream name,
+ * target url); both stay stable across reloads (the engine keeps the maps),
+ * so a counter never jumps between routes or targets.
  */
 
 export const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'OTHER'] as const;
+
+/**
+ * Status codes counted under their own `code` label; any other code is
+ * counted in its class's bucket, labelled `1xx` ... `5xx` (so `code=~"5.."`
+ * still matches every 5xx). A request the client abandoned before any
+ * response counts as 499, as nginx logs it.
+ */
+export const STATUS_CODES = [
+  200, 201, 204, 206, 301, 302, 304, 400, 401, 403, 404, 405, 408, 413, 414, 429, 431, 499, 500, 501, 502, 503, 504,
+] as const;
 export const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'] as const;
+/** `code` label per column: the codes above, then one bucket per class. */
+export const CODE_LABELS: readonly string[] = [...STATUS_CODES.map(String), ...STATUS_CLASSES];
+export const CODE_COLUMNS = CODE_LABELS.length;
+
+/** Status (0..599) -> column; 0 (no response: the client went away) -> 499's. */
+const CODE_COLUMN = new Uint8Array(600);
+for (let s = 0; s < 600; s++) {
+  const own = STATUS_CODES.indexOf((s === 0 ? 499 : s) as (typeof STATUS_CODES)[number]);
+  CODE_COLUMN[s] = own !== -1 ? own : STATUS_CODES.length + (s >= 100 ? ((s / 100) | 0) - 1 : 4);
+}
+const COL_5XX = STATUS_CODES.length + 4;
+
+/** Column of a status in the code table: one array read. */
+export function codeColumn(status: number): number {
+  return status >= 0 && status < 600 ? CODE_COLUMN[status]! : COL_5XX;
+}
 
 /** Seconds; the same buckets for gateway and upstream latency. */
 export const DURATION_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 /** Bytes. */
 export const SIZE_BUCKETS = [100, 1000, 10_000, 100_000, 1_000_000, 10_000_000];
+/** Seconds; prom-client's buckets for nodejs_gc_duration_seconds. */
+export const GC_BUCKETS = [0.001, 0.01, 0.1, 1, 2, 5];
+/** nodejs_gc_duration_seconds{kind}, as prom-client names them. */
+export const GC_KINDS = ['major', 'minor', 'incremental', 'weakcb'] as const;
 
-/** Error codes counted by turnpike_errors_total{code}; index = cell offset. */
+/** Error codes counted by turnpike_gateway_errors_total{reason}; index = cell offset. */
 export const ERROR_CODES = [
   'bad_request', 'bad_path', 'route_not_found', 'method_not_allowed', 'body_too_large', 'url_too_long',
   'headers_too_large', 'upstream_connect_failed', 'upstream_reset', 'upstream_bad_response',
@@ -33,21 +66,44 @@ export const ERROR_CODES = [
   'upstream_aborted', 'client_aborted', 'bad_host', 'not_implemented',
 ] as const;
 
+/** The errors that are a target's fault (or its saturation), counted per target too. */
+export const UPSTREAM_ERROR_CODES = [
+  'upstream_connect_failed', 'upstream_connect_timeout', 'upstream_reset', 'upstream_bad_response', 'upstream_timeout',
+  'upstream_unavailable', 'upstream_aborted',
+] as const;
+/** ERROR_CODES index -> UPSTREAM_ERROR_CODES index, or -1. */
+export const TARGET_ERROR_COLUMN: readonly number[] = ERROR_CODES.map((c) => (UPSTREAM_ERROR_CODES as readonly string[]).indexOf(c));
+
+const HIST_CELLS = (n: number) => n + 1 /* +Inf */ + 2 /* sum, count */;
+
 // -- global section -----------------------------------------------------------
 export const G_IN_FLIGHT = 0;
-export const G_UPSTREAM_OPEN = 1;
-export const G_UPSTREAM_IDLE = 2;
+// 1, 2: free (the upstream connection gauges are per target now).
 /** Access log lines dropped because the destination could not keep up or failed (a running total). */
 export const G_ACCESS_LOG_DROPPED = 3;
+/** Written by the admin thread at each scrape: the runtime sampler starts a new event-loop window when it changes. */
+export const G_SCRAPE_EPOCH = 4;
+/** 1 while this thread's event-loop delay is sampled (not on Bun). */
+export const G_LOOP_SAMPLED = 5;
+/** 1 while this thread's GCs are observed. */
+export const G_GC_OBSERVED = 6;
 export const G_ERRORS = 8;
-export const GLOBAL_CELLS = G_ERRORS + ERROR_CODES.length + 7; // padded
+/**
+ * Event-loop delay of the thread since the previous scrape, seconds, as
+ * prom-client's nodejs_eventloop_lag_* gauges: lag (a setImmediate's delay
+ * at the last sample), then min, max, mean, stddev, p50, p90, p99.
+ */
+export const G_LOOP = G_ERRORS + ERROR_CODES.length;
+export const LOOP_STATS = ['', '_min', '_max', '_mean', '_stddev', '_p50', '_p90', '_p99'] as const;
+/** GC durations: one histogram (GC_BUCKETS) per GC_KINDS entry. */
+export const G_GC = G_LOOP + LOOP_STATS.length;
+export const GC_HIST_CELLS = HIST_CELLS(GC_BUCKETS.length);
+export const GLOBAL_CELLS = G_GC + GC_KINDS.length * GC_HIST_CELLS + 4; // padded
 
 // -- per route slot -----------------------------------------------------------
-const HIST_CELLS = (n: number) => n + 1 /* +Inf */ + 2 /* sum, count */;
-export const S_REQUESTS = 0; // [method][class]
-export const S_DURATION = S_REQUESTS + METHODS.length * STATUS_CLASSES.length;
-export const S_UPSTREAM = S_DURATION + HIST_CELLS(DURATION_BUCKETS.length);
-export const S_REQ_SIZE = S_UPSTREAM + HIST_CELLS(DURATION_BUCKETS.length);
+export const S_REQUESTS = 0; // [method][code column]
+export const S_DURATION = S_REQUESTS + METHODS.length * CODE_COLUMNS;
+export const S_REQ_SIZE = S_DURATION + HIST_CELLS(DURATION_BUCKETS.length);
 export const S_RES_SIZE = S_REQ_SIZE + HIST_CELLS(SIZE_BUCKETS.length);
 export const SLOT_CELLS = S_RES_SIZE + HIST_CELLS(SIZE_BUCKETS.length);
 
@@ -56,12 +112,50 @@ export const DEFAULT_MAX_ROUTE_SLOTS = 1024;
 export const OVERFLOW_SLOT = 1;
 export const FIRST_ROUTE_SLOT = 2;
 
-export function metricsBufferBytes(slots: number): number {
-  return (GLOBAL_CELLS + slots * SLOT_CELLS) * 8;
+// -- per target slot ----------------------------------------------------------
+export const T_REQUESTS = 0; // [code column]
+/** Upstream latency (request sent -> response head), DURATION_BUCKETS. */
+export const T_LATENCY = T_REQUESTS + CODE_COLUMNS;
+export const T_ERRORS = T_LATENCY + HIST_CELLS(DURATION_BUCKETS.length); // [UPSTREAM_ERROR_CODES]
+/** Gauges: sockets open (busy + idle + connecting) and idle keep-alive ones. */
+export const T_OPEN = T_ERRORS + UPSTREAM_ERROR_CODES.length;
+export const T_IDLE = T_OPEN + 1;
+/** Date.now() of the last upstream error, and its ERROR_CODES index + 1 (0: none). */
+export const T_LAST_ERROR_AT = T_IDLE + 1;
+export const T_LAST_ERROR_CODE = T_LAST_ERROR_AT + 1;
+export const TARGET_CELLS = T_LAST_ERROR_CODE + 1;
+
+/** (upstream, target) series kept apart; targets past this share the `_overflow` slot. */
+export const MAX_TARGET_SLOTS = 512;
+export const TARGET_OVERFLOW_SLOT = 0;
+export const FIRST_TARGET_SLOT = 1;
+
+const TARGETS_START = GLOBAL_CELLS + DEFAULT_MAX_ROUTE_SLOTS * SLOT_CELLS;
+
+export function metricsBufferBytes(routeSlots: number): number {
+  if (routeSlots !== DEFAULT_MAX_ROUTE_SLOTS) throw new Error(`metrics layout: ${DEFAULT_MAX_ROUTE_SLOTS} route slots`);
+  return (TARGETS_START + MAX_TARGET_SLOTS * TARGET_CELLS) * 8;
 }
 
 export function slotBase(slot: number): number {
   return GLOBAL_CELLS + slot * SLOT_CELLS;
+}
+
+/** First cell of a target slot (TargetPool.metricsBase). */
+export function targetBase(slot: number): number {
+  return TARGETS_START + slot * TARGET_CELLS;
+}
+
+/** Zeroes the gauges (a replacement worker starts with no request in flight and no socket). */
+export function resetGauges(cells: Float64Array): void {
+  cells[G_IN_FLIGHT] = 0;
+  cells[G_LOOP_SAMPLED] = 0;
+  cells[G_GC_OBSERVED] = 0;
+  for (let t = 0; t < MAX_TARGET_SLOTS; t++) {
+    const b = targetBase(t);
+    cells[b + T_OPEN] = 0;
+    cells[b + T_IDLE] = 0;
+  }
 }
 
 export function methodIndex(m: string): number {

@@ -11,6 +11,8 @@ import type { Level } from './log.js';
 
 /** Route id -> metrics slot, stable for the life of the process. */
 export type SlotEntries = ReadonlyArray<readonly [routeId: string, slot: number]>;
+/** (upstream name, target url) -> metrics slot, stable for the life of the process. */
+export type TargetSlotEntries = ReadonlyArray<readonly [upstream: string, url: string, slot: number]>;
 
 export interface WorkerData {
   index: number;
@@ -18,6 +20,7 @@ export interface WorkerData {
   /** The gateway log level now (a runtime change may differ from config.log.level). */
   logLevel: Level;
   slots: SlotEntries;
+  targetSlots: TargetSlotEntries;
   metrics: SharedArrayBuffer;
   control: SharedArrayBuffer;
   /** Private line to the admin thread for latency snapshots (see workers/latency.ts). */
@@ -29,6 +32,7 @@ export interface AdminData {
   document: ConfigDocument;
   logLevel: Level;
   slots: SlotEntries;
+  targetSlots: TargetSlotEntries;
   /** One per worker index. */
   metrics: SharedArrayBuffer[];
   control: SharedArrayBuffer;
@@ -39,7 +43,7 @@ export interface AdminData {
 }
 
 export type ToWorker =
-  | { type: 'config'; config: GatewayConfig; slots: SlotEntries }
+  | { type: 'config'; config: GatewayConfig; slots: SlotEntries; targetSlots: TargetSlotEntries }
   | { type: 'drain'; timeoutMs: number }
   /** The gateway log level, changed at runtime (PUT /admin/logging). */
   | { type: 'log-level'; level: Level }
@@ -85,7 +89,7 @@ export interface ConfigDocument {
 }
 
 export type ToAdmin =
-  | { type: 'config'; config: GatewayConfig; slots: SlotEntries; document: ConfigDocument }
+  | { type: 'config'; config: GatewayConfig; slots: SlotEntries; targetSlots: TargetSlotEntries; document: ConfigDocument }
   | { type: 'reload-result'; id: number; result: ReloadResult }
   /** A worker was (re)started: its stats line. */
   | { type: 'stats-port'; index: number; port: MessagePort }

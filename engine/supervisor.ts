@@ -20,7 +20,7 @@ import { RESTART_ONLY, diffConfigs, formatChanges } from '../common/config/diff.
 import { loadConfigDocument, loadConfigFile, loadEmbeddedConfig, type LoadResult } from '../common/config/load.js';
 import type { GatewayConfig } from '../common/config/types.js';
 import { configureLog, log, logLevel, setLogLevel, type Level } from '../common/log.js';
-import { DEFAULT_MAX_ROUTE_SLOTS, FIRST_ROUTE_SLOT, metricsBufferBytes } from '../common/metrics-layout.js';
+import { DEFAULT_MAX_ROUTE_SLOTS, FIRST_ROUTE_SLOT, FIRST_TARGET_SLOT, MAX_TARGET_SLOTS, metricsBufferBytes } from '../common/metrics-layout.js';
 import type {
   AdminData, ConfigDocument, FromAdmin, FromWorker, ReloadResult, SlotEntries, ToAdmin, ToWorker, WorkerData,
 } from '../common/protocol.js';
@@ -28,7 +28,9 @@ import {
   C_CONFIG_VERSION, C_DRAINING, C_RELOADS_FAILED, C_RELOADS_OK, C_RESTARTS, C_WORKER_COUNT, C_WORKER_STATE, CONTROL_BYTES,
   MAX_WORKERS, W_DEAD, W_STARTING,
 } from '../common/protocol.js';
+import type { TargetSlotEntries } from '../common/protocol.js';
 import { WORKER_CHECKS } from '../workers/config-check.js';
+import { targetKey } from '../workers/proxy/balancer.js';
 
 const WORKER_ENTRY = new URL('../workers/worker.js', import.meta.url);
 const ADMIN_ENTRY = new URL('../admin/admin.js', import.meta.url);
@@ -82,6 +84,9 @@ export class Supervisor {
   private readonly slots: Slot[] = [];
   private readonly routeSlots = new Map<string, number>();
   private nextRouteSlot = FIRST_ROUTE_SLOT;
+  /** `upstream target-url` (workers/proxy/balancer.ts targetKey) -> [upstream, url, metrics slot]. */
+  private readonly targetSlots = new Map<string, readonly [string, string, number]>();
+  private nextTargetSlot = FIRST_TARGET_SLOT;
   private admin: Worker | null = null;
   private draining = false;
   private started = false;
@@ -108,7 +113,18 @@ export class Supervisor {
     for (const r of config.routes) {
       if (!this.routeSlots.has(r.id) && this.nextRouteSlot < DEFAULT_MAX_ROUTE_SLOTS) this.routeSlots.set(r.id, this.nextRouteSlot++);
     }
+    for (const u of Object.values(config.upstreams)) {
+      for (const t of u.targets) {
+        const key = targetKey(u.name, t.url);
+        if (!this.targetSlots.has(key) && this.nextTargetSlot < MAX_TARGET_SLOTS) this.targetSlots.set(key, [u.name, t.url, this.nextTargetSlot++]);
+      }
+    }
     return [...this.routeSlots];
+  }
+
+  /** Target metrics slots, like route slots: assigned once, never moved or reused. */
+  private targetSlotEntries(): TargetSlotEntries {
+    return [...this.targetSlots.values()];
   }
 
   async start(): Promise<StartedGateway> {
@@ -147,7 +163,7 @@ export class Supervisor {
     const config = this.config;
     const stats = new MessageChannel();
     const data: WorkerData = {
-      index: slot.index, config, logLevel: logLevel(), slots: [...this.routeSlots], metrics: slot.metrics, control: this.control, statsPort: stats.port1,
+      index: slot.index, config, logLevel: logLevel(), slots: [...this.routeSlots], targetSlots: this.targetSlotEntries(), metrics: slot.metrics, control: this.control, statsPort: stats.port1,
     };
     Atomics.store(this.controlView, C_WORKER_STATE + slot.index, W_STARTING);
     const w = new Worker(WORKER_ENTRY, { workerData: data, transferList: [stats.port1], name: `turnpike-worker-${slot.index}` });
@@ -222,7 +238,7 @@ export class Supervisor {
     const statsPorts = this.slots.map((s) => s.statsPort);
     for (const s of this.slots) s.statsPort = null;
     const data: AdminData = {
-      config: this.config, document: this.document(), logLevel: logLevel(), slots: [...this.routeSlots], metrics: this.slots.map((s) => s.metrics),
+      config: this.config, document: this.document(), logLevel: logLevel(), slots: [...this.routeSlots], targetSlots: this.targetSlotEntries(), metrics: this.slots.map((s) => s.metrics),
       control: this.control, statsPorts, version: this.version, startedAt: this.startedAt,
     };
     const w = new Worker(ADMIN_ENTRY, {
@@ -265,7 +281,7 @@ export class Supervisor {
         resolve(null);
       }, APPLY_TIMEOUT_MS);
       slot.acks.set(version, (failure) => { clearTimeout(timer); resolve(failure); });
-      w.postMessage({ type: 'config', config: this.config, slots: [...this.routeSlots] } satisfies ToWorker);
+      w.postMessage({ type: 'config', config: this.config, slots: [...this.routeSlots], targetSlots: this.targetSlotEntries() } satisfies ToWorker);
     });
   }
 
@@ -343,7 +359,7 @@ export class Supervisor {
     Atomics.store(this.controlView, C_CONFIG_VERSION, next.version);
     Atomics.add(this.controlView, C_RELOADS_OK, 1);
     this.configDoc = result.document ?? req.doc ?? null;
-    this.admin?.postMessage({ type: 'config', config: this.config, slots: [...this.routeSlots], document: this.document() } satisfies ToAdmin);
+    this.admin?.postMessage({ type: 'config', config: this.config, slots: [...this.routeSlots], targetSlots: this.targetSlotEntries(), document: this.document() } satisfies ToAdmin);
     log('info', 'config reloaded', { actor: req.actor, version: next.version, changes: formatChanges(changes), persisted });
     for (const w of warnings) log('warn', `config warning: ${w.path === '' ? '' : `${w.path}: `}${w.message}`, { version: next.version });
     return { ok: true, version: next.version, errors: [], changes, persisted, warnings };

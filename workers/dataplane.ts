@@ -49,16 +49,20 @@ export class Dataplane {
 
   /**
    * slots: route id -> metrics slot, assigned by the engine and stable across
-   * reloads; a route without one counts under the overflow slot.
+   * reloads; a route without one counts under the overflow slot. targetSlots:
+   * the same for targets, keyed `upstream target-url` (balancer.ts targetKey).
    */
-  constructor(config: GatewayConfig, slots: ReadonlyMap<string, number>, previous: Dataplane | null = null) {
+  constructor(
+    config: GatewayConfig, slots: ReadonlyMap<string, number>, previous: Dataplane | null = null,
+    targetSlots: ReadonlyMap<string, number> | null = null,
+  ) {
     this.config = config;
     this.upstreams = new Map();
     for (const [name, u] of Object.entries(config.upstreams)) {
       // An upstream whose settings did not change keeps its runtime: its warm
       // keep-alive connections and balancer position survive the reload.
       const prev = previous?.upstreams.get(name);
-      this.upstreams.set(name, prev !== undefined && JSON.stringify(prev.config) === JSON.stringify(u) ? prev : new UpstreamRuntime(u));
+      this.upstreams.set(name, prev !== undefined && JSON.stringify(prev.config) === JSON.stringify(u) ? prev : new UpstreamRuntime(u, targetSlots));
     }
     this.routes = config.routes.map((r) => new RouteContext(r, slots.get(r.id) ?? OVERFLOW_SLOT, this.upstreams.get(r.upstream)!, config));
     this.router = compileRouter(

@@ -4,14 +4,16 @@
  * the engine's messages: new config, drain, and (tests only) crash.
  */
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
-import type { FromWorker, ToWorker, WorkerData } from '../common/protocol.js';
-import { G_IN_FLIGHT, G_UPSTREAM_IDLE, G_UPSTREAM_OPEN } from '../common/metrics-layout.js';
+import type { FromWorker, TargetSlotEntries, ToWorker, WorkerData } from '../common/protocol.js';
+import { resetGauges } from '../common/metrics-layout.js';
 import { C_WORKER_STATE, W_DEAD, W_DRAINING, W_READY } from '../common/protocol.js';
 import { log, setLogLevel, setLogThread } from '../common/log.js';
 import { Dataplane } from './dataplane.js';
+import { targetKey } from './proxy/balancer.js';
 import { LatencyRecorder } from './latency.js';
 import { WorkerLogs } from './logs.js';
 import { setPoolGauges } from './proxy/upstream-pool.js';
+import { RuntimeSampler } from '../common/runtime-metrics.js';
 import type { Backend } from './transport/backend.js';
 
 if (isMainThread || parentPort === null) throw new Error('workers/worker.js runs as a worker thread; start the gateway with `turnpike start`.');
@@ -23,10 +25,10 @@ const control = new Int32Array(data.control);
 const metrics = new Float64Array(data.metrics);
 // A replacement worker inherits its slot's counters; gauges restart from zero
 // (the dead worker's sockets are gone with it).
-metrics[G_IN_FLIGHT] = 0;
-metrics[G_UPSTREAM_OPEN] = 0;
-metrics[G_UPSTREAM_IDLE] = 0;
+resetGauges(metrics);
 setPoolGauges(metrics);
+// Event-loop delay and GC of this thread, into its shared cells (no message, no per-request work).
+new RuntimeSampler(metrics).start();
 const TEST_HOOKS = process.env.TURNPIKE_TEST_HOOKS === '1';
 const isBun = typeof (process.versions as Record<string, string | undefined>).bun === 'string';
 
@@ -60,8 +62,12 @@ function crash(err: unknown): void {
 process.on('uncaughtException', crash);
 process.on('unhandledRejection', crash);
 
+function targetSlotMap(entries: TargetSlotEntries): Map<string, number> {
+  return new Map(entries.map(([upstream, url, slot]) => [targetKey(upstream, url), slot]));
+}
+
 async function main(): Promise<void> {
-  let dp = new Dataplane(data.config, new Map(data.slots));
+  let dp = new Dataplane(data.config, new Map(data.slots), null, targetSlotMap(data.targetSlots));
   const latency = await LatencyRecorder.create();
   const logs = new WorkerLogs(data.config.log, metrics);
   setLogLevel(data.logLevel);
@@ -95,7 +101,7 @@ async function main(): Promise<void> {
         try {
           // Test hook (TURNPIKE_TEST_HOOKS=1 only): a route with this id stands for a config only a worker refuses.
           if (TEST_HOOKS && msg.config.routes.some((r) => r.id === 'test-hook-refused-by-worker')) throw new Error('refused by test hook');
-          next = new Dataplane(msg.config, new Map(msg.slots), dp);
+          next = new Dataplane(msg.config, new Map(msg.slots), dp, targetSlotMap(msg.targetSlots));
         } catch (err) {
           send({ type: 'config-failed', version: msg.config.version, message: err instanceof Error ? err.message : String(err) });
           break;

@@ -300,8 +300,8 @@ export const ENDPOINTS: readonly Endpoint[] = [
   },
   {
     method: 'GET', path: '/admin/upstreams', operationId: 'listUpstreams', tag: 'config', role: 'viewer',
-    summary: 'Upstreams',
-    description: 'Upstreams of the running config in name order, cursor paginated.',
+    summary: 'Upstreams, with counters per target',
+    description: 'Upstreams of the running config in name order, cursor paginated. Each target has its counters since start, summed over the workers: requests and their status codes, upstream errors by kind, open and idle connections now, and the last error with its time.',
     query: S.pageQuery, body: null, audit: null,
     responses: { 200: { description: 'A page of upstreams.', schema: S.upstreamPage }, ...R400, ...R401 },
     handler({ api, query }) {
@@ -311,7 +311,15 @@ export const ENDPOINTS: readonly Endpoint[] = [
         status: 200,
         body: {
           items: p.items.map((u) => ({
-            name: u.name, targets: u.targets.map((t) => ({ url: t.url, weight: t.weight })), balance: u.balance, timeouts: { ...u.timeouts },
+            name: u.name,
+            targets: u.targets.map((t) => {
+              const st = api.metrics.targetStats(u.name, t.url);
+              return {
+                url: t.url, weight: t.weight, requests: st.requests, responses: st.responses, errors: st.errors,
+                connections: { open: st.open, idle: st.idle }, lastError: st.lastError, overflow: st.overflow,
+              };
+            }),
+            balance: u.balance, timeouts: { ...u.timeouts },
           })),
           next: p.next,
         },

@@ -11,6 +11,7 @@
  */
 import { configSchema } from '../../common/config/schema.js';
 import { ADMIN_ERROR_CODES } from './errors.js';
+import { FIRST_TARGET_SLOT, MAX_TARGET_SLOTS, UPSTREAM_ERROR_CODES } from '../../common/metrics-layout.js';
 
 export type Schema = Record<string, unknown>;
 
@@ -159,9 +160,38 @@ export const route = named('Route', object({
   priority: { type: 'integer', description: 'Higher wins among matching routes.' },
 }, 'A route, in short (GET /admin/config has every field).'));
 
+const count = (description: string): Schema => ({ type: 'number', minimum: 0, description });
+
+export const upstreamTarget = named('UpstreamTarget', object({
+  url: str('http://host:port'),
+  weight: int('Relative share.', 1),
+  requests: count('Requests assigned to this target since start, all workers (as turnpike_upstream_requests_total).'),
+  responses: {
+    type: 'object', additionalProperties: { type: 'number', minimum: 0 },
+    description: 'Those requests by the status code the client got (the gateway\'s 502/503/504 when the target failed; uncommon codes under "1xx".."5xx"), non-zero only.',
+  },
+  errors: object(Object.fromEntries(UPSTREAM_ERROR_CODES.map((c) => [c, count(`Requests that failed with ${c}.`)])),
+    'Upstream failures by kind (the error codes of the README), zero included.'),
+  connections: object({
+    open: count('Sockets to this target open now (busy + idle, connecting included), all workers.'),
+    idle: count('Of those, idle keep-alive sockets.'),
+  }, 'Upstream connections now (0 on the Bun backend, whose fetch pools connections itself).'),
+  lastError: {
+    anyOf: [
+      object({ code: { type: 'string', enum: [...UPSTREAM_ERROR_CODES], description: 'Error code.' }, at: { type: 'string', format: 'date-time', description: 'When.' } }),
+      { type: 'null' },
+    ],
+    description: 'The latest upstream failure of this target in any worker, or null.',
+  },
+  overflow: {
+    type: 'boolean',
+    description: `The target came after the first ${MAX_TARGET_SLOTS - FIRST_TARGET_SLOT} (upstream, target) pairs the gateway has seen: its counters are those of every such target (the \`_overflow\` series).`,
+  },
+}, 'A backend server of an upstream, with its counters since start.'));
+
 export const upstream = named('Upstream', object({
   name: str('Upstream name.'),
-  targets: { type: 'array', items: object({ url: str('http://host:port'), weight: int('Relative share.', 1) }), description: 'Backend servers.' },
+  targets: { type: 'array', items: upstreamTarget, description: 'Backend servers, with their counters.' },
   balance: { type: 'string', enum: ['round_robin', 'least_conn', 'random', 'ip_hash'], description: 'Load-balancing policy.' },
   timeouts: object({
     connectMs: int('TCP connect timeout.'),

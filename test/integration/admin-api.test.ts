@@ -424,7 +424,16 @@ describe('writes', () => {
     expect(upPages.map((p) => p.length)).toEqual([2, 2, 1]);
     expect(upPages.flat().map((x) => x.name)).toEqual(['u1', 'u2', 'u3', 'u4', 'u5']);
     expect(upPages[0]![0]).toEqual({
-      name: 'u1', targets: [{ url: up.url, weight: 1 }], balance: 'least_conn', timeouts: { connectMs: 500, responseMs: 15000, idleMs: 30000, totalMs: 0 },
+      name: 'u1',
+      targets: [{
+        url: up.url, weight: 1, requests: 0, responses: {},
+        errors: {
+          upstream_connect_failed: 0, upstream_connect_timeout: 0, upstream_reset: 0, upstream_bad_response: 0, upstream_timeout: 0,
+          upstream_unavailable: 0, upstream_aborted: 0,
+        },
+        connections: { open: 0, idle: 0 }, lastError: null, overflow: false,
+      }],
+      balance: 'least_conn', timeouts: { connectMs: 500, responseMs: 15000, idleMs: 30000, totalMs: 0 },
     });
     // Default page size, and a cursor of another listing.
     expect((await api('GET', '/admin/routes')).json.items.length).toBe(7);

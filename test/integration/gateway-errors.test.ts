@@ -21,7 +21,7 @@
  *    a declared body above LINGER_MAX_BYTES or a chunked one, shutting_down,
  *    internal_error): then the socket must close;
  *  - leave the gateway process alive (and no worker restarted).
- * Then turnpike_errors_total{code} on the admin /metrics must count exactly
+ * Then turnpike_gateway_errors_total{reason} on the admin /metrics must count exactly
  * what the table sent.
  *
  * Two gateways: one for every code but shutting_down (TURNPIKE_TEST_HOOKS=1
@@ -718,7 +718,7 @@ describe('every gateway error × every method', () => {
       const code = probeErrorCode(outcomes.get(key(t, m)));
       if (code !== null) sent.set(code, (sent.get(code) ?? 0) + 1);
     }
-    const counted = Object.fromEntries([...sent.keys()].map((code) => [code, metricValue(text, `turnpike_errors_total{code="${code}"}`)]));
+    const counted = Object.fromEntries([...sent.keys()].map((code) => [code, metricValue(text, `turnpike_gateway_errors_total{reason="${code}"}`)]));
     expect(counted).toEqual(Object.fromEntries(sent));
   });
 
@@ -726,7 +726,7 @@ describe('every gateway error × every method', () => {
     expect(drainFailure, 'setup').toBeUndefined();
     expect(drainAliveAfterAnswers).toBe(true);
     const probes = METHODS.filter((m) => probeErrorCode(outcomes.get(key(SHUTTING_DOWN, m))) === 'shutting_down').length;
-    expect(metricValue(drainMetrics, 'turnpike_errors_total{code="shutting_down"}')).toBe(METHODS.length + probes);
+    expect(metricValue(drainMetrics, 'turnpike_gateway_errors_total{reason="shutting_down"}')).toBe(METHODS.length + probes);
     expect(drainSlowAnswer?.statusLine).toMatch(/^HTTP\/1\.1 200 /);
     expect(drainSlowAnswer?.body.toString()).toBe('slow-ok');
     expect(drainExit).toBe(0);

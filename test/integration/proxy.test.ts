@@ -440,7 +440,7 @@ describe('upstream failures', () => {
       // Every one of those exchanges ended: nothing is left in flight.
       const m = await (await request(`http://127.0.0.1:${g.adminPort}/metrics`)).body.text();
       expect(m).toMatch(/^turnpike_active_requests 0$/m);
-      expect(m).toMatch(/^turnpike_errors_total\{code="upstream_aborted"\} [1-9]/m);
+      expect(m).toMatch(/^turnpike_gateway_errors_total\{reason="upstream_aborted"\} [1-9]/m);
     } finally {
       await g.stop();
       await raw.close();

@@ -62,19 +62,26 @@ describe('admin thread', () => {
     }
     await (await request(gw.url + '/post-here', { method: 'POST', body: 'x' })).body.dump();
     const after = await scrape();
-    const key = 'turnpike_requests_total{route="all",method="GET",status_class="2xx"}';
+    const key = 'turnpike_requests_total{route="all",method="GET",code="200",upstream="up"}';
     expect((after.get(key) ?? 0) - (before.get(key) ?? 0)).toBe(n);
-    expect(after.get('turnpike_requests_total{route="_none",method="POST",status_class="4xx"}')).toBeGreaterThanOrEqual(1);
-    expect(after.get('turnpike_errors_total{code="method_not_allowed"}')).toBeGreaterThanOrEqual(1);
+    expect(after.get('turnpike_requests_total{route="_none",method="POST",code="405",upstream="_none"}')).toBeGreaterThanOrEqual(1);
+    expect(after.get('turnpike_gateway_errors_total{reason="method_not_allowed"}')).toBeGreaterThanOrEqual(1);
     expect(after.get('turnpike_request_duration_seconds_count{route="all"}')).toBeGreaterThanOrEqual(n);
-    expect(after.get('turnpike_upstream_latency_seconds_count{route="all"}')).toBeGreaterThanOrEqual(n);
+    const target = `upstream="up",target="${up.url}"`;
+    expect(after.get(`turnpike_upstream_latency_seconds_count{${target}}`)).toBeGreaterThanOrEqual(n);
+    expect(after.get(`turnpike_upstream_requests_total{${target},code="200"}`)).toBeGreaterThanOrEqual(n);
     expect(after.get('turnpike_request_duration_seconds_bucket{route="all",le="+Inf"}'))
       .toBe(after.get('turnpike_request_duration_seconds_count{route="all"}'));
     expect(after.get('turnpike_active_requests')).toBe(0);
     // Keep-alive sockets to the upstream stay open and, with nothing in flight, all idle.
-    const open = after.get('turnpike_upstream_connections{state="open"}')!;
+    const open = after.get(`turnpike_upstream_connections{${target},state="open"}`)!;
     expect(open).toBeGreaterThanOrEqual(1);
-    expect(after.get('turnpike_upstream_connections{state="idle"}')).toBe(open);
+    expect(after.get(`turnpike_upstream_connections{${target},state="idle"}`)).toBe(open);
+    // Event-loop delay and GC of each worker thread and of the admin thread.
+    for (const thread of ['admin', 'worker-0', 'worker-1']) {
+      expect(after.get(`nodejs_eventloop_lag_p99_seconds{thread="${thread}"}`), thread).toBeGreaterThanOrEqual(0);
+      expect(after.get(`nodejs_gc_duration_seconds_count{thread="${thread}",kind="minor"}`), thread).toBeGreaterThanOrEqual(0);
+    }
     expect(after.get('turnpike_worker_restarts_total')).toBe(0);
     expect(after.get('turnpike_config_version')).toBe(1);
   });

@@ -23,11 +23,12 @@ export class UpstreamRuntime {
   private readonly weighted: number[];
   private rr = 0;
 
-  constructor(config: UpstreamConfig) {
+  /** targetSlots: `upstream target-url` -> metrics slot (the engine's; absent: the overflow slot). */
+  constructor(config: UpstreamConfig, targetSlots: ReadonlyMap<string, number> | null = null) {
     this.name = config.name;
     this.config = config;
     this.balance = config.balance;
-    this.pools = config.targets.map((t) => new TargetPool(t, config.pool));
+    this.pools = config.targets.map((t) => new TargetPool(t, config.pool, targetSlots?.get(targetKey(config.name, t.url))));
     this.weights = config.targets.map((t) => t.weight);
     this.current = this.weights.map(() => 0);
     this.totalWeight = this.weights.reduce((a, b) => a + b, 0);
@@ -91,6 +92,11 @@ export class UpstreamRuntime {
   close(): void {
     for (const p of this.pools) p.close();
   }
+}
+
+/** The key of a target's metrics slot (upstream names and URLs hold no space). */
+export function targetKey(upstream: string, url: string): string {
+  return upstream + ' ' + url;
 }
 
 function fnv1a(s: string): number {

@@ -21,7 +21,7 @@
 import net from 'node:net';
 import type { PoolConfig, TargetConfig } from '../../common/config/types.js';
 import { FixedQueue } from './fixed-queue.js';
-import { G_UPSTREAM_IDLE, G_UPSTREAM_OPEN } from '../../common/metrics-layout.js';
+import { TARGET_OVERFLOW_SLOT, T_IDLE, T_OPEN, targetBase } from '../../common/metrics-layout.js';
 import { ResponseParser } from './http1-parser.js';
 
 export const READ_BUFFER_BYTES = 64 * 1024;
@@ -32,7 +32,7 @@ const kConn = Symbol('turnpike.conn');
 
 /**
  * This thread's shared counters (common/metrics-layout.ts), for the
- * open/idle upstream connection gauges; set once by the worker.
+ * open/idle upstream connection gauges of each target; set once by the worker.
  */
 let gauges: Float64Array | null = null;
 export function setPoolGauges(cells: Float64Array): void {
@@ -91,7 +91,7 @@ export class Connection {
     this.pool = pool;
     this.user = user;
     user.connecting = this;
-    gauge(G_UPSTREAM_OPEN, 1);
+    gauge(pool.metricsBase + T_OPEN, 1);
     const socket = net.connect({
       host: pool.target.host,
       port: pool.target.port,
@@ -228,10 +228,17 @@ export class TargetPool {
   closed = false;
   /** The Host header value for this target (port omitted when 80). */
   readonly hostHeader: string;
+  /**
+   * First cell of this target's metrics slot (common/metrics-layout.ts
+   * targetBase), fixed at config time: the exchange counts into it with no
+   * lookup per request.
+   */
+  readonly metricsBase: number;
 
-  constructor(target: TargetConfig, config: PoolConfig) {
+  constructor(target: TargetConfig, config: PoolConfig, metricsSlot = TARGET_OVERFLOW_SLOT) {
     this.target = target;
     this.config = config;
+    this.metricsBase = targetBase(metricsSlot);
     const h = target.host.includes(':') ? `[${target.host}]` : target.host;
     this.hostHeader = target.port === 80 ? h : `${h}:${target.port}`;
   }
@@ -246,7 +253,7 @@ export class TargetPool {
       const conn = idle.pop()!;
       if (!conn.destroyed) {
         conn.idle = false;
-        gauge(G_UPSTREAM_IDLE, -1);
+        gauge(this.metricsBase + T_IDLE, -1);
         return conn;
       }
     }
@@ -285,7 +292,7 @@ export class TargetPool {
     }
     conn.idleSince = performance.now();
     conn.idle = true;
-    gauge(G_UPSTREAM_IDLE, 1);
+    gauge(this.metricsBase + T_IDLE, 1);
     this.idle.push(conn);
   }
 
@@ -303,10 +310,10 @@ export class TargetPool {
   /** A socket closed or was destroyed: its slot may serve a waiting request. */
   onConnectionGone(conn: Connection): void {
     this.open--;
-    gauge(G_UPSTREAM_OPEN, -1);
+    gauge(this.metricsBase + T_OPEN, -1);
     if (conn.idle) {
       conn.idle = false;
-      gauge(G_UPSTREAM_IDLE, -1);
+      gauge(this.metricsBase + T_IDLE, -1);
     }
     if (this.closed) return;
     const next = this.nextWaiting();

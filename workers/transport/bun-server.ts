@@ -39,7 +39,7 @@
  */
 import { Errors, errorBody, type GatewayErrorDef } from '../../common/errors.js';
 import { log } from '../../common/log.js';
-import { DURATION_BUCKETS, G_IN_FLIGHT, S_UPSTREAM, methodIndex, observe, slotBase } from '../../common/metrics-layout.js';
+import { DURATION_BUCKETS, G_IN_FLIGHT, T_LATENCY, methodIndex, observe } from '../../common/metrics-layout.js';
 import { countError, recordRequest } from '../request-metrics.js';
 import type { Dataplane, RouteContext } from '../dataplane.js';
 import { connectionListed, hasCloseOption, isSafeRequestId } from '../proxy/headers.js';
@@ -273,10 +273,11 @@ export class BunServer implements Backend {
     return this.ridPrefix + (++this.ridCounter).toString(36);
   }
 
-  private count(e: GatewayErrorDef, slot: number, mIdx: number, t0: number): void {
+  /** `target`: the first metrics cell of the target the request went to (-1: none). */
+  private count(e: GatewayErrorDef, slot: number, mIdx: number, t0: number, target = -1): void {
     if (!this.dp.config.metrics.enabled) return;
-    countError(this.opts.metrics, e.code);
-    recordRequest(this.opts.metrics, this.opts.latency, slot, mIdx, e.status, performance.now() - t0);
+    countError(this.opts.metrics, e.code, target);
+    recordRequest(this.opts.metrics, this.opts.latency, slot, mIdx, e.status, performance.now() - t0, target);
   }
 
   /**
@@ -499,7 +500,7 @@ export class BunServer implements Backend {
     }
     const url = `http://${pool.hostHeader}${query === '' ? upstreamPath : `${upstreamPath}?${query}`}`;
     const testThrow = TEST_HOOKS && h.get(TEST_THROW_HEADER) === 'upstream';
-    return this.proxy(req, server, route, url, method, mIdx, isHead, requestId, headers, body, clientClose, close, t0, testThrow, info, pool.target.url);
+    return this.proxy(req, server, route, url, method, mIdx, isHead, requestId, headers, body, clientClose, close, t0, testThrow, info, pool.target.url, pool.metricsBase);
   }
 
   /**
@@ -511,7 +512,7 @@ export class BunServer implements Backend {
   private async proxy(
     req: Request, server: any, route: RouteContext, url: string, method: string, mIdx: number, isHead: boolean,
     requestId: string, headers: Headers, body: ReadableStream<Uint8Array> | null, clientClose: boolean, close: boolean, t0: number,
-    testThrow: boolean, info: AccessInfo | null, target: string,
+    testThrow: boolean, info: AccessInfo | null, target: string, targetCells: number,
   ): Promise<Response> {
     const ridName = this.dp.config.server.requestIdHeader;
     const t = route.upstream.config.timeouts;
@@ -564,7 +565,7 @@ export class BunServer implements Backend {
         else if (ac.signal.aborted) e = Errors.UPSTREAM_TIMEOUT;
         else if (code === 'ConnectionRefused' || code === 'ECONNREFUSED' || code === 'FailedToOpenSocket') e = Errors.UPSTREAM_CONNECT_FAILED;
         else if (code.startsWith('Invalid') || code.startsWith('Malformed')) e = Errors.UPSTREAM_BAD_RESPONSE;
-        this.count(e, route.slot, mIdx, t0);
+        this.count(e, route.slot, mIdx, t0, targetCells);
         if (e.status >= 500) {
           this.opts.logs.errors.report({
             requestId, route: route.id, upstream: route.upstream.config.name, target,
@@ -583,7 +584,7 @@ export class BunServer implements Backend {
       if (testThrow) throw new Error('internal error requested by test hook (upstream response)');
       const upMs = performance.now() - tSent;
       if (metricsOn) {
-        observe(cells, slotBase(route.slot) + S_UPSTREAM, DURATION_BUCKETS, upMs / 1000);
+        observe(cells, targetCells + T_LATENCY, DURATION_BUCKETS, upMs / 1000);
         this.opts.latency?.recordUpstream(upMs);
       }
       const out = new Headers();
@@ -622,7 +623,7 @@ export class BunServer implements Backend {
       }
       if (clientClose) out.set('connection', 'close');
       done();
-      if (metricsOn) recordRequest(cells, this.opts.latency, route.slot, mIdx, status, performance.now() - t0);
+      if (metricsOn) recordRequest(cells, this.opts.latency, route.slot, mIdx, status, performance.now() - t0, targetCells);
       if (info !== null) {
         const len = noBody ? 0 : Number(uh.get('content-length') ?? '0');
         this.logAnswer(info, status, route.id, route.upstream.config.name, target, '', upMs, Number.isFinite(len) ? len : 0);

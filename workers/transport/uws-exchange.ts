@@ -20,7 +20,7 @@
 import type { GatewayErrorDef } from '../../common/errors.js';
 import { Errors } from '../../common/errors.js';
 import { log } from '../../common/log.js';
-import { DURATION_BUCKETS, G_IN_FLIGHT, S_UPSTREAM, observe, slotBase } from '../../common/metrics-layout.js';
+import { DURATION_BUCKETS, G_IN_FLIGHT, T_LATENCY, observe } from '../../common/metrics-layout.js';
 import { countError, recordRequest, recordSizes } from '../request-metrics.js';
 import type { RouteContext } from '../dataplane.js';
 import type { LatencyRecorder } from '../latency.js';
@@ -494,7 +494,8 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
     const now = performance.now();
     const env = this.env;
     if (env.metricsOn) {
-      observe(env.metrics, slotBase(this.route.slot) + S_UPSTREAM, DURATION_BUCKETS, (now - this.tSent) / 1000);
+      // The target's histogram (its cell base comes with the pool).
+      if (this.pool !== null) observe(env.metrics, this.pool.metricsBase + T_LATENCY, DURATION_BUCKETS, (now - this.tSent) / 1000);
       env.latency?.recordUpstream(now - this.tSent);
     }
     this.status = status;
@@ -771,7 +772,8 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
 
   countError(code: string): void {
     this.errorCode = code;
-    if (this.env.metricsOn) countError(this.env.metrics, code);
+    // Upstream errors count against the target too (and become its last error).
+    if (this.env.metricsOn) countError(this.env.metrics, code, this.pool === null ? -1 : this.pool.metricsBase);
   }
 
   /** One line in the (rate-limited) error log: what failed, where, for which request. */
@@ -818,11 +820,14 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
     const env = this.env;
     env.timers.remove(this);
     env.metrics[G_IN_FLIGHT]!--;
-    if (this.pool !== null) this.pool.active--;
+    const pool = this.pool;
+    if (pool !== null) pool.active--;
     this.bodyQueue = null;
     if (env.logs.access !== null) this.writeAccess();
     if (!env.metricsOn) return;
-    recordRequest(env.metrics, env.latency, this.route.slot, this.methodIdx, this.status, performance.now() - this.t0);
+    recordRequest(
+      env.metrics, env.latency, this.route.slot, this.methodIdx, this.status, performance.now() - this.t0, pool === null ? -1 : pool.metricsBase,
+    );
     recordSizes(env.metrics, this.route.slot, this.reqBytes, this.resBytes);
   }
 }

@@ -25,6 +25,17 @@ export class UwsUnavailableError extends Error {
 
 let cached: UWS | null = null;
 
+/** The version of the uWS package `loadUws` loads (package.json), or `unknown`; loads no native code. */
+export function uwsPackageVersion(): string {
+  const name = process.env.TURNPIKE_UWS_MODULE || DEFAULT_MODULE;
+  try {
+    const v = (require(`${name}/package.json`) as { version?: unknown }).version;
+    return typeof v === 'string' ? v : 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
 export function loadUws(): UWS {
   if (cached !== null) return cached;
   const name = process.env.TURNPIKE_UWS_MODULE || DEFAULT_MODULE;

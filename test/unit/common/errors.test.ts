@@ -13,7 +13,7 @@ const readme = readFileSync(new URL('../../../README.md', import.meta.url), 'utf
 const defs = Object.entries(Errors);
 
 describe('error catalogue', () => {
-  it('has unique codes, each counted by turnpike_errors_total', () => {
+  it('has unique codes, each counted by turnpike_gateway_errors_total', () => {
     const codes = defs.map(([, e]) => e.code);
     expect(new Set(codes).size).toBe(codes.length);
     for (const c of codes) expect(ERROR_CODES, c).toContain(c);
