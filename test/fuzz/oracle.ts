@@ -78,6 +78,22 @@ function framingNonAscii(req: RefRequest): boolean {
   return req.headers.some(([n, val]) => (n === 'host' || n === 'content-length' || n === 'transfer-encoding') && /[\x80-\xff]/.test(val));
 }
 
+/**
+ * The defect to name a smuggling violation after: one a known desync comes
+ * from (F1 empty-name line, F19 chunk terminator) if any request has it, else the first.
+ */
+function smugglingDefect(ref: RefParse): string {
+  for (const d of DESYNC_DEFECTS) if (ref.requests.some((r) => r.reasons.includes(d))) return d;
+  return ref.requests.map(firstDefect).find((d) => d !== 'valid') ?? 'valid';
+}
+
+const DESYNC_DEFECTS = ['empty-name', 'chunk-bare-lf', 'chunk-data-no-crlf'];
+
+/** The same for one request. */
+function desyncDefect(req: RefRequest): string {
+  return DESYNC_DEFECTS.find((d) => req.reasons.includes(d)) ?? firstDefect(req);
+}
+
 /** The first defect of a request that is not a harmless deviation (for naming violations), or `valid`. */
 function firstDefect(req: RefRequest): string {
   return req.reasons.find((r) => !FIDELITY_OK.has(r) && r !== 'incomplete') ?? 'valid';
@@ -136,7 +152,13 @@ export const KNOWN_FINDINGS: KnownFinding[] = [
   },
   {
     id: 'F2-non-ascii-trimmed-from-field-value-ends',
-    match: /^fidelity:header-(?:value-altered|count-changed):non-ascii$|^rfc:forwarded-request-that-must-be-rejected:(?:bad-host|bad-cl|cl-conflict|te-not-chunked):non-ascii$|^rfc:connection-not-closed-after-request-with-[a-z-]+-non-ascii:/,
+    match: new RegExp([
+      '^fidelity:header-(?:value-altered|count-changed):non-ascii$',
+      '^rfc:forwarded-request-that-must-be-rejected:(?:bad-host|bad-cl|cl-conflict|te-not-chunked):non-ascii$',
+      '^rfc:connection-not-closed-after-request-with-[a-z-]+-non-ascii:',
+      '^b:stall:[a-z-]+:non-ascii$',
+      'connection-non-ascii',
+    ].join('|')),
     summary: 'uWS trims bytes >= 0x80 at the start and end of a field value as if they were whitespace (`X-A: \\xc3\\xa9t\\xc3\\xa9` ' +
       'reaches the upstream as `x-a: t`; `Host: \\xc3\\xa9.test` is accepted and routed as `.test`; `Content-Length: \\xa98` ' +
       'is read as 8, where an RFC reader refuses it: a framing disagreement with any front proxy). obs-text is a legal field ' +
@@ -323,7 +345,9 @@ export function stallSignature(req: RefRequest | undefined): { expected: string 
     req.reasons.find((r) => KNOWN_STALL_REASONS.has(r)) ??
     req.reasons.find((r) => !FIDELITY_OK.has(r) && !DOCUMENTED_CLOSE.has(r)) ??
     req.reasons.find((r) => !FIDELITY_OK.has(r));
-  return { violation: 'b:stall:' + (cause ?? 'valid-request') };
+  // A framing field with bytes >= 0x80: finding F2 (uWS trims them, then reads another length or host).
+  const nonAscii = cause !== undefined && MUST_REJECT.has(cause) && framingNonAscii(req) ? ':non-ascii' : '';
+  return { violation: 'b:stall:' + (cause ?? 'valid-request') + nonAscii };
 }
 
 function gatewayErrorCode(res: ParsedResponse): string {
@@ -367,7 +391,9 @@ function fidelity(req: RefRequest, rec: UpstreamRecord, out: Violation[]): void 
     const uv = up.headers.filter((h) => h[0] === n).map((h) => h[1]);
     if (cv.length !== uv.length || cv.some((v, i) => v !== uv[i])) {
       const altered = cv.length === uv.length ? 'value-altered' : 'count-changed';
-      const nonAscii = cv.some((v) => /[\x80-\xff]/.test(v)) ? ':non-ascii' : '';
+      const nonAscii = cv.some((v) => /[\x80-\xff]/.test(v))
+        ? ':non-ascii'
+        : req.headers.some((h) => h[0] === 'connection' && /[\x80-\xff]/.test(h[1])) ? ':connection-non-ascii' : '';
       out.push({ signature: `fidelity:header-${altered}${nonAscii}`, detail: `${n}: client ${show(cv.join(' | '))}, upstream ${show(uv.join(' | '))}` });
     }
   }
@@ -398,7 +424,7 @@ function framingAgreement(req: RefRequest, rec: UpstreamRecord, out: Violation[]
   const upFramed = rec.parsed.framing !== 'none';
   if (clientLen > 0 && upLen !== clientLen && upLen < 256 * 1024) {
     out.push({
-      signature: 'c:request-body-length-changed' + (upFramed ? '' : ':body-dropped') + ':' + firstDefect(req),
+      signature: 'c:request-body-length-changed' + (upFramed ? '' : ':body-dropped') + ':' + desyncDefect(req),
       detail: `client body ${clientLen} bytes (${req.framing}), upstream ${upFramed ? rec.parsed.framing : 'no body framing'} ${upLen} bytes`,
     });
   }
@@ -487,7 +513,7 @@ export function judgeCase(ref: RefParse, obs: Observation, lookup: (rid: string)
   // delimited; an answer beyond those answers a request the client never
   // sent: the server read the bytes differently (request smuggling).
   if (ref.exact && main.length > ref.requests.length) {
-    const defect = ref.requests.map(firstDefect).find((d) => d !== 'valid') ?? 'valid';
+    const defect = smugglingDefect(ref);
     const nonAscii = ref.requests.some((r) => r.reasons.includes('non-ascii-target')) ? ':non-ascii-target' : '';
     v.push({ signature: `c:response-to-a-request-the-client-did-not-send:${defect}${nonAscii}`, detail: `${ref.requests.length} requests sent, ${main.length} responses` });
   }
@@ -553,6 +579,8 @@ function shape(ref: RefParse): string {
     // Finding F20: uWS closes after a 5-byte value in the first Connection line, as if it were `close`.
     const conn = r.headers.find((h) => h[0] === 'connection')?.[1] ?? '';
     if (conn.length === 5 && conn.toLowerCase() !== 'close') tags.add('connection-value-of-5-bytes');
+    // Finding F2: uWS trims bytes >= 0x80, so `Connection: \xff close` means close to it.
+    if (r.headers.some((h) => h[0] === 'connection' && /[\x80-\xff]/.test(h[1]))) tags.add('connection-non-ascii');
     // Finding F21: a large head answered by the gateway, then the connection drops the next request.
     if (r.headEnd - r.start > 16384) tags.add('large-head');
   }
@@ -578,7 +606,7 @@ export function judgeUpstream(records: UpstreamRecord[], ref: RefParse, sent: nu
   // Requests the gateway answered itself were not forwarded (checked by id in the harness).
   const ids = new Set(records.map((r) => r.rid ?? 'none:' + r.seq));
   if (ids.size > sent - answeredByGateway) {
-    const defect = ref.requests.map(firstDefect).find((d) => d !== 'valid') ?? 'valid';
+    const defect = smugglingDefect(ref);
     v.push({
       signature: `c:upstream-got-more-requests-than-client-sent:${defect}${suffix}`,
       detail: `client sent ${sent} (${answeredByGateway} answered by the gateway), upstream got ${ids.size}: ${records.map((r) => show(r.head.slice(0, r.head.indexOf('\r\n')))).join(', ')}`,
