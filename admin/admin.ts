@@ -15,7 +15,7 @@ import http from 'node:http';
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import type { GatewayConfig } from '../common/config/types.js';
 import type { AdminData, ConfigDocument, FromAdmin, ReloadResult, SlotEntries, ToAdmin } from '../common/protocol.js';
-import { C_DRAINING, C_WORKER_COUNT, C_WORKER_STATE, W_READY } from '../common/protocol.js';
+import { C_DRAINING, C_WORKER_COUNT, workerState } from '../common/protocol.js';
 import { configureLog, logLevel, setLogLevel, setLogThread } from '../common/log.js';
 import { type AdminApi, createAdminApi } from './api/index.js';
 import { LatencyCollector, type AdminContext } from './context.js';
@@ -64,16 +64,15 @@ const ctx: AdminContext = {
   },
 };
 
-const STATE_NAMES = ['starting', 'ready', 'draining', 'dead'];
-
+/** 200 only when not draining and every worker is ready (a stalled worker, its event loop blocked, counts against). */
 export function health(): { ok: boolean; body: unknown } {
   const n = Atomics.load(control, C_WORKER_COUNT);
   const workers = [];
   let ready = 0;
   for (let i = 0; i < n; i++) {
-    const st = Atomics.load(control, C_WORKER_STATE + i);
-    if (st === W_READY) ready++;
-    workers.push({ index: i, state: STATE_NAMES[st] ?? 'unknown' });
+    const state = workerState(control, i);
+    if (state === 'ready') ready++;
+    workers.push({ index: i, state });
   }
   const draining = Atomics.load(control, C_DRAINING) === 1;
   const ok = !draining && ready === n;

@@ -115,10 +115,37 @@ export const C_WORKER_COUNT = 2;
 export const C_RESTARTS = 3;
 export const C_RELOADS_OK = 4;
 export const C_RELOADS_FAILED = 5;
+/** Wall-clock second the engine started (heartbeats count from it). */
+export const C_EPOCH = 6;
 /** Per worker index: one of the W_* states. */
 export const C_WORKER_STATE = 8;
 export const MAX_WORKERS = 256;
-export const CONTROL_BYTES = (C_WORKER_STATE + MAX_WORKERS) * 4;
+/**
+ * Per worker index: its last heartbeat, in deciseconds since C_EPOCH. A
+ * worker beats every HEARTBEAT_MS from its event loop: a loop blocked (a bug,
+ * a runaway computation) stops the beat, and /health says so.
+ */
+export const C_WORKER_BEAT = C_WORKER_STATE + MAX_WORKERS;
+export const CONTROL_BYTES = (C_WORKER_BEAT + MAX_WORKERS) * 4;
+export const HEARTBEAT_MS = 500;
+/** A ready worker whose last beat is older than this is reported `stalled`. */
+export const STALLED_AFTER_MS = 3000;
+
+/**
+ * A worker's state as reported: starting, ready, draining, dead, or
+ * `stalled` for a ready worker whose heartbeat is older than STALLED_AFTER_MS
+ * (its event loop is blocked).
+ */
+export function workerState(control: Int32Array, index: number): string {
+  const st = Atomics.load(control, C_WORKER_STATE + index);
+  if (st === W_READY && (beatNow(control) - Atomics.load(control, C_WORKER_BEAT + index)) * 100 > STALLED_AFTER_MS) return 'stalled';
+  return ['starting', 'ready', 'draining', 'dead'][st] ?? 'unknown';
+}
+
+/** Deciseconds since the engine's start: what a heartbeat cell holds. */
+export function beatNow(control: Int32Array): number {
+  return Math.floor(Date.now() / 100) - Atomics.load(control, C_EPOCH) * 10;
+}
 
 export const W_STARTING = 0;
 export const W_READY = 1;

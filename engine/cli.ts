@@ -20,8 +20,10 @@
  * Exit codes: 0 done, 1 refused or failed (invalid config, gateway refused or
  * unreachable, file exists), 2 usage error (unknown command or option).
  */
+// First: signals during start-up are remembered, not fatal (early-signals.ts).
+import { takeEarlySignals } from './early-signals.js';
 import { readFileSync, watch, writeFileSync } from 'node:fs';
-import { basename, dirname, extname, resolve as resolvePath } from 'node:path';
+import { dirname, extname, resolve as resolvePath } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LEGACY_TOKEN_FILE, clientToken, generatedTokenFile, loadTokens } from '../admin/api/auth.js';
 import { formatChanges } from '../common/config/diff.js';
@@ -130,7 +132,36 @@ async function start(args: Args): Promise<void> {
   });
   // Valid, but probably not what was meant: said once, at start (validate prints the same).
   for (const w of result.warnings) log('warn', `config warning: ${w.path === '' ? '' : `${w.path}: `}${w.message}`);
-  let gw;
+  // Signal handlers go in before the threads start: Node's default for
+  // SIGHUP/SIGTERM would end the process, and a `systemctl reload` or a
+  // logrotate right after a start must not. What arrives while starting is
+  // done once the gateway runs.
+  let gw: Awaited<ReturnType<Supervisor['start']>> | null = null;
+  let stopping = false;
+  let pendingReload = false;
+  let pendingReopen = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log('info', 'signal received, draining', { signal });
+    if (gw !== null) gw.stop().then((code) => process.exit(code), () => process.exit(1));
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  // SIGHUP: reload the config file; a bad file is refused and logged, the old config keeps serving.
+  process.on('SIGHUP', () => {
+    if (gw === null) pendingReload = true;
+    else void sup.reload({ actor: 'SIGHUP' });
+  });
+  // SIGUSR1: reopen access log files (logrotate's postrotate: `kill -USR1 <pid>`).
+  process.on('SIGUSR1', () => {
+    if (gw === null) pendingReopen = true;
+    else sup.reopenLogs();
+  });
+  const early = takeEarlySignals();
+  if (early.stop !== null) stop(early.stop);
+  if (early.reload) pendingReload = true;
+  if (early.reopen) pendingReopen = true;
   try {
     gw = await sup.start();
   } catch (err) {
@@ -138,27 +169,21 @@ async function start(args: Args): Promise<void> {
     await sup.shutdown();
     process.exit(1);
   }
-  let stopping = false;
-  const stop = (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    log('info', 'signal received, draining', { signal });
+  if (stopping) {
     gw.stop().then((code) => process.exit(code), () => process.exit(1));
-  };
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGINT', () => stop('SIGINT'));
-  // SIGHUP: reload the config file; a bad file is refused and logged, the old config keeps serving.
-  process.on('SIGHUP', () => { void sup.reload({ actor: 'SIGHUP' }); });
-  // SIGUSR1: reopen access log files (logrotate's postrotate: `kill -USR1 <pid>`).
-  process.on('SIGUSR1', () => sup.reopenLogs());
+    return;
+  }
+  if (pendingReload) void sup.reload({ actor: 'SIGHUP' });
+  if (pendingReopen) sup.reopenLogs();
   if (args.watch && args.file !== null) {
     // Editors replace files (rename) as often as they write them: watch the
     // directory entry, and reload once the file has settled.
     const file = resolvePath(args.file);
     const settler = new FileSettler(file, WATCH_SETTLE_MS, () => sup.reload({ actor: 'file-watch' }));
-    watch(dirname(file), { persistent: false }, (_event, name) => {
-      if (name === basename(file)) settler.changed();
-    });
+    // Any event in the directory: a Kubernetes ConfigMap volume swaps a
+    // `..data` symlink, never touching the file's own name; the settler
+    // reloads only when the file's bytes (through any symlinks) changed.
+    watch(dirname(file), { persistent: false }, () => settler.changed());
   }
   if (process.env.TURNPIKE_TEST_HOOKS === '1') {
     // Test hook: `kill -USR2` makes worker 0 crash (see test/integration).
@@ -178,14 +203,19 @@ async function start(args: Args): Promise<void> {
 
 /**
  * Calls `apply` after a burst of changes to `file` once the file's bytes
- * read the same twice, `settleMs` apart, with no change event in between.
- * One settle loop at a time; a change during `apply` starts another.
+ * read the same twice, `settleMs` apart, with no change event in between,
+ * and differ from the bytes last applied (events about other entries of the
+ * directory then cost one read). One settle loop at a time; a change during
+ * `apply` starts another.
  */
 class FileSettler {
   private running = false;
   private dirty = false;
+  private applied: Buffer | null;
 
-  constructor(private readonly file: string, private readonly settleMs: number, private readonly apply: () => Promise<unknown>) {}
+  constructor(private readonly file: string, private readonly settleMs: number, private readonly apply: () => Promise<unknown>) {
+    this.applied = this.read();
+  }
 
   changed(): void {
     this.dirty = true;
@@ -212,6 +242,8 @@ class FileSettler {
         previous = current;
       }
       this.dirty = false;
+      if (this.applied !== null && previous !== null && previous.equals(this.applied)) return;
+      this.applied = previous;
       await this.apply();
     } finally {
       this.running = false;

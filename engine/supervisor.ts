@@ -10,10 +10,12 @@
  * sockets and never exits before its workers: either aborts the process.
  */
 import {
-  type Stats, chmodSync, closeSync, copyFileSync, fchmodSync, fchownSync, fsyncSync, openSync, renameSync, statSync, writeSync,
+  type Stats, chmodSync, closeSync, copyFileSync, fchmodSync, fchownSync, fsyncSync, openSync, readFileSync, renameSync, statSync,
+  unlinkSync, writeFileSync, writeSync,
 } from 'node:fs';
+import { tmpdir } from 'node:os';
 import net from 'node:net';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
 import { stringify as toYaml } from 'yaml';
 import { RESTART_ONLY, diffConfigs, formatChanges } from '../common/config/diff.js';
@@ -25,7 +27,7 @@ import type {
   AdminData, ConfigDocument, FromAdmin, FromWorker, ReloadResult, SlotEntries, ToAdmin, ToWorker, WorkerData,
 } from '../common/protocol.js';
 import {
-  C_CONFIG_VERSION, C_DRAINING, C_RELOADS_FAILED, C_RELOADS_OK, C_RESTARTS, C_WORKER_COUNT, C_WORKER_STATE, CONTROL_BYTES,
+  C_CONFIG_VERSION, C_DRAINING, C_EPOCH, C_RELOADS_FAILED, C_RELOADS_OK, C_RESTARTS, C_WORKER_COUNT, C_WORKER_STATE, CONTROL_BYTES,
   MAX_WORKERS, W_DEAD, W_STARTING,
 } from '../common/protocol.js';
 import type { TargetSlotEntries } from '../common/protocol.js';
@@ -35,7 +37,9 @@ import { targetKey } from '../workers/proxy/balancer.js';
 const WORKER_ENTRY = new URL('../workers/worker.js', import.meta.url);
 const ADMIN_ENTRY = new URL('../admin/admin.js', import.meta.url);
 
-/** A worker must acknowledge a new config within this, or the reload reports it. */
+/** The start of a sendConfig failure that means "no answer" (not a refusal). */
+const NOT_CONFIRMED = 'did not confirm the config';
+/** A worker must acknowledge a new config within this, or the reload fails and is rolled back. */
 const APPLY_TIMEOUT_MS = 5000;
 /** Restart backoff: 100 ms doubling to 10 s; reset after a worker lived 30 s. */
 const BACKOFF_MIN_MS = 100;
@@ -80,7 +84,11 @@ export interface StartedGateway {
 export class Supervisor {
   config: GatewayConfig;
   private readonly control = new SharedArrayBuffer(CONTROL_BYTES);
-  private readonly controlView = new Int32Array(this.control);
+  private readonly controlView = (() => {
+    const v = new Int32Array(this.control);
+    Atomics.store(v, C_EPOCH, Math.floor(Date.now() / 1000));
+    return v;
+  })();
   private readonly slots: Slot[] = [];
   private readonly routeSlots = new Map<string, number>();
   private nextRouteSlot = FIRST_ROUTE_SLOT;
@@ -97,6 +105,8 @@ export class Supervisor {
   private readonly opts: SupervisorOptions;
   /** The running config's document, before overrides. */
   private configDoc: unknown;
+  /** The lock file held for server.port (lockPort), removed on stop. */
+  private portLock: string | null = null;
   /** Reloads run one at a time, in the order asked. */
   private reloadChain: Promise<unknown> = Promise.resolve();
 
@@ -132,8 +142,13 @@ export class Supervisor {
     // Workers listen with SO_REUSEPORT, which would let this gateway silently
     // share a port with another process already serving it. A plain bind
     // (no SO_REUSEPORT) fails if anyone holds the port: check first.
-    if (this.config.server.port !== 0) await assertPortFree(this.config.server.host, this.config.server.port);
-    else {
+    if (this.config.server.port !== 0) {
+      // The check and the workers' listen are two steps: two gateways
+      // started at the same moment could both pass the check and then share
+      // the port. A lock file per port closes that gap between gateways.
+      this.portLock = lockPort(this.config.server.port);
+      await assertPortFree(this.config.server.host, this.config.server.port);
+    } else {
       // uSockets binds port 0 without SO_REUSEPORT, so the other workers could
       // not join it: pick a free port here and give every worker that one.
       const port = await findFreePort(this.config.server.host);
@@ -277,8 +292,11 @@ export class Supervisor {
     return new Promise<string | null>((resolve) => {
       const timer = setTimeout(() => {
         slot.acks.delete(version);
-        log('warn', 'worker did not confirm the new config in time', { worker: slot.index, version });
-        resolve(null);
+        // A worker that does not answer in time (its event loop is blocked)
+        // has not applied the config yet, and may any moment: the reload is a
+        // failure, and the rollback is queued for it too (see reloadNow).
+        log('error', 'worker did not confirm the new config in time', { worker: slot.index, version, timeoutMs: APPLY_TIMEOUT_MS });
+        resolve(`${NOT_CONFIRMED} within ${APPLY_TIMEOUT_MS} ms (its event loop may be blocked: see /health)`);
       }, APPLY_TIMEOUT_MS);
       slot.acks.set(version, (failure) => { clearTimeout(timer); resolve(failure); });
       w.postMessage({ type: 'config', config: this.config, slots: [...this.routeSlots], targetSlots: this.targetSlotEntries() } satisfies ToWorker);
@@ -350,7 +368,9 @@ export class Supervisor {
       // Roll back: every worker that took the new config goes back to the old one.
       this.config = old;
       configureLog(old.log);
-      await Promise.all(targets.filter((_sl, i) => failures[i] === null).map((sl) => this.sendConfig(sl)));
+      // Those that applied it, and those that did not answer (they will apply
+      // it when they do, then this): every worker ends on the old config.
+      await Promise.all(targets.filter((_sl, i) => failures[i] === null || failures[i]!.startsWith(NOT_CONFIRMED)).map((sl) => this.sendConfig(sl)));
       const errors = writeProblem !== null
         ? [{ path: '', message: writeProblem }]
         : refusedBy.map((r) => ({ path: '', message: `worker ${r.worker} could not apply the config (${r.message}); every worker was rolled back to version ${old.version}` }));
@@ -423,8 +443,44 @@ export class Supervisor {
       });
     }
     if (leftover > 0) log('warn', 'drain timeout: requests were cut off', { requests: leftover });
+    if (this.portLock !== null) {
+      try { unlinkSync(this.portLock); } catch { /* gone already */ }
+    }
     log('info', 'stopped');
     return 0;
+  }
+}
+
+/**
+ * Takes `<tmpdir>/turnpike-port-<port>.lock` (created exclusively, holding
+ * this pid): two gateways starting at once cannot both pass the free-port
+ * check. A lock left by a process that is gone is taken over. Returns the
+ * file's path; throws when a live gateway holds the port.
+ */
+function lockPort(port: number): string {
+  const file = join(tmpdir(), `turnpike-port-${port}.lock`);
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      writeFileSync(file, String(process.pid), { flag: 'wx', mode: 0o644 });
+      return file;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') return file; // no lock possible here: the port check still runs
+      const holder = Number(readFileSync(file, 'utf8'));
+      if (Number.isInteger(holder) && holder > 0 && holder !== process.pid && isAlive(holder)) {
+        throw new Error(`port ${port} is being taken by another turnpike (pid ${holder}, lock ${file}); stop it or change server.port`);
+      }
+      try { unlinkSync(file); } catch { /* raced with another: retry once */ }
+    }
+  }
+  throw new Error(`port ${port}: could not take the lock ${file}; another turnpike is starting on it`);
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 
@@ -432,7 +488,23 @@ function assertPortFree(host: string, port: number): Promise<void> {
   return new Promise((resolve, reject) => {
     const probe = net.createServer();
     probe.once('error', (err: NodeJS.ErrnoException) => {
-      reject(new Error(`${host}:${port} is not available (${err.code}): another process listens there; stop it or change server.port`));
+      switch (err.code) {
+        case 'EADDRINUSE':
+          reject(new Error(`${host}:${port} is not available (EADDRINUSE): another process listens there; stop it or change server.port`));
+          return;
+        case 'EADDRNOTAVAIL':
+          reject(new Error(`cannot listen on ${host} (EADDRNOTAVAIL): no network interface of this machine has that address; use one it has, or 0.0.0.0 for all`));
+          return;
+        case 'ENOTFOUND':
+        case 'EAI_AGAIN':
+          reject(new Error(`cannot listen on ${host} (${err.code}): the host name does not resolve; use an IP address such as 0.0.0.0 or 127.0.0.1`));
+          return;
+        case 'EACCES':
+          reject(new Error(`cannot listen on port ${port} (EACCES): ports below 1024 need privileges; use a port >= 1024 or grant CAP_NET_BIND_SERVICE`));
+          return;
+        default:
+          reject(new Error(`cannot listen on ${host}:${port} (${err.code}): ${err.message}; check server.host and server.port`));
+      }
     });
     probe.listen({ host, port, exclusive: true }, () => probe.close(() => resolve()));
   });

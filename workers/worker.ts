@@ -6,7 +6,7 @@
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import type { FromWorker, TargetSlotEntries, ToWorker, WorkerData } from '../common/protocol.js';
 import { resetGauges } from '../common/metrics-layout.js';
-import { C_WORKER_STATE, W_DEAD, W_DRAINING, W_READY } from '../common/protocol.js';
+import { C_WORKER_BEAT, C_WORKER_STATE, HEARTBEAT_MS, W_DEAD, W_DRAINING, W_READY, beatNow } from '../common/protocol.js';
 import { log, setLogLevel, setLogThread } from '../common/log.js';
 import { Dataplane } from './dataplane.js';
 import { targetKey } from './proxy/balancer.js';
@@ -88,6 +88,9 @@ async function main(): Promise<void> {
   active = backend;
   const bound = await backend.listen();
   Atomics.store(control, C_WORKER_STATE + data.index, W_READY);
+  // Heartbeat from this thread's event loop (protocol.ts): /health reports a worker whose loop stopped.
+  Atomics.store(control, C_WORKER_BEAT + data.index, beatNow(control));
+  setInterval(() => Atomics.store(control, C_WORKER_BEAT + data.index, beatNow(control)), HEARTBEAT_MS).unref();
   send({ type: 'ready', port: bound, backend: backendName });
 
   port.on('message', (msg: ToWorker) => {

@@ -10,7 +10,7 @@ import type { ConfigChanges, ReloadResult } from '../../common/protocol.js';
 import { isLevel } from '../../common/log.js';
 import { stringify as toYaml } from 'yaml';
 import {
-  C_DRAINING, C_RELOADS_FAILED, C_RELOADS_OK, C_RESTARTS, C_WORKER_COUNT, C_WORKER_STATE,
+  C_DRAINING, C_RELOADS_FAILED, C_RELOADS_OK, C_RESTARTS, C_WORKER_COUNT, workerState,
 } from '../../common/protocol.js';
 import type { AdminContext, Percentiles } from '../context.js';
 import type { AuditLog, AuditResult } from './audit.js';
@@ -76,7 +76,6 @@ const R401 = { 401: err('Missing or invalid token (answered with WWW-Authenticat
 const R403 = { 403: err('The token has the viewer role; this endpoint needs admin.') };
 const R400 = { 400: err('Invalid query parameter (invalid_query, with "parameter").') };
 
-const WORKER_STATES = ['starting', 'ready', 'draining', 'dead'];
 
 function summaryLines(c: ConfigChanges): string[] {
   return isEmptyDiff(c) ? [] : formatChanges(c).split('\n');
@@ -138,7 +137,7 @@ export const ENDPOINTS: readonly Endpoint[] = [
       const c = api.control;
       const n = Atomics.load(c, C_WORKER_COUNT);
       const workers = [];
-      for (let i = 0; i < n; i++) workers.push({ index: i, state: WORKER_STATES[Atomics.load(c, C_WORKER_STATE + i)] ?? 'unknown' });
+      for (let i = 0; i < n; i++) workers.push({ index: i, state: workerState(c, i) });
       const config = api.config();
       return {
         status: 200,

@@ -112,7 +112,7 @@ export const reloadResult = named('ReloadResult', object({
 
 // -- resources ----------------------------------------------------------------
 
-const WORKER_STATES = ['starting', 'ready', 'draining', 'dead', 'unknown'];
+const WORKER_STATES = ['starting', 'ready', 'stalled', 'draining', 'dead', 'unknown'];
 
 export const status = named('Status', object({
   version: str('Turnpike version.'),
@@ -125,7 +125,7 @@ export const status = named('Status', object({
   }),
   workers: {
     type: 'array', description: 'Data-plane worker threads.',
-    items: object({ index: int('Worker index.'), state: { type: 'string', enum: WORKER_STATES, description: 'Worker state.' } }),
+    items: object({ index: int('Worker index.'), state: { type: 'string', enum: WORKER_STATES, description: 'Worker state; stalled: ready but its event loop has not beaten for 3 s (blocked).' } }),
   },
   restarts: int('Workers restarted after a crash since start.'),
   reloads: object({ success: int('Reloads applied.'), failure: int('Reloads refused.') }),

@@ -64,8 +64,37 @@ function parseJson(text: string, fileName: string): unknown {
 export function parseConfigText(text: string, fileName: string): unknown {
   const body = text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
   const ext = extname(fileName).toLowerCase();
-  if (ext === '.yaml' || ext === '.yml' || ext === '') return parseYaml(body, fileName);
-  if (ext === '.json') return parseJson(body, fileName);
-  throw new ConfigParseError(fileName, 0, 0,
-    `unsupported file extension ${JSON.stringify(ext)}; name the config file *.yaml, *.yml or *.json`);
+  let doc: unknown;
+  if (ext === '.yaml' || ext === '.yml' || ext === '') doc = parseYaml(body, fileName);
+  else if (ext === '.json') doc = parseJson(body, fileName);
+  else {
+    throw new ConfigParseError(fileName, 0, 0,
+      `unsupported file extension ${JSON.stringify(ext)}; name the config file *.yaml, *.yml or *.json`);
+  }
+  const depth = nestingDepth(doc);
+  if (depth > MAX_DEPTH) {
+    throw new ConfigParseError(fileName, 0, 0, `nested deeper than ${MAX_DEPTH} levels (a config is a few levels deep); fix the file and try again`);
+  }
+  return doc;
+}
+
+/**
+ * Deepest nesting a document may have. A real config is under 10 levels
+ * deep; a hostile one nested 200,000 levels deep would overflow the stack
+ * of whatever walks it next (the validator, postMessage's structured clone).
+ */
+export const MAX_DEPTH = 64;
+
+/** Nesting depth of plain data, walked without recursion (it stops counting past MAX_DEPTH). */
+function nestingDepth(v: unknown): number {
+  let max = 0;
+  const stack: [unknown, number][] = [[v, 1]];
+  while (stack.length > 0) {
+    const [x, d] = stack.pop()!;
+    if (x === null || typeof x !== 'object') continue;
+    if (d > max) max = d;
+    if (max > MAX_DEPTH) return max;
+    for (const child of Array.isArray(x) ? x : Object.values(x as object)) stack.push([child, d + 1]);
+  }
+  return max;
 }

@@ -196,7 +196,8 @@ export const configSchema = {
       default: {},
       properties: {
         host: {
-          type: 'string', minLength: 1,
+          type: 'string', minLength: 1, maxLength: 253, pattern: '^[A-Za-z0-9.:_\\[\\]%-]+$',
+          errorMessage: 'must be an IP address or a host name, without spaces (e.g. 0.0.0.0, ::, 127.0.0.1)',
           description: `Address to listen on. Default "${DEFAULTS.server.host}" (all IPv4 interfaces).`,
           default: DEFAULTS.server.host,
         },
@@ -326,7 +327,8 @@ export const configSchema = {
       properties: {
         enabled: bool('Start the admin listener.', DEFAULTS.admin.enabled),
         host: {
-          type: 'string', minLength: 1,
+          type: 'string', minLength: 1, maxLength: 253, pattern: '^[A-Za-z0-9.:_\\[\\]%-]+$',
+          errorMessage: 'must be an IP address or a host name, without spaces (e.g. 127.0.0.1)',
           description: `Address to listen on. Default "${DEFAULTS.admin.host}" (loopback only; expose it with care).`,
           default: DEFAULTS.admin.host,
         },

@@ -373,6 +373,25 @@ const RESERVED_REQUEST_ID_NAMES = new Set([
   'authorization', 'proxy-authorization', 'cookie', 'set-cookie', 'content-type', 'content-encoding', 'location',
 ]);
 
+/** Characters a rewritten path may hold as they are: RFC 3986 pchar (unreserved, sub-delims, ":", "@") and "/". */
+const PATH_CHARS = /^[A-Za-z0-9\-._~!$&'()*+,;=:@/]$/;
+
+/** Null when `v` holds only path characters and valid %HH escapes; else what is wrong, for a rewrite value. */
+function rewriteCharProblem(v: string): string | null {
+  for (let k = 0; k < v.length; k++) {
+    const c = v[k]!;
+    if (c === '%') {
+      if (!/^%[0-9A-Fa-f]{2}$/.test(v.slice(k, k + 3))) return `has an invalid percent-escape at ${JSON.stringify(v.slice(k, k + 3))} (write %HH with two hex digits)`;
+      k += 2;
+      continue;
+    }
+    if (PATH_CHARS.test(c)) continue;
+    const shown = c.charCodeAt(0) < 0x20 || c.charCodeAt(0) === 0x7f ? `control character U+${c.charCodeAt(0).toString(16).padStart(4, '0').toUpperCase()}` : JSON.stringify(c);
+    return `may hold only path characters (letters, digits, -._~!$&'()*+,;=:@/ and %HH escapes); found ${shown} (percent-encode it, e.g. %20 for a space; a rewrite cannot add a query or a fragment)`;
+  }
+  return null;
+}
+
 /** Params of a route path pattern in order (`*` for the trailing wildcard). */
 export function pathParams(path: string): string[] {
   const names: string[] = [];
@@ -605,6 +624,24 @@ function checkRoutes(doc: Record<string, unknown>, checkPattern: PatternChecker 
     if (Array.isArray(r['methods'])) checkMethods(r['methods'], i, backend, out);
     if (pathOk) checkPathSyntax(path, ['routes', i, 'path'], out);
     const rw = r['rewrite'];
+    if (isPlainObject(rw)) {
+      // What a rewrite produces goes on the upstream's request line: only
+      // path characters (RFC 3986 pchar and "/", valid %HH escapes); never a
+      // space, CR/LF (a header or request injected upstream), "?" or "#".
+      const checkChars = (v: unknown, at: PathSegment[], placeholders: boolean): void => {
+        if (typeof v !== 'string') return;
+        // Template placeholders, and braces left unbalanced (reported below), are not path characters to check.
+        const problem = rewriteCharProblem(placeholders ? v.replace(/\{[^{}]*\}/g, '').replace(/[{}]/g, '') : v);
+        if (problem !== null) out.push({ path: formatPath(at), message: problem });
+      };
+      checkChars(rw['stripPrefix'], ['routes', i, 'rewrite', 'stripPrefix'], false);
+      checkChars(rw['template'], ['routes', i, 'rewrite', 'template'], true);
+      const rpc = rw['replacePrefix'];
+      if (isPlainObject(rpc)) {
+        checkChars(rpc['from'], ['routes', i, 'rewrite', 'replacePrefix', 'from'], false);
+        checkChars(rpc['to'], ['routes', i, 'rewrite', 'replacePrefix', 'to'], false);
+      }
+    }
     if (!pathOk || !isPlainObject(rw)) return;
     const params = pathParams(path);
     const template = rw['template'];

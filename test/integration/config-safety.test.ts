@@ -198,3 +198,155 @@ describe('--watch applies a file only once it has settled (case 9)', () => {
     }
   });
 });
+
+describe('a worker whose event loop is blocked', () => {
+  it('is reported stalled by /health, and a reload it cannot confirm fails and is rolled back everywhere', async () => {
+    const good = baseConfig({
+      server: { workers: 1 },
+      admin: { enabled: true, port: 0 },
+      upstreams: { up: { targets: [up.url] } },
+      routes: [{ id: 'a', path: '/a/*', upstream: 'up' }],
+    });
+    const gw = await startGateway(good, { env: { TURNPIKE_ADMIN_TOKEN: TOKEN, TURNPIKE_TEST_HOOKS: '1' } });
+    try {
+      expect((await admin(gw, 'GET', '/admin/status')).body.workers).toEqual([{ index: 0, state: 'ready' }]);
+      // Block the only worker for 12 s: stalled after 3 s, a reload sent then is not confirmed within 5 s.
+      const blocked = request(gw.url + '/a/x', { headers: { 'x-turnpike-test-block': '12000' } }).then((r) => r.body.dump(), () => {});
+      await new Promise((r) => setTimeout(r, 300));
+      await expect.poll(async () => {
+        const r = await request(`http://127.0.0.1:${gw.adminPort}/health`);
+        return { status: r.statusCode, body: await r.body.json() };
+      }, { timeout: 6000, interval: 200 }).toEqual({ status: 503, body: { status: 'degraded', workers: [{ index: 0, state: 'stalled' }] } });
+      const before = readFileSync(gw.configFile, 'utf8');
+      const r = await admin(gw, 'PUT', '/admin/config', { ...good, routes: [...good.routes, { id: 'b', path: '/b/*', upstream: 'up' }] });
+      expect(r.status).toBe(422);
+      expect(JSON.stringify(r.body)).toContain('did not confirm the config');
+      expect(readFileSync(gw.configFile, 'utf8')).toBe(before);
+      await blocked;
+      // Unblocked: it applied the new config and then the rollback; the old route set serves.
+      await expect.poll(async () => status(gw, '/b/x'), { timeout: 12_000, interval: 200 }).toBe(404);
+      expect(await status(gw, '/a/x')).toBe(200);
+      await expect.poll(async () => (await request(`http://127.0.0.1:${gw.adminPort}/health`)).statusCode, { timeout: 3000 }).toBe(200);
+    } finally {
+      await gw.stop();
+    }
+  }, 40_000);
+});
+
+describe('signals while the gateway starts', () => {
+  // Through bin/turnpike.mjs, as `npx turnpike` runs it. Before Node runs any
+  // code nothing can catch a signal: the tests wait for the bin's first line
+  // (a test-hook marker), then signal while the CLI is still loading.
+  const BIN = join(ROOT, 'bin/turnpike.mjs');
+  const launch = (file: string) => {
+    const p = spawn(process.execPath, [BIN, 'start', '--config', file], { cwd: ROOT, env: { ...process.env, TURNPIKE_LOG_FORMAT: 'json', TURNPIKE_TEST_HOOKS: '1' } });
+    p.stdout.resume();
+    let err = '';
+    const early = new Promise<void>((resolve) => p.stderr.on('data', (d) => {
+      err += d;
+      if (err.includes('early signal handlers installed')) resolve();
+    }));
+    return { p, early, err: () => err };
+  };
+
+  it.each([0, 100])('SIGHUP %i ms after the first line ran is a reload once started, never the end of the process', async (delay) => {
+    const file = tmpFile('early.json', baseConfig({ upstreams: { up: { targets: [up.url] } }, routes: [{ id: 'a', path: '/a/*', upstream: 'up' }] }));
+    const { p, early, err } = launch(file);
+    try {
+      await early;
+      await new Promise((r) => setTimeout(r, delay));
+      expect(err()).not.toContain('"msg":"turnpike started"'); // still starting
+      p.kill('SIGHUP');
+      await expect.poll(() => err().includes('"msg":"config reloaded"') || p.exitCode !== null || p.signalCode !== null, { timeout: 10_000 }).toBe(true);
+      expect(p.signalCode).toBeNull();
+      expect(p.exitCode).toBeNull();
+      expect(err()).toContain('"actor":"SIGHUP"');
+    } finally {
+      p.kill('SIGTERM');
+      await new Promise((r) => (p.exitCode !== null || p.signalCode !== null ? r(null) : p.once('exit', r)));
+    }
+  });
+
+  it('SIGTERM while starting stops the gateway cleanly once it has started', async () => {
+    const file = tmpFile('early-term.json', baseConfig({ upstreams: { up: { targets: [up.url] } }, routes: [{ id: 'a', path: '/a/*', upstream: 'up' }] }));
+    const { p, early, err } = launch(file);
+    await early;
+    expect(err()).not.toContain('"msg":"turnpike started"');
+    p.kill('SIGTERM');
+    const code = await new Promise((r) => p.once('exit', (c) => r(c)));
+    expect(code).toBe(0);
+  });
+});
+
+describe('--watch and Kubernetes ConfigMap volumes', () => {
+  it('reloads when the ..data symlink is swapped (the file\'s own name never changes)', async () => {
+    const { mkdirSync, symlinkSync, renameSync: mv } = await import('node:fs');
+    const dir = mkdtempSync(join(tmpdir(), 'turnpike-cm-'));
+    const yaml = (routes: string[]) => `server: { host: 127.0.0.1, port: 0, workers: 1 }\nadmin: { enabled: false }\n` +
+      `upstreams:\n  up: { targets: ["${up.url}"] }\nroutes:\n` + routes.map((r) => `  - { id: ${r}, path: "/${r}/*", upstream: up }\n`).join('');
+    mkdirSync(join(dir, '..v1'));
+    writeFileSync(join(dir, '..v1', 'gw.yaml'), yaml(['one']));
+    symlinkSync('..v1', join(dir, '..data'));
+    symlinkSync('..data/gw.yaml', join(dir, 'gw.yaml'));
+    const p = spawn(process.execPath, [CLI, 'start', '--config', join(dir, 'gw.yaml'), '--watch'], { cwd: ROOT, env: { ...process.env, TURNPIKE_LOG_FORMAT: 'json' } });
+    p.stdout.resume();
+    try {
+      const port = await new Promise<number>((resolve, reject) => {
+        let buf = '';
+        p.stderr.on('data', (d) => {
+          buf += d;
+          for (const l of buf.split('\n')) { try { const j = JSON.parse(l); if (j.msg === 'turnpike started') resolve(j.port); } catch { /* partial */ } }
+        });
+        p.on('exit', () => reject(new Error(buf)));
+      });
+      const get = async (path: string) => { const r = await request(`http://127.0.0.1:${port}${path}`); await r.body.dump(); return r.statusCode; };
+      expect(await get('/one/x')).toBe(200);
+      expect(await get('/two/x')).toBe(404);
+      // What the kubelet does: write the new version, then swap ..data atomically.
+      mkdirSync(join(dir, '..v2'));
+      writeFileSync(join(dir, '..v2', 'gw.yaml'), yaml(['one', 'two']));
+      symlinkSync('..v2', join(dir, '..data_tmp'));
+      mv(join(dir, '..data_tmp'), join(dir, '..data'));
+      await expect.poll(() => get('/two/x'), { timeout: 5000, interval: 50 }).toBe(200);
+    } finally {
+      p.kill('SIGTERM');
+      await new Promise((r) => p.once('exit', r));
+    }
+  });
+});
+
+describe('two gateways started at the same moment on one port', () => {
+  it('exactly one of them serves it; the other stops with a clear error', async () => {
+    const net = await import('node:net');
+    const port = await new Promise<number>((resolve) => {
+      const s = net.createServer().listen(0, '127.0.0.1', () => { const p = (s.address() as { port: number }).port; s.close(() => resolve(p)); });
+    });
+    const cfg = tmpFile('race.json', { ...baseConfig({ upstreams: { up: { targets: [up.url] } }, routes: [{ id: 'a', path: '/a/*', upstream: 'up' }] }), server: { host: '127.0.0.1', port, workers: 1 } });
+    const launch = () => {
+      const p = spawn(process.execPath, [CLI, 'start', '--config', cfg], { cwd: ROOT, env: { ...process.env, TURNPIKE_LOG_FORMAT: 'json' } });
+      p.stdout.resume();
+      let err = '';
+      p.stderr.on('data', (d) => { err += d; });
+      const outcome = new Promise<'started' | 'refused'>((resolve) => {
+        p.stderr.on('data', () => { if (err.includes('"msg":"turnpike started"')) resolve('started'); });
+        p.on('exit', () => resolve('refused'));
+      });
+      return { p, outcome, err: () => err };
+    };
+    const a = launch();
+    const b = launch();
+    try {
+      const outcomes = await Promise.all([a.outcome, b.outcome]);
+      expect(outcomes.sort()).toEqual(['refused', 'started']);
+      const loser = a.p.exitCode !== null ? a : b;
+      expect(loser.err()).toMatch(/is being taken by another turnpike|is not available \(EADDRINUSE\)/);
+    } finally {
+      for (const g of [a, b]) {
+        if (g.p.exitCode === null) {
+          g.p.kill('SIGTERM');
+          await new Promise((r) => g.p.once('exit', r));
+        }
+      }
+    }
+  });
+});

@@ -112,6 +112,8 @@ beforeAll(async () => {
     routes: [
       { id: 'up', path: '/up/*', upstream: 'up' },
       { id: 'orig', path: '/orig/*', upstream: 'up', pathForwarding: 'original' },
+      // A catastrophic regex (exponential backtracking on "aaa...!").
+      { id: 'redos', path: '/redos/:id(^(a|a)+$)', upstream: 'up' },
       { id: 'orig-rw', path: '/origrw/*', upstream: 'up', pathForwarding: 'original', rewrite: { replacePrefix: { from: '/origrw', to: '/up' } } },
     ],
   }), { env: { TURNPIKE_TEST_HOOKS: '1' } });
@@ -463,6 +465,19 @@ describe('path forwarding', () => {
     expect(res.status).toBe(200);
     expect(seen[seen.length - 1]!.target).toBe('/up/z/~');
     conn.close();
+  });
+});
+
+describe('a catastrophic route regex cannot freeze a worker', () => {
+  it('a segment built to backtrack exponentially is answered (404), and the worker goes on serving', async () => {
+    // 2^60 steps with plain backtracking: the test would never end. V8's
+    // fallback to its linear engine (workers/router/pattern.ts) ends it.
+    const { res, conn } = await rawExchange(gw.port, GET('/redos/' + 'a'.repeat(60) + '!'));
+    expect(res.status).toBe(404);
+    conn.close();
+    const ok = await rawExchange(gw.port, GET('/redos/aaaa'));
+    expect(ok.res.status).toBe(200);
+    ok.conn.close();
   });
 });
 

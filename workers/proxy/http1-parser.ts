@@ -228,6 +228,12 @@ export class ResponseParser {
     const c12 = head.charCodeAt(12);
     if (lineEnd > 12 && c12 !== 0x20) throw new ParseError('invalid status line');
     const reason = lineEnd > 13 ? head.slice(13, lineEnd) : '';
+    // reason-phrase = *( HTAB / SP / VCHAR / obs-text ) (RFC 9112 4): a bare
+    // LF or CR here would become a line break in the client's response.
+    for (let k = 13; k < lineEnd; k++) {
+      const c = head.charCodeAt(k);
+      if ((c < 0x20 && c !== 0x09) || c === 0x7f) throw new ParseError('invalid reason phrase');
+    }
 
     const headers: string[] = [];
     let contentLength = -1;

@@ -16,8 +16,34 @@
  * Patterns come from the admin API, so nothing parsed here is trusted: the
  * code generator only ever embeds literals through JSON.stringify, and
  * regexes and names travel through closure arrays (see codegen.ts).
+ *
+ * ReDoS: a route regex is matched against a segment the client chose, so a
+ * catastrophic one (`(a|a)+` on `aaaa...!`) would freeze a worker for
+ * seconds per request. On V8 this module turns on the engine's fallback to
+ * its linear-time regexp engine after excessive backtracking
+ * (--enable-experimental-regexp-engine-on-excessive-backtracks: ordinary
+ * matches keep the fast backtracking engine, a runaway one finishes in
+ * linear time), and refuses route regexes the linear engine cannot run
+ * (backreferences, lookarounds), which the fallback could not rescue. The
+ * flags are process-wide and set before any route regex is compiled, in
+ * every thread that imports this module. Bun (JavaScriptCore) has neither:
+ * there the README's ReDoS caveat stands.
  */
+import { setFlagsFromString } from 'node:v8';
 import { isPlainRange, normalizePath } from './normalize.js';
+
+/** True when V8's linear-time regexp engine is on (checked by compiling with its `l` flag). */
+const LINEAR_REGEXPS = (() => {
+  if (typeof (process.versions as Record<string, string | undefined>).bun === 'string') return false;
+  try {
+    setFlagsFromString('--enable-experimental-regexp-engine');
+    setFlagsFromString('--enable-experimental-regexp-engine-on-excessive-backtracks');
+    new RegExp('a', 'l');
+    return true;
+  } catch {
+    return false;
+  }
+})();
 
 export const SEG_STATIC = 0;
 export const SEG_REGEX = 1;
@@ -56,6 +82,16 @@ function isNameChar(c: number): boolean {
 const NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
 /** Upper bound on one pattern, so a hostile admin request cannot build a giant matcher. */
 export const MAX_PATTERN_LENGTH = 2048;
+
+/** The linear-time engine can run it: then a runaway match falls back to it instead of freezing the worker. */
+function linearCapable(src: string): boolean {
+  try {
+    new RegExp('^(?:' + src + ')$', 'l');
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 /** Compile a parameter regex anchored to the whole segment; string = error. */
 export function compileSegmentRegex(src: string): RegExp | string {
@@ -185,6 +221,10 @@ export function parseGeneral(path: string): ParsedPattern | string {
         if (src === '') return `empty regex for ":${name}"`;
         const re = compileSegmentRegex(src);
         if (typeof re === 'string') return `invalid regex for ":${name}": ${re}`;
+        if (LINEAR_REGEXPS && !linearCapable(src)) {
+          return `the regex of ":${name}" uses a backreference or a lookaround, which cannot be matched in linear time: ` +
+            'route regexes must be (a client chooses the text they run on: ReDoS); rewrite it without them';
+        }
         token = { kind: SEG_REGEX, text: src, regex: re };
         j = close + 1;
       }

@@ -233,7 +233,11 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
     this.phase = PHASE_CONNECT;
     this.setDeadline(performance.now() + this.route.upstream.config.timeouts.connectMs);
     if (pool.connectOrQueue(this) === ACQUIRE_FULL) {
-      this.fail(Errors.UPSTREAM_UNAVAILABLE);
+      // Answered after the request handler returns (this may run inside it):
+      // inside it, uWS would go on to serve a request pipelined behind this
+      // one even after a client's close (uws-respond.ts).
+      this.detail = 'connection pool and its queue full';
+      setImmediate(failUnavailable, this);
       return;
     }
     // net.connect defers its work with process.nextTick, which does not run
@@ -830,6 +834,10 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
     );
     recordSizes(env.metrics, this.route.slot, this.reqBytes, this.resBytes);
   }
+}
+
+function failUnavailable(ex: Exchange): void {
+  if (!ex.finished) ex.fail(Errors.UPSTREAM_UNAVAILABLE);
 }
 
 let failEx: Exchange | null = null;

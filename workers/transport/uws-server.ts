@@ -310,7 +310,7 @@ export class UwsServer implements Backend {
     const isHead = method === 'HEAD';
     this.pendingId = requestId;
     this.pendingMethod = mIdx;
-    if (TEST_HOOKS && req.getHeader(TEST_THROW_HEADER) === 'handler') throw new Error('internal error requested by test hook');
+    if (TEST_HOOKS) this.testHooks(req);
 
     // Request framing first: whether a body follows decides whether an
     // early answer closes the connection (see LINGER_MAX_BYTES; with bad
@@ -379,23 +379,30 @@ export class UwsServer implements Backend {
       if (drop.has(k) || k.charCodeAt(0) === 112 && k.startsWith('proxy-') || (listed !== null && listed.has(k))) continue;
       head += k + ': ' + hdrs[i + 1] + '\r\n';
     }
+    // Header and query bytes reach the upstream exactly as the client sent
+    // them, or the request is refused; never altered. The head is written as
+    // latin1 (one char = one byte). uWS hands header values and the query
+    // over decoded as UTF-8, so anything beyond ASCII (rare; one native scan
+    // to find out) takes the slow path, as does DEL, which uWS lets through.
+    // Only the client's part is checked: the lines the gateway owns come
+    // after, so no recovered client value can ever stand in for them.
+    if (Buffer.byteLength(head, 'utf8') !== head.length || head.indexOf('\x7f') !== -1) {
+      const exact = exactBytes(head, req);
+      if (exact === null) return this.reject(res, Errors.BAD_REQUEST, requestId, mIdx, isHead, t0, close, route.slot);
+      head = exact;
+    }
     const fwd = server.forwarded;
+    // The client's X-Forwarded-For / Forwarded are extended, so they must be
+    // plain ASCII (addresses and tokens; RFC 7239): anything else is refused.
+    if ((hXff !== null && !isPlainAscii(hXff)) || (hForwarded !== null && !isPlainAscii(hForwarded))) {
+      return this.reject(res, Errors.BAD_REQUEST, requestId, mIdx, isHead, t0, close, route.slot);
+    }
     if (fwd.xForwardedFor) head += 'x-forwarded-for: ' + (hXff === null ? clientIp : hXff + ', ' + clientIp) + '\r\n';
     if (fwd.xForwardedProtoHost) head += 'x-forwarded-proto: http\r\nx-forwarded-host: ' + hHost + '\r\n';
     if (fwd.forwarded) {
       const forIp = clientIp.includes(':') ? '"[' + clientIp + ']"' : clientIp;
       const el = 'for=' + forIp + ';host="' + hHost.replace(/["\\]/g, '') + '";proto=http';
       head += 'forwarded: ' + (hForwarded === null ? el : hForwarded + ', ' + el) + '\r\n';
-    }
-    // Header and query bytes reach the upstream exactly as the client sent
-    // them, or the request is refused; never altered. The head is written as
-    // latin1 (one char = one byte). uWS hands header values and the query
-    // over decoded as UTF-8, so anything beyond ASCII (rare; one native scan
-    // to find out) takes the slow path, as does DEL, which uWS lets through.
-    if (Buffer.byteLength(head, 'utf8') !== head.length || head.indexOf('\x7f') !== -1) {
-      const exact = exactBytes(head, req);
-      if (exact === null) return this.reject(res, Errors.BAD_REQUEST, requestId, mIdx, isHead, t0, close, route.slot);
-      head = exact;
     }
     head += ridHeaderName + ': ' + requestId + '\r\n' + route.requestPlan.extraLines;
     if (bodyMode === REQ_BODY_LENGTH) head += 'content-length: ' + contentLength + '\r\n\r\n';
@@ -440,6 +447,20 @@ export class UwsServer implements Backend {
   private currentMethod = '';
   private currentUrl = '';
   private currentQuery = '';
+
+  /**
+   * TURNPIKE_TEST_HOOKS=1 only: `x-turnpike-test-throw: handler` throws here;
+   * `x-turnpike-test-block: <ms>` blocks this worker's event loop that long
+   * (a stand-in for a runaway computation: /health must say `stalled`).
+   */
+  private testHooks(req: any): void {
+    if (req.getHeader(TEST_THROW_HEADER) === 'handler') throw new Error('internal error requested by test hook');
+    const block = Number(req.getHeader('x-turnpike-test-block') || 0);
+    if (block > 0) {
+      const until = Date.now() + Math.min(block, 30_000);
+      while (Date.now() < until) { /* blocked on purpose */ }
+    }
+  }
 
   private acceptHost(h: string): boolean {
     if (!isValidHost(h)) return false;
@@ -614,6 +635,11 @@ function exactBytes(head: string, req: any): string | null {
   // Whatever happened above, the head goes out as latin1: one char per byte,
   // and no CR, LF or NUL but the line ends. Refuse anything else.
   return SAFE_HEAD.test(out) ? out : null;
+}
+
+/** Printable ASCII and tab only (one native scan for bytes beyond ASCII, one for DEL). */
+function isPlainAscii(s: string): boolean {
+  return Buffer.byteLength(s, 'utf8') === s.length && s.indexOf('\x7f') === -1;
 }
 
 /** Lines of tab, printable latin1 and obs-text, each ended by CRLF. */

@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { formatErrors, validateConfig } from '../../../common/config/load.js';
+import { formatErrors, loadConfigText, validateConfig } from '../../../common/config/load.js';
 import { didYouMean, editDistance, formatPath } from '../../../common/config/util.js';
 import { errorsOf, lines, minimal } from './helpers.js';
+import { validateRoutePattern } from '../../../workers/router/compile.js';
 
 function withServer(server: unknown): Record<string, unknown> {
   return { ...minimal(), server };
@@ -297,5 +298,50 @@ describe('headers the gateway writes itself cannot be configured (found by test/
     expect(lines(withServer({ port: 9901 }))).toEqual([
       'server.port: 9901 is the admin listener\'s default port (admin.port); choose another server.port, set admin.port, or set admin.enabled: false',
     ]);
+  });
+});
+
+describe('rewrite values hold only path characters (found by a break-it pass: CR/LF reached the request line)', () => {
+  it.each([
+    ['template', { template: '/a\r\nX-Injected: 1\r\nY: /{id}' }, 'template', /control character U\+000D/],
+    ['template space', { template: '/a b/{id}' }, 'template', /found " "/],
+    ['replacePrefix.to NUL', { replacePrefix: { from: '/x', to: '/y\u0000' } }, 'replacePrefix.to', /control character U\+0000/],
+    ['stripPrefix #', { stripPrefix: '/x#' }, 'stripPrefix', /found "#"/],
+    ['template query', { template: '/a?b={id}' }, 'template', /found "\?"/],
+    ['template non-ASCII', { template: '/café/{id}' }, 'template', /found "é"/],
+    ['bad escape', { replacePrefix: { from: '/x', to: '/%zz' } }, 'replacePrefix.to', /invalid percent-escape/],
+  ])('%s is refused', (_name, rewrite, at, why) => {
+    const errs = lines(withRoute({ path: '/x/:id', rewrite }));
+    const line = errs.find((l) => l.startsWith(`routes[0].rewrite.${at}:`));
+    expect(line, errs.join('\n')).toBeDefined();
+    expect(line).toMatch(why);
+  });
+
+  it('path characters, escapes and placeholders are fine', () => {
+    expect(validateConfig(withRoute({ path: '/x/:id', rewrite: { template: "/v2/users/{id}/a%20b/~!$&'()*+,;=:@" } })).ok).toBe(true);
+  });
+});
+
+describe('route regexes must be matchable in linear time (ReDoS)', () => {
+  it.each([['a backreference', '/r/:id((a)\\1)'], ['a lookahead', '/r/:id((?=a)a+)'], ['a lookbehind', '/r/:id((?<=x)y)']])('%s is refused', (_n, path) => {
+    const errs = lines({ ...minimal(), routes: [{ id: 'r', path, upstream: 'users' }] }, { checkPattern: validateRoutePattern });
+    expect(errs.join('\n')).toMatch(/cannot be matched in linear time/);
+  });
+
+  it('alternations and nested quantifiers are allowed: the engine falls back to linear time on them', () => {
+    expect(validateConfig({ ...minimal(), routes: [{ id: 'r', path: '/r/:id(^(a|a)+$)', upstream: 'users' }] }, { checkPattern: validateRoutePattern }).ok).toBe(true);
+  });
+});
+
+describe('hostile documents (found by a break-it pass)', () => {
+  it('a document nested deeper than 64 levels is refused with a message, not a stack overflow', () => {
+    const deep = '['.repeat(200_000) + ']'.repeat(200_000);
+    const r = loadConfigText(`{"routes": ${deep}}`, 'deep.json');
+    expect(r.ok).toBe(false);
+    expect(r.ok ? '' : r.errors[0]!.message).toMatch(/nested deeper than 64 levels/);
+  });
+
+  it.each(['127.0.0.1 ', 'a b', ''])('server.host %j is refused', (host) => {
+    expect(validateConfig({ ...minimal(), server: { host } }).ok).toBe(false);
   });
 });

@@ -128,6 +128,11 @@ describe('ResponseParser framing', () => {
     ['missing CRLF after chunk', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabXX'],
     ['101 on a plain request', 'HTTP/1.1 101 Switching Protocols\r\n\r\n'],
     ['control char in value', 'HTTP/1.1 200 OK\r\nX-A: b\u0001c\r\n\r\n'],
+    // A bare LF or CR in the reason phrase would be a line break in the client's response (header injection).
+    ['bare LF in the reason phrase', 'HTTP/1.1 200 OK\nSet-Cookie: injected=1\r\nContent-Length: 0\r\n\r\n'],
+    ['bare CR in the reason phrase', 'HTTP/1.1 200 OK\rX\r\nContent-Length: 0\r\n\r\n'],
+    ['NUL in the reason phrase', 'HTTP/1.1 200 O\u0000K\r\nContent-Length: 0\r\n\r\n'],
+    ['DEL in the reason phrase', 'HTTP/1.1 200 O\u007fK\r\nContent-Length: 0\r\n\r\n'],
   ];
   for (const [name, text] of bad) {
     it(`refuses ${name}`, () => {
