@@ -224,14 +224,6 @@ export const KNOWN_FINDINGS: KnownFinding[] = [
     splits: [F19_HEAD.length],
   },
   {
-    id: 'F20-any-5-byte-connection-value-closes',
-    match: /^d:connection-closed-on-follow-up:.*connection-value-of-5-bytes/,
-    summary: 'uWS closes the connection after the response when the Connection value is any 5 bytes (`X-Foo`, `Hello`), ' +
-      'apparently comparing only the length with `close`, and the response does not say `Connection: close`: a client ' +
-      'reusing the connection loses its next request (RFC 9112 9.3: persistent unless `close`).',
-    reproducer: 'GET /api/x?t=FzT00000000 HTTP/1.1\r\nHost: fuzz.test\r\nConnection: X-Foo\r\n\r\n',
-  },
-  {
     id: 'F21-large-head-answer-then-next-request-dropped',
     match: /^d:connection-closed-on-follow-up:.*large-head/,
     deterministic: false,

@@ -237,6 +237,19 @@ describe('fields made of several lines (cases 3, 4)', () => {
     }
   });
 
+  it('a first Connection line of 5 characters (uWS closes on any such value) is answered with Connection: close', async () => {
+    // uWS closes after the response when the first Connection line is 5
+    // characters long, `X-Foo` too; the client must be told, or it loses its
+    // next request on the connection (fuzzer finding F20).
+    for (const [req, isHead] of [[GET('/up/small', 'Connection: X-Foo\r\n'), false], [GET('/nowhere', 'Connection: X-Foo\r\n'), false],
+      [HEAD('/up/head-cl5', 'Connection: X-Foo\r\n'), true], [GET('/up/big', 'Connection: X-Foo\r\n'), false]] as const) {
+      const { res, conn } = await rawExchange(gw.port, req, isHead);
+      expect(headerValues(res, 'connection'), req.split('\r\n')[0]).toEqual(['close']);
+      expect(await conn.closesWithin(1000)).toBe(true);
+      conn.close();
+    }
+  });
+
   it('a request pipelined behind one that asked to close is never served (RFC 9112 9.6)', async () => {
     for (const first of [GET('/nowhere', 'Connection: close\r\n'), GET('/nowhere', 'Connection: keep-alive, close\r\n'),
       HEAD('/nowhere', 'Connection: close\r\n'), GET('/up/small', 'Connection: close\r\n')]) {

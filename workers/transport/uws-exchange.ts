@@ -30,7 +30,7 @@ import { coarse, type TimerList, type Timed } from '../proxy/timers.js';
 import {
   ACQUIRE_FULL, READ_BUFFER, type Connection, type ConnectionUser, type TargetPool,
 } from '../proxy/upstream-pool.js';
-import { CLOSE_NONE, endWithoutBody, writeGatewayError } from './uws-respond.js';
+import { CLOSE_NONE, endWhole, endWithoutBody, writeGatewayError } from './uws-respond.js';
 import { entry, resetEntry } from '../access-log.js';
 import type { Phase } from '../error-log.js';
 import type { WorkerLogs } from '../logs.js';
@@ -542,7 +542,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
         // or a 200 would have); a 204 never has one.
         endWithoutBody(res, status, contentLength, close, true);
       } else {
-        res.end(undefined, close !== CLOSE_NONE); // Content-Length: 0
+        endWhole(res, undefined, close); // Content-Length: 0
       }
       this.res = null;
       this.clientDone();
@@ -562,7 +562,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
       if (this.resBodyKind === BODY_LENGTH && view.length === this.resTotal) {
         // The whole body is here: one end() call can still close for real.
         this.closing = true;
-        res.end(view, true);
+        endWhole(res, view, this.clientClose);
         this.res = null;
         this.clientDone();
         return;

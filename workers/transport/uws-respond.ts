@@ -71,6 +71,22 @@ export function endWithoutBody(res: any, status: number, contentLength: number, 
 }
 
 /**
+ * Ends a response in one call (nothing of its body written before): with
+ * CLOSE_ENFORCE uWS closes and writes `Connection: close`; with
+ * CLOSE_BY_SERVER uWS closes by itself but writes no header (it only does
+ * when asked to close what it would not), so the gateway writes it: a client
+ * must know (RFC 9112 9.6).
+ */
+export function endWhole(res: any, body: string | Uint8Array | undefined, close: number): void {
+  if (close === CLOSE_BY_SERVER) {
+    res.writeHeader('connection', 'close');
+    res.end(body);
+  } else {
+    res.end(body, close === CLOSE_ENFORCE);
+  }
+}
+
+/**
  * A small JSON answer of the gateway's own (the public health endpoint):
  * status line, JSON body, no-store, and for HEAD the same head without the
  * body. Call inside the handler or a cork.
@@ -96,5 +112,5 @@ export function writeGatewayError(
   const body = errorBody(e, requestId);
   // Messages and request ids are ASCII: length in characters = in bytes.
   if (isHead) endWithoutBody(res, e.status, body.length, close, abortAttached);
-  else res.end(body, close !== CLOSE_NONE);
+  else endWhole(res, body, close);
 }

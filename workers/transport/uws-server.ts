@@ -329,9 +329,11 @@ export class UwsServer implements Backend {
       bodyMode = REQ_BODY_CHUNKED;
     }
     // `close` anywhere in Connection; uWS itself closes only when the first
-    // Connection line is 5 characters long (uws-respond.ts).
+    // Connection line is 5 characters long (uws-respond.ts) -- any 5, `X-Foo`
+    // too: then the response says `Connection: close`, so that the client
+    // knows (it would lose its next request on the connection otherwise).
     const closeBy = hConnectionFirstLength === 5 ? CLOSE_BY_SERVER : CLOSE_ENFORCE;
-    const clientClose = hConnection !== null && hasCloseOption(hConnection) ? closeBy : CLOSE_NONE;
+    const clientClose = closeBy === CLOSE_BY_SERVER || (hConnection !== null && hasCloseOption(hConnection)) ? closeBy : CLOSE_NONE;
     const close = clientClose !== CLOSE_NONE || bodyMode === REQ_BODY_CHUNKED || contentLength > LINGER_MAX_BYTES ? closeBy : CLOSE_NONE;
 
     if (server.healthPath !== null && url === server.healthPath) return this.health(res, method, isHead);
