@@ -22,7 +22,7 @@ import client from 'prom-client';
 import type { GatewayConfig } from '../common/config/types.js';
 import {
   CODE_COLUMNS, CODE_LABELS, DURATION_BUCKETS, ERROR_CODES, GC_BUCKETS, GC_HIST_CELLS, GC_KINDS, GLOBAL_CELLS, G_ACCESS_LOG_DROPPED,
-  G_ERRORS, G_GC, G_GC_OBSERVED, G_IN_FLIGHT, G_LOOP, G_LOOP_SAMPLED, G_SCRAPE_EPOCH, LOOP_STATS, METHODS, OVERFLOW_SLOT,
+  G_ERRORS, G_GC, G_GC_OBSERVED, G_IN_FLIGHT, G_LOOP, G_LOOP_SAMPLED, G_LOOP_TICK, G_SCRAPE_EPOCH, LOOP_STATS, METHODS, OVERFLOW_SLOT,
   S_DURATION, S_REQ_SIZE, S_REQUESTS, S_RES_SIZE, SIZE_BUCKETS, SLOT_CELLS, TARGET_OVERFLOW_SLOT, T_ERRORS, T_IDLE,
   T_LAST_ERROR_AT, T_LAST_ERROR_CODE, T_LATENCY, T_OPEN, T_REQUESTS, UPSTREAM_ERROR_CODES, slotBase, targetBase,
 } from '../common/metrics-layout.js';
@@ -30,7 +30,7 @@ import type { SlotEntries, TargetSlotEntries } from '../common/protocol.js';
 import {
   C_CONFIG_VERSION, C_RELOADS_FAILED, C_RELOADS_OK, C_RESTARTS, C_WORKER_COUNT, C_WORKER_STATE, W_DRAINING, W_READY,
 } from '../common/protocol.js';
-import { RuntimeSampler } from '../common/runtime-metrics.js';
+import { RuntimeSampler, SAMPLE_MS } from '../common/runtime-metrics.js';
 import { uwsPackageVersion } from '../workers/transport/uws-loader.js';
 
 type Values = { labels: Record<string, string | number>; value: number; metricName?: string }[];
@@ -226,8 +226,13 @@ export class MetricsView {
 
   private loopStat(k: number): Values {
     const out: Values = [];
+    const now = Date.now();
     for (const { thread, cells } of this.threads()) {
-      if (cells[G_LOOP_SAMPLED] === 1) out.push({ labels: { thread }, value: cells[G_LOOP + k]! });
+      if (cells[G_LOOP_SAMPLED] !== 1) continue;
+      let v = cells[G_LOOP + k]!;
+      // lag and max: a thread blocked right now has not sampled since; how long it has been is its delay so far.
+      if (k === 0 || k === 2) v = Math.max(v, (now - cells[G_LOOP_TICK]! - SAMPLE_MS) / 1000);
+      out.push({ labels: { thread }, value: v });
     }
     return out;
   }

@@ -87,6 +87,8 @@ export const G_SCRAPE_EPOCH = 4;
 export const G_LOOP_SAMPLED = 5;
 /** 1 while this thread's GCs are observed. */
 export const G_GC_OBSERVED = 6;
+/** Date.now() of the runtime sampler's last tick: a loop blocked since shows as a stale tick. */
+export const G_LOOP_TICK = 7;
 export const G_ERRORS = 8;
 /**
  * Event-loop delay of the thread since the previous scrape, seconds, as

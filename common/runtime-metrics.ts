@@ -10,7 +10,10 @@
  *   p50, p90, p99, plus the delay of a setImmediate (prom-client's
  *   nodejs_eventloop_lag_seconds). The histogram holds the time between
  *   two ticks of its timer; what is exported is the delay beyond the 10 ms
- *   resolution (prom-client exports the raw value: ~0.010 on an idle loop). Like prom-client, the window restarts
+ *   resolution (prom-client exports the raw value: ~0.010 on an idle loop).
+ *   Each tick also stamps G_LOOP_TICK: a loop blocked right now cannot
+ *   sample itself, so the admin thread reports the time since the last
+ *   tick (less the sampling period) as the lag and max when it is larger. Like prom-client, the window restarts
  *   after each scrape: the admin thread bumps G_SCRAPE_EPOCH, the sampler
  *   sees it at its next tick and resets the histogram (until the new window
  *   has a second of data, the cells keep the previous window's values).
@@ -25,10 +28,11 @@
  */
 import { type IntervalHistogram, PerformanceObserver, constants, monitorEventLoopDelay } from 'node:perf_hooks';
 import {
-  GC_BUCKETS, GC_HIST_CELLS, G_GC, G_GC_OBSERVED, G_LOOP, G_LOOP_SAMPLED, G_SCRAPE_EPOCH, observe,
+  GC_BUCKETS, GC_HIST_CELLS, G_GC, G_GC_OBSERVED, G_LOOP, G_LOOP_SAMPLED, G_LOOP_TICK, G_SCRAPE_EPOCH, observe,
 } from './metrics-layout.js';
 
-const SAMPLE_MS = 1000;
+/** How often the event-loop histogram is summarised into the cells. */
+export const SAMPLE_MS = 1000;
 const RESOLUTION_MS = 10;
 
 /** perf_hooks GC kind -> index in GC_KINDS (major, minor, incremental, weakcb). */
@@ -63,6 +67,7 @@ export class RuntimeSampler {
       const h = monitorEventLoopDelay({ resolution: RESOLUTION_MS });
       h.enable();
       this.histogram = h;
+      c[G_LOOP_TICK] = Date.now();
       c[G_LOOP_SAMPLED] = 1;
       this.timer = setInterval(this.sample, SAMPLE_MS);
       this.timer.unref();
@@ -95,6 +100,7 @@ export class RuntimeSampler {
   private readonly sample = (): void => {
     const c = this.cells;
     const h = this.histogram!;
+    c[G_LOOP_TICK] = Date.now();
     const epoch = c[G_SCRAPE_EPOCH]!;
     if (epoch !== this.epoch) {
       // Scraped since the last sample: a new window starts.

@@ -255,10 +255,29 @@ describe('/metrics', () => {
         expect(value(samples, 'nodejs_gc_duration_seconds_count', { thread, kind }), `${thread} ${kind}`).toBeGreaterThanOrEqual(0);
       }
     }
+    // A thread that has not sampled for a second is not shown behind.
+    for (const s of samples.filter((x) => x.name === 'nodejs_eventloop_lag_seconds')) expect(s.value, s.labels['thread']).toBeLessThan(1);
     // One family each: prom-client's own (admin-only, unlabelled) ones are replaced.
     expect(text.match(/^# TYPE nodejs_eventloop_lag_p99_seconds /gm)).toHaveLength(1);
     expect(text.match(/^# TYPE nodejs_gc_duration_seconds /gm)).toHaveLength(1);
   });
+
+  it('shows a worker whose event loop is blocked right now: lag and max grow with the time since its last sample', async () => {
+    // Test hook: the worker that takes this request spins for 3.5 s.
+    const blocked = request(gw.url + '/app/x', { headers: { 'x-turnpike-test-block': '3500' } });
+    try {
+      await new Promise((r) => setTimeout(r, 2800));
+      const s = parseSamples(await scrapeText());
+      const lag = s.filter((x) => x.name === 'nodejs_eventloop_lag_seconds' && x.labels['thread'] !== 'admin');
+      expect(lag).toHaveLength(2);
+      const stuck = lag.reduce((a, b) => (a.value > b.value ? a : b));
+      expect(stuck.value).toBeGreaterThan(0.8);
+      expect(value(s, 'nodejs_eventloop_lag_max_seconds', { thread: stuck.labels['thread']! })).toBeGreaterThanOrEqual(stuck.value);
+      expect(lag.find((x) => x !== stuck)!.value).toBeLessThan(0.5);
+    } finally {
+      await (await blocked).body.dump();
+    }
+  }, 15_000);
 
   it('lists every turnpike metric, and every per-thread nodejs one, in the README Metrics section', () => {
     const readme = readFileSync(`${ROOT}/README.md`, 'utf8');
