@@ -19,6 +19,13 @@ process.on('exit', () => {
   for (const p of live) p.kill('SIGKILL');
 });
 
+/** Any other process a test spawns: killed with the test process, so a timed-out test leaves nothing running. */
+export function trackProcess<P extends ChildProcess>(p: P): P {
+  live.add(p);
+  p.once('exit', () => live.delete(p));
+  return p;
+}
+
 export interface Gateway {
   port: number;
   adminPort: number | null;

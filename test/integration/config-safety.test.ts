@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
-import { CLI, ROOT, baseConfig, startGateway, type Gateway } from '../helpers/gateway.js';
+import { CLI, ROOT, baseConfig, startGateway, trackProcess, type Gateway } from '../helpers/gateway.js';
 import { startUpstream, type Upstream } from '../helpers/upstream.js';
 
 const TOKEN = 'config-safety-test-token-0123456789';
@@ -38,7 +38,7 @@ function duplicateRoutes(extra: Record<string, any> = {}) {
 
 function run(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const p = spawn(process.execPath, [CLI, ...args], { cwd: ROOT, env: { ...process.env, TURNPIKE_LOG_FORMAT: 'json', ...env } });
+    const p = trackProcess(spawn(process.execPath, [CLI, ...args], { cwd: ROOT, env: { ...process.env, TURNPIKE_LOG_FORMAT: 'json', ...env } }));
     let stdout = '';
     let stderr = '';
     p.stdout.on('data', (d) => { stdout += d; });
@@ -160,7 +160,7 @@ describe('--watch applies a file only once it has settled (case 9)', () => {
     const header = `server: { host: 127.0.0.1, port: 0, workers: 1 }\nadmin: { enabled: false }\nupstreams:\n  up: { targets: ["${up.url}"] }\nroutes:\n`;
     // The CLI directly (startGateway writes JSON): this test rewrites YAML text.
     const file = tmpFile('watched.yaml', header + routes(['keep', 'second']));
-    const proc = spawn(process.execPath, [CLI, 'start', '--config', file, '--watch'], { cwd: ROOT, env: { ...process.env, TURNPIKE_LOG_FORMAT: 'json' } });
+    const proc = trackProcess(spawn(process.execPath, [CLI, 'start', '--config', file, '--watch'], { cwd: ROOT, env: { ...process.env, TURNPIKE_LOG_FORMAT: 'json' } }));
     proc.stdout.resume(); // the access log: a pipe nobody reads fills up
     try {
       const port = await new Promise<number>((resolve, reject) => {
@@ -239,7 +239,7 @@ describe('signals while the gateway starts', () => {
   // (a test-hook marker), then signal while the CLI is still loading.
   const BIN = join(ROOT, 'bin/turnpike.mjs');
   const launch = (file: string) => {
-    const p = spawn(process.execPath, [BIN, 'start', '--config', file], { cwd: ROOT, env: { ...process.env, TURNPIKE_LOG_FORMAT: 'json', TURNPIKE_TEST_HOOKS: '1' } });
+    const p = trackProcess(spawn(process.execPath, [BIN, 'start', '--config', file], { cwd: ROOT, env: { ...process.env, TURNPIKE_LOG_FORMAT: 'json', TURNPIKE_TEST_HOOKS: '1' } }));
     p.stdout.resume();
     let err = '';
     const early = new Promise<void>((resolve) => p.stderr.on('data', (d) => {
@@ -288,7 +288,7 @@ describe('--watch and Kubernetes ConfigMap volumes', () => {
     writeFileSync(join(dir, '..v1', 'gw.yaml'), yaml(['one']));
     symlinkSync('..v1', join(dir, '..data'));
     symlinkSync('..data/gw.yaml', join(dir, 'gw.yaml'));
-    const p = spawn(process.execPath, [CLI, 'start', '--config', join(dir, 'gw.yaml'), '--watch'], { cwd: ROOT, env: { ...process.env, TURNPIKE_LOG_FORMAT: 'json' } });
+    const p = trackProcess(spawn(process.execPath, [CLI, 'start', '--config', join(dir, 'gw.yaml'), '--watch'], { cwd: ROOT, env: { ...process.env, TURNPIKE_LOG_FORMAT: 'json' } }));
     p.stdout.resume();
     try {
       const port = await new Promise<number>((resolve, reject) => {
@@ -323,7 +323,7 @@ describe('two gateways started at the same moment on one port', () => {
     });
     const cfg = tmpFile('race.json', { ...baseConfig({ upstreams: { up: { targets: [up.url] } }, routes: [{ id: 'a', path: '/a/*', upstream: 'up' }] }), server: { host: '127.0.0.1', port, workers: 1 } });
     const launch = () => {
-      const p = spawn(process.execPath, [CLI, 'start', '--config', cfg], { cwd: ROOT, env: { ...process.env, TURNPIKE_LOG_FORMAT: 'json' } });
+      const p = trackProcess(spawn(process.execPath, [CLI, 'start', '--config', cfg], { cwd: ROOT, env: { ...process.env, TURNPIKE_LOG_FORMAT: 'json' } }));
       p.stdout.resume();
       let err = '';
       p.stderr.on('data', (d) => { err += d; });

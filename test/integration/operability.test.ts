@@ -139,8 +139,8 @@ describe('GET /admin/config?format=file and PUT /admin/config', () => {
     writeFileSync(yamlFile, 'server: { host: 127.0.0.1, port: 0, workers: 1 }\nadmin: { enabled: true, port: 0 }\n' +
       `upstreams:\n  up: { targets: ["${up.url}"] }\nroutes:\n  - { id: y, path: "/*", upstream: up }\n`);
     const { spawn } = await import('node:child_process');
-    const { CLI, ROOT } = await import('../helpers/gateway.js');
-    const p = spawn(process.execPath, [CLI, 'start', '--config', yamlFile], { cwd: ROOT, env: { ...process.env, TURNPIKE_LOG_FORMAT: 'json', TURNPIKE_ADMIN_TOKEN: TOKEN } });
+    const { CLI, ROOT, trackProcess } = await import('../helpers/gateway.js');
+    const p = trackProcess(spawn(process.execPath, [CLI, 'start', '--config', yamlFile], { cwd: ROOT, env: { ...process.env, TURNPIKE_LOG_FORMAT: 'json', TURNPIKE_ADMIN_TOKEN: TOKEN } }));
     p.stdout.resume();
     try {
       const adminPort = await new Promise<number>((resolve) => {
