@@ -21,14 +21,14 @@
 import client from 'prom-client';
 import type { GatewayConfig } from '../common/config/types.js';
 import {
-  CODE_COLUMNS, CODE_LABELS, DURATION_BUCKETS, ERROR_CODES, GC_BUCKETS, GC_HIST_CELLS, GC_KINDS, GLOBAL_CELLS, G_ACCESS_LOG_DROPPED,
+  CODE_COLUMNS, CODE_LABELS, DURATION_BUCKETS, ERROR_CODES, GC_BUCKETS, GC_HIST_CELLS, GC_KINDS, GLOBAL_CELLS,
   G_ERRORS, G_GC, G_GC_OBSERVED, G_IN_FLIGHT, G_LOOP, G_LOOP_SAMPLED, G_LOOP_TICK, G_SCRAPE_EPOCH, LOOP_STATS, METHODS, OVERFLOW_SLOT,
   S_DURATION, S_REQ_SIZE, S_REQUESTS, S_RES_SIZE, SIZE_BUCKETS, SLOT_CELLS, TARGET_OVERFLOW_SLOT, T_ERRORS, T_IDLE,
   T_LAST_ERROR_AT, T_LAST_ERROR_CODE, T_LATENCY, T_OPEN, T_REQUESTS, UPSTREAM_ERROR_CODES, slotBase, targetBase,
 } from '../common/metrics-layout.js';
 import type { SlotEntries, TargetSlotEntries } from '../common/protocol.js';
 import {
-  C_CONFIG_VERSION, C_RELOADS_FAILED, C_RELOADS_OK, C_RESTARTS, C_WORKER_COUNT, C_WORKER_STATE, W_DRAINING, W_READY,
+  C_ACCESS_LOG_DROPPED, C_CONFIG_VERSION, C_RELOADS_FAILED, C_RELOADS_OK, C_RESTARTS, C_WORKER_COUNT, C_WORKER_STATE, W_DRAINING, W_READY,
 } from '../common/protocol.js';
 import { RuntimeSampler, SAMPLE_MS } from '../common/runtime-metrics.js';
 import { uwsPackageVersion } from '../workers/transport/uws-loader.js';
@@ -135,7 +135,7 @@ export class MetricsView {
     add('turnpike_active_requests', 'Requests in flight across all workers (uWS exposes no per-connection events for HTTP).', 'gauge',
       () => [{ labels: {}, value: this.sum(G_IN_FLIGHT) }]);
     add('turnpike_access_log_dropped_total', 'Access log lines dropped because the destination could not keep up (over 8 MiB waiting) or failed.', 'counter',
-      () => [{ labels: {}, value: this.sum(G_ACCESS_LOG_DROPPED) }]);
+      () => [{ labels: {}, value: Atomics.load(this.control, C_ACCESS_LOG_DROPPED) }]);
     add('turnpike_worker_restarts_total', 'Data-plane worker threads replaced after exiting.', 'counter',
       () => [{ labels: {}, value: Atomics.load(this.control, C_RESTARTS) }]);
     add('turnpike_config_reloads_total', 'Config reloads by result: applied, or refused (the old config kept serving).', 'counter', () => [

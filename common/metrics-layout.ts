@@ -79,8 +79,6 @@ const HIST_CELLS = (n: number) => n + 1 /* +Inf */ + 2 /* sum, count */;
 // -- global section -----------------------------------------------------------
 export const G_IN_FLIGHT = 0;
 // 1, 2: free (the upstream connection gauges are per target now).
-/** Access log lines dropped because the destination could not keep up or failed (a running total). */
-export const G_ACCESS_LOG_DROPPED = 3;
 /** Written by the admin thread at each scrape: the runtime sampler starts a new event-loop window when it changes. */
 export const G_SCRAPE_EPOCH = 4;
 /** 1 while this thread's event-loop delay is sampled (not on Bun). */

@@ -8,6 +8,7 @@
 import type { MessagePort } from 'node:worker_threads';
 import type { GatewayConfig } from './config/types.js';
 import type { Level } from './log.js';
+import type { AccessRing } from './access-ring.js';
 
 /** Route id -> metrics slot, stable for the life of the process. */
 export type SlotEntries = ReadonlyArray<readonly [routeId: string, slot: number]>;
@@ -22,6 +23,8 @@ export interface WorkerData {
   slots: SlotEntries;
   targetSlots: TargetSlotEntries;
   metrics: SharedArrayBuffer;
+  /** This worker slot's access log ring (common/access-ring.ts). */
+  accessRing: AccessRing;
   control: SharedArrayBuffer;
   /** Private line to the admin thread for latency snapshots (see workers/latency.ts). */
   statsPort: MessagePort;
@@ -117,6 +120,8 @@ export const C_RELOADS_OK = 4;
 export const C_RELOADS_FAILED = 5;
 /** Wall-clock second the engine started (heartbeats count from it). */
 export const C_EPOCH = 6;
+/** Access log lines dropped by the engine's writer (slow or failing destination), a running total. */
+export const C_ACCESS_LOG_DROPPED = 7;
 /** Per worker index: one of the W_* states. */
 export const C_WORKER_STATE = 8;
 export const MAX_WORKERS = 256;

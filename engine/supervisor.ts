@@ -32,6 +32,8 @@ import {
 } from '../common/protocol.js';
 import type { TargetSlotEntries } from '../common/protocol.js';
 import { WORKER_CHECKS } from '../workers/config-check.js';
+import { AccessWriter } from './access-writer.js';
+import { type AccessRing, createAccessRing } from '../common/access-ring.js';
 import { targetKey } from '../workers/proxy/balancer.js';
 
 const WORKER_ENTRY = new URL('../workers/worker.js', import.meta.url);
@@ -50,6 +52,8 @@ interface Slot {
   index: number;
   worker: Worker | null;
   metrics: SharedArrayBuffer;
+  /** This slot's access log ring (common/access-ring.ts): kept across a worker's restarts, like its metrics. */
+  accessRing: AccessRing;
   startedAt: number;
   backoffMs: number;
   ready: boolean;
@@ -107,6 +111,8 @@ export class Supervisor {
   private configDoc: unknown;
   /** The lock file held for server.port (lockPort), removed on stop. */
   private portLock: string | null = null;
+  /** Writes the workers' access log batches (engine/access-writer.ts). */
+  private accessWriter: AccessWriter | null = null;
   /** Reloads run one at a time, in the order asked. */
   private reloadChain: Promise<unknown> = Promise.resolve();
 
@@ -158,10 +164,12 @@ export class Supervisor {
     Atomics.store(this.controlView, C_CONFIG_VERSION, this.config.version);
     for (let i = 0; i < n; i++) {
       this.slots.push({
-        index: i, worker: null, metrics: new SharedArrayBuffer(metricsBufferBytes(DEFAULT_MAX_ROUTE_SLOTS)),
+        index: i, worker: null, metrics: new SharedArrayBuffer(metricsBufferBytes(DEFAULT_MAX_ROUTE_SLOTS)), accessRing: createAccessRing(),
         startedAt: 0, backoffMs: BACKOFF_MIN_MS, ready: false, exiting: false, version: 0, acks: new Map(), statsPort: null,
       });
     }
+    this.accessWriter = new AccessWriter(this.slots.map((s) => s.accessRing), this.controlView);
+    this.accessWriter.setDestination(this.config.log.access.enabled ? this.config.log.access.destination : null);
     await Promise.all(this.slots.map((s) => this.spawnWorker(s)));
     this.started = true;
     let adminPort: number | null = null;
@@ -178,7 +186,7 @@ export class Supervisor {
     const config = this.config;
     const stats = new MessageChannel();
     const data: WorkerData = {
-      index: slot.index, config, logLevel: logLevel(), slots: [...this.routeSlots], targetSlots: this.targetSlotEntries(), metrics: slot.metrics, control: this.control, statsPort: stats.port1,
+      index: slot.index, config, logLevel: logLevel(), slots: [...this.routeSlots], targetSlots: this.targetSlotEntries(), metrics: slot.metrics, accessRing: slot.accessRing, control: this.control, statsPort: stats.port1,
     };
     Atomics.store(this.controlView, C_WORKER_STATE + slot.index, W_STARTING);
     const w = new Worker(WORKER_ENTRY, { workerData: data, transferList: [stats.port1], name: `turnpike-worker-${slot.index}` });
@@ -348,6 +356,7 @@ export class Supervisor {
     if (req.dryRun) return { ok: true, version: old.version, errors: [], changes, persisted: false, warnings };
     this.config = Object.freeze({ ...next }) as GatewayConfig;
     configureLog(next.log);
+    this.accessWriter?.setDestination(next.log.access.enabled ? next.log.access.destination : null);
     this.assignSlots(next);
     const targets = this.slots.filter((sl) => sl.ready);
     const failures = await Promise.all(targets.map((sl) => this.sendConfig(sl)));
@@ -397,8 +406,9 @@ export class Supervisor {
     log('info', 'log level changed', { actor, from: before, to: level });
   }
 
-  /** SIGUSR1: every worker reopens its access log file (logrotate's postrotate). */
+  /** SIGUSR1: access log files are reopened (logrotate's postrotate); the workers log it at debug. */
   reopenLogs(): void {
+    this.accessWriter?.reopen();
     for (const s of this.slots) s.worker?.postMessage({ type: 'reopen-logs' } satisfies ToWorker);
   }
 
@@ -443,6 +453,7 @@ export class Supervisor {
       });
     }
     if (leftover > 0) log('warn', 'drain timeout: requests were cut off', { requests: leftover });
+    await this.accessWriter?.drain();
     if (this.portLock !== null) {
       try { unlinkSync(this.portLock); } catch { /* gone already */ }
     }

@@ -4,34 +4,18 @@
  *
  * Why hand-written and not pino: this runs once per request on the hot
  * path, and its budget is a few percent of a ~20 µs request. A line here is
- * one string concatenation from a per-thread scratch record (no object
- * per request, no closure, no generic serializer), appended to a per-worker
- * buffer; the buffer goes to the destination in batches with fs.write (the
- * libuv thread pool), at 64 KiB or at every sweep of the worker (25 ms),
- * whichever comes first. A destination slower than the traffic does not
- * slow requests down: past 8 MiB waiting, lines are dropped and counted
- * (`turnpike_access_log_dropped_total`).
- *
- * Several worker threads write to one destination. A file is opened by each
- * worker with O_APPEND, so every write lands whole at the end. A pipe or a
- * terminal (stdout under a supervisor) only keeps writes of up to PIPE_BUF
- * (4096) bytes whole, so there batches are cut at line ends into writes of
- * at most that size.
+ * one string concatenation from a per-thread scratch record (no object per
+ * request, no closure, no generic serializer), copied as UTF-8 into this
+ * worker's shared-memory ring (common/access-ring.ts); the engine's writer
+ * (engine/access-writer.ts) writes the rings out from shared memory. No
+ * buffer or message per line or batch, and a slow destination is the
+ * writer's problem (full rings drop and count lines), never a request's.
  *
  * Secrets: no request header is logged but Host, User-Agent and Referer;
  * query parameters named in `redactQuery` are logged as [REDACTED].
  */
-import { closeSync, fstatSync, openSync, write as fsWrite } from 'node:fs';
-import { resolve as resolvePath } from 'node:path';
+import { type AccessRing, RingWriter } from '../common/access-ring.js';
 import type { AccessLogConfig, AccessLogField } from '../common/config/types.js';
-import { log } from '../common/log.js';
-
-/** Batch size that triggers a write before the next sweep. */
-const FLUSH_AT = 64 * 1024;
-/** Lines waiting beyond this (in characters) are dropped and counted. */
-const MAX_PENDING = 8 * 1024 * 1024;
-/** Writes to a pipe of up to this many bytes are atomic (Linux PIPE_BUF). */
-const PIPE_BUF = 4096;
 /** Path and query longer than this (a 414, an attack) are cut, with a mark, to keep lines short. */
 const MAX_TARGET_LOGGED = 2048;
 
@@ -95,9 +79,15 @@ function combinedText(s: string): string {
   return out;
 }
 
-/** Milliseconds with 3 decimals, as text. */
+/**
+ * Milliseconds with 3 decimals, as text, from integers only: turning a
+ * float into text (shortest round-trip digits) costs several times more.
+ */
 function ms(x: number): string {
-  return String(Math.round(x * 1000) / 1000);
+  const us = Math.round(x * 1000);
+  const whole = Math.floor(us / 1000);
+  const frac = us - whole * 1000;
+  return whole + (frac < 10 ? '.00' : frac < 100 ? '.0' : '.') + frac;
 }
 
 // Time text is rebuilt once per second; the milliseconds are appended.
@@ -151,109 +141,11 @@ export function redactQuery(query: string, names: ReadonlySet<string>): string {
 }
 
 /**
- * The buffered writer of one destination (stdout, stderr, or a file opened
- * by this thread). Lines are appended; batches leave with fs.write; one
- * write at a time, in order.
- */
-class Destination {
-  private fd: number;
-  private readonly ownFd: boolean;
-  private pipe: boolean;
-  private pending = '';
-  private writing = false;
-  private closing = false;
-  dropped = 0;
-  private failed = false;
-
-  constructor(readonly where: string) {
-    if (where === 'stdout' || where === 'stderr') {
-      this.fd = where === 'stdout' ? 1 : 2;
-      this.ownFd = false;
-    } else {
-      this.fd = openSync(resolvePath(where), 'a', 0o640);
-      this.ownFd = true;
-    }
-    this.pipe = Destination.isPipe(this.fd);
-  }
-
-  private static isPipe(fd: number): boolean {
-    try {
-      const st = fstatSync(fd);
-      return !st.isFile();
-    } catch {
-      return true;
-    }
-  }
-
-  append(line: string): void {
-    if (this.pending.length > MAX_PENDING) {
-      this.dropped++;
-      return;
-    }
-    this.pending += line;
-    if (this.pending.length >= FLUSH_AT) this.flush();
-  }
-
-  flush(): void {
-    if (this.writing || this.pending === '') return;
-    let chunk = this.pending;
-    if (this.pipe && chunk.length > PIPE_BUF / 4) {
-      // Cut at a line end so that the write stays within PIPE_BUF bytes.
-      let cut = chunk.lastIndexOf('\n', PIPE_BUF - 1) + 1;
-      while (cut > 0 && Buffer.byteLength(chunk.slice(0, cut)) > PIPE_BUF) cut = chunk.lastIndexOf('\n', cut - 2) + 1;
-      if (cut === 0) cut = chunk.indexOf('\n') + 1 || chunk.length; // one line longer than PIPE_BUF: alone
-      chunk = chunk.slice(0, cut);
-    }
-    this.pending = this.pending.slice(chunk.length);
-    this.writing = true;
-    fsWrite(this.fd, chunk, null, 'utf8', (err) => {
-      this.writing = false;
-      if (err !== null) {
-        this.dropped += countLines(chunk);
-        if (!this.failed) {
-          this.failed = true;
-          log('error', 'access log write failed; lines are dropped until it works again', { destination: this.where, error: err.message });
-        }
-      } else {
-        this.failed = false;
-      }
-      if (this.closing) this.finishClose();
-      else if (this.pending.length >= FLUSH_AT || (this.pipe && this.pending !== '')) this.flush();
-    });
-  }
-
-  /** Writes what is pending, then closes a file this thread opened. */
-  close(): void {
-    this.closing = true;
-    if (this.writing) return; // finished by the write's callback
-    this.finishClose();
-  }
-
-  private finishClose(): void {
-    if (this.pending !== '') {
-      this.closing = false;
-      this.flush();
-      this.closing = true;
-      return;
-    }
-    if (this.ownFd) {
-      try { closeSync(this.fd); } catch { /* already gone */ }
-    }
-  }
-}
-
-function countLines(s: string): number {
-  let n = 0;
-  for (let i = s.indexOf('\n'); i !== -1; i = s.indexOf('\n', i + 1)) n++;
-  return n;
-}
-
-/**
- * One worker's access log. `write()` formats `entry` and queues the line;
- * `sweep()` (every worker sweep) writes what is queued.
+ * One worker's access log. `write()` formats `entry` into the worker's ring;
+ * the engine's writer (engine/access-writer.ts) owns the destination.
  */
 export class AccessLog {
-  private dest: Destination;
+  private readonly ring: RingWriter;
   private readonly fields: number[];
   private readonly combined: boolean;
   private readonly sampleRate: number;
@@ -262,25 +154,20 @@ export class AccessLog {
   /** performance.timeOrigin, to turn arrival times into wall-clock time. */
   private readonly origin = performance.timeOrigin;
 
-  constructor(config: AccessLogConfig) {
+  constructor(config: AccessLogConfig, ring: AccessRing) {
     this.config = config;
-    this.dest = new Destination(config.destination);
+    this.ring = new RingWriter(ring);
     this.fields = config.fields.map((f) => FIELD_IDS[f]);
     this.combined = config.format === 'combined';
     this.sampleRate = config.sampleRate;
     this.redact = new Set(config.redactQuery);
   }
 
-  /** Lines dropped so far (destination too slow, or failing). */
-  get dropped(): number {
-    return this.dest.dropped;
-  }
-
   /** Formats and queues `entry` (sampled; 5xx always). This is the hot path -- change with care! */
   write(): void {
     const e = entry;
     if (this.sampleRate < 1 && e.status < 500 && Math.random() >= this.sampleRate) return;
-    this.dest.append(this.combined ? this.combinedLine() : this.jsonLine());
+    this.ring.write(this.combined ? this.combinedLine() : this.jsonLine());
   }
 
   private jsonLine(): string {
@@ -291,9 +178,13 @@ export class AccessLog {
       if (i > 0) s += ',';
       switch (f[i]) {
         case 0: s += '"time":"' + isoTime(this.origin + e.t0) + '"'; break;
-        case 1: s += '"request_id":' + jsonText(e.requestId); break;
+        // request_id ([A-Za-z0-9._:-] or generated), client (an address), method
+        // (a token uWS accepted), route and upstream (config names), target (a
+        // validated URL) never hold a character JSON escapes; the client's own
+        // text (host, path, query, user agent) is checked.
+        case 1: s += '"request_id":"' + e.requestId + '"'; break;
         case 2: s += '"client":"' + e.client + '"'; break;
-        case 3: s += '"method":' + jsonText(e.method); break;
+        case 3: s += '"method":"' + e.method + '"'; break;
         case 4: s += '"host":' + jsonText(e.host); break;
         case 5: s += '"path":' + jsonText(cap(e.path)); break;
         case 6: s += '"query":' + jsonText(cap(redactQuery(e.query, this.redact))); break;
@@ -302,9 +193,9 @@ export class AccessLog {
         case 9: s += '"bytes_sent":' + e.bytesSent; break;
         case 10: s += '"duration_ms":' + ms(e.durationMs); break;
         case 11: s += '"upstream_ms":' + (e.upstreamMs < 0 ? 'null' : ms(e.upstreamMs)); break;
-        case 12: s += '"route":' + (e.route === '' ? 'null' : jsonText(e.route)); break;
-        case 13: s += '"upstream":' + (e.upstream === '' ? 'null' : jsonText(e.upstream)); break;
-        case 14: s += '"target":' + (e.target === '' ? 'null' : jsonText(e.target)); break;
+        case 12: s += '"route":' + (e.route === '' ? 'null' : '"' + e.route + '"'); break;
+        case 13: s += '"upstream":' + (e.upstream === '' ? 'null' : '"' + e.upstream + '"'); break;
+        case 14: s += '"target":' + (e.target === '' ? 'null' : '"' + e.target + '"'); break;
         case 15: s += '"error":' + (e.error === '' ? 'null' : '"' + e.error + '"'); break;
         case 16: s += '"user_agent":' + jsonText(e.userAgent); break;
       }
@@ -322,27 +213,6 @@ export class AccessLog {
       combinedText(e.userAgent) + '"\n';
   }
 
-  sweep(): void {
-    this.dest.flush();
-  }
-
-  /** SIGUSR1 (logrotate's postrotate): a file destination is reopened under its name. */
-  reopen(): void {
-    const old = this.dest;
-    if (old.where === 'stdout' || old.where === 'stderr') return;
-    try {
-      this.dest = new Destination(old.where);
-      this.dest.dropped = old.dropped;
-    } catch (err) {
-      log('error', 'access log: cannot reopen the file; still writing to the old one', { destination: old.where, error: (err as Error).message });
-      return;
-    }
-    old.close();
-  }
-
-  close(): void {
-    this.dest.close();
-  }
 }
 
 /** Reset `entry` before filling it for a new request (fields a path may not set). */

@@ -69,7 +69,7 @@ function targetSlotMap(entries: TargetSlotEntries): Map<string, number> {
 async function main(): Promise<void> {
   let dp = new Dataplane(data.config, new Map(data.slots), null, targetSlotMap(data.targetSlots));
   const latency = await LatencyRecorder.create();
-  const logs = new WorkerLogs(data.config.log, metrics);
+  const logs = new WorkerLogs(data.config.log, data.accessRing);
   setLogLevel(data.logLevel);
   latency.serve(data.statsPort);
   const s = data.config.server;
@@ -119,7 +119,7 @@ async function main(): Promise<void> {
         setLogLevel(msg.level);
         break;
       case 'reopen-logs':
-        logs.reopen();
+        // The engine reopens the files; this line says the signal reached the worker.
         log('debug', 'log files reopened');
         break;
       case 'drain': {

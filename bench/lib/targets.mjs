@@ -159,7 +159,7 @@ export const TARGETS = [
     port: 18084,
     skip: notBuilt,
     command: (tmp) => [process.execPath, [TURNPIKE_CLI, 'start', '--config',
-      turnpikeConfig(tmp, 'turnpike-accesslog', 18084, { log: { access: { enabled: true, destination: join(tmp, 'access.log'), format: 'json' } } })]],
+      turnpikeConfig(tmp, 'turnpike-accesslog', 18084, { log: { access: { enabled: true, destination: process.env.ACCESS_LOG_DEST || join(tmp, 'access.log'), format: 'json' } } })]],
     version: () => `node ${process.version}`,
   },
   {
@@ -212,6 +212,48 @@ export const TARGETS = [
   }
   server {
     listen 127.0.0.1:18001 backlog=4096;
+    location / {
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+`,
+      );
+      return [NGINX, ['-c', conf, '-p', tmp]];
+    },
+    version: () => cmdOutput(NGINX, ['-v'])?.replace(/^nginx version: /, ''),
+  },
+  {
+    // nginx with an access log like turnpike-accesslog's (JSON, the same
+    // fields, to a file, buffered 64k and flushed every second): what
+    // logging every request costs the reference.
+    name: 'nginx-accesslog',
+    port: 18003,
+    skip: () => (NGINX ? null : 'nginx not installed: run bench/setup.sh'),
+    command: (tmp) => {
+      const conf = join(tmp, 'nginx-accesslog.conf');
+      writeFileSync(
+        conf,
+        `${nginxCommon(tmp, 'nginx-accesslog')}
+  log_format turnpike escape=json '{"time":"$time_iso8601","request_id":"$request_id","client":"$remote_addr","method":"$request_method",'
+    '"host":"$http_host","path":"$uri","query":"$args","status":$status,"bytes_received":$request_length,"bytes_sent":$body_bytes_sent,'
+    '"duration_ms":$request_time,"upstream_ms":$upstream_response_time,"route":"all","upstream":"up","target":"$upstream_addr",'
+    '"error":null,"user_agent":"$http_user_agent"}';
+  proxy_buffer_size 16k;
+  proxy_buffers 16 64k;
+  proxy_busy_buffers_size 128k;
+  proxy_max_temp_file_size 0;
+  upstream up {
+    server 127.0.0.1:${UPSTREAM_PORT};
+    keepalive ${POOL};
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+  }
+  server {
+    listen 127.0.0.1:18003 backlog=4096;
+    access_log ${process.env.ACCESS_LOG_DEST || join(tmp, 'nginx-access.log')} turnpike buffer=64k flush=1s;
     location / {
       proxy_pass http://up;
       proxy_http_version 1.1;

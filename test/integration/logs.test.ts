@@ -114,7 +114,7 @@ describe('access log', () => {
 
   it('SIGUSR1 reopens the file (logrotate): new lines go to the new file', async () => {
     await get(gw, '/up/before-rotate');
-    await jsonLines(file, 1);
+    await expect.poll(() => readFileSync(file, 'utf8').includes('/up/before-rotate'), { timeout: 2000 }).toBe(true);
     renameSync(file, file + '.1');
     gw.proc.kill('SIGUSR1');
     await new Promise((r) => setTimeout(r, 200));
