@@ -11,6 +11,7 @@
  * node:http is used here, not uWS: nothing on this thread is hot, and it
  * keeps the admin side independent of the data plane's server backend.
  */
+import { RateLimitTable, clockOffset } from '../common/rate-limit-layout.js';
 import http from 'node:http';
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import type { GatewayConfig } from '../common/config/types.js';
@@ -28,7 +29,10 @@ const data = workerData as AdminData;
 setLogThread('admin');
 setLogLevel(data.logLevel);
 const control = new Int32Array(data.control);
-const metrics = new MetricsView(data.metrics, control, data.slots, { targetSlots: data.targetSlots, config: data.config, version: data.version });
+const rateLimitTable = new RateLimitTable(data.rateLimitTable);
+const metrics = new MetricsView(data.metrics, control, data.slots, {
+  targetSlots: data.targetSlots, config: data.config, version: data.version, rateLimitTable, clockOffset: clockOffset(data.clock),
+});
 const collector = new LatencyCollector(data.statsPorts);
 let config: GatewayConfig = data.config;
 let document: ConfigDocument = data.document;

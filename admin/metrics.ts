@@ -23,7 +23,7 @@ import type { GatewayConfig } from '../common/config/types.js';
 import {
   CODE_COLUMNS, CODE_LABELS, DURATION_BUCKETS, ERROR_CODES, GC_BUCKETS, GC_HIST_CELLS, GC_KINDS, GLOBAL_CELLS,
   G_ERRORS, G_GC, G_GC_OBSERVED, G_IN_FLIGHT, G_LOOP, G_LOOP_SAMPLED, G_LOOP_TICK, G_SCRAPE_EPOCH, LOOP_STATS, METHODS, OVERFLOW_SLOT,
-  S_DURATION, S_REQ_SIZE, S_REQUESTS, S_RES_SIZE, SIZE_BUCKETS, SLOT_CELLS, TARGET_OVERFLOW_SLOT, T_ERRORS, T_IDLE,
+  S_DURATION, S_REQ_SIZE, S_REQUESTS, S_RES_SIZE, SIZE_BUCKETS, SLOT_CELLS, S_RATE_LIMIT, RATE_LIMIT_RESULTS, G_RATE_LIMIT_OVERFLOW, TARGET_OVERFLOW_SLOT, T_ERRORS, T_IDLE,
   T_LAST_ERROR_AT, T_LAST_ERROR_CODE, T_LATENCY, T_OPEN, T_REQUESTS, UPSTREAM_ERROR_CODES, slotBase, targetBase,
 } from '../common/metrics-layout.js';
 import type { SlotEntries, TargetSlotEntries } from '../common/protocol.js';
@@ -32,6 +32,7 @@ import {
 } from '../common/protocol.js';
 import { RuntimeSampler, SAMPLE_MS } from '../common/runtime-metrics.js';
 import { uwsPackageVersion } from '../workers/transport/uws-loader.js';
+import type { RateLimitTable } from '../common/rate-limit-layout.js';
 
 type Values = { labels: Record<string, string | number>; value: number; metricName?: string }[];
 
@@ -63,6 +64,10 @@ export interface MetricsOptions {
   config: GatewayConfig;
   /** Turnpike version (turnpike_build_info). */
   version: string;
+  /** The process's rate-limit buckets (fill and capacity gauges). */
+  rateLimitTable: RateLimitTable;
+  /** The shared clock: this thread's performance.now() offset (common/rate-limit-layout.ts). */
+  clockOffset: number;
 }
 
 /** One target's counters for GET /admin/upstreams, summed over the workers. */
@@ -94,10 +99,16 @@ export class MetricsView {
   private readonly routeUpstream = new Map<string, string>();
   private targetNames = new Map<number, TargetName>();
   private targetSlotOf = new Map<string, number>();
+  /** Route slot -> the names of its rate limits, by position (the running config's). */
+  private rateLimitNames = new Map<number, readonly string[]>();
+  private readonly table: RateLimitTable;
+  private readonly clockOffset: number;
   private readonly buildLabels: Record<string, string>;
 
   constructor(buffers: SharedArrayBuffer[], private readonly control: Int32Array, slots: SlotEntries, opts: MetricsOptions) {
     this.buffers = buffers.map((b) => new Float64Array(b));
+    this.table = opts.rateLimitTable;
+    this.clockOffset = opts.clockOffset;
     this.setSlots(slots, opts.targetSlots, opts.config);
     this.buildLabels = buildInfo(opts.version, opts.config);
     client.collectDefaultMetrics({ register: this.registry });
@@ -132,6 +143,14 @@ export class MetricsView {
       ERROR_CODES.forEach((reason, i) => out.push({ labels: { reason }, value: this.sum(G_ERRORS + i) }));
       return out;
     });
+    add('turnpike_rate_limit_decisions_total', 'Rate-limit decisions by route, policy (its name, or <route>#<position> inline) and result: allowed, limited (429), store_unavailable (503 while Redis is away, onStoreError deny).', 'counter',
+      () => this.rateLimitDecisions());
+    add('turnpike_rate_limit_table_entries', 'Buckets in use in the shared rate-limit table (idle buckets back to full are free again).', 'gauge',
+      () => [{ labels: {}, value: this.table.countLive(performance.now() + this.clockOffset) }]);
+    add('turnpike_rate_limit_table_capacity', 'Buckets the shared rate-limit table holds (rateLimitTable.capacity, rounded up to a power of two).', 'gauge',
+      () => [{ labels: {}, value: this.table.capacity }]);
+    add('turnpike_rate_limit_table_overflow_total', 'Rate-limit lookups that found the table full around their key; such keys share their policy\'s overflow bucket. Grow rateLimitTable.capacity when this rises.', 'counter',
+      () => [{ labels: {}, value: this.sum(G_RATE_LIMIT_OVERFLOW) }]);
     add('turnpike_active_requests', 'Requests in flight across all workers (uWS exposes no per-connection events for HTTP).', 'gauge',
       () => [{ labels: {}, value: this.sum(G_IN_FLIGHT) }]);
     add('turnpike_access_log_dropped_total', 'Access log lines dropped because the destination could not keep up (over 8 MiB waiting) or failed.', 'counter',
@@ -153,6 +172,20 @@ export class MetricsView {
       () => this.gcHistogram());
   }
 
+  private rateLimitDecisions(): Values {
+    const out: Values = [];
+    for (const [slot, names] of this.rateLimitNames) {
+      const route = this.slotNames.get(slot) ?? '_overflow';
+      const base = slotBase(slot) + S_RATE_LIMIT;
+      names.forEach((policy, i) => {
+        RATE_LIMIT_RESULTS.forEach((result, k) => {
+          out.push({ labels: { route, policy, result }, value: this.sum(base + i * RATE_LIMIT_RESULTS.length + k) });
+        });
+      });
+    }
+    return out;
+  }
+
   /** The Prometheus text; a new event-loop window starts in every thread. */
   async scrape(): Promise<string> {
     const text = await this.registry.metrics();
@@ -166,6 +199,13 @@ export class MetricsView {
     for (const [id, slot] of slots) names.set(slot, id);
     this.slotNames = names;
     for (const r of config.routes) this.routeUpstream.set(r.id, r.upstream);
+    const slotOfRoute = new Map(slots);
+    const rl = new Map<number, readonly string[]>();
+    for (const r of config.routes) {
+      const slot = slotOfRoute.get(r.id);
+      if (slot !== undefined && r.rateLimit.length > 0) rl.set(slot, r.rateLimit.map((p) => p.name));
+    }
+    this.rateLimitNames = rl;
     const targets = new Map<number, TargetName>([[TARGET_OVERFLOW_SLOT, { upstream: '_overflow', target: '_overflow' }]]);
     const slotOf = new Map<string, number>();
     for (const [upstream, target, slot] of targetSlots) {

@@ -52,6 +52,11 @@ export const Errors = Object.freeze({
     'The request has no valid Host header, or more than one (RFC 9112 3.2); send exactly one Host: name[:port].'),
   NOT_IMPLEMENTED: def('not_implemented', 501, 'Not Implemented',
     'The gateway does not tunnel: CONNECT is not supported; send requests to the gateway directly.'),
+  RATE_LIMITED: def('rate_limited', 429, 'Too Many Requests',
+    'A rate limit of this route is exceeded; retry after the number of seconds in Retry-After.'),
+  // -- policy stores -----------------------------------------------------------
+  RATE_LIMIT_STORE_UNAVAILABLE: def('rate_limit_store_unavailable', 503, 'Service Unavailable',
+    'The rate-limit store (Redis) is unreachable and this route\'s limit is set to refuse meanwhile (onStoreError: deny); retry later.'),
   // -- upstream errors -------------------------------------------------------
   UPSTREAM_CONNECT_FAILED: def('upstream_connect_failed', 502, 'Bad Gateway',
     'The gateway could not connect to the upstream; check that the service is running.'),
@@ -76,4 +81,9 @@ export type ErrorName = keyof typeof Errors;
 
 export function errorBody(e: GatewayErrorDef, requestId: string): string {
   return e.bodyPrefix + requestId + BODY_SUFFIX;
+}
+
+/** The error body with a message of the moment (a policy says which limit and when to retry) instead of the catalogue's. */
+export function errorBodyWith(e: GatewayErrorDef, message: string, requestId: string): string {
+  return '{"error":{"code":"' + e.code + '","message":' + JSON.stringify(message) + ',"requestId":"' + requestId + BODY_SUFFIX;
 }

@@ -63,7 +63,7 @@ export const ERROR_CODES = [
   'bad_request', 'bad_path', 'route_not_found', 'method_not_allowed', 'body_too_large', 'url_too_long',
   'headers_too_large', 'upstream_connect_failed', 'upstream_reset', 'upstream_bad_response',
   'upstream_unavailable', 'upstream_connect_timeout', 'upstream_timeout', 'internal_error', 'shutting_down',
-  'upstream_aborted', 'client_aborted', 'bad_host', 'not_implemented',
+  'upstream_aborted', 'client_aborted', 'bad_host', 'not_implemented', 'rate_limited', 'rate_limit_store_unavailable',
 ] as const;
 
 /** The errors that are a target's fault (or its saturation), counted per target too. */
@@ -98,14 +98,26 @@ export const LOOP_STATS = ['', '_min', '_max', '_mean', '_stddev', '_p50', '_p90
 /** GC durations: one histogram (GC_BUCKETS) per GC_KINDS entry. */
 export const G_GC = G_LOOP + LOOP_STATS.length;
 export const GC_HIST_CELLS = HIST_CELLS(GC_BUCKETS.length);
-export const GLOBAL_CELLS = G_GC + GC_KINDS.length * GC_HIST_CELLS + 4; // padded
+/** Rate-limit lookups that found the key's table window full (the key used its policy's overflow bucket). */
+export const G_RATE_LIMIT_OVERFLOW = G_GC + GC_KINDS.length * GC_HIST_CELLS;
+export const GLOBAL_CELLS = G_RATE_LIMIT_OVERFLOW + 1 + 4; // padded
 
 // -- per route slot -----------------------------------------------------------
 export const S_REQUESTS = 0; // [method][code column]
 export const S_DURATION = S_REQUESTS + METHODS.length * CODE_COLUMNS;
 export const S_REQ_SIZE = S_DURATION + HIST_CELLS(DURATION_BUCKETS.length);
 export const S_RES_SIZE = S_REQ_SIZE + HIST_CELLS(SIZE_BUCKETS.length);
-export const SLOT_CELLS = S_RES_SIZE + HIST_CELLS(SIZE_BUCKETS.length);
+/**
+ * turnpike_rate_limit_decisions_total{route,policy,result}: per position in
+ * the route's rateLimit list (at most RATE_LIMIT_POSITIONS), per result.
+ */
+export const S_RATE_LIMIT = S_RES_SIZE + HIST_CELLS(SIZE_BUCKETS.length);
+export const RATE_LIMIT_POSITIONS = 8;
+export const RATE_LIMIT_RESULTS = ['allowed', 'limited', 'store_unavailable'] as const;
+export const RL_ALLOWED = 0;
+export const RL_LIMITED = 1;
+export const RL_STORE_UNAVAILABLE = 2;
+export const SLOT_CELLS = S_RATE_LIMIT + RATE_LIMIT_POSITIONS * RATE_LIMIT_RESULTS.length;
 
 /** Route series kept apart; routes past this share the `_overflow` slot. */
 export const DEFAULT_MAX_ROUTE_SLOTS = 1024;

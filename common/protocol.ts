@@ -9,6 +9,7 @@ import type { MessagePort } from 'node:worker_threads';
 import type { GatewayConfig } from './config/types.js';
 import type { Level } from './log.js';
 import type { AccessRing } from './access-ring.js';
+import type { ClockEpoch } from './rate-limit-layout.js';
 
 /** Route id -> metrics slot, stable for the life of the process. */
 export type SlotEntries = ReadonlyArray<readonly [routeId: string, slot: number]>;
@@ -28,6 +29,10 @@ export interface WorkerData {
   control: SharedArrayBuffer;
   /** Private line to the admin thread for latency snapshots (see workers/latency.ts). */
   statsPort: MessagePort;
+  /** The process's rate-limit buckets (common/rate-limit-layout.ts), created once at start. */
+  rateLimitTable: SharedArrayBuffer;
+  /** The shared clock's epoch (common/rate-limit-layout.ts). */
+  clock: ClockEpoch;
 }
 
 export interface AdminData {
@@ -43,6 +48,8 @@ export interface AdminData {
   statsPorts: (MessagePort | null)[];
   version: string;
   startedAt: number;
+  rateLimitTable: SharedArrayBuffer;
+  clock: ClockEpoch;
 }
 
 export type ToWorker =

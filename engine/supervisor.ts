@@ -9,6 +9,7 @@
  * The main thread never terminate()s a worker that may still hold uWS
  * sockets and never exits before its workers: either aborts the process.
  */
+import { createClockEpoch, createRateLimitTable } from '../common/rate-limit-layout.js';
 import {
   type Stats, chmodSync, closeSync, copyFileSync, fchmodSync, fchownSync, fsyncSync, openSync, readFileSync, renameSync, statSync,
   unlinkSync, writeFileSync, writeSync,
@@ -115,6 +116,13 @@ export class Supervisor {
   private accessWriter: AccessWriter | null = null;
   /** Reloads run one at a time, in the order asked. */
   private reloadChain: Promise<unknown> = Promise.resolve();
+  /**
+   * The rate-limit buckets of every thread, for the life of the process:
+   * reloads and worker replacements keep them (capacity is read at start).
+   * Pages are only touched as buckets are used.
+   */
+  private readonly rateLimitTable: SharedArrayBuffer;
+  private readonly clock = createClockEpoch();
 
   constructor(config: GatewayConfig, opts: SupervisorOptions) {
     if (config.server.workers > MAX_WORKERS) throw new Error(`server.workers: at most ${MAX_WORKERS}`);
@@ -122,6 +130,7 @@ export class Supervisor {
     this.opts = opts;
     this.configDoc = opts.document;
     this.version = opts.version;
+    this.rateLimitTable = createRateLimitTable(config.rateLimitTable.capacity);
     this.assignSlots(config);
   }
 
@@ -187,6 +196,7 @@ export class Supervisor {
     const stats = new MessageChannel();
     const data: WorkerData = {
       index: slot.index, config, logLevel: logLevel(), slots: [...this.routeSlots], targetSlots: this.targetSlotEntries(), metrics: slot.metrics, accessRing: slot.accessRing, control: this.control, statsPort: stats.port1,
+      rateLimitTable: this.rateLimitTable, clock: this.clock,
     };
     Atomics.store(this.controlView, C_WORKER_STATE + slot.index, W_STARTING);
     const w = new Worker(WORKER_ENTRY, { workerData: data, transferList: [stats.port1], name: `turnpike-worker-${slot.index}` });
@@ -263,6 +273,7 @@ export class Supervisor {
     const data: AdminData = {
       config: this.config, document: this.document(), logLevel: logLevel(), slots: [...this.routeSlots], targetSlots: this.targetSlotEntries(), metrics: this.slots.map((s) => s.metrics),
       control: this.control, statsPorts, version: this.version, startedAt: this.startedAt,
+      rateLimitTable: this.rateLimitTable, clock: this.clock,
     };
     const w = new Worker(ADMIN_ENTRY, {
       workerData: data, transferList: statsPorts.filter((p): p is MessagePort => p !== null), name: 'turnpike-admin',

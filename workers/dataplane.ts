@@ -12,6 +12,10 @@ import { UpstreamRuntime } from './proxy/balancer.js';
 import { compileRequestPlan, compileResponsePlan, type RequestPlan, type ResponsePlan } from './proxy/headers.js';
 import { compileRouter } from './router/compile.js';
 import type { Router } from './router/types.js';
+import { compilePipeline, type PolicyEnv } from './pipeline/compile.js';
+import type { Policy } from './pipeline/context.js';
+import { trustedProxyList } from './policies/rate-limit/keys.js';
+import { MIN_CAPACITY, RateLimitTable, createRateLimitTable } from '../common/rate-limit-layout.js';
 
 export type Rewrite = ((path: string, paramNames: readonly string[], params: readonly string[]) => string) | null;
 
@@ -26,8 +30,10 @@ export class RouteContext {
   /** pathForwarding "original": forward the request target as sent (routes without a rewrite). */
   readonly forwardOriginalPath: boolean;
   readonly maxBodyBytes: number;
+  /** The route's policies in order (workers/pipeline), or null: proxied as is. */
+  readonly policies: Policy[] | null;
 
-  constructor(route: RouteConfig, slot: number, upstream: UpstreamRuntime, config: GatewayConfig) {
+  constructor(route: RouteConfig, slot: number, upstream: UpstreamRuntime, config: GatewayConfig, env: PolicyEnv) {
     this.id = route.id;
     this.slot = slot;
     this.upstream = upstream;
@@ -38,7 +44,23 @@ export class RouteContext {
     this.preserveHost = route.preserveHost;
     this.forwardOriginalPath = (route.pathForwarding ?? config.server.pathForwarding) === 'original';
     this.maxBodyBytes = route.maxBodyBytes ?? config.server.limits.maxBodyBytes;
+    this.policies = compilePipeline(route, slot, env);
   }
+}
+
+/** What a worker's dataplanes share across config versions. */
+export interface DataplaneShared {
+  /** The process's rate-limit buckets (the engine's table); null: a private scratch table (validation, tests). */
+  rateLimitTable: RateLimitTable | null;
+  /** This worker's metrics cells (policies count their decisions there), or null. */
+  metrics: Float64Array | null;
+}
+
+let scratch: RateLimitTable | null = null;
+/** A small private table, for compiling a config outside a worker (validation) and for tests. */
+function scratchTable(): RateLimitTable {
+  if (scratch === null) scratch = new RateLimitTable(createRateLimitTable(MIN_CAPACITY));
+  return scratch;
 }
 
 export class Dataplane {
@@ -54,7 +76,7 @@ export class Dataplane {
    */
   constructor(
     config: GatewayConfig, slots: ReadonlyMap<string, number>, previous: Dataplane | null = null,
-    targetSlots: ReadonlyMap<string, number> | null = null,
+    targetSlots: ReadonlyMap<string, number> | null = null, shared: DataplaneShared = { rateLimitTable: null, metrics: null },
   ) {
     this.config = config;
     this.upstreams = new Map();
@@ -64,7 +86,17 @@ export class Dataplane {
       const prev = previous?.upstreams.get(name);
       this.upstreams.set(name, prev !== undefined && JSON.stringify(prev.config) === JSON.stringify(u) ? prev : new UpstreamRuntime(u, targetSlots));
     }
-    this.routes = config.routes.map((r) => new RouteContext(r, slots.get(r.id) ?? OVERFLOW_SLOT, this.upstreams.get(r.upstream)!, config));
+    const needsTable = config.routes.some((r) => r.rateLimit.length > 0);
+    const env: PolicyEnv = {
+      rateLimit: needsTable
+        ? {
+          table: shared.rateLimitTable ?? scratchTable(),
+          metrics: config.metrics.enabled ? shared.metrics : null,
+          trusted: trustedProxyList(config.server.trustedProxies),
+        }
+        : null,
+    };
+    this.routes = config.routes.map((r) => new RouteContext(r, slots.get(r.id) ?? OVERFLOW_SLOT, this.upstreams.get(r.upstream)!, config, env));
     this.router = compileRouter(
       config.routes.map((r, i) => ({
         id: r.id,

@@ -15,6 +15,7 @@ import { WorkerLogs } from './logs.js';
 import { setPoolGauges } from './proxy/upstream-pool.js';
 import { RuntimeSampler } from '../common/runtime-metrics.js';
 import type { Backend } from './transport/backend.js';
+import { RateLimitTable, clockOffset } from '../common/rate-limit-layout.js';
 
 if (isMainThread || parentPort === null) throw new Error('workers/worker.js runs as a worker thread; start the gateway with `turnpike start`.');
 
@@ -66,8 +67,10 @@ function targetSlotMap(entries: TargetSlotEntries): Map<string, number> {
   return new Map(entries.map(([upstream, url, slot]) => [targetKey(upstream, url), slot]));
 }
 
+const shared = { rateLimitTable: new RateLimitTable(data.rateLimitTable), metrics };
+
 async function main(): Promise<void> {
-  let dp = new Dataplane(data.config, new Map(data.slots), null, targetSlotMap(data.targetSlots));
+  let dp = new Dataplane(data.config, new Map(data.slots), null, targetSlotMap(data.targetSlots), shared);
   const latency = await LatencyRecorder.create();
   const logs = new WorkerLogs(data.config.log, data.accessRing);
   setLogLevel(data.logLevel);
@@ -78,11 +81,11 @@ async function main(): Promise<void> {
   let backendName: string;
   if (wantBun) {
     const { BunServer } = await import('./transport/bun-server.js');
-    backend = new BunServer(dp, { host: s.host, port: s.port, workerIndex: data.index, metrics, latency, logs, control, onListen: () => {} });
+    backend = new BunServer(dp, { host: s.host, port: s.port, workerIndex: data.index, metrics, latency, logs, control, onListen: () => {}, clockOffset: clockOffset(data.clock) });
     backendName = 'bun';
   } else {
     const { UwsServer } = await import('./transport/uws-server.js');
-    backend = new UwsServer(dp, { host: s.host, port: s.port, workerIndex: data.index, metrics, latency, logs, control, onListen: () => {} });
+    backend = new UwsServer(dp, { host: s.host, port: s.port, workerIndex: data.index, metrics, latency, logs, control, onListen: () => {}, clockOffset: clockOffset(data.clock) });
     backendName = 'uws';
   }
   active = backend;
@@ -104,7 +107,7 @@ async function main(): Promise<void> {
         try {
           // Test hook (TURNPIKE_TEST_HOOKS=1 only): a route with this id stands for a config only a worker refuses.
           if (TEST_HOOKS && msg.config.routes.some((r) => r.id === 'test-hook-refused-by-worker')) throw new Error('refused by test hook');
-          next = new Dataplane(msg.config, new Map(msg.slots), dp, targetSlotMap(msg.targetSlots));
+          next = new Dataplane(msg.config, new Map(msg.slots), dp, targetSlotMap(msg.targetSlots), shared);
         } catch (err) {
           send({ type: 'config-failed', version: msg.config.version, message: err instanceof Error ? err.message : String(err) });
           break;

@@ -22,7 +22,12 @@ function isPair(v: unknown): v is [string, unknown] {
   return Array.isArray(v) && v.length === 2 && typeof v[0] === 'string';
 }
 
-/** A redacted deep copy (plain objects and arrays; other values as they are). */
+/** `scheme://user:password@host` -> credentials redacted (the Redis URL). */
+function redactUrl(v: string): string {
+  return v.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^@/]*@/i, `$1${REDACTED}@`);
+}
+
+/** A redacted deep copy (plain objects and arrays; other values as they are). URLs lose their credentials. */
 export function redact(value: unknown): unknown {
   if (Array.isArray(value)) {
     return value.map((item) => {
@@ -33,7 +38,7 @@ export function redact(value: unknown): unknown {
   if (value !== null && typeof value === 'object') {
     const out: Record<string, unknown> = {};
     for (const [k, v] of Object.entries(value)) {
-      out[k] = typeof v === 'string' && secretName(k) ? REDACTED : redact(v);
+      out[k] = typeof v === 'string' ? (secretName(k) ? REDACTED : k === 'url' ? redactUrl(v) : v) : redact(v);
     }
     return out;
   }

@@ -136,7 +136,7 @@ export const status = named('Status', object({
 export const resolvedConfig = named('ResolvedConfig', {
   type: 'object',
   additionalProperties: false,
-  required: ['version', 'source', 'server', 'admin', 'metrics', 'log', 'upstreams', 'routes', 'demo'],
+  required: ['version', 'source', 'server', 'admin', 'metrics', 'log', 'upstreams', 'routes', 'demo', 'rateLimits', 'redis', 'rateLimitTable'],
   description: 'The running configuration, resolved (every default filled in), secrets shown as "[redacted]". Header edits are [name, value] pairs.',
   properties: {
     version: int('Config version.'),
@@ -148,6 +148,9 @@ export const resolvedConfig = named('ResolvedConfig', {
     upstreams: { type: 'object', description: 'Upstreams by name.', additionalProperties: { type: 'object' } },
     routes: { type: 'array', description: 'Routes, in file order.', items: { type: 'object' } },
     demo: { type: 'object', description: 'Built-in demo upstream (embedded default config only).' },
+    rateLimits: { type: 'object', description: 'Named rate limits and quotas, resolved (name, tag, key, algorithm, numbers).', additionalProperties: { type: 'object' } },
+    redis: { anyOf: [{ type: 'object' }, { type: 'null' }], description: 'Redis settings (the URL without its credentials), or null.' },
+    rateLimitTable: { type: 'object', description: 'The shared bucket table (capacity as configured; applied at start).' },
   },
 });
 

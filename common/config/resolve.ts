@@ -13,6 +13,8 @@ import type {
 import { ACCESS_LOG_FIELDS, DEFAULTS, type AccessLogField } from './schema.js';
 import { parseTargetUrl } from './validate.js';
 import { deepFreeze, isPlainObject } from './util.js';
+import { RATE_LIMIT_DEFAULTS, resolveNamedPolicies, resolveRedis, resolveRouteLimits } from './rate-limit.js';
+import type { RateLimitPolicy } from './types.js';
 
 type Obj = Record<string, unknown>;
 
@@ -84,7 +86,7 @@ function upstream(name: string, raw: Obj): UpstreamConfig {
   };
 }
 
-function route(raw: Obj): RouteConfig {
+function route(raw: Obj, named: Record<string, RateLimitPolicy>, hasRedis: boolean): RouteConfig {
   const match = obj(raw['match']);
   const rw = obj(raw['rewrite']);
   const rp = rw['replacePrefix'];
@@ -106,6 +108,7 @@ function route(raw: Obj): RouteConfig {
     pathForwarding: pick<PathForwarding | null>(raw, 'pathForwarding', null),
     headers: policy(raw['headers']),
     maxBodyBytes: pick<number | null>(raw, 'maxBodyBytes', null),
+    rateLimit: resolveRouteLimits(raw['rateLimit'], raw['id'] as string, named, hasRedis),
   };
 }
 
@@ -138,6 +141,8 @@ export function resolveConfig(doc: Obj, opts: ResolveOptions): GatewayConfig {
   // Null prototype: `upstreams[name]` must never find Object.prototype members.
   const upstreams = Object.create(null) as Record<string, UpstreamConfig>;
   for (const [name, raw] of Object.entries(obj(doc['upstreams']))) upstreams[name] = upstream(name, obj(raw));
+  const named = resolveNamedPolicies(doc);
+  const hasRedis = isPlainObject(doc['redis']);
   const config: GatewayConfig = {
     version: opts.version,
     source: opts.source,
@@ -162,6 +167,7 @@ export function resolveConfig(doc: Obj, opts: ResolveOptions): GatewayConfig {
       },
       requestIdHeader: pick(s, 'requestIdHeader', d.requestIdHeader).toLowerCase(),
       pathForwarding: pick<PathForwarding>(s, 'pathForwarding', d.pathForwarding),
+      trustedProxies: pick<readonly string[]>(s, 'trustedProxies', []),
       headers: policy(s['headers']),
     },
     admin: {
@@ -174,7 +180,10 @@ export function resolveConfig(doc: Obj, opts: ResolveOptions): GatewayConfig {
     metrics: { enabled: pick(obj(doc['metrics']), 'enabled', DEFAULTS.metrics.enabled) },
     log: logConfig(obj(doc['log'])),
     upstreams,
-    routes: Array.isArray(doc['routes']) ? (doc['routes'] as unknown[]).map((r) => route(obj(r))) : [],
+    routes: Array.isArray(doc['routes']) ? (doc['routes'] as unknown[]).map((r) => route(obj(r), named, hasRedis)) : [],
+    rateLimits: named,
+    redis: resolveRedis(doc['redis']),
+    rateLimitTable: { capacity: pick(obj(doc['rateLimitTable']), 'capacity', RATE_LIMIT_DEFAULTS.table.capacity) },
     demo: opts.demoPort === null ? { enabled: false, port: 0 } : { enabled: true, port: opts.demoPort },
   };
   return deepFreeze(config);

@@ -21,6 +21,7 @@
  *   before the same minimum and maximum are checked.
  */
 import { DURATION_MESSAGE, DURATION_PATTERN } from './duration.js';
+import { rateLimitPolicySchema, rateLimitTableSchema, redisSchema, trustedProxiesSchema } from './rate-limit.js';
 
 export const DEFAULTS = Object.freeze({
   server: Object.freeze({
@@ -103,7 +104,6 @@ const VALUE_MSG = 'must not contain control characters (CR, LF, NUL, ...)';
  * `unsupported property "<key>"...`.
  */
 export const MIGRATION_HINTS: Readonly<Record<string, string>> = Object.freeze({
-  'redis': ': Redis is not supported by this version yet; remove the section (a single node needs none)',
   'server.threads': ', use "workers" instead',
   'server.address': ', use "host" instead',
   'server.bind': ', use "host" instead',
@@ -146,7 +146,11 @@ export const MIGRATION_HINTS: Readonly<Record<string, string>> = Object.freeze({
   'routes[].stripPath': ', use "rewrite: { stripPrefix: ... }" instead',
   'routes[].name': ', use "id" instead',
   'routes[].auth': ': authentication policies are not supported by this version yet',
-  'routes[].rateLimit': ': rate limits are not supported by this version yet',
+  'routes[].rateLimits': ', use "rateLimit" (a list) instead',
+  'routes[].ratelimit': ', use "rateLimit" (a list) instead',
+  'routes[].rate_limit': ', use "rateLimit" (a list) instead',
+  'rateLimit': ', use "rateLimits" (named policies) at the top level, and "rateLimit" in routes',
+  'ratelimits': ', use "rateLimits" instead',
 });
 
 type Json = Record<string, unknown>;
@@ -256,9 +260,21 @@ export const configSchema = {
             forwarded: bool('Also append an RFC 7239 Forwarded element.', DEFAULTS.server.forwarded.forwarded),
           },
         },
+        trustedProxies: trustedProxiesSchema,
         headers: { $ref: '#/definitions/headerPolicy' },
       },
     },
+    redis: redisSchema,
+    rateLimits: {
+      type: 'object', default: {},
+      description: 'Named rate limits and quotas, listed by name in routes[].rateLimit. A named policy is one set of buckets wherever it is used. Default none.',
+      propertyNames: {
+        pattern: NAME_PATTERN, maxLength: 128,
+        errorMessage: 'must be a policy name of letters, digits, "_", ".", ":" and "-", starting with a letter or digit',
+      },
+      additionalProperties: { $ref: '#/definitions/rateLimitPolicy' },
+    },
+    rateLimitTable: rateLimitTableSchema,
     log: {
       type: 'object', additionalProperties: false, default: {},
       description: 'Logs: the gateway\'s own log (stderr) and the access log.',
@@ -506,8 +522,17 @@ export const configSchema = {
         },
         headers: { $ref: '#/definitions/headerPolicy' },
         maxBodyBytes: int(0, MAX_BODY_BYTES, `Overrides server.limits.maxBodyBytes for this route. In bytes (0..${MAX_BODY_BYTES}). Default: inherit.`),
+        rateLimit: {
+          type: 'array', default: [],
+          description: 'Rate limits and quotas for this route, checked in order; every one must pass, and a refused request consumes nothing from any of them. Each item is the name of a policy under "rateLimits" or a policy written inline. Default none.',
+          items: {
+            errorMessage: 'must be the name of a policy under "rateLimits" or a policy object such as { by: ip, rate: 100, per: 1m }',
+            anyOf: [{ type: 'string', minLength: 1 }, { $ref: '#/definitions/rateLimitPolicy' }],
+          },
+        },
       },
     },
+    rateLimitPolicy: rateLimitPolicySchema,
   },
 } as const;
 

@@ -67,6 +67,8 @@ export interface ServerConfig {
   requestIdHeader: string;
   /** Path sent upstream by routes without a rewrite (routes may override). */
   pathForwarding: PathForwarding;
+  /** Addresses / CIDRs of proxies in front (rate limits by ip look behind them in X-Forwarded-For). */
+  trustedProxies: readonly string[];
   headers: HeaderPolicy;
 }
 
@@ -159,6 +161,52 @@ export interface RouteConfig {
   headers: HeaderPolicy;
   /** Overrides server.limits.maxBodyBytes for this route, null = inherit. */
   maxBodyBytes: number | null;
+  /** Rate limits and quotas, in order; every one must pass (empty: none). */
+  rateLimit: readonly RateLimitPolicy[];
+}
+
+export type RateLimitAlgorithm = 'token_bucket' | 'gcra' | 'fixed_window' | 'sliding_window' | 'quota';
+export type RateLimitKeyKind = 'ip' | 'global' | 'route' | 'header' | 'query';
+
+/** A rate limit or quota, resolved (common/config/rate-limit.ts). */
+export interface RateLimitPolicy {
+  /** The name under `rateLimits`, or `<route id>#<position>` for an inline policy. */
+  name: string;
+  /** What its buckets mean (JSON); `tag` is its hash. A change starts the policy afresh. */
+  identity: string;
+  /** 32-bit hash of `identity`, never 0: the policy's buckets in the shared table and in Redis. */
+  tag: number;
+  by: RateLimitKeyKind;
+  /** Lowercase header name (`header`) or query parameter name (`query`); null otherwise. */
+  keyName: string | null;
+  algorithm: RateLimitAlgorithm;
+  /** Requests per `perMs` (a quota: per period). */
+  rate: number;
+  /** The window in ms (a quota: the period's nominal length, for headers). */
+  perMs: number;
+  /** token_bucket capacity / gcra requests back to back; windows: = rate. */
+  burst: number;
+  /** Quotas only: the calendar period; null for rate limits. */
+  period: 'hour' | 'day' | 'week' | 'month' | null;
+  /** Quotas: IANA time zone of the period (default UTC). */
+  timeZone: string;
+  /** `cluster`: shared through Redis; `local`: this instance alone (always without redis). */
+  scope: 'cluster' | 'local';
+  mode: 'batched' | 'strict';
+  onStoreError: 'allow_local' | 'deny';
+  headers: 'ietf' | 'legacy' | 'both' | 'none';
+}
+
+export interface RedisConfig {
+  url: string | null;
+  sentinels: readonly { host: string; port: number }[] | null;
+  /** Sentinel master name. */
+  name: string | null;
+  cluster: readonly { host: string; port: number }[] | null;
+  keyPrefix: string;
+  syncIntervalMs: number;
+  connectTimeoutMs: number;
+  commandTimeoutMs: number;
 }
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
@@ -196,6 +244,12 @@ export interface GatewayConfig {
   log: LogConfig;
   upstreams: Readonly<Record<string, UpstreamConfig>>;
   routes: readonly RouteConfig[];
+  /** Named rate limits (routes hold the resolved objects). */
+  rateLimits: Readonly<Record<string, RateLimitPolicy>>;
+  /** null: no Redis (one instance; every limit local). */
+  redis: RedisConfig | null;
+  /** The shared bucket table; capacity is read at start only. */
+  rateLimitTable: { capacity: number };
   /** Run the built-in demo upstream (the embedded default config only). */
   demo: { enabled: boolean; port: number };
 }

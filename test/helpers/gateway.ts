@@ -50,6 +50,7 @@ export interface StartOptions {
 /** A minimal config around the given routes/upstreams, on ephemeral ports. */
 export function baseConfig(over: Record<string, any> = {}): Record<string, any> {
   return {
+    ...over,
     server: { host: '127.0.0.1', port: 0, workers: 1, ...(over.server ?? {}) },
     admin: { enabled: false, host: '127.0.0.1', port: 0, ...(over.admin ?? {}) },
     upstreams: over.upstreams ?? {},

@@ -20,6 +20,8 @@ export interface ServerOptions {
   control: Int32Array;
   /** Called with the port actually bound (useful with port 0). */
   onListen(port: number): void;
+  /** This thread's performance.now() -> shared rate-limit clock (common/rate-limit-layout.ts clockOffset). */
+  clockOffset: number;
 }
 
 /** A worker's server backend, as the worker thread drives it. */

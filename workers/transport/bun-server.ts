@@ -37,7 +37,7 @@
  *  - fetch() refuses a body on GET/HEAD: such a request is refused (400)
  *    rather than forwarded without its body.
  */
-import { Errors, errorBody, type GatewayErrorDef } from '../../common/errors.js';
+import { Errors, errorBody, errorBodyWith, type GatewayErrorDef } from '../../common/errors.js';
 import { log } from '../../common/log.js';
 import { DURATION_BUCKETS, G_IN_FLIGHT, T_LATENCY, methodIndex, observe } from '../../common/metrics-layout.js';
 import { countError, recordRequest } from '../request-metrics.js';
@@ -50,6 +50,10 @@ import { HEALTH_DRAINING, HEALTH_OK, LINGER_MAX_BYTES, type Backend, type Server
 import { C_DRAINING } from '../../common/protocol.js';
 import { entry, resetEntry } from '../access-log.js';
 import { coarse } from '../proxy/timers.js';
+import { REFUSED, RequestContext } from '../pipeline/context.js';
+
+/** The pipeline's context, reused for every request of this thread (workers/pipeline/context.ts). */
+const pctx = new RequestContext();
 
 /**
  * What the access log needs of one request on this backend (made only when
@@ -285,17 +289,20 @@ export class BunServer implements Backend {
    * the same head (Content-Length of the JSON, Date) without the body.
    * `close` adds `Connection: close`, on which Bun closes after the response.
    */
-  private errorResponse(e: GatewayErrorDef, requestId: string, isHead: boolean, close: boolean, allow: string | null = null): Response {
-    const body = errorBody(e, requestId);
+  private errorResponse(
+    e: GatewayErrorDef, requestId: string, isHead: boolean, close: boolean, allow: string | null = null,
+    extra: readonly string[] | null = null, message: string | null = null,
+  ): Response {
+    const body = message === null ? errorBody(e, requestId) : errorBodyWith(e, message, requestId);
     const headers = new Headers();
     headers.set('content-type', 'application/json');
     headers.set(this.dp.config.server.requestIdHeader, requestId);
     if (allow !== null) headers.set('allow', allow);
+    if (extra !== null) for (let i = 0; i < extra.length; i += 2) headers.append(extra[i]!, extra[i + 1]!);
     if (close) headers.set('connection', 'close');
     const init = { status: e.status, statusText: e.statusLine.slice(4), headers };
     if (!isHead) return new Response(body, init);
-    // Messages and request ids are ASCII: length in characters = in bytes.
-    headers.set('content-length', String(body.length));
+    headers.set('content-length', String(Buffer.byteLength(body)));
     headers.set('date', httpDate());
     return new Response(null, init);
   }
@@ -412,10 +419,12 @@ export class BunServer implements Backend {
     const clientClose = conn !== null && hasCloseOption(conn);
     const close = clientClose || bodyMode === BODY_CHUNKED || contentLength > LINGER_MAX_BYTES;
     const info = this.opts.logs.access === null ? null : accessInfo(req, server, t0, requestId, method, contentLength);
-    const reject = (e: GatewayErrorDef, closeIt: boolean, slot = 0, allow: string | null = null): Response => {
+    const reject = (
+      e: GatewayErrorDef, closeIt: boolean, slot = 0, allow: string | null = null, extra: string[] | null = null, message: string | null = null,
+    ): Response => {
       this.count(e, slot, mIdx, t0);
       this.logAnswer(info, e.status, slot === 0 ? null : route0(this.dp, slot), '', '', e.code, -1, 0);
-      return this.errorResponse(e, requestId, isHead, closeIt, allow);
+      return this.errorResponse(e, requestId, isHead, closeIt, allow, extra, message);
     };
 
     if (this.draining) return reject(Errors.SHUTTING_DOWN, true);
@@ -454,11 +463,35 @@ export class BunServer implements Backend {
     if (bodyMode !== BODY_NONE && (method === 'GET' || isHead)) return reject(Errors.BAD_REQUEST, close, route.slot);
     if (del) return reject(Errors.BAD_REQUEST, close, route.slot);
 
+    const clientIp: string = server.requestIP(req)?.address ?? '';
+    const xff = h.get('x-forwarded-for');
+    // --- the route's policies (workers/pipeline): null for a route without any
+    const policies = route.policies;
+    let policyHeaders: string[] | null = null;
+    let policyLines = '';
+    if (policies !== null) {
+      const ctx = pctx;
+      ctx.reset();
+      ctx.now = t0 + this.opts.clockOffset;
+      ctx.routeId = route.id;
+      ctx.routeSlot = route.slot;
+      ctx.clientIp = clientIp;
+      ctx.xff = xff;
+      ctx.headers = flat;
+      ctx.query = query;
+      for (let i = 0; i < policies.length; i++) {
+        if (policies[i]!.onRequest(ctx) === REFUSED) {
+          return reject(ctx.refusal!, close, route.slot, null, ctx.refusalHeaders.slice(), ctx.refusalMessage);
+        }
+      }
+      if (ctx.responseHeaders.length !== 0) policyHeaders = ctx.responseHeaders.slice();
+      policyLines = ctx.requestLines;
+    }
+
     // --- upstream request
     const upstreamPath = route.rewrite !== null
       ? route.rewrite(path, m.paramNames, m.params)
       : route.forwardOriginalPath ? rawPath : path;
-    const clientIp: string = server.requestIP(req)?.address ?? '';
     const pool = route.upstream.pick(clientIp);
     const headers = new Headers();
     const drop = route.requestPlan.drop;
@@ -470,7 +503,6 @@ export class BunServer implements Backend {
     }
     headers.set('host', route.preserveHost ? hostHeader : pool.hostHeader);
     const fwd = cfg.forwarded;
-    const xff = h.get('x-forwarded-for');
     if (fwd.xForwardedFor) headers.set('x-forwarded-for', xff === null ? clientIp : `${xff}, ${clientIp}`);
     if (fwd.xForwardedProtoHost) {
       headers.set('x-forwarded-proto', 'http');
@@ -484,7 +516,7 @@ export class BunServer implements Backend {
     }
     headers.set(cfg.requestIdHeader, requestId);
     // Configured lines are latin1 strings of their UTF-8 bytes: fetch writes them as those bytes.
-    const extraLines = route.requestPlan.extraLines;
+    const extraLines = route.requestPlan.extraLines + policyLines;
     if (extraLines !== '') {
       for (const line of extraLines.split('\r\n')) {
         const c = line.indexOf(':');
@@ -500,7 +532,10 @@ export class BunServer implements Backend {
     }
     const url = `http://${pool.hostHeader}${query === '' ? upstreamPath : `${upstreamPath}?${query}`}`;
     const testThrow = TEST_HOOKS && h.get(TEST_THROW_HEADER) === 'upstream';
-    return this.proxy(req, server, route, url, method, mIdx, isHead, requestId, headers, body, clientClose, close, t0, testThrow, info, pool.target.url, pool.metricsBase);
+    return this.proxy(
+      req, server, route, url, method, mIdx, isHead, requestId, headers, body, clientClose, close, t0, testThrow, info, pool.target.url, pool.metricsBase,
+      policyHeaders,
+    );
   }
 
   /**
@@ -512,7 +547,7 @@ export class BunServer implements Backend {
   private async proxy(
     req: Request, server: any, route: RouteContext, url: string, method: string, mIdx: number, isHead: boolean,
     requestId: string, headers: Headers, body: ReadableStream<Uint8Array> | null, clientClose: boolean, close: boolean, t0: number,
-    testThrow: boolean, info: AccessInfo | null, target: string, targetCells: number,
+    testThrow: boolean, info: AccessInfo | null, target: string, targetCells: number, policyHeaders: string[] | null,
   ): Promise<Response> {
     const ridName = this.dp.config.server.requestIdHeader;
     const t = route.upstream.config.timeouts;
@@ -610,6 +645,7 @@ export class BunServer implements Backend {
         const vals = latin1Extra(extra);
         for (let i = 0; i < vals.length; i += 2) out.append(vals[i]!, vals[i + 1]!);
       }
+      if (policyHeaders !== null) for (let i = 0; i < policyHeaders.length; i += 2) out.append(policyHeaders[i]!, policyHeaders[i + 1]!);
       const status = up.status;
       const noBody = isHead || status === 204 || status === 304;
       if (noBody) {

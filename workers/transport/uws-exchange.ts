@@ -172,6 +172,8 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
   finished = false;
   /** Test hook (TURNPIKE_TEST_HOOKS=1 only): throw when the response head arrives. */
   testThrow = false;
+  /** Response headers the route's policies add (name/value pairs: RateLimit...), or null. */
+  policyHeaders: string[] | null = null;
   // --- for the logs (set by the server; references, no copies)
   client = '';
   host = '';
@@ -534,6 +536,8 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
     if (!sawRid) res.writeHeader(ridHeader, this.requestId);
     const extra = plan.extra;
     for (let i = 0; i < extra.length; i += 2) res.writeHeader(extra[i]!, extra[i + 1]!);
+    const ph = this.policyHeaders;
+    if (ph !== null) for (let i = 0; i < ph.length; i += 2) res.writeHeader(ph[i]!, ph[i + 1]!);
     if (bodyKind === BODY_NONE) {
       const close = this.clientClose;
       this.closing = close !== CLOSE_NONE;

@@ -47,7 +47,7 @@ export const CLOSE_NONE = 0;
 export const CLOSE_BY_SERVER = 1;
 /** Close after the response; the gateway must make it happen. */
 export const CLOSE_ENFORCE = 2;
-import { errorBody, type GatewayErrorDef } from '../../common/errors.js';
+import { errorBody, errorBodyWith, type GatewayErrorDef } from '../../common/errors.js';
 
 const noop = (): void => {};
 
@@ -100,17 +100,19 @@ export function writeJson(res: any, statusLine: string, body: string, isHead: bo
 
 /**
  * Writes a gateway error (JSON body `{"error":{code,message,requestId}}`)
- * in full: status, content-type, request id, `Allow` for 405, and for HEAD
- * the same head without the body. Call inside a cork (or the handler).
+ * in full: status, content-type, request id, `Allow` for 405, a policy's
+ * headers (`extra`: name/value pairs, e.g. Retry-After) and message, and
+ * for HEAD the same head without the body. Call inside a cork (or the handler).
  */
 export function writeGatewayError(
   res: any, e: GatewayErrorDef, requestIdHeader: string, requestId: string, isHead: boolean, close: number,
-  abortAttached: boolean, allow: string | null,
+  abortAttached: boolean, allow: string | null, extra: readonly string[] | null = null, message: string | null = null,
 ): void {
   res.writeStatus(e.statusLine).writeHeader('content-type', 'application/json').writeHeader(requestIdHeader, requestId);
   if (allow !== null) res.writeHeader('allow', allow);
-  const body = errorBody(e, requestId);
-  // Messages and request ids are ASCII: length in characters = in bytes.
-  if (isHead) endWithoutBody(res, e.status, body.length, close, abortAttached);
+  if (extra !== null) for (let i = 0; i < extra.length; i += 2) res.writeHeader(extra[i]!, extra[i + 1]!);
+  const body = message === null ? errorBody(e, requestId) : errorBodyWith(e, message, requestId);
+  // Messages and request ids are ASCII (a policy's message too: names and numbers): length in characters = in bytes.
+  if (isHead) endWithoutBody(res, e.status, Buffer.byteLength(body), close, abortAttached);
   else endWhole(res, body, close);
 }

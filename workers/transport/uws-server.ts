@@ -25,6 +25,10 @@ import { loadUws } from './uws-loader.js';
 import { CLOSE_BY_SERVER, CLOSE_ENFORCE, CLOSE_NONE, writeGatewayError, writeJson } from './uws-respond.js';
 import { C_DRAINING } from '../../common/protocol.js';
 import { HEALTH_DRAINING, HEALTH_OK, LINGER_MAX_BYTES, type Backend, type ServerOptions } from './backend.js';
+import { REFUSED, RequestContext } from '../pipeline/context.js';
+
+/** The pipeline's context, reused for every request of this thread (workers/pipeline/context.ts). */
+const pctx = new RequestContext();
 
 /**
  * Client address text from uWS's binary form (4 or 16 bytes), with a small
@@ -367,9 +371,32 @@ export class UwsServer implements Backend {
       return this.reject(res, Errors.BODY_TOO_LARGE, requestId, mIdx, isHead, t0, close, route.slot);
     }
 
+    const clientIp = this.remoteAddress(res);
+    // --- the route's policies (workers/pipeline): null for a route without any
+    const policies = route.policies;
+    let policyHeaders: string[] | null = null;
+    let policyLines = '';
+    if (policies !== null) {
+      const ctx = pctx;
+      ctx.reset();
+      ctx.now = t0 + this.opts.clockOffset;
+      ctx.routeId = route.id;
+      ctx.routeSlot = route.slot;
+      ctx.clientIp = clientIp;
+      ctx.xff = hXff;
+      ctx.headers = hdrs;
+      ctx.query = query;
+      for (let i = 0; i < policies.length; i++) {
+        if (policies[i]!.onRequest(ctx) === REFUSED) {
+          return this.reject(res, ctx.refusal!, requestId, mIdx, isHead, t0, close, route.slot, null, ctx.refusalHeaders.slice(), ctx.refusalMessage);
+        }
+      }
+      if (ctx.responseHeaders.length !== 0) policyHeaders = ctx.responseHeaders.slice();
+      policyLines = ctx.requestLines;
+    }
+
     // --- upstream request head
     const upstreamPath = route.rewrite !== null ? route.rewrite(path, m.paramNames, m.params) : route.forwardOriginalPath ? url : path;
-    const clientIp = this.remoteAddress(res);
     const pool = route.upstream.pick(clientIp);
     const hostLine = route.preserveHost ? hHost : pool.hostHeader;
     let head = method + ' ' + (query === '' ? upstreamPath : upstreamPath + '?' + query) + ' HTTP/1.1\r\nhost: ' + hostLine + '\r\n';
@@ -406,7 +433,7 @@ export class UwsServer implements Backend {
       const el = 'for=' + forIp + ';host="' + hHost.replace(/["\\]/g, '') + '";proto=http';
       head += 'forwarded: ' + (hForwarded === null ? el : hForwarded + ', ' + el) + '\r\n';
     }
-    head += ridHeaderName + ': ' + requestId + '\r\n' + route.requestPlan.extraLines;
+    head += ridHeaderName + ': ' + requestId + '\r\n' + route.requestPlan.extraLines + policyLines;
     if (bodyMode === REQ_BODY_LENGTH) head += 'content-length: ' + contentLength + '\r\n\r\n';
     else if (bodyMode === REQ_BODY_CHUNKED) head += 'transfer-encoding: chunked\r\n\r\n';
     else head += '\r\n';
@@ -419,6 +446,7 @@ export class UwsServer implements Backend {
     ex.query = query;
     ex.userAgent = hUserAgent;
     ex.referer = hReferer;
+    ex.policyHeaders = policyHeaders;
     if (TEST_HOOKS) ex.testThrow = req.getHeader(TEST_THROW_HEADER) === 'upstream';
     // A throw out of a uWS callback would end the worker: a bug ends only its exchange.
     res.onAborted(() => {
@@ -499,8 +527,10 @@ export class UwsServer implements Backend {
    * request smuggling this answer is there to stop. Written later, a request
    * already pipelined makes uWS close the connection instead.
    */
-  private answerAfterHandler(res: any, e: GatewayErrorDef, requestId: string, isHead: boolean, close: number, allow: string | null): void {
-    const a: ClosingAnswer = { res, e, ridHeader: ridHeaderName, requestId, isHead, close, allow, aborted: false };
+  private answerAfterHandler(
+    res: any, e: GatewayErrorDef, requestId: string, isHead: boolean, close: number, allow: string | null, extra: string[] | null, message: string | null,
+  ): void {
+    const a: ClosingAnswer = { res, e, ridHeader: ridHeaderName, requestId, isHead, close, allow, extra, message, aborted: false };
     res.onAborted(() => { a.aborted = true; });
     this.closing.push(a);
     if (!this.closingScheduled) {
@@ -516,7 +546,7 @@ export class UwsServer implements Backend {
     for (const a of list) {
       if (a.aborted) continue;
       try {
-        a.res.cork(() => writeGatewayError(a.res, a.e, a.ridHeader, a.requestId, a.isHead, a.close, true, a.allow));
+        a.res.cork(() => writeGatewayError(a.res, a.e, a.ridHeader, a.requestId, a.isHead, a.close, true, a.allow, a.extra, a.message));
       } catch (err) {
         log('error', 'internal error while answering; the connection is dropped', { requestId: a.requestId, error: String(err) });
       }
@@ -569,13 +599,13 @@ export class UwsServer implements Backend {
   /** Answers a gateway error (inside the uWS handler, or just after it when it must close) and counts it. */
   private reject(
     res: any, e: GatewayErrorDef, requestId: string, mIdx: number, isHead: boolean, t0: number, close: number, slot = 0,
-    allow: string | null = null,
+    allow: string | null = null, extra: string[] | null = null, message: string | null = null,
   ): void {
     const logs = this.opts.logs;
     // The client address must be read before the response ends (res is dead after).
     const client = logs.access !== null ? this.remoteAddress(res) : '';
-    if (close === CLOSE_NONE) writeGatewayError(res, e, ridHeaderName, requestId, isHead, CLOSE_NONE, false, allow);
-    else this.answerAfterHandler(res, e, requestId, isHead, close, allow);
+    if (close === CLOSE_NONE) writeGatewayError(res, e, ridHeaderName, requestId, isHead, CLOSE_NONE, false, allow, extra, message);
+    else this.answerAfterHandler(res, e, requestId, isHead, close, allow, extra, message);
     if (logs.access !== null || e.status >= 500) this.logReject(client, e, requestId, t0, slot);
     if (!this.env.metricsOn) return;
     countError(this.env.metrics, e.code);
@@ -592,6 +622,8 @@ interface ClosingAnswer {
   isHead: boolean;
   close: number;
   allow: string | null;
+  extra: string[] | null;
+  message: string | null;
   aborted: boolean;
 }
 

@@ -35,7 +35,8 @@ describe('schema errors: readable path and message', () => {
       'upstreams.users.timeouts: unsupported property "readMs", use "responseMs" instead',
     ]);
     expect(lines(withRoute({ service: 'users' }))).toEqual(['routes[0]: unsupported property "service", use "upstream" instead']);
-    expect(lines({ ...minimal(), redis: { url: 'redis://x' } })[0]).toMatch(/^: unsupported property "redis": Redis is not supported/);
+    expect(lines({ ...minimal(), ratelimits: {} })).toEqual([': unsupported property "ratelimits", use "rateLimits" instead']);
+    expect(lines(withRoute({ rate_limit: [] }))).toEqual(['routes[0]: unsupported property "rate_limit", use "rateLimit" (a list) instead']);
   });
 
   it('missing required properties', () => {

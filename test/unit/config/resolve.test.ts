@@ -20,8 +20,12 @@ describe('defaults resolution', () => {
       forwarded: { xForwardedFor: true, xForwardedProtoHost: true, forwarded: false },
       requestIdHeader: 'x-request-id',
       pathForwarding: 'normalized',
+      trustedProxies: [],
       headers: { request: { add: [], set: [], remove: [] }, response: { add: [], set: [], remove: [] } },
     });
+    expect(c.rateLimits).toEqual({});
+    expect(c.redis).toBeNull();
+    expect(c.rateLimitTable).toEqual({ capacity: 262144 });
     expect(c.admin).toEqual({ enabled: true, host: '127.0.0.1', port: 9901, tokensFile: null, auditLog: null });
     expect(c.demo).toEqual({ enabled: false, port: 0 });
     const up = c.upstreams['users']!;
@@ -46,6 +50,7 @@ describe('defaults resolution', () => {
       pathForwarding: null,
       headers: { request: { add: [], set: [], remove: [] }, response: { add: [], set: [], remove: [] } },
       maxBodyBytes: null,
+      rateLimit: [],
     });
   });
 
