@@ -527,7 +527,8 @@ export const configSchema = {
           description: 'Rate limits and quotas for this route, checked in order; every one must pass, and a refused request consumes nothing from any of them. Each item is the name of a policy under "rateLimits" or a policy written inline. Default none.',
           items: {
             errorMessage: 'must be the name of a policy under "rateLimits" or a policy object such as { by: ip, rate: 100, per: 1m }',
-            anyOf: [{ type: 'string', minLength: 1 }, { $ref: '#/definitions/rateLimitPolicy' }],
+            // Inline, not a $ref: union errors are reported per branch by schema path (validate.ts collapseUnions).
+            anyOf: [{ type: 'string', minLength: 1 }, rateLimitPolicySchema],
           },
         },
       },
