@@ -24,6 +24,10 @@
  * - rewrites of all three kinds referencing the route's params (and unknown
  *   ones), header rules at every level, per-route maxBodyBytes,
  *   pathForwarding, preserveHost, upstream names and targets;
+ * - rate limits: named and inline policies of every algorithm and key kind,
+ *   quotas with time zones, references to unknown names, the refusals
+ *   validation must make (rate 0, per 1y, header: without a name...),
+ *   trusted proxies, table capacities;
  * - then random mutations of the whole document: drop a key, a wrong type,
  *   a bad value, an unknown key, a duplicated route, a root that is not a
  *   mapping.
@@ -410,6 +414,13 @@ class DocGen {
     if (r.chance(0.12)) route['pathForwarding'] = this.bad() ? 'raw' : r.pick(['normalized', 'original']);
     if (r.chance(0.15)) route['headers'] = this.headerPolicy();
     if (r.chance(0.15)) route['maxBodyBytes'] = this.bad() ? r.pick([-1, 1.5, '10', 1_099_511_627_777]) : r.pick([0, 1, 1024, 1_099_511_627_776]);
+    if (r.chance(0.15)) {
+      const list: unknown[] = [];
+      for (let k = r.pick([1, 1, 2, 3]); k > 0; k--) {
+        list.push(this.policyNames.length > 0 && r.chance(0.5) ? (this.bad(0.5) ? 'no-such-policy' : r.pick(this.policyNames)) : this.rateLimitPolicy());
+      }
+      route['rateLimit'] = list;
+    }
     if (this.bad()) route[r.pick(['method', 'stripPrefix', 'name', 'paths', 'Path', 'weight'])] = r.pick(['GET', '/a', 'x', ['/a'], 1]);
     if (this.collides(route) && !this.dirty) {
       // Still taken: a segment of its own in front.
@@ -577,6 +588,7 @@ class DocGen {
         : r.pick(['host', 'content-length', 'transfer-encoding', 'expect', 'x-forwarded-for', 'connection', 'x_request_id']);
     }
     if (r.chance(0.15)) s['pathForwarding'] = this.bad() ? 'raw' : r.pick(['normalized', 'original']);
+    if (r.chance(0.1)) s['trustedProxies'] = this.bad(0.5) ? ['10.0.0.0/33'] : r.sample(['10.0.0.0/8', '127.0.0.1', '::1', 'fd00::/8'], r.pick([1, 2]));
     if (r.chance(0.2)) s['headers'] = this.headerPolicy();
     if (r.chance(0.1)) s['drainTimeoutMs'] = this.bad() ? 3_600_001 : r.pick([0, 100, 30000]);
     // "bun" documents keep extension methods (PURGE...) valid; property B starts them on Node without backend.
@@ -598,9 +610,52 @@ class DocGen {
     return a;
   }
 
+  /** Names under `rateLimits` (set before the routes are generated). */
+  policyNames: string[] = [];
+
+  /** A rate limit or quota: mostly valid, sometimes one of the refusals validation must make. */
+  rateLimitPolicy(): unknown {
+    const r = this.rng;
+    if (this.bad(0.5)) {
+      return r.pick<unknown>([
+        { rate: 0, per: '1s' }, { rate: 1, per: '1y' }, { rate: 1, per: '2d' }, { by: 'header:', rate: 1, per: '1s' }, { by: 'consumer', rate: 1, per: '1s' },
+        { quota: 5 }, { rate: 1, per: '1s', burst: 2, algorithm: 'fixed_window' }, { rate: 1 }, { rate: 1, per: '1s', scope: 'cluster' },
+        { quota: 1, period: 'day', timeZone: 'Mars/Base' }, { rate: 1, per: '1s', mode: 'strict' }, 'x', 42, { by: 'query:', rate: 1, per: '1s' },
+      ]);
+    }
+    if (r.chance(0.2)) {
+      const q: Obj = { by: r.pick(['ip', 'global', 'header:x-tenant']), quota: r.pick([1, 1000, 1_000_000_000_000]), period: r.pick(['hour', 'day', 'week', 'month']) };
+      if (r.chance(0.5)) q['timeZone'] = r.pick(['UTC', 'Europe/Paris', 'Asia/Kolkata', 'America/New_York']);
+      return q;
+    }
+    const p: Obj = {
+      by: r.pick(['ip', 'global', 'route', 'header:x-tenant', 'header:X-Api-Key', 'query:api_key']),
+      rate: r.pick([1, 10, 1000, 1_000_000_000]),
+      per: r.pick<unknown>(['250ms', '1s', '1m', '1h', '1d', 1, 86_400_000]),
+    };
+    // At most a billion per second (more is refused as a typo: a clean document keeps under it).
+    if (p['rate'] === 1_000_000_000 && (p['per'] === 1 || p['per'] === '250ms')) p['per'] = '1s';
+    const alg = r.pick([undefined, 'token_bucket', 'gcra', 'fixed_window', 'sliding_window']);
+    if (alg !== undefined) p['algorithm'] = alg;
+    if ((alg === undefined || alg === 'token_bucket' || alg === 'gcra') && r.chance(0.3)) p['burst'] = r.pick([1, 5, 1_000_000_000]);
+    if (r.chance(0.2)) p['headers'] = r.pick(['ietf', 'legacy', 'both', 'none']);
+    if (r.chance(0.1)) p['onStoreError'] = r.pick(['allow_local', 'deny']);
+    return p;
+  }
+
   document(): Obj {
     const r = this.rng;
     const doc: Obj = {};
+    if (r.chance(0.2)) {
+      const named: Obj = {};
+      for (const name of r.sample(['standard', 'burst', 'tenant.daily', 'api:v1'], r.pick([1, 2, 3]))) {
+        const n = this.bad(0.5) ? r.pick(['bad name', '-x']) : name;
+        named[n] = this.rateLimitPolicy();
+        this.policyNames.push(n);
+      }
+      doc['rateLimits'] = named;
+    }
+    if (r.chance(0.05)) doc['rateLimitTable'] = { capacity: this.bad() ? 10 : r.pick([1024, 5000, 262_144]) };
     if (r.chance(0.05)) doc['$schema'] = './turnpike.schema.json';
     const server = this.server();
     doc['server'] = server;
