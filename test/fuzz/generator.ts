@@ -127,6 +127,7 @@ export const PREFIXES: readonly (readonly [number, string])[] = [
   [3, '/host/'],
   [3, '/pred/'],
   [4, '/nowhere/'],
+  [4, '/limited/'],
 ];
 
 export interface FuzzCase {
@@ -314,6 +315,12 @@ export function validMsg(r: Rng): Msg {
   for (let i = 0; i < extra; i++) lines.push(...headerFromPool(r, i));
   lines.splice(r.chance(0.8) ? 0 : r.int(lines.length + 1), 0, hostLine);
   if (p.startsWith('/pred/') && r.chance(0.7)) lines.push('X-Fz-Ver: 2');
+  // Rate-limit keys from hostile values: odd bytes, empty, huge, repeated; a forged X-Forwarded-For chain.
+  if (p.startsWith('/limited/')) {
+    if (r.chance(0.7)) lines.push('X-Fz-Key: ' + r.pick(['t1', '', ' ', 'a'.repeat(300), '%41', '127.0.0.1', 'caf\u00e9', 'k;k,k']));
+    if (r.chance(0.3)) lines.push('X-Fz-Key: second');
+    if (r.chance(0.4)) lines.push('X-Forwarded-For: ' + r.pick(['203.0.113.9', '1.1.1.1, 127.0.0.1', 'garbage, ::1', '[::1]:80', ', ,', '999.1.1.1', 'fe80::1%eth0']));
+  }
   const m: Msg = { prefix: '', method, target, version: 'HTTP/1.1', requestLine: null, lines, body: '', eol: '\r\n' };
   const wantsBody = method === 'POST' || method === 'PUT' || method === 'PATCH' ? r.chance(0.85) : r.chance(0.05);
   if (wantsBody) {

@@ -29,6 +29,7 @@ export function gatewayConfig(upstreamUrl: string, L: GenLimits = DEFAULT_LIMITS
       limits: { maxBodyBytes: L.maxBodyBytes, maxUrlBytes: L.maxUrlBytes, maxHeaderBytes: L.maxHeaderBytes, maxHeaderCount: L.maxHeaderCount },
       headers: { request: { set: { 'x-fz-set': '1' }, remove: ['x-fz-drop'] }, response: { add: { 'x-fz-gw': '1' } } },
       forwarded: { forwarded: true },
+      trustedProxies: ['127.0.0.0/8', '::1'],
     },
     upstreams: { [up]: { targets: [upstreamUrl], pool: { maxConnections: 2048, maxPending: 4096 } } },
     routes: [
@@ -46,6 +47,15 @@ export function gatewayConfig(upstreamUrl: string, L: GenLimits = DEFAULT_LIMITS
       { id: 'strip', path: '/strip/*', upstream: up, rewrite: { stripPrefix: '/strip' } },
       { id: 'host', host: 'api.fuzz.test', path: '/host/*', upstream: up, preserveHost: true },
       { id: 'pred', path: '/pred/*', upstream: up, match: { headers: { 'x-fz-ver': '2' } } },
+      // Rate-limit key extraction on hostile input; limits high enough never to refuse (the oracle expects the upstream's answer).
+      {
+        id: 'limited', path: '/limited/*', upstream: up,
+        rateLimit: [
+          { by: 'header:x-fz-key', rate: 1_000_000_000, per: '1s', headers: 'none' },
+          { by: 'query:k', rate: 1_000_000_000, per: '1s', algorithm: 'sliding_window', headers: 'none' },
+          { by: 'ip', rate: 1_000_000_000, per: '1s', algorithm: 'gcra', burst: 1_000_000_000, headers: 'none' },
+        ],
+      },
     ],
   });
 }
