@@ -151,6 +151,8 @@ const gw = startGateway(writeConfig('turnpike.json', { workers: 2 }, [
   { id: 'original', path: '/a/*', upstream: 'up', pathForwarding: 'original' },
   { id: 'all', path: '/api/*', upstream: 'up' },
   { id: 'dead', path: '/dead/*', upstream: 'dead' },
+  { id: 'shared', path: '/shared', upstream: 'up', rateLimit: [{ by: 'global', rate: 100, per: '1h', headers: 'legacy' }] },
+  { id: 'limited', path: '/limited/*', upstream: 'up', rateLimit: [{ by: 'global', rate: 1000, per: '1h' }, { by: 'header:x-k', rate: 10, per: '1m', burst: 2 }] },
   ...['reset', 'garbage', 'silent', 'high', 'chunked'].map((p) => ({ id: p, path: `/${p}/*`, upstream: 'raw' })),
 ]));
 const started = await gw.started;
@@ -331,6 +333,43 @@ await check('proxies GET with template rewrite and query', async () => {
 await check('streams a POST body', async () => {
   const r = await fetch(`${base}/api/post`, { method: 'POST', body: 'x'.repeat(500) });
   eq((await r.json()).bodyLength, 500, 'bodyLength');
+});
+await check('rate limits: both workers take from one bucket', async () => {
+  const workers = new Set();
+  const remaining = [];
+  for (let i = 0; i < 12; i++) {
+    const r = await fetch(`${base}/shared`, { headers: { connection: 'close' } });
+    eq(r.status, 200, 'status');
+    workers.add(r.headers.get('x-request-id').split('-')[1]);
+    remaining.push(Number(r.headers.get('x-ratelimit-remaining')));
+  }
+  eq(workers.size, 2, 'workers that answered');
+  eq(remaining, [99, 98, 97, 96, 95, 94, 93, 92, 91, 90, 89, 88], 'X-RateLimit-Remaining');
+});
+await check('rate limits: one bucket for both workers, RateLimit headers, 429 with Retry-After, a refused request consumes nothing', async () => {
+  const seen = [];
+  // New connections each time: the kernel spreads them over both workers.
+  for (let i = 0; i < 2; i++) {
+    const r = await fetch(`${base}/limited/x`, { headers: { 'x-k': 'bun-a', connection: 'close' } });
+    eq(r.status, 200, `request ${i + 1}`);
+    seen.push(r.headers.get('ratelimit'));
+    eq(r.headers.get('ratelimit-policy'), '"limited#0";q=1000;w=3600, "limited#1";q=2;w=60', 'RateLimit-Policy');
+  }
+  eq(seen, ['"limited#0";r=999;t=4, "limited#1";r=1;t=6', '"limited#0";r=998;t=8, "limited#1";r=0;t=12'], 'RateLimit');
+  for (let i = 0; i < 3; i++) {
+    const r = await fetch(`${base}/limited/x`, { headers: { 'x-k': 'bun-a', connection: 'close' } });
+    eq(r.status, 429, 'refused');
+    eq(r.headers.get('retry-after'), '6', 'Retry-After');
+    const j = await r.json();
+    eq(j.error.code, 'rate_limited', 'code');
+    eq(j.error.message, 'Rate limit "limited#1" exceeded (10 requests per 1m, by header x-k); retry in 6 s.', 'message');
+  }
+  const other = await fetch(`${base}/limited/x`, { headers: { 'x-k': 'bun-b' } });
+  eq(other.status, 200, 'another key');
+  eq(other.headers.get('ratelimit'), '"limited#0";r=997;t=11, "limited#1";r=1;t=6', 'the refused ones took nothing from the global bucket');
+  const head = await fetch(`${base}/limited/x`, { method: 'HEAD', headers: { 'x-k': 'bun-a' } });
+  eq(head.status, 429, 'HEAD refused too');
+  eq(head.headers.get('retry-after'), '6', 'HEAD Retry-After');
 });
 await check('413 JSON over the body limit', async () => {
   const r = await fetch(`${base}/api/post`, { method: 'POST', body: 'x'.repeat(5000) });
