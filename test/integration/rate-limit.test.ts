@@ -346,4 +346,35 @@ describe('reload', () => {
       await gw.stop();
     }
   });
+
+  it('a replaced worker finds the buckets as they were', async () => {
+    const gw = await startGateway(baseConfig({
+      server: { workers: 2 },
+      log: { access: { enabled: false } },
+      upstreams: { u: { targets: [up.url] } },
+      routes: [{ id: 'g', path: '/g', upstream: 'u', rateLimit: [{ by: 'global', rate: 5, per: '1h' }] }],
+    }), { env: { TURNPIKE_TEST_HOOKS: '1' } });
+    const fresh = (path: string) => get(gw, path, { connection: 'close' });
+    try {
+      for (let i = 0; i < 5; i++) expect((await fresh('/g')).status).toBe(200);
+      const before = await fresh('/g');
+      expect(before.status).toBe(429);
+      const prefixes = new Set<string>();
+      // Both workers' request-id prefixes, then crash worker 0 (test hook) and wait for its replacement.
+      for (let i = 0; i < 20 && prefixes.size < 2; i++) prefixes.add((await fresh('/g')).headers.get('x-request-id')!.split('-').slice(0, 2).join('-'));
+      gw.proc.kill('SIGUSR2');
+      let replaced = false;
+      const until = performance.now() + 5000;
+      while (!replaced && performance.now() < until) {
+        const a = await fresh('/g');
+        const p = a.headers.get('x-request-id')!.split('-').slice(0, 2).join('-');
+        if (a.status !== 0 && !prefixes.has(p)) replaced = true;
+        // Before, during and after the replacement: never admitted again.
+        expect(a.status).toBe(429);
+      }
+      expect(replaced, 'a replacement worker answered').toBe(true);
+    } finally {
+      await gw.stop();
+    }
+  });
 });
