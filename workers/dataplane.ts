@@ -16,6 +16,7 @@ import { compilePipeline, type PolicyEnv } from './pipeline/compile.js';
 import type { Policy } from './pipeline/context.js';
 import { trustedProxyList } from './policies/rate-limit/keys.js';
 import { MIN_CAPACITY, RateLimitTable, createRateLimitTable } from '../common/rate-limit-layout.js';
+import type { StrictStore, StrictStores } from './policies/rate-limit/strict-store.js';
 
 export type Rewrite = ((path: string, paramNames: readonly string[], params: readonly string[]) => string) | null;
 
@@ -54,6 +55,8 @@ export interface DataplaneShared {
   rateLimitTable: RateLimitTable | null;
   /** This worker's metrics cells (policies count their decisions there), or null. */
   metrics: Float64Array | null;
+  /** The worker's Redis connections for strict rate limits; absent outside a worker (validation, tests): none is opened. */
+  strictStores?: StrictStores | null;
 }
 
 let scratch: RateLimitTable | null = null;
@@ -68,6 +71,9 @@ export class Dataplane {
   readonly router: Router<RouteContext>;
   readonly upstreams: Map<string, UpstreamRuntime>;
   readonly routes: RouteContext[];
+  /** The strict rate limits' Redis connection this config holds (given back by releasePolicies), or null. */
+  private strictStore: StrictStore | null = null;
+  private readonly strictStores: StrictStores | null;
 
   /**
    * slots: route id -> metrics slot, assigned by the engine and stable across
@@ -87,27 +93,37 @@ export class Dataplane {
       this.upstreams.set(name, prev !== undefined && JSON.stringify(prev.config) === JSON.stringify(u) ? prev : new UpstreamRuntime(u, targetSlots));
     }
     const needsTable = config.routes.some((r) => r.rateLimit.length > 0);
+    // A Redis connection per worker only while some route has a strict limit (strict-store.ts).
+    const needsStrict = config.redis !== null && config.routes.some((r) => r.rateLimit.some((p) => p.mode === 'strict'));
+    this.strictStores = shared.strictStores ?? null;
+    if (needsStrict && this.strictStores !== null) this.strictStore = this.strictStores.acquire(config.redis!);
     const env: PolicyEnv = {
       rateLimit: needsTable
         ? {
           table: shared.rateLimitTable ?? scratchTable(),
           metrics: config.metrics.enabled ? shared.metrics : null,
           trusted: trustedProxyList(config.server.trustedProxies),
+          strict: this.strictStore,
         }
         : null,
     };
-    this.routes = config.routes.map((r) => new RouteContext(r, slots.get(r.id) ?? OVERFLOW_SLOT, this.upstreams.get(r.upstream)!, config, env));
-    this.router = compileRouter(
-      config.routes.map((r, i) => ({
-        id: r.id,
-        host: r.host,
-        path: r.path,
-        methods: r.methods,
-        priority: r.priority,
-        match: r.match,
-        data: this.routes[i]!,
-      })),
-    );
+    try {
+      this.routes = config.routes.map((r) => new RouteContext(r, slots.get(r.id) ?? OVERFLOW_SLOT, this.upstreams.get(r.upstream)!, config, env));
+      this.router = compileRouter(
+        config.routes.map((r, i) => ({
+          id: r.id,
+          host: r.host,
+          path: r.path,
+          methods: r.methods,
+          priority: r.priority,
+          match: r.match,
+          data: this.routes[i]!,
+        })),
+      );
+    } catch (err) {
+      this.releasePolicies(); // a config the worker refuses must not keep a connection open
+      throw err;
+    }
   }
 
   sweepIdle(cutoff: number): void {
@@ -120,6 +136,19 @@ export class Dataplane {
    */
   retire(next: Dataplane | null): void {
     for (const [name, u] of this.upstreams) if (next?.upstreams.get(name) !== u) u.close();
+    this.releasePolicies();
+  }
+
+  /**
+   * Gives back what the policies hold beyond this config (the strict
+   * limits' Redis connection: closed when no newer config uses the same
+   * one). Decisions still pending finish first (QUIT). Idempotent.
+   */
+  releasePolicies(): void {
+    const store = this.strictStore;
+    if (store === null) return;
+    this.strictStore = null;
+    this.strictStores!.release(store);
   }
 }
 

@@ -16,6 +16,7 @@ import { setPoolGauges } from './proxy/upstream-pool.js';
 import { RuntimeSampler } from '../common/runtime-metrics.js';
 import type { Backend } from './transport/backend.js';
 import { RateLimitTable, clockOffset } from '../common/rate-limit-layout.js';
+import { StrictStores } from './policies/rate-limit/strict-store.js';
 
 if (isMainThread || parentPort === null) throw new Error('workers/worker.js runs as a worker thread; start the gateway with `turnpike start`.');
 
@@ -67,7 +68,7 @@ function targetSlotMap(entries: TargetSlotEntries): Map<string, number> {
   return new Map(entries.map(([upstream, url, slot]) => [targetKey(upstream, url), slot]));
 }
 
-const shared = { rateLimitTable: new RateLimitTable(data.rateLimitTable), metrics };
+const shared = { rateLimitTable: new RateLimitTable(data.rateLimitTable), metrics, strictStores: new StrictStores(`worker-${data.index}`) };
 
 async function main(): Promise<void> {
   let dp = new Dataplane(data.config, new Map(data.slots), null, targetSlotMap(data.targetSlots), shared);

@@ -7,7 +7,7 @@
  * run the array in the request handler, after routing and before the
  * upstream request is built (shared/DESIGN.md, "The policy pipeline"):
  *
- *   ctx.reset(...); for each policy: policy.onRequest(ctx) -> CONTINUE | REFUSED
+ *   ctx.reset(...); for each policy: policy.onRequest(ctx) -> CONTINUE | REFUSED | PENDING
  *
  * A policy's fast path is synchronous. It can
  *  - answer the request itself: REFUSED, with ctx.refusal (a catalogue
@@ -21,20 +21,108 @@
  *
  * One RequestContext per thread, reused for every request (no allocation
  * per request); anything a policy wants to keep past the handler it copies.
+ *
+ * The slow path (a decision that needs I/O: a strict rate limit's Redis
+ * round trip). A policy returns PENDING after putting a PendingDecision in
+ * ctx.pending; the pipeline goes on with the next policies synchronously
+ * (so a decision that waits is always taken after every synchronous one of
+ * the route; at most one policy per request may go PENDING). Then:
+ *  - a later policy, or the transport itself, refuses the request before
+ *    the upstream request is built: the transport calls `cancel()` (the
+ *    pending policy gives back what it took; no I/O was started);
+ *  - otherwise the transport calls `begin(waiter)` once everything
+ *    synchronous is done, and the decision calls `waiter.decided(d)`
+ *    exactly once, later (never from inside begin), with `d.result`
+ *    CONTINUE (d.responseHeaders and d.requestLines to add) or REFUSED
+ *    (d.refusal, d.refusalMessage, d.refusalHeaders as above);
+ *  - the request ends first (client gone, body too large, the transport's
+ *    guard of `guardMs`): the transport calls `abandon()`; the decision
+ *    still completes on its own but tells no one.
+ * A route whose policies never return PENDING pays nothing for this: the
+ * transports test ctx.pending once per request that has policies.
  */
 import type { GatewayErrorDef } from '../../common/errors.js';
 
 export const CONTINUE = 0;
 export const REFUSED = 1;
+/** The decision is not taken yet: ctx.pending holds it (see above). */
+export const PENDING = 2;
 
 export interface Policy {
   /** For logs and metrics. */
   readonly name: string;
-  /** CONTINUE or REFUSED (then ctx.refusal is set). Must not throw on any input. */
+  /** CONTINUE, REFUSED (then ctx.refusal is set) or PENDING (then ctx.pending is set). Must not throw on any input. */
   onRequest(ctx: RequestContext): number;
 }
 
-export class RequestContext {
+/** Where a policy writes a refusal or the headers of an admission: the context, or a pending decision. */
+export interface PolicyOutcome {
+  refusal: GatewayErrorDef | null;
+  refusalMessage: string | null;
+  readonly refusalHeaders: string[];
+  readonly responseHeaders: string[];
+  requestLines: string;
+  refusedBy: string;
+}
+
+/** Who waits for a pending decision (the transport's exchange). */
+export interface DecisionWaiter {
+  /** Called once, outside the call that began the decision; `d.result` is CONTINUE or REFUSED. */
+  decided(d: PendingDecision): void;
+}
+
+/**
+ * A decision taken asynchronously (see the module comment). The outputs
+ * mean what they mean on RequestContext; `result` is PENDING until the
+ * waiter is told. Subclasses implement `run` (start the I/O) and `cancel`,
+ * and call `settle` once.
+ */
+export abstract class PendingDecision implements PolicyOutcome {
+  result = PENDING;
+  refusal: GatewayErrorDef | null = null;
+  refusalMessage: string | null = null;
+  readonly refusalHeaders: string[] = [];
+  readonly responseHeaders: string[] = [];
+  requestLines = '';
+  refusedBy = '';
+  /** The longest this decision can take (ms), timeouts included: past it the transport gives up on it (503). */
+  readonly guardMs: number;
+  private waiter: DecisionWaiter | null = null;
+  private begun = false;
+
+  constructor(guardMs: number) {
+    this.guardMs = guardMs;
+  }
+
+  /** Starts the decision; `waiter.decided(this)` follows, asynchronously. Once. */
+  begin(waiter: DecisionWaiter): void {
+    if (this.begun) throw new Error('a pending decision was begun twice');
+    this.begun = true;
+    this.waiter = waiter;
+    this.run();
+  }
+
+  /** The outcome is no longer wanted (the request ended); the decision completes unseen. */
+  abandon(): void {
+    this.waiter = null;
+  }
+
+  /** The request was refused before `begin`: give back whatever was taken. Never tells a waiter. */
+  abstract cancel(): void;
+
+  /** Starts the asynchronous part. Must not call `settle` synchronously. */
+  protected abstract run(): void;
+
+  /** Records the result and tells the waiter, if one still waits. */
+  protected settle(result: number): void {
+    this.result = result;
+    const w = this.waiter;
+    this.waiter = null;
+    if (w !== null) w.decided(this);
+  }
+}
+
+export class RequestContext implements PolicyOutcome {
   // -- inputs, set by the transport before the policies run
   /** The shared clock (common/rate-limit-layout.ts), ms. */
   now = 0;
@@ -55,9 +143,12 @@ export class RequestContext {
   readonly responseHeaders: string[] = [];
   requestLines = '';
   refusedBy = '';
+  /** Set with PENDING: the decision still to come (see the module comment). */
+  pending: PendingDecision | null = null;
 
   /** Clears the outputs; the transport then sets the inputs. */
   reset(): void {
+    this.pending = null;
     this.refusal = null;
     this.refusalMessage = null;
     this.refusalHeaders.length = 0;

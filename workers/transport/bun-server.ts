@@ -50,7 +50,7 @@ import { HEALTH_DRAINING, HEALTH_OK, LINGER_MAX_BYTES, type Backend, type Server
 import { C_DRAINING } from '../../common/protocol.js';
 import { entry, resetEntry } from '../access-log.js';
 import { coarse } from '../proxy/timers.js';
-import { REFUSED, RequestContext } from '../pipeline/context.js';
+import { CONTINUE, REFUSED, RequestContext, type PendingDecision } from '../pipeline/context.js';
 
 /** The pipeline's context, reused for every request of this thread (workers/pipeline/context.ts). */
 const pctx = new RequestContext();
@@ -256,10 +256,12 @@ export class BunServer implements Backend {
   }
 
   setDataplane(dp: Dataplane): void {
+    const old = this.dp;
     this.dp = dp;
+    // Bun's fetch pools upstream connections itself; only what the old
+    // config's policies hold (a strict limits' Redis connection) is let go.
+    if (old !== dp) old.releasePolicies();
   }
-
-  // Bun's fetch pools upstream connections itself; nothing to retire here.
 
   stopListening(): void {
     this.draining = true;
@@ -271,6 +273,7 @@ export class BunServer implements Backend {
     this.stopListening();
     this.server?.stop(true);
     this.server = null;
+    this.dp.releasePolicies();
   }
 
   private nextRequestId(): string {
@@ -469,6 +472,8 @@ export class BunServer implements Backend {
     const policies = route.policies;
     let policyHeaders: string[] | null = null;
     let policyLines = '';
+    /** A decision still to come (a strict rate limit's Redis round trip): awaited before the upstream request. */
+    let pending: PendingDecision | null = null;
     if (policies !== null) {
       const ctx = pctx;
       ctx.reset();
@@ -481,11 +486,13 @@ export class BunServer implements Backend {
       ctx.query = query;
       for (let i = 0; i < policies.length; i++) {
         if (policies[i]!.onRequest(ctx) === REFUSED) {
+          ctx.pending?.cancel();
           return reject(ctx.refusal!, close, route.slot, null, ctx.refusalHeaders.slice(), ctx.refusalMessage);
         }
       }
       if (ctx.responseHeaders.length !== 0) policyHeaders = ctx.responseHeaders.slice();
       policyLines = ctx.requestLines;
+      pending = ctx.pending;
     }
 
     // --- upstream request
@@ -532,9 +539,74 @@ export class BunServer implements Backend {
     }
     const url = `http://${pool.hostHeader}${query === '' ? upstreamPath : `${upstreamPath}?${query}`}`;
     const testThrow = TEST_HOOKS && h.get(TEST_THROW_HEADER) === 'upstream';
+    if (pending !== null) {
+      return this.decideThenProxy(
+        pending, reject, req, server, route, url, method, mIdx, isHead, requestId, headers, body, clientClose, close, t0, testThrow, info, pool.target.url,
+        pool.metricsBase, policyHeaders,
+      );
+    }
     return this.proxy(
       req, server, route, url, method, mIdx, isHead, requestId, headers, body, clientClose, close, t0, testThrow, info, pool.target.url, pool.metricsBase,
       policyHeaders,
+    );
+  }
+
+  /**
+   * A policy's decision is pending (a strict rate limit: workers/pipeline/
+   * context.ts): wait for it (the request counts as in flight meanwhile, so
+   * a drain waits too), then proxy, or answer its refusal as the handler
+   * answers its own (`reject`: counted, logged, closing when a body is left
+   * unread). The request body stays unread until then. A decision that
+   * outlives its guardMs (a bug guard: the store times out by itself)
+   * answers 503 rate_limit_store_unavailable. A client gone meanwhile
+   * (req.signal) is not proxied.
+   */
+  private async decideThenProxy(
+    d: PendingDecision,
+    reject: (e: GatewayErrorDef, closeIt: boolean, slot?: number, allow?: string | null, extra?: string[] | null, message?: string | null) => Response,
+    req: Request, server: any, route: RouteContext, url: string, method: string, mIdx: number, isHead: boolean,
+    requestId: string, headers: Headers, body: ReadableStream<Uint8Array> | null, clientClose: boolean, close: boolean, t0: number,
+    testThrow: boolean, info: AccessInfo | null, target: string, targetCells: number, policyHeaders: string[] | null,
+  ): Promise<Response> {
+    const cells = this.opts.metrics;
+    this.inFlight++;
+    cells[G_IN_FLIGHT]!++;
+    let guard: ReturnType<typeof setTimeout> | null = null;
+    let outcome: PendingDecision | null;
+    try {
+      outcome = await new Promise<PendingDecision | null>((resolve) => {
+        guard = setTimeout(() => {
+          d.abandon();
+          resolve(null);
+        }, d.guardMs);
+        d.begin({ decided: resolve });
+      });
+    } finally {
+      if (guard !== null) clearTimeout(guard);
+      this.inFlight--;
+      cells[G_IN_FLIGHT]!--;
+    }
+    if (outcome === null) return reject(Errors.RATE_LIMIT_STORE_UNAVAILABLE, close, route.slot, null, ['retry-after', '1'], null);
+    if (outcome.result !== CONTINUE) {
+      const e = outcome.refusal!;
+      return reject(e, close || e === Errors.INTERNAL, route.slot, null, outcome.refusalHeaders, outcome.refusalMessage);
+    }
+    if ((req as { signal?: AbortSignal }).signal?.aborted === true) {
+      // The client left while the decision was pending: nothing to proxy for (Bun drops this answer).
+      this.logAnswer(info, 499, route.id, '', '', 'client_aborted', -1, 0);
+      return new Response(null, { status: 499 });
+    }
+    const lines = outcome.requestLines;
+    if (lines !== '') {
+      for (const line of lines.split('\r\n')) {
+        const c = line.indexOf(':');
+        if (c > 0) headers.append(line.slice(0, c), line.slice(c + 2));
+      }
+    }
+    const extra = outcome.responseHeaders;
+    const allHeaders = extra.length === 0 ? policyHeaders : policyHeaders === null ? extra : policyHeaders.concat(extra);
+    return this.proxy(
+      req, server, route, url, method, mIdx, isHead, requestId, headers, body, clientClose, close, t0, testThrow, info, target, targetCells, allHeaders,
     );
   }
 

@@ -3,6 +3,9 @@
  * HttpResponse, the upstream side a pooled keep-alive Connection.
  *
  * Life of an exchange:
+ *   awaitDecision()    (only when a policy's decision is pending: a strict
+ *                      rate limit) wait for it, queueing body chunks; then
+ *                      start() as below, or answer its refusal (429/503)
  *   start()            pick a target, take an idle connection or open/queue one
  *   onConnection()     write the request head (+ buffered body) upstream
  *   onClientData()     stream the request body up; uWS pause() on backpressure
@@ -31,6 +34,7 @@ import {
   ACQUIRE_FULL, READ_BUFFER, type Connection, type ConnectionUser, type TargetPool,
 } from '../proxy/upstream-pool.js';
 import { CLOSE_NONE, endWhole, endWithoutBody, writeGatewayError } from './uws-respond.js';
+import { CONTINUE, type DecisionWaiter, type PendingDecision } from '../pipeline/context.js';
 import { entry, resetEntry } from '../access-log.js';
 import type { Phase } from '../error-log.js';
 import type { WorkerLogs } from '../logs.js';
@@ -43,7 +47,16 @@ const PHASE_CONNECT = 1;
 const PHASE_SEND = 2;
 const PHASE_HEAD = 3;
 const PHASE_BODY = 4;
-const PHASE_NAMES: readonly Phase[] = ['connect', 'connect', 'send', 'head', 'body'];
+/** Waiting for a policy's pending decision (no upstream yet). */
+const PHASE_DECIDE = 5;
+const PHASE_NAMES: readonly Phase[] = ['connect', 'connect', 'send', 'head', 'body', 'gateway'];
+
+/**
+ * Request body bytes queued while a decision is pending before the client
+ * is paused: a decision takes a Redis round trip, yet a slow Redis (up to
+ * redis.commandTimeoutMs) must not make the gateway hold a whole upload.
+ */
+const DECIDE_QUEUE_MAX = 64 * 1024;
 
 const CRLF = Buffer.from('\r\n');
 
@@ -119,7 +132,7 @@ function corkedRead(): void {
   corkEx!.readUpstream(corkConn!, corkN);
 }
 
-export class Exchange implements ConnectionUser, ResponseSink, Timed {
+export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWaiter {
   // --- client side
   res: any;
   readonly env: ExchangeEnv;
@@ -174,6 +187,12 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
   testThrow = false;
   /** Response headers the route's policies add (name/value pairs: RateLimit...), or null. */
   policyHeaders: string[] | null = null;
+  /** The pending decision this exchange waits for (awaitDecision), or null. */
+  private decision: PendingDecision | null = null;
+  /** The target picked for the request, kept aside while the decision is pending (pool is null until then: nothing counted against it). */
+  private pickedPool: TargetPool | null = null;
+  /** How a refusal closes the connection (the handler's rule for early answers: unread body, client's close). */
+  private refuseClose = CLOSE_NONE;
   // --- for the logs (set by the server; references, no copies)
   client = '';
   host = '';
@@ -228,6 +247,94 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
       return;
     }
     this.acquireNew();
+  }
+
+  /**
+   * Called from the uWS request handler instead of start() when a policy's
+   * decision is pending (workers/pipeline/context.ts). The exchange counts
+   * as in flight (drain waits for it) and is guarded by the decision's
+   * guardMs; `refuseClose` is how a refusal closes (CLOSE_*), decided by
+   * the handler as for any early answer. Body chunks are queued meanwhile
+   * (the client is paused past DECIDE_QUEUE_MAX bytes).
+   */
+  awaitDecision(d: PendingDecision, refuseClose: number): void {
+    this.env.metrics[G_IN_FLIGHT]!++;
+    this.env.timers.add(this);
+    this.pickedPool = this.pool;
+    this.pool = null;
+    this.decision = d;
+    this.refuseClose = refuseClose;
+    this.phase = PHASE_DECIDE;
+    this.setDeadline(performance.now() + d.guardMs);
+    d.begin(this);
+  }
+
+  /** DecisionWaiter: the decision is in (outside any uWS callback: writes are corked). Never throws. */
+  decided(d: PendingDecision): void {
+    try {
+      this.onDecided(d);
+    } catch (err) {
+      this.crashed(err);
+    }
+  }
+
+  private onDecided(d: PendingDecision): void {
+    this.decision = null;
+    if (this.finished) return;
+    if (d.result !== CONTINUE) {
+      this.refuse(d.refusal!, d.refusalHeaders, d.refusalMessage);
+      return;
+    }
+    const h = d.responseHeaders;
+    if (h.length !== 0) this.policyHeaders = this.policyHeaders === null ? h : this.policyHeaders.concat(h);
+    // Lines for the upstream go before the blank line that ends the head.
+    if (d.requestLines !== '') this.head = this.head.slice(0, -2) + d.requestLines + '\r\n';
+    if (this.clientPaused && this.res !== null) {
+      this.clientPaused = false;
+      this.res.resume();
+    }
+    this.phase = 0;
+    this.deadline = 0;
+    const pool = this.pickedPool!;
+    this.pickedPool = null;
+    this.pool = pool;
+    // start(), the counting already done by awaitDecision.
+    pool.active++;
+    const idle = pool.takeIdle();
+    if (idle !== null) {
+      idle.user = this;
+      this.onConnection(idle);
+    } else {
+      this.acquireNew();
+    }
+    // Upstream writes (and net.connect) defer work with process.nextTick, which a promise callback may leave waiting.
+    this.env.pump();
+  }
+
+  /**
+   * Answers a policy's refusal that came after the handler returned (429
+   * rate_limited, 503 rate_limit_store_unavailable...) with its headers and
+   * message, counted and logged as the handler's own early answers are (no
+   * upstream, no target), closing as the handler decided (refuseClose).
+   */
+  private refuse(e: GatewayErrorDef, headers: readonly string[] | null, message: string | null): void {
+    this.countError(e.code);
+    this.status = e.status;
+    if (e.status >= 500 && e !== Errors.INTERNAL) this.report(e.code, e.status, 'gateway');
+    const res = this.res;
+    if (res !== null) {
+      this.res = null;
+      this.responded = true;
+      // A paused upload must flow again: uWS discards the rest by its framing.
+      if (this.clientPaused) {
+        this.clientPaused = false;
+        res.resume();
+      }
+      const close = e === Errors.INTERNAL ? this.closeBy : this.refuseClose;
+      this.closing = close !== CLOSE_NONE;
+      res.cork(() => writeGatewayError(res, e, this.env.requestIdHeader, this.requestId, this.isHead, close, true, null, headers, message));
+    }
+    this.complete();
   }
 
   private acquireNew(): void {
@@ -357,6 +464,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
       return;
     }
     if (n > 0) (this.bodyQueue ??= []).push(Buffer.copyBytesFrom(new Uint8Array(ab)));
+    if (this.phase === PHASE_DECIDE && this.reqBytes > DECIDE_QUEUE_MAX && !isLast) this.pauseClient();
   }
 
   onUpstreamRead(conn: Connection, n: number): void {
@@ -761,6 +869,14 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
         this.detail = this.deadline === this.t0 + this.route.upstream.config.timeouts.totalMs ? 'total timeout' : 'response timeout';
         this.fail(Errors.UPSTREAM_TIMEOUT);
         return;
+      case PHASE_DECIDE: {
+        // The decision should have settled by its own timeouts: give up on it (a bug guard).
+        const d = this.decision;
+        this.decision = null;
+        d?.abandon();
+        this.refuse(Errors.RATE_LIMIT_STORE_UNAVAILABLE, ['retry-after', '1'], null);
+        return;
+      }
       case PHASE_BODY:
         this.countError('upstream_timeout');
         this.detail = 'idle timeout in the response body';
@@ -831,6 +947,13 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed {
     const pool = this.pool;
     if (pool !== null) pool.active--;
     this.bodyQueue = null;
+    // Ended while a decision was pending (client gone, body too large): it completes unseen.
+    const d = this.decision;
+    if (d !== null) {
+      this.decision = null;
+      d.abandon();
+    }
+    this.pickedPool = null;
     if (env.logs.access !== null) this.writeAccess();
     if (!env.metricsOn) return;
     recordRequest(

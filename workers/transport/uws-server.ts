@@ -25,7 +25,7 @@ import { loadUws } from './uws-loader.js';
 import { CLOSE_BY_SERVER, CLOSE_ENFORCE, CLOSE_NONE, writeGatewayError, writeJson } from './uws-respond.js';
 import { C_DRAINING } from '../../common/protocol.js';
 import { HEALTH_DRAINING, HEALTH_OK, LINGER_MAX_BYTES, type Backend, type ServerOptions } from './backend.js';
-import { REFUSED, RequestContext } from '../pipeline/context.js';
+import { REFUSED, RequestContext, type PendingDecision } from '../pipeline/context.js';
 
 /** The pipeline's context, reused for every request of this thread (workers/pipeline/context.ts). */
 const pctx = new RequestContext();
@@ -376,6 +376,8 @@ export class UwsServer implements Backend {
     const policies = route.policies;
     let policyHeaders: string[] | null = null;
     let policyLines = '';
+    /** A decision still to come (a strict rate limit's Redis round trip), or null: then the exchange starts at once. */
+    let pending: PendingDecision | null = null;
     if (policies !== null) {
       const ctx = pctx;
       ctx.reset();
@@ -388,11 +390,14 @@ export class UwsServer implements Backend {
       ctx.query = query;
       for (let i = 0; i < policies.length; i++) {
         if (policies[i]!.onRequest(ctx) === REFUSED) {
+          ctx.pending?.cancel();
           return this.reject(res, ctx.refusal!, requestId, mIdx, isHead, t0, close, route.slot, null, ctx.refusalHeaders.slice(), ctx.refusalMessage);
         }
       }
       if (ctx.responseHeaders.length !== 0) policyHeaders = ctx.responseHeaders.slice();
       policyLines = ctx.requestLines;
+      pending = ctx.pending;
+      this.pendingDecision = pending;
     }
 
     // --- upstream request head
@@ -417,14 +422,14 @@ export class UwsServer implements Backend {
     // after, so no recovered client value can ever stand in for them.
     if (Buffer.byteLength(head, 'utf8') !== head.length || head.indexOf('\x7f') !== -1) {
       const exact = exactBytes(head, req);
-      if (exact === null) return this.reject(res, Errors.BAD_REQUEST, requestId, mIdx, isHead, t0, close, route.slot);
+      if (exact === null) return this.rejectAfterPolicies(res, Errors.BAD_REQUEST, requestId, mIdx, isHead, t0, close, route.slot);
       head = exact;
     }
     const fwd = server.forwarded;
     // The client's X-Forwarded-For / Forwarded are extended, so they must be
     // plain ASCII (addresses and tokens; RFC 7239): anything else is refused.
     if ((hXff !== null && !isPlainAscii(hXff)) || (hForwarded !== null && !isPlainAscii(hForwarded))) {
-      return this.reject(res, Errors.BAD_REQUEST, requestId, mIdx, isHead, t0, close, route.slot);
+      return this.rejectAfterPolicies(res, Errors.BAD_REQUEST, requestId, mIdx, isHead, t0, close, route.slot);
     }
     if (fwd.xForwardedFor) head += 'x-forwarded-for: ' + (hXff === null ? clientIp : hXff + ', ' + clientIp) + '\r\n';
     if (fwd.xForwardedProtoHost) head += 'x-forwarded-proto: http\r\nx-forwarded-host: ' + hHost + '\r\n';
@@ -465,8 +470,32 @@ export class UwsServer implements Backend {
         }
       });
     }
-    ex.start();
+    if (pending === null) {
+      ex.start();
+    } else {
+      // The decision comes later (workers/pipeline/context.ts): the exchange
+      // exists now, so the client's abort and body chunks (queued) are
+      // handled meanwhile; it starts, or answers the refusal, when told.
+      this.pendingDecision = null;
+      ex.awaitDecision(pending, close);
+      // ioredis may have queued work (auto-pipelining's setImmediate, or a
+      // rejection's microtask) that a uWS callback does not run by itself.
+      this.env.pump();
+    }
     this.pendingEx = null;
+  }
+
+  /** A pending decision not yet handed to its exchange: a refusal (or a throw) before that must cancel it. */
+  private pendingDecision: PendingDecision | null = null;
+
+  /** reject() for a refusal after the policies ran: a decision they left pending gives back what it took. */
+  private rejectAfterPolicies(res: any, e: GatewayErrorDef, requestId: string, mIdx: number, isHead: boolean, t0: number, close: number, slot: number): void {
+    const p = this.pendingDecision;
+    if (p !== null) {
+      this.pendingDecision = null;
+      p.cancel();
+    }
+    this.reject(res, e, requestId, mIdx, isHead, t0, close, slot);
   }
 
   /** The exchange the handler is starting, the request id it gave out and the method's index: what a throw must clean up. */
@@ -501,6 +530,13 @@ export class UwsServer implements Backend {
   private internalError(res: any, err: unknown): void {
     const ex = this.pendingEx;
     this.pendingEx = null;
+    const p = this.pendingDecision;
+    this.pendingDecision = null;
+    if (p !== null) {
+      try {
+        p.cancel();
+      } catch { /* giving back is best effort on a path that already failed */ }
+    }
     log('error', 'internal error in the request handler; answered 500', {
       requestId: this.pendingId, error: err instanceof Error ? err.stack ?? err.message : String(err),
     });

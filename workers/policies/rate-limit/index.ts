@@ -14,6 +14,15 @@
  * an admission and its undo a concurrent request may see one unit fewer,
  * never one more, so the limits are never exceeded.
  *
+ * Strict limits (`mode: strict`, strict.ts) are decided in Redis, one
+ * atomic script per limit and request, after every in-memory limit of the
+ * route has admitted the request (a request refused in memory never costs
+ * a round trip): the runner then returns PENDING with a StrictDecision in
+ * ctx.pending, which gives the in-memory admissions back if Redis refuses.
+ * While the strict store is down they are decided right here instead, by
+ * their onStoreError (in memory with H_SHARE, or 503). A route without a
+ * strict limit never touches any of it.
+ *
  * Answers: a refusal is 429 rate_limited with Retry-After (seconds, at
  * least 1; RFC 9110 10.2.3) and a message naming the limit; while Redis is
  * unreachable a cluster limit with onStoreError "deny" answers 503
@@ -28,13 +37,15 @@ import type { RateLimitPolicy } from '../../../common/config/types.js';
 import { formatDuration } from '../../../common/config/duration.js';
 import { G_RATE_LIMIT_OVERFLOW, RATE_LIMIT_RESULTS, RL_ALLOWED, RL_LIMITED, RL_STORE_UNAVAILABLE, S_RATE_LIMIT, slotBase } from '../../../common/metrics-layout.js';
 import { F_PENDING, E_TAG, hashKey, type FindResult, type RateLimitTable } from '../../../common/rate-limit-layout.js';
-import { CONTINUE, REFUSED, type Policy, type RequestContext } from '../../pipeline/context.js';
+import { CONTINUE, PENDING, REFUSED, type Policy, type PolicyOutcome, type RequestContext } from '../../pipeline/context.js';
 import {
   ALG_FIXED_WINDOW, ALG_GCRA, ALG_QUOTA, ALG_SLIDING_WINDOW, ALG_TOKEN_BUCKET, ALGORITHMS, Decision, fixedWindow, gcra, quota,
   slidingWindow, tokenBucket, undo, type LimitParams,
 } from './algorithms.js';
 import { PeriodCache } from './calendar.js';
 import { keyFunction, keyKind, type KeyFn } from './keys.js';
+import { StrictDecision } from './strict.js';
+import type { StrictStore } from './strict-store.js';
 import type net from 'node:net';
 
 /** What the policies of every route of a worker share. */
@@ -43,6 +54,8 @@ export interface RateLimitEnv {
   /** This worker's metrics cells, or null when metrics are off. */
   metrics: Float64Array | null;
   trusted: net.BlockList | null;
+  /** The Redis connection of strict limits (strict-store.ts), or null: none in this config, or compiled outside a worker (validation). */
+  strict: StrictStore | null;
 }
 
 const HEADERS_NONE = 0;
@@ -61,6 +74,12 @@ export class Limit implements LimitParams {
   readonly burst: number;
   readonly key: KeyFn;
   readonly cluster: boolean;
+  /** mode: strict: decided in Redis per request (strict.ts). */
+  readonly strict: boolean;
+  /** Admissions are counted in F_PENDING for the admin thread's Redis sync (cluster scope, batched). */
+  readonly pends: boolean;
+  /** The strict scripts' arguments: rate, perMs, burst (strict-scripts.ts). */
+  readonly strictArgs: readonly string[];
   readonly deny: boolean;
   readonly headers: number;
   /** This limit's RateLimit-Policy item: `"standard";q=100;w=60`. */
@@ -81,6 +100,9 @@ export class Limit implements LimitParams {
     this.burst = p.burst;
     this.key = keyFunction(p, trusted);
     this.cluster = p.scope === 'cluster';
+    this.strict = p.mode === 'strict' && p.scope === 'cluster' && this.algorithm !== ALG_QUOTA;
+    this.pends = this.cluster && !this.strict;
+    this.strictArgs = [String(p.rate), String(p.perMs), String(p.burst)];
     this.deny = p.onStoreError === 'deny';
     this.headers = p.headers === 'ietf' ? HEADERS_IETF : p.headers === 'legacy' ? HEADERS_LEGACY : p.headers === 'both' ? HEADERS_BOTH : HEADERS_NONE;
     const quoted = '"' + p.name + '"';
@@ -99,11 +121,28 @@ export class Limit implements LimitParams {
 const hash = new Int32Array(2);
 const found: FindResult = { isNew: false, overflowed: false };
 const decision = new Decision();
-const MAX = 8;
+/** Policies per route (RATE_LIMIT_DEFAULTS.maxPerRoute). */
+export const MAX_LIMITS = 8;
+const MAX = MAX_LIMITS;
+/** Per position: the entry that admitted the request in memory, or -1 (a strict limit left to Redis). */
 const takenEntry = new Int32Array(MAX);
 const takenWindow = new Float64Array(MAX);
 const remainingOf = new Float64Array(MAX);
 const resetOf = new Float64Array(MAX);
+/** Per position of a strict limit left to Redis: its key hash. */
+const keyHi = new Int32Array(MAX);
+const keyLo = new Int32Array(MAX);
+
+/** What one in-memory decision (decideLocal) left: read right after the call. */
+export interface LocalResult {
+  allowed: boolean;
+  entry: number;
+  window: number;
+  remaining: number;
+  resetMs: number;
+  retryMs: number;
+}
+const local: LocalResult = { allowed: false, entry: 0, window: 0, remaining: 0, resetMs: 0, retryMs: 0 };
 
 export class RateLimitPolicyRunner implements Policy {
   readonly name = 'rate-limit';
@@ -116,9 +155,12 @@ export class RateLimitPolicyRunner implements Policy {
   private readonly policyHeader: string | null;
   private readonly anyLegacy: boolean;
   private readonly anyIetf: boolean;
+  /** The strict limits' store, or null when the route has none (or outside a worker: they then decide as if it were down). */
+  readonly store: StrictStore | null;
 
   constructor(policies: readonly RateLimitPolicy[], routeSlot: number, env: RateLimitEnv) {
     this.limits = policies.slice(0, MAX).map((p) => new Limit(p, env.trusted));
+    this.store = this.limits.some((l) => l.strict) ? env.strict : null;
     this.table = env.table;
     this.metrics = env.metrics;
     this.cells = slotBase(routeSlot) + S_RATE_LIMIT;
@@ -135,15 +177,31 @@ export class RateLimitPolicyRunner implements Policy {
     const f = table.f64;
     const now = ctx.now;
     const n = limits.length;
+    let deferred = 0;
     for (let i = 0; i < n; i++) {
       const l = limits[i]!;
-      if (l.cluster && l.deny && table.storeDown) {
-        this.giveBack(i, now);
+      if (l.strict) {
+        // Left to Redis, after every in-memory limit (strict.ts); or, while
+        // the store is down, decided here by onStoreError.
+        if (this.store !== null && this.store.up) {
+          const text = l.key(ctx);
+          hashKey(l.tag ^ Math.imul(keyKind.kind, 0x9e3779b9), text, hash);
+          keyHi[i] = hash[0]!;
+          keyLo[i] = hash[1]!;
+          takenEntry[i] = -1;
+          deferred++;
+          continue;
+        }
+        if (l.deny) {
+          this.giveBack(takenEntry, takenWindow, i);
+          this.count(i, RL_STORE_UNAVAILABLE);
+          this.storeUnavailable(ctx, l);
+          return REFUSED;
+        }
+      } else if (l.cluster && l.deny && table.storeDown) {
+        this.giveBack(takenEntry, takenWindow, i);
         this.count(i, RL_STORE_UNAVAILABLE);
-        ctx.refusal = Errors.RATE_LIMIT_STORE_UNAVAILABLE;
-        ctx.refusedBy = l.name;
-        ctx.refusalMessage = `The rate-limit store (Redis) is unreachable and limit "${l.name}" refuses requests meanwhile (onStoreError: deny); retry later.`;
-        ctx.refusalHeaders.push('retry-after', '1');
+        this.storeUnavailable(ctx, l);
         return REFUSED;
       }
       const text = l.key(ctx);
@@ -175,11 +233,11 @@ export class RateLimitPolicyRunner implements Policy {
           break;
         }
       }
-      if (decision.allowed && l.cluster) f[fb + F_PENDING]! += 1;
+      if (decision.allowed && l.pends) f[fb + F_PENDING]! += 1;
       table.unlock(e);
       if (found.overflowed && this.metrics !== null) this.metrics[G_RATE_LIMIT_OVERFLOW]!++;
       if (!decision.allowed) {
-        this.giveBack(i, now);
+        this.giveBack(takenEntry, takenWindow, i);
         this.count(i, RL_LIMITED);
         this.refuse(ctx, l, decision.retryMs);
         return REFUSED;
@@ -189,38 +247,104 @@ export class RateLimitPolicyRunner implements Policy {
       remainingOf[i] = decision.remaining;
       resetOf[i] = decision.resetMs;
     }
+    if (deferred !== 0) {
+      // Every in-memory limit admitted: the strict ones decide in Redis (strict.ts).
+      ctx.pending = new StrictDecision(this, this.store!, now, n, takenEntry, takenWindow, remainingOf, resetOf, keyHi, keyLo);
+      return PENDING;
+    }
     for (let i = 0; i < n; i++) this.count(i, RL_ALLOWED);
-    if (this.anyIetf) this.ietfState(ctx, n);
-    if (this.anyLegacy) this.legacyState(ctx, n);
+    if (this.anyIetf) this.ietfState(ctx.responseHeaders, remainingOf, resetOf, n);
+    if (this.anyLegacy) this.legacyState(ctx.responseHeaders, remainingOf, resetOf, n);
     return CONTINUE;
   }
 
-  /** Undoes the admissions of limits [0, upTo). */
-  private giveBack(upTo: number, _now: number): void {
+  /**
+   * Undoes the in-memory admissions of positions [0, upTo) recorded in
+   * `entries`/`windows` (positions holding -1 were left to Redis: skipped).
+   */
+  giveBack(entries: Int32Array, windows: Float64Array, upTo: number): void {
     const table = this.table;
     const f = table.f64;
     for (let j = 0; j < upTo; j++) {
       const l = this.limits[j]!;
-      const e = takenEntry[j]!;
+      const e = entries[j]!;
+      if (e < 0) continue;
       table.lock(e);
       const b = table.base(e);
       // The bucket is live (it just admitted), so its slot cannot have been reused; an
       // overflow bucket may have been taken by a policy sharing it: then leave it.
       if (table.i32[b + E_TAG] === l.tag) {
         const fb = b >> 1;
-        undo(f, fb, l.algorithm, l, l.cluster ? table.share : 1, takenWindow[j]!);
-        if (l.cluster && f[fb + F_PENDING]! > 0) f[fb + F_PENDING]! -= 1;
+        undo(f, fb, l.algorithm, l, l.cluster ? table.share : 1, windows[j]!);
+        if (l.pends && f[fb + F_PENDING]! > 0) f[fb + F_PENDING]! -= 1;
       }
       table.unlock(e);
     }
   }
 
-  private count(i: number, result: number): void {
+  /**
+   * One limit decided in memory on key hash (hi, lo) at `now` (a strict
+   * limit while its store fails: onStoreError allow_local, with H_SHARE of
+   * the rate). Returns whether it admitted; the details are in the returned
+   * scratch object (valid until the next call). Never counts in F_PENDING.
+   */
+  decideLocal(i: number, hi: number, lo: number, now: number): LocalResult {
+    const l = this.limits[i]!;
+    const table = this.table;
+    const f = table.f64;
+    const e = table.find(l.tag, hi, lo, now, found);
+    const fb = table.base(e) >> 1;
+    const scale = l.cluster ? table.share : 1;
+    let window = 0;
+    switch (l.algorithm) {
+      case ALG_TOKEN_BUCKET:
+        tokenBucket(f, fb, found.isNew, now, l, scale, decision);
+        break;
+      case ALG_GCRA:
+        gcra(f, fb, found.isNew, now, l, scale, decision);
+        break;
+      case ALG_FIXED_WINDOW:
+        window = now - (now % l.perMs);
+        fixedWindow(f, fb, found.isNew, now, l, scale, decision);
+        break;
+      case ALG_SLIDING_WINDOW:
+        window = now - (now % l.perMs);
+        slidingWindow(f, fb, found.isNew, now, l, scale, decision);
+        break;
+    }
+    table.unlock(e);
+    if (found.overflowed && this.metrics !== null) this.metrics[G_RATE_LIMIT_OVERFLOW]!++;
+    local.allowed = decision.allowed;
+    local.entry = e;
+    local.window = window;
+    local.remaining = decision.remaining;
+    local.resetMs = decision.resetMs;
+    local.retryMs = decision.retryMs;
+    return local;
+  }
+
+  /** Counts one decision of position `i` (RL_ALLOWED, RL_LIMITED, RL_STORE_UNAVAILABLE). */
+  count(i: number, result: number): void {
     const m = this.metrics;
     if (m !== null) m[this.cells + i * RATE_LIMIT_RESULTS.length + result]!++;
   }
 
-  private refuse(ctx: RequestContext, l: Limit, retryMs: number): void {
+  /** Admitted: the RateLimit-Policy/RateLimit (ietf) and X-RateLimit-* (legacy) headers of positions [0, n) into `out`. */
+  admittedHeaders(out: string[], remaining: Float64Array, reset: Float64Array, n: number): void {
+    if (this.anyIetf) this.ietfState(out, remaining, reset, n);
+    if (this.anyLegacy) this.legacyState(out, remaining, reset, n);
+  }
+
+  /** 503 rate_limit_store_unavailable for limit `l` (onStoreError deny while Redis is unreachable). */
+  storeUnavailable(out: PolicyOutcome, l: Limit): void {
+    out.refusal = Errors.RATE_LIMIT_STORE_UNAVAILABLE;
+    out.refusedBy = l.name;
+    out.refusalMessage = `The rate-limit store (Redis) is unreachable and limit "${l.name}" refuses requests meanwhile (onStoreError: deny); retry later.`;
+    out.refusalHeaders.push('retry-after', '1');
+  }
+
+  /** 429 rate_limited by limit `l`, the next request passing in `retryMs`. */
+  refuse(ctx: PolicyOutcome, l: Limit, retryMs: number): void {
     const retry = Math.max(1, Math.ceil(retryMs / 1000));
     ctx.refusal = Errors.RATE_LIMITED;
     ctx.refusedBy = l.name;
@@ -234,7 +358,7 @@ export class RateLimitPolicyRunner implements Policy {
     }
   }
 
-  private ietfState(ctx: RequestContext, n: number): void {
+  private ietfState(out: string[], remainingOf: Float64Array, resetOf: Float64Array, n: number): void {
     let state = '';
     for (let i = 0; i < n; i++) {
       const l = this.limits[i]!;
@@ -242,10 +366,10 @@ export class RateLimitPolicyRunner implements Policy {
       const item = l.stateItem + remainingOf[i]! + ';t=' + Math.ceil(resetOf[i]! / 1000);
       state = state === '' ? item : state + ', ' + item;
     }
-    ctx.responseHeaders.push('ratelimit-policy', this.policyHeader!, 'ratelimit', state);
+    out.push('ratelimit-policy', this.policyHeader!, 'ratelimit', state);
   }
 
-  private legacyState(ctx: RequestContext, n: number): void {
+  private legacyState(out: string[], remainingOf: Float64Array, resetOf: Float64Array, n: number): void {
     let pick = -1;
     for (let i = 0; i < n; i++) {
       if ((this.limits[i]!.headers & HEADERS_LEGACY) === 0) continue;
@@ -253,7 +377,7 @@ export class RateLimitPolicyRunner implements Policy {
     }
     const l = this.limits[pick]!;
     const capacity = l.algorithm === ALG_TOKEN_BUCKET || l.algorithm === ALG_GCRA ? l.burst : l.rate;
-    ctx.responseHeaders.push(
+    out.push(
       'x-ratelimit-limit', String(capacity),
       'x-ratelimit-remaining', String(remainingOf[pick]!),
       'x-ratelimit-reset', String(Math.ceil(resetOf[pick]! / 1000)),
