@@ -10,6 +10,7 @@
  *
  *   Int32 view, 16 per entry          Float64 view, 8 per entry
  *   [0] E_LOCK  0 free, else holder   [2] F_A        algorithm state (below)
+ *               (the view's id)
  *   [1] E_TAG   policy tag, 0 = empty [3] F_B        algorithm state
  *   [2] E_HI    key hash, high 32     [4] F_C        algorithm state
  *   [3] E_LO    key hash, low 32      [5] F_EXPIRES  ms: from then on the bucket
@@ -20,7 +21,8 @@
  *
  * What F_A..F_C hold per algorithm (workers/policies/rate-limit/algorithms.ts):
  *   token_bucket    A tokens          B last refill (ms)
- *   gcra            A theoretical arrival time (ms)
+ *   gcra            A theoretical arrival time (ms), rounded  C what the rounding dropped
+ *                   (TAT = A + C exactly; whoever writes A alone writes C = 0)
  *   fixed_window    A count           B window start (ms)
  *   sliding_window  A current count   B current window start   C previous count
  *   quota           A count           B period start (ms)
@@ -47,13 +49,27 @@
  * Float64 accesses between threads). Critical sections are a few dozen
  * arithmetic operations; a thread never holds two locks. A holder that
  * stays longer than LOCK_STEAL_MS (its thread died mid-section) has its
- * lock taken over.
+ * lock taken over: the lock holds the holder's id (one per view), so only
+ * one waiter can take over a given holder's lock, and a holder that was
+ * only slow, not dead, cannot release its successor's lock.
+ *
+ * Claims: two threads that look for the same new key at the same moment
+ * may pick different free slots (they probe at slightly different times,
+ * and a slot's expiry may fall in between). Each publishes its claim
+ * (Atomics.store of the tag), then looks over the window again; of two
+ * concurrent claims at least one sees the other (sequentially consistent
+ * atomics: Dekker's argument), and a claimer that sees another gives its
+ * own slot back. So a key never has two buckets.
  *
  * The table header (the first 64 bytes, Float64 cells) holds what the
  * admin thread tells the workers: H_SHARE, the share of a cluster-wide
  * limit this instance enforces alone while Redis is unreachable
  * (onStoreError allow_local: 1/instances), and H_STORE_DOWN (1 while Redis
- * is unreachable).
+ * is unreachable); and H_QUOTA_DIRTY, set by a worker when a quota count
+ * changes and cleared by the engine's quota file saver
+ * (engine/quota-store.ts) when it takes a snapshot. Workers write it only
+ * when it is clear, so the line is written about once per save, not per
+ * request.
  */
 
 export const ENTRY_BYTES = 64;
@@ -77,7 +93,16 @@ export const F_SYNC = 7;
 export const H_CAPACITY = 0;
 export const H_SHARE = 1;
 export const H_STORE_DOWN = 2;
+export const H_QUOTA_DIRTY = 3;
 const HEADER_ENTRIES = 1;
+
+/** Lookups that lose this many races in a row for a key's window use the overflow bucket. */
+const CLAIM_ATTEMPTS = 16;
+
+/** Lock holder ids: one per view (thread), never 0. */
+function newHolderId(): number {
+  return 1 + Math.floor(Math.random() * 0x7ffffffe);
+}
 
 /** Entries probed for a key before it goes to its policy's overflow bucket. */
 export const PROBE_WINDOW = 16;
@@ -198,6 +223,8 @@ export class RateLimitTable {
   overflows = 0;
   /** Locks taken over from a holder that never released (see LOCK_STEAL_MS). */
   steals = 0;
+  /** What E_LOCK holds while this view holds an entry. */
+  private readonly holder = newHolderId();
 
   constructor(sab: SharedArrayBuffer) {
     this.sab = sab;
@@ -213,34 +240,48 @@ export class RateLimitTable {
   }
 
   lock(entry: number): void {
-    const i32 = this.i32;
     const at = (HEADER_ENTRIES + entry) * ENTRY_INTS + E_LOCK;
-    if (Atomics.compareExchange(i32, at, 0, 1) === 0) return;
+    if (Atomics.compareExchange(this.i32, at, 0, this.holder) === 0) return;
     this.lockSlow(at);
   }
 
   private lockSlow(at: number): void {
     const i32 = this.i32;
+    const me = this.holder;
     let spins = 0;
     let waitedSince = 0;
+    let holder = 0;
     for (;;) {
-      if (Atomics.load(i32, at) === 0 && Atomics.compareExchange(i32, at, 0, 1) === 0) return;
+      const h = Atomics.load(i32, at);
+      if (h === 0) {
+        if (Atomics.compareExchange(i32, at, 0, me) === 0) return;
+        continue;
+      }
+      if (h !== holder) {
+        // A new holder: its time starts now.
+        holder = h;
+        waitedSince = 0;
+      }
       if (++spins < 256) continue;
       // The holder is descheduled (or dead): stop burning the core, check back shortly.
       const now = performance.now();
       if (waitedSince === 0) waitedSince = now;
       else if (now - waitedSince > LOCK_STEAL_MS) {
-        this.steals++;
-        Atomics.store(i32, at, 1);
-        return;
+        // Only one waiter replaces this holder; the others see a new one.
+        if (Atomics.compareExchange(i32, at, h, me) === h) {
+          this.steals++;
+          return;
+        }
+        continue;
       }
-      Atomics.wait(i32, at, 1, 0.05);
+      Atomics.wait(i32, at, h, 0.05);
       spins = 0;
     }
   }
 
+  /** Releases an entry this view locked (a lock taken over meanwhile stays with its new holder). */
   unlock(entry: number): void {
-    Atomics.store(this.i32, (HEADER_ENTRIES + entry) * ENTRY_INTS + E_LOCK, 0);
+    Atomics.compareExchange(this.i32, (HEADER_ENTRIES + entry) * ENTRY_INTS + E_LOCK, this.holder, 0);
   }
 
   /**
@@ -253,7 +294,8 @@ export class RateLimitTable {
     const i32 = this.i32;
     const f64 = this.f64;
     const mask = this.mask;
-    for (let attempt = 0; attempt < 4; attempt++) {
+    // Each failed attempt means another thread claimed or gave back a slot of this window meanwhile.
+    for (let attempt = 0; attempt < CLAIM_ATTEMPTS; attempt++) {
       let free = -1;
       for (let p = 0; p < PROBE_WINDOW; p++) {
         const e = (lo + p) & mask;
@@ -276,9 +318,6 @@ export class RateLimitTable {
       const b = (HEADER_ENTRIES + free) * ENTRY_INTS;
       this.lock(free);
       if (i32[b + E_TAG] === 0 || reusable(f64, b >> 1, now)) {
-        i32[b + E_TAG] = tag;
-        i32[b + E_HI] = hi;
-        i32[b + E_LO] = lo;
         const fb = b >> 1;
         f64[fb + F_A] = 0;
         f64[fb + F_B] = 0;
@@ -286,6 +325,19 @@ export class RateLimitTable {
         f64[fb + F_EXPIRES] = 0;
         f64[fb + F_PENDING] = 0;
         f64[fb + F_SYNC] = 0;
+        i32[b + E_HI] = hi;
+        i32[b + E_LO] = lo;
+        // Publish the claim, then look for a concurrent one (module comment, "Claims").
+        Atomics.store(i32, b + E_TAG, tag);
+        if (this.claimedElsewhere(tag, hi, lo, free)) {
+          Atomics.store(i32, b + E_TAG, 0);
+          this.unlock(free);
+          // Both claimers may have seen each other and given both slots back:
+          // a random pause (0-20 µs) keeps them from doing it again in step.
+          const until = performance.now() + Math.random() * 0.02;
+          while (performance.now() < until);
+          continue;
+        }
         out.isNew = true;
         out.overflowed = false;
         return free;
@@ -296,9 +348,26 @@ export class RateLimitTable {
     return this.overflow(tag, now, out);
   }
 
+  /** Whether another entry of the key's probe window holds (tag, hi, lo). */
+  private claimedElsewhere(tag: number, hi: number, lo: number, mine: number): boolean {
+    const i32 = this.i32;
+    for (let p = 0; p < PROBE_WINDOW; p++) {
+      const e = (lo + p) & this.mask;
+      if (e === mine) continue;
+      const b = (HEADER_ENTRIES + e) * ENTRY_INTS;
+      if (Atomics.load(i32, b + E_TAG) === tag && i32[b + E_LO] === lo && i32[b + E_HI] === hi) return true;
+    }
+    return false;
+  }
+
+  /** The overflow entry of a policy (not locked): where its keys go while their windows are full. */
+  overflowEntry(tag: number): number {
+    return this.capacity + ((tag >>> 0) % OVERFLOW_ENTRIES);
+  }
+
   private overflow(tag: number, now: number, out: FindResult): number {
     this.overflows++;
-    const e = this.capacity + ((tag >>> 0) % OVERFLOW_ENTRIES);
+    const e = this.overflowEntry(tag);
     const b = (HEADER_ENTRIES + e) * ENTRY_INTS;
     this.lock(e);
     const i32 = this.i32;

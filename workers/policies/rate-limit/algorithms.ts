@@ -9,17 +9,25 @@
  *   remaining  requests that would still pass right now (>= 0)
  *   resetMs    until the bucket is back to full (the IETF draft's `t`)
  *   retryMs    refused: until the next request would pass (Retry-After)
- * and sets the entry's F_EXPIRES: from then on the bucket equals a fresh
- * one, so the entry may be reused (layout module).
+ * and sets the entry's F_EXPIRES: from then on the bucket decides exactly
+ * as a fresh one would, so the entry may be reused (layout module).
  *
  * `undo` takes back one admission (a later policy of the same route refused
  * the request: a refused request consumes nothing anywhere).
  *
  * Limits: `rate` requests per `perMs`, `burst` for the token bucket and
  * GCRA. `rateScale` (0..1] scales the refill while a cluster-wide limit is
- * enforced by this instance alone (Redis away: H_SHARE).
+ * enforced by this instance alone (Redis away: H_SHARE); a window keeps at
+ * least one request per window whatever the scale.
+ *
+ * Precision: times are Unix milliseconds (~1.8e12), where a double resolves
+ * only 2^-12 ms (0.24 µs). Nothing here adds small durations to such a time
+ * and keeps the rounded sum: durations are computed from differences of two
+ * clock readings (exact), GCRA keeps its arrival time as a rounded time plus
+ * the exact remainder (F_A + F_C), and F_EXPIRES, a rounded sum, carries
+ * EXPIRY_MARGIN_MS so it is never before the bucket is really fresh.
  */
-import { F_A, F_B, F_C, F_EXPIRES } from '../../../common/rate-limit-layout.js';
+import { F_A, F_B, F_C, F_EXPIRES, H_QUOTA_DIRTY } from '../../../common/rate-limit-layout.js';
 
 export const ALG_TOKEN_BUCKET = 0;
 export const ALG_GCRA = 1;
@@ -29,8 +37,13 @@ export const ALG_QUOTA = 4;
 
 export const ALGORITHMS = ['token_bucket', 'gcra', 'fixed_window', 'sliding_window', 'quota'] as const;
 
-/** Tolerance for float drift: 100 requests per second must give exactly 100 after 1 s. */
+/** Tolerance for float drift, in requests: 100 requests per second must give exactly 100 after 1 s. */
 const EPS = 1e-9;
+/**
+ * Added to a computed F_EXPIRES (a time rounded to 0.24 µs): the bucket is
+ * fresh by then, whatever the rounding, and is kept 1 µs longer at most.
+ */
+export const EXPIRY_MARGIN_MS = 0.001;
 
 export class Decision {
   allowed = false;
@@ -73,37 +86,65 @@ export function tokenBucket(f: Float64Array, fb: number, isNew: boolean, now: nu
   f[fb + F_A] = tokens;
   f[fb + F_B] = now;
   const toFull = tokens >= burst ? 0 : (burst - tokens) / perMsRate;
-  f[fb + F_EXPIRES] = now + toFull;
+  f[fb + F_EXPIRES] = toFull === 0 ? now : now + toFull + EXPIRY_MARGIN_MS;
   out.remaining = tokens < 0 ? 0 : Math.floor(tokens + EPS);
   out.resetMs = toFull;
 }
 
 /**
  * GCRA (the generic cell rate algorithm: a leaky bucket as a meter). One
- * number, the theoretical arrival time TAT (F_A): requests are admitted at
- * one per emission interval T = per/rate on average, with at most `burst`
- * back to back (burst 1: perfectly smooth, no two closer than T).
+ * number, the theoretical arrival time TAT: requests are admitted at one
+ * per emission interval T = per/rate on average, with at most `burst` back
+ * to back (burst 1: perfectly smooth, no two closer than T).
+ *
+ * TAT is F_A + F_C: F_A the time rounded to a double, F_C the remainder the
+ * rounding dropped (|F_C| <= half of F_A's last digit). At Unix-time
+ * magnitudes a plain `tat += T` loses up to 0.12 µs per request, which adds
+ * up (1,000,000 per second would admit 2% too many, 10,000,000 per second
+ * without limit); the remainder keeps it exact. Whoever writes a TAT into
+ * F_A alone (the Redis sync) sets F_C to 0.
  */
 export function gcra(f: Float64Array, fb: number, isNew: boolean, now: number, p: LimitParams, rateScale: number, out: Decision): void {
   const t = p.perMs / (p.rate * rateScale); // emission interval, ms
   const tau = t * (p.burst - 1); // tolerance
-  let tat = isNew ? now : f[fb + F_A]!;
-  if (tat < now) tat = now;
-  if (tat - now <= tau + EPS) {
-    tat += t;
-    f[fb + F_A] = tat;
+  let hi = now;
+  let lo = 0;
+  // How far TAT is ahead of now: F_A - now is exact (two close doubles).
+  let ahead = 0;
+  if (!isNew) {
+    ahead = (f[fb + F_A]! - now) + f[fb + F_C]!;
+    if (ahead > 0) {
+      hi = f[fb + F_A]!;
+      lo = f[fb + F_C]!;
+    } else {
+      ahead = 0;
+    }
+  }
+  if (ahead <= tau + t * EPS) {
+    // hi + lo += t, exactly (Fast2Sum twice: |hi| >= |t|, |hi| >= |lo|).
+    const s = hi + t;
+    lo += t - (s - hi);
+    hi = s + lo;
+    lo -= hi - s;
+    ahead += t;
     out.allowed = true;
     out.retryMs = 0;
   } else {
     out.allowed = false;
-    out.retryMs = tat - tau - now;
-    if (isNew) f[fb + F_A] = tat;
+    out.retryMs = ahead - tau;
   }
+  f[fb + F_A] = hi;
+  f[fb + F_C] = lo;
   // Requests that would still pass now: how many more T fit under tau + T.
-  const rem = Math.floor((tau + t - (tat - now)) / t + EPS);
+  const rem = Math.floor((tau + t - ahead) / t + EPS);
   out.remaining = rem < 0 ? 0 : rem;
-  out.resetMs = tat - now;
-  f[fb + F_EXPIRES] = tat;
+  out.resetMs = ahead;
+  f[fb + F_EXPIRES] = gcraExpiry(hi, lo);
+}
+
+/** TAT rounded up: a bucket whose TAT has passed equals a fresh one. */
+function gcraExpiry(hi: number, lo: number): number {
+  return lo > 0 ? hi + EXPIRY_MARGIN_MS : hi;
 }
 
 /**
@@ -129,7 +170,8 @@ export function fixedWindow(f: Float64Array, fb: number, isNew: boolean, now: nu
   f[fb + F_A] = count;
   f[fb + F_B] = start;
   f[fb + F_EXPIRES] = count === 0 ? now : end;
-  out.remaining = limit - count;
+  // The share may have dropped below what this window already counted.
+  out.remaining = count < limit ? limit - count : 0;
   out.resetMs = end - now;
 }
 
@@ -137,10 +179,13 @@ export function fixedWindow(f: Float64Array, fb: number, isNew: boolean, now: nu
  * Sliding window (the two-window counter approximation, as Cloudflare and
  * Kong use it): the count of the previous fixed window, weighted by the
  * share of it still inside the sliding window, plus the current window's
- * count. F_A current count, F_B current window start, F_C previous count.
+ * count; a request passes while that estimate is below the limit (so that
+ * evenly spread traffic gets exactly `rate` in every interval of `per`).
+ * F_A current count, F_B current window start, F_C previous count.
  * Error bound (README): it assumes the previous window's requests were
  * spread evenly; in the worst case (all of them at its very end) up to
- * 2 × rate can pass in a window of `per`, never more.
+ * 2 × rate can pass in a window of `per`, never more (no fixed window ever
+ * counts more than rate).
  */
 export function slidingWindow(f: Float64Array, fb: number, isNew: boolean, now: number, p: LimitParams, rateScale: number, out: Decision): void {
   const per = p.perMs;
@@ -156,11 +201,11 @@ export function slidingWindow(f: Float64Array, fb: number, isNew: boolean, now: 
       prev = f[fb + F_A]!;
     }
   }
-  const limit = p.rate * rateScale;
+  const scaled = p.rate * rateScale;
+  const limit = scaled < 1 ? 1 : scaled;
   const elapsed = now - start;
   const weight = (per - elapsed) / per; // share of the previous window still inside
-  const estimate = prev * weight + cur;
-  if (estimate + 1 <= limit + EPS) {
+  if (prev * weight + cur < limit - EPS) {
     cur++;
     out.allowed = true;
     out.retryMs = 0;
@@ -171,27 +216,28 @@ export function slidingWindow(f: Float64Array, fb: number, isNew: boolean, now: 
   f[fb + F_A] = cur;
   f[fb + F_B] = start;
   f[fb + F_C] = prev;
-  const est = prev * weight + cur;
-  out.remaining = Math.max(0, Math.floor(limit - est + EPS));
+  const room = Math.ceil(limit - EPS - (prev * weight + cur));
+  out.remaining = room > 0 ? room : 0;
   // Back to nothing counted once both windows holding requests are over.
-  const clear = cur > 0 ? start + 2 * per : prev > 0 ? start + per : now;
+  const clear = slidingClear(cur, prev, start, per, now);
   f[fb + F_EXPIRES] = clear;
   out.resetMs = clear - now;
 }
 
-/** When the estimate next leaves room for one request (ms from now). */
+function slidingClear(cur: number, prev: number, start: number, per: number, otherwise: number): number {
+  return cur > 0 ? start + 2 * per : prev > 0 ? start + per : otherwise;
+}
+
+/** When the estimate next falls below the limit (ms from now; 1 µs past the exact instant). */
 function slidingRetry(prev: number, cur: number, limit: number, per: number, elapsed: number): number {
-  // This window: prev * (per - x) / per + cur + 1 <= limit, for x in (elapsed, per).
-  if (prev > 0 && cur + 1 <= limit) {
-    const x = per * (1 - (limit - cur - 1) / prev);
+  // This window: prev * (per - x) / per + cur < limit, for x in (elapsed, per).
+  if (prev > 0 && cur < limit) {
+    const x = per * (1 - (limit - cur) / prev);
     if (x < per) return Math.max(x - elapsed, 0) + 0.001;
   }
   // Next window: cur becomes the previous count, weighted (per - y) / per.
-  if (cur > 0 && limit >= 1) {
-    const y = cur + 1 <= limit ? 0 : per * (1 - (limit - 1) / cur);
-    return per - elapsed + Math.max(y, 0) + 0.001;
-  }
-  return per - elapsed;
+  const y = cur < limit ? 0 : per * (1 - limit / cur) + 0.001;
+  return per - elapsed + y;
 }
 
 /**
@@ -205,6 +251,7 @@ export function quota(f: Float64Array, fb: number, isNew: boolean, now: number, 
     count++;
     out.allowed = true;
     out.retryMs = 0;
+    markQuotaDirty(f);
   } else {
     out.allowed = false;
     out.retryMs = end - now;
@@ -212,26 +259,63 @@ export function quota(f: Float64Array, fb: number, isNew: boolean, now: number, 
   f[fb + F_A] = count;
   f[fb + F_B] = start;
   f[fb + F_EXPIRES] = count === 0 ? now : end;
-  out.remaining = limit - count;
+  // A count from elsewhere (the Redis sync) may exceed the quota.
+  out.remaining = count < limit ? limit - count : 0;
   out.resetMs = end - now;
+}
+
+/**
+ * Tells the quota file's saver (engine/quota-store.ts) that a count
+ * changed. Written only when clear, so the header's cache line is written
+ * about once per save, not per request.
+ */
+function markQuotaDirty(f: Float64Array): void {
+  if (f[H_QUOTA_DIRTY] === 0) f[H_QUOTA_DIRTY] = 1;
 }
 
 /**
  * Takes back the admission `decide` just made on this bucket (same lock
  * or a later one: later requests may have changed it; the correction is
- * additive, so it stays right).
+ * additive, so it stays right). F_EXPIRES follows, so a bucket whose only
+ * admission is taken back is reusable at once.
  */
 export function undo(f: Float64Array, fb: number, algorithm: number, p: LimitParams, rateScale: number, windowStart: number): void {
   switch (algorithm) {
-    case ALG_TOKEN_BUCKET:
-      f[fb + F_A] = Math.min(p.burst, f[fb + F_A]! + 1);
+    case ALG_TOKEN_BUCKET: {
+      const tokens = Math.min(p.burst, f[fb + F_A]! + 1);
+      f[fb + F_A] = tokens;
+      const last = f[fb + F_B]!;
+      f[fb + F_EXPIRES] = tokens >= p.burst ? last : last + (p.burst - tokens) / ((p.rate * rateScale) / p.perMs) + EXPIRY_MARGIN_MS;
       break;
-    case ALG_GCRA:
-      f[fb + F_A] = f[fb + F_A]! - p.perMs / (p.rate * rateScale);
+    }
+    case ALG_GCRA: {
+      // hi + lo -= T, exactly (as in gcra()).
+      const t = p.perMs / (p.rate * rateScale);
+      const hi = f[fb + F_A]!;
+      const s = hi - t;
+      let lo = f[fb + F_C]! + (-t - (s - hi));
+      const h2 = s + lo;
+      lo -= h2 - s;
+      f[fb + F_A] = h2;
+      f[fb + F_C] = lo;
+      f[fb + F_EXPIRES] = gcraExpiry(h2, lo);
+      break;
+    }
+    case ALG_SLIDING_WINDOW:
+      if (f[fb + F_B] === windowStart && f[fb + F_A]! > 0) {
+        const cur = f[fb + F_A]! - 1;
+        f[fb + F_A] = cur;
+        f[fb + F_EXPIRES] = slidingClear(cur, f[fb + F_C]!, windowStart, p.perMs, windowStart);
+      }
       break;
     default:
-      // Windows and quotas: only while the window it was counted in is current.
-      if (f[fb + F_B] === windowStart && f[fb + F_A]! > 0) f[fb + F_A] = f[fb + F_A]! - 1;
+      // Fixed windows and quotas: only while the window it was counted in is current.
+      if (f[fb + F_B] === windowStart && f[fb + F_A]! > 0) {
+        const count = f[fb + F_A]! - 1;
+        f[fb + F_A] = count;
+        if (count === 0) f[fb + F_EXPIRES] = windowStart;
+        if (algorithm === ALG_QUOTA) markQuotaDirty(f);
+      }
       break;
   }
 }
