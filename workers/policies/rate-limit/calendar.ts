@@ -4,7 +4,8 @@
  * zone, DST included (a day in Europe/Paris may last 23 or 25 hours).
  *
  * Intl does the time-zone arithmetic (no library: Intl carries the tz
- * database). It costs microseconds, so a quota computes its period once and
+ * database). A bound costs a few microseconds (tens next to a DST change,
+ * where it is found by bisection), so a quota computes its period once and
  * again only when the period ends (`PeriodCache`), not per request.
  */
 
@@ -42,54 +43,96 @@ function wallAt(ms: number, timeZone: string): Wall {
   return w;
 }
 
+/**
+ * The local wall-clock reading at instant `ms`, as if it were a UTC time
+ * (ms; the sub-second part carried over): `wallKey(ms) - ms` is the
+ * zone's offset then.
+ */
+function wallKey(ms: number, timeZone: string): number {
+  const w = wallAt(ms, timeZone);
+  return Date.UTC(w.y, w.mo - 1, w.d, w.h, w.mi, w.s) + (((ms % 1000) + 1000) % 1000);
+}
+
 /** Offset of `timeZone` from UTC at instant `ms` (ms; +3600000 for Paris in winter). */
 function offsetAt(ms: number, timeZone: string): number {
-  const w = wallAt(ms, timeZone);
-  const asUtc = Date.UTC(w.y, w.mo - 1, w.d, w.h, w.mi, w.s);
-  return asUtc - (ms - (((ms % 1000) + 1000) % 1000));
+  return wallKey(ms, timeZone) - ms;
+}
+
+/** UTC offsets lie within these bounds (-12:00 .. +14:00), with room to spare. */
+const MAX_WEST_MS = 13 * 3_600_000;
+const MAX_EAST_MS = 15 * 3_600_000;
+
+/**
+ * The first instant (whole ms) at which the wall clock of `timeZone` reads
+ * `wall` (a wall time written as a UTC time) or later: the instant it reads
+ * exactly that, or, when a DST jump skips it (Santiago's midnight in
+ * September), the instant of the jump.
+ */
+function firstAt(wall: number, timeZone: string): number {
+  // Usually: the offset at the guess, settled once.
+  const t = wall - offsetAt(wall - offsetAt(wall, timeZone), timeZone);
+  if (wallKey(t, timeZone) >= wall && wallKey(t - 1, timeZone) < wall) return t;
+  // Near a DST change: bisect (a wall reading never lags the instant by
+  // more than the largest offset, nor leads it by more than the smallest).
+  let lo = wall - MAX_EAST_MS; // reads before `wall`
+  let hi = wall + MAX_WEST_MS; // reads `wall` or later
+  while (hi - lo > 1) {
+    const mid = Math.floor((lo + hi) / 2);
+    if (wallKey(mid, timeZone) >= wall) hi = mid;
+    else lo = mid;
+  }
+  return hi;
+}
+
+/** The first instant in (a, b] whose offset differs from the one at `a` (b's differs). */
+function offsetChange(a: number, b: number, timeZone: string): number {
+  const o = offsetAt(a, timeZone);
+  let lo = Math.floor(a);
+  let hi = Math.ceil(b);
+  while (hi - lo > 1) {
+    const mid = Math.floor((lo + hi) / 2);
+    if (offsetAt(mid, timeZone) === o) lo = mid;
+    else hi = mid;
+  }
+  return hi;
 }
 
 /**
- * The instant the wall clock of `timeZone` reads y-mo-d h:00 (the first such
- * instant; a wall time skipped by a DST jump maps to the instant after the jump).
+ * [start, end) of the period containing `now`, Unix ms (whole
+ * milliseconds; `now` may have a fraction).
+ *
+ *   hour   a clock hour at one UTC offset: 60 minutes, except next to a
+ *          DST change that is not a whole hour (Lord Howe: 30 minutes).
+ *          The hour a change repeats (02:00-03:00 in Paris in October) is
+ *          two periods; the hour a change skips does not exist.
+ *   day    local midnight to local midnight (23 or 25 hours on DST days;
+ *          where DST changes at midnight, the day starts at the jump)
+ *   week   Monday 00:00 to the next Monday 00:00, local
+ *   month  the 1st 00:00 to the next month's 1st 00:00, local
  */
-function instantOf(y: number, mo: number, d: number, h: number, timeZone: string): number {
-  const guess = Date.UTC(y, mo - 1, d, h);
-  let t = guess - offsetAt(guess, timeZone);
-  // The offset at the result may differ from the one at the guess (DST): settle it.
-  const o2 = offsetAt(t, timeZone);
-  const t2 = guess - o2;
-  if (t2 !== t) t = offsetAt(t2, timeZone) === o2 ? t2 : Math.max(t, t2);
-  return t;
-}
-
-/** [start, end) of the period containing `now`, Unix ms. */
 export function periodBounds(now: number, period: Period, timeZone: string): [number, number] {
   const w = wallAt(now, timeZone);
   switch (period) {
     case 'hour': {
-      const start = instantOf(w.y, w.mo, w.d, w.h, timeZone);
-      // Hours are 3,600,000 ms everywhere (zones with 30- or 45-minute offsets included).
-      return [start, start + 3_600_000];
+      const second = Math.floor(now / 1000) * 1000;
+      const into = (w.mi * 60 + w.s) * 1000;
+      let start = second - into;
+      let end = start + 3_600_000;
+      // The clock went straight from the hour's start to now, and will to its
+      // end, unless the offset changes in between: then the change bounds it.
+      const o = offsetAt(now, timeZone);
+      if (offsetAt(start, timeZone) !== o) start = offsetChange(start, now, timeZone);
+      if (offsetAt(end, timeZone) !== o) end = offsetChange(now, end, timeZone);
+      return [start, end];
     }
-    case 'day': {
-      const next = new Date(Date.UTC(w.y, w.mo - 1, w.d + 1));
-      return [instantOf(w.y, w.mo, w.d, 0, timeZone), instantOf(next.getUTCFullYear(), next.getUTCMonth() + 1, next.getUTCDate(), 0, timeZone)];
-    }
+    case 'day':
+      return [firstAt(Date.UTC(w.y, w.mo - 1, w.d), timeZone), firstAt(Date.UTC(w.y, w.mo - 1, w.d + 1), timeZone)];
     case 'week': {
-      const dow = (new Date(Date.UTC(w.y, w.mo - 1, w.d)).getUTCDay() + 6) % 7; // Monday = 0
-      const first = new Date(Date.UTC(w.y, w.mo - 1, w.d - dow));
-      const next = new Date(Date.UTC(w.y, w.mo - 1, w.d - dow + 7));
-      return [
-        instantOf(first.getUTCFullYear(), first.getUTCMonth() + 1, first.getUTCDate(), 0, timeZone),
-        instantOf(next.getUTCFullYear(), next.getUTCMonth() + 1, next.getUTCDate(), 0, timeZone),
-      ];
+      const monday = w.d - ((new Date(Date.UTC(w.y, w.mo - 1, w.d)).getUTCDay() + 6) % 7);
+      return [firstAt(Date.UTC(w.y, w.mo - 1, monday), timeZone), firstAt(Date.UTC(w.y, w.mo - 1, monday + 7), timeZone)];
     }
-    case 'month': {
-      const ny = w.mo === 12 ? w.y + 1 : w.y;
-      const nm = w.mo === 12 ? 1 : w.mo + 1;
-      return [instantOf(w.y, w.mo, 1, 0, timeZone), instantOf(ny, nm, 1, 0, timeZone)];
-    }
+    case 'month':
+      return [firstAt(Date.UTC(w.y, w.mo - 1, 1), timeZone), firstAt(Date.UTC(w.y, w.mo, 1), timeZone)];
   }
 }
 
