@@ -36,6 +36,7 @@ import { WORKER_CHECKS } from '../workers/config-check.js';
 import { AccessWriter } from './access-writer.js';
 import { type AccessRing, createAccessRing } from '../common/access-ring.js';
 import { targetKey } from '../workers/proxy/balancer.js';
+import { type QuotaStore, openQuotaStore } from './quota-store.js';
 
 const WORKER_ENTRY = new URL('../workers/worker.js', import.meta.url);
 const ADMIN_ENTRY = new URL('../admin/admin.js', import.meta.url);
@@ -123,6 +124,8 @@ export class Supervisor {
    */
   private readonly rateLimitTable: SharedArrayBuffer;
   private readonly clock = createClockEpoch();
+  /** Local quota counts kept on disk (engine/quota-store.ts), from start to shutdown. */
+  private quotas: QuotaStore | null = null;
 
   constructor(config: GatewayConfig, opts: SupervisorOptions) {
     if (config.server.workers > MAX_WORKERS) throw new Error(`server.workers: at most ${MAX_WORKERS}`);
@@ -179,6 +182,8 @@ export class Supervisor {
     }
     this.accessWriter = new AccessWriter(this.slots.map((s) => s.accessRing), this.controlView);
     this.accessWriter.setDestination(this.config.log.access.enabled ? this.config.log.access.destination : null);
+    // Quota counts of the last run go back into the table before any worker serves.
+    this.quotas = openQuotaStore(this.rateLimitTable, this.clock, this.config, this.opts.portWasZero ?? false);
     await Promise.all(this.slots.map((s) => this.spawnWorker(s)));
     this.started = true;
     let adminPort: number | null = null;
@@ -397,6 +402,7 @@ export class Supervisor {
       return refuse(errors);
     }
     Atomics.store(this.controlView, C_CONFIG_VERSION, next.version);
+    this.quotas?.configure(this.config);
     Atomics.add(this.controlView, C_RELOADS_OK, 1);
     this.configDoc = result.document ?? req.doc ?? null;
     this.admin?.postMessage({ type: 'config', config: this.config, slots: [...this.routeSlots], targetSlots: this.targetSlotEntries(), document: this.document() } satisfies ToAdmin);
@@ -456,6 +462,8 @@ export class Supervisor {
       w.once('exit', () => resolve());
       w.postMessage({ type: 'drain', timeoutMs } satisfies ToWorker);
     })));
+    // No worker counts any more: the last save of local quota counts.
+    await this.quotas?.close();
     if (this.admin !== null) {
       const a = this.admin;
       await new Promise<void>((resolve) => {

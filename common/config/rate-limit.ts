@@ -45,8 +45,19 @@ export const RATE_LIMIT_DEFAULTS = Object.freeze({
     connectTimeoutMs: 2_000,
     commandTimeoutMs: 500,
   }),
-  table: Object.freeze({ capacity: DEFAULT_CAPACITY }),
+  table: Object.freeze({ capacity: DEFAULT_CAPACITY, quotaFile: null as string | null }),
 });
+
+/** rateLimitTable.quotaFile when not set; `<port>` is the port the gateway serves. */
+export const DEFAULT_QUOTA_FILE = '.turnpike/quotas-<server port>.json';
+
+/** The default quota file of a gateway serving `port` (relative to the working directory). */
+export function defaultQuotaFile(port: number): string {
+  return `.turnpike/quotas-${port}.json`;
+}
+
+/** How often local quota counts are saved while they change (engine/quota-store.ts). */
+export const QUOTA_SAVE_INTERVAL_MS = 1000;
 
 /** `per`: a whole number and a unit: ms, s, m, h or d; at most one day (quotas count longer periods). */
 export const PER_PATTERN = '^[0-9]+(?:ms|s|m|h|d)$';
@@ -158,11 +169,15 @@ export const redisSchema = {
 
 export const rateLimitTableSchema = {
   type: 'object', additionalProperties: false,
-  description: 'The shared-memory table of rate-limit buckets (one per process).',
+  description: 'The shared-memory table of rate-limit buckets (one per process), and the file its local quotas are kept in.',
   properties: {
     capacity: {
       type: 'integer', minimum: MIN_CAPACITY, maximum: MAX_CAPACITY,
       description: `Buckets held at once (${MIN_CAPACITY}..${MAX_CAPACITY}, rounded up to a power of two; 64 bytes each). Idle buckets are reused; when full, new keys share an overflow bucket per policy. Read at start only. Default ${DEFAULT_CAPACITY} (16 MiB).`,
+    },
+    quotaFile: {
+      type: 'string', minLength: 1, maxLength: 4096, pattern: '^[^\\u0000]*$', errorMessage: 'must be a file path (e.g. .turnpike/quotas.json)',
+      description: `File the counts of local quotas (no "redis", or scope: local) are kept in, so that a restart loses nothing: written atomically (mode 0600) every ${QUOTA_SAVE_INTERVAL_MS / 1000} s while counts change and at shutdown, read back at start; a crash loses at most the last ${QUOTA_SAVE_INTERVAL_MS / 1000} s of counting. A relative path is resolved from the working directory. Default "${DEFAULT_QUOTA_FILE}" (named by the port the gateway serves, so gateways started from one directory keep their own; with server.port 0, set it).`,
     },
   },
 } as const;

@@ -183,7 +183,10 @@ export function resolveConfig(doc: Obj, opts: ResolveOptions): GatewayConfig {
     routes: Array.isArray(doc['routes']) ? (doc['routes'] as unknown[]).map((r) => route(obj(r), named, hasRedis)) : [],
     rateLimits: named,
     redis: resolveRedis(doc['redis']),
-    rateLimitTable: { capacity: pick(obj(doc['rateLimitTable']), 'capacity', RATE_LIMIT_DEFAULTS.table.capacity) },
+    rateLimitTable: {
+      capacity: pick(obj(doc['rateLimitTable']), 'capacity', RATE_LIMIT_DEFAULTS.table.capacity),
+      quotaFile: pick<string | null>(obj(doc['rateLimitTable']), 'quotaFile', RATE_LIMIT_DEFAULTS.table.quotaFile),
+    },
     demo: opts.demoPort === null ? { enabled: false, port: 0 } : { enabled: true, port: opts.demoPort },
   };
   return deepFreeze(config);

@@ -248,8 +248,11 @@ export interface GatewayConfig {
   rateLimits: Readonly<Record<string, RateLimitPolicy>>;
   /** null: no Redis (one instance; every limit local). */
   redis: RedisConfig | null;
-  /** The shared bucket table; capacity is read at start only. */
-  rateLimitTable: { capacity: number };
+  /**
+   * The shared bucket table (capacity is read at start only) and the file
+   * local quotas are kept in (null: `.turnpike/quotas-<server port>.json`).
+   */
+  rateLimitTable: { capacity: number; quotaFile: string | null };
   /** Run the built-in demo upstream (the embedded default config only). */
   demo: { enabled: boolean; port: number };
 }

@@ -25,7 +25,7 @@ describe('defaults resolution', () => {
     });
     expect(c.rateLimits).toEqual({});
     expect(c.redis).toBeNull();
-    expect(c.rateLimitTable).toEqual({ capacity: 262144 });
+    expect(c.rateLimitTable).toEqual({ capacity: 262144, quotaFile: null });
     expect(c.admin).toEqual({ enabled: true, host: '127.0.0.1', port: 9901, tokensFile: null, auditLog: null });
     expect(c.demo).toEqual({ enabled: false, port: 0 });
     const up = c.upstreams['users']!;
