@@ -74,10 +74,15 @@ describe('one process, two workers: exact', () => {
     await gw.stop();
   });
 
-  /** 32 concurrent clients for ~1.5 s; admissions with their times (ms, this clock). */
-  async function push(path: string): Promise<{ admitted: number[]; refused: number; workers: Set<string>; firstAt: number }> {
+  /**
+   * 32 concurrent clients for ~1.5 s; admissions with their times (ms, this
+   * clock): when the answer came, and `spans`, when it was sent and came (the
+   * gateway decided in between).
+   */
+  async function push(path: string): Promise<{ admitted: number[]; spans: [number, number][]; refused: number; workers: Set<string>; firstAt: number }> {
     const t0 = performance.now();
     const admitted: number[] = [];
+    const spans: [number, number][] = [];
     let refused = 0;
     const workers = new Set<string>();
     const until = t0 + 1500;
@@ -88,14 +93,16 @@ describe('one process, two workers: exact', () => {
         const a = await get(gw, path);
         if (firstAt === 0) firstAt = sent;
         workers.add(workerOf(a));
-        if (a.status === 200) admitted.push(performance.now());
-        else {
+        if (a.status === 200) {
+          admitted.push(performance.now());
+          spans.push([sent, performance.now()]);
+        } else {
           expect(a.status).toBe(429);
           refused++;
         }
       }
     }));
-    return { admitted, refused, workers, firstAt };
+    return { admitted, spans, refused, workers, firstAt };
   }
 
   it.each(['exact', 'gcra'])('%s: admits burst + rate × t across both workers, however many clients push', async (path) => {
@@ -111,22 +118,21 @@ describe('one process, two workers: exact', () => {
   });
 
   it('fixed_window: at most rate per window, across both workers', async () => {
-    const { admitted, workers } = await push('/window');
+    const { admitted, spans, workers } = await push('/window');
     expect(workers.size, 'both workers served').toBe(2);
     // Windows are aligned on multiples of 250 ms of Unix time; map this clock to it.
     const offset = Date.now() - performance.now();
+    // An admission whose request was sent and answered within one window was
+    // decided in it (on a loaded machine an answer can come a window late: such
+    // an admission is not placed). At most 15 in any window.
     const perWindow = new Map<number, number>();
-    for (const at of admitted) {
-      const w = Math.floor((at + offset) / 250);
+    for (const [sent, came] of spans) {
+      const w = Math.floor((sent + offset) / 250);
+      if (Math.floor((came + offset) / 250) !== w) continue;
       perWindow.set(w, (perWindow.get(w) ?? 0) + 1);
     }
-    // An answer can arrive a little after its window ended: count a window with its neighbour.
-    const counts = [...perWindow.entries()].sort((x, y) => x[0] - y[0]);
-    for (let i = 0; i < counts.length; i++) {
-      const [w, n] = counts[i]!;
-      const next = counts[i + 1]?.[0] === w + 1 ? counts[i + 1]![1] : 0;
-      expect(n + next, `windows ${w} and ${w + 1}`).toBeLessThanOrEqual(30);
-    }
+    for (const [w, n] of perWindow) expect(n, `window ${w}`).toBeLessThanOrEqual(15);
+    expect([...perWindow.values()].reduce((a, b) => a + b, 0), 'admissions placed in their window').toBeGreaterThan(admitted.length / 2);
     // Offered far more than 15 per window for ~6 windows: every full window was used.
     expect(admitted.length).toBeGreaterThanOrEqual(15 * 5);
     expect(admitted.length).toBeLessThanOrEqual(15 * 8);
@@ -366,9 +372,11 @@ describe('reload', () => {
       let replaced = false;
       const until = performance.now() + 5000;
       while (!replaced && performance.now() < until) {
-        const a = await fresh('/g');
+        // A request that lands on the dying worker gets a reset (a crash loses what is in flight): try again.
+        const a = await fresh('/g').catch(() => null);
+        if (a === null) continue;
         const p = a.headers.get('x-request-id')!.split('-').slice(0, 2).join('-');
-        if (a.status !== 0 && !prefixes.has(p)) replaced = true;
+        if (!prefixes.has(p)) replaced = true;
         // Before, during and after the replacement: never admitted again.
         expect(a.status).toBe(429);
       }
