@@ -8,6 +8,11 @@
  *                 No auth: scrapers run on the same host or network.
  *   /admin/...    the admin API v1 (api/), behind an admin token.
  *
+ * The thread also runs the Redis sync of cluster-wide rate limits
+ * (rate-limit/): the engine starts it whenever `redis` is set, with or
+ * without the listener (`admin.enabled: false` runs the thread without
+ * one, and reports port 0).
+ *
  * node:http is used here, not uWS: nothing on this thread is hot, and it
  * keeps the admin side independent of the data plane's server backend.
  */
@@ -21,17 +26,21 @@ import { configureLog, logLevel, setLogLevel, setLogThread } from '../common/log
 import { type AdminApi, createAdminApi } from './api/index.js';
 import { LatencyCollector, type AdminContext } from './context.js';
 import { MetricsView } from './metrics.js';
+import { RateLimitSync } from './rate-limit/index.js';
 
 if (isMainThread || parentPort === null) throw new Error('admin/admin.js runs as a worker thread; start the gateway with `turnpike start`.');
 
 const port = parentPort;
 const data = workerData as AdminData;
-setLogThread('admin');
+setLogThread('admin', data.logRing);
 setLogLevel(data.logLevel);
 const control = new Int32Array(data.control);
 const rateLimitTable = new RateLimitTable(data.rateLimitTable);
+const offset = clockOffset(data.clock);
+const rateLimitSync = new RateLimitSync({ table: rateLimitTable, now: () => performance.now() + offset });
 const metrics = new MetricsView(data.metrics, control, data.slots, {
-  targetSlots: data.targetSlots, config: data.config, version: data.version, rateLimitTable, clockOffset: clockOffset(data.clock),
+  targetSlots: data.targetSlots, config: data.config, version: data.version, rateLimitTable, clockOffset: offset,
+  rateLimitSync: () => rateLimitSync.stats(),
 });
 const collector = new LatencyCollector(data.statsPorts);
 let config: GatewayConfig = data.config;
@@ -136,6 +145,7 @@ port.on('message', (msg: ToAdmin) => {
       slots = msg.slots;
       metrics.setSlots(msg.slots, msg.targetSlots, msg.config);
       configureLog(msg.config.log);
+      void rateLimitSync.configure(msg.config);
       break;
     case 'log-level':
       setLogLevel(msg.level);
@@ -151,27 +161,37 @@ port.on('message', (msg: ToAdmin) => {
       break;
     case 'drain':
       api?.stop();
-      server.close();
-      server.closeAllConnections();
+      if (server.listening) {
+        server.close();
+        server.closeAllConnections();
+      }
       collector.close();
-      port.close();
+      // The workers are gone: a last push of what they admitted, then the thread may end.
+      void rateLimitSync.stop().finally(() => port.close());
       break;
   }
 });
 
-server.once('error', (err: NodeJS.ErrnoException) => {
-  send({ type: 'fatal', message: `admin cannot listen on ${data.config.admin.host}:${data.config.admin.port} (${err.code}); change admin.port or set admin.enabled: false` });
-});
-server.listen(data.config.admin.port, data.config.admin.host, () => {
-  const addr = server.address();
-  const bound = typeof addr === 'object' && addr !== null ? addr.port : 0;
-  try {
-    api = createAdminApi(ctx, { adminPort: bound });
-  } catch (err) {
-    // A bad tokens file or an unwritable audit log: the start fails with the message.
-    server.close();
-    send({ type: 'fatal', message: (err as Error).message });
-    return;
-  }
-  send({ type: 'ready', port: bound });
-});
+// The store's first outcome (connected or not) is known before the thread
+// reports ready: a gateway that says it started knows its Redis state.
+const syncStarted = rateLimitSync.configure(data.config);
+if (data.config.admin.enabled) {
+  server.once('error', (err: NodeJS.ErrnoException) => {
+    send({ type: 'fatal', message: `admin cannot listen on ${data.config.admin.host}:${data.config.admin.port} (${err.code}); change admin.port or set admin.enabled: false` });
+  });
+  server.listen(data.config.admin.port, data.config.admin.host, () => {
+    const addr = server.address();
+    const bound = typeof addr === 'object' && addr !== null ? addr.port : 0;
+    try {
+      api = createAdminApi(ctx, { adminPort: bound });
+    } catch (err) {
+      // A bad tokens file or an unwritable audit log: the start fails with the message.
+      server.close();
+      send({ type: 'fatal', message: (err as Error).message });
+      return;
+    }
+    void syncStarted.then(() => send({ type: 'ready', port: bound }));
+  });
+} else {
+  void syncStarted.then(() => send({ type: 'ready', port: 0 }));
+}

@@ -28,11 +28,13 @@ import {
 } from '../common/metrics-layout.js';
 import type { SlotEntries, TargetSlotEntries } from '../common/protocol.js';
 import {
-  C_ACCESS_LOG_DROPPED, C_CONFIG_VERSION, C_RELOADS_FAILED, C_RELOADS_OK, C_RESTARTS, C_WORKER_COUNT, C_WORKER_STATE, W_DRAINING, W_READY,
+  C_ACCESS_LOG_DROPPED, C_CONFIG_VERSION, C_LOG_DROPPED, C_RELOADS_FAILED, C_RELOADS_OK, C_REQUESTS_LOST, C_RESTARTS, C_WORKER_COUNT, C_WORKER_STATE,
+  W_DRAINING, W_READY,
 } from '../common/protocol.js';
 import { RuntimeSampler, SAMPLE_MS } from '../common/runtime-metrics.js';
 import { uwsPackageVersion } from '../workers/transport/uws-loader.js';
 import type { RateLimitTable } from '../common/rate-limit-layout.js';
+import { SYNC_DURATION_BUCKETS, STORE_ERROR_REASONS, type RateLimitSyncStats } from './rate-limit/index.js';
 
 type Values = { labels: Record<string, string | number>; value: number; metricName?: string }[];
 
@@ -68,6 +70,8 @@ export interface MetricsOptions {
   rateLimitTable: RateLimitTable;
   /** The shared clock: this thread's performance.now() offset (common/rate-limit-layout.ts). */
   clockOffset: number;
+  /** The Redis sync of cluster rate limits (admin/rate-limit/): its state and counters, read at scrape. */
+  rateLimitSync?: () => RateLimitSyncStats;
 }
 
 /** One target's counters for GET /admin/upstreams, summed over the workers. */
@@ -151,10 +155,15 @@ export class MetricsView {
       () => [{ labels: {}, value: this.table.capacity }]);
     add('turnpike_rate_limit_table_overflow_total', 'Rate-limit lookups that found the table full around their key; such keys share their policy\'s overflow bucket. Grow rateLimitTable.capacity when this rises.', 'counter',
       () => [{ labels: {}, value: this.sum(G_RATE_LIMIT_OVERFLOW) }]);
+    this.addRateLimitSync(add, opts.rateLimitSync);
     add('turnpike_active_requests', 'Requests in flight across all workers (uWS exposes no per-connection events for HTTP).', 'gauge',
       () => [{ labels: {}, value: this.sum(G_IN_FLIGHT) }]);
-    add('turnpike_access_log_dropped_total', 'Access log lines dropped because the destination could not keep up (over 8 MiB waiting) or failed.', 'counter',
+    add('turnpike_access_log_dropped_total', 'Access log lines dropped because the destination could not keep up or failed: a worker\'s 4 MiB ring was full (or a line was cut when its destination was replaced).', 'counter',
       () => [{ labels: {}, value: Atomics.load(this.control, C_ACCESS_LOG_DROPPED) }]);
+    add('turnpike_gateway_log_dropped_total', 'Gateway log lines (stderr) dropped because stderr did not take them in time (a stalled reader) or failed: a thread\'s 256 KiB ring was full.', 'counter',
+      () => [{ labels: {}, value: Atomics.load(this.control, C_LOG_DROPPED) }]);
+    add('turnpike_requests_lost_total', 'Requests in flight in a worker thread when it died (a crash): their clients saw the connection reset, and they have no access log line or turnpike_requests_total count.', 'counter',
+      () => [{ labels: {}, value: Atomics.load(this.control, C_REQUESTS_LOST) }]);
     add('turnpike_worker_restarts_total', 'Data-plane worker threads replaced after exiting.', 'counter',
       () => [{ labels: {}, value: Atomics.load(this.control, C_RESTARTS) }]);
     add('turnpike_config_reloads_total', 'Config reloads by result: applied, or refused (the old config kept serving).', 'counter', () => [
@@ -170,6 +179,52 @@ export class MetricsView {
     });
     add('nodejs_gc_duration_seconds', 'Garbage collection duration by thread and kind, one of major, minor, incremental or weakcb.', 'histogram',
       () => this.gcHistogram());
+  }
+
+  /**
+   * The Redis sync's metrics (admin/rate-limit/index.ts). Without a `redis`
+   * section they have no sample (their HELP and TYPE lines still show).
+   */
+  private addRateLimitSync(add: (name: string, help: string, type: string, collect: () => Values) => void, read: (() => RateLimitSyncStats) | undefined): void {
+    const stats = (): RateLimitSyncStats | null => {
+      const s = read?.() ?? null;
+      return s !== null && s.configured ? s : null;
+    };
+    add('turnpike_rate_limit_store_up', '1 while the rate-limit store (Redis) answers the sync, 0 while it is unreachable (cluster limits then decide locally, or answer 503 with onStoreError deny).', 'gauge', () => {
+      const s = stats();
+      return s === null ? [] : [{ labels: {}, value: s.up ? 1 : 0 }];
+    });
+    add('turnpike_rate_limit_store_errors_total', 'Failed rate-limit store operations by reason: connection (refused, lost, failed reconnection attempt), timeout (longer than redis.commandTimeoutMs), command (Redis answered an error).', 'counter', () => {
+      const s = stats();
+      return s === null ? [] : STORE_ERROR_REASONS.map((reason) => ({ labels: { reason }, value: s.errors[reason] }));
+    });
+    add('turnpike_rate_limit_store_instances', 'Gateway instances sharing the rate-limit store, from their heartbeats (this instance\'s share of a cluster limit while Redis is away is 1/this).', 'gauge', () => {
+      const s = stats();
+      return s === null ? [] : [{ labels: {}, value: s.instances }];
+    });
+    add('turnpike_rate_limit_sync_duration_seconds', 'Time of one rate-limit sync cycle with Redis: the table scan, the pipelined scripts and writing their answers back.', 'histogram', () => {
+      const s = stats();
+      if (s === null) return [];
+      const name = 'turnpike_rate_limit_sync_duration_seconds';
+      const out: Values = s.durationBuckets.map((v, i) => ({
+        metricName: `${name}_bucket`, labels: { le: i < SYNC_DURATION_BUCKETS.length ? SYNC_DURATION_BUCKETS[i]! : '+Inf' }, value: v,
+      }));
+      out.push({ metricName: `${name}_sum`, labels: {}, value: s.durationSum });
+      out.push({ metricName: `${name}_count`, labels: {}, value: s.durationCount });
+      return out;
+    });
+    add('turnpike_rate_limit_sync_keys', 'Rate-limit keys the last sync cycle pushed or pulled.', 'gauge', () => {
+      const s = stats();
+      return s === null ? [] : [{ labels: {}, value: s.lastKeys }];
+    });
+    add('turnpike_rate_limit_synced_keys_total', 'Rate-limit keys pushed or pulled, summed over the sync cycles.', 'counter', () => {
+      const s = stats();
+      return s === null ? [] : [{ labels: {}, value: s.keysTotal }];
+    });
+    add('turnpike_rate_limit_sync_discarded_total', 'Admissions of cluster rate limits never pushed to Redis: decided while it was unreachable (with this instance\'s share), or left by a policy removed from the config.', 'counter', () => {
+      const s = stats();
+      return s === null ? [] : [{ labels: {}, value: s.discarded }];
+    });
   }
 
   private rateLimitDecisions(): Values {

@@ -1,8 +1,9 @@
 /**
- * Shared-memory layout of the access log: one ring buffer per worker slot,
- * written by that worker (one line at a time) and read by the engine's
- * writer (engine/access-writer.ts), which sends the bytes to the
- * destination straight from shared memory. No allocation, copy or message
+ * Shared-memory rings of the logs: the access log (one ring per worker slot)
+ * and the gateway log (one per thread: main, admin, each worker), each
+ * written by its thread (one line at a time) and read by the engine's
+ * writer (engine/log-writer.ts), which sends the bytes to the destination
+ * straight from shared memory. No allocation, copy or message
  * per line or per batch: a 64 KiB buffer per batch was external memory
  * that pushed V8 into frequent major GCs (the same trap as request body
  * chunks: see the README's Performance section).
@@ -21,8 +22,10 @@
  * one byte, so a full ring never looks empty.
  */
 
-/** Bytes of one worker's ring: ~12,000 access log lines of 330 bytes. */
+/** Bytes of one worker's access log ring: ~12,000 access log lines of 330 bytes. */
 export const RING_BYTES = 4 * 1024 * 1024;
+/** Bytes of one thread's gateway log ring: ~1,000 lines of 250 bytes (the log carries events, not requests). */
+export const LOG_RING_BYTES = 256 * 1024;
 export const H_WRITE = 0;
 export const H_READ = 1;
 export const H_WRAP = 2;
@@ -34,18 +37,21 @@ export interface AccessRing {
   header: SharedArrayBuffer;
 }
 
-export function createAccessRing(): AccessRing {
-  return { data: new SharedArrayBuffer(RING_BYTES), header: new SharedArrayBuffer(HEADER_BYTES) };
+/** A ring of `bytes` bytes (RING_BYTES for an access log ring, LOG_RING_BYTES for a gateway log ring). */
+export function createAccessRing(bytes = RING_BYTES): AccessRing {
+  return { data: new SharedArrayBuffer(bytes), header: new SharedArrayBuffer(HEADER_BYTES) };
 }
 
 /** The worker's end. */
 export class RingWriter {
   private readonly buf: Buffer;
   private readonly h: Int32Array;
+  private readonly size: number;
 
   constructor(ring: AccessRing) {
     this.buf = Buffer.from(ring.data);
     this.h = new Int32Array(ring.header);
+    this.size = ring.data.byteLength;
   }
 
   /** Appends one line (with its newline); false (and counted) when the ring is full. */
@@ -55,7 +61,7 @@ export class RingWriter {
     const w = Atomics.load(h, H_WRITE);
     const r = Atomics.load(h, H_READ);
     if (w >= r) {
-      if (RING_BYTES - w > n) {
+      if (this.size - w > n) {
         this.buf.write(line, w, n, 'utf8');
         Atomics.store(h, H_WRITE, w + n);
         return true;
@@ -107,7 +113,23 @@ export class RingReader {
     Atomics.store(this.h, H_READ, end);
   }
 
+  /** Lines the writer could not fit (the ring was full), a running total. */
   get dropped(): number {
     return Atomics.load(this.h, H_DROPPED);
   }
+
+  /** Lines published and not yet released from `from` on (what would be lost if nothing more is written). */
+  linesWaiting(from = Atomics.load(this.h, H_READ)): number {
+    const w = Atomics.load(this.h, H_WRITE);
+    if (from === w) return 0;
+    if (w > from) return countLines(this.buf, from, w);
+    return countLines(this.buf, from, Atomics.load(this.h, H_WRAP)) + countLines(this.buf, 0, w);
+  }
+}
+
+/** Newlines in buf[start, end). */
+export function countLines(buf: Uint8Array, start: number, end: number): number {
+  let n = 0;
+  for (let i = buf.indexOf(10, start); i !== -1 && i < end; i = buf.indexOf(10, i + 1)) n++;
+  return n;
 }

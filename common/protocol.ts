@@ -26,6 +26,8 @@ export interface WorkerData {
   metrics: SharedArrayBuffer;
   /** This worker slot's access log ring (common/access-ring.ts). */
   accessRing: AccessRing;
+  /** This worker slot's gateway log ring (common/log.ts), written to stderr by the engine. */
+  logRing: AccessRing;
   control: SharedArrayBuffer;
   /** Private line to the admin thread for latency snapshots (see workers/latency.ts). */
   statsPort: MessagePort;
@@ -44,6 +46,8 @@ export interface AdminData {
   /** One per worker index. */
   metrics: SharedArrayBuffer[];
   control: SharedArrayBuffer;
+  /** The admin thread's gateway log ring (common/log.ts), written to stderr by the engine. */
+  logRing: AccessRing;
   /** One per worker index that exists when the admin thread starts. */
   statsPorts: (MessagePort | null)[];
   version: string;
@@ -138,7 +142,14 @@ export const MAX_WORKERS = 256;
  * a runaway computation) stops the beat, and /health says so.
  */
 export const C_WORKER_BEAT = C_WORKER_STATE + MAX_WORKERS;
-export const CONTROL_BYTES = (C_WORKER_BEAT + MAX_WORKERS) * 4;
+/** Gateway log lines dropped (a thread's ring was full: stderr did not keep up, or failed), a running total. */
+export const C_LOG_DROPPED = C_WORKER_BEAT + MAX_WORKERS;
+/**
+ * Requests in flight in a worker when it died (a crash): their clients got
+ * a reset, and no access line or turnpike_requests_total count. A running total.
+ */
+export const C_REQUESTS_LOST = C_LOG_DROPPED + 1;
+export const CONTROL_BYTES = (C_REQUESTS_LOST + 1) * 4;
 export const HEARTBEAT_MS = 500;
 /** A ready worker whose last beat is older than this is reported `stalled`. */
 export const STALLED_AFTER_MS = 3000;

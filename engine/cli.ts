@@ -30,12 +30,13 @@ import { formatChanges } from '../common/config/diff.js';
 import { didYouMean } from '../common/config/util.js';
 import { formatErrors, loadConfigFile, loadEmbeddedConfig, type LoadResult } from '../common/config/load.js';
 import { schemaJson } from '../common/config/schema.js';
-import { configureLog, log } from '../common/log.js';
+import { configureLog, log, logFormat } from '../common/log.js';
 import { WORKER_CHECKS } from '../workers/config-check.js';
 import { startDemoUpstream } from './demo-upstream.js';
 import { COMMANDS, commandHelp, usage } from './help.js';
 import { starterConfig } from '../common/config/starter-config.js';
 import { Supervisor } from './supervisor.js';
+import { LogWriter } from './log-writer.js';
 
 const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../package.json', import.meta.url)), 'utf8')) as { version: string };
 
@@ -115,10 +116,25 @@ function load(args: Args): { result: LoadResult; embedded: boolean } {
 
 async function start(args: Args): Promise<void> {
   if (args.diff || args.admin !== null) fail('--diff and --admin go with validate and reload, not start', 'start');
+  // From here on no line of the gateway log is written by the thread that
+  // logs it: the writer does, never blocking (engine/log-writer.ts).
+  const logWriter = new LogWriter();
+  /** Writes out what the logs hold (for at most a few seconds), then exits. */
+  const exit = async (code: number): Promise<never> => {
+    await logWriter.close();
+    process.exit(code);
+  };
   const { result } = load(args);
   if (!result.ok) {
-    process.stderr.write(`turnpike: the configuration is invalid, nothing was started:\n${formatErrors(result.errors)}\n`);
-    process.exit(1);
+    if (logFormat() === 'json') {
+      // Not a terminal (or TURNPIKE_LOG_FORMAT=json): one JSON line, like every other line of the gateway log.
+      log('error', 'the configuration is invalid, nothing was started: fix the problems listed, check with `turnpike validate`', {
+        config: args.file ?? '<embedded>', problems: result.errors.map((e) => (e.path ? `${e.path}: ${e.message}` : e.message)),
+      });
+    } else {
+      process.stderr.write(`turnpike: the configuration is invalid, nothing was started:\n${formatErrors(result.errors)}\n`);
+    }
+    return exit(1);
   }
   const config = result.config;
   configureLog(config.log);
@@ -129,6 +145,7 @@ async function start(args: Args): Promise<void> {
     portWasZero: config.server.port === 0,
     sets: args.sets,
     version: pkg.version,
+    logWriter,
   });
   // Valid, but probably not what was meant: said once, at start (validate prints the same).
   for (const w of result.warnings) log('warn', `config warning: ${w.path === '' ? '' : `${w.path}: `}${w.message}`);
@@ -144,7 +161,7 @@ async function start(args: Args): Promise<void> {
     if (stopping) return;
     stopping = true;
     log('info', 'signal received, draining', { signal });
-    if (gw !== null) gw.stop().then((code) => process.exit(code), () => process.exit(1));
+    if (gw !== null) gw.stop().then((code) => exit(code), () => exit(1));
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
@@ -166,11 +183,11 @@ async function start(args: Args): Promise<void> {
     gw = await sup.start();
   } catch (err) {
     log('error', 'failed to start', { error: (err as Error).message });
-    await sup.shutdown();
-    process.exit(1);
+    await sup.shutdown(true);
+    return exit(1);
   }
   if (stopping) {
-    gw.stop().then((code) => process.exit(code), () => process.exit(1));
+    gw.stop().then((code) => exit(code), () => exit(1));
     return;
   }
   if (pendingReload) void sup.reload({ actor: 'SIGHUP' });

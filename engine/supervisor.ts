@@ -11,7 +11,7 @@
  */
 import { createClockEpoch, createRateLimitTable } from '../common/rate-limit-layout.js';
 import {
-  type Stats, chmodSync, closeSync, copyFileSync, fchmodSync, fchownSync, fsyncSync, openSync, readFileSync, renameSync, statSync,
+  type Stats, chmodSync, chownSync, closeSync, copyFileSync, fchmodSync, fchownSync, fsyncSync, openSync, readFileSync, readdirSync, realpathSync, renameSync, statSync,
   unlinkSync, writeFileSync, writeSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -23,18 +23,18 @@ import { RESTART_ONLY, diffConfigs, formatChanges } from '../common/config/diff.
 import { loadConfigDocument, loadConfigFile, loadEmbeddedConfig, type LoadResult } from '../common/config/load.js';
 import type { GatewayConfig } from '../common/config/types.js';
 import { configureLog, log, logLevel, setLogLevel, type Level } from '../common/log.js';
-import { DEFAULT_MAX_ROUTE_SLOTS, FIRST_ROUTE_SLOT, FIRST_TARGET_SLOT, MAX_TARGET_SLOTS, metricsBufferBytes } from '../common/metrics-layout.js';
+import { DEFAULT_MAX_ROUTE_SLOTS, FIRST_ROUTE_SLOT, FIRST_TARGET_SLOT, G_IN_FLIGHT, MAX_TARGET_SLOTS, metricsBufferBytes } from '../common/metrics-layout.js';
 import type {
   AdminData, ConfigDocument, FromAdmin, FromWorker, ReloadResult, SlotEntries, ToAdmin, ToWorker, WorkerData,
 } from '../common/protocol.js';
 import {
-  C_CONFIG_VERSION, C_DRAINING, C_EPOCH, C_RELOADS_FAILED, C_RELOADS_OK, C_RESTARTS, C_WORKER_COUNT, C_WORKER_STATE, CONTROL_BYTES,
+  C_CONFIG_VERSION, C_DRAINING, C_EPOCH, C_RELOADS_FAILED, C_RELOADS_OK, C_REQUESTS_LOST, C_RESTARTS, C_WORKER_COUNT, C_WORKER_STATE, CONTROL_BYTES,
   MAX_WORKERS, W_DEAD, W_STARTING,
 } from '../common/protocol.js';
 import type { TargetSlotEntries } from '../common/protocol.js';
 import { WORKER_CHECKS } from '../workers/config-check.js';
-import { AccessWriter } from './access-writer.js';
-import { type AccessRing, createAccessRing } from '../common/access-ring.js';
+import type { LogWriter } from './log-writer.js';
+import { type AccessRing, LOG_RING_BYTES, createAccessRing } from '../common/access-ring.js';
 import { targetKey } from '../workers/proxy/balancer.js';
 import { type QuotaStore, openQuotaStore } from './quota-store.js';
 
@@ -56,6 +56,8 @@ interface Slot {
   metrics: SharedArrayBuffer;
   /** This slot's access log ring (common/access-ring.ts): kept across a worker's restarts, like its metrics. */
   accessRing: AccessRing;
+  /** This slot's gateway log ring (common/log.ts), kept across restarts too. */
+  logRing: AccessRing;
   startedAt: number;
   backoffMs: number;
   ready: boolean;
@@ -78,6 +80,8 @@ export interface SupervisorOptions {
   /** `--set` flags, re-applied on every reload. */
   sets: readonly string[];
   version: string;
+  /** Writes every thread's gateway log and the access log (engine/log-writer.ts); the caller closes it before exiting. */
+  logWriter: LogWriter;
 }
 
 export interface StartedGateway {
@@ -113,8 +117,10 @@ export class Supervisor {
   private configDoc: unknown;
   /** The lock file held for server.port (lockPort), removed on stop. */
   private portLock: string | null = null;
-  /** Writes the workers' access log batches (engine/access-writer.ts). */
-  private accessWriter: AccessWriter | null = null;
+  /** Writes the access log and every thread's gateway log (engine/log-writer.ts). */
+  private readonly logWriter: LogWriter;
+  /** The admin thread's gateway log ring (one admin thread at a time). */
+  private readonly adminLogRing = createAccessRing(LOG_RING_BYTES);
   /** Reloads run one at a time, in the order asked. */
   private reloadChain: Promise<unknown> = Promise.resolve();
   /**
@@ -133,6 +139,8 @@ export class Supervisor {
     this.opts = opts;
     this.configDoc = opts.document;
     this.version = opts.version;
+    this.logWriter = opts.logWriter;
+    this.logWriter.setControl(this.controlView);
     this.rateLimitTable = createRateLimitTable(config.rateLimitTable.capacity);
     this.assignSlots(config);
   }
@@ -164,7 +172,7 @@ export class Supervisor {
       // The check and the workers' listen are two steps: two gateways
       // started at the same moment could both pass the check and then share
       // the port. A lock file per port closes that gap between gateways.
-      this.portLock = lockPort(this.config.server.port);
+      this.portLock = lockPort(this.config.server.host, this.config.server.port);
       await assertPortFree(this.config.server.host, this.config.server.port);
     } else {
       // uSockets binds port 0 without SO_REUSEPORT, so the other workers could
@@ -177,17 +185,26 @@ export class Supervisor {
     for (let i = 0; i < n; i++) {
       this.slots.push({
         index: i, worker: null, metrics: new SharedArrayBuffer(metricsBufferBytes(DEFAULT_MAX_ROUTE_SLOTS)), accessRing: createAccessRing(),
-        startedAt: 0, backoffMs: BACKOFF_MIN_MS, ready: false, exiting: false, version: 0, acks: new Map(), statsPort: null,
+        logRing: createAccessRing(LOG_RING_BYTES), startedAt: 0, backoffMs: BACKOFF_MIN_MS, ready: false, exiting: false, version: 0, acks: new Map(), statsPort: null,
       });
     }
-    this.accessWriter = new AccessWriter(this.slots.map((s) => s.accessRing), this.controlView);
-    this.accessWriter.setDestination(this.config.log.access.enabled ? this.config.log.access.destination : null);
+    for (const s of this.slots) {
+      this.logWriter.addRing(s.accessRing, 'access');
+      this.logWriter.addRing(s.logRing, 'log');
+    }
+    this.logWriter.addRing(this.adminLogRing, 'log');
+    this.logWriter.setDestination(this.config.log.access.enabled ? this.config.log.access.destination : null);
     // Quota counts of the last run go back into the table before any worker serves.
     this.quotas = openQuotaStore(this.rateLimitTable, this.clock, this.config, this.opts.portWasZero ?? false);
     await Promise.all(this.slots.map((s) => this.spawnWorker(s)));
     this.started = true;
     let adminPort: number | null = null;
-    if (this.config.admin.enabled) adminPort = await this.spawnAdmin();
+    // The admin thread also runs the Redis sync of rate limits: it starts
+    // with `redis` even when its listener is off (admin.enabled: false).
+    if (this.config.admin.enabled || this.config.redis !== null) {
+      const port = await this.spawnAdmin();
+      if (this.config.admin.enabled) adminPort = port;
+    }
     return {
       port: this.port,
       adminPort,
@@ -200,7 +217,7 @@ export class Supervisor {
     const config = this.config;
     const stats = new MessageChannel();
     const data: WorkerData = {
-      index: slot.index, config, logLevel: logLevel(), slots: [...this.routeSlots], targetSlots: this.targetSlotEntries(), metrics: slot.metrics, accessRing: slot.accessRing, control: this.control, statsPort: stats.port1,
+      index: slot.index, config, logLevel: logLevel(), slots: [...this.routeSlots], targetSlots: this.targetSlotEntries(), metrics: slot.metrics, accessRing: slot.accessRing, logRing: slot.logRing, control: this.control, statsPort: stats.port1,
       rateLimitTable: this.rateLimitTable, clock: this.clock,
     };
     Atomics.store(this.controlView, C_WORKER_STATE + slot.index, W_STARTING);
@@ -247,21 +264,36 @@ export class Supervisor {
         for (const ack of slot.acks.values()) ack(null);
         slot.acks.clear();
         if (!settled) { settled = true; reject(new Error(`worker ${slot.index} exited with code ${code} before it was ready`)); }
+        const lost = this.countLostRequests(slot);
         // At start a failing worker fails the start; later, it is replaced (with backoff).
         if (!this.started || this.draining || slot.exiting) return;
-        this.scheduleRestart(slot, code ?? 0);
+        this.scheduleRestart(slot, code ?? 0, lost);
       });
     });
   }
 
-  private scheduleRestart(slot: Slot, code: number): void {
+  /**
+   * A worker that died with requests in flight (a crash) never logged or
+   * counted them, and their clients got a reset: its in-flight gauge, left in
+   * its metrics cells, goes to turnpike_requests_lost_total (C_REQUESTS_LOST)
+   * and is cleared. A worker that drained has none left.
+   */
+  private countLostRequests(slot: Slot): number {
+    const cells = new Float64Array(slot.metrics);
+    const lost = Math.max(0, Math.round(cells[G_IN_FLIGHT]!));
+    cells[G_IN_FLIGHT] = 0;
+    if (lost > 0) Atomics.add(this.controlView, C_REQUESTS_LOST, lost);
+    return lost;
+  }
+
+  private scheduleRestart(slot: Slot, code: number, lostRequests = 0): void {
     const lived = Date.now() - slot.startedAt;
     if (lived >= STABLE_AFTER_MS) slot.backoffMs = BACKOFF_MIN_MS;
     const delay = slot.backoffMs;
     slot.backoffMs = Math.min(BACKOFF_MAX_MS, slot.backoffMs * 2);
     Atomics.add(this.controlView, C_RESTARTS, 1);
     log(delay >= BACKOFF_MAX_MS ? 'error' : 'warn', 'worker exited; restarting', {
-      worker: slot.index, code, restartInMs: delay, crashLoop: delay >= BACKOFF_MAX_MS,
+      worker: slot.index, code, restartInMs: delay, crashLoop: delay >= BACKOFF_MAX_MS, lostRequests,
     });
     setTimeout(() => {
       if (this.draining) return;
@@ -277,7 +309,7 @@ export class Supervisor {
     for (const s of this.slots) s.statsPort = null;
     const data: AdminData = {
       config: this.config, document: this.document(), logLevel: logLevel(), slots: [...this.routeSlots], targetSlots: this.targetSlotEntries(), metrics: this.slots.map((s) => s.metrics),
-      control: this.control, statsPorts, version: this.version, startedAt: this.startedAt,
+      control: this.control, logRing: this.adminLogRing, statsPorts, version: this.version, startedAt: this.startedAt,
       rateLimitTable: this.rateLimitTable, clock: this.clock,
     };
     const w = new Worker(ADMIN_ENTRY, {
@@ -341,6 +373,13 @@ export class Supervisor {
 
   private async reloadNow(req: { doc?: unknown; dryRun?: boolean; actor: string }): Promise<ReloadResult> {
     const old = this.config;
+    if (this.draining && !req.dryRun) {
+      // Workers that are closing their sockets cannot take a config, and a
+      // document would be persisted for a gateway that is going away.
+      const message = 'the gateway is shutting down (draining): reloads are refused; start it again to run this config';
+      log('warn', 'reload refused: the gateway is shutting down', { actor: req.actor, version: old.version });
+      return { ok: false, version: old.version, errors: [{ path: '', message }], changes: null, persisted: false };
+    }
     const version = old.version + 1;
     const common = { env: process.env, sets: this.opts.sets, version, ...WORKER_CHECKS };
     let result: LoadResult;
@@ -372,7 +411,7 @@ export class Supervisor {
     if (req.dryRun) return { ok: true, version: old.version, errors: [], changes, persisted: false, warnings };
     this.config = Object.freeze({ ...next }) as GatewayConfig;
     configureLog(next.log);
-    this.accessWriter?.setDestination(next.log.access.enabled ? next.log.access.destination : null);
+    this.logWriter.setDestination(next.log.access.enabled ? next.log.access.destination : null);
     this.assignSlots(next);
     const targets = this.slots.filter((sl) => sl.ready);
     const failures = await Promise.all(targets.map((sl) => this.sendConfig(sl)));
@@ -406,6 +445,10 @@ export class Supervisor {
     Atomics.add(this.controlView, C_RELOADS_OK, 1);
     this.configDoc = result.document ?? req.doc ?? null;
     this.admin?.postMessage({ type: 'config', config: this.config, slots: [...this.routeSlots], targetSlots: this.targetSlotEntries(), document: this.document() } satisfies ToAdmin);
+    if (this.admin === null && next.redis !== null && !this.draining) {
+      // `redis` added by this reload: the admin thread (listener off) starts to sync rate limits.
+      await this.spawnAdmin().catch((err: Error) => log('error', 'cannot start the admin thread for the rate-limit sync; cluster limits stay local to this instance', { error: err.message }));
+    }
     log('info', 'config reloaded', { actor: req.actor, version: next.version, changes: formatChanges(changes), persisted });
     for (const w of warnings) log('warn', `config warning: ${w.path === '' ? '' : `${w.path}: `}${w.message}`, { version: next.version });
     return { ok: true, version: next.version, errors: [], changes, persisted, warnings };
@@ -425,7 +468,7 @@ export class Supervisor {
 
   /** SIGUSR1: access log files are reopened (logrotate's postrotate); the workers log it at debug. */
   reopenLogs(): void {
-    this.accessWriter?.reopen();
+    this.logWriter.reopen();
     for (const s of this.slots) s.worker?.postMessage({ type: 'reopen-logs' } satisfies ToWorker);
   }
 
@@ -438,13 +481,18 @@ export class Supervisor {
     this.slots[i]?.worker?.postMessage({ type: 'crash' } satisfies ToWorker);
   }
 
-  /** Drain every thread, then resolve with the exit code to use. */
-  async shutdown(): Promise<number> {
+  /**
+   * Drain every thread, then resolve with the exit code to use. After a
+   * start that failed (`failedStart`), the threads that did start are
+   * stopped the same way, without the drain delay and without the
+   * `draining`/`stopped` lines: nothing was ever served.
+   */
+  async shutdown(failedStart = false): Promise<number> {
     if (this.draining) return 0;
     this.draining = true;
     Atomics.store(this.controlView, C_DRAINING, 1);
     const timeoutMs = this.config.server.drainTimeoutMs;
-    const delayMs = this.config.server.drainDelayMs;
+    const delayMs = failedStart ? 0 : this.config.server.drainDelayMs;
     if (delayMs > 0) {
       // Health checks fail from now on (admin /health, server.healthPath)
       // while the listeners still accept and serve: load balancers take the
@@ -452,7 +500,7 @@ export class Supervisor {
       log('info', 'drain delay: health checks fail, requests are still served', { delayMs });
       await new Promise((r) => setTimeout(r, delayMs));
     }
-    log('info', 'draining', { timeoutMs });
+    if (!failedStart) log('info', 'draining', { timeoutMs });
     let leftover = 0;
     await Promise.all(this.slots.map((slot) => new Promise<void>((resolve) => {
       const w = slot.worker;
@@ -472,37 +520,97 @@ export class Supervisor {
       });
     }
     if (leftover > 0) log('warn', 'drain timeout: requests were cut off', { requests: leftover });
-    await this.accessWriter?.drain();
     if (this.portLock !== null) {
       try { unlinkSync(this.portLock); } catch { /* gone already */ }
     }
-    log('info', 'stopped');
+    if (!failedStart) log('info', 'stopped');
     return 0;
   }
 }
 
+/** Host names in a lock file's name: 0.0.0.0 and :: (every address) overlap with any other. */
+const WILDCARD_HOSTS: ReadonlySet<string> = new Set(['0.0.0.0', '::', '', '[::]']);
+
+/** `<tmpdir>/turnpike-port-<port>-<host>.lock` (the host with anything but letters, digits, `.` and `-` as `_`). */
+export function portLockFile(host: string, port: number): string {
+  return join(tmpdir(), `turnpike-port-${port}-${host.replace(/[^A-Za-z0-9.-]/g, '_')}.lock`);
+}
+
 /**
- * Takes `<tmpdir>/turnpike-port-<port>.lock` (created exclusively, holding
- * this pid): two gateways starting at once cannot both pass the free-port
- * check. A lock left by a process that is gone is taken over. Returns the
- * file's path; throws when a live gateway holds the port.
+ * Takes the lock file of server.host and server.port (created exclusively,
+ * holding this pid and its start time): two gateways starting at once on
+ * one address cannot both pass the free-port check. Gateways on different
+ * addresses of one port (127.0.0.1 and 127.0.0.2) do not conflict; 0.0.0.0
+ * or :: conflicts with every address of its port. A lock whose process is
+ * gone, or whose pid now belongs to another process (pid reuse after a
+ * kill -9 or the OOM killer: its start time differs, or it is not a
+ * turnpike), is stale and taken over. Returns the file's path (null when no
+ * lock can be made in the temp directory: the port check still runs);
+ * throws when a live gateway holds the address.
  */
-function lockPort(port: number): string {
-  const file = join(tmpdir(), `turnpike-port-${port}.lock`);
-  for (let attempt = 0; attempt < 2; attempt++) {
+function lockPort(host: string, port: number): string | null {
+  const file = portLockFile(host, port);
+  const mine = `${process.pid} ${processStartTime(process.pid) ?? ''}\n`;
+  let taken = false;
+  for (let attempt = 0; attempt < 2 && !taken; attempt++) {
     try {
-      writeFileSync(file, String(process.pid), { flag: 'wx', mode: 0o644 });
-      return file;
+      writeFileSync(file, mine, { flag: 'wx', mode: 0o644 });
+      taken = true;
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') return file; // no lock possible here: the port check still runs
-      const holder = Number(readFileSync(file, 'utf8'));
-      if (Number.isInteger(holder) && holder > 0 && holder !== process.pid && isAlive(holder)) {
-        throw new Error(`port ${port} is being taken by another turnpike (pid ${holder}, lock ${file}); stop it or change server.port`);
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') return null;
+      const holder = liveHolder(file);
+      if (holder !== null) {
+        throw new Error(`${host}:${port} is being taken by another turnpike (pid ${holder}, lock ${file}); stop it or change server.port`);
       }
       try { unlinkSync(file); } catch { /* raced with another: retry once */ }
     }
   }
-  throw new Error(`port ${port}: could not take the lock ${file}; another turnpike is starting on it`);
+  if (!taken) throw new Error(`${host}:${port}: could not take the lock ${file}; another turnpike is starting on it, try again`);
+  // Another address of this port: only a wildcard (or this one being one) overlaps.
+  const prefix = `turnpike-port-${port}-`;
+  let names: string[] = [];
+  try { names = readdirSync(tmpdir()); } catch { /* unreadable: the port check still runs */ }
+  const wildcard = WILDCARD_HOSTS.has(host);
+  for (const name of names) {
+    if (!name.startsWith(prefix) || !name.endsWith('.lock') || join(tmpdir(), name) === file) continue;
+    const other = name.slice(prefix.length, -'.lock'.length);
+    if (!wildcard && other !== '0.0.0.0' && other !== '__' && other !== '____') continue;
+    const holder = liveHolder(join(tmpdir(), name));
+    if (holder === null) continue;
+    try { unlinkSync(file); } catch { /* gone already */ }
+    throw new Error(`port ${port} on ${host} is being taken by another turnpike on an overlapping address (pid ${holder}, lock ${join(tmpdir(), name)}); stop it or change server.port or server.host`);
+  }
+  return file;
+}
+
+/** The pid of a live turnpike holding `file`, or null when the lock is stale (or unreadable). */
+function liveHolder(file: string): number | null {
+  let text: string;
+  try { text = readFileSync(file, 'utf8'); } catch { return null; }
+  const [pidText, startText] = text.trim().split(/\s+/);
+  const pid = Number(pidText);
+  if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid || !isAlive(pid)) return null;
+  const start = processStartTime(pid);
+  if (startText !== undefined && startText !== '' && start !== null) return startText === start ? pid : null; // pid reused
+  // A lock without a start time (written by an older version): a live turnpike has its name on its command line.
+  try {
+    const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    return /turnpike|engine[/\\]cli\.js/.test(cmdline) ? pid : null;
+  } catch {
+    return pid; // no /proc: a live pid is taken at its word
+  }
+}
+
+/** The start time of a process (field 22 of /proc/<pid>/stat, clock ticks since boot), or null without /proc. */
+function processStartTime(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return fields[19] ?? null;
+  } catch {
+    return null;
+  }
 }
 
 function isAlive(pid: number): boolean {
@@ -551,16 +659,21 @@ function findFreePort(host: string): Promise<number> {
   });
 }
 
-/** Write temp, fsync, rename, fsync the directory: the file is old or new, never half. */
 /**
  * Write temp, fsync, rename, fsync the directory: the file is old or new,
  * never half. The new file keeps the old one's mode (and owner, when the
  * gateway may set it), and the old content is kept as `<path>.bak` (one
- * backup, replaced by the next write): PUT /admin/config never loses the
- * file it replaces.
+ * backup, replaced by the next write, with the old file's mode and owner):
+ * PUT /admin/config never loses the file it replaces. A config file that is
+ * a symlink is written through it: its target (`<target>.bak` beside it) is
+ * replaced and the link stays a link.
  */
-function writeAtomically(path: string, doc: unknown): void {
-  const text = /\.json$/i.test(path) ? JSON.stringify(doc, null, 2) + '\n' : toYaml(doc);
+function writeAtomically(configPath: string, doc: unknown): void {
+  const text = /\.json$/i.test(configPath) ? JSON.stringify(doc, null, 2) + '\n' : toYaml(doc);
+  let path = configPath;
+  try {
+    path = realpathSync(configPath);
+  } catch { /* no file yet (or a dangling link's target is missing): written as named */ }
   let old: Stats | null = null;
   try {
     old = statSync(path);
@@ -578,8 +691,10 @@ function writeAtomically(path: string, doc: unknown): void {
     closeSync(fd);
   }
   if (old !== null) {
-    copyFileSync(path, `${path}.bak`);
-    chmodSync(`${path}.bak`, old.mode & 0o7777);
+    const bak = `${path}.bak`;
+    copyFileSync(path, bak);
+    chmodSync(bak, old.mode & 0o7777);
+    try { chownSync(bak, old.uid, old.gid); } catch { /* not permitted: keeps the gateway's own */ }
   }
   renameSync(tmp, path);
   const dfd = openSync(dirname(path), 'r');

@@ -22,7 +22,7 @@ if (isMainThread || parentPort === null) throw new Error('workers/worker.js runs
 
 const port = parentPort;
 const data = workerData as WorkerData;
-setLogThread(`worker-${data.index}`);
+setLogThread(`worker-${data.index}`, data.logRing);
 const control = new Int32Array(data.control);
 const metrics = new Float64Array(data.metrics);
 // A replacement worker inherits its slot's counters; gauges restart from zero

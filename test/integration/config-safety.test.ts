@@ -87,8 +87,12 @@ describe('validation runs the workers\' compile step (case 8)', () => {
     const file = tmpFile('dup.json', duplicateRoutes());
     const r = await run(['start', '--config', file]);
     expect(r.code).toBe(1);
-    expect(r.stderr).toContain('the configuration is invalid, nothing was started');
-    expect(r.stderr).toContain('routes[1]: duplicate of route "a"');
+    // stderr is not a terminal: one JSON line (the gateway log's format) naming the route.
+    const lines = r.stderr.split('\n').filter((l) => l !== '').map((l) => JSON.parse(l));
+    const refusal = lines.find((j) => j.level === 'error');
+    expect(refusal.msg).toContain('the configuration is invalid, nothing was started');
+    expect(refusal.problems).toHaveLength(1);
+    expect(refusal.problems[0]).toMatch(/^routes\[1\]: duplicate of route "a" /);
     expect(r.stderr).not.toContain('worker exited');
   });
 

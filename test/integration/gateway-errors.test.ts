@@ -33,7 +33,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import http from 'node:http';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Errors, errorBody, type GatewayErrorDef } from '../../common/errors.js';
+import { Errors, errorBody, errorBodyWith, type GatewayErrorDef } from '../../common/errors.js';
 import { LINGER_MAX_BYTES } from '../../workers/transport/backend.js';
 import { baseConfig, startGateway, type Gateway } from '../helpers/gateway.js';
 import { startRawUpstream, startUpstream, type Upstream } from '../helpers/upstream.js';
@@ -49,6 +49,8 @@ const QUIET_MS = 60;
 const CLOSE_WAIT_MS = 1500;
 
 const SMALL_LIMIT = 8; // routes[small].maxBodyBytes
+/** The one request /limited/* admits (taken at setup; it reaches the `ok` upstream). */
+const LIMITED_SETUP = '/limited/setup';
 const LIMITS = { maxUrlBytes: 2048, maxHeaderBytes: 8192, maxHeaderCount: 30 };
 
 // ------------------------------------------------------------------ raw client
@@ -202,6 +204,18 @@ interface Trigger {
   cannot?: Partial<Record<Method, string>>;
   /** The request declares a body it does not send. */
   unsentBody?: boolean;
+  /**
+   * The body carries the policy's own message of the moment (errorBodyWith:
+   * which limit, when to retry) instead of the catalogue's: it must match this.
+   */
+  message?: RegExp;
+  /**
+   * Headers whose values hold times in whole seconds (Retry-After, the
+   * IETF RateLimit `t=`): between two answers to the same trigger they may
+   * differ by one second (a second boundary fell between them), never more;
+   * everything else in them must be equal.
+   */
+  timed?: readonly string[];
 }
 
 const manyHeaders = Array.from({ length: LIMITS.maxHeaderCount + 1 }, (_, i) => `X-H${i}: 1`);
@@ -266,6 +280,17 @@ const TABLE: Trigger[] = [
   {
     error: Errors.HEADERS_TOO_LARGE, how: `one 9000-byte header value (maxHeaderBytes ${LIMITS.maxHeaderBytes})`, closes: false,
     request: (m) => raw(m, '/api/x', ['X-Big: ' + 'v'.repeat(9000)]),
+  },
+  {
+    error: Errors.RATE_LIMITED, how: 'a route limited to 1 request per day (by: global, scope: local), that request taken at setup', closes: false,
+    request: (m) => raw(m, '/limited/x'),
+    message: /^Rate limit "limited#0" exceeded \(1 requests per 24h, by global\); retry in \d+ s\.$/,
+    timed: ['retry-after', 'ratelimit'],
+  },
+  {
+    error: Errors.RATE_LIMIT_STORE_UNAVAILABLE, how: 'a cluster limit with onStoreError: deny while redis.url points to a closed port', closes: false,
+    request: (m) => raw(m, '/storeless/x'),
+    message: /^The rate-limit store \(Redis\) is unreachable and limit "storeless#0" refuses requests meanwhile \(onStoreError: deny\); retry later\.$/,
   },
   {
     error: Errors.UPSTREAM_CONNECT_FAILED, how: 'upstream target on a closed port', closes: false,
@@ -472,10 +497,12 @@ async function waitFor(cond: () => boolean, ms: number, what: string): Promise<v
 
 /** The main gateway: every code but shutting_down. */
 async function startMain(): Promise<void> {
-  const [deadPort, blackholePort] = await Promise.all([closedPort(), startBlackhole()]);
+  const [deadPort, blackholePort, redisPort] = await Promise.all([closedPort(), startBlackhole(), closedPort()]);
   gw = await startGateway(baseConfig({
     server: { workers: 1, limits: LIMITS },
     admin: { enabled: true, port: 0 },
+    // Never reachable: cluster limits are "store down" from the start (the gateway reports itself started once it knows).
+    redis: { url: `redis://127.0.0.1:${redisPort}` },
     upstreams: {
       ok: { targets: [okUp.url] },
       dead: { targets: [`http://127.0.0.1:${deadPort}`] },
@@ -495,8 +522,16 @@ async function startMain(): Promise<void> {
       { id: 'silent', path: '/silent/*', upstream: 'raw' },
       { id: 'busy', path: '/busy/*', upstream: 'busy' },
       { id: 'blackhole', path: '/blackhole/*', upstream: 'blackhole' },
+      { id: 'limited', path: '/limited/*', upstream: 'ok', rateLimit: [{ by: 'global', rate: 1, per: '1d', scope: 'local' }] },
+      { id: 'storeless', path: '/storeless/*', upstream: 'ok', rateLimit: [{ by: 'global', rate: 1000, per: '1s', onStoreError: 'deny' }] },
     ],
   }), { env: { TURNPIKE_TEST_HOOKS: '1' } });
+  // The day's one request of /limited/*: every request of the table after it is refused.
+  const first = await RawConn.open(gw.port);
+  first.write(Buffer.from(`GET ${LIMITED_SETUP} HTTP/1.1\r\nHost: t\r\n\r\n`));
+  const r = await first.read(false);
+  first.destroy();
+  if (!r.statusLine.startsWith('HTTP/1.1 200')) throw new Error(`setup GET ${LIMITED_SETUP}: ${r.statusLine}`);
   // Hold the busy upstream's only connection.
   busyHolder = await RawConn.open(gw.port);
   busyHolder.write(Buffer.from('GET /busy/hold HTTP/1.1\r\nHost: t\r\n\r\n'));
@@ -604,12 +639,21 @@ afterAll(async () => {
 
 // ------------------------------------------------------------------ assertions
 
-/** Headers compared with GET's: everything but what differs per request. */
-function comparable(r: RawResponse): string[] {
+/**
+ * Headers compared with GET's: everything but what differs per request.
+ * In `timed` headers the times (whole seconds) are masked: timesOf()
+ * checks them apart.
+ */
+function comparable(r: RawResponse, timed: readonly string[] = []): string[] {
   return r.headers
     .filter(([k]) => k !== RID && k !== 'date' && k !== 'content-length')
-    .map(([k, v]) => `${k}: ${v}`)
+    .map(([k, v]) => `${k}: ${timed.includes(k) ? (/^\d+$/.test(v) ? '#' : v.replace(/\bt=\d+/g, 't=#')) : v}`)
     .sort();
+}
+
+/** The times in a timed header's values: the value itself when it is a number (Retry-After), else its `t=` parameters. */
+function timesOf(r: RawResponse, name: string): number[] {
+  return header(r, name).flatMap((v) => (/^\d+$/.test(v) ? [Number(v)] : [...v.matchAll(/\bt=(\d+)/g)].map((m) => Number(m[1]))));
 }
 
 
@@ -648,9 +692,11 @@ describe('every gateway error × every method', () => {
       // No body, and the length GET's body has (the same body around this request's id).
       expect(r.body.length).toBe(0);
       expect(o!.stray ?? '', 'bytes after a HEAD answer').toBe('');
-      expect(Number(contentLength[0])).toBe(errorBody(e, rid).length);
       const get = outcomes.get(key(t, 'GET'))?.response;
       expect(get, 'GET answer to compare with').toBeDefined();
+      // A policy's message of the moment: GET's (a retry time of the same length, see `timed`).
+      const expected = t.message === undefined ? errorBody(e, rid) : errorBodyWith(e, JSON.parse(get!.body.toString('utf8')).error.message, rid);
+      expect(Number(contentLength[0])).toBe(expected.length);
       const getRid = header(get!, RID)[0]!;
       expect(Number(contentLength[0])).toBe(get!.body.length - getRid.length + rid.length);
     } else {
@@ -658,18 +704,33 @@ describe('every gateway error × every method', () => {
       const body = JSON.parse(r.body.toString('utf8'));
       expect(body.error.code).toBe(e.code);
       expect(body.error.requestId).toBe(rid);
-      expect(r.body.toString('utf8')).toBe(errorBody(e, rid));
+      if (t.message === undefined) {
+        expect(r.body.toString('utf8')).toBe(errorBody(e, rid));
+      } else {
+        expect(body.error.message).toMatch(t.message);
+        expect(r.body.toString('utf8')).toBe(errorBodyWith(e, body.error.message, rid));
+        // "retry in N s" says what Retry-After says.
+        const retryIn = /retry in (\d+) s/.exec(body.error.message);
+        if (retryIn !== null) expect(header(r, 'retry-after')).toEqual([retryIn[1]]);
+      }
       expect(o!.stray ?? '', 'bytes after the answer').toBe('');
     }
 
     if (e === Errors.METHOD_NOT_ALLOWED) expect(header(r, 'allow')).toEqual(['TRACE']);
     else expect(header(r, 'allow')).toEqual([]);
 
-    // Same headers as GET's answer to the same trigger.
+    // Same headers as GET's answer to the same trigger (times within a second of GET's).
     if (m !== 'GET') {
       const get = outcomes.get(key(t, 'GET'))?.response;
       expect(get, 'GET answer to compare with').toBeDefined();
-      expect(comparable(r)).toEqual(comparable(get!));
+      expect(comparable(r, t.timed)).toEqual(comparable(get!, t.timed));
+      for (const name of t.timed ?? []) {
+        const mine = timesOf(r, name);
+        const gets = timesOf(get!, name);
+        expect(mine.length, `${name} holds a time`).toBeGreaterThan(0);
+        expect(mine.length).toBe(gets.length);
+        mine.forEach((v, i) => expect(Math.abs(v - gets[i]!), `${name}: ${v} vs GET's ${gets[i]}`).toBeLessThanOrEqual(1));
+      }
     }
 
     // The connection after the answer.
@@ -703,9 +764,10 @@ describe('every gateway error × every method', () => {
     c.write(OK_REQUEST);
     expect((await c.read(false)).statusLine).toMatch(/^HTTP\/1\.1 200 /);
     c.destroy();
-    // Every request the `ok` upstream saw is a follow-up GET /ok: the client
-    // errors refused on /api/* and /small/* never left the gateway.
-    expect(okUp.seen.filter((s) => s.url !== '/ok').map((s) => `${s.method} ${s.url.slice(0, 40)}`)).toEqual([]);
+    // Every request the `ok` upstream saw is a follow-up GET /ok (or the one
+    // setup request of /limited/*): the client errors refused on /api/*,
+    // /small/*, /limited/* and /storeless/* never left the gateway.
+    expect(okUp.seen.filter((s) => s.url !== '/ok').map((s) => `${s.method} ${s.url.slice(0, 40)}`)).toEqual([`GET ${LIMITED_SETUP}`]);
     const text = await scrape(gw.adminPort!);
     expect(metricValue(text, 'turnpike_worker_restarts_total')).toBe(0);
     const sent = new Map<string, number>();

@@ -62,10 +62,19 @@ describe('drain timeout', () => {
 });
 
 describe('start errors', () => {
-  it('refuses an invalid config and names the problem', async () => {
-    await expect(startGateway(baseConfig({
+  it('refuses an invalid config and names the problem, in one JSON line of the gateway log when it is JSON', async () => {
+    const err = await startGateway(baseConfig({
       upstreams: { users: { targets: ['http://127.0.0.1:1'] } },
       routes: [{ id: 'r', path: '/x', upstream: 'usres' }],
-    }))).rejects.toThrow(/routes\[0\]\.upstream.*did you mean "users"/);
+    })).then(() => null, (e: Error) => e);
+    expect(err).toBeInstanceOf(Error);
+    const lines = err!.message.split('\n').slice(1).filter((l) => l !== '');
+    // Nothing but JSON lines, and no drain: nothing was started.
+    const parsed = lines.map((l) => JSON.parse(l));
+    expect(parsed.map((j) => j.msg)).not.toContain('draining');
+    expect(parsed.map((j) => j.msg)).not.toContain('stopped');
+    const refusal = parsed.find((j) => j.level === 'error')!;
+    expect(refusal.msg).toMatch(/^the configuration is invalid, nothing was started/);
+    expect(refusal.problems).toEqual(['routes[0].upstream: unknown upstream "usres" (did you mean "users"?)']);
   });
 });
