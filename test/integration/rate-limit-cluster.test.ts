@@ -12,12 +12,12 @@
  * of each instance is paid back as debt). The measured numbers are
  * printed for bench/RESULTS.md.
  */
-import http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { baseConfig, startGateway, type Gateway } from '../helpers/gateway.js';
 import { admitted, pacedLoad } from '../helpers/paced-load.js';
 import { startRedis, type PrivateRedis } from '../helpers/redis.js';
 import { startUpstream, type Upstream } from '../helpers/upstream.js';
+import { sampleValue, scrape } from '../helpers/metrics.js';
 
 const RATE = 100; // per second
 const BURST = 100;
@@ -41,21 +41,8 @@ function gatewayConfig(): Record<string, unknown> {
   });
 }
 
-async function scrape(g: Gateway): Promise<string> {
-  return new Promise((resolve, reject) => {
-    http.get({ host: '127.0.0.1', port: g.adminPort!, path: '/metrics' }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (d) => (text += d));
-      res.on('end', () => resolve(text));
-    }).on('error', reject);
-  });
-}
-
-function metric(text: string, series: string): number | null {
-  for (const line of text.split('\n')) if (line.startsWith(series + ' ')) return Number(line.slice(series.length + 1));
-  return null;
-}
+const scrapeGateway = (g: Gateway): Promise<string> => scrape(g.adminPort!);
+const metric = sampleValue;
 
 beforeAll(async () => {
   [redis, up] = await Promise.all([startRedis(), startUpstream((_req, res) => res.end('ok'))]);
@@ -85,7 +72,7 @@ describe('a limit shared through Redis', () => {
     const deadline = Date.now() + 5000;
     for (const g of gateways) {
       for (;;) {
-        const text = await scrape(g);
+        const text = await scrapeGateway(g);
         if (metric(text, 'turnpike_rate_limit_store_up') === 1 && metric(text, 'turnpike_rate_limit_store_instances') === 3) break;
         if (Date.now() > deadline) throw new Error(`store_up ${metric(text, 'turnpike_rate_limit_store_up')}, instances ${metric(text, 'turnpike_rate_limit_store_instances')}`);
         await new Promise((r) => setTimeout(r, 100));
@@ -113,7 +100,7 @@ describe('a limit shared through Redis', () => {
     expect(Math.abs(m.over)).toBeLessThanOrEqual(0.02 * m.expected);
     // Not shared, the three would have admitted about 3 × as much.
     for (const g of gateways) {
-      const text = await scrape(g);
+      const text = await scrapeGateway(g);
       expect(metric(text, 'turnpike_rate_limit_sync_duration_seconds_count')).toBeGreaterThan(50);
       expect(metric(text, 'turnpike_rate_limit_synced_keys_total')).toBeGreaterThan(50);
       expect(metric(text, 'turnpike_rate_limit_store_errors_total{reason="connection"}')).toBe(0);

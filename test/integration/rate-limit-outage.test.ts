@@ -13,7 +13,6 @@
  *  - reload: changing one cluster policy resets that policy on every
  *    instance and leaves the others' buckets as they were.
  */
-import http from 'node:http';
 import net from 'node:net';
 import { writeFileSync } from 'node:fs';
 import { request } from 'undici';
@@ -22,6 +21,7 @@ import { baseConfig, startGateway, type Gateway } from '../helpers/gateway.js';
 import { admitted, pacedLoad } from '../helpers/paced-load.js';
 import { startRedis, type PrivateRedis } from '../helpers/redis.js';
 import { startUpstream, type Upstream } from '../helpers/upstream.js';
+import { sampleValue, scrape } from '../helpers/metrics.js';
 
 let redis: PrivateRedis;
 let up: Upstream;
@@ -43,27 +43,14 @@ async function start(config: Record<string, unknown>): Promise<Gateway> {
   return g;
 }
 
-async function scrape(g: Gateway): Promise<string> {
-  return new Promise((resolve, reject) => {
-    http.get({ host: '127.0.0.1', port: g.adminPort!, path: '/metrics' }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (d) => (text += d));
-      res.on('end', () => resolve(text));
-    }).on('error', reject);
-  });
-}
-
-function metric(text: string, series: string): number | null {
-  for (const line of text.split('\n')) if (line.startsWith(series + ' ')) return Number(line.slice(series.length + 1));
-  return null;
-}
+const scrapeGateway = (g: Gateway): Promise<string> => scrape(g.adminPort!);
+const metric = sampleValue;
 
 async function waitMetric(gs: Gateway[], series: string, value: number, ms: number): Promise<void> {
   const deadline = Date.now() + ms;
   for (const g of gs) {
     for (;;) {
-      if (metric(await scrape(g), series) === value) break;
+      if (metric(await scrapeGateway(g), series) === value) break;
       if (Date.now() > deadline) throw new Error(`${series} never became ${value}`);
       await new Promise((r) => setTimeout(r, 50));
     }
@@ -161,7 +148,7 @@ describe('Redis killed mid-test', () => {
       expect(line['level']).toBe('warn');
       expect(line['instances']).toBe(3);
       expect(line['share']).toBeCloseTo(1 / 3, 5);
-      const text = await scrape(g);
+      const text = await scrapeGateway(g);
       expect(metric(text, 'turnpike_rate_limit_store_up')).toBe(0);
       expect(metric(text, 'turnpike_rate_limit_store_errors_total{reason="connection"}')).toBeGreaterThan(0);
       expect(metric(text, 'turnpike_rate_limit_decisions_total{route="guarded",policy="guarded",result="store_unavailable"}')).toBeGreaterThan(0);

@@ -17,6 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { errorBodyWith, Errors } from '../../common/errors.js';
 import { baseConfig, startGateway, type Gateway } from '../helpers/gateway.js';
 import { startUpstream, type Upstream } from '../helpers/upstream.js';
+import { sampleValue } from '../helpers/metrics.js';
 
 let up: Upstream;
 
@@ -44,10 +45,7 @@ function workerOf(a: Answer): string {
   return (a.headers.get('x-request-id') ?? '').split('-')[1] ?? '';
 }
 
-function metric(text: string, series: string): number | null {
-  for (const line of text.split('\n')) if (line.startsWith(series + ' ')) return Number(line.slice(series.length + 1));
-  return null;
-}
+const metric = sampleValue;
 
 describe('one process, two workers: exact', () => {
   let gw: Gateway;
