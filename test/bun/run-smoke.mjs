@@ -604,6 +604,78 @@ await check('admin health sees both workers', async () => {
   eq(j.workers.length, 2, 'workers');
 });
 
+// --- strict rate limits (mode: strict): one Redis decision per request,
+// made while Bun holds the request (workers/transport/bun-server.ts
+// decideThenProxy), against a private redis-server that the check kills.
+await check('strict rate limits: exact across both workers, body kept while pending, Redis killed: deny 503 / allow_local 200, active requests back to 0', async () => {
+  const redisPort = await new Promise((resolve) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)); });
+  });
+  const redis = spawn('redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+  const redisUp = Date.now() + 5000;
+  for (;;) {
+    const ok = await new Promise((r) => { const t = net.connect(redisPort, '127.0.0.1'); t.once('connect', () => { t.destroy(); r(true); }); t.once('error', () => r(false)); });
+    if (ok) break;
+    if (Date.now() > redisUp) throw new Error('redis-server did not start (install it: apt-get install -y redis-server)');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  const file = join(dir, 'strict.json');
+  writeFileSync(file, JSON.stringify({
+    server: { host: '127.0.0.1', port: 0, backend: 'bun', workers: 2, limits: LIMITS },
+    admin: { enabled: true, host: '127.0.0.1', port: 0 },
+    log: { access: { enabled: false } },
+    redis: { url: `redis://127.0.0.1:${redisPort}`, commandTimeoutMs: 200 },
+    upstreams: { up: { targets: [`http://127.0.0.1:${upPort}`] } },
+    routes: [
+      { id: 'deny', path: '/strict/*', upstream: 'up', rateLimit: [{ by: 'header:x-k', rate: 3, per: '1h', mode: 'strict', onStoreError: 'deny' }] },
+      { id: 'local', path: '/lenient/*', upstream: 'up', rateLimit: [{ by: 'header:x-k', rate: 3, per: '1h', mode: 'strict' }] },
+    ],
+  }));
+  const g = startGateway(file);
+  try {
+    const s = await g.started;
+    const at = (path, init = {}) => fetch(`http://127.0.0.1:${s.port}${path}`, { ...init, headers: { connection: 'close', ...init.headers } });
+    // 8 requests of one key over fresh connections (both workers): exactly 3 admitted.
+    const statuses = [];
+    for (let i = 0; i < 8; i++) {
+      const r = await at('/strict/a', { headers: { 'x-k': 'k1' } });
+      await r.arrayBuffer();
+      statuses.push(r.status);
+    }
+    eq(statuses, [200, 200, 200, 429, 429, 429, 429, 429], 'one key over both workers');
+    const refused = await at('/strict/a', { headers: { 'x-k': 'k1' } });
+    eq((await refused.json()).error.code, 'rate_limited', 'refusal code');
+    truthy(Number(refused.headers.get('retry-after')) >= 1, 'Retry-After');
+    // A body sent while the decision is pending reaches the upstream whole.
+    const body = 'b'.repeat(900);
+    const post = await at('/strict/p', { method: 'POST', body, headers: { 'x-k': 'k2', 'content-type': 'text/plain' } });
+    eq(post.status, 200, 'POST admitted');
+    eq((await post.json()).bodyLength, 900, 'body length at the upstream');
+    // Redis killed: deny answers 503 rate_limit_store_unavailable, allow_local decides in memory.
+    redis.kill('SIGKILL');
+    await new Promise((r) => redis.once('exit', r));
+    const t0 = Date.now();
+    const down = await at('/strict/a', { headers: { 'x-k': 'k3' } });
+    eq(down.status, 503, 'deny while Redis is away');
+    eq((await down.json()).error.code, 'rate_limit_store_unavailable', 'code while Redis is away');
+    eq(down.headers.get('retry-after'), '1', 'Retry-After while Redis is away');
+    truthy(Date.now() - t0 < 2000, `the 503 took ${Date.now() - t0} ms (commandTimeoutMs is 200)`);
+    const lenient = await at('/lenient/a', { headers: { 'x-k': 'k3' } });
+    await lenient.arrayBuffer();
+    eq(lenient.status, 200, 'allow_local while Redis is away');
+    // Every request above is finished: nothing is left counted in flight.
+    const metrics = await (await fetch(`http://127.0.0.1:${s.adminPort}/metrics`)).text();
+    const active = metrics.split('\n').find((l) => l.startsWith('turnpike_active_requests '));
+    eq(active, 'turnpike_active_requests 0', 'active requests');
+    g.proc.kill('SIGTERM');
+    eq(await g.exited, 0, 'exit code');
+  } finally {
+    g.proc.kill('SIGKILL');
+    redis.kill('SIGKILL');
+  }
+});
+
 // --- shutting_down: a one-worker gateway, keep-alive connections opened and
 // used first, a slow request in flight, SIGTERM, then GET and HEAD on the
 // open connections.
