@@ -14,9 +14,15 @@
 // Knobs (env): ROUNDS=3 DURATION=5 (s per run) WARMUP=2 (s)
 //   TARGETS=nginx,haproxy,...  SCENARIOS=get-64,...  NAME=peers (results file)
 //   NO_MD=1 (do not rewrite RESULTS.md)  KEEP_TMP=1 (keep configs and logs)
+//   PARALLEL=1: in each round, load every target at the same time (one wrk
+//   each, all on the load CPU; the targets share CPU 0), so a swing of a
+//   busy VM hits them all at the same instant: an A/B of Turnpike builds or
+//   configs whose difference is smaller than the VM's minute-to-minute
+//   noise. Only CPU-µs/req compares then (req/s and latency are shared;
+//   cpu0OtherPct counts the other targets, upstreamCpuUsPerReq all of them).
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { spawn } from 'node:child_process';
-import { tmpdir } from 'node:os';
+import { tmpdir, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { TARGETS, selectTargets, startTargets, startUpstream, PROXY_CPU, LOAD_CPU, POOL } from './lib/targets.mjs';
 import { SCENARIOS, selectScenarios, wrkLua } from './lib/scenarios.mjs';
@@ -27,6 +33,7 @@ const ROUNDS = posInt('ROUNDS', 3);
 const DURATION = posInt('DURATION', 5);
 const WARMUP = posInt('WARMUP', 2, true);
 const NAME = (process.env.NAME || 'peers').replace(/[^\w.-]/g, '_');
+const PARALLEL = process.env.PARALLEL === '1';
 
 function posInt(name, def, zeroOk = false) {
   const raw = process.env[name];
@@ -56,7 +63,9 @@ function runWrk(port, scenario, seconds, luaFile) {
     child.stderr.on('data', (d) => (err += d));
     // wrk stops by itself after -d; this only guards against a hang.
     const guard = setTimeout(() => child.kill('SIGKILL'), (seconds + 20) * 1000);
-    child.once('exit', (code) => {
+    // 'close', not 'exit': 'exit' can come before the last of stdout has
+    // been read (seen with several wrk at once), losing the summary line.
+    child.once('close', (code) => {
       clearTimeout(guard);
       const line = out.split('\n').find((l) => l.startsWith('WRKJSON '));
       if (!line) return reject(new Error(`wrk gave no summary (exit ${code}): ${(err || out).trim().slice(0, 300)}`));
@@ -69,8 +78,12 @@ async function measure(t, scenario, seconds) {
   const cpu0Before = cpuLineTicks(PROXY_CPU);
   const before = cpuSnapshot(t.pid);
   const upBefore = cpuSnapshot(upstream.child.pid);
+  // A target may report figures of its own per run (the strict rate-limit
+  // target: its Redis's CPU per request): probe() before and after the run.
+  const probeBefore = t.target.probe?.();
   const w = await runWrk(t.target.port, scenario, seconds, luaFiles.get(scenario.name));
   const after = cpuSnapshot(t.pid);
+  const probeAfter = t.target.probe?.();
   const upAfter = cpuSnapshot(upstream.child.pid);
   const cpu0After = cpuLineTicks(PROXY_CPU);
   const cpuUs = ticksToMicros(cpuDeltaTicks(before, after));
@@ -103,6 +116,9 @@ async function measure(t, scenario, seconds) {
     // sockets plus anything else that ran there (other sessions' builds and
     // tests on this shared VM). High values mean a noisy run.
     cpu0OtherPct: t.direct || !cpu0Before || !cpu0After ? null : round((100 * (cpu0After.busy - cpu0Before.busy - cpuDeltaTicks(before, after))) / Math.max(1, cpu0After.total - cpu0Before.total), 1),
+    // The machine's 1-minute load average at the end of the run (2 CPUs: above 2, work waits).
+    loadAvg1: round(loadavg()[0], 2),
+    ...(t.target.probeResult ? { probe: t.target.probeResult(probeBefore, probeAfter, req) } : {}),
   };
 }
 
@@ -175,11 +191,16 @@ for (let r = 1; r <= ROUNDS; r++) {
     // Rotate the order each round so no target always runs first.
     const k = (r - 1) % running.length;
     const order = running.slice(k).concat(running.slice(0, k));
-    for (const t of order) await one(`round ${r}/${ROUNDS}`, t, s, DURATION, true, r);
+    if (PARALLEL) await Promise.all(order.map((t) => one(`round ${r}/${ROUNDS}`, t, s, DURATION, true, r)));
+    else for (const t of order) await one(`round ${r}/${ROUNDS}`, t, s, DURATION, true, r);
   }
 }
 
-for (const t of running) if (!t.direct) await stopChild(t.child);
+for (const t of running) {
+  if (t.direct) continue;
+  await stopChild(t.child);
+  await t.target.stop?.(); // what the target started beside its process (the strict target's Redis)
+}
 await stopChild(upstream.child);
 
 // ---------------------------------------------------------------------------
@@ -204,6 +225,10 @@ for (const s of scenarios) {
       cpu0OtherPct: pick('cpu0OtherPct'),
       errors: rs.reduce((a, x) => a + x.errors, 0),
     };
+    // The figures of a target's own probe (medians too).
+    if (rs[0].probe) {
+      medians[s.name][t.name].probe = Object.fromEntries(Object.keys(rs[0].probe).map((k) => [k, median(rs.map((x) => x.probe?.[k]).filter((v) => typeof v === 'number'))]));
+    }
   }
   const ng = medians[s.name].nginx?.cpuUsPerReq;
   for (const [name, m] of Object.entries(medians[s.name])) {
@@ -218,7 +243,9 @@ const method = {
   cpuPerRequest: 'delta utime+stime (clock ticks from /proc/PID/stat, whole process tree) / requests completed by wrk',
   rss: 'sum of VmRSS over the process tree right after the run',
   errors: 'wrk non-2xx/3xx responses + socket errors (connect, read, write, timeout), summed over rounds',
-  order: 'one warm-up run per target and scenario (discarded), then rounds; each round runs every scenario on every target, target order rotated per round',
+  order: PARALLEL
+    ? 'one warm-up run per target and scenario (discarded), then rounds; in each round every target is loaded at the same time (one wrk each), so only CPU-µs/req compares'
+    : 'one warm-up run per target and scenario (discarded), then rounds; each round runs every scenario on every target, target order rotated per round',
   aggregate: 'median across rounds',
 };
 const result = {
@@ -228,7 +255,7 @@ const result = {
   finishedAt: new Date().toISOString(),
   machine: facts,
   method,
-  knobs: { ROUNDS, DURATION, WARMUP, TARGETS: process.env.TARGETS || null, SCENARIOS: process.env.SCENARIOS || null },
+  knobs: { ROUNDS, DURATION, WARMUP, TARGETS: process.env.TARGETS || null, SCENARIOS: process.env.SCENARIOS || null, PARALLEL },
   scenarios,
   targets: targetInfo,
   runs,

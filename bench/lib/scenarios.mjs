@@ -6,6 +6,17 @@ export const SCENARIOS = [
   { name: 'get-256', method: 'GET', path: '/', connections: 256, note: 'GET, 256 connections' },
   { name: 'post-16k', method: 'POST', path: '/', connections: 64, bodyBytes: 16 * 1024, note: 'POST 16 KiB body, "ok" response' },
   { name: 'get-1m', method: 'GET', path: '/1mb', connections: 16, note: 'GET, 1 MiB response' },
+  // Rate limiting (issue 10): GET whose client address is one of `keys`
+  // (10.0.0.0 + k) in X-Forwarded-For and in X-Client, so a policy `by: ip`
+  // behind `server.trustedProxies` or `by: "header:x-client"` sees that many
+  // clients. Meant for the turnpike-plain / turnpike-ratelimit* targets.
+  { name: 'ratelimit', method: 'GET', path: '/', connections: 64, keys: 10000, note: 'GET, 10,000 client addresses in X-Forwarded-For / X-Client' },
+  // The same addresses at 16 connections: strict limits (one Redis round
+  // trip per request) are for low-rate traffic, where latency shows.
+  { name: 'ratelimit-strict', method: 'GET', path: '/', connections: 16, keys: 10000, note: 'GET, 10,000 client addresses, 16 connections' },
+  // One connection, one request at a time: the latency a decision adds
+  // when nothing queues (a strict limit: one Redis round trip).
+  { name: 'ratelimit-c1', method: 'GET', path: '/', connections: 1, keys: 10000, note: 'GET, 10,000 client addresses, 1 connection' },
 ];
 
 export function selectScenarios(filter) {
@@ -17,7 +28,43 @@ export function selectScenarios(filter) {
 }
 
 /**
- * The wrk script. No `request`/`response` function is defined, so wrk keeps
+ * Requests spread over `n` client addresses. All `n` requests are built once
+ * in `init` (wrk.format) in a shuffled order (fixed seed: the same order every
+ * run), and `request` hands them out in turn: per request wrk runs one Lua
+ * call that returns a prebuilt string, no formatting. Connections share the
+ * counter (one Lua state per wrk thread, -t1), so every address comes back
+ * once per `n` requests whatever the connection count.
+ */
+function keysLua(n) {
+  return `
+local reqs = {}
+local n = ${n}
+local i = 0
+init = function(args)
+  local order = {}
+  for k = 1, n do order[k] = k - 1 end
+  math.randomseed(20261130)
+  for k = n, 2, -1 do
+    local j = math.random(k)
+    order[k], order[j] = order[j], order[k]
+  end
+  for k = 1, n do
+    local a = order[k]
+    local ip = string.format("10.%d.%d.%d", math.floor(a / 65536) % 256, math.floor(a / 256) % 256, a % 256)
+    reqs[k] = wrk.format(nil, nil, { ["Host"] = wrk.headers["Host"], ["X-Forwarded-For"] = ip, ["X-Client"] = ip })
+  end
+end
+request = function()
+  i = i + 1
+  if i > n then i = 1 end
+  return reqs[i]
+end
+`;
+}
+
+/**
+ * The wrk script. Unless the scenario spreads keys (keysLua), no
+ * `request`/`response` function is defined, so wrk keeps
  * sending one pre-built request and runs no Lua per request; `done` runs
  * once and prints the summary as JSON (latency percentiles in µs).
  */
@@ -28,6 +75,7 @@ export function wrkLua(scenario) {
     lines.push(`wrk.body = string.rep("p", ${scenario.bodyBytes})`);
     lines.push('wrk.headers["Content-Type"] = "application/octet-stream"');
   }
+  if (scenario.keys) lines.push(keysLua(scenario.keys));
   lines.push(`
 done = function(summary, latency, requests)
   local e = summary.errors

@@ -12,7 +12,10 @@
  * X-Forwarded-For address that is not a trusted proxy (each trusted proxy
  * appends the address it received from; anything left of the first
  * untrusted hop may be forged). The addresses are checked with
- * node:net's BlockList (native; only runs when trustedProxies is set).
+ * node:net's BlockList (only runs when trustedProxies is set), or in JS
+ * when every rule is an IPv4 subnet and the address a dotted quad (v4Rules).
+ * test/unit/policies/rate-limit/client-address.test.ts holds all of it to
+ * a BlockList + split reference on generated inputs.
  */
 import net from 'node:net';
 import { parseCidr } from '../../../common/config/rate-limit.js';
@@ -29,40 +32,115 @@ export const K_QUERY = 5;
 /** Set by every key function: the kind of the key it returned. */
 export const keyKind = { kind: 0 };
 
+/**
+ * The rules of a list whose rules are all IPv4 subnets, as (network & mask,
+ * mask) pairs, so that a dotted-quad address is checked in JS: BlockList's
+ * check builds a native SocketAddress per call (about 1 µs, plus garbage),
+ * twice per request behind a proxy. Lists with an IPv6 rule, and addresses
+ * that are not dotted quads (IPv6, IPv4-mapped IPv6), keep BlockList.
+ */
+const v4Rules = new WeakMap<net.BlockList, Int32Array>();
+
 /** The trusted proxies of a config, or null when there are none. */
 export function trustedProxyList(cidrs: readonly string[]): net.BlockList | null {
   if (cidrs.length === 0) return null;
   const list = new net.BlockList();
+  const pairs: number[] = [];
+  let allV4 = true;
   for (const c of cidrs) {
     const parsed = parseCidr(c);
     if (parsed === null) continue; // validation refused it already
     const [addr, prefix, family] = parsed;
     list.addSubnet(addr, prefix, family);
+    const a = family === 'ipv4' ? parseIPv4(addr) : -1;
+    if (a === -1) allV4 = false;
+    else {
+      const mask = prefix === 0 ? 0 : -1 << (32 - prefix);
+      pairs.push(a & mask, mask);
+    }
   }
+  if (allV4) v4Rules.set(list, Int32Array.from(pairs));
   return list;
+}
+
+/**
+ * A dotted-quad IPv4 address as a number (0..2^32-1), or -1 when `s` is not
+ * one. Accepts exactly what net.isIPv4 accepts: four decimal parts 0-255,
+ * no leading zeros.
+ */
+export function parseIPv4(s: string): number {
+  const n = s.length;
+  if (n < 7 || n > 15) return -1;
+  let value = 0;
+  let part = 0;
+  let digits = 0;
+  let dots = 0;
+  for (let i = 0; i < n; i++) {
+    const c = s.charCodeAt(i);
+    if (c === 46 /* . */) {
+      if (digits === 0 || dots === 3) return -1;
+      value = value * 256 + part;
+      part = 0;
+      digits = 0;
+      dots++;
+      continue;
+    }
+    if (c < 48 || c > 57 || (digits === 1 && part === 0)) return -1;
+    part = part * 10 + (c - 48);
+    if (part > 255) return -1;
+    digits++;
+  }
+  return dots === 3 && digits !== 0 ? value * 256 + part : -1;
 }
 
 function family(addr: string): 'ipv4' | 'ipv6' {
   return addr.indexOf(':') === -1 ? 'ipv4' : 'ipv6';
 }
 
-function isTrusted(list: net.BlockList, addr: string): boolean {
+/** Whether the IPv4 address `a` (parseIPv4) is in one of the pairs of v4Rules. */
+function inV4Rules(rules: Int32Array, a: number): boolean {
+  for (let i = 0; i < rules.length; i += 2) if ((a & rules[i + 1]!) === rules[i]) return true;
+  return false;
+}
+
+function isTrusted(list: net.BlockList, rules: Int32Array | null, addr: string): boolean {
+  if (rules !== null) {
+    const a = parseIPv4(addr);
+    if (a !== -1) return inV4Rules(rules, a);
+  }
   if (net.isIP(addr) === 0) return false;
   return list.check(addr, family(addr));
 }
 
 /** The client address, looking behind trusted proxies in X-Forwarded-For. */
-export function clientAddress(ctx: RequestContext, trusted: net.BlockList | null): string {
+export function clientAddress(ctx: RequestContext, trusted: net.BlockList | null, rules: Int32Array | null = trusted === null ? null : v4Rules.get(trusted) ?? null): string {
   const peer = ctx.clientIp;
-  if (trusted === null || ctx.xff === null || !isTrusted(trusted, peer)) return peer;
-  const hops = ctx.xff.split(',');
-  for (let i = hops.length - 1; i >= 0; i--) {
-    const hop = stripPort(hops[i]!.trim());
-    if (hop === '') continue;
-    if (!isTrusted(trusted, hop)) return net.isIP(hop) === 0 ? peer : hop;
+  if (trusted === null || ctx.xff === null || !isTrusted(trusted, rules, peer)) return peer;
+  return behindProxies(ctx.xff, peer, trusted, rules);
+}
+
+/**
+ * The client in X-Forwarded-For `xff`, sent by the trusted proxy `peer`:
+ * the right-most hop that is not a trusted proxy. The hops are read from
+ * the right without splitting the list (no array per request); the same
+ * hops as `xff.split(',')`, empty ones skipped.
+ */
+function behindProxies(xff: string, peer: string, trusted: net.BlockList, rules: Int32Array | null): string {
+  for (let end = xff.length; ;) {
+    const comma = end === 0 ? -1 : xff.lastIndexOf(',', end - 1);
+    const hop = stripPort((comma === -1 && end === xff.length ? xff : xff.slice(comma + 1, end)).trim());
+    if (hop !== '') {
+      const a = rules === null ? -1 : parseIPv4(hop);
+      if (a !== -1) {
+        if (!inV4Rules(rules!, a)) return hop; // a valid address: net.isIP(hop) is 4
+      } else if (!isTrusted(trusted, rules, hop)) return net.isIP(hop) === 0 ? peer : hop;
+    }
+    if (comma === -1) break;
+    end = comma;
   }
   // Every hop is a trusted proxy: the left-most one is as close to the client as we know.
-  const first = stripPort(hops[0]!.trim());
+  const c0 = xff.indexOf(',');
+  const first = stripPort((c0 === -1 ? xff : xff.slice(0, c0)).trim());
   return net.isIP(first) === 0 ? peer : first;
 }
 
@@ -78,6 +156,9 @@ function stripPort(s: string): string {
 
 /** The key function of a policy. */
 export function keyFunction(p: RateLimitPolicy, trusted: net.BlockList | null): KeyFn {
+  const rules = trusted === null ? null : v4Rules.get(trusted) ?? null;
+  let lastPeer = '';
+  let lastPeerTrusted = false;
   const ip: KeyFn = trusted === null
     ? (ctx) => {
       keyKind.kind = K_IP;
@@ -85,7 +166,16 @@ export function keyFunction(p: RateLimitPolicy, trusted: net.BlockList | null): 
     }
     : (ctx) => {
       keyKind.kind = K_IP;
-      return clientAddress(ctx, trusted);
+      // clientAddress, with the verdict on the peer kept for the next
+      // request: behind a load balancer every request comes from one of a
+      // few peers (and formatAddress hands out the same string for each).
+      const peer = ctx.clientIp;
+      if (ctx.xff === null) return peer;
+      if (peer !== lastPeer) {
+        lastPeerTrusted = isTrusted(trusted, rules, peer);
+        lastPeer = peer;
+      }
+      return lastPeerTrusted ? behindProxies(ctx.xff, peer, trusted, rules) : peer;
     };
   switch (p.by) {
     case 'ip':
