@@ -12,7 +12,10 @@
  * writer's problem (full rings drop and count lines), never a request's.
  *
  * Secrets: no request header is logged but Host, User-Agent and Referer;
- * query parameters named in `redactQuery` are logged as [REDACTED].
+ * the values of parameters named in `redactQuery` are logged as [REDACTED]
+ * wherever they appear: the query, the path's matrix parameters and the
+ * Referer (its query, fragment and credentials), whatever the encoding of
+ * the name (SecretParams).
  */
 import { type AccessRing, RingWriter } from '../common/access-ring.js';
 import type { AccessLogConfig, AccessLogField } from '../common/config/types.js';
@@ -119,25 +122,196 @@ function clfTime(epochMs: number): string {
   return clfText;
 }
 
-/** The query with the values of the named parameters replaced by [REDACTED]. */
-export function redactQuery(query: string, names: ReadonlySet<string>): string {
-  if (query === '' || names.size === 0) return query;
-  let changed = false;
-  const parts = query.split('&');
-  for (let i = 0; i < parts.length; i++) {
-    const p = parts[i]!;
-    const eq = p.indexOf('=');
-    if (eq === -1) continue;
-    let name = p.slice(0, eq).toLowerCase();
-    if (name.includes('%')) {
-      try { name = decodeURIComponent(name.replace(/\+/g, ' ')); } catch { /* logged as sent */ }
-    }
-    if (names.has(name)) {
-      parts[i] = p.slice(0, eq + 1) + '[REDACTED]';
-      changed = true;
+/** What a redacted value is logged as. */
+export const REDACTED_VALUE = '[REDACTED]';
+
+/** `%HH` -> the byte as a char (latin1): names in the list are ASCII; never throws, unlike decodeURIComponent. */
+function percentDecode(s: string): string {
+  return s.replace(/%([0-9A-Fa-f]{2})/g, (_m, h: string) => String.fromCharCode(parseInt(h, 16)));
+}
+
+/**
+ * Characters a name is compared without: separators and spaces (`+` is a
+ * form-encoded space; `.` and space become `_` in PHP's names), controls,
+ * and invisible Unicode spaces.
+ */
+const NAME_NOISE = /[\u0000-\u0020\u007f\u0085\u00a0\u1680\u180e\u2000-\u200f\u2028-\u202f\u205f-\u2064\u3000\ufeff._+-]/g;
+
+/**
+ * A query (or matrix) parameter name as `redactQuery` compares it: `+` as a
+ * space, percent-decoded (up to three times: a name encoded twice is still
+ * caught), lowercase, anything from its first `[` on dropped (`token[]`,
+ * `token[x]`, PHP/Rails arrays), and without `-`, `_`, `.`, `+`, spaces and
+ * controls anywhere (` token`, `api-key`, `API.KEY`, `Api_Key` are all
+ * `apikey`). A false positive hides a value; a false negative leaks one.
+ */
+export function canonicalParamName(raw: string): string {
+  let s = raw;
+  if (s.indexOf('+') !== -1) s = s.replace(/\+/g, ' ');
+  for (let i = 0; i < 3 && s.indexOf('%') !== -1; i++) {
+    const d = percentDecode(s);
+    if (d === s) break;
+    s = d;
+  }
+  s = s.toLowerCase();
+  const bracket = s.indexOf('[');
+  if (bracket > 0) s = s.slice(0, bracket);
+  return s.replace(NAME_NOISE, '');
+}
+
+/**
+ * The compiled `redactQuery` list: names compared in canonical form
+ * (canonicalParamName); an entry with `*` matches any characters there
+ * (`*token` matches `access_token`, `csrf-token`...).
+ */
+export class SecretParams {
+  private readonly exact = new Set<string>();
+  /** Entries with `*`: their canonical parts, split at the `*`s. */
+  private readonly globs: string[][] = [];
+
+  constructor(names: readonly string[]) {
+    for (const n of names) {
+      if (n.indexOf('*') === -1) {
+        const c = canonicalParamName(n);
+        if (c !== '') this.exact.add(c);
+      } else {
+        this.globs.push(n.split('*').map((part) => (part === '' ? '' : canonicalParamName(part))));
+      }
     }
   }
-  return changed ? parts.join('&') : query;
+
+  get empty(): boolean {
+    return this.exact.size === 0 && this.globs.length === 0;
+  }
+
+  /**
+   * Names as sent -> whether they are secrets: traffic repeats the same few
+   * names (page, sort, utm_source...), and one Map lookup costs a tenth of
+   * canonicalParamName. Bounded: emptied when full (random names only cost
+   * the slow path).
+   */
+  private readonly seen = new Map<string, boolean>();
+
+  /** Whether a parameter written `raw` (as sent) is a secret. */
+  matches(raw: string): boolean {
+    let m = this.seen.get(raw);
+    if (m === undefined) {
+      m = this.decide(canonicalParamName(raw));
+      if (this.seen.size >= SEEN_MAX) this.seen.clear();
+      this.seen.set(raw, m);
+    }
+    return m;
+  }
+
+  private decide(name: string): boolean {
+    if (this.exact.has(name)) return true;
+    for (const g of this.globs) if (globMatch(g, name)) return true;
+    return false;
+  }
+}
+
+/** Names remembered per worker by SecretParams. */
+const SEEN_MAX = 1024;
+
+/** `parts` (a pattern split at its `*`s) against `s`: first part a prefix, last a suffix, the others in order between. */
+function globMatch(parts: readonly string[], s: string): boolean {
+  const first = parts[0]!;
+  const last = parts[parts.length - 1]!;
+  if (s.length < first.length + last.length || !s.startsWith(first) || !s.endsWith(last)) return false;
+  let at = first.length;
+  const end = s.length - last.length;
+  for (let i = 1; i < parts.length - 1; i++) {
+    const p = parts[i]!;
+    if (p === '') continue;
+    const k = s.indexOf(p, at);
+    if (k === -1 || k + p.length > end) return false;
+    at = k + p.length;
+  }
+  return true;
+}
+
+/** Separators of `name=value` pairs: `&`, `;` (the older form, and matrix parameters), and `?`/`#` (a URL nested unencoded). */
+function isPairSeparator(c: number): boolean {
+  return c === 38 || c === 59 || c === 63 || c === 35;
+}
+
+/**
+ * `s` (pairs separated by `&`, `;`, `?` or `#`) with the value of every
+ * pair whose name is a secret replaced by [REDACTED]; `s` itself when there
+ * is none. A pair without `=` has no value to hide.
+ */
+function redactPairs(s: string, secrets: SecretParams): string {
+  let out: string | null = null;
+  let copied = 0;
+  let start = 0;
+  let eq = -1;
+  const n = s.length;
+  for (let i = 0; i <= n; i++) {
+    const c = i < n ? s.charCodeAt(i) : 38;
+    if (c === 61) {
+      if (eq === -1) eq = i;
+      continue;
+    }
+    if (!isPairSeparator(c)) continue;
+    if (eq !== -1 && secrets.matches(s.slice(start, eq))) {
+      out = (out ?? '') + s.slice(copied, eq + 1) + REDACTED_VALUE;
+      copied = i;
+    }
+    start = i + 1;
+    eq = -1;
+  }
+  return out === null ? s : out + s.slice(copied);
+}
+
+/** The query with the values of its secret parameters replaced by [REDACTED] (`&`, `;` separators; every name encoding: see canonicalParamName). */
+export function redactQuery(query: string, secrets: SecretParams): string {
+  if (query === '' || secrets.empty) return query;
+  return redactPairs(query, secrets);
+}
+
+/** A path's matrix parameters (`/app;jsessionid=X/...`) with secret values replaced by [REDACTED]. */
+export function redactPath(path: string, secrets: SecretParams): string {
+  const semi = path.indexOf(';');
+  if (semi === -1 || secrets.empty) return path;
+  let out = path.slice(0, semi);
+  // Each segment's `;name=value` parameters; the `/` ends them.
+  let i = semi;
+  while (i < path.length) {
+    const slash = path.indexOf('/', i);
+    const end = slash === -1 ? path.length : slash;
+    const seg = path.slice(i, end);
+    out += seg.charCodeAt(0) === 59 ? redactPairs(seg, secrets) : seg;
+    if (slash === -1) break;
+    const next = path.indexOf(';', slash);
+    const stop = next === -1 ? path.length : next;
+    out += path.slice(slash, stop);
+    i = stop;
+  }
+  return out;
+}
+
+/**
+ * A URL as a client sent it in a header (Referer): credentials before `@`,
+ * secret matrix parameters, and the secret parameters of its query and
+ * fragment (OAuth's implicit flow puts `access_token` there) redacted.
+ */
+export function redactUrl(url: string, secrets: SecretParams): string {
+  if (url === '' || secrets.empty) return url;
+  let q = url.length;
+  for (let i = 0; i < url.length; i++) {
+    const c = url.charCodeAt(i);
+    if (c === 63 || c === 35) { q = i; break; }
+  }
+  let head = url.slice(0, q);
+  const scheme = head.indexOf('://');
+  if (scheme !== -1) {
+    const pathAt = head.indexOf('/', scheme + 3);
+    const authorityEnd = pathAt === -1 ? head.length : pathAt;
+    const at = head.lastIndexOf('@', authorityEnd - 1);
+    if (at > scheme + 2) head = head.slice(0, scheme + 3) + REDACTED_VALUE + head.slice(at);
+  }
+  head = redactPath(head, secrets);
+  return q === url.length ? head : head + redactPairs(url.slice(q), secrets);
 }
 
 /**
@@ -149,7 +323,7 @@ export class AccessLog {
   private readonly fields: number[];
   private readonly combined: boolean;
   private readonly sampleRate: number;
-  private readonly redact: ReadonlySet<string>;
+  private readonly secrets: SecretParams;
   readonly config: AccessLogConfig;
   /** performance.timeOrigin, to turn arrival times into wall-clock time. */
   private readonly origin = performance.timeOrigin;
@@ -160,7 +334,7 @@ export class AccessLog {
     this.fields = config.fields.map((f) => FIELD_IDS[f]);
     this.combined = config.format === 'combined';
     this.sampleRate = config.sampleRate;
-    this.redact = new Set(config.redactQuery);
+    this.secrets = new SecretParams(config.redactQuery);
   }
 
   /** Formats and queues `entry` (sampled; 5xx always). This is the hot path -- change with care! */
@@ -186,8 +360,8 @@ export class AccessLog {
         case 2: s += '"client":"' + e.client + '"'; break;
         case 3: s += '"method":"' + e.method + '"'; break;
         case 4: s += '"host":' + jsonText(e.host); break;
-        case 5: s += '"path":' + jsonText(cap(e.path)); break;
-        case 6: s += '"query":' + jsonText(cap(redactQuery(e.query, this.redact))); break;
+        case 5: s += '"path":' + jsonText(cap(redactPath(e.path, this.secrets))); break;
+        case 6: s += '"query":' + jsonText(cap(redactQuery(e.query, this.secrets))); break;
         case 7: s += '"status":' + e.status; break;
         case 8: s += '"bytes_received":' + e.bytesReceived; break;
         case 9: s += '"bytes_sent":' + e.bytesSent; break;
@@ -206,10 +380,11 @@ export class AccessLog {
   /** `$remote_addr - - [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent"` */
   private combinedLine(): string {
     const e = entry;
-    const q = cap(redactQuery(e.query, this.redact));
-    const target = q === '' ? cap(e.path) : cap(e.path) + '?' + q;
+    const q = cap(redactQuery(e.query, this.secrets));
+    const path = cap(redactPath(e.path, this.secrets));
+    const target = q === '' ? path : path + '?' + q;
     return (e.client === '' ? '-' : e.client) + ' - - [' + clfTime(this.origin + e.t0) + '] "' + combinedText(e.method) + ' ' +
-      combinedText(target) + ' HTTP/1.1" ' + e.status + ' ' + e.bytesSent + ' "' + combinedText(e.referer) + '" "' +
+      combinedText(target) + ' HTTP/1.1" ' + e.status + ' ' + e.bytesSent + ' "' + combinedText(cap(redactUrl(e.referer, this.secrets))) + '" "' +
       combinedText(e.userAgent) + '"\n';
   }
 

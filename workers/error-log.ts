@@ -5,6 +5,8 @@
  * and the errno or timeout behind it), so the request id in a 502 body is
  * found in the log.
  *
+ * (503 rate_limit_store_unavailable is left out: STATE_ERRORS.)
+ *
  * A dead target fails every request sent to it: lines are rate limited per
  * (error code, target), `burst` lines per `intervalMs` window, after which
  * one line reports how many were left out. State is bounded (at most
@@ -38,6 +40,15 @@ interface Window {
 
 const MAX_KEYS = 1024;
 
+/**
+ * 5xx answers that are a policy's documented decision about a state logged
+ * once when it starts and once when it ends, never per request: 503
+ * rate_limit_store_unavailable (`onStoreError: deny` while Redis is away;
+ * the rate-limit store logs "unreachable" and "reachable again"). Each is
+ * still in the access log and in turnpike_gateway_errors_total.
+ */
+const STATE_ERRORS: ReadonlySet<string> = new Set(['rate_limit_store_unavailable']);
+
 export class ErrorLog {
   private readonly windows = new Map<string, Window>();
 
@@ -49,6 +60,7 @@ export class ErrorLog {
   }
 
   report(r: ErrorReport, now: number): void {
+    if (STATE_ERRORS.has(r.code)) return;
     const key = r.code + ' ' + r.target;
     let w = this.windows.get(key);
     if (w !== undefined && now - w.start >= this.intervalMs) {
@@ -84,7 +96,7 @@ export class ErrorLog {
 
   private summarize(w: Window): void {
     if (w.suppressed === 0) return;
-    log('error', 'more upstream failures of this kind were left out of the log', {
+    log('error', w.target !== '' ? 'more upstream failures of this kind were left out of the log' : 'more gateway errors of this kind were left out of the log', {
       error: w.code, ...(w.target !== '' ? { target: w.target } : {}), suppressed: w.suppressed, intervalMs: this.intervalMs,
     });
   }
@@ -98,6 +110,11 @@ export class ErrorLog {
 }
 
 function messageFor(r: ErrorReport): string {
+  if (r.code === 'shutting_down' && r.phase !== 'gateway') {
+    return r.phase === 'body'
+      ? 'server.drainTimeoutMs ran out during the response body; the client connection was closed'
+      : 'server.drainTimeoutMs ran out before the response head; answered 503';
+  }
   switch (r.phase) {
     case 'connect': return 'upstream connect failed';
     case 'send': return 'upstream failed while the request was sent';

@@ -38,6 +38,11 @@ export function diffConfigs(a: GatewayConfig, b: GatewayConfig): ConfigChanges {
   const settings: string[] = [];
   leafDiff(a.server, b.server, 'server', settings);
   leafDiff(a.admin, b.admin, 'admin', settings);
+  // Paths only, never values: a change list may be shown to a viewer token and is logged (redis.url holds a password).
+  leafDiff(a.metrics, b.metrics, 'metrics', settings);
+  leafDiff(a.log, b.log, 'log', settings);
+  leafDiff(a.redis, b.redis, 'redis', settings);
+  leafDiff(a.rateLimitTable, b.rateLimitTable, 'rateLimitTable', settings);
   return {
     routes: compare(byKey(a.routes.map((r) => [r.id, r])), byKey(b.routes.map((r) => [r.id, r]))),
     upstreams: compare(byKey(Object.entries(a.upstreams)), byKey(Object.entries(b.upstreams))),

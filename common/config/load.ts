@@ -19,6 +19,7 @@ import { type PatternChecker, checkDocument } from './validate.js';
 import { resolveConfig } from './resolve.js';
 import { DEMO_PORT, EMBEDDED_SOURCE, defaultConfigYaml } from './default-config.js';
 import type { ConfigError } from './util.js';
+import { scrubSecrets, secretValues } from './redact.js';
 
 export type { ConfigError } from './util.js';
 export type { PatternChecker } from './validate.js';
@@ -68,18 +69,29 @@ export interface LoadOptions {
   checkCompile?: CompileChecker;
 }
 
+/**
+ * Problems without the document's secrets (common/config/redact.ts): they
+ * go to logs, the admin API's answers and audit records, and `turnpike
+ * validate`'s output, where a value quoted back ("got ...") must not be one.
+ */
+function scrubbed(errors: ConfigError[], secrets: ReadonlySet<string>): ConfigError[] {
+  if (secrets.size === 0 || errors.length === 0) return errors;
+  return errors.map((e) => ({ ...e, path: scrubSecrets(e.path, secrets), message: scrubSecrets(e.message, secrets) }));
+}
+
 /** Validates a raw document and, when valid, resolves it into a frozen GatewayConfig. */
 export function validateConfig(doc: unknown, options: ValidateOptions = {}): ValidationResult {
+  const secrets = secretValues(doc);
   const checked = checkDocument(doc, options.checkPattern);
-  if (checked.errors.length > 0) return { ok: false, errors: checked.errors };
+  if (checked.errors.length > 0) return { ok: false, errors: scrubbed(checked.errors, secrets) };
   const config = resolveConfig(checked.doc as Record<string, unknown>, {
     version: options.version ?? 1,
     source: options.source ?? '<inline>',
     demoPort: options.demo === true ? DEMO_PORT : null,
   });
   const compileProblems = options.checkCompile?.(config) ?? [];
-  if (compileProblems.length > 0) return { ok: false, errors: compileProblems };
-  return { ok: true, config, warnings: checked.warnings };
+  if (compileProblems.length > 0) return { ok: false, errors: scrubbed(compileProblems, secrets) };
+  return { ok: true, config, warnings: scrubbed(checked.warnings, secrets) };
 }
 
 export interface LoadTextOptions extends LoadOptions {
@@ -118,7 +130,7 @@ export function loadConfigDocument(doc: unknown, options: LoadTextOptions = {}):
   const fileName = options.source ?? '<document>';
   const env = applyEnvOverrides(doc, options.env ?? process.env);
   const cli = applyCliOverrides(env.doc, options.sets ?? []);
-  const overrideErrors = [...env.errors, ...cli.errors];
+  const overrideErrors = scrubbed([...env.errors, ...cli.errors], secretValues(cli.doc, secretValues(doc)));
   const result = validateConfig(cli.doc, {
     version: options.version ?? 1,
     source: options.source ?? fileName,

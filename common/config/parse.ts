@@ -50,7 +50,12 @@ function parseJson(text: string, fileName: string): unknown {
     const message = e instanceof Error ? e.message : String(e);
     const pos = /at position (\d+)/.exec(message);
     const { line, col } = lineCol(text, pos === null ? text.length : Number(pos[1]));
-    const reason = message.replace(/\s*\(line \d+ column \d+\)/, '').replace(/ in JSON at position \d+/, '');
+    // V8 quotes the text around the error (`Unexpected token 'r', ..."url":redis://:pw"... is not valid JSON`):
+    // it may be a secret, and the line and column say where it is.
+    const reason = message
+      .replace(/\s*\(line \d+ column \d+\)/, '')
+      .replace(/ in JSON at position \d+/, '')
+      .replace(/, (?:\.\.\.)?".*"(?:\.\.\.)? is not valid JSON$/s, ' (not valid JSON)');
     throw new ConfigParseError(fileName, line, col, `${reason} (JSON syntax error; fix the file and try again)`);
   }
 }

@@ -80,13 +80,24 @@ export function suggestion(input: string, candidates: Iterable<string>): string 
   return s === null ? '' : ` (did you mean ${JSON.stringify(s)}?)`;
 }
 
+/** Credential-looking text: an auth scheme with its credentials, or a name/value that says secret. */
+const LOOKS_SECRET = /\b(?:bearer|basic|digest|token)\s+\S{4,}|(?:passw(?:or)?d|secret|token|api[-_]?key|authorization|cookie)\s*[:=]/i;
+
 /** Short rendering of a value for "got ..." in messages. */
 export function describeValue(v: unknown): string {
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'a list';
   if (typeof v === 'object') return 'an object';
   if (typeof v === 'string') {
-    const s = v.length > 60 ? `${v.slice(0, 57)}...` : v;
+    // Messages quote values back ("got ..."), and they reach logs and the
+    // admin API: a value that looks like a credential, wherever it was
+    // written (an Authorization header given as a string where a mapping
+    // goes, say), is described, not shown (common/config/redact.ts hides
+    // the values of secret keys themselves).
+    if (LOOKS_SECRET.test(v)) return `a string of ${v.length} characters (not shown: it looks like a credential)`;
+    // A URL's credentials (`user:pw@host`, with or without a scheme) are not shown either.
+    const shown = v.replace(/^([a-z][a-z0-9+.-]*:\/\/)?[^@/?#\s]*:[^@/?#\s]*@/i, (_m, scheme: string | undefined) => `${scheme ?? ''}[redacted]@`);
+    const s = shown.length > 60 ? `${shown.slice(0, 57)}...` : shown;
     return JSON.stringify(s);
   }
   return String(v);

@@ -121,9 +121,10 @@ describe('rate limits: resolution', () => {
     expect(['250ms', '1s', '1m', '1h', '1d', 1500, '1.5s', 'x'].map(parsePer)).toEqual([250, 1000, 60_000, 3_600_000, 86_400_000, 1500, null, null]);
   });
 
-  it('Redis URLs lose their credentials in messages', () => {
-    expect(redactRedisUrl('redis://user:s3cret@host:6379/0')).toBe('redis://***:***@host:6379/0');
-    expect(redactRedisUrl('redis://:s3cret@host:6379')).toBe('redis://:***@host:6379');
+  it('Redis URLs lose their credentials in messages (the rule of common/config/redact.ts, as in GET /admin/config)', () => {
+    expect(redactRedisUrl('redis://user:s3cret@host:6379/0')).toBe('redis://[redacted]@host:6379/0');
+    expect(redactRedisUrl('redis://:s3cret@host:6379')).toBe('redis://[redacted]@host:6379');
+    expect(redactRedisUrl('rediss://host:6379/0?password=s3cret&db=1')).toBe('rediss://host:6379/0?password=[redacted]&db=1');
     expect(redactRedisUrl('redis://host:6379')).toBe('redis://host:6379');
   });
 });
