@@ -37,12 +37,24 @@
  * side effect of lookups, with no sweeper.
  *
  * Full table: when every slot of a key's window holds a live bucket, the
- * key shares its policy's overflow bucket (OVERFLOW_ENTRIES reserved
- * entries after the table, indexed by tag): keys that arrive while the
- * table is full are limited together, at the policy's limit, and the keys
- * already in the table keep their own buckets. Memory never grows; nothing
- * throws. Size `rateLimitTable.capacity` to about twice the keys active
- * within a bucket's refill time.
+ * lookup (with `evict`, as the workers' requests do) evicts the live bucket
+ * of that window that is worth least: one of the same policy as the new
+ * key if there is one (so a client flooding one policy with keys it
+ * chooses evicts its own buckets, never resets another policy's, such as
+ * its own login limit), then one with no unsynced admissions (F_PENDING
+ * 0), then the one that expires soonest (its state is the closest to "full
+ * again", which a new bucket starts as anyway); never a bucket of a
+ * protected policy (`protect`: quotas, whose counts must survive). The evicted key merely gets a fresh (full) bucket on its
+ * next request: one key is limited afresh, instead of every new key
+ * sharing one bucket. That is what keeps a client that chooses its own
+ * keys (by: header:..., query:...) from filling the table and denying
+ * service to every new client of every policy. Only when every bucket of
+ * the window is protected does the key share its policy's overflow bucket
+ * (OVERFLOW_ENTRIES reserved entries after the table, indexed by tag):
+ * keys in that situation are limited together, at the policy's limit.
+ * Evictions are counted in the header (H_EVICTIONS). Memory never grows;
+ * nothing throws. Size `rateLimitTable.capacity` to about twice the keys
+ * active within a bucket's refill time.
  *
  * Concurrency: an entry is read and written only under its lock (a
  * spinlock on E_LOCK: Atomics.compareExchange, which also orders the plain
@@ -55,11 +67,20 @@
  *
  * Claims: two threads that look for the same new key at the same moment
  * may pick different free slots (they probe at slightly different times,
- * and a slot's expiry may fall in between). Each publishes its claim
- * (Atomics.store of the tag), then looks over the window again; of two
- * concurrent claims at least one sees the other (sequentially consistent
- * atomics: Dekker's argument), and a claimer that sees another gives its
- * own slot back. So a key never has two buckets.
+ * and a slot's expiry may fall in between), or evict different buckets.
+ * Each publishes its claim (under the slot's lock: E_TAG set to 0, the key
+ * written, then Atomics.store of the tag; so a thread that reads the tag
+ * atomically and sees the claim sees its key too), then looks over the
+ * window again; of two concurrent claims at least one sees the other
+ * (sequentially consistent atomics: Dekker's argument), and a claimer that
+ * sees another gives its own slot back (empty: an evicted bucket is not
+ * put back). So a key never has two buckets. An eviction is a claim of a
+ * live slot: the victim is chosen from an unlocked look, then checked again
+ * under its lock (still the same key, still live, still not protected)
+ * before it is taken; its key's next lookup finds it gone and claims
+ * another slot. A bucket's key can thus change between two lookups of the
+ * same request: whoever gives a unit back later (index.ts giveBack) checks
+ * the entry still holds the key it admitted.
  *
  * The table header (the first 64 bytes, Float64 cells) holds what the
  * admin thread tells the workers: H_SHARE, the share of a cluster-wide
@@ -69,7 +90,8 @@
  * changes and cleared by the engine's quota file saver
  * (engine/quota-store.ts) when it takes a snapshot. Workers write it only
  * when it is clear, so the line is written about once per save, not per
- * request.
+ * request. H_EVICTIONS (a BigInt64 cell, Atomics.add) counts evictions of
+ * every thread (turnpike_rate_limit_table_evictions_total: `evictions`).
  */
 
 export const ENTRY_BYTES = 64;
@@ -94,6 +116,8 @@ export const H_CAPACITY = 0;
 export const H_SHARE = 1;
 export const H_STORE_DOWN = 2;
 export const H_QUOTA_DIRTY = 3;
+/** Index in a BigInt64Array view of the header (bytes 32-39): evictions, all threads (Atomics.add). */
+export const H_EVICTIONS = 4;
 const HEADER_ENTRIES = 1;
 
 /**
@@ -119,8 +143,13 @@ export const MIN_CAPACITY = 1024;
 export const MAX_CAPACITY = 16_777_216;
 /** rateLimitTable.capacity default: 262,144 entries = 16 MiB. */
 export const DEFAULT_CAPACITY = 262_144;
-/** A lock held this long belongs to a thread that died inside its critical section. */
-export const LOCK_STEAL_MS = 50;
+/**
+ * A lock held this long belongs to a thread that died inside its critical
+ * section. Long enough that a live holder merely preempted by the kernel is
+ * not robbed (at 50 ms, a 2-CPU machine at load 12 saw steals, and the two
+ * holders then admitted a unit twice): a section is a few dozen operations.
+ */
+export const LOCK_STEAL_MS = 500;
 
 /** Bytes of a table of `capacity` entries (rounded up to a power of two), overflow buckets and header included. */
 export function tableBytes(capacity: number): number {
@@ -227,15 +256,22 @@ export class RateLimitTable {
   private readonly mask: number;
   /** Entries that went to an overflow bucket (table full), since this view was created. */
   overflows = 0;
+  /** Live buckets this view evicted (table full around a key); every thread's: `evictions`. */
+  evicted = 0;
   /** Locks taken over from a holder that never released (see LOCK_STEAL_MS). */
   steals = 0;
   /** What E_LOCK holds while this view holds an entry. */
   private readonly holder = newHolderId();
+  /** The header as 64-bit integers (H_EVICTIONS). */
+  private readonly i64: BigInt64Array;
+  /** Tags whose buckets are never evicted (quotas): see `protect`. */
+  private readonly protectedTags = new Set<number>();
 
   constructor(sab: SharedArrayBuffer) {
     this.sab = sab;
     this.i32 = new Int32Array(sab);
     this.f64 = new Float64Array(sab);
+    this.i64 = new BigInt64Array(sab, 0, ENTRY_BYTES / 8);
     this.capacity = this.f64[H_CAPACITY]!;
     this.mask = this.capacity - 1;
   }
@@ -291,18 +327,37 @@ export class RateLimitTable {
   }
 
   /**
+   * Buckets of policy `tag` are never evicted (quotas: their counts must
+   * survive a full table). Per view: every thread that decides requests
+   * registers the protected policies of its config (index.ts).
+   */
+  protect(tag: number): void {
+    this.protectedTags.add(tag);
+  }
+
+  /** Live buckets evicted by every thread of the process (H_EVICTIONS). */
+  get evictions(): number {
+    return Number(Atomics.load(this.i64, H_EVICTIONS));
+  }
+
+  /**
    * The entry of (tag, hi, lo), locked; created (fields zeroed, F_EXPIRES
    * 0) when absent. `isNew` tells the caller to initialise it. When the
-   * key's window is full of live buckets, the policy's overflow entry
-   * (also locked; `overflowed` is then true).
+   * key's window is full of live buckets: with `evict`, the window's live
+   * bucket that is worth least is evicted and its slot claimed (`evicted`
+   * true; module comment, "Full table"); without `evict`, or when none may
+   * be evicted, the policy's overflow entry (also locked; `overflowed` is
+   * then true).
    */
-  find(tag: number, hi: number, lo: number, now: number, out: FindResult): number {
+  find(tag: number, hi: number, lo: number, now: number, out: FindResult, evict = false): number {
     const i32 = this.i32;
     const f64 = this.f64;
     const mask = this.mask;
+    out.evicted = false;
     // Each failed attempt means another thread claimed or gave back a slot of this window meanwhile.
     for (let attempt = 0; attempt < CLAIM_ATTEMPTS; attempt++) {
       let free = -1;
+      let found = false;
       for (let p = 0; p < PROBE_WINDOW; p++) {
         const e = (lo + p) & mask;
         const b = (HEADER_ENTRIES + e) * ENTRY_INTS;
@@ -316,15 +371,33 @@ export class RateLimitTable {
             return e;
           }
           this.unlock(e);
+          found = true;
           break; // taken over meanwhile: probe again
         }
         if (free === -1 && (t === 0 || reusable(f64, b >> 1, now))) free = e;
       }
-      if (free === -1) return this.overflow(tag, now, out);
+      if (found) continue;
+      let evicting = false;
+      if (free === -1) {
+        if (!evict) return this.overflow(tag, now, out);
+        free = this.victim(lo, tag);
+        if (free === -1) return this.overflow(tag, now, out);
+        evicting = true;
+      }
       const b = (HEADER_ENTRIES + free) * ENTRY_INTS;
+      const fb = b >> 1;
+      // Unlocked: what the victim held when it was chosen.
+      const vTag = Atomics.load(i32, b + E_TAG);
+      const vHi = i32[b + E_HI]!;
+      const vLo = i32[b + E_LO]!;
       this.lock(free);
-      if (i32[b + E_TAG] === 0 || reusable(f64, b >> 1, now)) {
-        const fb = b >> 1;
+      const claimable = evicting
+        // Still the bucket chosen, still live, still not protected.
+        ? i32[b + E_TAG] === vTag && vTag !== 0 && i32[b + E_HI] === vHi && i32[b + E_LO] === vLo && !this.protectedTags.has(vTag) && !reusable(f64, fb, now)
+        : i32[b + E_TAG] === 0 || reusable(f64, fb, now);
+      if (claimable) {
+        // Publish the claim, then look for a concurrent one (module comment, "Claims").
+        Atomics.store(i32, b + E_TAG, 0);
         f64[fb + F_A] = 0;
         f64[fb + F_B] = 0;
         f64[fb + F_C] = 0;
@@ -333,8 +406,11 @@ export class RateLimitTable {
         f64[fb + F_SYNC] = 0;
         i32[b + E_HI] = hi;
         i32[b + E_LO] = lo;
-        // Publish the claim, then look for a concurrent one (module comment, "Claims").
         Atomics.store(i32, b + E_TAG, tag);
+        if (evicting) {
+          this.evicted++;
+          Atomics.add(this.i64, H_EVICTIONS, 1n);
+        }
         if (this.claimedElsewhere(tag, hi, lo, free)) {
           Atomics.store(i32, b + E_TAG, 0);
           this.unlock(free);
@@ -346,12 +422,47 @@ export class RateLimitTable {
         }
         out.isNew = true;
         out.overflowed = false;
+        out.evicted = evicting;
         return free;
       }
       // Another thread claimed it first (maybe for this very key): look again.
       this.unlock(free);
     }
     return this.overflow(tag, now, out);
+  }
+
+  /**
+   * The live bucket of the window starting at `lo` that is worth least to
+   * evict for a new key of policy `tag` (unlocked look; find checks it again
+   * under its lock), never a protected one. In order: a bucket of the same
+   * policy (a policy whose keys fill the table evicts its own buckets first:
+   * a client flooding one policy with keys it chooses cannot evict, and so
+   * reset, the buckets of another policy, such as its own login limit), then
+   * one with no unsynced admissions, then the one that expires soonest.
+   * -1 when every bucket of the window is protected.
+   */
+  private victim(lo: number, tag: number): number {
+    const i32 = this.i32;
+    const f64 = this.f64;
+    let best = -1;
+    let bestRank = 4;
+    let bestExpires = Infinity;
+    for (let p = 0; p < PROBE_WINDOW; p++) {
+      const e = (lo + p) & this.mask;
+      const b = (HEADER_ENTRIES + e) * ENTRY_INTS;
+      const t = Atomics.load(i32, b + E_TAG);
+      if (t === 0 || this.protectedTags.has(t)) continue;
+      const fb = b >> 1;
+      // 0: same policy, nothing pending; 1: same policy; 2: other, nothing pending; 3: other.
+      const rank = (t === tag ? 0 : 2) + (f64[fb + F_PENDING] !== 0 ? 1 : 0);
+      const expires = f64[fb + F_EXPIRES]!;
+      if (rank < bestRank || (rank === bestRank && expires < bestExpires)) {
+        best = e;
+        bestRank = rank;
+        bestExpires = expires;
+      }
+    }
+    return best;
   }
 
   /** Whether another entry of the key's probe window holds (tag, hi, lo). */
@@ -420,4 +531,6 @@ function reusable(f64: Float64Array, fb: number, now: number): boolean {
 export interface FindResult {
   isNew: boolean;
   overflowed: boolean;
+  /** The entry was claimed by evicting a live bucket (find with `evict`). */
+  evicted?: boolean;
 }

@@ -21,12 +21,25 @@
  *    quota is a count that must survive; its local decisions used the last
  *    known cluster count).
  *  - the client reconnects by itself with backoff (store.ts); once it is
- *    connected a heartbeat is tried (at most every PROBE_MAX_MS after a
- *    failure, backing off from PROBE_MIN_MS), and on success the store is
- *    up again.
+ *    connected a heartbeat is tried at every cycle, at most every
+ *    PROBE_INTERVAL_MS (so every max(syncIntervalMs, PROBE_INTERVAL_MS)),
+ *    and on success the store is up again: a Redis that answers again is
+ *    used again within about that interval (plus, while it still does not
+ *    answer, commandTimeoutMs per probe).
  * Each change of state is one log line and moves
  * turnpike_rate_limit_store_up; failures are counted
- * (turnpike_rate_limit_store_errors_total), never logged one by one.
+ * (turnpike_rate_limit_store_errors_total), never logged one by one. How
+ * long it was down (downForMs) is measured from the start of the operation
+ * that failed first (a sync that timed out started commandTimeoutMs before
+ * it failed). Nothing here lets a promise rejection escape: every store
+ * call is awaited in a try or given a rejection handler, and the cycle
+ * chain (serial) catches whatever is left.
+ *
+ * Redis that lost its data (a restart without persistence, FLUSHALL): the
+ * heartbeat says so (this instance, which beat less than INSTANCE_TTL_MS
+ * ago, is new to the set), and so may a recovery after an outage; the sync
+ * then pushes every quota count this instance knows (sync.ts,
+ * reconcileQuotas), so a quota is not restarted by it.
  *
  * Instances: every HEARTBEAT_MS this instance records itself in the
  * `<keyPrefix>rl:instances` sorted set (scored by Redis's clock); members
@@ -44,16 +57,15 @@ import type { GatewayConfig, RateLimitPolicy, RedisConfig } from '../../common/c
 import { log } from '../../common/log.js';
 import { H_SHARE, H_STORE_DOWN, type RateLimitTable } from '../../common/rate-limit-layout.js';
 import { instancesKey } from './script.js';
-import { RedisStore, STORE_ERROR_REASONS, classifyStoreError, safeMessage, type StoreErrorReason } from './store.js';
+import { RedisStore, STORE_ERROR_REASONS, StoreDatabaseError, classifyStoreError, safeMessage, type StoreErrorReason } from './store.js';
 import { SyncEngine, type Batch } from './sync.js';
 
 /** How often an instance records itself as alive (ms). */
 export const HEARTBEAT_MS = 1_000;
 /** An instance without a heartbeat for this long no longer counts (ms). */
 export const INSTANCE_TTL_MS = 5_000;
-/** Probing a store that is down: first retry after, and longest wait between tries (ms). */
-export const PROBE_MIN_MS = 100;
-export const PROBE_MAX_MS = 5_000;
+/** Probing a store that is down: at most one heartbeat per this many ms (and at most one per cycle). */
+export const PROBE_INTERVAL_MS = 250;
 /** Without Redis, the leftovers of removed cluster policies are cleaned this often (ms). */
 const OFF_INTERVAL_MS = 1_000;
 /** Sync cycle durations (seconds): turnpike_rate_limit_sync_duration_seconds. */
@@ -114,7 +126,6 @@ export class RateLimitSync {
   private instances = 1;
   private lastBeat = -Infinity;
   private nextProbe = 0;
-  private probeDelay = PROBE_MIN_MS;
   private timer: NodeJS.Timeout | null = null;
   /** Cycles, reconfigurations and the stop run one at a time, in order. */
   private chain: Promise<void> = Promise.resolve();
@@ -302,15 +313,17 @@ export class RateLimitSync {
     if (this.state !== 'up') {
       this.engine.discardPending();
       if (!store.ready || now < this.nextProbe) return;
+      this.nextProbe = now + PROBE_INTERVAL_MS;
       try {
         await this.beat(store);
       } catch (err) {
-        this.failure(err);
-        this.probeDelay = Math.min(PROBE_MAX_MS, this.probeDelay * 2);
-        this.nextProbe = this.now() + this.probeDelay;
+        this.failure(err, now);
         return;
       }
       if (this.store !== store) return;
+      // Down, then up: Redis may have restarted empty meanwhile (the heartbeat
+      // tells only when this instance beat less than INSTANCE_TTL_MS ago).
+      if (this.everUp) this.engine.reconcileQuotas();
       this.markUp();
     }
     const started = performance.now();
@@ -321,13 +334,19 @@ export class RateLimitSync {
     this.push(store, calls, onError);
     await Promise.all(calls);
     this.observe((performance.now() - started) / 1000);
-    if (firstError !== null && this.store === store) this.failure(firstError);
+    if (firstError !== null && this.store === store) this.failure(firstError, now);
   }
 
   private async beat(store: RedisStore): Promise<void> {
-    const n = await store.heartbeat(instancesKey(store.config.keyPrefix), this.instanceId, INSTANCE_TTL_MS);
-    this.instances = Math.max(1, Number(n));
-    this.lastBeat = this.now();
+    const before = this.lastBeat;
+    const reply = await store.heartbeat(instancesKey(store.config.keyPrefix), this.instanceId, INSTANCE_TTL_MS);
+    const [n, added] = Array.isArray(reply) ? reply : [reply, 0];
+    this.instances = Math.max(1, Number(n) || 1);
+    const at = this.now();
+    this.lastBeat = at;
+    // New to the set although it beat within the ttl: the set (and so, most
+    // likely, every key) was lost. Push every quota count known here.
+    if (Number(added) === 1 && at - before < INSTANCE_TTL_MS) this.engine.reconcileQuotas();
   }
 
   private observe(seconds: number): void {
@@ -338,22 +357,26 @@ export class RateLimitSync {
     this.durationCount++;
   }
 
-  private failure(err: unknown): void {
+  /** A store operation failed; `since`: when the operation that failed started (default: now). */
+  private failure(err: unknown, since?: number): void {
     this.errors[classifyStoreError(err)]++;
-    this.markDown(err);
+    this.markDown(err, since);
   }
 
-  private markDown(err: unknown): void {
+  private markDown(err: unknown, since?: number): void {
     if (this.state === 'down' || this.store === null) return;
     const first = !this.everUp;
     this.state = 'down';
-    this.downSince = this.now();
-    this.probeDelay = PROBE_MIN_MS;
-    this.nextProbe = this.downSince + PROBE_MIN_MS;
+    const now = this.now();
+    this.downSince = since !== undefined && since < now ? since : now;
+    this.nextProbe = now + PROBE_INTERVAL_MS;
     const share = 1 / this.instances;
     this.table.f64[H_SHARE] = share;
     this.table.f64[H_STORE_DOWN] = 1;
-    log('warn', first
+    const database = err instanceof StoreDatabaseError;
+    log('warn', database
+      ? 'rate-limit store refused the database named in redis.url; cluster limits are enforced locally until it accepts it (name a database the server has: 0-15 unless its "databases" setting says otherwise)'
+      : first
       ? 'rate-limit store unreachable (not connected yet); cluster limits are enforced locally until it answers (check that Redis is running and reachable at the address configured under redis)'
       : 'rate-limit store unreachable; cluster limits are enforced locally with this instance\'s share until it answers again (check that Redis is running and reachable)', {
       store: this.store.label,

@@ -79,9 +79,11 @@ export function instancesKey(keyPrefix: string): string {
 /** Script algorithm codes (ARGV[1]). */
 export const S_TOKEN_BUCKET = 1;
 export const S_GCRA = 2;
-/** fixed_window and quota: one counter per window or period. */
+/** fixed_window: one counter per window. */
 export const S_COUNTER = 3;
 export const S_SLIDING = 4;
+/** quota: one counter per period, never lower than what the pushing instance knows. */
+export const S_QUOTA = 5;
 
 /**
  * The sync script: pushes an instance's consumption of many buckets of ONE
@@ -94,6 +96,9 @@ export const S_SLIDING = 4;
  *            token_bucket         pending, the pushing instance's tokens now
  *            gcra                 pending, the pushing instance's TAT - now (ms)
  *            counter              pending, expire-at (Unix ms)
+ *            quota                pending, expire-at (Unix ms), known: the count
+ *                                 the pushing instance holds for that period
+ *                                 (its pending admissions included)
  *            sliding              push to current, push to previous, expire-at of the current
  *          token_bucket: a = refill per ms, b = burst.
  *          gcra: a = emission interval (ms).
@@ -102,6 +107,7 @@ export const S_SLIDING = 4;
  *            token_bucket  tokens now (string; negative = debt)
  *            gcra          TAT - now (string, ms; 0 when none)
  *            counter       the count
+ *            quota         the count
  *            sliding       the current count, the previous count
  *          then, token_bucket and gcra: Redis's TIME they used (string, Unix ms)
  *
@@ -114,6 +120,16 @@ export const S_SLIDING = 4;
  * per call; windows are named by their start, which instances agree on
  * (Unix-aligned), and expire at expire-at (each instance's clock, plus the
  * margin for clock differences).
+ *
+ * Quotas: the count becomes max(count + pending, known). Normally the
+ * count already holds everything an instance knows (known <= count +
+ * pending) and this is the plain INCRBY; but a Redis that lost its data
+ * (restarted without persistence, FLUSHALL, a failover to a replica that
+ * had not caught up) would otherwise restart the period's count from what
+ * is pushed after, and an instance started next would admit the whole
+ * quota again. Max, not sum: what Redis still counts may include what the
+ * instance knows (it learned it from there), and a quota must never count
+ * a request twice for ever.
  */
 export const SYNC_LUA = `
 local alg = tonumber(ARGV[1])
@@ -179,6 +195,21 @@ elseif alg == 3 then
     end
     out[i] = c
   end
+elseif alg == 5 then
+  for i = 1, n do
+    local k = KEYS[i]
+    local pending = tonumber(ARGV[2 + 3 * i])
+    local known = tonumber(ARGV[4 + 3 * i])
+    local c = tonumber(redis.call('GET', k) or '0')
+    local target = c + pending
+    if target < known then target = known end
+    if target > c then
+      local d = target - c
+      c = redis.call('INCRBY', k, d)
+      if c == d then redis.call('PEXPIREAT', k, tonumber(ARGV[3 + 3 * i]) + margin) end
+    end
+    out[i] = c
+  end
 else
   local j = 1
   for i = 1, n, 2 do
@@ -209,22 +240,27 @@ return out
 /**
  * The heartbeat script: records this instance as alive (a sorted set of
  * instance ids scored by Redis's TIME), forgets instances silent for
- * longer than ARGV[2] ms, and returns how many remain: the instance count
- * a cluster-wide limit is shared by while Redis is away.
+ * longer than ARGV[2] ms, and returns how many remain (the instance count
+ * a cluster-wide limit is shared by while Redis is away) and whether this
+ * instance was new to the set (1) or already in it (0): an instance that
+ * beat less than the ttl ago and is new again is talking to a Redis that
+ * lost its data (index.ts then pushes every quota count it knows).
  *
  *   KEYS[1] the instances key; ARGV[1] this instance's id; ARGV[2] ttl (ms);
  *   ARGV[3] "1" to leave (shutdown) instead of beating.
+ *   Reply   { instances, new (0 or 1) }
  */
 export const HEARTBEAT_LUA = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])
+local added = 0
 if ARGV[3] == '1' then
   redis.call('ZREM', KEYS[1], ARGV[1])
 else
-  redis.call('ZADD', KEYS[1], now, ARGV[1])
+  added = redis.call('ZADD', KEYS[1], now, ARGV[1])
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
 redis.call('PEXPIRE', KEYS[1], ttl * 2)
-return redis.call('ZCARD', KEYS[1])
+return { redis.call('ZCARD', KEYS[1]), added }
 `;

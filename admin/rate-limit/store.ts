@@ -14,7 +14,20 @@
  *  - every command times out after `redis.commandTimeoutMs`, a connection
  *    attempt after `redis.connectTimeoutMs`;
  *  - reconnection with exponential backoff and jitter, RECONNECT_MIN_MS
- *    doubling to RECONNECT_MAX_MS, forever.
+ *    doubling to RECONNECT_MAX_MS, forever;
+ *  - the database of `redis.url` (`/3`): ioredis SELECTs it when it
+ *    connects, but when Redis refuses it (a number the server does not
+ *    have) ioredis only emits an error and goes on, ready, on database 0.
+ *    Here a refused SELECT is a store error (StoreDatabaseError: "Redis
+ *    refused database N: ..."), the connection is never reported ready and
+ *    is dropped and tried again with the backoff above (a Redis restarted
+ *    with more databases is then used). A database that is not a whole
+ *    number (refused by validation; ioredis would send `SELECT NaN`, and
+ *    re-send it when ready without catching the error: an unhandled
+ *    rejection) is never connected to at all.
+ * Nothing here lets a promise rejection escape: every command's promise is
+ * returned to the caller (index.ts handles each), and ioredis's own errors
+ * arrive through the 'error' listener.
  * Pipelining: a cycle issues all its script calls without waiting for any
  * reply, so they travel back to back on the connection (to each node's,
  * on a Cluster: ioredis routes each call by its keys, which share one
@@ -25,7 +38,7 @@
  */
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
 import type { RedisConfig } from '../../common/config/types.js';
-import { redactRedisUrl } from '../../common/config/rate-limit.js';
+import { redactRedisUrl, redisDatabase } from '../../common/config/rate-limit.js';
 import { HEARTBEAT_LUA, SYNC_LUA } from './script.js';
 
 export const RECONNECT_MIN_MS = 50;
@@ -37,7 +50,7 @@ export const STORE_ERROR_REASONS: readonly StoreErrorReason[] = ['connection', '
 
 interface SyncCommands {
   rlsync(...args: (string | number)[]): Promise<unknown[]>;
-  rlheartbeat(key: string, id: string, ttlMs: number, leave: string): Promise<number>;
+  rlheartbeat(key: string, id: string, ttlMs: number, leave: string): Promise<[number, number]>;
 }
 
 type Client = (Redis | Cluster) & SyncCommands;
@@ -54,6 +67,20 @@ export function classifyStoreError(err: unknown): StoreErrorReason {
   if (/timed? ?out/i.test(msg)) return 'timeout';
   if (/closed|writeable|ECONN|EPIPE|EHOSTUNREACH|ENETUNREACH|ENOTFOUND|EAI_AGAIN|max ?retries|connect|All sentinels|Failed to refresh slots|None of startup nodes/i.test(msg)) return 'connection';
   return 'command';
+}
+
+/** Redis refused the database `redis.url` names (or that database is not a number): the store stays down. */
+export class StoreDatabaseError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'StoreDatabaseError';
+  }
+}
+
+/** An ioredis error about the SELECT it sends while connecting (replies carry the command they answer). */
+function isSelectError(err: unknown): boolean {
+  const cmd = (err as { command?: { name?: unknown } } | null)?.command;
+  return typeof cmd?.name === 'string' && cmd.name.toLowerCase() === 'select';
 }
 
 /** A description of where the store is, without credentials (logs, messages). */
@@ -74,7 +101,12 @@ export class RedisStore {
   readonly client: Client;
   readonly label: string;
   readonly cluster: boolean;
+  /** The database `redis.url` names (0 when none), or null when it is not a number (never connected). */
+  readonly db: number | null;
   private closed = false;
+  /** Redis refused the SELECT of the current connection: it is not used, and is dropped. */
+  private refused = false;
+  private readonly hooks: { onConnectionError(err: Error): void; onReady(): void; onClose(): void };
 
   /**
    * Creates the client (not connected yet: `connect()`). `onConnectionError`
@@ -85,6 +117,8 @@ export class RedisStore {
   constructor(readonly config: RedisConfig, hooks: { onConnectionError(err: Error): void; onReady(): void; onClose(): void }) {
     this.label = describeStore(config);
     this.cluster = config.cluster !== null;
+    this.hooks = hooks;
+    this.db = config.url !== null ? redisDatabase(config.url) : 0;
     const scripts = {
       rlsync: { lua: SYNC_LUA },
       rlheartbeat: { lua: HEARTBEAT_LUA, numberOfKeys: 1 },
@@ -122,11 +156,23 @@ export class RedisStore {
         this.client = new Redis(config.url!, opts) as Client;
       }
     }
+    // A new connection: its handshake (AUTH, SELECT) is about to run.
+    this.client.on('connect', () => {
+      this.refused = false;
+    });
     this.client.on('error', (err: Error) => {
-      if (!this.closed) hooks.onConnectionError(err);
+      if (this.closed) return;
+      if (isSelectError(err)) {
+        // ioredis would go on, ready, on database 0: never use this connection.
+        this.refused = true;
+        hooks.onConnectionError(new StoreDatabaseError(`Redis refused database ${this.db ?? '?'}: ${err.message}`));
+        (this.client as Redis).disconnect(true); // dropped; reconnected with the backoff
+        return;
+      }
+      hooks.onConnectionError(err);
     });
     this.client.on('ready', () => {
-      if (!this.closed) hooks.onReady();
+      if (!this.closed && !this.refused) hooks.onReady();
     });
     this.client.on('close', () => {
       if (!this.closed) hooks.onClose();
@@ -135,12 +181,21 @@ export class RedisStore {
 
   /** Starts connecting; the outcome arrives through the hooks (a failure keeps reconnecting). */
   connect(): void {
+    if (this.db === null) {
+      // Validation refuses such a URL; never SELECT NaN (module comment).
+      let path = '';
+      try {
+        path = new URL(this.config.url!).pathname;
+      } catch { /* described below without it */ }
+      this.hooks.onConnectionError(new StoreDatabaseError(`redis.url names database ${JSON.stringify(path)}, which is not a whole number: not connecting (write redis://host:6379/0, or leave the database out)`));
+      return;
+    }
     this.client.connect().catch(() => { /* reported through the 'error' hook; reconnection goes on */ });
   }
 
-  /** Connected and ready for commands. */
+  /** Connected (to the right database) and ready for commands. */
   get ready(): boolean {
-    return this.client.status === 'ready';
+    return this.client.status === 'ready' && !this.refused && this.db !== null;
   }
 
   /** One sync script call (see script.ts SYNC_LUA): [numkeys, ...keys, ...argv]. */
@@ -148,8 +203,8 @@ export class RedisStore {
     return this.client.rlsync(...command);
   }
 
-  /** Beats (or leaves, `leave`), returns the live instance count. */
-  heartbeat(key: string, id: string, ttlMs: number, leave = false): Promise<number> {
+  /** Beats (or leaves, `leave`): the live instance count, and whether this instance was new to the set. */
+  heartbeat(key: string, id: string, ttlMs: number, leave = false): Promise<[number, number]> {
     return this.client.rlheartbeat(key, id, ttlMs, leave ? '1' : '0');
   }
 

@@ -27,6 +27,13 @@
  *                gcra          TAT = redis TAT + pending × interval
  *                fixed_window, quota   count = max(local, redis + pending)
  *                sliding_window        both counts, the same way
+ *              A quota also pushes the count it knows (F_A): Redis keeps
+ *              max(its count + pending, known), so a Redis that lost its
+ *              data learns the count back instead of restarting the period
+ *              (script.ts). Buckets that are neither pending nor warm are
+ *              not synced, so after such a loss (index.ts notices it from
+ *              the heartbeat) `reconcileQuotas()` makes the next collect
+ *              take every live quota bucket once.
  *
  * Windows. Admissions are counted per window (period, for a quota): the
  * key carries the window start. F_SYNC holds the window whose cluster
@@ -50,7 +57,7 @@ import {
   E_HI, E_LO, E_TAG, F_A, F_B, F_C, F_EXPIRES, F_PENDING, F_SYNC, OVERFLOW_ENTRIES, type RateLimitTable,
 } from '../../common/rate-limit-layout.js';
 import { periodBounds } from '../../workers/policies/rate-limit/calendar.js';
-import { S_COUNTER, S_GCRA, S_SLIDING, S_TOKEN_BUCKET, bucketKey, keySlot, policyKeyHead } from './script.js';
+import { S_COUNTER, S_GCRA, S_QUOTA, S_SLIDING, S_TOKEN_BUCKET, bucketKey, keySlot, policyKeyHead } from './script.js';
 
 /** Buckets per script call. Larger batches cost Redis the same per key but hold it longer at once. */
 export const MAX_BATCH = 256;
@@ -103,7 +110,12 @@ export class SyncPolicy {
         this.a = policy.perMs;
         this.b = 0;
         break;
-      default: // fixed_window, quota
+      case 'quota':
+        this.script = S_QUOTA;
+        this.a = 0;
+        this.b = 0;
+        break;
+      default: // fixed_window
         this.script = S_COUNTER;
         this.a = 0;
         this.b = 0;
@@ -214,6 +226,8 @@ export class SyncEngine {
 
   /** Group batches by Redis Cluster hash slot (every key of one script call must share one). */
   clusterSlots = false;
+  /** The next collect() takes every live quota bucket (reconcileQuotas). */
+  private reconcile = false;
 
   /** `clock`: the shared clock (Unix ms), read once to date the `lastPush` marks. */
   constructor(private readonly table: RateLimitTable, clock: () => number) {
@@ -258,6 +272,17 @@ export class SyncEngine {
     if (this.dead.size > 100_000) this.dead.clear(); // bounded; an old tag's buckets are long reusable by then
   }
 
+  /**
+   * Redis may have lost its data (index.ts: the heartbeat found this
+   * instance missing, or Redis answers again after an outage): the next
+   * collect() pushes the count of every live quota bucket, not only of those
+   * with pending admissions or pushed within WARM_MS, so that Redis learns
+   * back every count this instance knows.
+   */
+  reconcileQuotas(): void {
+    this.reconcile = true;
+  }
+
   /** Policies being synced (retiring ones included). */
   get size(): number {
     return this.policies.size;
@@ -280,6 +305,8 @@ export class SyncEngine {
     const lastPush = this.lastPush;
     const open = new Map<number, Batch>();
     let taken = 0;
+    const reconcile = this.reconcile;
+    this.reconcile = false;
     for (let e = 0; e < this.end; e++) {
       const b = t.base(e);
       const tag = i32[b + E_TAG]!;
@@ -288,7 +315,9 @@ export class SyncEngine {
       const hasPending = f64[fb + F_PENDING] !== 0;
       if (!hasPending) {
         const lp = lastPush[e]!;
-        if (lp === 0 || ((rel - lp) >>> 0) > WARM_MS) continue;
+        if (lp === 0 || ((rel - lp) >>> 0) > WARM_MS) {
+          if (!reconcile || f64[fb + F_A]! <= 0 || f64[fb + F_EXPIRES]! <= now || this.policies.get(tag)?.script !== S_QUOTA) continue;
+        }
       }
       const pol = this.policies.get(tag);
       if (pol === undefined) {
@@ -307,6 +336,7 @@ export class SyncEngine {
       let window = 0;
       let cur = p;
       let prev = 0;
+      let known = 0;
       let stale = false;
       // Token bucket, GCRA: this instance's view now, which a key Redis does not have yet starts from (script.ts).
       let mine = 0;
@@ -325,6 +355,7 @@ export class SyncEngine {
           cur = Math.min(p, f64[fb + F_A]!);
           if (pol.script === S_SLIDING && (synced === 0 || synced === window - pol.perMs)) prev = p - cur;
         }
+        known = f64[fb + F_A]!;
         // Nothing to push, and nothing counted any more: nothing to learn either.
         stale = p === 0 && f64[fb + F_EXPIRES]! <= now;
       }
@@ -352,6 +383,9 @@ export class SyncEngine {
           break;
         case S_COUNTER:
           batch.args.push(cur, pol.windowEnd(window));
+          break;
+        case S_QUOTA:
+          batch.args.push(cur, pol.windowEnd(window), known);
           break;
         case S_SLIDING:
           batch.keys.push(bucketKey(pol.head, hi, lo, window - pol.perMs));
@@ -410,7 +444,8 @@ export class SyncEngine {
           f64[fb + F_EXPIRES] = tat;
           break;
         }
-        case S_COUNTER: {
+        case S_COUNTER:
+        case S_QUOTA: {
           const w = batch.windows[j]!;
           if (f64[fb + F_B] === w) {
             const count = Math.max(f64[fb + F_A]!, Number(reply[j]) + since);

@@ -24,6 +24,7 @@
  * every other policy's buckets as they were. `headers` and `onStoreError`
  * can change without a reset.
  */
+import { redactUrl } from './redact.js';
 import net from 'node:net';
 import { tagOf, DEFAULT_CAPACITY, MIN_CAPACITY, MAX_CAPACITY } from '../rate-limit-layout.js';
 import type { RateLimitPolicy, RedisConfig, RateLimitAlgorithm, RateLimitKeyKind } from './types.js';
@@ -173,7 +174,7 @@ export const rateLimitTableSchema = {
   properties: {
     capacity: {
       type: 'integer', minimum: MIN_CAPACITY, maximum: MAX_CAPACITY,
-      description: `Buckets held at once (${MIN_CAPACITY}..${MAX_CAPACITY}, rounded up to a power of two; 64 bytes each). Idle buckets are reused; when full, new keys share an overflow bucket per policy. Read at start only. Default ${DEFAULT_CAPACITY} (16 MiB).`,
+      description: `Buckets held at once (${MIN_CAPACITY}..${MAX_CAPACITY}, rounded up to a power of two; 64 bytes each). Idle buckets are reused; when full around a new key, the bucket that would be full again soonest is evicted (never a quota's; turnpike_rate_limit_table_evictions_total). Read at start only. Default ${DEFAULT_CAPACITY} (16 MiB).`,
     },
     quotaFile: {
       type: 'string', minLength: 1, maxLength: 4096, pattern: '^[^\\u0000]*$', errorMessage: 'must be a file path (e.g. .turnpike/quotas.json)',
@@ -268,10 +269,15 @@ export function checkRateLimitConfig(doc: Obj, out: ConfigError[]): void {
     else if (kinds.length > 1) out.push({ path: 'redis', message: `sets ${kinds.join(' and ')}: choose one way to reach Redis` });
     if (redis['sentinels'] !== undefined && typeof redis['name'] !== 'string') out.push({ path: 'redis.name', message: 'Sentinel needs the master\'s name: add name: <master name>' });
     if (typeof redis['url'] === 'string') {
+      let u: URL | null = null;
       try {
-        new URL(redis['url']);
+        u = new URL(redis['url']);
       } catch {
         out.push({ path: 'redis.url', message: 'is not a valid URL; write redis://host:port' });
+      }
+      if (u !== null) {
+        const problem = redisDatabaseProblem(u);
+        if (problem !== null) out.push({ path: 'redis.url', message: problem });
       }
     }
   }
@@ -298,6 +304,12 @@ export function checkRateLimitConfig(doc: Obj, out: ConfigError[]): void {
     }
     list.forEach((item: unknown, k: number) => {
       if (typeof item === 'string') {
+        // A named policy is one set of buckets: listed twice, each request would be charged twice.
+        const first = list.indexOf(item);
+        if (first !== k) {
+          out.push({ path: formatPath(['routes', i, 'rateLimit', k]), message: `${JSON.stringify(item)} is listed twice (also at position ${first}): a named policy is one set of buckets, so each request would be charged twice; list it once (for a stricter limit, change its rate or add another policy)` });
+          return;
+        }
         if (!Object.prototype.hasOwnProperty.call(named, item)) {
           const names = Object.keys(named);
           const close = didYouMean(item, names);
@@ -309,6 +321,50 @@ export function checkRateLimitConfig(doc: Obj, out: ConfigError[]): void {
       }
     });
   });
+}
+
+/**
+ * Largest database number `redis.url` may name. Redis has 16 databases
+ * (0-15) unless its `databases` setting says otherwise, and that setting
+ * goes up to 2^31 - 1: a number the server does not have is refused by it
+ * when connecting (the store then stays down, saying so), not here.
+ */
+export const MAX_REDIS_DB = 2_147_483_646;
+const DB_RE = /^(?:0|[1-9][0-9]{0,9})$/;
+
+/**
+ * The database a redis:// URL names: its path (`/3`) or, without one, its
+ * `db` query parameter (as ioredis reads them); 0 when it names none; null
+ * when what it names is not a whole number 0..MAX_REDIS_DB (ioredis would
+ * send `SELECT NaN`).
+ */
+export function redisDatabase(url: string | URL): number | null {
+  let u: URL;
+  try {
+    u = typeof url === 'string' ? new URL(url) : url;
+  } catch {
+    return null;
+  }
+  const text = databaseText(u);
+  if (text === null) return 0;
+  if (!DB_RE.test(text)) return null;
+  const n = Number(text);
+  return n <= MAX_REDIS_DB ? n : null;
+}
+
+/** The database part of a redis:// URL as written (path first, then ?db=), or null when there is none. */
+function databaseText(u: URL): string | null {
+  const path = u.pathname;
+  if (path !== '' && path !== '/') return decodeURIComponent(path.slice(1));
+  return u.searchParams.get('db');
+}
+
+/** What is wrong with the database part of a redis:// URL (validation message), or null. */
+function redisDatabaseProblem(u: URL): string | null {
+  if (redisDatabase(u) !== null) return null;
+  const text = databaseText(u) ?? '';
+  const where = u.pathname !== '' && u.pathname !== '/' ? `the database part ${JSON.stringify('/' + text)}` : `the database parameter db=${JSON.stringify(text)}`;
+  return `${where} must be a whole number from 0 to ${MAX_REDIS_DB} (a Redis server has databases 0-15 unless its "databases" setting says otherwise, and may have fewer): write redis://host:6379/0, or leave the database out for 0`;
 }
 
 /** `10.0.0.0/8`, `::1`, `fd00::/8` -> [address, prefix, family]; null when invalid. */
@@ -408,16 +464,7 @@ export function resolveRedis(raw: unknown): RedisConfig | null {
   };
 }
 
-/** A Redis URL without its credentials, for logs and messages. */
+/** A Redis URL without its secrets, for logs and messages: the rule of common/config/redact.ts (`redis://[redacted]@host:6379`). */
 export function redactRedisUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password !== '' || u.username !== '') {
-      u.username = u.username === '' ? '' : '***';
-      u.password = u.password === '' ? '' : '***';
-    }
-    return u.toString();
-  } catch {
-    return '<invalid redis url>';
-  }
+  return redactUrl(url);
 }

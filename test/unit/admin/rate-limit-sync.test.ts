@@ -263,7 +263,8 @@ describe('push and pull', () => {
     await a.sync.stop();
     expect(a.pending()).toBe(0);
     const [tokens] = (await probe.get(globalKey(p)))!.split(' ').map(Number);
-    expect(tokens).toBeGreaterThanOrEqual(88);
+    // 100 - 12, plus a few ms of refill; the test clock (Date.now() plus a fraction) may step back by < 1 ms.
+    expect(tokens).toBeGreaterThanOrEqual(87.999);
     expect(tokens).toBeLessThan(88.1);
     expect(await probe.zcard('tp:rl:instances')).toBe(0); // it left the instance set
   });
@@ -297,9 +298,10 @@ describe('Redis away', () => {
     expect(a.share).toBe(1);
     await a.sync.synced();
     expect(a.pending()).toBe(0);
-    // Redis restarted empty: the quota count is what was pushed after, 4; the bucket is fresh.
-    expect(await probe.get(globalKey(q, day))).toBe('4');
-    // A still knows its count (3 + 4): a Redis that lost its data never lowers a local count.
+    // Redis restarted empty: A pushed the 4 counted meanwhile, and raised the count to the 7
+    // it knows (3 + 4): a Redis that lost its data never restarts a quota.
+    expect(await probe.get(globalKey(q, day))).toBe('7');
+    // A still knows its count: a Redis that lost its data never lowers a local count.
     expect(a.cellA(q, 2, '')).toBe(7);
   }, 20_000);
 
@@ -350,7 +352,9 @@ describe('Redis Cluster and Sentinel (ioredis options)', () => {
     try {
       const tb = policy('tb', { by: 'ip', rate: 2, per: '1h' });
       const sw = policy('sw', { by: 'ip', rate: 2, per: '1h', algorithm: 'sliding_window' });
-      const cfg = config([tb, sw], { url: null, cluster: cluster.nodes });
+      // A generous command timeout: this test is about routing, and a loaded machine (other test
+      // files running beside it) sometimes takes longer than 300 ms for a round over three nodes.
+      const cfg = config([tb, sw], { url: null, cluster: cluster.nodes, commandTimeoutMs: 3000 });
       const a = await new Instance().start(cfg);
       const b = await new Instance().start(cfg);
       expect(a.sync.storeState).toBe('up');

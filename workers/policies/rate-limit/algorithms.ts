@@ -16,9 +16,12 @@
  * the request: a refused request consumes nothing anywhere).
  *
  * Limits: `rate` requests per `perMs`, `burst` for the token bucket and
- * GCRA. `rateScale` (0..1] scales the refill while a cluster-wide limit is
- * enforced by this instance alone (Redis away: H_SHARE); a window keeps at
- * least one request per window whatever the scale.
+ * GCRA. `rateScale` (0..1] is this instance's share while a cluster-wide
+ * limit is enforced by it alone (Redis away: H_SHARE): it scales the refill
+ * and the burst alike (each of n instances gets 1/n of both, so together
+ * they admit what one limit would: burst + rate × t), and a window's count;
+ * a burst keeps at least one request, and a window at least one request
+ * per window, whatever the scale.
  *
  * Precision: times are Unix milliseconds (~1.8e12), where a double resolves
  * only 2^-12 ms (0.24 µs). Nothing here adds small durations to such a time
@@ -67,7 +70,7 @@ export interface LimitParams {
  */
 export function tokenBucket(f: Float64Array, fb: number, isNew: boolean, now: number, p: LimitParams, rateScale: number, out: Decision): void {
   const perMsRate = (p.rate * rateScale) / p.perMs; // tokens per ms
-  const burst = p.burst;
+  const burst = scaledBurst(p.burst, rateScale);
   let tokens: number;
   if (isNew) tokens = burst;
   else {
@@ -106,7 +109,7 @@ export function tokenBucket(f: Float64Array, fb: number, isNew: boolean, now: nu
  */
 export function gcra(f: Float64Array, fb: number, isNew: boolean, now: number, p: LimitParams, rateScale: number, out: Decision): void {
   const t = p.perMs / (p.rate * rateScale); // emission interval, ms
-  const tau = t * (p.burst - 1); // tolerance
+  const tau = t * (scaledBurst(p.burst, rateScale) - 1); // tolerance
   let hi = now;
   let lo = 0;
   // How far TAT is ahead of now: F_A - now is exact (two close doubles).
@@ -140,6 +143,13 @@ export function gcra(f: Float64Array, fb: number, isNew: boolean, now: number, p
   out.remaining = rem < 0 ? 0 : rem;
   out.resetMs = ahead;
   f[fb + F_EXPIRES] = gcraExpiry(hi, lo);
+}
+
+/** This instance's share of a burst (module comment): at least 1. */
+function scaledBurst(burst: number, rateScale: number): number {
+  if (rateScale === 1) return burst;
+  const b = burst * rateScale;
+  return b < 1 ? 1 : b;
 }
 
 /** TAT rounded up: a bucket whose TAT has passed equals a fresh one. */
@@ -282,10 +292,11 @@ function markQuotaDirty(f: Float64Array): void {
 export function undo(f: Float64Array, fb: number, algorithm: number, p: LimitParams, rateScale: number, windowStart: number): void {
   switch (algorithm) {
     case ALG_TOKEN_BUCKET: {
-      const tokens = Math.min(p.burst, f[fb + F_A]! + 1);
+      const burst = scaledBurst(p.burst, rateScale);
+      const tokens = Math.min(burst, f[fb + F_A]! + 1);
       f[fb + F_A] = tokens;
       const last = f[fb + F_B]!;
-      f[fb + F_EXPIRES] = tokens >= p.burst ? last : last + (p.burst - tokens) / ((p.rate * rateScale) / p.perMs) + EXPIRY_MARGIN_MS;
+      f[fb + F_EXPIRES] = tokens >= burst ? last : last + (burst - tokens) / ((p.rate * rateScale) / p.perMs) + EXPIRY_MARGIN_MS;
       break;
     }
     case ALG_GCRA: {

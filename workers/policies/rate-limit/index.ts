@@ -36,7 +36,7 @@ import { Errors } from '../../../common/errors.js';
 import type { RateLimitPolicy } from '../../../common/config/types.js';
 import { formatDuration } from '../../../common/config/duration.js';
 import { G_RATE_LIMIT_OVERFLOW, RATE_LIMIT_RESULTS, RL_ALLOWED, RL_LIMITED, RL_STORE_UNAVAILABLE, S_RATE_LIMIT, slotBase } from '../../../common/metrics-layout.js';
-import { F_PENDING, E_TAG, hashKey, type FindResult, type RateLimitTable } from '../../../common/rate-limit-layout.js';
+import { F_PENDING, E_HI, E_LO, E_TAG, hashKey, type FindResult, type RateLimitTable } from '../../../common/rate-limit-layout.js';
 import { CONTINUE, PENDING, REFUSED, type Policy, type PolicyOutcome, type RequestContext } from '../../pipeline/context.js';
 import {
   ALG_FIXED_WINDOW, ALG_GCRA, ALG_QUOTA, ALG_SLIDING_WINDOW, ALG_TOKEN_BUCKET, ALGORITHMS, Decision, fixedWindow, gcra, quota,
@@ -119,7 +119,7 @@ export class Limit implements LimitParams {
 
 // Per-thread scratch: the handler is synchronous, one set serves every request.
 const hash = new Int32Array(2);
-const found: FindResult = { isNew: false, overflowed: false };
+const found: FindResult = { isNew: false, overflowed: false, evicted: false };
 const decision = new Decision();
 /** Policies per route (RATE_LIMIT_DEFAULTS.maxPerRoute). */
 export const MAX_LIMITS = 8;
@@ -127,6 +127,13 @@ const MAX = MAX_LIMITS;
 /** Per position: the entry that admitted the request in memory, or -1 (a strict limit left to Redis). */
 const takenEntry = new Int32Array(MAX);
 const takenWindow = new Float64Array(MAX);
+/**
+ * Per position: the key the entry held when it admitted (E_HI, E_LO): on a
+ * full table the entry can be evicted and given to another key before a
+ * later limit refuses, and the unit must then not go to that key.
+ */
+const takenHi = new Int32Array(MAX);
+const takenLo = new Int32Array(MAX);
 const remainingOf = new Float64Array(MAX);
 const resetOf = new Float64Array(MAX);
 /** Per position of a strict limit left to Redis: its key hash. */
@@ -137,12 +144,15 @@ const keyLo = new Int32Array(MAX);
 export interface LocalResult {
   allowed: boolean;
   entry: number;
+  /** The key the entry held (its E_HI, E_LO: the key's hash, or 0, 0 for an overflow bucket). */
+  entryHi: number;
+  entryLo: number;
   window: number;
   remaining: number;
   resetMs: number;
   retryMs: number;
 }
-const local: LocalResult = { allowed: false, entry: 0, window: 0, remaining: 0, resetMs: 0, retryMs: 0 };
+const local: LocalResult = { allowed: false, entry: 0, entryHi: 0, entryLo: 0, window: 0, remaining: 0, resetMs: 0, retryMs: 0 };
 
 export class RateLimitPolicyRunner implements Policy {
   readonly name = 'rate-limit';
@@ -162,6 +172,8 @@ export class RateLimitPolicyRunner implements Policy {
     this.limits = policies.slice(0, MAX).map((p) => new Limit(p, env.trusted));
     this.store = this.limits.some((l) => l.strict) ? env.strict : null;
     this.table = env.table;
+    // A full table evicts buckets, never a quota's: its count must survive.
+    for (const l of this.limits) if (l.algorithm === ALG_QUOTA) env.table.protect(l.tag);
     this.metrics = env.metrics;
     this.cells = slotBase(routeSlot) + S_RATE_LIMIT;
     const ietf = this.limits.filter((l) => (l.headers & HEADERS_IETF) !== 0);
@@ -193,21 +205,22 @@ export class RateLimitPolicyRunner implements Policy {
           continue;
         }
         if (l.deny) {
-          this.giveBack(takenEntry, takenWindow, i);
+          this.giveBack(takenEntry, takenWindow, takenHi, takenLo, i);
           this.count(i, RL_STORE_UNAVAILABLE);
           this.storeUnavailable(ctx, l);
           return REFUSED;
         }
       } else if (l.cluster && l.deny && table.storeDown) {
-        this.giveBack(takenEntry, takenWindow, i);
+        this.giveBack(takenEntry, takenWindow, takenHi, takenLo, i);
         this.count(i, RL_STORE_UNAVAILABLE);
         this.storeUnavailable(ctx, l);
         return REFUSED;
       }
       const text = l.key(ctx);
       hashKey(l.tag ^ Math.imul(keyKind.kind, 0x9e3779b9), text, hash);
-      const e = table.find(l.tag, hash[0]!, hash[1]!, now, found);
-      const fb = table.base(e) >> 1;
+      const e = table.find(l.tag, hash[0]!, hash[1]!, now, found, true);
+      const ib = table.base(e);
+      const fb = ib >> 1;
       const scale = l.cluster ? table.share : 1;
       let window = 0;
       switch (l.algorithm) {
@@ -234,10 +247,12 @@ export class RateLimitPolicyRunner implements Policy {
         }
       }
       if (decision.allowed && l.pends) f[fb + F_PENDING]! += 1;
+      takenHi[i] = table.i32[ib + E_HI]!;
+      takenLo[i] = table.i32[ib + E_LO]!;
       table.unlock(e);
       if (found.overflowed && this.metrics !== null) this.metrics[G_RATE_LIMIT_OVERFLOW]!++;
       if (!decision.allowed) {
-        this.giveBack(takenEntry, takenWindow, i);
+        this.giveBack(takenEntry, takenWindow, takenHi, takenLo, i);
         this.count(i, RL_LIMITED);
         this.refuse(ctx, l, decision.retryMs);
         return REFUSED;
@@ -249,7 +264,7 @@ export class RateLimitPolicyRunner implements Policy {
     }
     if (deferred !== 0) {
       // Every in-memory limit admitted: the strict ones decide in Redis (strict.ts).
-      ctx.pending = new StrictDecision(this, this.store!, now, n, takenEntry, takenWindow, remainingOf, resetOf, keyHi, keyLo);
+      ctx.pending = new StrictDecision(this, this.store!, now, n, takenEntry, takenWindow, takenHi, takenLo, remainingOf, resetOf, keyHi, keyLo);
       return PENDING;
     }
     for (let i = 0; i < n; i++) this.count(i, RL_ALLOWED);
@@ -260,20 +275,23 @@ export class RateLimitPolicyRunner implements Policy {
 
   /**
    * Undoes the in-memory admissions of positions [0, upTo) recorded in
-   * `entries`/`windows` (positions holding -1 were left to Redis: skipped).
+   * `entries`/`windows`, each entry holding the key `his`/`los` when it
+   * admitted (positions holding -1 were left to Redis: skipped).
    */
-  giveBack(entries: Int32Array, windows: Float64Array, upTo: number): void {
+  giveBack(entries: Int32Array, windows: Float64Array, his: Int32Array, los: Int32Array, upTo: number): void {
     const table = this.table;
     const f = table.f64;
+    const i32 = table.i32;
     for (let j = 0; j < upTo; j++) {
       const l = this.limits[j]!;
       const e = entries[j]!;
       if (e < 0) continue;
       table.lock(e);
       const b = table.base(e);
-      // The bucket is live (it just admitted), so its slot cannot have been reused; an
-      // overflow bucket may have been taken by a policy sharing it: then leave it.
-      if (table.i32[b + E_TAG] === l.tag) {
+      // The bucket is live (it just admitted), but on a full table it may have been evicted
+      // and given to another key meanwhile, and an overflow bucket may have been taken by a
+      // policy sharing it: then leave it (the evicted key starts afresh anyway).
+      if (i32[b + E_TAG] === l.tag && i32[b + E_HI] === his[j] && i32[b + E_LO] === los[j]) {
         const fb = b >> 1;
         undo(f, fb, l.algorithm, l, l.cluster ? table.share : 1, windows[j]!);
         if (l.pends && f[fb + F_PENDING]! > 0) f[fb + F_PENDING]! -= 1;
@@ -292,8 +310,9 @@ export class RateLimitPolicyRunner implements Policy {
     const l = this.limits[i]!;
     const table = this.table;
     const f = table.f64;
-    const e = table.find(l.tag, hi, lo, now, found);
-    const fb = table.base(e) >> 1;
+    const e = table.find(l.tag, hi, lo, now, found, true);
+    const ib = table.base(e);
+    const fb = ib >> 1;
     const scale = l.cluster ? table.share : 1;
     let window = 0;
     switch (l.algorithm) {
@@ -312,6 +331,8 @@ export class RateLimitPolicyRunner implements Policy {
         slidingWindow(f, fb, found.isNew, now, l, scale, decision);
         break;
     }
+    local.entryHi = table.i32[ib + E_HI]!;
+    local.entryLo = table.i32[ib + E_LO]!;
     table.unlock(e);
     if (found.overflowed && this.metrics !== null) this.metrics[G_RATE_LIMIT_OVERFLOW]!++;
     local.allowed = decision.allowed;

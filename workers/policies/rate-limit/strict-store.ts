@@ -26,10 +26,25 @@
  * as up: commands wait in ioredis's offline queue, bounded by the command
  * timeout, so the first requests after a start are decided in Redis rather
  * than refused by a `deny` limit.
+ *
+ * Deadlines: a decision never waits longer than redis.commandTimeoutMs from
+ * the moment it was asked (strict.ts registers each with `watch`; one timer
+ * per store, decisions in deadline order), whatever ioredis does meanwhile:
+ * with auto-pipelining, a command queued behind a batch that is waiting for
+ * a paused Redis used to wait for that batch's timeout and then its own.
+ *
+ * The database of `redis.url` (`/3`): ioredis SELECTs it while connecting,
+ * and when Redis refuses it (a number the server does not have) only emits
+ * an error and goes on, ready, on database 0. Here that connection is never
+ * used: the store is down ("Redis refused database N: ..."), the connection
+ * is dropped (what waited in the offline queue fails: onStoreError decides)
+ * and tried again with the backoff. A database that is not a number (which
+ * validation refuses) is never connected to. No promise rejection escapes:
+ * every command's promise gets a handler here or in strict.ts.
  */
 import { createRequire } from 'node:module';
 import type { RedisConfig } from '../../../common/config/types.js';
-import { redactRedisUrl } from '../../../common/config/rate-limit.js';
+import { redactRedisUrl, redisDatabase } from '../../../common/config/rate-limit.js';
 import { log } from '../../../common/log.js';
 import { DECIDE_COMMANDS, STRICT_SCRIPTS, UNDO_COMMANDS } from './strict-scripts.js';
 
@@ -42,6 +57,20 @@ const STATE_UP = 1;
 const STATE_DOWN = 2;
 
 const noop = (): void => {};
+
+/** What the store's deadline timer calls (strict.ts StrictDecision). */
+export interface Deadlined {
+  /** performance.now() by which it must be decided. */
+  readonly deadline: number;
+  /** The deadline passed: decide now without waiting for Redis (no-op once decided). */
+  expire(): void;
+}
+
+/** An ioredis error about the SELECT it sends while connecting (replies carry the command they answer). */
+function isSelectError(err: unknown): boolean {
+  const cmd = (err as { command?: { name?: unknown } } | null)?.command;
+  return typeof cmd?.name === 'string' && cmd.name.toLowerCase() === 'select';
+}
 
 let ioredis: any = null;
 /** ioredis, loaded on first use (CommonJS; createRequire works on Node and Bun). */
@@ -83,6 +112,15 @@ export class StrictStore {
   private backoffMs = BACKOFF_MIN_MS;
   private probeTimer: NodeJS.Timeout | null = null;
   private closed = false;
+  /** The database `redis.url` names (0 when none), or null when it is not a number (never connected). */
+  private readonly db: number | null;
+  /** Redis refused the SELECT of the current connection: not used, dropped. */
+  private refused = false;
+  private reason = '';
+  /** Decisions waiting for Redis, in deadline order (all have the same timeout), from `watchHead` on. */
+  private watched: Deadlined[] = [];
+  private watchHead = 0;
+  private watchTimer: NodeJS.Timeout | null = null;
 
   /** `name`: the connection name Redis shows in CLIENT LIST (`turnpike-strict-worker-0`). */
   constructor(cfg: RedisConfig, name: string) {
@@ -90,6 +128,7 @@ export class StrictStore {
     this.keyPrefix = cfg.keyPrefix + 'rl:s:';
     this.target = describeRedis(cfg);
     this.secret = urlSecret(cfg);
+    this.db = cfg.url !== null ? redisDatabase(cfg.url) : 0;
     const { Redis, Cluster } = loadIoredis();
     const retryStrategy = (times: number): number => Math.min(BACKOFF_MIN_MS * 2 ** Math.min(Math.max(times - 1, 0), 6), BACKOFF_MAX_MS);
     const options = {
@@ -103,6 +142,8 @@ export class StrictStore {
       enableAutoPipelining: true,
       retryStrategy,
       connectionName: name,
+      // A database that is not a number is never connected to (module comment).
+      lazyConnect: this.db === null,
     };
     if (cfg.cluster !== null) {
       this.client = new Cluster(cfg.cluster.map((n) => ({ host: n.host, port: n.port })), {
@@ -120,11 +161,83 @@ export class StrictStore {
       this.client.defineCommand(DECIDE_COMMANDS[i]!, { numberOfKeys: 1, lua: STRICT_SCRIPTS[i]!.decide });
       this.client.defineCommand(UNDO_COMMANDS[i]!, { numberOfKeys: 1, lua: STRICT_SCRIPTS[i]!.undo });
     }
-    this.client.on('ready', () => this.markUp());
+    this.client.on('connect', () => {
+      this.refused = false;
+    });
+    this.client.on('ready', () => {
+      if (!this.refused) this.markUp();
+    });
     this.client.on('error', (err: Error) => {
+      if (isSelectError(err)) {
+        // ioredis would go on, ready, on database 0: never use this connection.
+        this.refused = true;
+        this.lastError = `Redis refused database ${this.db}: ${this.scrub(err.message)}`;
+        this.markDown(this.lastError);
+        if (!this.closed) this.client.disconnect(true); // dropped; reconnected with the backoff
+        return;
+      }
       this.lastError = this.scrub(err.message);
     });
     this.client.on('close', () => this.markDown(this.lastError === '' ? 'connection closed' : this.lastError));
+    if (this.db === null) {
+      let path = '';
+      try {
+        path = new URL(cfg.url!).pathname;
+      } catch { /* described without it */ }
+      this.markDown(`redis.url names database ${JSON.stringify(path)}, which is not a whole number: not connecting (write redis://host:6379/0, or leave the database out)`);
+    }
+  }
+
+  /** Why the store went down last (for tests and diagnostics; no credentials). */
+  get lastReason(): string {
+    return this.reason;
+  }
+
+  /**
+   * Calls `d.expire()` at `d.deadline` (unless it was decided before: then
+   * expire does nothing). Deadlines must come in increasing order (every
+   * decision's is its start + commandTimeoutMs).
+   */
+  watch(d: Deadlined): void {
+    this.watched.push(d);
+    if (this.watchTimer === null) this.armWatch();
+  }
+
+  private armWatch(): void {
+    const head = this.watched[this.watchHead];
+    if (head === undefined) {
+      this.watched = [];
+      this.watchHead = 0;
+      return;
+    }
+    this.watchTimer = setTimeout(() => this.fireWatch(), Math.max(0, head.deadline - performance.now()));
+    // A decision still waiting has a command on the connection, which keeps the thread alive;
+    // the timer alone must not (a draining worker exits without waiting for it).
+    this.watchTimer.unref();
+  }
+
+  private fireWatch(): void {
+    this.watchTimer = null;
+    const now = performance.now();
+    const w = this.watched;
+    let i = this.watchHead;
+    // Half a millisecond early is on time (timers round).
+    while (i < w.length && w[i]!.deadline <= now + 0.5) {
+      const d = w[i]!;
+      w[i] = undefined as unknown as Deadlined;
+      i++;
+      try {
+        d.expire();
+      } catch (err) {
+        log('error', 'internal error expiring a strict rate-limit decision', { error: err instanceof Error ? err.stack ?? err.message : String(err) });
+      }
+    }
+    this.watchHead = i;
+    if (i > 1024 && i * 2 > w.length) {
+      this.watched = w.slice(i);
+      this.watchHead = 0;
+    }
+    this.armWatch();
   }
 
   /**
@@ -134,12 +247,13 @@ export class StrictStore {
    * included), which the caller reports with `failed`.
    */
   decide(alg: number, key: string, args: readonly string[]): Promise<unknown> {
+    if (this.db === null) return Promise.reject(new Error(this.reason));
     return this.client[DECIDE_COMMANDS[alg]!](key, args[0], args[1], args[2]);
   }
 
   /** Gives back one admission (another limit of the request refused). Fire and forget: a failure only leaves one unit taken. */
   undo(alg: number, key: string, args: readonly string[], windowStart: string): void {
-    if (this.closed) return;
+    if (this.closed || this.db === null) return;
     this.client[UNDO_COMMANDS[alg]!](key, args[0], args[1], args[2], windowStart).catch(noop);
   }
 
@@ -151,7 +265,7 @@ export class StrictStore {
     this.markDown(reason);
     // The connection may still look fine (a Redis that stopped answering):
     // nothing else would bring the state back, so probe.
-    if (this.client.status === 'ready') this.scheduleProbe();
+    if (this.client.status === 'ready' && !this.refused) this.scheduleProbe();
   }
 
   /** A decision came back: the next outage starts its backoff afresh. */
@@ -185,7 +299,7 @@ export class StrictStore {
   }
 
   private markUp(): void {
-    if (this.closed || this.state === STATE_UP) return;
+    if (this.closed || this.state === STATE_UP || this.refused || this.db === null) return;
     const was = this.state;
     this.state = STATE_UP;
     this.up = true;
@@ -200,6 +314,7 @@ export class StrictStore {
     if (this.closed || this.state === STATE_DOWN) return;
     this.state = STATE_DOWN;
     this.up = false;
+    this.reason = reason;
     log('warn', 'rate-limit store (Redis) unreachable: strict limits follow their onStoreError (allow_local: decided in memory with this instance\'s share; deny: 503) until it answers again', {
       redis: this.target, reason,
     });
@@ -215,7 +330,7 @@ export class StrictStore {
       this.client.ping().then(
         () => this.markUp(),
         () => {
-          if (this.client.status === 'ready') this.scheduleProbe();
+          if (this.client.status === 'ready' && !this.refused) this.scheduleProbe();
           // else: the connection is being re-established; 'ready' brings the state back.
         },
       );

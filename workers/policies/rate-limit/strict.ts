@@ -20,8 +20,10 @@
  *    without waiting) and the in-memory ones in the table. A refused
  *    request consumes nothing; meanwhile a concurrent request may see a
  *    unit fewer, never one more.
- *  - a store error (no reply within redis.commandTimeoutMs, connection
- *    lost, script error): the store goes down (one log line, strict-store.ts)
+ *  - a store error (no reply within redis.commandTimeoutMs of the moment
+ *    the decision was asked: a deadline per decision, strict-store.ts
+ *    `watch`; connection lost; script error): the store goes down (one log
+ *    line, strict-store.ts)
  *    and that limit follows its onStoreError: allow_local decides it in
  *    memory on the shared table with H_SHARE (as batched limits do while
  *    Redis is away), deny refuses with 503 rate_limit_store_unavailable
@@ -44,7 +46,7 @@ import { log } from '../../../common/log.js';
 import { PendingDecision, CONTINUE, PENDING, REFUSED } from '../../pipeline/context.js';
 import { RL_ALLOWED, RL_LIMITED, RL_STORE_UNAVAILABLE } from '../../../common/metrics-layout.js';
 import type { RateLimitPolicyRunner } from './index.js';
-import type { StrictStore } from './strict-store.js';
+import type { Deadlined, StrictStore } from './strict-store.js';
 
 /** Per position of a StrictDecision. */
 const P_MEMORY = 0; // decided in memory in the handler (admitted)
@@ -72,7 +74,7 @@ export function strictKey(prefix: string, tag: number, hi: number, lo: number): 
  * (entry, window, remaining, reset; entry -1 for a strict limit) and the
  * key hashes of the strict limits.
  */
-export class StrictDecision extends PendingDecision {
+export class StrictDecision extends PendingDecision implements Deadlined {
   private readonly runner: RateLimitPolicyRunner;
   private readonly store: StrictStore;
   /** The shared clock at the request's arrival (ms) and performance.now() then: the clock of a later in-memory fallback. */
@@ -81,6 +83,9 @@ export class StrictDecision extends PendingDecision {
   private readonly n: number;
   private readonly entries: Int32Array;
   private readonly windows: Float64Array;
+  /** The key each in-memory entry held when it admitted (giveBack checks it still does). */
+  private readonly entryHi: Int32Array;
+  private readonly entryLo: Int32Array;
   private readonly remaining: Float64Array;
   private readonly reset: Float64Array;
   private readonly retry: Float64Array;
@@ -91,10 +96,13 @@ export class StrictDecision extends PendingDecision {
   private readonly windowText: string[];
   private readonly keys: string[];
   private waiting = 0;
+  /** performance.now() by which every reply must be in (set by run); past it, onStoreError decides. */
+  deadline = 0;
 
   constructor(
     runner: RateLimitPolicyRunner, store: StrictStore, now: number, n: number,
-    entries: Int32Array, windows: Float64Array, remaining: Float64Array, reset: Float64Array, hi: Int32Array, lo: Int32Array,
+    entries: Int32Array, windows: Float64Array, entryHi: Int32Array, entryLo: Int32Array,
+    remaining: Float64Array, reset: Float64Array, hi: Int32Array, lo: Int32Array,
   ) {
     super(store.config.commandTimeoutMs + GUARD_SLACK_MS);
     this.runner = runner;
@@ -104,6 +112,8 @@ export class StrictDecision extends PendingDecision {
     this.n = n;
     this.entries = entries.slice(0, n);
     this.windows = windows.slice(0, n);
+    this.entryHi = entryHi.slice(0, n);
+    this.entryLo = entryLo.slice(0, n);
     this.remaining = remaining.slice(0, n);
     this.reset = reset.slice(0, n);
     this.retry = new Float64Array(n);
@@ -122,6 +132,7 @@ export class StrictDecision extends PendingDecision {
 
   /** Sends every strict limit's script at once. */
   protected run(): void {
+    this.deadline = performance.now() + this.store.config.commandTimeoutMs;
     const limits = this.runner.limits;
     for (let i = 0; i < this.n; i++) {
       if (this.state[i] !== P_WAITING) continue;
@@ -135,15 +146,44 @@ export class StrictDecision extends PendingDecision {
       }
       p.then((reply) => this.onReply(i, reply), (err) => this.onError(i, err));
     }
+    if (this.waiting !== 0) this.store.watch(this);
+  }
+
+  /**
+   * The deadline passed with replies still due (strict-store.ts calls it):
+   * those limits failed (the store goes down: later requests do not try
+   * Redis) and are decided by their onStoreError now. A reply that still
+   * arrives (before ioredis's own timeout drops it) is not used; if it
+   * admitted, its unit is given back in Redis (the undo script).
+   */
+  expire(): void {
+    if (this.waiting === 0) return;
+    let any = false;
+    for (let i = 0; i < this.n; i++) {
+      if (this.state[i] !== P_WAITING) continue;
+      this.state[i] = P_FAILED;
+      any = true;
+    }
+    this.waiting = 0;
+    if (any) this.store.failed(new Error(`timed out: no reply within redis.commandTimeoutMs (${this.store.config.commandTimeoutMs} ms)`));
+    this.complete();
   }
 
   /** Refused before begin (by a later check of the transport): the in-memory admissions are given back; Redis was never asked. */
   cancel(): void {
-    this.runner.giveBack(this.entries, this.windows, this.n);
+    this.runner.giveBack(this.entries, this.windows, this.entryHi, this.entryLo, this.n);
   }
 
   private onReply(i: number, reply: unknown): void {
     const r = reply as [number, number, string, string, string, string];
+    if (this.state[i] !== P_WAITING) {
+      // Decided without it (the deadline passed): a late admission is given back.
+      if (Array.isArray(r) && r[0] === 1) {
+        const l = this.runner.limits[i]!;
+        this.store.undo(l.algorithm, this.keys[i]!, l.strictArgs, String(r[4]));
+      }
+      return;
+    }
     if (!Array.isArray(r) || r.length !== 6) {
       this.onError(i, new Error(`unexpected reply from the strict rate-limit script: ${JSON.stringify(reply)}`));
       return;
@@ -158,6 +198,7 @@ export class StrictDecision extends PendingDecision {
   }
 
   private onError(i: number, err: unknown): void {
+    if (this.state[i] !== P_WAITING) return; // decided without it (deadline)
     this.store.failed(err);
     this.state[i] = P_FAILED;
     if (--this.waiting === 0) this.complete();
@@ -211,6 +252,8 @@ export class StrictDecision extends PendingDecision {
         }
         this.state[i] = P_MEMORY;
         this.entries[i] = r.entry;
+        this.entryHi[i] = r.entryHi;
+        this.entryLo[i] = r.entryLo;
         this.windows[i] = r.window;
         this.remaining[i] = r.remaining;
         this.reset[i] = r.resetMs;
@@ -218,7 +261,7 @@ export class StrictDecision extends PendingDecision {
     }
     if (refusedAt !== -1) {
       // Nothing consumed: in-memory admissions back to the table, Redis ones back to Redis.
-      runner.giveBack(this.entries, this.windows, n);
+      runner.giveBack(this.entries, this.windows, this.entryHi, this.entryLo, n);
       for (let i = 0; i < n; i++) {
         if (this.state[i] !== P_ADMITTED) continue;
         const l = limits[i]!;

@@ -22,7 +22,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { Decision, EXPIRY_MARGIN_MS } from '../../../../workers/policies/rate-limit/algorithms.js';
-import { H_QUOTA_DIRTY } from '../../../../common/rate-limit-layout.js';
+import { F_A, H_QUOTA_DIRTY } from '../../../../common/rate-limit-layout.js';
 import { ALL, Bucket, Rng, T0, freshDecision, schedule, type AlgName } from './harness.js';
 
 /** Floods `b` every `stepMs` for `spanMs`; the first instant where admitted != expected(t), or null. */
@@ -134,13 +134,24 @@ describe('token_bucket', () => {
     expect(d.resetMs).toBeCloseTo(350, 9);
   });
 
-  it('rateScale scales the refill, not the burst', () => {
+  it('rateScale scales the refill and the burst (an instance\'s share of both), the burst at least 1', () => {
     const b = new Bucket('token_bucket', { rate: 100, perMs: 1000, burst: 20 });
     b.scale = 0.5;
-    expect(floodMismatch(b, 1, 4000, (t) => 20 + Math.floor((50 * t) / 1000))).toBeNull();
+    expect(floodMismatch(b, 1, 4000, (t) => 10 + Math.floor((50 * t) / 1000))).toBeNull();
     const third = new Bucket('token_bucket', { rate: 90, perMs: 1000, burst: 9 });
     third.scale = 1 / 3;
-    expect(floodMismatch(third, 1, 4000, (t) => 9 + Math.floor((30 * t) / 1000))).toBeNull();
+    expect(floodMismatch(third, 1, 4000, (t) => 3 + Math.floor((30 * t) / 1000))).toBeNull();
+    // 3 instances, burst 2: each keeps a burst of 1 (never 0: it would refuse everything).
+    const small = new Bucket('token_bucket', { rate: 3, perMs: 1000, burst: 2 });
+    small.scale = 1 / 3;
+    expect(floodMismatch(small, 1, 4000, (t) => 1 + Math.floor(t / 1000))).toBeNull();
+    // An undo while scaled gives back up to the scaled burst only.
+    const u = new Bucket('token_bucket', { rate: 100, perMs: 1000, burst: 20 });
+    u.scale = 0.5;
+    u.decide(T0);
+    u.undo(0);
+    u.undo(0);
+    expect(u.f[u.fb + F_A]).toBe(10);
   });
 });
 
@@ -198,10 +209,10 @@ describe('gcra', () => {
     expect([d.allowed, d.remaining, d.resetMs]).toEqual([true, 2, 100]);
   });
 
-  it('rateScale stretches the emission interval', () => {
-    const b = new Bucket('gcra', { rate: 100, perMs: 1000, burst: 10 });
+  it('rateScale stretches the emission interval and scales the burst', () => {
+    const b = new Bucket('gcra', { rate: 100, perMs: 1000, burst: 12 });
     b.scale = 0.25;
-    expect(floodMismatch(b, 1, 4000, (t) => 10 + Math.floor((25 * t) / 1000))).toBeNull();
+    expect(floodMismatch(b, 1, 4000, (t) => 3 + Math.floor((25 * t) / 1000))).toBeNull();
   });
 });
 

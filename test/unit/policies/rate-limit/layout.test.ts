@@ -1,12 +1,17 @@
 /**
  * The shared bucket table (common/rate-limit-layout.ts), white-box:
  * sizes, hashing (stable, kinds kept apart), lookup (claim, find again,
- * probing, wrap-around), reuse of expired slots and only those, the
- * overflow bucket when a key's probe window is full, locks (a dead holder's
+ * probing, wrap-around), reuse of expired slots and only those, a
+ * full probe window (with `evict`, as requests do: the bucket that expires
+ * soonest is evicted, never a protected (quota) one, preferably one with
+ * nothing unsynced; the overflow bucket only when all are protected, or
+ * without `evict`), locks (a dead holder's
  * lock is taken over after LOCK_STEAL_MS, a live one's never), and real
  * worker_threads on one SharedArrayBuffer: many threads on one key admit
  * exactly the limit; many threads creating the same keys at once make one
- * bucket per key, also when they disagree about which slots have expired.
+ * bucket per key, also when they disagree about which slots have expired,
+ * and when they evict each other's buckets from a table too small for
+ * their keys.
  */
 import { Worker } from 'node:worker_threads';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -18,7 +23,7 @@ import { K_HEADER, K_IP } from '../../../../workers/policies/rate-limit/keys.js'
 import { T0 } from './harness.js';
 import { removeThreadModules, runThreads } from './threads.js';
 
-const found = (): FindResult => ({ isNew: false, overflowed: false });
+const found = (): FindResult => ({ isNew: false, overflowed: false, evicted: false });
 
 function hashOf(tag: number, text: string): [number, number] {
   const h = new Int32Array(2);
@@ -109,7 +114,7 @@ describe('lookup', () => {
     const [hi, lo] = hashOf(7, 'k');
     const r = found();
     const e = t.find(7, hi, lo, T0, r);
-    expect(r).toEqual({ isNew: true, overflowed: false });
+    expect(r).toEqual({ isNew: true, overflowed: false, evicted: false });
     expect(e).toBe(lo & 1023);
     expect(t.i32[t.base(e) + E_LOCK]).not.toBe(0);
     t.f64[(t.base(e) >> 1) + F_EXPIRES] = T0 + 1000;
@@ -178,12 +183,12 @@ describe('lookup', () => {
     const r = found();
     const o = t.find(11, 999, lo, T0 + 1, r);
     expect(o).toBe(1024 + (11 % OVERFLOW_ENTRIES));
-    expect(r).toEqual({ isNew: true, overflowed: true });
+    expect(r).toEqual({ isNew: true, overflowed: true, evicted: false });
     t.f64[(t.base(o) >> 1) + F_EXPIRES] = T0 + 500;
     t.unlock(o);
     // Another key in the same situation shares it.
     expect(t.find(11, 998, lo, T0 + 2, r)).toBe(o);
-    expect(r).toEqual({ isNew: false, overflowed: true });
+    expect(r).toEqual({ isNew: false, overflowed: true, evicted: false });
     t.unlock(o);
     expect(t.overflows).toBe(2);
     // A tag whose overflow index is taken by a live bucket of another policy shares it too (documented).
@@ -196,6 +201,123 @@ describe('lookup', () => {
     const e = t.find(11, 997, lo, T0 + 1002, r);
     expect([e, r.isNew, r.overflowed]).toEqual([lo, true, false]);
     t.unlock(e);
+  });
+});
+
+describe('a full window: eviction (find with evict, as requests do)', () => {
+  /** Fills the window starting at `lo` with live buckets of `tag` expiring at `expires(i)`, pending `pending(i)`. */
+  function fill(t: RateLimitTable, tag: number, lo: number, expires: (i: number) => number, pending: (i: number) => number = () => 0): number[] {
+    const out: number[] = [];
+    for (let i = 0; i < PROBE_WINDOW; i++) {
+      const e = put(t, tag, 1000 + i, lo, T0, expires(i));
+      t.f64[(t.base(e) >> 1) + F_PENDING] = pending(i);
+      out.push(e);
+    }
+    return out;
+  }
+
+  it('evicts the live bucket that expires soonest and claims its slot, zeroed, for the new key; counts it', () => {
+    const t = new RateLimitTable(createRateLimitTable(1024));
+    const lo = 300;
+    // Expiries 10 s, 9 s, ... : the one at position 9 expires soonest.
+    const slots = fill(t, 11, lo, (i) => T0 + 10_000 + Math.abs(i - 9) * 1000);
+    const r = found();
+    const e = t.find(12, 7, lo, T0 + 1, r, true);
+    expect([e, r.isNew, r.overflowed, r.evicted]).toEqual([slots[9], true, false, true]);
+    const fb = t.base(e) >> 1;
+    expect(Array.from(t.f64.subarray(fb + F_A, fb + 8))).toEqual([0, 0, 0, 0, 0, 0]);
+    expect([t.i32[t.base(e) + E_TAG], t.i32[t.base(e) + E_HI], t.i32[t.base(e) + E_LO]]).toEqual([12, 7, lo]);
+    t.f64[fb + F_EXPIRES] = T0 + 50_000;
+    t.unlock(e);
+    expect(t.evictions).toBe(1);
+    expect(t.evicted).toBe(1);
+    expect(t.overflows).toBe(0);
+    // The evicted key finds no bucket: it gets one of its own again (evicting the next soonest).
+    const again = t.find(11, 1009, lo, T0 + 2, r, true);
+    expect([r.isNew, r.evicted]).toEqual([true, true]);
+    expect(again).toBe(slots[8]); // 8 and 10 tie at 11 s: the first one probed
+    t.f64[(t.base(again) >> 1) + F_EXPIRES] = T0 + 50_000;
+    t.unlock(again);
+    expect(t.evictions).toBe(2);
+    // Without `evict` (the quota file's restore), a full window still overflows.
+    const o = t.find(13, 5, lo, T0 + 3, r);
+    expect([o, r.overflowed, r.evicted]).toEqual([t.overflowEntry(13), true, false]);
+    t.unlock(o);
+  });
+
+  it('never evicts a protected policy\'s bucket (quotas); prefers a bucket with no unsynced admissions; overflows only when all are protected', () => {
+    const t = new RateLimitTable(createRateLimitTable(1024));
+    const quotaTag = 21;
+    t.protect(quotaTag);
+    const lo = 500;
+    // Positions 0-13 quota buckets (expiring first), 14 pending (expiring before 15), 15 plain.
+    const slots: number[] = [];
+    for (let i = 0; i < PROBE_WINDOW; i++) {
+      const tag = i < 14 ? quotaTag : 22;
+      const e = put(t, tag, 2000 + i, lo, T0, i < 14 ? T0 + 100 + i : T0 + 5000 + (i === 14 ? 0 : 100));
+      if (i === 14) t.f64[(t.base(e) >> 1) + F_PENDING] = 3;
+      slots.push(e);
+    }
+    const r = found();
+    const e = t.find(23, 1, lo, T0 + 1, r, true);
+    expect([e, r.evicted]).toEqual([slots[15], true]); // not the quotas, not the pending one
+    t.f64[(t.base(e) >> 1) + F_EXPIRES] = T0 + 9000;
+    t.f64[(t.base(e) >> 1) + F_PENDING] = 1;
+    t.unlock(e);
+    // Now both non-quota buckets hold pending admissions: for a key of a third policy, the sooner one goes.
+    const e2 = t.find(25, 2, lo, T0 + 2, r, true);
+    expect([e2, r.evicted]).toEqual([slots[14], true]);
+    t.unlock(e2);
+    // Every bucket of a window protected: the overflow bucket, as before.
+    const u = new RateLimitTable(createRateLimitTable(1024));
+    u.protect(quotaTag);
+    fill(u, quotaTag, 700, (i) => T0 + 1000 + i);
+    const o = u.find(24, 1, 700, T0 + 1, r, true);
+    expect([o, r.overflowed, r.evicted]).toEqual([u.overflowEntry(24), true, false]);
+    u.unlock(o);
+    expect(u.evictions).toBe(0);
+    // The quota buckets are all there, untouched.
+    for (let i = 0; i < PROBE_WINDOW; i++) expect(entriesOf(u, quotaTag, 1000 + i, 700)).toHaveLength(1);
+  });
+
+  it('a new key evicts a bucket of its own policy first: a key flood in one policy never resets another policy\'s buckets', () => {
+    const t = new RateLimitTable(createRateLimitTable(1024));
+    const flood = 41;
+    const login = 42;
+    const lo = 300;
+    // One login bucket expiring soonest, 15 flood buckets expiring later.
+    const loginEntry = put(t, login, 1, lo, T0, T0 + 100);
+    for (let i = 1; i < PROBE_WINDOW; i++) put(t, flood, 5000 + i, lo, T0, T0 + 3_600_000 + i);
+    const r = found();
+    for (let k = 0; k < 40; k++) {
+      const e = t.find(flood, 9000 + k, lo, T0 + 1, r, true);
+      expect(r.evicted).toBe(true);
+      expect(e).not.toBe(loginEntry);
+      t.f64[(t.base(e) >> 1) + F_EXPIRES] = T0 + 3_600_000;
+      t.unlock(e);
+    }
+    expect(entriesOf(t, login, 1, lo)).toHaveLength(1);
+    // The rule is the same for every policy: a new login key there evicts the login bucket, its own policy's.
+    const e = t.find(login, 2, lo, T0 + 1, r, true);
+    expect([e, r.evicted]).toEqual([loginEntry, true]);
+    t.unlock(e);
+    expect(entriesOf(t, login, 2, lo)).toHaveLength(1);
+  });
+
+  it('the eviction counter is shared by every view (thread) of the table', () => {
+    const sab = createRateLimitTable(1024);
+    const a = new RateLimitTable(sab);
+    const b = new RateLimitTable(sab);
+    for (let i = 0; i < PROBE_WINDOW; i++) put(a, 31, 3000 + i, 900, T0, T0 + 10_000 + i);
+    const r = found();
+    const claim = (v: RateLimitTable, hi: number) => {
+      const e = v.find(32, hi, 900, T0, r, true);
+      v.f64[(v.base(e) >> 1) + F_EXPIRES] = T0 + 60_000;
+      v.unlock(e);
+    };
+    claim(a, 1);
+    claim(b, 2);
+    expect([a.evicted, b.evicted, a.evictions, b.evictions]).toEqual([1, 1, 2, 2]);
   });
 });
 
@@ -291,6 +413,48 @@ describe('threads on one table', () => {
       const admitted = results.reduce((s, r) => s + (r.perKey[key] ?? 0), 0);
       expect(admitted, key).toBe(7);
       expect(entriesOf(t, tag, hi, lo), key).toHaveLength(1);
+    }
+  });
+
+  it('threads creating more keys than the table holds evict, and still make at most one bucket per key; protected buckets survive', async () => {
+    const sab = createRateLimitTable(1024);
+    const t = new RateLimitTable(sab);
+    // A quarter of the table holds protected buckets (a quota's), live all day.
+    const quotaTag = tagOf('quota');
+    t.protect(quotaTag);
+    const quotaKeys: [number, number][] = [];
+    for (let i = 0; i < 256; i++) {
+      const [hi, lo] = hashOf(quotaTag, `q${i}`);
+      const r = found();
+      const e = t.find(quotaTag, hi, lo, T0, r, true);
+      if (r.overflowed) { t.unlock(e); continue; }
+      t.f64[(t.base(e) >> 1) + F_A] = 5;
+      t.f64[(t.base(e) >> 1) + F_EXPIRES] = T0 + 86_400_000;
+      t.unlock(e);
+      quotaKeys.push([hi, lo]);
+    }
+    const tag = tagOf('attacker keys');
+    const keys = Array.from({ length: 3000 }, (_, i) => `key-${i}`);
+    const job = {
+      kind: 'keys' as const, algorithm: 'token_bucket' as const, tag, rate: 1, perMs: 86_400_000, burst: 1, now: T0 + 1, keys, perKey: 1,
+      evict: true, protect: [quotaTag],
+    };
+    const results = await runThreads<KeysResult & { evicted: number }>(sab, [0, 0, 750, 1500, 2250].map((offset) => ({ ...job, offset })));
+    const evicted = results.reduce((s, r) => s + r.evicted, 0);
+    // (Lock steals are not checked here: on a machine loaded enough to stall a holder for
+    // LOCK_STEAL_MS they happen, by design; the hammer tests above are about them.)
+    expect(evicted).toBeGreaterThan(1000);
+    expect(t.evictions).toBe(evicted);
+    let duplicated = 0;
+    for (const key of keys) {
+      const [hi, lo] = hashOf(tag, key);
+      if (entriesOf(t, tag, hi, lo).length > 1) duplicated++;
+    }
+    expect(duplicated).toBe(0);
+    for (const [hi, lo] of quotaKeys) {
+      const es = entriesOf(t, quotaTag, hi, lo);
+      expect(es).toHaveLength(1);
+      expect(t.f64[(t.base(es[0]!) >> 1) + F_A]).toBe(5);
     }
   });
 

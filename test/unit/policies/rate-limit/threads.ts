@@ -32,6 +32,7 @@ import { Decision, tokenBucket, quota } from './algorithms.mjs';
 
 const { sab, barrier, job } = workerData;
 const table = new RateLimitTable(sab);
+for (const t of job.protect ?? []) table.protect(t);
 const gate = new Int32Array(barrier);
 Atomics.add(gate, 1, 1);
 Atomics.wait(gate, 0, 0);
@@ -42,7 +43,7 @@ const p = { algorithm: job.algorithm === 'quota' ? 4 : 0, rate: job.rate, perMs:
 
 function decide(key, now) {
   hashKey(job.tag, key, h);
-  const e = table.find(job.tag, h[0], h[1], now, out);
+  const e = table.find(job.tag, h[0], h[1], now, out, job.evict === true);
   const fb = table.base(e) >> 1;
   if (job.algorithm === 'quota') quota(table.f64, fb, out.isNew, now, job.rate, job.periodStart, job.periodEnd, d);
   else tokenBucket(table.f64, fb, out.isNew, now, p, 1, d);
@@ -53,7 +54,7 @@ function decide(key, now) {
 let admitted = 0;
 if (job.kind === 'hammer') {
   for (let i = 0; i < job.requests; i++) if (decide(job.key, job.now)) admitted++;
-  parentPort.postMessage({ admitted, steals: table.steals, overflows: table.overflows });
+  parentPort.postMessage({ admitted, steals: table.steals, overflows: table.overflows, evicted: table.evicted });
 } else {
   // keys: every key of the list, starting at this worker's offset, perKey requests each.
   const perKey = {};
@@ -62,7 +63,7 @@ if (job.kind === 'hammer') {
     const key = job.keys[(r + job.offset) % n];
     for (let k = 0; k < job.perKey; k++) if (decide(key, job.now)) perKey[key] = (perKey[key] ?? 0) + 1;
   }
-  parentPort.postMessage({ perKey, steals: table.steals, overflows: table.overflows });
+  parentPort.postMessage({ perKey, steals: table.steals, overflows: table.overflows, evicted: table.evicted });
 }
 `;
 
@@ -100,6 +101,10 @@ export interface Job {
   keys?: string[];
   perKey?: number;
   offset?: number;
+  /** find() may evict a live bucket when a key's window is full. */
+  evict?: boolean;
+  /** Tags this thread's view protects from eviction. */
+  protect?: number[];
 }
 
 /** Starts one worker per job on `sab`, releases them together, and returns their results. */
