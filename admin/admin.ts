@@ -27,6 +27,16 @@ import { type AdminApi, createAdminApi } from './api/index.js';
 import { LatencyCollector, type AdminContext } from './context.js';
 import { MetricsView } from './metrics.js';
 import { RateLimitSync } from './rate-limit/index.js';
+import { HealthChecker, resilienceMetrics } from './upstream-health.js';
+import { readTargetState } from '../common/upstream-state-layout.js';
+import { FIRST_TARGET_SLOT, MAX_TARGET_SLOTS } from '../common/metrics-layout.js';
+import { needsGuard } from '../workers/proxy/guard.js';
+import type { TargetSlotEntries, UpstreamSlotEntries } from '../common/protocol.js';
+
+/** Upstreams whose targets have resilience state (workers/proxy/guard.ts needsGuard). */
+function guardedUpstreams(config: GatewayConfig): ReadonlySet<string> {
+  return new Set(Object.values(config.upstreams).filter(needsGuard).map((u) => u.name));
+}
 
 if (isMainThread || parentPort === null) throw new Error('admin/admin.js runs as a worker thread; start the gateway with `turnpike start`.');
 
@@ -38,10 +48,18 @@ const control = new Int32Array(data.control);
 const rateLimitTable = new RateLimitTable(data.rateLimitTable);
 const offset = clockOffset(data.clock);
 const rateLimitSync = new RateLimitSync({ table: rateLimitTable, now: () => performance.now() + offset });
+// Upstream resilience (common/upstream-state-layout.ts): active health checks write it, /metrics and the admin API read it.
+const upstreamState = new Int32Array(data.upstreamState);
+const healthChecker = new HealthChecker(upstreamState);
+let targetSlots: TargetSlotEntries = data.targetSlots;
+let upstreamSlots: UpstreamSlotEntries = data.upstreamSlots;
+let guarded: ReadonlySet<string> = guardedUpstreams(data.config);
 const metrics = new MetricsView(data.metrics, control, data.slots, {
   targetSlots: data.targetSlots, config: data.config, version: data.version, rateLimitTable, clockOffset: offset,
   rateLimitSync: () => rateLimitSync.stats(),
+  extra: resilienceMetrics(upstreamState, () => targetSlots, () => upstreamSlots, () => guarded),
 });
+healthChecker.configure(data.config, data.targetSlots);
 const collector = new LatencyCollector(data.statsPorts);
 let config: GatewayConfig = data.config;
 let document: ConfigDocument = data.document;
@@ -70,6 +88,11 @@ const ctx: AdminContext = {
     });
   },
   latency: () => collector.collect(),
+  targetState(upstream, url) {
+    const slot = targetSlots.find(([u, t]) => u === upstream && t === url)?.[2];
+    if (slot === undefined || slot < FIRST_TARGET_SLOT || slot >= MAX_TARGET_SLOTS || !guarded.has(upstream)) return null;
+    return readTargetState(upstreamState, slot, performance.now() + offset);
+  },
   logLevel: () => logLevel(),
   setLogLevel(level, actor) {
     setLogLevel(level);
@@ -144,6 +167,10 @@ port.on('message', (msg: ToAdmin) => {
       document = msg.document;
       slots = msg.slots;
       metrics.setSlots(msg.slots, msg.targetSlots, msg.config);
+      targetSlots = msg.targetSlots;
+      upstreamSlots = msg.upstreamSlots;
+      guarded = guardedUpstreams(msg.config);
+      healthChecker.configure(msg.config, msg.targetSlots);
       configureLog(msg.config.log);
       void rateLimitSync.configure(msg.config);
       break;
@@ -159,7 +186,12 @@ port.on('message', (msg: ToAdmin) => {
     case 'stats-port':
       collector.setPort(msg.index, msg.port);
       break;
+    case 'crash':
+      // Test hook: a bug in the admin thread, thrown where nothing catches it.
+      if (process.env.TURNPIKE_TEST_HOOKS === '1') setImmediate(() => { throw new Error('admin crash requested by test hook'); });
+      break;
     case 'drain':
+      healthChecker.stop();
       api?.stop();
       if (server.listening) {
         server.close();

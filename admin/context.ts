@@ -10,6 +10,7 @@ import type { Level } from '../common/log.js';
 import type { ConfigDocument, ReloadResult, SlotEntries } from '../common/protocol.js';
 import type { LatencySnapshot } from '../workers/latency.js';
 import type { MetricsView } from './metrics.js';
+import type { TargetStateView } from '../common/upstream-state-layout.js';
 
 export interface Percentiles {
   count: number;
@@ -46,6 +47,8 @@ export interface AdminContext {
   /** Sets it in every thread, until the next reload or restart. */
   setLogLevel(level: Level, actor: string): void;
   latency(): Promise<LatencyStats>;
+  /** The shared upstream state (breakers, health, ejection, in-flight): a target's view, or null when it has no slot. */
+  targetState?(upstream: string, url: string): TargetStateView | null;
 }
 
 const STATS_TIMEOUT_MS = 1000;

@@ -72,6 +72,8 @@ export interface MetricsOptions {
   clockOffset: number;
   /** The Redis sync of cluster rate limits (admin/rate-limit/): its state and counters, read at scrape. */
   rateLimitSync?: () => RateLimitSyncStats;
+  /** More metrics read at scrape (the upstream resilience state: admin/upstream-health.ts). */
+  extra?: readonly { name: string; help: string; type: string; collect: () => Values }[];
 }
 
 /** One target's counters for GET /admin/upstreams, summed over the workers. */
@@ -153,9 +155,12 @@ export class MetricsView {
       () => [{ labels: {}, value: this.table.countLive(performance.now() + this.clockOffset) }]);
     add('turnpike_rate_limit_table_capacity', 'Buckets the shared rate-limit table holds (rateLimitTable.capacity, rounded up to a power of two).', 'gauge',
       () => [{ labels: {}, value: this.table.capacity }]);
-    add('turnpike_rate_limit_table_overflow_total', 'Rate-limit lookups that found the table full around their key; such keys share their policy\'s overflow bucket. Grow rateLimitTable.capacity when this rises.', 'counter',
+    add('turnpike_rate_limit_table_overflow_total', 'Rate-limit lookups that went to their policy\'s overflow bucket: the table was full around the key and every bucket there was a quota\'s (never evicted). Grow rateLimitTable.capacity when this rises.', 'counter',
       () => [{ labels: {}, value: this.sum(G_RATE_LIMIT_OVERFLOW) }]);
+    add('turnpike_rate_limit_table_evictions_total', 'Live rate-limit buckets evicted because the table was full around a new key (its own policy\'s first, then the one full again soonest; never a quota\'s): the evicted client starts afresh. Grow rateLimitTable.capacity when this rises.', 'counter',
+      () => [{ labels: {}, value: this.table.evictions }]);
     this.addRateLimitSync(add, opts.rateLimitSync);
+    for (const m of opts.extra ?? []) add(m.name, m.help, m.type, m.collect);
     add('turnpike_active_requests', 'Requests in flight across all workers (uWS exposes no per-connection events for HTTP).', 'gauge',
       () => [{ labels: {}, value: this.sum(G_IN_FLIGHT) }]);
     add('turnpike_access_log_dropped_total', 'Access log lines dropped because the destination could not keep up or failed: a worker\'s 4 MiB ring was full (or a line was cut when its destination was replaced).', 'counter',

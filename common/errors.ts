@@ -70,6 +70,12 @@ export const Errors = Object.freeze({
     'Connecting to the upstream took longer than timeouts.connectMs.'),
   UPSTREAM_TIMEOUT: def('upstream_timeout', 504, 'Gateway Timeout',
     'The upstream did not answer within timeouts.responseMs (or totalMs).'),
+  CIRCUIT_OPEN: def('circuit_open', 503, 'Service Unavailable',
+    'The circuit breaker of every target of this upstream is open after repeated failures; retry after the breaker\'s open time.'),
+  UPSTREAM_OVERLOADED: def('upstream_overloaded', 503, 'Service Unavailable',
+    'The upstream has breaker.maxInFlight requests in flight already; retry later.'),
+  NO_HEALTHY_UPSTREAM: def('no_healthy_upstream', 503, 'Service Unavailable',
+    'No target of this upstream can take the request: each is unhealthy, ejected or has its circuit breaker open; retry later.'),
   // -- gateway ---------------------------------------------------------------
   INTERNAL: def('internal_error', 500, 'Internal Server Error',
     'The gateway failed unexpectedly; the error is logged with this request id.'),

@@ -64,6 +64,7 @@ export const ERROR_CODES = [
   'headers_too_large', 'upstream_connect_failed', 'upstream_reset', 'upstream_bad_response',
   'upstream_unavailable', 'upstream_connect_timeout', 'upstream_timeout', 'internal_error', 'shutting_down',
   'upstream_aborted', 'client_aborted', 'bad_host', 'not_implemented', 'rate_limited', 'rate_limit_store_unavailable',
+  'circuit_open', 'upstream_overloaded', 'no_healthy_upstream',
 ] as const;
 
 /** The errors that are a target's fault (or its saturation), counted per target too. */

@@ -15,6 +15,8 @@ import type { ClockEpoch } from './rate-limit-layout.js';
 export type SlotEntries = ReadonlyArray<readonly [routeId: string, slot: number]>;
 /** (upstream name, target url) -> metrics slot, stable for the life of the process. */
 export type TargetSlotEntries = ReadonlyArray<readonly [upstream: string, url: string, slot: number]>;
+/** Upstream name -> its slot in the shared upstream state (common/upstream-state-layout.ts), stable for the life of the process. */
+export type UpstreamSlotEntries = ReadonlyArray<readonly [upstream: string, slot: number]>;
 
 export interface WorkerData {
   index: number;
@@ -35,6 +37,9 @@ export interface WorkerData {
   rateLimitTable: SharedArrayBuffer;
   /** The shared clock's epoch (common/rate-limit-layout.ts). */
   clock: ClockEpoch;
+  /** Breakers, health, ejection and in-flight per target (common/upstream-state-layout.ts), created once at start. */
+  upstreamState: SharedArrayBuffer;
+  upstreamSlots: UpstreamSlotEntries;
 }
 
 export interface AdminData {
@@ -54,15 +59,19 @@ export interface AdminData {
   startedAt: number;
   rateLimitTable: SharedArrayBuffer;
   clock: ClockEpoch;
+  upstreamState: SharedArrayBuffer;
+  upstreamSlots: UpstreamSlotEntries;
 }
 
 export type ToWorker =
-  | { type: 'config'; config: GatewayConfig; slots: SlotEntries; targetSlots: TargetSlotEntries }
+  | { type: 'config'; config: GatewayConfig; slots: SlotEntries; targetSlots: TargetSlotEntries; upstreamSlots: UpstreamSlotEntries }
   | { type: 'drain'; timeoutMs: number }
   /** The gateway log level, changed at runtime (PUT /admin/logging). */
   | { type: 'log-level'; level: Level }
   /** SIGUSR1: reopen log files (logrotate). */
   | { type: 'reopen-logs' }
+  /** A new admin thread replaced one that died: the worker's end of its latency line (see workers/latency.ts). */
+  | { type: 'stats-port'; port: MessagePort }
   | { type: 'crash' };
 
 export type FromWorker =
@@ -103,12 +112,14 @@ export interface ConfigDocument {
 }
 
 export type ToAdmin =
-  | { type: 'config'; config: GatewayConfig; slots: SlotEntries; targetSlots: TargetSlotEntries; document: ConfigDocument }
+  | { type: 'config'; config: GatewayConfig; slots: SlotEntries; targetSlots: TargetSlotEntries; upstreamSlots: UpstreamSlotEntries; document: ConfigDocument }
   | { type: 'reload-result'; id: number; result: ReloadResult }
   /** A worker was (re)started: its stats line. */
   | { type: 'stats-port'; index: number; port: MessagePort }
   | { type: 'log-level'; level: Level }
-  | { type: 'drain' };
+  | { type: 'drain' }
+  /** Test hook (TURNPIKE_TEST_HOOKS=1 only): an uncaught exception in the admin thread. */
+  | { type: 'crash' };
 
 export type FromAdmin =
   | { type: 'ready'; port: number }

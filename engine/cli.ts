@@ -203,8 +203,10 @@ async function start(args: Args): Promise<void> {
     watch(dirname(file), { persistent: false }, () => settler.changed());
   }
   if (process.env.TURNPIKE_TEST_HOOKS === '1') {
-    // Test hook: `kill -USR2` makes worker 0 crash (see test/integration).
+    // Test hooks: `kill -USR2` makes worker 0 crash (see test/integration).
     process.on('SIGUSR2', () => sup.crashWorker(0));
+    // And `kill -WINCH` the admin thread.
+    process.on('SIGWINCH', () => sup.crashAdmin());
   }
   // Handlers first: a signal that arrives right after the line below must not hit Node's defaults.
   log('info', 'turnpike started', {

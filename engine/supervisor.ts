@@ -37,6 +37,8 @@ import type { LogWriter } from './log-writer.js';
 import { type AccessRing, LOG_RING_BYTES, createAccessRing } from '../common/access-ring.js';
 import { targetKey } from '../workers/proxy/balancer.js';
 import { type QuotaStore, openQuotaStore } from './quota-store.js';
+import { FIRST_UPSTREAM_SLOT, MAX_UPSTREAM_SLOTS, createUpstreamState, releaseWorker } from '../common/upstream-state-layout.js';
+import type { UpstreamSlotEntries } from '../common/protocol.js';
 
 const WORKER_ENTRY = new URL('../workers/worker.js', import.meta.url);
 const ADMIN_ENTRY = new URL('../admin/admin.js', import.meta.url);
@@ -105,7 +107,19 @@ export class Supervisor {
   /** `upstream target-url` (workers/proxy/balancer.ts targetKey) -> [upstream, url, metrics slot]. */
   private readonly targetSlots = new Map<string, readonly [string, string, number]>();
   private nextTargetSlot = FIRST_TARGET_SLOT;
+  /** Upstream name -> its slot in the shared upstream state: assigned once, never moved or reused. */
+  private readonly upstreamSlots = new Map<string, number>();
+  private nextUpstreamSlot = FIRST_UPSTREAM_SLOT;
+  /**
+   * Breakers, health, ejection and in-flight counts per target
+   * (common/upstream-state-layout.ts), for the life of the process: a
+   * reload keeps every unchanged target's state, a replaced worker finds it.
+   */
+  private upstreamState: SharedArrayBuffer | null = null;
   private admin: Worker | null = null;
+  /** Delay before the next restart of an admin thread that died (doubles up to BACKOFF_MAX_MS, reset once one lived STABLE_AFTER_MS). */
+  private adminBackoffMs = BACKOFF_MIN_MS;
+  private adminStartedAt = 0;
   private draining = false;
   private started = false;
   private port = 0;
@@ -154,8 +168,13 @@ export class Supervisor {
         const key = targetKey(u.name, t.url);
         if (!this.targetSlots.has(key) && this.nextTargetSlot < MAX_TARGET_SLOTS) this.targetSlots.set(key, [u.name, t.url, this.nextTargetSlot++]);
       }
+      if (!this.upstreamSlots.has(u.name) && this.nextUpstreamSlot < MAX_UPSTREAM_SLOTS) this.upstreamSlots.set(u.name, this.nextUpstreamSlot++);
     }
     return [...this.routeSlots];
+  }
+
+  private upstreamSlotEntries(): UpstreamSlotEntries {
+    return [...this.upstreamSlots];
   }
 
   /** Target metrics slots, like route slots: assigned once, never moved or reused. */
@@ -182,6 +201,7 @@ export class Supervisor {
     }
     Atomics.store(this.controlView, C_WORKER_COUNT, n);
     Atomics.store(this.controlView, C_CONFIG_VERSION, this.config.version);
+    this.upstreamState = createUpstreamState(n);
     for (let i = 0; i < n; i++) {
       this.slots.push({
         index: i, worker: null, metrics: new SharedArrayBuffer(metricsBufferBytes(DEFAULT_MAX_ROUTE_SLOTS)), accessRing: createAccessRing(),
@@ -199,9 +219,10 @@ export class Supervisor {
     await Promise.all(this.slots.map((s) => this.spawnWorker(s)));
     this.started = true;
     let adminPort: number | null = null;
-    // The admin thread also runs the Redis sync of rate limits: it starts
-    // with `redis` even when its listener is off (admin.enabled: false).
-    if (this.config.admin.enabled || this.config.redis !== null) {
+    // The admin thread also runs the Redis sync of rate limits and the
+    // active health checks: it starts with `redis` or a healthCheck even
+    // when its listener is off (admin.enabled: false).
+    if (this.config.admin.enabled || this.config.redis !== null || hasHealthChecks(this.config)) {
       const port = await this.spawnAdmin();
       if (this.config.admin.enabled) adminPort = port;
     }
@@ -218,7 +239,7 @@ export class Supervisor {
     const stats = new MessageChannel();
     const data: WorkerData = {
       index: slot.index, config, logLevel: logLevel(), slots: [...this.routeSlots], targetSlots: this.targetSlotEntries(), metrics: slot.metrics, accessRing: slot.accessRing, logRing: slot.logRing, control: this.control, statsPort: stats.port1,
-      rateLimitTable: this.rateLimitTable, clock: this.clock,
+      rateLimitTable: this.rateLimitTable, clock: this.clock, upstreamState: this.upstreamState!, upstreamSlots: this.upstreamSlotEntries(),
     };
     Atomics.store(this.controlView, C_WORKER_STATE + slot.index, W_STARTING);
     const w = new Worker(WORKER_ENTRY, { workerData: data, transferList: [stats.port1], name: `turnpike-worker-${slot.index}` });
@@ -265,6 +286,8 @@ export class Supervisor {
         slot.acks.clear();
         if (!settled) { settled = true; reject(new Error(`worker ${slot.index} exited with code ${code} before it was ready`)); }
         const lost = this.countLostRequests(slot);
+        // What it held in flight per target and upstream is given back (its replacement starts at zero).
+        if (this.upstreamState !== null) releaseWorker(new Int32Array(this.upstreamState), slot.index);
         // At start a failing worker fails the start; later, it is replaced (with backoff).
         if (!this.started || this.draining || slot.exiting) return;
         this.scheduleRestart(slot, code ?? 0, lost);
@@ -310,12 +333,13 @@ export class Supervisor {
     const data: AdminData = {
       config: this.config, document: this.document(), logLevel: logLevel(), slots: [...this.routeSlots], targetSlots: this.targetSlotEntries(), metrics: this.slots.map((s) => s.metrics),
       control: this.control, logRing: this.adminLogRing, statsPorts, version: this.version, startedAt: this.startedAt,
-      rateLimitTable: this.rateLimitTable, clock: this.clock,
+      rateLimitTable: this.rateLimitTable, clock: this.clock, upstreamState: this.upstreamState!, upstreamSlots: this.upstreamSlotEntries(),
     };
     const w = new Worker(ADMIN_ENTRY, {
       workerData: data, transferList: statsPorts.filter((p): p is MessagePort => p !== null), name: 'turnpike-admin',
     });
     this.admin = w;
+    this.adminStartedAt = Date.now();
     return new Promise((resolve, reject) => {
       w.on('message', (msg: FromAdmin) => {
         if (msg.type === 'ready') resolve(msg.port);
@@ -332,12 +356,47 @@ export class Supervisor {
           );
         }
       });
-      w.on('error', (err) => reject(err));
+      w.on('error', (err) => {
+        // An uncaught exception or rejection in the admin thread: say what it was.
+        if (!this.draining) log('error', 'admin thread failed', { error: err.stack ?? err.message });
+        reject(err);
+      });
       w.on('exit', (code) => {
+        if (this.admin !== w) return;
         this.admin = null;
-        if (!this.draining) log('error', 'admin thread exited', { code });
+        if (this.draining || !this.started) return;
+        this.scheduleAdminRestart(code);
       });
     });
+  }
+
+  /**
+   * The admin thread died while serving (a bug): the admin API, /metrics,
+   * /health, the rate-limit sync and the health checks went with it, while
+   * the workers keep serving. It is started again, with the same backoff as
+   * a worker; each live worker gets a new latency line for it first.
+   */
+  private scheduleAdminRestart(code: number): void {
+    if (Date.now() - this.adminStartedAt >= STABLE_AFTER_MS) this.adminBackoffMs = BACKOFF_MIN_MS;
+    const delay = this.adminBackoffMs;
+    this.adminBackoffMs = Math.min(BACKOFF_MAX_MS, this.adminBackoffMs * 2);
+    log('error', 'admin thread exited; restarting (the admin API, /metrics, /health, the rate-limit sync and health checks are down meanwhile; requests are still served)', {
+      code, restartInMs: delay,
+    });
+    setTimeout(() => {
+      if (this.draining || this.admin !== null) return;
+      for (const slot of this.slots) {
+        if (slot.worker === null) continue;
+        const line = new MessageChannel();
+        slot.worker.postMessage({ type: 'stats-port', port: line.port1 } satisfies ToWorker, [line.port1]);
+        slot.statsPort?.close();
+        slot.statsPort = line.port2;
+      }
+      this.spawnAdmin().then(
+        (port) => log('info', 'admin thread restarted', { adminPort: this.config.admin.enabled ? port : null }),
+        (err: Error) => log('error', 'admin thread restart failed', { error: err.message }),
+      );
+    }, delay).unref();
   }
 
   /** Sends the current config to one worker; resolves null once applied, or the worker's reason for refusing it. */
@@ -355,7 +414,7 @@ export class Supervisor {
         resolve(`${NOT_CONFIRMED} within ${APPLY_TIMEOUT_MS} ms (its event loop may be blocked: see /health)`);
       }, APPLY_TIMEOUT_MS);
       slot.acks.set(version, (failure) => { clearTimeout(timer); resolve(failure); });
-      w.postMessage({ type: 'config', config: this.config, slots: [...this.routeSlots], targetSlots: this.targetSlotEntries() } satisfies ToWorker);
+      w.postMessage({ type: 'config', config: this.config, slots: [...this.routeSlots], targetSlots: this.targetSlotEntries(), upstreamSlots: this.upstreamSlotEntries() } satisfies ToWorker);
     });
   }
 
@@ -444,10 +503,10 @@ export class Supervisor {
     this.quotas?.configure(this.config);
     Atomics.add(this.controlView, C_RELOADS_OK, 1);
     this.configDoc = result.document ?? req.doc ?? null;
-    this.admin?.postMessage({ type: 'config', config: this.config, slots: [...this.routeSlots], targetSlots: this.targetSlotEntries(), document: this.document() } satisfies ToAdmin);
-    if (this.admin === null && next.redis !== null && !this.draining) {
-      // `redis` added by this reload: the admin thread (listener off) starts to sync rate limits.
-      await this.spawnAdmin().catch((err: Error) => log('error', 'cannot start the admin thread for the rate-limit sync; cluster limits stay local to this instance', { error: err.message }));
+    this.admin?.postMessage({ type: 'config', config: this.config, slots: [...this.routeSlots], targetSlots: this.targetSlotEntries(), upstreamSlots: this.upstreamSlotEntries(), document: this.document() } satisfies ToAdmin);
+    if (this.admin === null && (next.redis !== null || hasHealthChecks(next)) && !this.draining) {
+      // `redis` or a health check added by this reload: the admin thread (listener off) starts to sync rate limits or to check targets.
+      await this.spawnAdmin().catch((err: Error) => log('error', 'cannot start the admin thread for the rate-limit sync and health checks; cluster limits stay local to this instance and targets unchecked', { error: err.message }));
     }
     log('info', 'config reloaded', { actor: req.actor, version: next.version, changes: formatChanges(changes), persisted });
     for (const w of warnings) log('warn', `config warning: ${w.path === '' ? '' : `${w.path}: `}${w.message}`, { version: next.version });
@@ -479,6 +538,11 @@ export class Supervisor {
   /** Test hook: make worker `i` throw (TURNPIKE_TEST_HOOKS=1). */
   crashWorker(i: number): void {
     this.slots[i]?.worker?.postMessage({ type: 'crash' } satisfies ToWorker);
+  }
+
+  /** Test hook (TURNPIKE_TEST_HOOKS=1 and SIGWINCH): makes the admin thread crash. */
+  crashAdmin(): void {
+    this.admin?.postMessage({ type: 'crash' } satisfies ToAdmin);
   }
 
   /**
@@ -526,6 +590,11 @@ export class Supervisor {
     if (!failedStart) log('info', 'stopped');
     return 0;
   }
+}
+
+/** Some upstream has active health checks (run by the admin thread). */
+function hasHealthChecks(config: GatewayConfig): boolean {
+  return Object.values(config.upstreams).some((u) => u.healthCheck !== null);
 }
 
 /** Host names in a lock file's name: 0.0.0.0 and :: (every address) overlap with any other. */

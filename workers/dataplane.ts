@@ -17,6 +17,7 @@ import type { Policy } from './pipeline/context.js';
 import { trustedProxyList } from './policies/rate-limit/keys.js';
 import { MIN_CAPACITY, RateLimitTable, createRateLimitTable } from '../common/rate-limit-layout.js';
 import type { StrictStore, StrictStores } from './policies/rate-limit/strict-store.js';
+import type { ResilienceEnv } from './proxy/guard.js';
 
 export type Rewrite = ((path: string, paramNames: readonly string[], params: readonly string[]) => string) | null;
 
@@ -57,6 +58,8 @@ export interface DataplaneShared {
   metrics: Float64Array | null;
   /** The worker's Redis connections for strict rate limits; absent outside a worker (validation, tests): none is opened. */
   strictStores?: StrictStores | null;
+  /** The shared upstream state and this worker's place in it (breakers, health, p2c); absent outside a worker: private state. */
+  resilience?: ResilienceEnv | null;
 }
 
 let scratch: RateLimitTable | null = null;
@@ -90,7 +93,7 @@ export class Dataplane {
       // An upstream whose settings did not change keeps its runtime: its warm
       // keep-alive connections and balancer position survive the reload.
       const prev = previous?.upstreams.get(name);
-      this.upstreams.set(name, prev !== undefined && JSON.stringify(prev.config) === JSON.stringify(u) ? prev : new UpstreamRuntime(u, targetSlots));
+      this.upstreams.set(name, prev !== undefined && JSON.stringify(prev.config) === JSON.stringify(u) ? prev : new UpstreamRuntime(u, targetSlots, shared.resilience ?? null));
     }
     const needsTable = config.routes.some((r) => r.rateLimit.length > 0);
     // A Redis connection per worker only while some route has a strict limit (strict-store.ts).

@@ -4,7 +4,8 @@
  * the engine's messages: new config, drain, and (tests only) crash.
  */
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
-import type { FromWorker, TargetSlotEntries, ToWorker, WorkerData } from '../common/protocol.js';
+import type { FromWorker, TargetSlotEntries, ToWorker, UpstreamSlotEntries, WorkerData } from '../common/protocol.js';
+import type { ResilienceEnv } from './proxy/guard.js';
 import { resetGauges } from '../common/metrics-layout.js';
 import { C_WORKER_BEAT, C_WORKER_STATE, HEARTBEAT_MS, W_DEAD, W_DRAINING, W_READY, beatNow } from '../common/protocol.js';
 import { log, setLogLevel, setLogThread } from '../common/log.js';
@@ -22,6 +23,8 @@ if (isMainThread || parentPort === null) throw new Error('workers/worker.js runs
 
 const port = parentPort;
 const data = workerData as WorkerData;
+/** The line to the admin thread's latency collector; replaced when the admin thread is restarted ('stats-port'). */
+let statsPort = data.statsPort;
 setLogThread(`worker-${data.index}`, data.logRing);
 const control = new Int32Array(data.control);
 const metrics = new Float64Array(data.metrics);
@@ -56,9 +59,10 @@ function crash(err: unknown): void {
   Atomics.store(control, C_WORKER_STATE + data.index, W_DEAD);
   send({ type: 'fatal', message });
   try {
-    active?.close();
+    // 'crashed': in-flight requests stay counted, for turnpike_requests_lost_total.
+    void Promise.resolve(active?.close('crashed')).catch(() => {});
   } catch { /* closing what we can */ }
-  data.statsPort.close();
+  statsPort.close();
   port.close();
 }
 process.on('uncaughtException', crash);
@@ -68,14 +72,21 @@ function targetSlotMap(entries: TargetSlotEntries): Map<string, number> {
   return new Map(entries.map(([upstream, url, slot]) => [targetKey(upstream, url), slot]));
 }
 
-const shared = { rateLimitTable: new RateLimitTable(data.rateLimitTable), metrics, strictStores: new StrictStores(`worker-${data.index}`) };
+const upstreamState = new Int32Array(data.upstreamState);
+const resilienceOf = (entries: UpstreamSlotEntries): ResilienceEnv => ({
+  state: upstreamState, upstreamSlots: new Map(entries), workerIndex: data.index, clockOffset: clockOffset(data.clock),
+});
+const shared = {
+  rateLimitTable: new RateLimitTable(data.rateLimitTable), metrics, strictStores: new StrictStores(`worker-${data.index}`),
+  resilience: resilienceOf(data.upstreamSlots),
+};
 
 async function main(): Promise<void> {
   let dp = new Dataplane(data.config, new Map(data.slots), null, targetSlotMap(data.targetSlots), shared);
   const latency = await LatencyRecorder.create();
   const logs = new WorkerLogs(data.config.log, data.accessRing);
   setLogLevel(data.logLevel);
-  latency.serve(data.statsPort);
+  latency.serve(statsPort);
   const s = data.config.server;
   const wantBun = s.backend === 'bun' || (s.backend === 'auto' && isBun);
   let backend: Backend;
@@ -108,6 +119,7 @@ async function main(): Promise<void> {
         try {
           // Test hook (TURNPIKE_TEST_HOOKS=1 only): a route with this id stands for a config only a worker refuses.
           if (TEST_HOOKS && msg.config.routes.some((r) => r.id === 'test-hook-refused-by-worker')) throw new Error('refused by test hook');
+          shared.resilience = resilienceOf(msg.upstreamSlots);
           next = new Dataplane(msg.config, new Map(msg.slots), dp, targetSlotMap(msg.targetSlots), shared);
         } catch (err) {
           send({ type: 'config-failed', version: msg.config.version, message: err instanceof Error ? err.message : String(err) });
@@ -122,6 +134,12 @@ async function main(): Promise<void> {
       case 'log-level':
         setLogLevel(msg.level);
         break;
+      case 'stats-port':
+        // A new admin thread (the last one died): its latency collector asks on this port from now on.
+        statsPort.close();
+        statsPort = msg.port;
+        latency.serve(statsPort);
+        break;
       case 'reopen-logs':
         // The engine reopens the files; this line says the signal reached the worker.
         log('debug', 'log files reopened');
@@ -133,12 +151,15 @@ async function main(): Promise<void> {
         const check = () => {
           if (backend.inFlight === 0 || Date.now() >= deadline) {
             const left = backend.inFlight;
-            backend.close();
-            logs.close();
-            send({ type: 'drained', inFlight: left });
-            // Once the sockets and ports are closed the thread has nothing left and exits by itself.
-            data.statsPort.close();
-            port.close();
+            // What is still in flight is answered 503 shutting_down (or cut mid-body) and logged so.
+            const done = () => {
+              logs.close();
+              send({ type: 'drained', inFlight: left });
+              // Once the sockets and ports are closed the thread has nothing left and exits by itself.
+              statsPort.close();
+              port.close();
+            };
+            Promise.resolve(backend.close('drained')).then(done, (err: unknown) => crash(err));
             return;
           }
           setTimeout(check, 20);

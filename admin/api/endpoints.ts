@@ -20,6 +20,7 @@ import { compareKeys, decodeCursor, encodeCursor, pageByKey } from './pagination
 import { redact } from './redact.js';
 import * as S from './schemas.js';
 import type { Schema } from './schemas.js';
+import { listUpstreams } from './upstreams.js';
 
 /** Largest request body accepted (PUT /admin/config). */
 export const MAX_BODY_BYTES = 1_048_576; // 1 MiB
@@ -159,7 +160,7 @@ export const ENDPOINTS: readonly Endpoint[] = [
   {
     method: 'GET', path: '/admin/config', operationId: 'getConfig', tag: 'config', role: 'viewer',
     summary: 'Running configuration',
-    description: 'format=resolved (default): the resolved configuration now serving (defaults filled in), JSON; values of keys matching /secret|password|token|key$/i, and of Authorization, Proxy-Authorization and Cookie header edits, are "[redacted]". format=file (admin role: it holds secrets unredacted): the document now serving as written, before environment and --set overrides, in the config file\'s format (application/yaml or application/json), so that it round-trips: dump it, edit it, PUT it back. YAML comments are not kept.',
+    description: 'format=resolved (default): the resolved configuration now serving (defaults filled in), JSON; secrets are "[redacted]" (common/config/redact.ts, the rule shared with log lines and validation messages): values of keys matching /secret|passw(or)?d|token|credential|key$/i, of header edits and match predicates with such a name or Authorization, Proxy-Authorization, Cookie or Set-Cookie, and the credentials and secret query parameters of URLs (redis.url: redis://[redacted]@host:6379). format=file (admin role: it holds secrets unredacted): the document now serving as written, before environment and --set overrides, in the config file\'s format (application/yaml or application/json), so that it round-trips: dump it, edit it, PUT it back. YAML comments are not kept.',
     query: S.configQuery, body: null, audit: null,
     responses: {
       200: { description: 'format=resolved: the running config, redacted (JSON). format=file: the config document (YAML or JSON text).', schema: S.resolvedConfig },
@@ -297,34 +298,7 @@ export const ENDPOINTS: readonly Endpoint[] = [
       };
     },
   },
-  {
-    method: 'GET', path: '/admin/upstreams', operationId: 'listUpstreams', tag: 'config', role: 'viewer',
-    summary: 'Upstreams, with counters per target',
-    description: 'Upstreams of the running config in name order, cursor paginated. Each target has its counters since start, summed over the workers: requests and their status codes, upstream errors by kind, open and idle connections now, and the last error with its time.',
-    query: S.pageQuery, body: null, audit: null,
-    responses: { 200: { description: 'A page of upstreams.', schema: S.upstreamPage }, ...R400, ...R401 },
-    handler({ api, query }) {
-      const ups = Object.values(api.config().upstreams).sort((a, b) => compareKeys(a.name, b.name));
-      const p = pageByKey(ups, (u) => u.name, 'upstreams', query['limit'] as number, query['cursor'] as string | undefined);
-      return {
-        status: 200,
-        body: {
-          items: p.items.map((u) => ({
-            name: u.name,
-            targets: u.targets.map((t) => {
-              const st = api.metrics.targetStats(u.name, t.url);
-              return {
-                url: t.url, weight: t.weight, requests: st.requests, responses: st.responses, errors: st.errors,
-                connections: { open: st.open, idle: st.idle }, lastError: st.lastError, overflow: st.overflow,
-              };
-            }),
-            balance: u.balance, timeouts: { ...u.timeouts },
-          })),
-          next: p.next,
-        },
-      };
-    },
-  },
+  listUpstreams, // admin/api/upstreams.ts: counters and resilience state per target
   {
     method: 'GET', path: '/admin/stats', operationId: 'getStats', tag: 'gateway', role: 'viewer',
     summary: 'Latency percentiles',

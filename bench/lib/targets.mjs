@@ -10,6 +10,8 @@ import { writeFileSync, readFileSync, mkdirSync, chmodSync, existsSync } from 'n
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { which, spawnPinned, waitReady, portInUse, stopChild, cmdOutput } from './proc.mjs';
+import { strictRateLimitTarget } from './strict-target.mjs';
+import { resilienceTargets } from './resilience-targets.mjs';
 
 export const BENCH_DIR = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const ROOT_DIR = join(BENCH_DIR, '..');
@@ -118,7 +120,7 @@ async function checkUpstream() {
 
 const upstreamUrl = `http://127.0.0.1:${UPSTREAM_PORT}`;
 
-function turnpikeConfig(tmp, name, port, extra = {}) {
+function turnpikeConfig(tmp, name, port, extra = {}, routeExtra = {}) {
   const file = join(tmp, `${name}.json`);
   writeFileSync(
     file,
@@ -128,7 +130,7 @@ function turnpikeConfig(tmp, name, port, extra = {}) {
         admin: { enabled: false },
         ...extra,
         upstreams: { up: { targets: [{ url: upstreamUrl }], pool: { maxConnections: POOL } } },
-        routes: [{ id: 'all', path: '/*', upstream: 'up' }],
+        routes: [{ id: 'all', path: '/*', upstream: 'up', ...routeExtra }],
       },
       null,
       2,
@@ -138,6 +140,29 @@ function turnpikeConfig(tmp, name, port, extra = {}) {
 }
 
 const notBuilt = () => (existsSync(TURNPIKE_CLI) ? null : `not built: run npm run build (no ${TURNPIKE_CLI})`);
+
+/**
+ * The policies of the turnpike-ratelimit* targets (one each, named `client`
+ * on the route; ratelimit-report.mjs --in-process times the same ones).
+ */
+export const RATE_LIMIT_POLICIES = {
+  // One token bucket per client address, as behind a load balancer: by ip,
+  // the load generator's 127.0.0.1 a trusted proxy, so the client is the
+  // X-Forwarded-For address. The rate is far above what any one address
+  // sends (each comes back once per 10,000 requests), so nothing is refused.
+  'turnpike-ratelimit': { by: 'ip', rate: 1000, per: '1s' },
+  // The same without RateLimit-Policy / RateLimit response headers: the
+  // difference to turnpike-ratelimit is what writing them costs.
+  'turnpike-ratelimit-noheaders': { by: 'ip', rate: 1000, per: '1s', headers: 'none' },
+  // The same keyed by the X-Client header value instead (no X-Forwarded-For
+  // parsing, no trusted-proxy check).
+  'turnpike-ratelimit-header': { by: 'header:x-client', rate: 1000, per: '1s' },
+  // One request per address per hour: each address's first request passes
+  // (in the warm-up), every later one is a 429 (wrk counts them as errors).
+  // The warm-up must send all 10,000 addresses (the default WARMUP=2 does
+  // at this VM's rates; with WARMUP=1 some first requests fell in round 1).
+  'turnpike-ratelimit-refusing': { by: 'ip', rate: 1, per: '1h' },
+};
 
 /**
  * name: label in tables. port: where load goes. proxy: false for `direct`.
@@ -188,6 +213,21 @@ export const TARGETS = [
     command: (tmp) => [BUN_BIN, [TURNPIKE_CLI, 'start', '--config', turnpikeConfig(tmp, 'turnpike-bun', 18081, NO_ACCESS_LOG)]],
     version: () => `bun ${cmdOutput(BUN_BIN, ['--version'])}`,
   },
+  // Rate limiting (issue 10), with the `ratelimit` scenario (10,000 client
+  // addresses in X-Forwarded-For and X-Client). Ports 18050-18056: outside
+  // 18080-18099, which other work on a shared VM may hold (uWS listens with
+  // SO_REUSEPORT, so a second gateway there would take part of the load
+  // silently). turnpike-plain is turnpike-node's config on such a port: the
+  // baseline of the ratelimit* targets in the same run.
+  rateLimitTarget('turnpike-plain', 18050, null),
+  rateLimitTarget('turnpike-ratelimit', 18051, RATE_LIMIT_POLICIES['turnpike-ratelimit']),
+  rateLimitTarget('turnpike-ratelimit-noheaders', 18052, RATE_LIMIT_POLICIES['turnpike-ratelimit-noheaders']),
+  rateLimitTarget('turnpike-ratelimit-header', 18053, RATE_LIMIT_POLICIES['turnpike-ratelimit-header']),
+  rateLimitTarget('turnpike-ratelimit-refusing', 18054, RATE_LIMIT_POLICIES['turnpike-ratelimit-refusing']),
+  // Strict mode, one Redis decision per request (its own redis-server): lib/strict-target.mjs.
+  strictRateLimitTarget({ cli: TURNPIKE_CLI, upstreamUrl, pool: POOL, loadCpu: LOAD_CPU, notBuilt }),
+  // Upstream resilience (issue 11): round_robin vs p2c + a breaker, two targets: lib/resilience-targets.mjs.
+  ...resilienceTargets({ cli: TURNPIKE_CLI, benchDir: BENCH_DIR, pool: POOL, loadCpu: LOAD_CPU, notBuilt }),
   {
     name: 'nginx',
     port: 18001,
@@ -230,7 +270,7 @@ export const TARGETS = [
     // fields, to a file, buffered 64k and flushed every second): what
     // logging every request costs the reference.
     name: 'nginx-accesslog',
-    port: 18003,
+    port: 18005,
     skip: () => (NGINX ? null : 'nginx not installed: run bench/setup.sh'),
     command: (tmp) => {
       const conf = join(tmp, 'nginx-accesslog.conf');
@@ -252,7 +292,7 @@ export const TARGETS = [
     keepalive_timeout 120s;
   }
   server {
-    listen 127.0.0.1:18003 backlog=4096;
+    listen 127.0.0.1:18005 backlog=4096;
     access_log ${process.env.ACCESS_LOG_DEST || join(tmp, 'nginx-access.log')} turnpike buffer=64k flush=1s;
     location / {
       proxy_pass http://up;
@@ -322,6 +362,44 @@ backend be
   },
 ];
 
+/**
+ * A Turnpike target with one rate-limit policy (`client`) on its route, or
+ * none (policy null: the plain proxy). `verify` checks, before any load,
+ * that the policy keys by the client address it is given: a fresh address
+ * passes (with or without RateLimit headers, as configured), and for the
+ * refusing target a second request of that address gets 429 while another
+ * address still passes.
+ */
+function rateLimitTarget(name, port, policy) {
+  const extra = policy === null
+    ? NO_ACCESS_LOG
+    : { ...NO_ACCESS_LOG, server: { host: '127.0.0.1', port, workers: 1, trustedProxies: ['127.0.0.1'] }, rateLimits: { client: policy } };
+  return {
+    name,
+    port,
+    skip: notBuilt,
+    command: (tmp) => [process.execPath, [TURNPIKE_CLI, 'start', '--config', turnpikeConfig(tmp, name, port, extra, policy === null ? {} : { rateLimit: ['client'] })]],
+    version: () => `node ${process.version}${policy === null ? '' : `, rateLimit ${JSON.stringify(policy)}`}`,
+    verify: policy === null ? null : async () => {
+      const get = async (addr) => {
+        const r = await fetch(`http://127.0.0.1:${port}/`, { headers: { 'x-forwarded-for': addr, 'x-client': addr } });
+        await r.arrayBuffer();
+        return r;
+      };
+      // 192.0.2.0/24 (TEST-NET-1): never one of the scenario's 10.x addresses.
+      const first = await get('192.0.2.1');
+      const wantHeaders = (policy.headers ?? 'ietf') !== 'none';
+      if (first.status !== 200) throw new Error(`${name}: a fresh address got ${first.status}, not 200`);
+      if (first.headers.has('ratelimit') !== wantHeaders) throw new Error(`${name}: RateLimit header ${wantHeaders ? 'missing' : 'present'}`);
+      if (policy.rate === 1) {
+        const again = await get('192.0.2.1');
+        const other = await get('192.0.2.2');
+        if (again.status !== 429 || other.status !== 200) throw new Error(`${name}: expected 429 then 200 for another address, got ${again.status}, ${other.status}`);
+      }
+    },
+  };
+}
+
 export function pkgVersion(name) {
   try {
     return JSON.parse(readFileSync(join(BENCH_DIR, 'node_modules', name, 'package.json'), 'utf8')).version;
@@ -353,11 +431,21 @@ export async function startTarget(target, tmp, upstream) {
     await waitReady(target.port, { child, timeoutMs: 20000 });
   } catch (err) {
     await stopChild(child);
+    await target.stop?.();
     let tail = '';
     try {
       tail = readFileSync(log, 'utf8').split('\n').slice(-8).join('\n');
     } catch {}
     throw new Error(`${target.name}: ${err.message}${tail ? `\n--- ${log} ---\n${tail}` : ''}`);
+  }
+  if (target.verify) {
+    try {
+      await target.verify();
+    } catch (err) {
+      await stopChild(child);
+      await target.stop?.();
+      throw err;
+    }
   }
   return { child, pid: child.pid, direct: false, log };
 }

@@ -5,6 +5,7 @@
  * the whole thing deep-frozen. Only called on valid input, so the casts below
  * describe what the schema already guaranteed.
  */
+import { resolveBreaker, resolveHealthCheck, resolveOutlierDetection } from './resilience.js';
 import os from 'node:os';
 import type {
   Backend, Balance, GatewayConfig, HeaderPolicy, HeaderRules, LogConfig, LogLevel, PathForwarding, RouteConfig, TargetConfig,
@@ -83,6 +84,9 @@ function upstream(name: string, raw: Obj): UpstreamConfig {
       totalMs: pick(t, 'totalMs', d.timeouts.totalMs),
     },
     headers: policy(raw['headers']),
+    breaker: resolveBreaker(raw['breaker']),
+    healthCheck: resolveHealthCheck(raw['healthCheck']),
+    outlierDetection: resolveOutlierDetection(raw['outlierDetection']),
   };
 }
 

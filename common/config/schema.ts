@@ -21,6 +21,7 @@
  *   before the same minimum and maximum are checked.
  */
 import { DURATION_MESSAGE, DURATION_PATTERN } from './duration.js';
+import { breakerSchema, healthCheckSchema, outlierDetectionSchema } from './resilience.js';
 import { rateLimitPolicySchema, rateLimitTableSchema, redisSchema, trustedProxiesSchema } from './rate-limit.js';
 
 export const DEFAULTS = Object.freeze({
@@ -57,10 +58,17 @@ export const DEFAULTS = Object.freeze({
       destination: 'stdout',
       format: 'json' as const,
       sampleRate: 1,
-      // Query parameters whose values never reach a log line (case-insensitive).
+      // Parameters whose values never reach a log line (workers/access-log.ts
+      // SecretParams: compared ignoring case, encoding, `-_.`, spaces and a
+      // trailing `[...]`; `*` matches anything). Credentials, OAuth/OIDC
+      // parameters (RFC 6749, 7636, 7521), signed-URL signatures (S3, GCS,
+      // Azure SAS `sig`), session ids (OWASP Logging Cheat Sheet).
       redactQuery: Object.freeze([
-        'access_token', 'api_key', 'apikey', 'auth', 'code', 'id_token', 'key', 'password', 'refresh_token', 'secret',
-        'sig', 'signature', 'token', 'x-amz-credential', 'x-amz-security-token', 'x-amz-signature',
+        'access_token', 'api_key', 'apikey', 'assertion', 'auth', 'authorization', 'client_assertion', 'client_secret',
+        'code', 'code_verifier', 'credential', 'id_token', 'jsessionid', 'jwt', 'key', 'otp', 'passwd', 'password',
+        'phpsessid', 'private_token', 'pwd', 'refresh_token', 'secret', 'session', 'session_id', 'sid', 'sig',
+        'signature', 'token', 'x-amz-credential', 'x-amz-security-token', 'x-amz-signature', 'x-goog-credential',
+        'x-goog-signature', '*_token', '*secret*', '*password*', '*passwd*', '*api_key', '*signature', '*session_id',
       ]),
     }),
     errors: Object.freeze({ burst: 10, intervalMs: 10_000 }), // per (kind, target): 10 lines per 10 s, then a count
@@ -122,8 +130,12 @@ export const MIGRATION_HINTS: Readonly<Record<string, string>> = Object.freeze({
   'upstreams.*.algorithm': ', use "balance" instead',
   'upstreams.*.lb': ', use "balance" instead',
   'upstreams.*.timeout': ', use "timeouts" (connectMs, responseMs, idleMs, totalMs) instead',
-  'upstreams.*.healthCheck': ': active health checks are not supported by this version yet',
-  'upstreams.*.breaker': ': circuit breakers are not supported by this version yet',
+  'upstreams.*.circuitBreaker': ', use "breaker" instead',
+  'upstreams.*.healthcheck': ', use "healthCheck" instead',
+  'upstreams.*.health': ', use "healthCheck" (active checks) or "outlierDetection" (ejection from real traffic) instead',
+  'upstreams.*.outlier': ', use "outlierDetection" instead',
+  'upstreams.*.hashOn': ': consistent_hash is not supported by this version yet',
+  'upstreams.*.sticky': ': sticky sessions are not supported by this version yet',
   'upstreams.*.retry': ': retries are not supported by this version yet',
   'upstreams.*.timeouts.readMs': ', use "responseMs" instead',
   'upstreams.*.timeouts.read': ', use "responseMs" instead',
@@ -316,7 +328,7 @@ export const configSchema = {
             redactQuery: {
               type: 'array', uniqueItems: true,
               items: { type: 'string', minLength: 1, maxLength: 128 },
-              description: `Query parameter names (case-insensitive) whose values are logged as "[REDACTED]". Replaces the default list: ${DEFAULTS.log.access.redactQuery.join(', ')}.`,
+              description: `Parameter names whose values are logged as "[REDACTED]", in the query, the path's ;matrix parameters and the Referer. Compared ignoring case, percent-encoding, "+", spaces, "-", "_", "." and a trailing "[...]" (so "api_key" also hides "API-Key", "%61pi_key", "api_key[]"); "*" matches any characters ("*_token": csrf_token, x-auth-token...). Replaces the default list: ${DEFAULTS.log.access.redactQuery.join(', ')}.`,
             },
           },
         },
@@ -422,8 +434,8 @@ export const configSchema = {
           items: { $ref: '#/definitions/target' },
         },
         balance: {
-          type: 'string', enum: ['round_robin', 'least_conn', 'random', 'ip_hash'],
-          description: `How a target is picked: "round_robin" (weighted), "least_conn", "random" (weighted) or "ip_hash" (same client address, same target). Default "${DEFAULTS.upstream.balance}".`,
+          type: 'string', enum: ['round_robin', 'least_conn', 'random', 'ip_hash', 'p2c'],
+          description: `How a target is picked: "round_robin" (weighted), "least_conn", "random" (weighted), "ip_hash" (same client address, same target) or "p2c" (power of two choices: of two random targets, the one with fewer requests in flight across every worker, per unit of weight). Unhealthy, ejected and open targets are skipped. Default "${DEFAULTS.upstream.balance}".`,
           default: DEFAULTS.upstream.balance,
         },
         pool: {
@@ -446,6 +458,9 @@ export const configSchema = {
           },
         },
         headers: { $ref: '#/definitions/headerPolicy' },
+        breaker: breakerSchema,
+        healthCheck: healthCheckSchema,
+        outlierDetection: outlierDetectionSchema,
       },
     },
     route: {

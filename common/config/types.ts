@@ -11,7 +11,7 @@ import type { AccessLogField } from './schema.js';
 
 export type { AccessLogField } from './schema.js';
 
-export type Balance = 'round_robin' | 'least_conn' | 'random' | 'ip_hash';
+export type Balance = 'round_robin' | 'least_conn' | 'random' | 'ip_hash' | 'p2c';
 export type Backend = 'auto' | 'uws' | 'bun';
 
 /** Header edits, applied in the order remove, set, add. Names are lowercase. */
@@ -123,6 +123,49 @@ export interface UpstreamConfig {
   pool: PoolConfig;
   timeouts: TimeoutConfig;
   headers: HeaderPolicy;
+  /** Circuit breaker per target and the upstream's in-flight bound (common/config/resilience.ts), or null: none. */
+  breaker: BreakerConfig | null;
+  /** Active health checks (admin thread), or null: none. */
+  healthCheck: HealthCheckConfig | null;
+  /** Passive outlier ejection, or null: none. */
+  outlierDetection: OutlierConfig | null;
+}
+
+/** Defaults: common/config/resilience.ts RESILIENCE_DEFAULTS. */
+export interface BreakerConfig {
+  failureThreshold: number;
+  /** Percent, 0 = off. */
+  failureRate: number;
+  windowMs: number;
+  minRequests: number;
+  /** 0 = off. */
+  slowCallMs: number;
+  openMs: number;
+  maxOpenMs: number;
+  halfOpenProbes: number;
+  /** 0 = no limit. */
+  maxInFlight: number;
+  fallback: { status: number; body: string; headers: ReadonlyArray<readonly [name: string, value: string]> } | null;
+}
+
+export interface StatusRange {
+  lo: number;
+  hi: number;
+}
+
+export interface HealthCheckConfig {
+  path: string;
+  intervalMs: number;
+  timeoutMs: number;
+  healthyThreshold: number;
+  unhealthyThreshold: number;
+  expectStatus: readonly StatusRange[];
+}
+
+export interface OutlierConfig {
+  consecutiveFailures: number;
+  baseEjectionMs: number;
+  maxEjectionPercent: number;
 }
 
 export interface RewriteConfig {

@@ -16,6 +16,7 @@ import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import { DURATION_FORMS, DURATION_MESSAGE, formatDuration, parseDuration } from './duration.js';
 import { DEFAULTS, DURATION_NODES, configSchema, MIGRATION_HINTS, TOKEN_PATTERN } from './schema.js';
 import { checkRateLimitConfig } from './rate-limit.js';
+import { checkResilience } from './resilience.js';
 import {
   type ConfigError, type PathSegment, describeValue, didYouMean, formatPath, isPlainObject, suggestion,
 } from './util.js';
@@ -684,6 +685,7 @@ export function semanticErrors(doc: Record<string, unknown>, checkPattern?: Patt
   }
   if (isPlainObject(server)) checkHeaderPolicy(server['headers'], ['server', 'headers'], out, rid);
   checkUpstreams(doc['upstreams'], out, rid);
+  checkResilience(doc['upstreams'], out);
   checkRoutes(doc, checkPattern, out, rid);
   checkRateLimitConfig(doc, out);
   const serverPort = isPlainObject(server) && server['port'] !== undefined ? server['port'] : DEFAULTS.server.port;

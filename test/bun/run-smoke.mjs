@@ -300,6 +300,17 @@ function truthy(v, what) {
   if (!v) throw new Error(what);
 }
 const upstreamSaw = async (r) => JSON.parse(r.body.toString('utf8'));
+/** The main gateway's access log lines, once `ready(lines)` holds (or after 2 s). */
+async function accessLines(ready) {
+  const file = join(dir, 'turnpike.json.access.log');
+  let lines = [];
+  for (let i = 0; i < 100; i++) {
+    lines = existsSync(file) ? readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l)) : [];
+    if (ready(lines)) break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return lines;
+}
 
 console.log(`bun smoke: gateway on ${base} (backend ${started.backend})`);
 await check('runs the bun backend', () => eq(started.backend, 'bun', 'backend'));
@@ -468,6 +479,14 @@ for (const t of TABLE) {
         eq((await c1.request(OK)).status, 200, 'next request on the connection');
       }
       sameHead(get, head, t.e, id, t.allow);
+      // The access log: the answer's status and code, and its body bytes (0 for HEAD).
+      const lines = await accessLines((ls) => ls.filter((l) => l.request_id === id).length >= 2);
+      const line = (method) => {
+        const l = lines.find((x) => x.request_id === id && x.method === method);
+        return l === undefined ? null : [l.status, l.error, l.bytes_sent];
+      };
+      eq(line('GET'), [t.e.status, t.e.code, get.body.length], 'GET access line [status, error, bytes_sent]');
+      eq(line('HEAD'), [t.e.status, t.e.code, 0], 'HEAD access line [status, error, bytes_sent]');
     } finally {
       c1.destroy();
     }
@@ -719,6 +738,34 @@ await check('shutting_down: GET and HEAD begun before draining, same head, close
     eq((await slow.read()).status, 200, 'the slow request');
     eq(await d.exited, 0, 'exit code');
   } finally {
+    d.proc.kill('SIGKILL');
+  }
+});
+
+// --- the drain timeout: a request still waiting for its upstream is answered
+// 503 shutting_down by the gateway and logged so (never 499 client_aborted).
+await check('drain timeout: a request still waiting for its upstream gets 503 shutting_down, logged with its bytes; exit 0', async () => {
+  const d = startGateway(writeConfig('drain-timeout.json', { workers: 1, drainTimeoutMs: 300 }, [{ id: 'all', path: '/api/*', upstream: 'up' }]));
+  const s = await d.started;
+  try {
+    const before = held.length;
+    const c = await Raw.open(s.port);
+    c.send(req('GET', '/api/hold', ['X-Request-Id: drain-timeout-1']));
+    const deadline = Date.now() + 5000;
+    while (held.length === before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    truthy(held.length > before, 'the request did not reach the upstream');
+    d.proc.kill('SIGTERM');
+    const r = await c.read();
+    eq(r.status, 503, 'status');
+    eq(JSON.parse(r.body).error.code, 'shutting_down', 'code');
+    truthy(await c.closes(), 'connection not closed');
+    c.destroy();
+    eq(await d.exited, 0, 'exit code');
+    const file = join(dir, 'drain-timeout.json.access.log');
+    const line = readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l)).find((l) => l.request_id === 'drain-timeout-1');
+    eq([line?.status, line?.error, line?.bytes_sent], [503, 'shutting_down', r.body.length], 'access line [status, error, bytes_sent]');
+  } finally {
+    while (held.length > 0) held.shift()();
     d.proc.kill('SIGKILL');
   }
 });

@@ -432,6 +432,7 @@ describe('writes', () => {
           upstream_unavailable: 0, upstream_aborted: 0,
         },
         connections: { open: 0, idle: 0 }, lastError: null, overflow: false,
+        state: null, // no breaker, healthCheck, outlierDetection, not p2c: nothing tracked
       }],
       balance: 'least_conn', timeouts: { connectMs: 500, responseMs: 15000, idleMs: 30000, totalMs: 0 },
     });

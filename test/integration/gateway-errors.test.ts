@@ -309,6 +309,18 @@ const TABLE: Trigger[] = [
     request: (m) => raw(m, '/busy/x'),
   },
   {
+    error: Errors.CIRCUIT_OPEN, how: 'breaker (failureThreshold 1, openMs 1h) opened by one request to a closed port at setup', closes: false,
+    request: (m) => raw(m, '/tripped/x'),
+  },
+  {
+    error: Errors.UPSTREAM_OVERLOADED, how: 'breaker.maxInFlight 1, the one place held by a request the busy upstream never answers', closes: false,
+    request: (m) => raw(m, '/full/x'),
+  },
+  {
+    error: Errors.NO_HEALTHY_UPSTREAM, how: 'the only target fails its active health check (closed port, unhealthyThreshold 1)', closes: false,
+    request: (m) => raw(m, '/sick/x'),
+  },
+  {
     error: Errors.UPSTREAM_CONNECT_TIMEOUT, how: 'upstream whose accept queue is full (SYN dropped), connectMs 300', closes: false,
     request: (m) => raw(m, '/blackhole/x'),
   },
@@ -411,6 +423,9 @@ const fillers: net.Socket[] = [];
 let gw: Gateway;
 let drainGw: Gateway;
 let busyHolder: RawConn | null = null;
+let fullHolder: RawConn | null = null;
+/** Gateway errors the setup itself provoked (the tripped breaker's failure, the sick target before its check): counted in /metrics too. */
+const setupErrors = new Map<string, number>();
 const outcomes = new Map<string, Outcome>();
 const key = (t: Trigger, m: Method) => `${ALL_TRIGGERS.indexOf(t)}:${m}`;
 let drainMetrics = '';
@@ -487,6 +502,18 @@ function metricValue(text: string, series: string): number | null {
   return null;
 }
 
+/** The access log lines (stdout, JSON) a gateway wrote so far. */
+function accessLines(g: Gateway): any[] {
+  return g.logs.map((l) => { try { return JSON.parse(l); } catch { return null; } }).filter((j) => j !== null && 'request_id' in j && !('msg' in j));
+}
+
+/** The sum of every sample whose series starts with `prefix` (a metric name and `{`, or a whole series). */
+function sumSamples(text: string, prefix: string): number {
+  let n = 0;
+  for (const line of text.split('\n')) if (line.startsWith(prefix)) n += Number(line.slice(line.lastIndexOf(' ') + 1));
+  return n;
+}
+
 async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
   const deadline = performance.now() + ms;
   while (!cond()) {
@@ -510,6 +537,12 @@ async function startMain(): Promise<void> {
       busy: { targets: [busyUp.url], pool: { maxConnections: 1, maxPending: 0 } },
       // responseMs too: if a connect ever got through, the case fails fast with the wrong code.
       blackhole: { targets: [`http://127.0.0.1:${blackholePort}`], timeouts: { connectMs: 300, responseMs: 300 } },
+      // One failure opens it for an hour: every method of the table gets circuit_open.
+      tripped: { targets: [`http://127.0.0.1:${deadPort}`], breaker: { failureThreshold: 1, failureRate: 0, openMs: '1h', maxOpenMs: '1h' } },
+      // One request in flight fills it (held by the busy upstream until teardown).
+      full: { targets: [busyUp.url], breaker: { maxInFlight: 1 } },
+      // Checked every 100 ms; the closed port fails the first check.
+      sick: { targets: [`http://127.0.0.1:${deadPort}`], healthCheck: { intervalMs: 100, timeoutMs: 50, unhealthyThreshold: 1 } },
     },
     routes: [
       { id: 'ok', path: '/ok', methods: ['GET'], upstream: 'ok' },
@@ -522,6 +555,9 @@ async function startMain(): Promise<void> {
       { id: 'silent', path: '/silent/*', upstream: 'raw' },
       { id: 'busy', path: '/busy/*', upstream: 'busy' },
       { id: 'blackhole', path: '/blackhole/*', upstream: 'blackhole' },
+      { id: 'tripped', path: '/tripped/*', upstream: 'tripped' },
+      { id: 'full', path: '/full/*', upstream: 'full' },
+      { id: 'sick', path: '/sick/*', upstream: 'sick' },
       { id: 'limited', path: '/limited/*', upstream: 'ok', rateLimit: [{ by: 'global', rate: 1, per: '1d', scope: 'local' }] },
       { id: 'storeless', path: '/storeless/*', upstream: 'ok', rateLimit: [{ by: 'global', rate: 1000, per: '1s', onStoreError: 'deny' }] },
     ],
@@ -536,6 +572,31 @@ async function startMain(): Promise<void> {
   busyHolder = await RawConn.open(gw.port);
   busyHolder.write(Buffer.from('GET /busy/hold HTTP/1.1\r\nHost: t\r\n\r\n'));
   await waitFor(() => busyHeld.length === 1, 5000, 'the busy upstream to hold a request');
+  // Open the `tripped` breaker: its one allowed failure.
+  const trip = await RawConn.open(gw.port);
+  trip.write(Buffer.from('GET /tripped/setup HTTP/1.1\r\nHost: t\r\n\r\n'));
+  const tr = await trip.read(false);
+  trip.destroy();
+  if (!tr.statusLine.startsWith('HTTP/1.1 502')) throw new Error(`setup GET /tripped/setup: ${tr.statusLine}`);
+  setupErrors.set('upstream_connect_failed', (setupErrors.get('upstream_connect_failed') ?? 0) + 1);
+  // Hold the `full` upstream's one in-flight place (the busy upstream keeps it until teardown).
+  fullHolder = await RawConn.open(gw.port);
+  fullHolder.write(Buffer.from('GET /full/hold HTTP/1.1\r\nHost: t\r\n\r\n'));
+  await waitFor(() => busyHeld.length === 2, 5000, 'the busy upstream to hold the /full request');
+  // The `sick` target's first check (within ~100 ms of start) marks it unhealthy.
+  const deadline = performance.now() + 5000;
+  for (;;) {
+    const c = await RawConn.open(gw.port);
+    c.write(Buffer.from('GET /sick/setup HTTP/1.1\r\nHost: t\r\n\r\n'));
+    const r = await c.read(false);
+    c.destroy();
+    // Before the first check the closed port answers 502 upstream_connect_failed; after it, 503 no_healthy_upstream.
+    const code = r.statusLine.startsWith('HTTP/1.1 503') ? 'no_healthy_upstream' : 'upstream_connect_failed';
+    setupErrors.set(code, (setupErrors.get(code) ?? 0) + 1);
+    if (code === 'no_healthy_upstream') break;
+    if (performance.now() > deadline) throw new Error(`setup GET /sick/setup never became 503: ${r.statusLine}`);
+    await new Promise((res) => setTimeout(res, 50));
+  }
 }
 
 async function runMainTable(): Promise<void> {
@@ -630,6 +691,7 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const r of busyHeld) r.end('released');
   busyHolder?.destroy();
+  fullHolder?.destroy();
   for (const s of fillers) s.destroy();
   blackhole?.kill('SIGKILL');
   await gw?.stop();
@@ -780,8 +842,53 @@ describe('every gateway error × every method', () => {
       const code = probeErrorCode(outcomes.get(key(t, m)));
       if (code !== null) sent.set(code, (sent.get(code) ?? 0) + 1);
     }
+    for (const [code, n] of setupErrors) sent.set(code, (sent.get(code) ?? 0) + n);
     const counted = Object.fromEntries([...sent.keys()].map((code) => [code, metricValue(text, `turnpike_gateway_errors_total{reason="${code}"}`)]));
     expect(counted).toEqual(Object.fromEntries(sent));
+  });
+
+  it('the access log line of every answer: its status and code, and bytes_sent = the body bytes written (0 for HEAD)', async () => {
+    expect(mainFailure, 'setup').toBeUndefined();
+    const wrong: string[] = [];
+    const check = (lines: any[], t: Trigger, m: Method) => {
+      const o = outcomes.get(key(t, m));
+      const r = o?.response;
+      if (r === undefined) return;
+      const rid = header(r, RID)[0];
+      const line = lines.find((l) => l.request_id === rid);
+      const want = { status: t.error.status, error: t.error.code, bytes_sent: m === 'HEAD' ? 0 : r.body.length };
+      const got = line === undefined ? undefined : { status: line.status, error: line.error, bytes_sent: line.bytes_sent };
+      if (JSON.stringify(got) !== JSON.stringify(want)) wrong.push(`${t.error.code} ${m} (${t.how}): ${JSON.stringify(got)}, want ${JSON.stringify(want)}`);
+    };
+    let lines: any[] = [];
+    await expect.poll(() => {
+      lines = accessLines(gw);
+      return TABLE.every((t) => METHODS.every((m) => {
+        const r = outcomes.get(key(t, m))?.response;
+        return r === undefined || lines.some((l) => l.request_id === header(r, RID)[0]);
+      }));
+    }, { timeout: 5000 }).toBe(true);
+    for (const t of TABLE) for (const m of METHODS) check(lines, t, m);
+    if (drainFailure === undefined) {
+      const dl = await drainGw.exited.then(() => accessLines(drainGw));
+      for (const m of METHODS) check(dl, SHUTTING_DOWN, m);
+    }
+    expect(wrong).toEqual([]);
+  });
+
+  it('turnpike_response_size_bytes counts what the access log says was sent: every request, the gateway\'s own answers included', async () => {
+    expect(mainFailure, 'setup').toBeUndefined();
+    // Once every request counted has its line (the busy upstream's held request has neither yet).
+    let text = '';
+    let lines: any[] = [];
+    await expect.poll(async () => {
+      text = await scrape(gw.adminPort!);
+      lines = accessLines(gw);
+      return sumSamples(text, 'turnpike_requests_total{') === lines.length;
+    }, { timeout: 5000 }).toBe(true);
+    expect(sumSamples(text, 'turnpike_response_size_bytes_count{')).toBe(lines.length);
+    expect(sumSamples(text, 'turnpike_response_size_bytes_sum{')).toBe(lines.reduce((n, l) => n + l.bytes_sent, 0));
+    expect(sumSamples(text, 'turnpike_response_size_bytes_sum{route="_none"}')).toBeGreaterThan(0);
   });
 
   it('the draining gateway answered shutting_down while alive, counted it, then finished its slow request and exited 0', () => {

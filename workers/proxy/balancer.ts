@@ -9,6 +9,7 @@
  */
 import type { Balance, UpstreamConfig } from '../../common/config/types.js';
 import { TargetPool } from './upstream-pool.js';
+import { UpstreamGuard, type ResilienceEnv, needsGuard } from './guard.js';
 
 export class UpstreamRuntime {
   readonly name: string;
@@ -22,13 +23,23 @@ export class UpstreamRuntime {
   /** Target index per weight unit, for random and ip_hash. */
   private readonly weighted: number[];
   private rr = 0;
+  /**
+   * Breakers, health, ejection, shared in-flight (guard.ts), or null: an
+   * upstream with none of them (and not p2c) is picked by `pick` alone, at
+   * the plain data plane's cost.
+   */
+  readonly guard: UpstreamGuard | null;
 
-  /** targetSlots: `upstream target-url` -> metrics slot (the engine's; absent: the overflow slot). */
-  constructor(config: UpstreamConfig, targetSlots: ReadonlyMap<string, number> | null = null) {
+  /**
+   * targetSlots: `upstream target-url` -> metrics slot (the engine's; absent: the overflow slot).
+   * resilience: the shared upstream state, for an upstream that needs it (else none is used).
+   */
+  constructor(config: UpstreamConfig, targetSlots: ReadonlyMap<string, number> | null = null, resilience: ResilienceEnv | null = null) {
     this.name = config.name;
     this.config = config;
     this.balance = config.balance;
     this.pools = config.targets.map((t) => new TargetPool(t, config.pool, targetSlots?.get(targetKey(config.name, t.url))));
+    this.guard = needsGuard(config) ? new UpstreamGuard(config, this.pools, targetSlots, resilience) : null;
     this.weights = config.targets.map((t) => t.weight);
     this.current = this.weights.map(() => 0);
     this.totalWeight = this.weights.reduce((a, b) => a + b, 0);
@@ -41,19 +52,43 @@ export class UpstreamRuntime {
 
   /** This is the hot path -- change with care! */
   pick(clientIp: string): TargetPool {
-    const pools = this.pools;
-    const n = pools.length;
-    if (n === 1) return pools[0]!;
+    return this.pools[this.pickIndex(clientIp)]!;
+  }
+
+  /** The balancer's choice, before any target is skipped. */
+  private pickIndex(clientIp: string): number {
+    const n = this.pools.length;
+    if (n === 1) return 0;
     switch (this.balance) {
       case 'round_robin':
-        return pools[this.uniform ? this.rr++ % n : this.smoothWeighted()]!;
+        return this.uniform ? this.rr++ % n : this.smoothWeighted();
       case 'least_conn':
         return this.leastConn();
       case 'random':
-        return pools[this.weighted[(Math.random() * this.weighted.length) | 0]!]!;
+        return this.weighted[(Math.random() * this.weighted.length) | 0]!;
       case 'ip_hash':
-        return pools[this.weighted[fnv1a(clientIp) % this.weighted.length]!]!;
+        return this.weighted[fnv1a(clientIp) % this.weighted.length]!;
+      case 'p2c':
+        return this.guard === null ? this.leastConn() : this.guard.p2c(this.weights);
     }
+  }
+
+  /**
+   * The pick for an upstream with a guard: the balancer's choice, or when
+   * that target is unhealthy, ejected or open, the next one in list order
+   * that is not; admitted by its breaker (a half-open probe place taken
+   * when so: `guard.probe`) and counted in flight. null: refused, with
+   * `guard.refusal` (upstream_overloaded, circuit_open, no_healthy_upstream).
+   * `now`: the shared clock (ms). Every admission is given back by
+   * `guard.finish`.
+   * This is the hot path -- change with care!
+   */
+  admit(clientIp: string, now: number): TargetPool | null {
+    const g = this.guard!;
+    if (!g.enter(now)) return null;
+    const pool = g.choose(this.pickIndex(clientIp), now);
+    if (pool === null) g.leave();
+    return pool;
   }
 
   private smoothWeighted(): number {
@@ -68,17 +103,17 @@ export class UpstreamRuntime {
     return best;
   }
 
-  private leastConn(): TargetPool {
+  private leastConn(): number {
     const pools = this.pools;
     const n = pools.length;
     const start = this.rr++ % n;
-    let best = pools[start]!;
-    let bestScore = best.active / this.weights[start]!;
+    let best = start;
+    let bestScore = pools[start]!.active / this.weights[start]!;
     for (let k = 1; k < n; k++) {
       const i = (start + k) % n;
       const score = pools[i]!.active / this.weights[i]!;
       if (score < bestScore) {
-        best = pools[i]!;
+        best = i;
         bestScore = score;
       }
     }

@@ -234,10 +234,17 @@ export class TargetPool {
    * lookup per request.
    */
   readonly metricsBase: number;
+  /** The target's slot (metrics and shared upstream state: the same engine-assigned number). */
+  readonly slot: number;
+  /** First cell of this target in the shared upstream state (common/upstream-state-layout.ts), or -1: unguarded. Set by the guard. */
+  stateCell = -1;
+  /** This target's in-flight cell within a worker's section of the shared upstream state. Set by the guard. */
+  flightSlot = 0;
 
   constructor(target: TargetConfig, config: PoolConfig, metricsSlot = TARGET_OVERFLOW_SLOT) {
     this.target = target;
     this.config = config;
+    this.slot = metricsSlot;
     this.metricsBase = targetBase(metricsSlot);
     const h = target.host.includes(':') ? `[${target.host}]` : target.host;
     this.hostHeader = target.port === 80 ? h : `${h}:${target.port}`;

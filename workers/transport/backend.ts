@@ -4,6 +4,7 @@
  * with, and the transport-neutral rules they must apply alike. Importing
  * this pulls in no backend.
  */
+import { errorBody, errorBodyWith, type GatewayErrorDef } from '../../common/errors.js';
 import type { Dataplane } from '../dataplane.js';
 import type { LatencyRecorder } from '../latency.js';
 import type { WorkerLogs } from '../logs.js';
@@ -24,6 +25,9 @@ export interface ServerOptions {
   clockOffset: number;
 }
 
+/** Why a backend closes (Backend.close). */
+export type CloseReason = 'drained' | 'crashed';
+
 /** A worker's server backend, as the worker thread drives it. */
 export interface Backend {
   /** Starts listening; resolves the port bound. */
@@ -32,8 +36,15 @@ export interface Backend {
   setDataplane(dp: Dataplane): void;
   /** Stop accepting new connections; in-flight requests continue. */
   stopListening(): void;
-  /** Final close, after drain. */
-  close(): void;
+  /**
+   * Final close. `drained`: after the drain (server.drainTimeoutMs): the
+   * requests still in flight are ended by the gateway, answered 503
+   * shutting_down when nothing was sent yet, and logged and counted so
+   * (never as client_aborted). `crashed`: the worker is dying of a fatal
+   * error: in-flight requests are left uncounted, for the engine to add to
+   * turnpike_requests_lost_total. Resolves once the sockets are closed.
+   */
+  close(reason: CloseReason): void | Promise<void>;
   readonly inFlight: number;
 }
 
@@ -52,3 +63,17 @@ export const LINGER_MAX_BYTES = 8 * 1024 * 1024;
 /** server.healthPath answers: while the engine drains (drainDelayMs included) health checks fail. */
 export const HEALTH_OK = '{"status":"ok"}';
 export const HEALTH_DRAINING = '{"status":"draining"}';
+
+/**
+ * Body bytes of a gateway error's answer (`message`: a policy's, instead of
+ * the catalogue's): what the access log's `bytes_sent` and
+ * turnpike_response_size_bytes count, as nginx's $body_bytes_sent does
+ * (0 for HEAD: no body is sent).
+ */
+export function gatewayErrorBytes(e: GatewayErrorDef, requestId: string, isHead: boolean, message: string | null = null): number {
+  if (isHead) return 0;
+  return Buffer.byteLength(message === null ? errorBody(e, requestId) : errorBodyWith(e, message, requestId));
+}
+
+/** The 503 shutting_down of a request the drain timeout cut before its response came: it may have reached the upstream. */
+export const SHUTDOWN_MESSAGE = 'The gateway shut down (server.drainTimeoutMs ran out) before this request was answered; it may have reached the upstream.';

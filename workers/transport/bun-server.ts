@@ -37,16 +37,20 @@
  *  - fetch() refuses a body on GET/HEAD: such a request is refused (400)
  *    rather than forwarded without its body.
  */
+import type { Fallback, UpstreamGuard } from '../proxy/guard.js';
+import type { TargetPool } from '../proxy/upstream-pool.js';
 import { Errors, errorBody, errorBodyWith, type GatewayErrorDef } from '../../common/errors.js';
 import { log } from '../../common/log.js';
 import { DURATION_BUCKETS, G_IN_FLIGHT, T_LATENCY, methodIndex, observe } from '../../common/metrics-layout.js';
-import { countError, recordRequest } from '../request-metrics.js';
+import { countError, recordRequest, recordSizes } from '../request-metrics.js';
 import type { Dataplane, RouteContext } from '../dataplane.js';
 import { connectionListed, hasCloseOption, isSafeRequestId } from '../proxy/headers.js';
 import { parseContentLength } from '../proxy/http1-parser.js';
 import { MATCH_FOUND } from '../router/types.js';
 import { isValidHost, normalizeHost, normalizePath } from '../router/normalize.js';
-import { HEALTH_DRAINING, HEALTH_OK, LINGER_MAX_BYTES, type Backend, type ServerOptions } from './backend.js';
+import {
+  HEALTH_DRAINING, HEALTH_OK, LINGER_MAX_BYTES, SHUTDOWN_MESSAGE, gatewayErrorBytes, type Backend, type CloseReason, type ServerOptions,
+} from './backend.js';
 import { C_DRAINING } from '../../common/protocol.js';
 import { entry, resetEntry } from '../access-log.js';
 import { coarse } from '../proxy/timers.js';
@@ -176,6 +180,41 @@ function latin1Extra(extra: readonly string[]): readonly string[] {
 class BodyTooLarge extends Error {}
 
 /**
+ * The upstream admission of a request (workers/proxy/guard.ts), given back
+ * once its response head is ready. Bun's fetch hides which failure it was,
+ * so the verdict comes from the status the client gets: 5xx (the gateway's
+ * 502/504 for a connect failure, reset or timeout, or the target's own) is
+ * a failure, anything else a success (slowCallMs: against the time to the
+ * response head). A throw gives the place back with no verdict.
+ */
+async function settleAdmission(answer: Promise<Response>, guard: UpstreamGuard, pool: TargetPool, probe: boolean, t: number): Promise<Response> {
+  let r: Response;
+  try {
+    r = await answer;
+  } catch (err) {
+    guard.finish(pool, probe, 'internal_error', 0, -1, performance.now());
+    throw err;
+  }
+  const now = performance.now();
+  guard.finish(pool, probe, '', r.status, now - t, now);
+  return r;
+}
+
+/** An open breaker's fallback (breaker.fallback): its status, headers and exact body bytes; HEAD: the head alone. */
+function fallbackResponse(fb: Fallback, ridHeader: string, requestId: string, isHead: boolean, close: boolean): Response {
+  const headers = new Headers();
+  for (let i = 0; i < fb.headers.length; i += 2) headers.append(fb.headers[i]!, fb.headers[i + 1]!);
+  headers.set(ridHeader, requestId);
+  if (close) headers.set('connection', 'close');
+  const init = { status: fb.status, statusText: fb.statusLine.slice(4), headers };
+  const noBody = isHead || fb.status === 204 || fb.status === 304;
+  if (!noBody) return new Response(fb.body, init);
+  if (fb.status !== 204) headers.set('content-length', String(fb.body.length));
+  if (isHead) headers.set('date', httpDate());
+  return new Response(null, init);
+}
+
+/**
  * A chunked request body counted on its way to the upstream and cut off
  * past the route's limit (a Content-Length body is checked before a byte is
  * read). Bun's own maxRequestBodySize is set out of the way so that every
@@ -195,6 +234,9 @@ function limitedBody(body: ReadableStream<Uint8Array>, limit: number): ReadableS
 function abortUpstream(ac: AbortController): void {
   ac.abort();
 }
+
+/** The abort reason of a fetch cut by the drain timeout (close('drained')). */
+const SHUTDOWN = Symbol('shutting down');
 
 /** Seconds of client-connection silence a request may need while waiting for its upstream's response head. */
 function headWaitSeconds(t: { connectMs: number; responseMs: number }): number {
@@ -227,6 +269,8 @@ export class BunServer implements Backend {
   private idleS = BUN_DEFAULT_IDLE_S;
   inFlight = 0;
   draining = false;
+  /** Fetches waiting for their upstream's response head: aborted with SHUTDOWN when the drain times out. */
+  private readonly fetching = new Set<AbortController>();
 
   constructor(dp: Dataplane, private readonly opts: ServerOptions) {
     this.dp = dp;
@@ -269,8 +313,22 @@ export class BunServer implements Backend {
     this.server?.stop(false);
   }
 
-  close(): void {
+  /**
+   * Backend.close. `drained`: the fetches still waiting for their upstream's
+   * head are aborted, so that their requests are answered 503 shutting_down
+   * (logged and counted so) before Bun closes every connection; a body Bun
+   * is still streaming is cut (its line was written with the head).
+   * `crashed`: nothing is answered or counted (turnpike_requests_lost_total).
+   */
+  async close(reason: CloseReason): Promise<void> {
     this.stopListening();
+    if (reason === 'drained' && this.fetching.size > 0) {
+      for (const ac of this.fetching) ac.abort(SHUTDOWN);
+      // Let the aborted requests answer (their 503s are written by Bun's loop), for at most 500 ms.
+      const until = performance.now() + 500;
+      while (this.inFlight > 0 && performance.now() < until) await new Promise((r) => setTimeout(r, 5));
+      await new Promise((r) => setTimeout(r, 20));
+    }
     this.server?.stop(true);
     this.server = null;
     this.dp.releasePolicies();
@@ -280,11 +338,12 @@ export class BunServer implements Backend {
     return this.ridPrefix + (++this.ridCounter).toString(36);
   }
 
-  /** `target`: the first metrics cell of the target the request went to (-1: none). */
-  private count(e: GatewayErrorDef, slot: number, mIdx: number, t0: number, target = -1): void {
+  /** `target`: the first metrics cell of the target the request went to (-1: none); `bytes`: the answer's body bytes. */
+  private count(e: GatewayErrorDef, slot: number, mIdx: number, t0: number, target: number, bytes: number): void {
     if (!this.dp.config.metrics.enabled) return;
     countError(this.opts.metrics, e.code, target);
     recordRequest(this.opts.metrics, this.opts.latency, slot, mIdx, e.status, performance.now() - t0, target);
+    recordSizes(this.opts.metrics, slot, 0, bytes);
   }
 
   /**
@@ -357,11 +416,15 @@ export class BunServer implements Backend {
    * A bug: logged with the request id and stack, answered 500 internal_error
    * (counted under the request's method) and the connection closed.
    */
-  private internalError(err: unknown, requestId: string, mIdx: number, isHead: boolean, t0: number): Response {
+  private internalError(
+    err: unknown, requestId: string, mIdx: number, isHead: boolean, t0: number, info: AccessInfo | null = null, slot = 0, route: string | null = null,
+  ): Response {
     log('error', 'internal error in the request handler; answered 500', {
       requestId, error: err instanceof Error ? err.stack ?? err.message : String(err),
     });
-    this.count(Errors.INTERNAL, 0, mIdx, t0);
+    const bytes = gatewayErrorBytes(Errors.INTERNAL, requestId, isHead);
+    this.count(Errors.INTERNAL, slot, mIdx, t0, -1, bytes);
+    this.logAnswer(info, Errors.INTERNAL.status, route, '', '', Errors.INTERNAL.code, -1, bytes);
     return this.errorResponse(Errors.INTERNAL, requestId, isHead, true);
   }
 
@@ -378,7 +441,11 @@ export class BunServer implements Backend {
     } catch (err) {
       const method = req.method;
       const id = this.pendingId !== '' ? this.pendingId : this.nextRequestId();
-      return this.internalError(err, id, methodIndex(method), method === 'HEAD', t0);
+      let info: AccessInfo | null = null;
+      try {
+        if (this.opts.logs.access !== null) info = accessInfo(req, server, t0, id, method, 0);
+      } catch { /* the access line goes without what cannot be read */ }
+      return this.internalError(err, id, methodIndex(method), method === 'HEAD', t0, info);
     }
   }
 
@@ -425,8 +492,9 @@ export class BunServer implements Backend {
     const reject = (
       e: GatewayErrorDef, closeIt: boolean, slot = 0, allow: string | null = null, extra: string[] | null = null, message: string | null = null,
     ): Response => {
-      this.count(e, slot, mIdx, t0);
-      this.logAnswer(info, e.status, slot === 0 ? null : route0(this.dp, slot), '', '', e.code, -1, 0);
+      const bytes = gatewayErrorBytes(e, requestId, isHead, message);
+      this.count(e, slot, mIdx, t0, -1, bytes);
+      this.logAnswer(info, e.status, slot === 0 ? null : route0(this.dp, slot), '', '', e.code, -1, bytes);
       return this.errorResponse(e, requestId, isHead, closeIt, allow, extra, message);
     };
 
@@ -499,7 +567,24 @@ export class BunServer implements Backend {
     const upstreamPath = route.rewrite !== null
       ? route.rewrite(path, m.paramNames, m.params)
       : route.forwardOriginalPath ? rawPath : path;
-    const pool = route.upstream.pick(clientIp);
+    const upstream = route.upstream;
+    const guard = upstream.guard;
+    let pool: TargetPool;
+    if (guard === null) {
+      pool = upstream.pick(clientIp);
+    } else {
+      // Breakers, health, ejection, maxInFlight (workers/proxy/guard.ts); given back when the response is ready.
+      const admitted = upstream.admit(clientIp, t0 + this.opts.clockOffset);
+      if (admitted === null) {
+        pending?.cancel();
+        const fb = guard.fallback;
+        if (fb === null || guard.refusal !== Errors.CIRCUIT_OPEN) return reject(guard.refusal, close, route.slot);
+        this.count(fb.def, route.slot, mIdx, t0, -1, isHead ? 0 : fb.body.length);
+        this.logAnswer(info, fb.status, route.id, '', '', fb.def.code, -1, isHead ? 0 : fb.body.length);
+        return fallbackResponse(fb, this.dp.config.server.requestIdHeader, requestId, isHead, close);
+      }
+      pool = admitted;
+    }
     const headers = new Headers();
     const drop = route.requestPlan.drop;
     const listed = conn !== null ? connectionListed(conn) : null;
@@ -539,6 +624,18 @@ export class BunServer implements Backend {
     }
     const url = `http://${pool.hostHeader}${query === '' ? upstreamPath : `${upstreamPath}?${query}`}`;
     const testThrow = TEST_HOOKS && h.get(TEST_THROW_HEADER) === 'upstream';
+    if (guard !== null) {
+      const answer = pending !== null
+        ? this.decideThenProxy(
+          pending, reject, req, server, route, url, method, mIdx, isHead, requestId, headers, body, clientClose, close, t0, testThrow, info, pool.target.url,
+          pool.metricsBase, policyHeaders,
+        )
+        : this.proxy(
+          req, server, route, url, method, mIdx, isHead, requestId, headers, body, clientClose, close, t0, testThrow, info, pool.target.url, pool.metricsBase,
+          policyHeaders,
+        );
+      return settleAdmission(answer, guard, pool, guard.probe, performance.now());
+    }
     if (pending !== null) {
       return this.decideThenProxy(
         pending, reject, req, server, route, url, method, mIdx, isHead, requestId, headers, body, clientClose, close, t0, testThrow, info, pool.target.url,
@@ -648,6 +745,7 @@ export class BunServer implements Backend {
       if (raised) server.timeout(req, headS > BUN_MAX_IDLE_S ? 0 : headS);
       const ac = new AbortController();
       const timer = setTimeout(abortUpstream, headBudget, ac);
+      this.fetching.add(ac);
       const tSent = performance.now();
       let up: Response;
       try {
@@ -668,22 +766,27 @@ export class BunServer implements Backend {
         done();
         const code = (err as { code?: string }).code ?? '';
         let e: GatewayErrorDef = Errors.UPSTREAM_RESET;
+        const shutdown = ac.signal.aborted && ac.signal.reason === SHUTDOWN;
         if (err instanceof BodyTooLarge || (err as { cause?: unknown }).cause instanceof BodyTooLarge) e = Errors.BODY_TOO_LARGE;
+        else if (shutdown) e = Errors.SHUTTING_DOWN;
         else if (ac.signal.aborted) e = Errors.UPSTREAM_TIMEOUT;
         else if (code === 'ConnectionRefused' || code === 'ECONNREFUSED' || code === 'FailedToOpenSocket') e = Errors.UPSTREAM_CONNECT_FAILED;
         else if (code.startsWith('Invalid') || code.startsWith('Malformed')) e = Errors.UPSTREAM_BAD_RESPONSE;
-        this.count(e, route.slot, mIdx, t0, targetCells);
+        const message = shutdown ? SHUTDOWN_MESSAGE : null;
+        const bytes = gatewayErrorBytes(e, requestId, isHead, message);
+        this.count(e, route.slot, mIdx, t0, targetCells, bytes);
         if (e.status >= 500) {
           this.opts.logs.errors.report({
             requestId, route: route.id, upstream: route.upstream.config.name, target,
             phase: e === Errors.UPSTREAM_CONNECT_FAILED ? 'connect' : 'head', code: e.code, status: e.status,
-            detail: ac.signal.aborted ? 'response timeout' : code !== '' ? code : (err as Error).message ?? '',
+            detail: shutdown ? 'server.drainTimeoutMs ran out' : ac.signal.aborted ? 'response timeout' : code !== '' ? code : (err as Error).message ?? '',
           }, coarse.now);
         }
-        this.logAnswer(info, e.status, route.id, route.upstream.config.name, target, e.code, -1, 0);
-        return this.errorResponse(e, requestId, isHead, close);
+        this.logAnswer(info, e.status, route.id, route.upstream.config.name, target, e.code, -1, bytes);
+        return this.errorResponse(e, requestId, isHead, close || shutdown, null, null, message);
       } finally {
         clearTimeout(timer);
+        this.fetching.delete(ac);
       }
       upBody = up.body;
       const bodyS = Math.min(Math.ceil(t.idleMs / 1000), BUN_MAX_IDLE_S);
@@ -731,17 +834,20 @@ export class BunServer implements Backend {
       }
       if (clientClose) out.set('connection', 'close');
       done();
-      if (metricsOn) recordRequest(cells, this.opts.latency, route.slot, mIdx, status, performance.now() - t0, targetCells);
-      if (info !== null) {
-        const len = noBody ? 0 : Number(uh.get('content-length') ?? '0');
-        this.logAnswer(info, status, route.id, route.upstream.config.name, target, '', upMs, Number.isFinite(len) ? len : 0);
+      // Bun streams the body itself: its bytes are the Content-Length (0 when chunked), as in the access log.
+      const len = noBody ? 0 : Number(uh.get('content-length') ?? '0');
+      const sent = Number.isFinite(len) ? len : 0;
+      if (metricsOn) {
+        recordRequest(cells, this.opts.latency, route.slot, mIdx, status, performance.now() - t0, targetCells);
+        recordSizes(cells, route.slot, info?.bytesReceived ?? 0, sent);
       }
+      if (info !== null) this.logAnswer(info, status, route.id, route.upstream.config.name, target, '', upMs, sent);
       return new Response(noBody ? null : up.body, { status, statusText: up.statusText, headers: out });
     } catch (err) {
       done();
       // The upstream connection is not left holding an unread body.
       upBody?.cancel().catch(() => {});
-      return this.internalError(err, requestId, mIdx, isHead, t0);
+      return this.internalError(err, requestId, mIdx, isHead, t0, info, route.slot, route.id);
     }
   }
 }

@@ -34,6 +34,7 @@ import {
   ACQUIRE_FULL, READ_BUFFER, type Connection, type ConnectionUser, type TargetPool,
 } from '../proxy/upstream-pool.js';
 import { CLOSE_NONE, endWhole, endWithoutBody, writeGatewayError } from './uws-respond.js';
+import { SHUTDOWN_MESSAGE } from './backend.js';
 import { CONTINUE, type DecisionWaiter, type PendingDecision } from '../pipeline/context.js';
 import { entry, resetEntry } from '../access-log.js';
 import type { Phase } from '../error-log.js';
@@ -191,6 +192,8 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
   private decision: PendingDecision | null = null;
   /** The target picked for the request, kept aside while the decision is pending (pool is null until then: nothing counted against it). */
   private pickedPool: TargetPool | null = null;
+  /** The upstream admission (workers/proxy/guard.ts) holds a half-open probe place. */
+  probe = false;
   /** How a refusal closes the connection (the handler's rule for early answers: unread body, client's close). */
   private refuseClose = CLOSE_NONE;
   // --- for the logs (set by the server; references, no copies)
@@ -332,7 +335,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
       }
       const close = e === Errors.INTERNAL ? this.closeBy : this.refuseClose;
       this.closing = close !== CLOSE_NONE;
-      res.cork(() => writeGatewayError(res, e, this.env.requestIdHeader, this.requestId, this.isHead, close, true, null, headers, message));
+      res.cork(() => { this.resBytes = writeGatewayError(res, e, this.env.requestIdHeader, this.requestId, this.isHead, close, true, null, headers, message); });
     }
     this.complete();
   }
@@ -784,8 +787,8 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
     this.complete();
   }
 
-  /** Answers with a gateway error (when nothing was sent yet) and ends. */
-  fail(e: GatewayErrorDef, closeConnection = false): void {
+  /** Answers with a gateway error (when nothing was sent yet; `message` instead of the catalogue's) and ends. */
+  fail(e: GatewayErrorDef, closeConnection = false, message: string | null = null): void {
     this.countError(e.code);
     this.status = e.status;
     if (e.status >= 500 && e !== Errors.INTERNAL) this.report(e.code, e.status, PHASE_NAMES[this.phase] ?? 'connect');
@@ -794,6 +797,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
     if (res !== null) {
       this.res = null;
       if (this.responded) {
+        this.closing = true; // the onAborted res.close() calls is ours (closeClient)
         res.close();
       } else {
         this.responded = true;
@@ -805,6 +809,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
         failEx = this;
         failRes = res;
         failError = e;
+        failMessage = message;
         failClose = closeConnection ? this.closeBy : this.clientClose;
         this.closing = failClose !== CLOSE_NONE;
         res.cork(corkedFail);
@@ -815,8 +820,59 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
     this.complete();
   }
 
-  writeError(res: any, e: GatewayErrorDef, close: number): void {
-    writeGatewayError(res, e, this.env.requestIdHeader, this.requestId, this.isHead, close, true, null);
+  writeError(res: any, e: GatewayErrorDef, close: number, message: string | null): void {
+    this.resBytes = writeGatewayError(res, e, this.env.requestIdHeader, this.requestId, this.isHead, close, true, null, null, message);
+  }
+
+  /**
+   * server.drainTimeoutMs ran out with this exchange still in flight (the
+   * worker is about to close its sockets). Whatever the client saw is what
+   * is logged, with `error: shutting_down` (never client_aborted: the
+   * gateway cut it): no response yet -> a 503 shutting_down that says the
+   * upstream may have the request, and the connection closes; a response
+   * under way -> its status, the bytes sent so far, and the connection
+   * closed mid-body. Never throws.
+   */
+  shutDown(): void {
+    if (this.finished) return;
+    try {
+      if (this.res === null) {
+        // The client has its whole response: only the upstream side was left.
+        this.abortUpstream();
+        this.complete();
+        return;
+      }
+      this.detail = 'server.drainTimeoutMs ran out';
+      if (!this.responded) {
+        this.fail(Errors.SHUTTING_DOWN, true, SHUTDOWN_MESSAGE);
+        return;
+      }
+      this.countError('shutting_down');
+      this.report('shutting_down', this.status, 'body');
+      this.abortUpstream();
+      this.closeClient();
+    } catch (err) {
+      this.crashed(err);
+    }
+  }
+
+  /**
+   * The worker is dying (a fatal error: worker.ts crash()): this request is
+   * lost with it. Nothing is logged or counted here; its in-flight count is
+   * left for the engine, which adds it to turnpike_requests_lost_total when
+   * the thread has exited. The upstream side is let go.
+   */
+  lose(): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.cancelled = true;
+    this.env.timers.remove(this);
+    const d = this.decision;
+    this.decision = null;
+    d?.abandon();
+    try {
+      this.abortUpstream();
+    } catch { /* the thread is going away */ }
   }
 
   /**
@@ -841,10 +897,17 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
     }
   }
 
+  /**
+   * The gateway closes the client connection (a response it cannot finish).
+   * res.close() calls onAborted at once: `closing` keeps that from counting
+   * and logging the request as the client's abort (a 499 client_aborted
+   * over the code it ended with).
+   */
   private closeClient(): void {
     const res = this.res;
     if (res !== null) {
       this.res = null;
+      this.closing = true;
       res.close();
     }
     this.complete();
@@ -953,6 +1016,13 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
       this.decision = null;
       d.abandon();
     }
+    // The upstream admission (guard.ts) is given back with the request's outcome for the breaker.
+    const guard = this.route.upstream.guard;
+    if (guard !== null) {
+      const held = pool ?? this.pickedPool;
+      // coarse.now (the sweep's clock, <= 25 ms behind): no clock read per request.
+      if (held !== null) guard.finish(held, this.probe, this.errorCode, this.status, this.upstreamMs, coarse.now);
+    }
     this.pickedPool = null;
     if (env.logs.access !== null) this.writeAccess();
     if (!env.metricsOn) return;
@@ -970,9 +1040,10 @@ function failUnavailable(ex: Exchange): void {
 let failEx: Exchange | null = null;
 let failRes: any = null;
 let failError: GatewayErrorDef = Errors.INTERNAL;
+let failMessage: string | null = null;
 let failClose = CLOSE_NONE;
 function corkedFail(): void {
-  failEx!.writeError(failRes, failError, failClose);
+  failEx!.writeError(failRes, failError, failClose, failMessage);
 }
 
 let corkConn: Connection | null = null;

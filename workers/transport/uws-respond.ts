@@ -48,6 +48,7 @@ export const CLOSE_BY_SERVER = 1;
 /** Close after the response; the gateway must make it happen. */
 export const CLOSE_ENFORCE = 2;
 import { errorBody, errorBodyWith, type GatewayErrorDef } from '../../common/errors.js';
+import type { Fallback } from '../proxy/guard.js';
 
 const noop = (): void => {};
 
@@ -103,16 +104,36 @@ export function writeJson(res: any, statusLine: string, body: string, isHead: bo
  * in full: status, content-type, request id, `Allow` for 405, a policy's
  * headers (`extra`: name/value pairs, e.g. Retry-After) and message, and
  * for HEAD the same head without the body. Call inside a cork (or the handler).
+ * Returns the body bytes written (0 for HEAD).
  */
 export function writeGatewayError(
   res: any, e: GatewayErrorDef, requestIdHeader: string, requestId: string, isHead: boolean, close: number,
   abortAttached: boolean, allow: string | null, extra: readonly string[] | null = null, message: string | null = null,
-): void {
+): number {
   res.writeStatus(e.statusLine).writeHeader('content-type', 'application/json').writeHeader(requestIdHeader, requestId);
   if (allow !== null) res.writeHeader('allow', allow);
   if (extra !== null) for (let i = 0; i < extra.length; i += 2) res.writeHeader(extra[i]!, extra[i + 1]!);
   const body = message === null ? errorBody(e, requestId) : errorBodyWith(e, message, requestId);
   // Messages and request ids are ASCII (a policy's message too: names and numbers): length in characters = in bytes.
-  if (isHead) endWithoutBody(res, e.status, Buffer.byteLength(body), close, abortAttached);
-  else endWhole(res, body, close);
+  if (isHead) {
+    endWithoutBody(res, e.status, Buffer.byteLength(body), close, abortAttached);
+    return 0;
+  }
+  endWhole(res, body, close);
+  return Buffer.byteLength(body);
+}
+
+/**
+ * Writes an open breaker's fallback (upstreams.<name>.breaker.fallback):
+ * its status, its headers, the request id, and its body as its exact
+ * bytes; for HEAD the same head without the body (a 204 has no
+ * Content-Length). Call inside a cork (or the handler).
+ */
+export function writeFallback(res: any, fb: Fallback, requestIdHeader: string, requestId: string, isHead: boolean, close: number, abortAttached: boolean): void {
+  res.writeStatus(fb.statusLine);
+  const h = fb.headers;
+  for (let i = 0; i < h.length; i += 2) res.writeHeader(h[i]!, h[i + 1]!);
+  res.writeHeader(requestIdHeader, requestId);
+  if (isHead || fb.status === 204 || fb.status === 304) endWithoutBody(res, fb.status, fb.status === 204 ? -1 : fb.body.length, close, abortAttached);
+  else endWhole(res, fb.body, close);
 }

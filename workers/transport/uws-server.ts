@@ -11,7 +11,7 @@
  */
 import { Errors, type GatewayErrorDef } from '../../common/errors.js';
 import { methodIndex } from '../../common/metrics-layout.js';
-import { countError, recordRequest } from '../request-metrics.js';
+import { countError, recordRequest, recordSizes } from '../request-metrics.js';
 import type { Dataplane } from '../dataplane.js';
 import { log } from '../../common/log.js';
 import { connectionListed, hasCloseOption, isSafeRequestId } from '../proxy/headers.js';
@@ -22,9 +22,13 @@ import { MATCH_FOUND } from '../router/types.js';
 import { isValidHost, normalizeHost, normalizePath } from '../router/normalize.js';
 import { Exchange, REQ_BODY_CHUNKED, REQ_BODY_LENGTH, REQ_BODY_NONE, type ExchangeEnv } from './uws-exchange.js';
 import { loadUws } from './uws-loader.js';
-import { CLOSE_BY_SERVER, CLOSE_ENFORCE, CLOSE_NONE, writeGatewayError, writeJson } from './uws-respond.js';
+import { CLOSE_BY_SERVER, CLOSE_ENFORCE, CLOSE_NONE, writeFallback, writeGatewayError, writeJson } from './uws-respond.js';
+import type { UpstreamGuard } from '../proxy/guard.js';
+import type { TargetPool } from '../proxy/upstream-pool.js';
 import { C_DRAINING } from '../../common/protocol.js';
-import { HEALTH_DRAINING, HEALTH_OK, LINGER_MAX_BYTES, type Backend, type ServerOptions } from './backend.js';
+import {
+  HEALTH_DRAINING, HEALTH_OK, LINGER_MAX_BYTES, gatewayErrorBytes, type Backend, type CloseReason, type ServerOptions,
+} from './backend.js';
 import { REFUSED, RequestContext, type PendingDecision } from '../pipeline/context.js';
 
 /** The pipeline's context, reused for every request of this thread (workers/pipeline/context.ts). */
@@ -266,13 +270,23 @@ export class UwsServer implements Backend {
     }
   }
 
-  /** Final close, after drain: the worker exits by itself afterwards. */
-  close(): void {
+  /** Final close (Backend.close): the worker exits by itself afterwards. */
+  close(reason: CloseReason): void {
     this.stopListening();
     if (this.sweeper !== null) clearInterval(this.sweeper);
     this.sweeper = null;
-    // Closes every client socket; pending exchanges see onAborted and let go
-    // of their upstream sockets.
+    // Requests still in flight: ended by the gateway, not by their clients
+    // (app.close() would make each look like a client abort, a 499).
+    let t = this.timers.head;
+    while (t !== null) {
+      const next = t.nextTimed;
+      const ex = t as Exchange;
+      if (reason === 'crashed') ex.lose();
+      else ex.shutDown();
+      t = next;
+    }
+    // Closes every client socket; what is left sees onAborted and lets go
+    // of its upstream socket.
     this.app.close();
     this.dp.retire(null);
   }
@@ -402,7 +416,20 @@ export class UwsServer implements Backend {
 
     // --- upstream request head
     const upstreamPath = route.rewrite !== null ? route.rewrite(path, m.paramNames, m.params) : route.forwardOriginalPath ? url : path;
-    const pool = route.upstream.pick(clientIp);
+    const upstream = route.upstream;
+    const guard = upstream.guard;
+    let pool: TargetPool;
+    if (guard === null) {
+      pool = upstream.pick(clientIp);
+    } else {
+      // Breakers, health, ejection, maxInFlight (workers/proxy/guard.ts): given back by the exchange, or below if refused before it exists.
+      const admitted = upstream.admit(clientIp, t0 + this.opts.clockOffset);
+      if (admitted === null) return this.refuseUpstream(res, guard, requestId, mIdx, isHead, t0, close, route.slot);
+      pool = admitted;
+      this.admittedGuard = guard;
+      this.admittedPool = pool;
+      this.admittedProbe = guard.probe;
+    }
     const hostLine = route.preserveHost ? hHost : pool.hostHeader;
     let head = method + ' ' + (query === '' ? upstreamPath : upstreamPath + '?' + query) + ' HTTP/1.1\r\nhost: ' + hostLine + '\r\n';
     const drop = route.requestPlan.drop;
@@ -444,6 +471,12 @@ export class UwsServer implements Backend {
     else head += '\r\n';
 
     const ex = new Exchange(res, this.env, route, pool, method, mIdx, requestId, head, bodyMode, route.maxBodyBytes, t0, clientClose, closeBy);
+    if (guard !== null) {
+      // The exchange gives the admission back when it completes.
+      ex.probe = this.admittedProbe;
+      this.admittedGuard = null;
+      this.admittedPool = null;
+    }
     this.pendingEx = ex;
     ex.client = clientIp;
     ex.host = hHost;
@@ -488,14 +521,69 @@ export class UwsServer implements Backend {
   /** A pending decision not yet handed to its exchange: a refusal (or a throw) before that must cancel it. */
   private pendingDecision: PendingDecision | null = null;
 
-  /** reject() for a refusal after the policies ran: a decision they left pending gives back what it took. */
+  /** reject() for a refusal after the policies ran: a decision they left pending gives back what it took, and so does an upstream admission. */
   private rejectAfterPolicies(res: any, e: GatewayErrorDef, requestId: string, mIdx: number, isHead: boolean, t0: number, close: number, slot: number): void {
     const p = this.pendingDecision;
     if (p !== null) {
       this.pendingDecision = null;
       p.cancel();
     }
+    this.releaseAdmission(e.code);
     this.reject(res, e, requestId, mIdx, isHead, t0, close, slot);
+  }
+
+  /** An upstream admission (guard.ts) not yet handed to its exchange: a refusal (or a throw) before that gives it back, with no verdict. */
+  private admittedGuard: UpstreamGuard | null = null;
+  private admittedPool: TargetPool | null = null;
+  private admittedProbe = false;
+
+  private releaseAdmission(code: string): void {
+    const g = this.admittedGuard;
+    if (g === null) return;
+    const pool = this.admittedPool!;
+    this.admittedGuard = null;
+    this.admittedPool = null;
+    g.finish(pool, this.admittedProbe, code, 0, -1, coarse.now);
+  }
+
+  /**
+   * The upstream refused the request (guard.ts: upstream_overloaded,
+   * circuit_open, no_healthy_upstream): answered as every gateway error,
+   * or with the breaker's fallback for circuit_open when one is set.
+   */
+  private refuseUpstream(res: any, guard: UpstreamGuard, requestId: string, mIdx: number, isHead: boolean, t0: number, close: number, slot: number): void {
+    const p = this.pendingDecision;
+    if (p !== null) {
+      this.pendingDecision = null;
+      p.cancel();
+    }
+    const e = guard.refusal;
+    const fb = guard.fallback;
+    if (fb === null || e !== Errors.CIRCUIT_OPEN) return this.reject(res, e, requestId, mIdx, isHead, t0, close, slot);
+    // The fallback's exact bytes, counted and logged as circuit_open with the fallback's status.
+    const logs = this.opts.logs;
+    const client = logs.access !== null ? this.remoteAddress(res) : '';
+    if (close === CLOSE_NONE) {
+      writeFallback(res, fb, ridHeaderName, requestId, isHead, CLOSE_NONE, false);
+    } else {
+      // After the handler returns, as every answer that closes (answerAfterHandler).
+      const a = { aborted: false };
+      res.onAborted(() => { a.aborted = true; });
+      setImmediate(() => {
+        if (a.aborted) return;
+        try {
+          res.cork(() => writeFallback(res, fb, ridHeaderName, requestId, isHead, close, true));
+        } catch (err) {
+          log('error', 'internal error while answering; the connection is dropped', { requestId, error: String(err) });
+        }
+      });
+    }
+    const bytes = isHead ? 0 : fb.body.length;
+    if (logs.access !== null || fb.status >= 500) this.logReject(client, fb.def, requestId, t0, slot, bytes);
+    if (!this.env.metricsOn) return;
+    countError(this.env.metrics, e.code);
+    recordRequest(this.env.metrics, this.env.latency, slot, mIdx, fb.status, performance.now() - t0);
+    recordSizes(this.env.metrics, slot, 0, bytes);
   }
 
   /** The exchange the handler is starting, the request id it gave out and the method's index: what a throw must clean up. */
@@ -530,6 +618,9 @@ export class UwsServer implements Backend {
   private internalError(res: any, err: unknown): void {
     const ex = this.pendingEx;
     this.pendingEx = null;
+    try {
+      this.releaseAdmission('internal_error');
+    } catch { /* giving back is best effort on a path that already failed */ }
     const p = this.pendingDecision;
     this.pendingDecision = null;
     if (p !== null) {
@@ -605,8 +696,8 @@ export class UwsServer implements Backend {
     writeJson(res, draining ? '503 Service Unavailable' : '200 OK', draining ? HEALTH_DRAINING : HEALTH_OK, isHead, null);
   }
 
-  /** Access log line (and, for a 5xx, an error log line) of a request the gateway answered itself. */
-  private logReject(client: string, e: GatewayErrorDef, requestId: string, t0: number, slot: number): void {
+  /** Access log line (and, for a 5xx, an error log line) of a request the gateway answered itself; `bytes`: its body bytes. */
+  private logReject(client: string, e: GatewayErrorDef, requestId: string, t0: number, slot: number, bytes: number): void {
     const logs = this.opts.logs;
     const route = slot === 0 ? '' : (this.dp.routes.find((r) => r.slot === slot)?.id ?? '');
     if (e.status >= 500 && e !== Errors.INTERNAL) {
@@ -624,6 +715,7 @@ export class UwsServer implements Backend {
     a.path = this.currentUrl;
     a.query = this.currentQuery;
     a.status = e.status;
+    a.bytesSent = bytes;
     a.durationMs = performance.now() - t0;
     a.route = route;
     a.error = e.code;
@@ -640,12 +732,19 @@ export class UwsServer implements Backend {
     const logs = this.opts.logs;
     // The client address must be read before the response ends (res is dead after).
     const client = logs.access !== null ? this.remoteAddress(res) : '';
-    if (close === CLOSE_NONE) writeGatewayError(res, e, ridHeaderName, requestId, isHead, CLOSE_NONE, false, allow, extra, message);
-    else this.answerAfterHandler(res, e, requestId, isHead, close, allow, extra, message);
-    if (logs.access !== null || e.status >= 500) this.logReject(client, e, requestId, t0, slot);
+    let bytes: number;
+    if (close === CLOSE_NONE) {
+      bytes = writeGatewayError(res, e, ridHeaderName, requestId, isHead, CLOSE_NONE, false, allow, extra, message);
+    } else {
+      this.answerAfterHandler(res, e, requestId, isHead, close, allow, extra, message);
+      bytes = gatewayErrorBytes(e, requestId, isHead, message);
+    }
+    if (logs.access !== null || e.status >= 500) this.logReject(client, e, requestId, t0, slot, bytes);
     if (!this.env.metricsOn) return;
     countError(this.env.metrics, e.code);
     recordRequest(this.env.metrics, this.env.latency, slot, mIdx, e.status, performance.now() - t0);
+    // The body was not read (0 received); the answer's body was sent.
+    recordSizes(this.env.metrics, slot, 0, bytes);
   }
 }
 

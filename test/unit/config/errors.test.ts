@@ -74,7 +74,7 @@ describe('schema errors: readable path and message', () => {
 
   it('enums list the allowed values and suggest the closest', () => {
     expect(lines(withUpstream({ targets: ['http://a:1'], balance: 'least-conn' }))).toEqual([
-      'upstreams.users.balance: must be one of "round_robin", "least_conn", "random", "ip_hash" (got "least-conn") (did you mean "least_conn"?)',
+      'upstreams.users.balance: must be one of "round_robin", "least_conn", "random", "ip_hash", "p2c" (got "least-conn") (did you mean "least_conn"?)',
     ]);
     expect(lines(withServer({ backend: 'nginx' }))).toEqual(['server.backend: must be one of "auto", "uws", "bun" (got "nginx")']);
   });

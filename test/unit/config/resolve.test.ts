@@ -36,6 +36,9 @@ describe('defaults resolution', () => {
       pool: { maxConnections: 256, idleTimeoutMs: 30000, maxPending: 1024 },
       timeouts: { connectMs: 1000, responseMs: 15000, idleMs: 30000, totalMs: 0 },
       headers: { request: { add: [], set: [], remove: [] }, response: { add: [], set: [], remove: [] } },
+      breaker: null,
+      healthCheck: null,
+      outlierDetection: null,
     });
     expect(c.routes[0]).toEqual({
       id: 'users',
