@@ -18,6 +18,7 @@ import { errorBodyWith, Errors } from '../../common/errors.js';
 import { baseConfig, startGateway, type Gateway } from '../helpers/gateway.js';
 import { startUpstream, type Upstream } from '../helpers/upstream.js';
 import { sampleValue } from '../helpers/metrics.js';
+import { rawExchange } from '../helpers/raw-http.js';
 
 let up: Upstream;
 
@@ -312,6 +313,20 @@ describe('keys', () => {
     expect((await get(plain, '/h', { 'x-tenant': '127.0.0.1' })).status).toBe(200);
     expect((await get(plain, '/h')).status).toBe(200);
     expect((await get(plain, '/h')).status).toBe(429);
+  });
+
+  it('a header key sent on several lines is their combined value: a line put before another is not a key of its own', async () => {
+    const twoLines = async () => {
+      const { res, conn } = await rawExchange(plain.port, 'GET /h HTTP/1.1\r\nHost: t\r\nX-Tenant: t7\r\nX-Tenant: t8\r\nConnection: close\r\n\r\n');
+      conn.close();
+      return res.status;
+    };
+    expect(await twoLines()).toBe(200);
+    // The bucket is "t7, t8": the same value on one line is refused, and neither line alone is it.
+    expect((await get(plain, '/h', { 'x-tenant': 't7, t8' })).status).toBe(429);
+    expect((await get(plain, '/h', { 'x-tenant': 't8' })).status).toBe(200);
+    expect((await get(plain, '/h', { 'x-tenant': 't7' })).status).toBe(200);
+    expect(await twoLines()).toBe(429);
   });
 });
 

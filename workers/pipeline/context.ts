@@ -157,11 +157,18 @@ export class RequestContext implements PolicyOutcome {
     this.refusedBy = '';
   }
 
-  /** The first value of a request header (lowercase name), or null. */
+  /**
+   * A request header's value (lowercase name), or null. A field sent on
+   * several lines is their values joined with ", " in order, its combined
+   * value (RFC 9110 5.3), as X-Forwarded-For is read: a client cannot put a
+   * line of its own before the one a trusted proxy appends and have only
+   * its own read.
+   */
   header(name: string): string | null {
     const h = this.headers;
-    for (let i = 0; i < h.length; i += 2) if (h[i] === name) return h[i + 1]!;
-    return null;
+    let v: string | null = null;
+    for (let i = 0; i < h.length; i += 2) if (h[i] === name) v = v === null ? h[i + 1]! : v + ', ' + h[i + 1]!;
+    return v;
   }
 
   /**
