@@ -37,6 +37,7 @@ import { Errors, errorBody, errorBodyWith, type GatewayErrorDef } from '../../co
 import { LINGER_MAX_BYTES } from '../../workers/transport/backend.js';
 import { baseConfig, startGateway, type Gateway } from '../helpers/gateway.js';
 import { startRawUpstream, startUpstream, type Upstream } from '../helpers/upstream.js';
+import { sampleValue, scrape } from '../helpers/metrics.js';
 
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'OPTIONS', 'PATCH'] as const;
 type Method = (typeof METHODS)[number];
@@ -484,23 +485,7 @@ async function startBlackhole(): Promise<number> {
   throw new Error('could not fill the blackhole upstream\'s accept queue: connects keep completing');
 }
 
-async function scrape(adminPort: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    http.get({ host: '127.0.0.1', port: adminPort, path: '/metrics' }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (d) => (text += d));
-      res.on('end', () => resolve(text));
-    }).on('error', reject);
-  });
-}
-
-function metricValue(text: string, series: string): number | null {
-  for (const line of text.split('\n')) {
-    if (line.startsWith(series + ' ')) return Number(line.slice(series.length + 1));
-  }
-  return null;
-}
+const metricValue = sampleValue;
 
 /** The access log lines (stdout, JSON) a gateway wrote so far. */
 function accessLines(g: Gateway): any[] {

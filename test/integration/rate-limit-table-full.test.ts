@@ -55,7 +55,7 @@ async function status(path: string, headers: Record<string, string>): Promise<nu
 describe('a table filled by one policy\'s client-chosen keys', () => {
   it('new clients of another policy still get a bucket each (eviction, not one shared overflow bucket); quota counts survive', async () => {
     // Quota counts first: 3 of 3 used by 10 tenants.
-    for (let t = 0; t < 10; t++) for (let i = 0; i < 3; i++) expect(await status('/q', { 'x-tenant': `tenant-${t}` })).toBe(200);
+    for (let t = 0; t < 10; t++) for (let i = 0; i < 3; i++) expect(await status('/q', { 'x-tenant': `tenant-${t}` }), `quota tenant-${t} #${i}`).toBe(200);
     // 3,000 keys for a table of 1,024 buckets, 1 per hour each: every one stays live.
     const KEYS = 3000;
     let next = 0;
@@ -68,7 +68,7 @@ describe('a table filled by one policy\'s client-chosen keys', () => {
       }
     }));
     // Each new key got its own bucket (an evicted key simply starts afresh).
-    expect(filled).toBe(KEYS);
+    expect(filled, 'flood keys admitted (each its own fresh bucket)').toBe(KEYS);
     const perClient: number[][] = [];
     for (let c = 0; c < 20; c++) {
       const statuses: number[] = [];
@@ -77,11 +77,11 @@ describe('a table filled by one policy\'s client-chosen keys', () => {
     }
     const admitted = perClient.reduce((s, st) => s + st.filter((x) => x === 200).length, 0);
     console.log(`[rate-limit] table of 1024 filled with ${KEYS} client-chosen keys: 20 new login clients admitted ${admitted} (5 each expected)`);
-    for (const st of perClient) expect(st).toEqual([200, 200, 200, 200, 200, 429]);
+    perClient.forEach((st, c) => expect(st, `login client ${c + 1}`).toEqual([200, 200, 200, 200, 200, 429]));
     // The quota buckets were never evicted: still 3 of 3.
-    for (let t = 0; t < 10; t++) expect(await status('/q', { 'x-tenant': `tenant-${t}` })).toBe(429);
+    for (let t = 0; t < 10; t++) expect(await status('/q', { 'x-tenant': `tenant-${t}` }), `quota tenant-${t} after the flood`).toBe(429);
     const text = await scrape(gw.adminPort!);
-    expect(sampleValue(text, 'turnpike_rate_limit_table_overflow_total')).toBe(0);
+    expect(sampleValue(text, 'turnpike_rate_limit_table_overflow_total'), 'overflow lookups').toBe(0);
     // Registered by admin/metrics.ts (from the table header's H_EVICTIONS).
     const evictions = sampleValue(text, 'turnpike_rate_limit_table_evictions_total');
     expect(evictions).toBeGreaterThan(KEYS - 1024);

@@ -123,6 +123,37 @@ const found: FindResult = { isNew: false, overflowed: false, evicted: false };
 const decision = new Decision();
 /** Policies per route (RATE_LIMIT_DEFAULTS.maxPerRoute). */
 export const MAX_LIMITS = 8;
+
+/**
+ * Runs limit `l`'s algorithm on the bucket at `fb` (Float64 index in `f`,
+ * locked by the caller) for one request at `now` (ms, the shared clock),
+ * with `scale` the share of a cluster limit this instance enforces (1 when
+ * local or shared); the verdict goes into `decision`. Returns the window the
+ * unit was taken from (ms; 0 for the buckets without windows), which giving
+ * the unit back needs.
+ */
+function decideAt(f: Float64Array, fb: number, isNew: boolean, now: number, l: Limit, scale: number): number {
+  switch (l.algorithm) {
+    case ALG_TOKEN_BUCKET:
+      tokenBucket(f, fb, isNew, now, l, scale, decision);
+      return 0;
+    case ALG_GCRA:
+      gcra(f, fb, isNew, now, l, scale, decision);
+      return 0;
+    case ALG_FIXED_WINDOW:
+      fixedWindow(f, fb, isNew, now, l, scale, decision);
+      return now - (now % l.perMs);
+    case ALG_SLIDING_WINDOW:
+      slidingWindow(f, fb, isNew, now, l, scale, decision);
+      return now - (now % l.perMs);
+    default: {
+      const period = l.period!;
+      period.at(now);
+      quota(f, fb, isNew, now, l.rate, period.start, period.end, decision);
+      return period.start;
+    }
+  }
+}
 const MAX = MAX_LIMITS;
 /** Per position: the entry that admitted the request in memory, or -1 (a strict limit left to Redis). */
 const takenEntry = new Int32Array(MAX);
@@ -221,31 +252,7 @@ export class RateLimitPolicyRunner implements Policy {
       const e = table.find(l.tag, hash[0]!, hash[1]!, now, found, true);
       const ib = table.base(e);
       const fb = ib >> 1;
-      const scale = l.cluster ? table.share : 1;
-      let window = 0;
-      switch (l.algorithm) {
-        case ALG_TOKEN_BUCKET:
-          tokenBucket(f, fb, found.isNew, now, l, scale, decision);
-          break;
-        case ALG_GCRA:
-          gcra(f, fb, found.isNew, now, l, scale, decision);
-          break;
-        case ALG_FIXED_WINDOW:
-          window = now - (now % l.perMs);
-          fixedWindow(f, fb, found.isNew, now, l, scale, decision);
-          break;
-        case ALG_SLIDING_WINDOW:
-          window = now - (now % l.perMs);
-          slidingWindow(f, fb, found.isNew, now, l, scale, decision);
-          break;
-        case ALG_QUOTA: {
-          const period = l.period!;
-          period.at(now);
-          window = period.start;
-          quota(f, fb, found.isNew, now, l.rate, period.start, period.end, decision);
-          break;
-        }
-      }
+      const window = decideAt(f, fb, found.isNew, now, l, l.cluster ? table.share : 1);
       if (decision.allowed && l.pends) f[fb + F_PENDING]! += 1;
       takenHi[i] = table.i32[ib + E_HI]!;
       takenLo[i] = table.i32[ib + E_LO]!;
@@ -313,24 +320,7 @@ export class RateLimitPolicyRunner implements Policy {
     const e = table.find(l.tag, hi, lo, now, found, true);
     const ib = table.base(e);
     const fb = ib >> 1;
-    const scale = l.cluster ? table.share : 1;
-    let window = 0;
-    switch (l.algorithm) {
-      case ALG_TOKEN_BUCKET:
-        tokenBucket(f, fb, found.isNew, now, l, scale, decision);
-        break;
-      case ALG_GCRA:
-        gcra(f, fb, found.isNew, now, l, scale, decision);
-        break;
-      case ALG_FIXED_WINDOW:
-        window = now - (now % l.perMs);
-        fixedWindow(f, fb, found.isNew, now, l, scale, decision);
-        break;
-      case ALG_SLIDING_WINDOW:
-        window = now - (now % l.perMs);
-        slidingWindow(f, fb, found.isNew, now, l, scale, decision);
-        break;
-    }
+    const window = decideAt(f, fb, found.isNew, now, l, l.cluster ? table.share : 1);
     local.entryHi = table.i32[ib + E_HI]!;
     local.entryLo = table.i32[ib + E_LO]!;
     table.unlock(e);
