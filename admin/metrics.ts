@@ -155,9 +155,9 @@ export class MetricsView {
       () => [{ labels: {}, value: this.table.countLive(performance.now() + this.clockOffset) }]);
     add('turnpike_rate_limit_table_capacity', 'Buckets the shared rate-limit table holds (rateLimitTable.capacity, rounded up to a power of two).', 'gauge',
       () => [{ labels: {}, value: this.table.capacity }]);
-    add('turnpike_rate_limit_table_overflow_total', 'Rate-limit lookups that went to their policy\'s overflow bucket: the table was full around the key and every bucket there was a quota\'s (never evicted). Grow rateLimitTable.capacity when this rises.', 'counter',
+    add('turnpike_rate_limit_table_overflow_total', 'Rate-limit lookups that went to their policy\'s overflow bucket: a key that lost every race for a slot, or the quota file\'s restore into a full table.', 'counter',
       () => [{ labels: {}, value: this.sum(G_RATE_LIMIT_OVERFLOW) }]);
-    add('turnpike_rate_limit_table_evictions_total', 'Live rate-limit buckets evicted because the table was full around a new key (its own policy\'s first, then the one full again soonest; never a quota\'s): the evicted client starts afresh. Grow rateLimitTable.capacity when this rises.', 'counter',
+    add('turnpike_rate_limit_table_evictions_total', 'Live rate-limit buckets evicted because the table was full around a new key (its own policy\'s first, then the one full again soonest, quotas\' last): the evicted client starts afresh. Grow rateLimitTable.capacity when this rises.', 'counter',
       () => [{ labels: {}, value: this.table.evictions }]);
     this.addRateLimitSync(add, opts.rateLimitSync);
     for (const m of opts.extra ?? []) add(m.name, m.help, m.type, m.collect);

@@ -43,15 +43,19 @@
  * chooses evicts its own buckets, never resets another policy's, such as
  * its own login limit), then one with no unsynced admissions (F_PENDING
  * 0), then the one that expires soonest (its state is the closest to "full
- * again", which a new bucket starts as anyway); never a bucket of a
- * protected policy (`protect`: quotas, whose counts must survive). The evicted key merely gets a fresh (full) bucket on its
- * next request: one key is limited afresh, instead of every new key
+ * again", which a new bucket starts as anyway); a bucket of a protected
+ * policy (`protect`: quotas, whose counts should survive) only when the
+ * window holds nothing else, its own policy's first (with Redis a cluster
+ * quota's evicted key learns its count again at its next sync; without,
+ * it starts afresh). The evicted key merely gets a fresh (full) bucket on
+ * its next request: one key is limited afresh, instead of every new key
  * sharing one bucket. That is what keeps a client that chooses its own
  * keys (by: header:..., query:...) from filling the table and denying
- * service to every new client of every policy. Only when every bucket of
- * the window is protected does the key share its policy's overflow bucket
- * (OVERFLOW_ENTRIES reserved entries after the table, indexed by tag):
- * keys in that situation are limited together, at the policy's limit.
+ * service to every new client of every policy. The policy's overflow
+ * bucket (OVERFLOW_ENTRIES reserved entries after the table, indexed by
+ * tag) is left for lookups without `evict` (the quota file's restore) and
+ * for a key that loses every claim race (CLAIM_ATTEMPTS): keys there are
+ * limited together, at the policy's limit.
  * Evictions are counted in the header (H_EVICTIONS). Memory never grows;
  * nothing throws. Size `rateLimitTable.capacity` to about twice the keys
  * active within a bucket's refill time.
@@ -76,7 +80,7 @@
  * sees another gives its own slot back (empty: an evicted bucket is not
  * put back). So a key never has two buckets. An eviction is a claim of a
  * live slot: the victim is chosen from an unlocked look, then checked again
- * under its lock (still the same key, still live, still not protected)
+ * under its lock (still the same key, still live)
  * before it is taken; its key's next lookup finds it gone and claims
  * another slot. A bucket's key can thus change between two lookups of the
  * same request: whoever gives a unit back later (index.ts giveBack) checks
@@ -327,9 +331,10 @@ export class RateLimitTable {
   }
 
   /**
-   * Buckets of policy `tag` are never evicted (quotas: their counts must
-   * survive a full table). Per view: every thread that decides requests
-   * registers the protected policies of its config (index.ts).
+   * Buckets of policy `tag` are evicted last (quotas: their counts should
+   * survive a full table; see `victim`). Per view: every thread that
+   * decides requests registers the protected policies of its config
+   * (index.ts).
    */
   protect(tag: number): void {
     this.protectedTags.add(tag);
@@ -392,8 +397,8 @@ export class RateLimitTable {
       const vLo = i32[b + E_LO]!;
       this.lock(free);
       const claimable = evicting
-        // Still the bucket chosen, still live, still not protected.
-        ? i32[b + E_TAG] === vTag && vTag !== 0 && i32[b + E_HI] === vHi && i32[b + E_LO] === vLo && !this.protectedTags.has(vTag) && !reusable(f64, fb, now)
+        // Still the bucket chosen, still live.
+        ? i32[b + E_TAG] === vTag && vTag !== 0 && i32[b + E_HI] === vHi && i32[b + E_LO] === vLo && !reusable(f64, fb, now)
         : i32[b + E_TAG] === 0 || reusable(f64, fb, now);
       if (claimable) {
         // Publish the claim, then look for a concurrent one (module comment, "Claims").
@@ -434,27 +439,31 @@ export class RateLimitTable {
   /**
    * The live bucket of the window starting at `lo` that is worth least to
    * evict for a new key of policy `tag` (unlocked look; find checks it again
-   * under its lock), never a protected one. In order: a bucket of the same
+   * under its lock). In order: a bucket of the same
    * policy (a policy whose keys fill the table evicts its own buckets first:
    * a client flooding one policy with keys it chooses cannot evict, and so
    * reset, the buckets of another policy, such as its own login limit), then
-   * one with no unsynced admissions, then the one that expires soonest.
-   * -1 when every bucket of the window is protected.
+   * one with no unsynced admissions, then the one that expires soonest; a
+   * protected (quota) bucket only when the window holds nothing else (its
+   * own policy's first): a flood of quota keys must not send every new key
+   * of every policy to one overflow bucket. -1 only when the window is empty
+   * of live buckets (a race: find looks again).
    */
   private victim(lo: number, tag: number): number {
     const i32 = this.i32;
     const f64 = this.f64;
     let best = -1;
-    let bestRank = 4;
+    let bestRank = 6;
     let bestExpires = Infinity;
     for (let p = 0; p < PROBE_WINDOW; p++) {
       const e = (lo + p) & this.mask;
       const b = (HEADER_ENTRIES + e) * ENTRY_INTS;
       const t = Atomics.load(i32, b + E_TAG);
-      if (t === 0 || this.protectedTags.has(t)) continue;
+      if (t === 0) continue;
       const fb = b >> 1;
-      // 0: same policy, nothing pending; 1: same policy; 2: other, nothing pending; 3: other.
-      const rank = (t === tag ? 0 : 2) + (f64[fb + F_PENDING] !== 0 ? 1 : 0);
+      // 0: same policy, nothing pending; 1: same policy; 2: other, nothing pending; 3: other;
+      // then protected (quota) buckets, the last resort: 4 same policy, 5 other.
+      const rank = this.protectedTags.has(t) ? (t === tag ? 4 : 5) : (t === tag ? 0 : 2) + (f64[fb + F_PENDING] !== 0 ? 1 : 0);
       const expires = f64[fb + F_EXPIRES]!;
       if (rank < bestRank || (rank === bestRank && expires < bestExpires)) {
         best = e;

@@ -9,7 +9,7 @@
  * The main thread never terminate()s a worker that may still hold uWS
  * sockets and never exits before its workers: either aborts the process.
  */
-import { createClockEpoch, createRateLimitTable } from '../common/rate-limit-layout.js';
+import { H_STORE_DOWN, createClockEpoch, createRateLimitTable } from '../common/rate-limit-layout.js';
 import {
   type Stats, chmodSync, chownSync, closeSync, copyFileSync, fchmodSync, fchownSync, fsyncSync, openSync, readFileSync, readdirSync, realpathSync, renameSync, statSync,
   unlinkSync, writeFileSync, writeSync,
@@ -156,6 +156,10 @@ export class Supervisor {
     this.logWriter = opts.logWriter;
     this.logWriter.setControl(this.controlView);
     this.rateLimitTable = createRateLimitTable(config.rateLimitTable.capacity);
+    // With Redis, the store counts as away until the admin thread's first
+    // connection succeeds: the workers serve before it even starts, and a
+    // limit with onStoreError: deny must not admit meanwhile.
+    if (config.redis !== null) new Float64Array(this.rateLimitTable)[H_STORE_DOWN] = 1;
     this.assignSlots(config);
   }
 

@@ -245,6 +245,9 @@ export class RateLimitSync {
 
   private openStore(cfg: RedisConfig): void {
     this.state = 'connecting';
+    // Not connected yet is not shared yet: deny limits refuse until markUp
+    // (allow_local ones decide locally meanwhile), as when Redis is away.
+    this.table.f64[H_STORE_DOWN] = 1;
     this.everUp = false;
     this.instances = 1;
     this.lastBeat = -Infinity;

@@ -153,7 +153,8 @@ export class RedisStore {
         opts.sentinelRetryStrategy = (times: number) => reconnectDelay(times);
         this.client = new Redis(opts) as Client;
       } else {
-        this.client = new Redis(config.url!, opts) as Client;
+        // The database as validated (redisDatabase), never ioredis's own reading of the URL.
+        this.client = new Redis(config.url!, { ...opts, db: this.db ?? 0 }) as Client;
       }
     }
     // A new connection: its handshake (AUTH, SELECT) is about to run.

@@ -352,17 +352,25 @@ export function redisDatabase(url: string | URL): number | null {
   return n <= MAX_REDIS_DB ? n : null;
 }
 
-/** The database part of a redis:// URL as written (path first, then ?db=), or null when there is none. */
+/**
+ * The database part of a redis:// URL exactly as written, not decoded
+ * (ioredis sends `/%31` as `SELECT %31`), path first, then ?db=; null when
+ * there is none. Both at once is ambiguous: returned as '' (not a number),
+ * so that it is refused.
+ */
 function databaseText(u: URL): string | null {
   const path = u.pathname;
-  if (path !== '' && path !== '/') return decodeURIComponent(path.slice(1));
-  return u.searchParams.get('db');
+  const query = u.searchParams.get('db');
+  if (path !== '' && path !== '/') return query !== null ? '' : path.slice(1);
+  return query;
 }
 
 /** What is wrong with the database part of a redis:// URL (validation message), or null. */
 function redisDatabaseProblem(u: URL): string | null {
   if (redisDatabase(u) !== null) return null;
   const text = databaseText(u) ?? '';
+  const both = u.pathname !== '' && u.pathname !== '/' && u.searchParams.get('db') !== null;
+  if (both) return `names a database twice (the path ${JSON.stringify(u.pathname)} and ?db=${JSON.stringify(u.searchParams.get('db'))}): keep one, e.g. redis://host:6379/0`;
   const where = u.pathname !== '' && u.pathname !== '/' ? `the database part ${JSON.stringify('/' + text)}` : `the database parameter db=${JSON.stringify(text)}`;
   return `${where} must be a whole number from 0 to ${MAX_REDIS_DB} (a Redis server has databases 0-15 unless its "databases" setting says otherwise, and may have fewer): write redis://host:6379/0, or leave the database out for 0`;
 }

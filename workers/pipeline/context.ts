@@ -158,17 +158,16 @@ export class RequestContext implements PolicyOutcome {
   }
 
   /**
-   * A request header's value (lowercase name), or null. A field sent on
-   * several lines is their values joined with ", " in order, its combined
-   * value (RFC 9110 5.3), as X-Forwarded-For is read: a client cannot put a
-   * line of its own before the one a trusted proxy appends and have only
-   * its own read.
+   * The value of a request header's last line (lowercase name), or null.
+   * Last, not first or all of them joined: a proxy in front that appends
+   * the header writes the last line, and whatever a client puts before it
+   * (a line of its own, varied per request to get a fresh key) is not read,
+   * as the right-most X-Forwarded-For hop is the one trusted.
    */
   header(name: string): string | null {
     const h = this.headers;
-    let v: string | null = null;
-    for (let i = 0; i < h.length; i += 2) if (h[i] === name) v = v === null ? h[i + 1]! : v + ', ' + h[i + 1]!;
-    return v;
+    for (let i = h.length - 2; i >= 0; i -= 2) if (h[i] === name) return h[i + 1]!;
+    return null;
   }
 
   /**

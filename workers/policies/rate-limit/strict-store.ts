@@ -155,7 +155,8 @@ export class StrictStore {
     } else if (cfg.sentinels !== null) {
       this.client = new Redis({ ...options, sentinels: cfg.sentinels.map((n) => ({ host: n.host, port: n.port })), name: cfg.name ?? undefined });
     } else {
-      this.client = new Redis(cfg.url!, options);
+      // The database as validated (redisDatabase), never ioredis's own reading of the URL.
+      this.client = new Redis(cfg.url!, { ...options, db: this.db ?? 0 });
     }
     for (let i = 0; i < STRICT_SCRIPTS.length; i++) {
       this.client.defineCommand(DECIDE_COMMANDS[i]!, { numberOfKeys: 1, lua: STRICT_SCRIPTS[i]!.decide });

@@ -30,9 +30,18 @@ describe('redis.url: the database part', () => {
     ['redis://127.0.0.1:6379/0/x', 'the database part "/0/x"'],
     ['redis://127.0.0.1:6379/99999999999', 'the database part "/99999999999"'],
     ['redis://127.0.0.1:6379?db=abc', 'the database parameter db="abc"'],
-    ['rediss://:pw@127.0.0.1:6380/%20', 'the database part "/ "'],
+    ['rediss://:pw@127.0.0.1:6380/%20', 'the database part "/%20"'],
+    // Percent-encoded digits: ioredis would send them as they are (SELECT %31).
+    ['redis://127.0.0.1:6379/%31', 'the database part "/%31"'],
   ])('%s is refused', (url, what) => {
     expect(lines(withRedis(url))).toEqual([`redis.url: ${what} ${DB_HINT}`]);
+  });
+
+  it('a database named twice (path and ?db=) is refused: which one ioredis uses is not ours to guess', () => {
+    expect(lines(withRedis('redis://127.0.0.1:6379/1?db=99'))).toEqual([
+      'redis.url: names a database twice (the path "/1" and ?db="99"): keep one, e.g. redis://host:6379/0',
+    ]);
+    expect(redisDatabase('redis://127.0.0.1:6379/1?db=99')).toBeNull();
   });
 
   it('a password in the URL is never echoed by the message', () => {

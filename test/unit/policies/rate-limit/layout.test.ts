@@ -245,7 +245,7 @@ describe('a full window: eviction (find with evict, as requests do)', () => {
     t.unlock(o);
   });
 
-  it('never evicts a protected policy\'s bucket (quotas); prefers a bucket with no unsynced admissions; overflows only when all are protected', () => {
+  it('evicts a protected policy\'s bucket (quotas) only when the window holds nothing else; prefers a bucket with no unsynced admissions', () => {
     const t = new RateLimitTable(createRateLimitTable(1024));
     const quotaTag = 21;
     t.protect(quotaTag);
@@ -268,16 +268,22 @@ describe('a full window: eviction (find with evict, as requests do)', () => {
     const e2 = t.find(25, 2, lo, T0 + 2, r, true);
     expect([e2, r.evicted]).toEqual([slots[14], true]);
     t.unlock(e2);
-    // Every bucket of a window protected: the overflow bucket, as before.
+    // Every bucket of a window protected: one of them is evicted (the soonest to expire), never the
+    // overflow bucket (a flood of quota keys must not send every new key of every policy there).
     const u = new RateLimitTable(createRateLimitTable(1024));
     u.protect(quotaTag);
     fill(u, quotaTag, 700, (i) => T0 + 1000 + i);
     const o = u.find(24, 1, 700, T0 + 1, r, true);
-    expect([o, r.overflowed, r.evicted]).toEqual([u.overflowEntry(24), true, false]);
+    expect([o, r.overflowed, r.evicted]).toEqual([700, false, true]);
+    u.f64[(u.base(o) >> 1) + F_EXPIRES] = T0 + 9000;
     u.unlock(o);
-    expect(u.evictions).toBe(0);
-    // The quota buckets are all there, untouched.
-    for (let i = 0; i < PROBE_WINDOW; i++) expect(entriesOf(u, quotaTag, 1000 + i, 700)).toHaveLength(1);
+    expect(u.evictions).toBe(1);
+    // The other quota buckets are all there, untouched.
+    for (let i = 1; i < PROBE_WINDOW; i++) expect(entriesOf(u, quotaTag, 1000 + i, 700)).toHaveLength(1);
+    // Without `evict` (the quota file's restore), a full window still goes to the overflow bucket.
+    const v = u.find(25, 1, 700, T0 + 1, r, false);
+    expect([v, r.overflowed]).toEqual([u.overflowEntry(25), true]);
+    u.unlock(v);
   });
 
   it('a new key evicts a bucket of its own policy first: a key flood in one policy never resets another policy\'s buckets', () => {
