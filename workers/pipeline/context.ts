@@ -146,6 +146,36 @@ export class RequestContext implements PolicyOutcome {
   /** Set with PENDING: the decision still to come (see the module comment). */
   pending: PendingDecision | null = null;
 
+  /**
+   * Runs a route's policies in order for one request, with this context's
+   * outputs cleared and its inputs set from the arguments (what every
+   * server backend does, in one place). Returns REFUSED at the first
+   * refusal (a decision a policy left pending is cancelled first: what it
+   * took is given back; the refusal is in `refusal`, `refusalHeaders`,
+   * `refusalMessage`), else CONTINUE (then `pending` may hold a decision
+   * still to come).
+   */
+  run(
+    policies: readonly Policy[], now: number, routeId: string, routeSlot: number,
+    clientIp: string, xff: string | null, headers: readonly string[], query: string,
+  ): number {
+    this.reset();
+    this.now = now;
+    this.routeId = routeId;
+    this.routeSlot = routeSlot;
+    this.clientIp = clientIp;
+    this.xff = xff;
+    this.headers = headers;
+    this.query = query;
+    for (let i = 0; i < policies.length; i++) {
+      if (policies[i]!.onRequest(this) === REFUSED) {
+        this.pending?.cancel();
+        return REFUSED;
+      }
+    }
+    return CONTINUE;
+  }
+
   /** Clears the outputs; the transport then sets the inputs. */
   reset(): void {
     this.pending = null;

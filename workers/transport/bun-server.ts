@@ -544,19 +544,8 @@ export class BunServer implements Backend {
     let pending: PendingDecision | null = null;
     if (policies !== null) {
       const ctx = pctx;
-      ctx.reset();
-      ctx.now = t0 + this.opts.clockOffset;
-      ctx.routeId = route.id;
-      ctx.routeSlot = route.slot;
-      ctx.clientIp = clientIp;
-      ctx.xff = xff;
-      ctx.headers = flat;
-      ctx.query = query;
-      for (let i = 0; i < policies.length; i++) {
-        if (policies[i]!.onRequest(ctx) === REFUSED) {
-          ctx.pending?.cancel();
-          return reject(ctx.refusal!, close, route.slot, null, ctx.refusalHeaders.slice(), ctx.refusalMessage);
-        }
+      if (ctx.run(policies, t0 + this.opts.clockOffset, route.id, route.slot, clientIp, xff, flat, query) === REFUSED) {
+        return reject(ctx.refusal!, close, route.slot, null, ctx.refusalHeaders.slice(), ctx.refusalMessage);
       }
       if (ctx.responseHeaders.length !== 0) policyHeaders = ctx.responseHeaders.slice();
       policyLines = ctx.requestLines;

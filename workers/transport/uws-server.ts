@@ -394,19 +394,8 @@ export class UwsServer implements Backend {
     let pending: PendingDecision | null = null;
     if (policies !== null) {
       const ctx = pctx;
-      ctx.reset();
-      ctx.now = t0 + this.opts.clockOffset;
-      ctx.routeId = route.id;
-      ctx.routeSlot = route.slot;
-      ctx.clientIp = clientIp;
-      ctx.xff = hXff;
-      ctx.headers = hdrs;
-      ctx.query = query;
-      for (let i = 0; i < policies.length; i++) {
-        if (policies[i]!.onRequest(ctx) === REFUSED) {
-          ctx.pending?.cancel();
-          return this.reject(res, ctx.refusal!, requestId, mIdx, isHead, t0, close, route.slot, null, ctx.refusalHeaders.slice(), ctx.refusalMessage);
-        }
+      if (ctx.run(policies, t0 + this.opts.clockOffset, route.id, route.slot, clientIp, hXff, hdrs, query) === REFUSED) {
+        return this.reject(res, ctx.refusal!, requestId, mIdx, isHead, t0, close, route.slot, null, ctx.refusalHeaders.slice(), ctx.refusalMessage);
       }
       if (ctx.responseHeaders.length !== 0) policyHeaders = ctx.responseHeaders.slice();
       policyLines = ctx.requestLines;
