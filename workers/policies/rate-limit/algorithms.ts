@@ -166,23 +166,34 @@ function gcraExpiry(hi: number, lo: number): number {
 export function fixedWindow(f: Float64Array, fb: number, isNew: boolean, now: number, p: LimitParams, rateScale: number, out: Decision): void {
   const per = p.perMs;
   const start = now - (now % per);
+  // The share may have dropped below what this window already counted: countIn clamps remaining.
+  countIn(f, fb, isNew, now, Math.max(1, Math.floor(p.rate * rateScale + EPS)), start, start + per, out);
+}
+
+/**
+ * One request counted in the window [start, end) (ms) of at most `limit`:
+ * F_A count, F_B window start (a bucket whose F_B is another window starts
+ * at 0). Shared by fixed windows and quotas (a calendar period). Returns
+ * whether it was admitted (also in `out`). `remaining` is never negative,
+ * even when the count exceeds the limit (a smaller share, a count learned
+ * from the Redis sync).
+ */
+function countIn(f: Float64Array, fb: number, isNew: boolean, now: number, limit: number, start: number, end: number, out: Decision): boolean {
   let count = isNew || f[fb + F_B] !== start ? 0 : f[fb + F_A]!;
-  const limit = Math.max(1, Math.floor(p.rate * rateScale + EPS));
-  const end = start + per;
-  if (count < limit) {
+  const allowed = count < limit;
+  if (allowed) {
     count++;
-    out.allowed = true;
     out.retryMs = 0;
   } else {
-    out.allowed = false;
     out.retryMs = end - now;
   }
+  out.allowed = allowed;
   f[fb + F_A] = count;
   f[fb + F_B] = start;
   f[fb + F_EXPIRES] = count === 0 ? now : end;
-  // The share may have dropped below what this window already counted.
   out.remaining = count < limit ? limit - count : 0;
   out.resetMs = end - now;
+  return allowed;
 }
 
 /**
@@ -256,22 +267,7 @@ function slidingRetry(prev: number, cur: number, limit: number, per: number, ela
  * count, F_B period start.
  */
 export function quota(f: Float64Array, fb: number, isNew: boolean, now: number, limit: number, start: number, end: number, out: Decision): void {
-  let count = isNew || f[fb + F_B] !== start ? 0 : f[fb + F_A]!;
-  if (count < limit) {
-    count++;
-    out.allowed = true;
-    out.retryMs = 0;
-    markQuotaDirty(f);
-  } else {
-    out.allowed = false;
-    out.retryMs = end - now;
-  }
-  f[fb + F_A] = count;
-  f[fb + F_B] = start;
-  f[fb + F_EXPIRES] = count === 0 ? now : end;
-  // A count from elsewhere (the Redis sync) may exceed the quota.
-  out.remaining = count < limit ? limit - count : 0;
-  out.resetMs = end - now;
+  if (countIn(f, fb, isNew, now, limit, start, end, out)) markQuotaDirty(f);
 }
 
 /**
