@@ -28,10 +28,13 @@ import { LatencyCollector, type AdminContext } from './context.js';
 import { MetricsView } from './metrics.js';
 import { RateLimitSync } from './rate-limit/index.js';
 import { HealthChecker, resilienceMetrics } from './upstream-health.js';
+import { Discovery } from './discovery/index.js';
+import { IdentityService } from './identity/service.js';
+import { AuthzListener } from './identity/authz.js';
 import { readTargetState } from '../common/upstream-state-layout.js';
 import { FIRST_TARGET_SLOT, MAX_TARGET_SLOTS } from '../common/metrics-layout.js';
 import { needsGuard } from '../workers/proxy/guard.js';
-import type { TargetSlotEntries, UpstreamSlotEntries } from '../common/protocol.js';
+import type { TargetSlotEntries, TargetSourceEntries, UpstreamSlotEntries } from '../common/protocol.js';
 
 /** Upstreams whose targets have resilience state (workers/proxy/guard.ts needsGuard). */
 function guardedUpstreams(config: GatewayConfig): ReadonlySet<string> {
@@ -54,13 +57,27 @@ const healthChecker = new HealthChecker(upstreamState);
 let targetSlots: TargetSlotEntries = data.targetSlots;
 let upstreamSlots: UpstreamSlotEntries = data.upstreamSlots;
 let guarded: ReadonlySet<string> = guardedUpstreams(data.config);
+// Targets from DNS and the registry: snapshots go to the engine, which merges them into the config every thread runs.
+const discovery = new Discovery({ push: (upstreams) => send({ type: 'discovery', upstreams }), seed: data.discovered });
+/** `upstream url` -> source, for the targets discovery added to the running config. */
+const sourceMap = (entries: TargetSourceEntries) => new Map(entries.map(([u, url, s]) => [u + ' ' + url, s]));
+let sources = sourceMap(data.sources);
+/** Upstreams with retries (their retry counters are shown in /metrics). */
+const retryingUpstreams = (config: GatewayConfig): ReadonlySet<string> => new Set(Object.values(config.upstreams).filter((u) => u.retry !== null).map((u) => u.name));
+let retrying: ReadonlySet<string> = retryingUpstreams(data.config);
+// Consumers and API keys (issue 12): the store, the workers' key lookups on their stats lines, invalidation, purge.
+const identity = new IdentityService(data.config);
 const metrics = new MetricsView(data.metrics, control, data.slots, {
   targetSlots: data.targetSlots, config: data.config, version: data.version, rateLimitTable, clockOffset: offset,
   rateLimitSync: () => rateLimitSync.stats(),
-  extra: resilienceMetrics(upstreamState, () => targetSlots, () => upstreamSlots, () => guarded),
+  extra: [...resilienceMetrics(upstreamState, () => targetSlots, () => upstreamSlots, () => guarded, () => retrying), ...discovery.metrics(() => config), ...identity.metrics()],
 });
 healthChecker.configure(data.config, data.targetSlots);
 const collector = new LatencyCollector(data.statsPorts);
+data.statsPorts.forEach((p, i) => { if (p !== null) identity.attach(i, p); });
+const identityOpened = identity.start();
+// The nginx auth_request listener (authz; identity/authz.ts): decides as a worker would, on its own identity line.
+const authz = new AuthzListener({ service: identity, now: () => performance.now() + offset });
 let config: GatewayConfig = data.config;
 let document: ConfigDocument = data.document;
 let slots: SlotEntries = data.slots;
@@ -92,6 +109,12 @@ const ctx: AdminContext = {
     const slot = targetSlots.find(([u, t]) => u === upstream && t === url)?.[2];
     if (slot === undefined || slot < FIRST_TARGET_SLOT || slot >= MAX_TARGET_SLOTS || !guarded.has(upstream)) return null;
     return readTargetState(upstreamState, slot, performance.now() + offset);
+  },
+  discovery,
+  identity,
+  targetSource(upstream, url) {
+    const source = sources.get(upstream + ' ' + url) ?? 'config';
+    return { source, expiresAt: source === 'registry' ? discovery.expiresAt(upstream, url) : null };
   },
   logLevel: () => logLevel(),
   setLogLevel(level, actor) {
@@ -170,9 +193,14 @@ port.on('message', (msg: ToAdmin) => {
       targetSlots = msg.targetSlots;
       upstreamSlots = msg.upstreamSlots;
       guarded = guardedUpstreams(msg.config);
+      retrying = retryingUpstreams(msg.config);
       healthChecker.configure(msg.config, msg.targetSlots);
+      sources = sourceMap(msg.sources);
+      void discovery.configure(msg.config);
       configureLog(msg.config.log);
       void rateLimitSync.configure(msg.config);
+      identity.configure(msg.config);
+      authz.reconfigure(msg.config);
       break;
     case 'log-level':
       setLogLevel(msg.level);
@@ -185,6 +213,7 @@ port.on('message', (msg: ToAdmin) => {
     }
     case 'stats-port':
       collector.setPort(msg.index, msg.port);
+      identity.attach(msg.index, msg.port);
       break;
     case 'crash':
       // Test hook: a bug in the admin thread, thrown where nothing catches it.
@@ -192,21 +221,34 @@ port.on('message', (msg: ToAdmin) => {
       break;
     case 'drain':
       healthChecker.stop();
+      discovery.stop();
       api?.stop();
       if (server.listening) {
         server.close();
         server.closeAllConnections();
       }
       collector.close();
-      // The workers are gone: a last push of what they admitted, then the thread may end.
-      void rateLimitSync.stop().finally(() => port.close());
+      // The workers are gone: a last push of what they admitted (and of keys' last use), then the thread may end.
+      void Promise.allSettled([rateLimitSync.stop(), identity.close(), authz.close()]).finally(() => port.close());
       break;
   }
 });
 
 // The store's first outcome (connected or not) is known before the thread
 // reports ready: a gateway that says it started knows its Redis state.
-const syncStarted = rateLimitSync.configure(data.config);
+// Discovery's first round too: the engine applies the targets found before the gateway reports started.
+// The auth_request listener's too: a start that cannot bind authz.port fails with the message.
+const authzStarted = authz.configure(data.config).catch((err: Error) => { send({ type: 'fatal', message: err.message }); return new Promise<never>(() => {}); });
+// The identity store's first open, when the config uses it: a store this gateway can never use (another pepper's,
+// a newer schema) fails the start with the message; an unreachable one is a warning (logged) and is tried again.
+const identityStarted = identityOpened.then((r) => {
+  if (r.state === 'failed' && r.permanent) {
+    send({ type: 'fatal', message: `cannot use the identity store: ${r.error.message}` });
+    return new Promise<never>(() => {});
+  }
+  return undefined;
+});
+const syncStarted = Promise.all([rateLimitSync.configure(data.config), discovery.configure(data.config), authzStarted, identityStarted]);
 if (data.config.admin.enabled) {
   server.once('error', (err: NodeJS.ErrnoException) => {
     send({ type: 'fatal', message: `admin cannot listen on ${data.config.admin.host}:${data.config.admin.port} (${err.code}); change admin.port or set admin.enabled: false` });
@@ -215,7 +257,7 @@ if (data.config.admin.enabled) {
     const addr = server.address();
     const bound = typeof addr === 'object' && addr !== null ? addr.port : 0;
     try {
-      api = createAdminApi(ctx, { adminPort: bound });
+      api = createAdminApi(ctx, { adminPort: bound, fallbackToken: data.fallbackToken });
     } catch (err) {
       // A bad tokens file or an unwritable audit log: the start fails with the message.
       server.close();

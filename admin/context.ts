@@ -3,6 +3,9 @@
  * the running config, the shared control block, the metrics view, a reload
  * request to the engine, and merged latency percentiles from the workers.
  */
+import type { Discovery } from './discovery/index.js';
+import type { IdentityService } from './identity/service.js';
+import type { TargetSource } from '../common/protocol.js';
 import type { MessagePort } from 'node:worker_threads';
 import hdr from 'hdr-histogram-js';
 import type { GatewayConfig } from '../common/config/types.js';
@@ -49,6 +52,12 @@ export interface AdminContext {
   latency(): Promise<LatencyStats>;
   /** The shared upstream state (breakers, health, ejection, in-flight): a target's view, or null when it has no slot. */
   targetState?(upstream: string, url: string): TargetStateView | null;
+  /** Target discovery (admin/discovery/): the registry endpoints and each target's source. Absent in unit tests of other endpoints. */
+  discovery?: Discovery;
+  /** Where a target of the running config comes from, and a registered one's expiry (ms since the epoch). */
+  targetSource?(upstream: string, url: string): { source: TargetSource; expiresAt: number | null };
+  /** The identity service (consumers, keys, groups, grants): the store of the identity endpoints (api/identity.ts). Absent in unit tests of other endpoints. */
+  identity?: IdentityService;
 }
 
 const STATS_TIMEOUT_MS = 1000;
@@ -98,8 +107,9 @@ export class LatencyCollector {
     const id = this.nextId++;
     return new Promise((resolve) => {
       const timer = setTimeout(() => { port.off('message', on); resolve(null); }, STATS_TIMEOUT_MS);
-      const on = (msg: { id: number; snapshot: LatencySnapshot }) => {
-        if (msg.id !== id) return;
+      const on = (msg: { id: number; snapshot: LatencySnapshot; t?: string }) => {
+        // Identity messages (common/identity/wire.ts) share this line and carry an `id` too: they have a `t`.
+        if (msg === null || typeof msg !== 'object' || 't' in msg || msg.id !== id) return;
         clearTimeout(timer);
         port.off('message', on);
         resolve(msg.snapshot);

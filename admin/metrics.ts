@@ -23,7 +23,7 @@ import type { GatewayConfig } from '../common/config/types.js';
 import {
   CODE_COLUMNS, CODE_LABELS, DURATION_BUCKETS, ERROR_CODES, GC_BUCKETS, GC_HIST_CELLS, GC_KINDS, GLOBAL_CELLS,
   G_ERRORS, G_GC, G_GC_OBSERVED, G_IN_FLIGHT, G_LOOP, G_LOOP_SAMPLED, G_LOOP_TICK, G_SCRAPE_EPOCH, LOOP_STATS, METHODS, OVERFLOW_SLOT,
-  S_DURATION, S_REQ_SIZE, S_REQUESTS, S_RES_SIZE, SIZE_BUCKETS, SLOT_CELLS, S_RATE_LIMIT, RATE_LIMIT_RESULTS, G_RATE_LIMIT_OVERFLOW, TARGET_OVERFLOW_SLOT, T_ERRORS, T_IDLE,
+  S_DURATION, S_REQ_SIZE, S_REQUESTS, S_RES_SIZE, SIZE_BUCKETS, SLOT_CELLS, S_RATE_LIMIT, RATE_LIMIT_RESULTS, G_RATE_LIMIT_OVERFLOW, G_AUTH_CACHE_HITS, G_AUTH_NEGATIVE_HITS, G_AUTH_CACHE_MISSES, G_AUTH_ROTATED_KEY_REQUESTS, TARGET_OVERFLOW_SLOT, T_ERRORS, T_IDLE,
   T_LAST_ERROR_AT, T_LAST_ERROR_CODE, T_LATENCY, T_OPEN, T_REQUESTS, UPSTREAM_ERROR_CODES, slotBase, targetBase,
 } from '../common/metrics-layout.js';
 import type { SlotEntries, TargetSlotEntries } from '../common/protocol.js';
@@ -160,6 +160,14 @@ export class MetricsView {
     add('turnpike_rate_limit_table_evictions_total', 'Live rate-limit buckets evicted because the table was full around a new key (its own policy\'s first, then the one full again soonest, quotas\' last): the evicted client starts afresh. Grow rateLimitTable.capacity when this rises.', 'counter',
       () => [{ labels: {}, value: this.table.evictions }]);
     this.addRateLimitSync(add, opts.rateLimitSync);
+    add('turnpike_auth_key_cache_total', 'API-key checks by where the workers found the answer: hit (their cache), negative_hit (a key known not to exist, refused without asking), miss (asked the identity store through the admin thread).', 'counter',
+      () => [
+        { labels: { result: 'hit' }, value: this.sum(G_AUTH_CACHE_HITS) },
+        { labels: { result: 'negative_hit' }, value: this.sum(G_AUTH_NEGATIVE_HITS) },
+        { labels: { result: 'miss' }, value: this.sum(G_AUTH_CACHE_MISSES) },
+      ]);
+    add('turnpike_auth_rotated_key_requests_total', 'Requests admitted with a rotated API key still in its grace period (answered with Deprecation and Sunset headers): clients that have not switched to the new key yet.', 'counter',
+      () => [{ labels: {}, value: this.sum(G_AUTH_ROTATED_KEY_REQUESTS) }]);
     for (const m of opts.extra ?? []) add(m.name, m.help, m.type, m.collect);
     add('turnpike_active_requests', 'Requests in flight across all workers (uWS exposes no per-connection events for HTTP).', 'gauge',
       () => [{ labels: {}, value: this.sum(G_IN_FLIGHT) }]);
@@ -258,7 +266,8 @@ export class MetricsView {
     const names = new Map<number, string>([[0, '_none'], [OVERFLOW_SLOT, '_overflow']]);
     for (const [id, slot] of slots) names.set(slot, id);
     this.slotNames = names;
-    for (const r of config.routes) this.routeUpstream.set(r.id, r.upstream);
+    // A traffic split's requests count under its upstreams' names joined with "," (per upstream: the target metrics).
+    for (const r of config.routes) this.routeUpstream.set(r.id, r.upstream ?? r.upstreams!.map((u) => u.name).join(','));
     const slotOfRoute = new Map(slots);
     const rl = new Map<number, readonly string[]>();
     for (const r of config.routes) {
@@ -449,6 +458,6 @@ export const CELLS_PER_SLOT = SLOT_CELLS;
 /** turnpike_build_info labels. `node` is `bun-<version>` on Bun; `uws` is `none` on the Bun backend. */
 function buildInfo(version: string, config: GatewayConfig): Record<string, string> {
   const bun = (process.versions as Record<string, string | undefined>).bun;
-  const backend = config.server.backend === 'bun' || (config.server.backend === 'auto' && bun !== undefined) ? 'bun' : 'uws';
+  const backend = config.server.backend === 'bun' || (config.server.backend === 'auto' && bun !== undefined) ? 'bun' : config.server.backend === 'node' ? 'node' : 'uws';
   return { version, node: bun !== undefined ? `bun-${bun}` : process.versions.node, backend, uws: backend === 'uws' ? uwsPackageVersion() : 'none' };
 }

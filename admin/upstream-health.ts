@@ -14,13 +14,19 @@
  *
  * Reloads: a target whose check settings are unchanged keeps its timer and
  * its streak; a target that is no longer checked goes back to `unknown`.
+ *
+ * Discovered targets (DNS, registry: admin/discovery/) are checked like
+ * configured ones: the config `configure` receives is the running one, with
+ * them merged in, and each discovery update is such a config. A target that
+ * appears is checked at once (and receives traffic while `unknown`); one
+ * that disappears stops being checked.
  */
 import http from 'node:http';
 import type { GatewayConfig, HealthCheckConfig, TargetConfig } from '../common/config/types.js';
 import type { TargetSlotEntries, UpstreamSlotEntries } from '../common/protocol.js';
 import {
   H_HEALTHY, H_UNHEALTHY, H_UNKNOWN, HEALTH_CHECK_RESULTS, BREAKER_STATE_NAMES, T_EJECTIONS, T_HC, T_HEALTH, T_STATE, T_TO, U_OVERLOADED,
-  targetCell, upstreamCell, ST_TRANSIT, ST_OPEN,
+  RETRY_REASONS, U_BUDGET_EXHAUSTED, U_RETRIES, MAX_UPSTREAM_SLOTS, FIRST_UPSTREAM_SLOT, targetCell, upstreamCell, ST_TRANSIT, ST_OPEN,
 } from '../common/upstream-state-layout.js';
 import { FIRST_TARGET_SLOT, MAX_TARGET_SLOTS } from '../common/metrics-layout.js';
 import { log } from '../common/log.js';
@@ -153,7 +159,17 @@ export function resilienceMetrics(
   targets: () => TargetSlotEntries,
   upstreams: () => UpstreamSlotEntries,
   guarded: () => ReadonlySet<string>,
+  /** Upstreams with a retry section (their retry counters are shown). */
+  retrying: () => ReadonlySet<string> = () => new Set(),
 ): { name: string; help: string; type: string; collect: () => Values }[] {
+  const perRetrying = (f: (cell: number, upstream: string, out: Values) => void) => () => {
+    const out: Values = [];
+    const r = retrying();
+    for (const [upstream, slot] of upstreams()) {
+      if (r.has(upstream) && slot >= FIRST_UPSTREAM_SLOT && slot < MAX_UPSTREAM_SLOTS) f(upstreamCell(slot), upstream, out);
+    }
+    return out;
+  };
   const each = (f: (cell: number, labels: { upstream: string; target: string }, out: Values) => void) => () => {
     const out: Values = [];
     const g = guarded();
@@ -200,6 +216,18 @@ export function resilienceMetrics(
         for (const [upstream, slot] of upstreams()) if (g.has(upstream)) out.push({ labels: { upstream }, value: Atomics.load(state, upstreamCell(slot) + U_OVERLOADED) });
         return out;
       },
+    },
+    {
+      name: 'turnpike_upstream_retries_total', type: 'counter',
+      help: 'Retries made to the upstream (upstreams with retry), by reason: the condition of the failed try (connect_failure, reset, timeout, the status "500".."504", or "5xx" for another listed 5xx).',
+      collect: perRetrying((c, upstream, out) => {
+        RETRY_REASONS.forEach((reason, k) => out.push({ labels: { upstream, reason }, value: Atomics.load(state, c + U_RETRIES + k) }));
+      }),
+    },
+    {
+      name: 'turnpike_upstream_retry_budget_exhausted_total', type: 'counter',
+      help: 'Retries not made because the retry budget (retry.budgetPercent of the upstream\'s requests over 10 s, plus 10) was used up: the failure went to the client.',
+      collect: perRetrying((c, upstream, out) => out.push({ labels: { upstream }, value: Atomics.load(state, c + U_BUDGET_EXHAUSTED) })),
     },
   ];
 }

@@ -19,12 +19,12 @@
 //   WARMUP=3  CONNECTIONS=64 (saturation)  RATE_CONNECTIONS=16 (fixed rate)
 //   LEVELS=0.5,0.8  PACING=smooth|autocannon
 //   NAME=latency  NO_MD=1  KEEP_TMP=1
+import { autocannonRun as runAutocannon } from './lib/autocannon.mjs';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { selectTargets, startTargets, startUpstream, BENCH_DIR, LOAD_CPU, PROXY_CPU } from './lib/targets.mjs';
-import { cpuSnapshot, cpuDeltaTicks, ticksToMicros, rssKb, stopChild, stopAllOnExit, stopAll, which, machineBusyPct } from './lib/proc.mjs';
+import { selectTargets, startTargets, startUpstream, LOAD_CPU, PROXY_CPU } from './lib/targets.mjs';
+import { cpuSnapshot, cpuDeltaTicks, ticksToMicros, rssKb, stopChild, stopAllOnExit, stopAll, machineBusyPct } from './lib/proc.mjs';
 import { machineFacts, writeResultsJson, updateResultsMd, mdTable, fmtRate, fmtLatency, fmt, relPath } from './lib/report.mjs';
 
 const DURATION = num('DURATION', 10);
@@ -53,24 +53,7 @@ const names = (process.env.TARGETS || 'turnpike-node,nginx').split(',').filter((
 const targets = selectTargets([...names, 'direct'].join(','));
 
 function autocannonRun(port, { rate = 0, duration }) {
-  const opts = { url: `http://127.0.0.1:${port}/`, connections: rate ? RATE_CONNECTIONS : CONNECTIONS, duration, rate, pacing: PACING };
-  const cmd = which('taskset') ? ['taskset', ['-c', String(LOAD_CPU), process.execPath, join(BENCH_DIR, 'lib/ac-run.mjs'), JSON.stringify(opts)]] : [process.execPath, [join(BENCH_DIR, 'lib/ac-run.mjs'), JSON.stringify(opts)]];
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd[0], cmd[1], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (err += d));
-    const guard = setTimeout(() => child.kill('SIGKILL'), (duration + 30) * 1000);
-    child.once('exit', (code) => {
-      clearTimeout(guard);
-      const line = out.split('\n').find((l) => l.startsWith('ACJSON '));
-      if (!line) return reject(new Error(`autocannon gave no result (exit ${code}): ${(err || out).trim().slice(0, 300)}`));
-      const r = JSON.parse(line.slice(7));
-      if (r.error) return reject(new Error(r.error));
-      resolve(r);
-    });
-  });
+  return runAutocannon({ url: `http://127.0.0.1:${port}/`, connections: rate ? RATE_CONNECTIONS : CONNECTIONS, duration, rate, pacing: PACING });
 }
 
 async function measured(t, opts) {

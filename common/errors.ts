@@ -32,6 +32,14 @@ function def(code: string, status: number, reason: string, message: string): Gat
   });
 }
 
+/**
+ * no_healthy_upstream for an upstream that has no target at all at the
+ * moment (discovery found none: nothing registered, a DNS name without
+ * addresses): the same code and status, a message that says where to look.
+ */
+export const NO_TARGETS: GatewayErrorDef = def('no_healthy_upstream', 503, 'Service Unavailable',
+  'This upstream has no targets right now: nothing is registered with it (registry) or its DNS name gives no address (dns); GET /admin/upstreams lists its targets and the gateway log says why.');
+
 export const Errors = Object.freeze({
   // -- client errors ---------------------------------------------------------
   BAD_REQUEST: def('bad_request', 400, 'Bad Request',
@@ -54,9 +62,33 @@ export const Errors = Object.freeze({
     'The gateway does not tunnel: CONNECT is not supported; send requests to the gateway directly.'),
   RATE_LIMITED: def('rate_limited', 429, 'Too Many Requests',
     'A rate limit of this route is exceeded; retry after the number of seconds in Retry-After.'),
+  // Authentication (401, with WWW-Authenticate) and permissions (403): workers/policies/auth.
+  CREDENTIALS_MISSING: def('credentials_missing', 401, 'Unauthorized',
+    'This route needs an API key; send it as Authorization: Bearer <key> (or the header the gateway documents).'),
+  KEY_MALFORMED: def('key_malformed', 401, 'Unauthorized',
+    'The API key is not well formed or its checksum does not match (a mistyped or truncated key); copy the whole key again.'),
+  KEY_INVALID: def('key_invalid', 401, 'Unauthorized',
+    'The API key is not known to this gateway; check that it is the key you were given, for this environment.'),
+  KEY_REVOKED: def('key_revoked', 401, 'Unauthorized',
+    'The API key has been revoked; ask its owner for a new one.'),
+  KEY_EXPIRED: def('key_expired', 401, 'Unauthorized',
+    'The API key has expired (or its rotation grace period is over); use its replacement or ask for a new one.'),
+  CONSUMER_SUSPENDED: def('consumer_suspended', 401, 'Unauthorized',
+    'The account this API key belongs to is suspended; contact the API provider.'),
+  KEY_RESTRICTED: def('key_restricted', 403, 'Forbidden',
+    'The API key may not be used from here: its allowed addresses, hours or origins exclude this request.'),
+  INSUFFICIENT_SCOPE: def('insufficient_scope', 403, 'Forbidden',
+    'The API key lacks a scope this route requires; ask for a key with the scopes in WWW-Authenticate.'),
+  NO_GRANT: def('no_grant', 403, 'Forbidden',
+    'The consumer of this API key has no grant for this route and method; ask the API provider for access.'),
+  // An HTTP/1 request line with a major version other than 1 (RFC 9110 15.6.6; the node backend's parser: uWS cannot tell).
+  VERSION_NOT_SUPPORTED: def('version_not_supported', 505, 'HTTP Version Not Supported',
+    'The request line names an HTTP major version other than 1 (HTTP/2.0, HTTP/3.0); send HTTP/1.1 (the gateway speaks HTTP/1.0 and 1.1).'),
   // -- policy stores -----------------------------------------------------------
   RATE_LIMIT_STORE_UNAVAILABLE: def('rate_limit_store_unavailable', 503, 'Service Unavailable',
     'The rate-limit store (Redis) is unreachable and this route\'s limit is set to refuse meanwhile (onStoreError: deny); retry later.'),
+  IDENTITY_STORE_UNAVAILABLE: def('identity_store_unavailable', 503, 'Service Unavailable',
+    'The gateway could not check this API key: its identity store did not answer in time; retry shortly.'),
   // -- upstream errors -------------------------------------------------------
   UPSTREAM_CONNECT_FAILED: def('upstream_connect_failed', 502, 'Bad Gateway',
     'The gateway could not connect to the upstream; check that the service is running.'),

@@ -65,6 +65,9 @@ export const ERROR_CODES = [
   'upstream_unavailable', 'upstream_connect_timeout', 'upstream_timeout', 'internal_error', 'shutting_down',
   'upstream_aborted', 'client_aborted', 'bad_host', 'not_implemented', 'rate_limited', 'rate_limit_store_unavailable',
   'circuit_open', 'upstream_overloaded', 'no_healthy_upstream',
+  'credentials_missing', 'key_malformed', 'key_invalid', 'key_revoked', 'key_expired', 'consumer_suspended',
+  'key_restricted', 'insufficient_scope', 'no_grant', 'identity_store_unavailable',
+  'version_not_supported',
 ] as const;
 
 /** The errors that are a target's fault (or its saturation), counted per target too. */
@@ -101,7 +104,16 @@ export const G_GC = G_LOOP + LOOP_STATS.length;
 export const GC_HIST_CELLS = HIST_CELLS(GC_BUCKETS.length);
 /** Rate-limit lookups that found the key's table window full (the key used its policy's overflow bucket). */
 export const G_RATE_LIMIT_OVERFLOW = G_GC + GC_KINDS.length * GC_HIST_CELLS;
-export const GLOBAL_CELLS = G_RATE_LIMIT_OVERFLOW + 1 + 4; // padded
+/**
+ * API-key decisions of this worker (workers/policies/auth): answered from
+ * the worker's cache, from its negative cache, after asking the admin
+ * thread (a miss), and requests made with a rotated key in its grace period.
+ */
+export const G_AUTH_CACHE_HITS = G_RATE_LIMIT_OVERFLOW + 1;
+export const G_AUTH_NEGATIVE_HITS = G_AUTH_CACHE_HITS + 1;
+export const G_AUTH_CACHE_MISSES = G_AUTH_NEGATIVE_HITS + 1;
+export const G_AUTH_ROTATED_KEY_REQUESTS = G_AUTH_CACHE_MISSES + 1;
+export const GLOBAL_CELLS = G_AUTH_ROTATED_KEY_REQUESTS + 1 + 4; // padded
 
 // -- per route slot -----------------------------------------------------------
 export const S_REQUESTS = 0; // [method][code column]

@@ -18,6 +18,31 @@ export type TargetSlotEntries = ReadonlyArray<readonly [upstream: string, url: s
 /** Upstream name -> its slot in the shared upstream state (common/upstream-state-layout.ts), stable for the life of the process. */
 export type UpstreamSlotEntries = ReadonlyArray<readonly [upstream: string, slot: number]>;
 
+/** Where a target of the running config comes from (GET /admin/upstreams `source`). */
+export type TargetSource = 'config' | 'dns' | 'registry';
+
+/** A target found by discovery (admin/discovery/): what the engine merges into its upstream's targets. */
+export interface DiscoveredTarget {
+  /** Normalised `http://host:port`, as a config target's. */
+  url: string;
+  host: string;
+  port: number;
+  weight: number;
+  source: 'dns' | 'registry';
+  /** Registry: when it expires unless renewed (ms since the epoch); DNS: null. */
+  expiresAt: number | null;
+}
+
+/**
+ * Every upstream with `dns` or `registry` and the targets discovery finds for
+ * it now (registrations first, then DNS answers; one URL at most once per
+ * source). A whole snapshot, never a delta: the engine keeps the last one.
+ */
+export type DiscoverySnapshot = ReadonlyArray<readonly [upstream: string, targets: readonly DiscoveredTarget[]]>;
+
+/** The targets of the running config that discovery added (every other target is from the config file). */
+export type TargetSourceEntries = ReadonlyArray<readonly [upstream: string, url: string, source: 'dns' | 'registry']>;
+
 export interface WorkerData {
   index: number;
   config: GatewayConfig;
@@ -40,6 +65,12 @@ export interface WorkerData {
   /** Breakers, health, ejection and in-flight per target (common/upstream-state-layout.ts), created once at start. */
   upstreamState: SharedArrayBuffer;
   upstreamSlots: UpstreamSlotEntries;
+  /**
+   * server.backend node on Node: this worker's own descriptor of the engine's
+   * listening socket (engine/shared-listener.ts), which it listens on and
+   * closes when it exits; null for the other backends (each binds the port).
+   */
+  listenFd: number | null;
 }
 
 export interface AdminData {
@@ -61,6 +92,16 @@ export interface AdminData {
   clock: ClockEpoch;
   upstreamState: SharedArrayBuffer;
   upstreamSlots: UpstreamSlotEntries;
+  /** The discovered targets the running config was built with (a restarted admin thread starts from them). */
+  discovered: DiscoverySnapshot;
+  /** Which targets of `config` discovery added. */
+  sources: TargetSourceEntries;
+  /**
+   * The admin token used when none is configured (admin/api/auth.ts),
+   * made once by the engine, so that an admin thread restarted after a
+   * crash keeps the token clients already read from its file.
+   */
+  fallbackToken: string;
 }
 
 export type ToWorker =
@@ -112,7 +153,11 @@ export interface ConfigDocument {
 }
 
 export type ToAdmin =
-  | { type: 'config'; config: GatewayConfig; slots: SlotEntries; targetSlots: TargetSlotEntries; upstreamSlots: UpstreamSlotEntries; document: ConfigDocument }
+  /**
+   * The running config (with the discovered targets merged in: `discovered`
+   * is what was merged), after a reload or a discovery update.
+   */
+  | { type: 'config'; config: GatewayConfig; slots: SlotEntries; targetSlots: TargetSlotEntries; upstreamSlots: UpstreamSlotEntries; document: ConfigDocument; discovered: DiscoverySnapshot; sources: TargetSourceEntries }
   | { type: 'reload-result'; id: number; result: ReloadResult }
   /** A worker was (re)started: its stats line. */
   | { type: 'stats-port'; index: number; port: MessagePort }
@@ -131,7 +176,14 @@ export type FromAdmin =
    */
   | { type: 'reload'; id: number; doc?: unknown; dryRun?: boolean; actor: string }
   /** PUT /admin/logging: set the gateway log level in every thread (until the next reload or restart). */
-  | { type: 'log-level'; level: Level; actor: string };
+  | { type: 'log-level'; level: Level; actor: string }
+  /**
+   * Discovery (admin/discovery/) found a new set of targets for some
+   * upstream: the whole snapshot. The engine merges it into the user's
+   * config and sends the workers a new config version (not a reload: no
+   * audit record, no reload count, the config file untouched).
+   */
+  | { type: 'discovery'; upstreams: DiscoverySnapshot };
 
 // -- control block (Int32Array over a SharedArrayBuffer, written by the engine)
 export const C_DRAINING = 0;

@@ -90,7 +90,8 @@
  * admin thread tells the workers: H_SHARE, the share of a cluster-wide
  * limit this instance enforces alone while Redis is unreachable
  * (onStoreError allow_local: 1/instances), and H_STORE_DOWN (1 while Redis
- * is unreachable); and H_QUOTA_DIRTY, set by a worker when a quota count
+ * is unreachable), H_DOWN_SHARE (1/instances at all times, for strict
+ * limits falling back before H_SHARE drops); and H_QUOTA_DIRTY, set by a worker when a quota count
  * changes and cleared by the engine's quota file saver
  * (engine/quota-store.ts) when it takes a snapshot. Workers write it only
  * when it is clear, so the line is written about once per save, not per
@@ -120,6 +121,13 @@ export const H_CAPACITY = 0;
 export const H_SHARE = 1;
 export const H_STORE_DOWN = 2;
 export const H_QUOTA_DIRTY = 3;
+/**
+ * 1/instances as last counted (heartbeats), whether Redis is up or not: the
+ * share a strict limit's allow_local fallback uses from the first request
+ * whose Redis call fails, before the admin thread has noticed the outage and
+ * lowered H_SHARE (the worker's strict store usually notices first).
+ */
+export const H_DOWN_SHARE = 5;
 /** Index in a BigInt64Array view of the header (bytes 32-39): evictions, all threads (Atomics.add). */
 export const H_EVICTIONS = 4;
 const HEADER_ENTRIES = 1;
@@ -172,6 +180,7 @@ export function createRateLimitTable(capacity: number): SharedArrayBuffer {
   const f = new Float64Array(sab);
   f[H_CAPACITY] = roundCapacity(capacity);
   f[H_SHARE] = 1;
+  f[H_DOWN_SHARE] = 1;
   return sab;
 }
 
@@ -525,6 +534,11 @@ export class RateLimitTable {
 
   get share(): number {
     return this.f64[H_SHARE]!;
+  }
+
+  /** H_DOWN_SHARE: this instance's share while Redis is away (1/instances), up or not. */
+  get downShare(): number {
+    return this.f64[H_DOWN_SHARE]!;
   }
 
   get storeDown(): boolean {

@@ -1,7 +1,7 @@
 /**
  * Shared-memory layout of the upstream resilience state: per target, its
  * in-flight count, circuit breaker, active health and outlier ejection; per
- * upstream, its in-flight count. One SharedArrayBuffer per process, created
+ * upstream, its in-flight count, retry counters and retry budget window. One SharedArrayBuffer per process, created
  * by the engine at start and handed to every worker and to the admin
  * thread, so every thread agrees at once on which targets may be picked
  * (a breaker opened by one worker refuses in all; a half-open breaker lets
@@ -39,9 +39,11 @@
  * sees ST_TRANSIT treats the target as open for that instant (nanoseconds).
  * Only one thread wins each transition, so a transition is counted once.
  *
- * What workers write: their own in-flight cells, breaker cells and the outlier-ejection cells. What the
+ * What workers write: their own in-flight cells, breaker cells, the outlier-ejection cells and the
+ * retry counters and budget window cells. What the
  * admin thread writes: T_HEALTH (active health checks) and the health-check
- * counters. The counters (T_TO_*, T_HC_*, T_EJECTIONS, U_OVERLOADED) only
+ * counters. The counters (T_TO_*, T_HC_*, T_EJECTIONS, U_OVERLOADED,
+ * U_RETRIES + k, U_BUDGET_EXHAUSTED) only
  * grow: /metrics reads them as Prometheus counters.
  */
 
@@ -116,7 +118,28 @@ export const TARGET_INTS = 32; // 128 bytes: two cache lines
 export const U_RESERVED = 0;
 /** Counter: requests refused by breaker.maxInFlight. */
 export const U_OVERLOADED = 1;
-export const UPSTREAM_INTS = 16; // one cache line
+/**
+ * Retries (upstream `retry`, workers/proxy/retry.ts), for every upstream
+ * with a retry section whatever its guard. Counters: retries by
+ * RETRY_REASONS (U_RETRIES + k), and retries refused by the budget.
+ */
+export const U_RETRIES = 2;
+/** turnpike_upstream_retries_total{reason}: the condition that triggered the retry; "5xx" for a listed 5xx status other than 500..504. */
+export const RETRY_REASONS = ['connect_failure', 'reset', 'timeout', '500', '501', '502', '503', '504', '5xx'] as const;
+export const U_BUDGET_EXHAUSTED = U_RETRIES + RETRY_REASONS.length; // 11
+/**
+ * The retry budget's sliding window (two-window approximation, as the
+ * breaker's failure rate): the current window's start (wrapped ms, a
+ * multiple of the window), requests and retries in it, and in the window
+ * before. Requests are added by each worker in batches (retry.ts), retries
+ * one by one with Atomics.add (taken, then given back when over budget).
+ */
+export const U_BUDGET_START = 12;
+export const U_BUDGET_REQ = 13;
+export const U_BUDGET_RETRY = 14;
+export const U_BUDGET_PREV_REQ = 15;
+export const U_BUDGET_PREV_RETRY = 16;
+export const UPSTREAM_INTS = 32; // two cache lines
 
 /** Upstream slots (by name, stable for the life of the process); past this they share slot 0 (unguarded). */
 export const MAX_UPSTREAM_SLOTS = 256;

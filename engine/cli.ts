@@ -7,6 +7,7 @@
  *   turnpike reload [--admin URL]
  *   turnpike schema > turnpike.schema.json
  *   turnpike init [FILE]
+ *   turnpike consumers|keys|groups|grants <subcommand> ... [--json] [--admin URL]   (identity-cli.ts)
  *   turnpike <command> --help, turnpike help <command>
  *
  * reload and validate --diff talk to a running gateway's admin API
@@ -21,6 +22,7 @@
  * unreachable, file exists), 2 usage error (unknown command or option).
  */
 // First: signals during start-up are remembered, not fatal (early-signals.ts).
+import { checkSecretRefs, looseSecretFiles } from '../common/identity/keys.js';
 import { takeEarlySignals } from './early-signals.js';
 import { readFileSync, watch, writeFileSync } from 'node:fs';
 import { dirname, extname, resolve as resolvePath } from 'node:path';
@@ -34,6 +36,7 @@ import { configureLog, log, logFormat } from '../common/log.js';
 import { WORKER_CHECKS } from '../workers/config-check.js';
 import { startDemoUpstream } from './demo-upstream.js';
 import { COMMANDS, commandHelp, usage } from './help.js';
+import { IDENTITY_COMMANDS, runIdentityCommand } from './identity-cli.js';
 import { starterConfig } from '../common/config/starter-config.js';
 import { Supervisor } from './supervisor.js';
 import { LogWriter } from './log-writer.js';
@@ -114,8 +117,17 @@ function load(args: Args): { result: LoadResult; embedded: boolean } {
   return { result: loadConfigFile(args.file, opts), embedded: false };
 }
 
+/** libuv thread pool size the gateway starts with unless UV_THREADPOOL_SIZE is set (libuv's default: 4). */
+const UV_THREADPOOL_SIZE = 16;
+
 async function start(args: Args): Promise<void> {
   if (args.diff || args.admin !== null) fail('--diff and --admin go with validate and reload, not start', 'start');
+  // libuv's thread pool (getaddrinfo, file I/O) is shared by every thread of
+  // the process; its default of 4 lets a few hung DNS lookups (dns discovery
+  // without resolvers) stall the workers' connects to host-name targets.
+  // Read by libuv when the pool first starts, which is after this line. A
+  // value the user set wins.
+  process.env['UV_THREADPOOL_SIZE'] ??= String(UV_THREADPOOL_SIZE);
   // From here on no line of the gateway log is written by the thread that
   // logs it: the writer does, never blocking (engine/log-writer.ts).
   const logWriter = new LogWriter();
@@ -138,6 +150,13 @@ async function start(args: Args): Promise<void> {
   }
   const config = result.config;
   configureLog(config.log);
+  // A secret reference that does not resolve (an unset variable, an unreadable file) would leave every auth route answering 503.
+  const secretProblems = checkSecretRefs({ keyPepper: config.secrets.keyPepper ?? undefined, encryptionKeys: { ...config.secrets.encryptionKeys } });
+  if (secretProblems.length > 0) {
+    log('error', 'the identity secrets cannot be read, nothing was started: set the variables or fix the files named, check with `turnpike validate`', { problems: secretProblems });
+    return exit(1);
+  }
+  for (const w of looseSecretFiles({ keyPepper: config.secrets.keyPepper ?? undefined, encryptionKeys: { ...config.secrets.encryptionKeys } })) log('warn', `secret file readable by others: ${w}`);
   if (config.demo.enabled) await startDemoUpstream(config.demo.port);
   const sup = new Supervisor(config, {
     configPath: args.file === null ? null : resolvePath(args.file),
@@ -210,7 +229,7 @@ async function start(args: Args): Promise<void> {
   }
   // Handlers first: a signal that arrives right after the line below must not hit Node's defaults.
   log('info', 'turnpike started', {
-    url: `http://${config.server.host === '0.0.0.0' ? '127.0.0.1' : config.server.host}:${gw.port}`,
+    url: startedUrl(config.server.host, gw.port),
     port: gw.port,
     adminPort: gw.adminPort,
     workers: config.server.workers,
@@ -291,6 +310,12 @@ async function validate(args: Args): Promise<void> {
       process.exit(1);
     }
   }
+  // Secret references (secrets.*) must resolve here too: the gateway refuses to start otherwise.
+  const secretProblems = checkSecretRefs({ keyPepper: c.secrets.keyPepper ?? undefined, encryptionKeys: { ...c.secrets.encryptionKeys } });
+  if (secretProblems.length > 0) {
+    process.stderr.write(`${args.file}: ${secretProblems.length} problem${secretProblems.length === 1 ? '' : 's'}:\n  ${secretProblems.join('\n  ')}\n`);
+    process.exit(1);
+  }
   process.stdout.write(`${args.file}: valid (${c.routes.length} routes, ${Object.keys(c.upstreams).length} upstreams)\n`);
   writeWarnings(result.warnings);
   if (!args.diff) return;
@@ -331,9 +356,14 @@ function adminUrl(args: Args): string {
   try {
     u = new URL(/^[a-z]+:\/\//i.test(raw) ? raw : `http://${raw}`);
   } catch {
-    fail(`--admin: ${JSON.stringify(raw)} is not a URL; use e.g. ${DEFAULT_ADMIN_URL}`, args.command);
+    // Shown without anything that looks like credentials (user:secret@...).
+    fail(`--admin: ${JSON.stringify(raw.replace(/\/\/[^/@]*@/, '//***@'))} is not a URL; use e.g. ${DEFAULT_ADMIN_URL}`, args.command);
   }
   if (u.protocol !== 'http:' && u.protocol !== 'https:') fail(`--admin: use an http:// URL, e.g. ${DEFAULT_ADMIN_URL}`, args.command);
+  if (u.username !== '' || u.password !== '') {
+    // A secret in a URL ends up in shell history, process lists and logs: the token has its own variable.
+    fail('--admin: the URL carries credentials (user:password@), which are never sent nor shown; remove them and put the admin token in TURNPIKE_ADMIN_TOKEN (or TURNPIKE_ADMIN_TOKEN_FILE)', args.command);
+  }
   const path = u.pathname.replace(/\/+$/, '').replace(/\/admin$/, '');
   return u.origin + path;
 }
@@ -405,7 +435,17 @@ async function reload(args: Args): Promise<void> {
 }
 
 async function main(): Promise<void> {
-  const args = parseArgs(process.argv.slice(2));
+  const argv = process.argv.slice(2);
+  // consumers, keys, groups, grants: their own options (identity-cli.ts), over this file's admin client.
+  if (IDENTITY_COMMANDS.includes(argv[0] ?? '') && !argv.includes('--help') && !argv.includes('-h')) {
+    return runIdentityCommand(argv, {
+      url: (admin, command) => adminUrl({ command, help: false, file: null, sets: [], watch: false, diff: false, admin }),
+      request: adminRequest,
+      failure: adminFailure,
+      usage: fail,
+    });
+  }
+  const args = parseArgs(argv);
   if (args.help && !['help', '--help', '-h'].includes(args.command)) return showHelp(args.command);
   switch (args.command) {
     case 'start':
@@ -486,3 +526,12 @@ main().catch((err: Error) => {
   process.stderr.write(`turnpike: ${err.message}\n`);
   process.exit(1);
 });
+
+/**
+ * The URL the `turnpike started` line gives: a wildcard address becomes the
+ * loopback of its family, an IPv6 address goes in brackets (RFC 3986 3.2.2).
+ */
+export function startedUrl(host: string, port: number): string {
+  const h = host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
+  return `http://${h.includes(':') ? `[${h}]` : h}:${port}`;
+}

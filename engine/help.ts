@@ -128,6 +128,119 @@ export function commands(adminUrl: string): Readonly<Record<string, CommandHelp>
         [2, 'usage error, or FILE is not named *.yaml or *.yml'],
       ],
     },
+    ...identityCommands(adminUrl),
+  };
+}
+
+const IDENTITY_EXIT_CODES = [
+  [0, 'done'],
+  [1, 'the gateway refused (the reason and what to do are printed), could not be reached, or refused the token'],
+  USAGE_ERROR,
+] as const;
+
+const IDENTITY_COMMON: ReadonlyArray<readonly [string, string]> = [
+  ['--json', 'print the admin API\'s JSON instead of a table (lists: {"items": [...]}, every page)'],
+  ['--admin URL', 'the gateway\'s admin listener'],
+];
+
+/** consumers, keys, groups, grants (engine/identity-cli.ts, over the admin API's identity endpoints). */
+function identityCommands(adminUrl: string): Record<string, CommandHelp> {
+  const token = ADMIN_TOKEN_TEXT(adminUrl);
+  return {
+    consumers: {
+      usage: 'turnpike consumers list [--tenant T] [--limit N] | get ID | create NAME [options] | update ID [options] | delete ID',
+      summary: 'manage consumers (who calls the API): list, get, create (with keys), update, delete',
+      description:
+        'Consumers of the identity store, through the admin API (/admin/consumers). create --key NAME makes keys\n' +
+        'with the consumer and prints them once. update --status suspended|revoked stops every key of the\n' +
+        'consumer on every worker within about a second; delete removes it with its keys and grants.\n' +
+        'Writes need a token with the admin role; every write is audited (GET /admin/identity/audit).\n' + token,
+      options: [
+        ['--tenant T, --plan P', 'tenant label, rate-limit tier (update: "" clears it)'],
+        ['--status S', 'active, suspended or revoked'],
+        ['--group G', 'a group the consumer belongs to, by id or by name, repeatable (update: replaces the list; --no-groups empties it)'],
+        ['--meta k=v', 'a metadata entry, repeatable (update: replaces the metadata)'],
+        ['--key NAME', 'create: also make a key with this name, repeatable (printed once)'],
+        ['--id ID', 'create: choose the id (default a generated one)'],
+        ['--name N', 'update: the new name'],
+        ['--limit N', 'list: at most N (default every page)'],
+        ...IDENTITY_COMMON,
+      ],
+      examples: [
+        'turnpike consumers create acme --tenant t1 --plan gold --key ci',
+        'turnpike consumers list --tenant t1',
+        'turnpike consumers update con_01J... --status suspended',
+        'turnpike consumers delete con_01J... --admin http://127.0.0.1:9902',
+      ],
+      exitCodes: IDENTITY_EXIT_CODES,
+    },
+    keys: {
+      usage: 'turnpike keys list [--consumer ID] [--limit N] | get ID | create CONSUMER_ID [options] | rotate ID [--grace 30d] | revoke ID',
+      summary: 'manage API keys: list, get, create (printed once), rotate, revoke',
+      description:
+        'API keys of the identity store, through the admin API (/admin/keys). create and rotate print the new\n' +
+        'key once, on stdout (a warning on stderr says so): the gateway keeps only a hash. rotate keeps the old\n' +
+        'key working for --grace (default identity.rotationGraceMs, 30 days), with Deprecation and Sunset\n' +
+        'headers on its answers; revoke refuses the key everywhere within about a second.\n' + token,
+      options: [
+        ['--name N', 'create: what the key is for (default "default")'],
+        ['--scope S', 'create: a scope the key holds, repeatable'],
+        ['--expires WHEN', 'create: a duration from now ("90d", "12h"), an ISO-8601 time or ms since the epoch'],
+        ['--cidr C, --origin O', 'create: allowed client addresses / Origin patterns, repeatable'],
+        ['--id ID', 'create: choose the key id'],
+        ['--grace D', 'rotate: how long the old key keeps working ("30d", "12h", "0s": it stops now)'],
+        ['--consumer ID', 'list: one consumer\'s keys'],
+        ['--limit N', 'list: at most N (default every page)'],
+        ...IDENTITY_COMMON,
+      ],
+      examples: [
+        'turnpike keys create con_01J... --name ci --scope orders:read --expires 90d',
+        'KEY=$(turnpike keys create con_01J... --name ci | sed -n "s/^  key: *//p")',
+        'turnpike keys list --consumer con_01J...',
+        'turnpike keys rotate key_01J... --grace 7d',
+        'turnpike keys revoke key_01J...',
+      ],
+      exitCodes: IDENTITY_EXIT_CODES,
+    },
+    groups: {
+      usage: 'turnpike groups list [--limit N] | get ID | create NAME [--description D] [--id ID] | update ID [--name N] [--description D] | delete ID',
+      summary: 'manage groups of consumers (grants to a group hold for every member)',
+      description:
+        'Groups of the identity store, through the admin API (/admin/groups). Consumers join a group with\n' +
+        '`turnpike consumers update ID --group GROUP` (its id or its name); delete removes the group, its grants and its\n' +
+        'memberships.\n' + token,
+      options: [
+        ['--description D', 'what the group is for (update: "" clears it)'],
+        ['--name N', 'update: the new name'],
+        ['--id ID', 'create: choose the id'],
+        ['--limit N', 'list: at most N (default every page)'],
+        ...IDENTITY_COMMON,
+      ],
+      examples: ['turnpike groups create partners --description "partner integrations"', 'turnpike groups list'],
+      exitCodes: IDENTITY_EXIT_CODES,
+    },
+    grants: {
+      usage: 'turnpike grants list [--subject consumer:ID|group:G] | get ID | create --subject consumer:ID|group:G --route ROUTE [--method M]... | delete ID',
+      summary: 'manage grants: which consumer or group may call which route (routes with grants: required)',
+      description:
+        'Grants of the identity store, through the admin API (/admin/grants). A grant lets a consumer (or\n' +
+        'every member of a group) call a route with the methods given (default any) when the route\'s auth\n' +
+        'says grants: required. A route id the running config does not have is accepted with a warning.\n' + token,
+      options: [
+        ['--subject S', 'consumer:<id> or group:<id or name> (list: only that subject\'s own grants)'],
+        ['--route ROUTE', 'create: the route id (routes[].id)'],
+        ['--method M', 'create: a method, repeatable (default any)'],
+        ['--id ID', 'create: choose the id'],
+        ['--limit N', 'list: at most N (default every page)'],
+        ...IDENTITY_COMMON,
+      ],
+      examples: [
+        'turnpike grants create --subject consumer:con_01J... --route orders --method GET --method POST',
+        'turnpike grants create --subject group:partners --route docs',
+        'turnpike grants list --subject group:partners',
+      ],
+      exitCodes: IDENTITY_EXIT_CODES,
+    },
   };
 }
 

@@ -448,7 +448,8 @@ export class QuotaStore {
   }
 }
 
-function isAlive(pid: number): boolean {
+/** Whether a process `pid` exists (signal 0; EPERM: it exists, owned by another user). */
+export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

@@ -21,11 +21,11 @@ import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
 import { stringify as toYaml } from 'yaml';
 import { RESTART_ONLY, diffConfigs, formatChanges } from '../common/config/diff.js';
 import { loadConfigDocument, loadConfigFile, loadEmbeddedConfig, type LoadResult } from '../common/config/load.js';
-import type { GatewayConfig } from '../common/config/types.js';
+import type { GatewayConfig, TargetConfig, UpstreamConfig } from '../common/config/types.js';
 import { configureLog, log, logLevel, setLogLevel, type Level } from '../common/log.js';
 import { DEFAULT_MAX_ROUTE_SLOTS, FIRST_ROUTE_SLOT, FIRST_TARGET_SLOT, G_IN_FLIGHT, MAX_TARGET_SLOTS, metricsBufferBytes } from '../common/metrics-layout.js';
 import type {
-  AdminData, ConfigDocument, FromAdmin, FromWorker, ReloadResult, SlotEntries, ToAdmin, ToWorker, WorkerData,
+  AdminData, ConfigDocument, DiscoverySnapshot, FromAdmin, TargetSourceEntries, FromWorker, ReloadResult, SlotEntries, ToAdmin, ToWorker, WorkerData,
 } from '../common/protocol.js';
 import {
   C_CONFIG_VERSION, C_DRAINING, C_EPOCH, C_RELOADS_FAILED, C_RELOADS_OK, C_REQUESTS_LOST, C_RESTARTS, C_WORKER_COUNT, C_WORKER_STATE, CONTROL_BYTES,
@@ -36,15 +36,27 @@ import { WORKER_CHECKS } from '../workers/config-check.js';
 import type { LogWriter } from './log-writer.js';
 import { type AccessRing, LOG_RING_BYTES, createAccessRing } from '../common/access-ring.js';
 import { targetKey } from '../workers/proxy/balancer.js';
-import { type QuotaStore, openQuotaStore } from './quota-store.js';
+import { type QuotaStore, isAlive, openQuotaStore } from './quota-store.js';
 import { FIRST_UPSTREAM_SLOT, MAX_UPSTREAM_SLOTS, createUpstreamState, releaseWorker } from '../common/upstream-state-layout.js';
 import type { UpstreamSlotEntries } from '../common/protocol.js';
+import { generateToken } from '../admin/api/auth.js';
+import { usesIdentity } from '../common/config/identity.js';
+import { netReusePort, nodeBackendShardable } from '../common/config/util.js';
+import { SharedListener } from './shared-listener.js';
 
 const WORKER_ENTRY = new URL('../workers/worker.js', import.meta.url);
 const ADMIN_ENTRY = new URL('../admin/admin.js', import.meta.url);
 
 /** The start of a sendConfig failure that means "no answer" (not a refusal). */
 const NOT_CONFIRMED = 'did not confirm the config';
+/**
+ * How long past server.drainTimeoutMs a worker (and the admin thread after
+ * them) may take to exit on shutdown before it is terminated: its sockets
+ * are closed by then, what is left is a thread blocked in something that
+ * does not return (a lookup queued behind a hung getaddrinfo, say).
+ */
+const SHUTDOWN_GRACE_MS = 5_000;
+
 /** A worker must acknowledge a new config within this, or the reload fails and is rolled back. */
 const APPLY_TIMEOUT_MS = 5000;
 /** Restart backoff: 100 ms doubling to 10 s; reset after a worker lived 30 s. */
@@ -94,7 +106,20 @@ export interface StartedGateway {
 }
 
 export class Supervisor {
+  /**
+   * The running config: the user's (`userConfig`) with the targets
+   * discovery found merged into their upstreams (mergeDiscovered). What
+   * every worker and the admin thread run.
+   */
   config: GatewayConfig;
+  /** The config as the user wrote it (resolved): what reloads replace and diff against. */
+  private userConfig: GatewayConfig;
+  /** The last discovery snapshot from the admin thread (admin/discovery/), kept across reloads and admin restarts. */
+  private discovered: DiscoverySnapshot = [];
+  /** The targets of `config` that discovery added (GET /admin/upstreams `source`). */
+  private sources: TargetSourceEntries = [];
+  /** A snapshot waiting for its turn on reloadChain (only the newest is applied). */
+  private discoveryPending: DiscoverySnapshot | null = null;
   private readonly control = new SharedArrayBuffer(CONTROL_BYTES);
   private readonly controlView = (() => {
     const v = new Int32Array(this.control);
@@ -122,6 +147,8 @@ export class Supervisor {
   private adminStartedAt = 0;
   private draining = false;
   private started = false;
+  /** server.backend node on Node < 22.12: the one listening socket the workers share (engine/shared-listener.ts). */
+  private listener: SharedListener | null = null;
   private port = 0;
   private backend = '';
   private readonly version: string;
@@ -150,6 +177,7 @@ export class Supervisor {
   constructor(config: GatewayConfig, opts: SupervisorOptions) {
     if (config.server.workers > MAX_WORKERS) throw new Error(`server.workers: at most ${MAX_WORKERS}`);
     this.config = config;
+    this.userConfig = config;
     this.opts = opts;
     this.configDoc = opts.document;
     this.version = opts.version;
@@ -202,6 +230,12 @@ export class Supervisor {
       // not join it: pick a free port here and give every worker that one.
       const port = await findFreePort(this.config.server.host);
       this.config = { ...this.config, server: { ...this.config.server, port } };
+      this.userConfig = this.config;
+    }
+    if (this.config.server.backend === 'node' && nodeBackendShardable() && (!netReusePort() || n === 1)) {
+      // node:net has no reusePort before Node 22.12: the workers listen on copies of one socket bound
+      // here. With one worker too: its crash would otherwise close the port until its replacement listens.
+      this.listener = await SharedListener.bind(this.config.server.host, this.config.server.port);
     }
     Atomics.store(this.controlView, C_WORKER_COUNT, n);
     Atomics.store(this.controlView, C_CONFIG_VERSION, this.config.version);
@@ -220,15 +254,20 @@ export class Supervisor {
     this.logWriter.setDestination(this.config.log.access.enabled ? this.config.log.access.destination : null);
     // Quota counts of the last run go back into the table before any worker serves.
     this.quotas = openQuotaStore(this.rateLimitTable, this.clock, this.config, this.opts.portWasZero ?? false);
-    await Promise.all(this.slots.map((s) => this.spawnWorker(s)));
+    const fds = this.listener !== null ? await this.listener.dup(n) : null;
+    await Promise.all(this.slots.map((s, i) => this.spawnWorker(s, fds !== null ? fds[i]! : null)));
     this.started = true;
     let adminPort: number | null = null;
-    // The admin thread also runs the Redis sync of rate limits and the
-    // active health checks: it starts with `redis` or a healthCheck even
-    // when its listener is off (admin.enabled: false).
-    if (this.config.admin.enabled || this.config.redis !== null || hasHealthChecks(this.config)) {
+    // The admin thread also runs the Redis sync of rate limits, the active
+    // health checks, discovery and the identity store (key lookups, the
+    // auth_request listener): it starts with any of them even when its
+    // listener is off (admin.enabled: false).
+    if (this.config.admin.enabled || this.config.redis !== null || hasHealthChecks(this.config) || hasDiscovery(this.config) || usesIdentity(this.config)) {
       const port = await this.spawnAdmin();
       if (this.config.admin.enabled) adminPort = port;
+      // The admin thread reports its first discovery round before 'ready':
+      // a gateway that says it started serves the targets found.
+      await this.reloadChain;
     }
     return {
       port: this.port,
@@ -238,12 +277,13 @@ export class Supervisor {
     };
   }
 
-  private spawnWorker(slot: Slot): Promise<void> {
+  /** `listenFd`: the worker's own copy of the shared listening socket (node backend), or null. */
+  private spawnWorker(slot: Slot, listenFd: number | null): Promise<void> {
     const config = this.config;
     const stats = new MessageChannel();
     const data: WorkerData = {
       index: slot.index, config, logLevel: logLevel(), slots: [...this.routeSlots], targetSlots: this.targetSlotEntries(), metrics: slot.metrics, accessRing: slot.accessRing, logRing: slot.logRing, control: this.control, statsPort: stats.port1,
-      rateLimitTable: this.rateLimitTable, clock: this.clock, upstreamState: this.upstreamState!, upstreamSlots: this.upstreamSlotEntries(),
+      rateLimitTable: this.rateLimitTable, clock: this.clock, upstreamState: this.upstreamState!, upstreamSlots: this.upstreamSlotEntries(), listenFd,
     };
     Atomics.store(this.controlView, C_WORKER_STATE + slot.index, W_STARTING);
     const w = new Worker(WORKER_ENTRY, { workerData: data, transferList: [stats.port1], name: `turnpike-worker-${slot.index}` });
@@ -324,12 +364,23 @@ export class Supervisor {
     });
     setTimeout(() => {
       if (this.draining) return;
-      this.spawnWorker(slot).catch((err: Error) => {
-        // Its exit handler schedules the next attempt, with a longer delay.
+      const fd = this.listener !== null ? this.listener.dup(1).then((fds) => fds[0]!) : Promise.resolve(null);
+      fd.then((listenFd) => {
+        if (this.draining) return;
+        this.spawnWorker(slot, listenFd).catch((err: Error) => {
+          // Its exit handler schedules the next attempt, with a longer delay.
+          log('error', 'worker restart failed', { worker: slot.index, error: err.message });
+        });
+      }, (err: Error) => {
+        // No copy of the listening socket, no worker: try again later (the others keep serving).
         log('error', 'worker restart failed', { worker: slot.index, error: err.message });
+        this.scheduleRestart(slot, code);
       });
     }, delay).unref();
   }
+
+  /** The admin token used when none is configured: one per process, whatever the admin thread's restarts (AdminData.fallbackToken). */
+  private readonly fallbackToken = generateToken();
 
   private spawnAdmin(): Promise<number> {
     const statsPorts = this.slots.map((s) => s.statsPort);
@@ -338,6 +389,7 @@ export class Supervisor {
       config: this.config, document: this.document(), logLevel: logLevel(), slots: [...this.routeSlots], targetSlots: this.targetSlotEntries(), metrics: this.slots.map((s) => s.metrics),
       control: this.control, logRing: this.adminLogRing, statsPorts, version: this.version, startedAt: this.startedAt,
       rateLimitTable: this.rateLimitTable, clock: this.clock, upstreamState: this.upstreamState!, upstreamSlots: this.upstreamSlotEntries(),
+      discovered: this.discovered, sources: this.sources, fallbackToken: this.fallbackToken,
     };
     const w = new Worker(ADMIN_ENTRY, {
       workerData: data, transferList: statsPorts.filter((p): p is MessagePort => p !== null), name: 'turnpike-admin',
@@ -349,6 +401,7 @@ export class Supervisor {
         if (msg.type === 'ready') resolve(msg.port);
         else if (msg.type === 'fatal') reject(new Error(msg.message));
         else if (msg.type === 'log-level') this.changeLogLevel(msg.level, msg.actor);
+        else if (msg.type === 'discovery') this.onDiscovery(msg.upstreams);
         else if (msg.type === 'reload') {
           const req = { actor: msg.actor, ...(msg.doc !== undefined ? { doc: msg.doc } : {}), ...(msg.dryRun ? { dryRun: true } : {}) };
           this.reload(req).then(
@@ -465,14 +518,19 @@ export class Supervisor {
     // Port 0 was resolved at start; a config that still says 0 keeps that port.
     if (next.server.port === 0 && this.opts.portWasZero) next = { ...next, server: { ...next.server, port: old.server.port } };
     if (next.admin.port === 0 && old.admin.port === 0) next = { ...next, admin: { ...next.admin, port: old.admin.port } };
-    const changes = diffConfigs(old, next);
+    // What the user changed: discovered targets are not part of it.
+    const oldUser = this.userConfig;
+    const changes = diffConfigs(oldUser, next);
     const restartOnly = changes.settings.filter((p) => RESTART_ONLY.some((r) => p === r || p.startsWith(r + '.')));
     if (restartOnly.length > 0) {
       return refuse(restartOnly.map((p) => ({ path: p, message: 'cannot change on reload; restart the gateway to apply it' })));
     }
     const warnings = result.warnings;
     if (req.dryRun) return { ok: true, version: old.version, errors: [], changes, persisted: false, warnings };
-    this.config = Object.freeze({ ...next }) as GatewayConfig;
+    // A reload keeps the discovered targets of the upstreams that still have dns or registry.
+    this.userConfig = Object.freeze({ ...next }) as GatewayConfig;
+    const oldSources = this.sources;
+    ({ config: this.config, sources: this.sources } = mergeDiscovered(this.userConfig, this.discovered));
     configureLog(next.log);
     this.logWriter.setDestination(next.log.access.enabled ? next.log.access.destination : null);
     this.assignSlots(next);
@@ -494,6 +552,8 @@ export class Supervisor {
     if (refusedBy.length > 0 || writeProblem !== null) {
       // Roll back: every worker that took the new config goes back to the old one.
       this.config = old;
+      this.userConfig = oldUser;
+      this.sources = oldSources;
       configureLog(old.log);
       // Those that applied it, and those that did not answer (they will apply
       // it when they do, then this): every worker ends on the old config.
@@ -507,14 +567,79 @@ export class Supervisor {
     this.quotas?.configure(this.config);
     Atomics.add(this.controlView, C_RELOADS_OK, 1);
     this.configDoc = result.document ?? req.doc ?? null;
-    this.admin?.postMessage({ type: 'config', config: this.config, slots: [...this.routeSlots], targetSlots: this.targetSlotEntries(), upstreamSlots: this.upstreamSlotEntries(), document: this.document() } satisfies ToAdmin);
-    if (this.admin === null && (next.redis !== null || hasHealthChecks(next)) && !this.draining) {
+    this.admin?.postMessage({ type: 'config', config: this.config, slots: [...this.routeSlots], targetSlots: this.targetSlotEntries(), upstreamSlots: this.upstreamSlotEntries(), document: this.document(), discovered: this.discovered, sources: this.sources } satisfies ToAdmin);
+    if (this.admin === null && (next.redis !== null || hasHealthChecks(next) || hasDiscovery(next) || usesIdentity(next)) && !this.draining) {
       // `redis` or a health check added by this reload: the admin thread (listener off) starts to sync rate limits or to check targets.
       await this.spawnAdmin().catch((err: Error) => log('error', 'cannot start the admin thread for the rate-limit sync and health checks; cluster limits stay local to this instance and targets unchecked', { error: err.message }));
     }
     log('info', 'config reloaded', { actor: req.actor, version: next.version, changes: formatChanges(changes), persisted });
     for (const w of warnings) log('warn', `config warning: ${w.path === '' ? '' : `${w.path}: `}${w.message}`, { version: next.version });
     return { ok: true, version: next.version, errors: [], changes, persisted, warnings };
+  }
+
+  /**
+   * A discovery snapshot from the admin thread: applied after the reloads
+   * and updates before it (reloadChain), only the newest of those that
+   * arrived meanwhile (the admin thread already sends at most one per
+   * 250 ms; this coalesces further while workers apply a version).
+   */
+  private onDiscovery(snapshot: DiscoverySnapshot): void {
+    const queued = this.discoveryPending !== null;
+    this.discoveryPending = snapshot;
+    if (queued) return;
+    const run = this.reloadChain.then(() => {
+      const snap = this.discoveryPending!;
+      this.discoveryPending = null;
+      return this.applyDiscovery(snap);
+    });
+    this.reloadChain = run.catch((err: Error) => log('error', 'discovery update failed', { error: err.message }));
+  }
+
+  /**
+   * Merges a discovery snapshot into the user's config and, when the
+   * targets of some upstream changed, sends every worker the result as a
+   * new config version. Not a reload: the config file is not written, no
+   * reload is counted or audited; logged at info as `discovery update`.
+   * Each worker keeps the runtime of every upstream whose targets did not
+   * change; an upstream whose did gets a new one, and the requests in
+   * flight on the old one finish there (a removed target is drained).
+   * Should a worker refuse the version (a bug), every worker goes back to
+   * the previous one and the snapshot is dropped (the next one retries).
+   */
+  private async applyDiscovery(snapshot: DiscoverySnapshot): Promise<void> {
+    const old = this.config;
+    const oldDiscovered = this.discovered;
+    const oldSources = this.sources;
+    this.discovered = snapshot;
+    if (this.draining) return;
+    const merged = mergeDiscovered(this.userConfig, snapshot);
+    const changes = targetChanges(old, merged.config);
+    if (changes.length === 0) {
+      // Same targets; a URL may have moved between sources (GET /admin/upstreams `source`).
+      if (JSON.stringify(merged.sources) !== JSON.stringify(oldSources)) {
+        this.sources = merged.sources;
+        this.admin?.postMessage({ type: 'config', config: old, slots: [...this.routeSlots], targetSlots: this.targetSlotEntries(), upstreamSlots: this.upstreamSlotEntries(), document: this.document(), discovered: this.discovered, sources: this.sources } satisfies ToAdmin);
+      }
+      return;
+    }
+    const next = Object.freeze({ ...merged.config, version: old.version + 1 }) as GatewayConfig;
+    this.config = next;
+    this.sources = merged.sources;
+    this.assignSlots(next);
+    const targets = this.slots.filter((sl) => sl.ready);
+    const failures = await Promise.all(targets.map((sl) => this.sendConfig(sl)));
+    const refusedBy = targets.flatMap((sl, i) => (failures[i] === null ? [] : [{ worker: sl.index, message: failures[i]! }]));
+    if (refusedBy.length > 0) {
+      this.config = old;
+      this.discovered = oldDiscovered;
+      this.sources = oldSources;
+      await Promise.all(targets.filter((_sl, i) => failures[i] === null || failures[i]!.startsWith(NOT_CONFIRMED)).map((sl) => this.sendConfig(sl)));
+      log('error', 'discovery update refused by a worker; every worker keeps the previous targets', { version: old.version, refusedBy });
+      return;
+    }
+    Atomics.store(this.controlView, C_CONFIG_VERSION, next.version);
+    this.admin?.postMessage({ type: 'config', config: next, slots: [...this.routeSlots], targetSlots: this.targetSlotEntries(), upstreamSlots: this.upstreamSlotEntries(), document: this.document(), discovered: this.discovered, sources: this.sources } satisfies ToAdmin);
+    log('info', 'discovery update', { version: next.version, upstreams: changes });
   }
 
   /**
@@ -569,13 +694,19 @@ export class Supervisor {
       await new Promise((r) => setTimeout(r, delayMs));
     }
     if (!failedStart) log('info', 'draining', { timeoutMs });
+    // The workers' copies keep the shared socket listening until each drains.
+    this.listener?.close();
     let leftover = 0;
+    let stuck = 0;
     await Promise.all(this.slots.map((slot) => new Promise<void>((resolve) => {
       const w = slot.worker;
       if (w === null) return resolve();
       slot.exiting = true;
       w.on('message', (m: FromWorker) => { if (m.type === 'drained') leftover += m.inFlight; });
-      w.once('exit', () => resolve());
+      // A worker that has not exited SHUTDOWN_GRACE_MS after its drain ran out (blocked
+      // in something that never returns) is terminated: a stop always ends.
+      const kill = setTimeout(() => { stuck++; void w.terminate(); }, timeoutMs + SHUTDOWN_GRACE_MS);
+      w.once('exit', () => { clearTimeout(kill); resolve(); });
       w.postMessage({ type: 'drain', timeoutMs } satisfies ToWorker);
     })));
     // No worker counts any more: the last save of local quota counts.
@@ -583,10 +714,12 @@ export class Supervisor {
     if (this.admin !== null) {
       const a = this.admin;
       await new Promise<void>((resolve) => {
-        a.once('exit', () => resolve());
+        const kill = setTimeout(() => { stuck++; void a.terminate(); }, SHUTDOWN_GRACE_MS);
+        a.once('exit', () => { clearTimeout(kill); resolve(); });
         a.postMessage({ type: 'drain' } satisfies ToAdmin);
       });
     }
+    if (stuck > 0) log('warn', 'threads that did not stop in time were terminated', { threads: stuck, graceMs: SHUTDOWN_GRACE_MS });
     if (leftover > 0) log('warn', 'drain timeout: requests were cut off', { requests: leftover });
     if (this.portLock !== null) {
       try { unlinkSync(this.portLock); } catch { /* gone already */ }
@@ -594,6 +727,61 @@ export class Supervisor {
     if (!failedStart) log('info', 'stopped');
     return 0;
   }
+}
+
+/** Some upstream discovers targets (DNS or registry: run by the admin thread). */
+function hasDiscovery(config: GatewayConfig): boolean {
+  return Object.values(config.upstreams).some((u) => u.dns !== null || u.registry !== null);
+}
+
+/**
+ * The user's config with discovered targets merged in: for each upstream
+ * with `dns` or `registry`, its configured targets (with their weights),
+ * then the registered ones, then the DNS ones, each URL once. The snapshot's
+ * entries of a source the upstream no longer has (a reload removed it) are
+ * ignored. Returns `user` itself when nothing is merged, and which targets
+ * were added by which source.
+ */
+export function mergeDiscovered(user: GatewayConfig, snapshot: DiscoverySnapshot): { config: GatewayConfig; sources: TargetSourceEntries } {
+  let upstreams: Record<string, UpstreamConfig> | null = null;
+  const sources: (readonly [string, string, 'dns' | 'registry'])[] = [];
+  for (const [name, found] of snapshot) {
+    const u = user.upstreams[name];
+    if (u === undefined || found.length === 0) continue;
+    const seen = new Set(u.targets.map((t) => t.url));
+    const targets: TargetConfig[] = [...u.targets];
+    for (const source of ['registry', 'dns'] as const) {
+      if ((source === 'dns' ? u.dns : u.registry) === null) continue;
+      for (const t of found) {
+        if (t.source !== source || seen.has(t.url)) continue;
+        seen.add(t.url);
+        targets.push({ url: t.url, host: t.host, port: t.port, weight: t.weight });
+        sources.push([name, t.url, source]);
+      }
+    }
+    if (targets.length === u.targets.length) continue;
+    upstreams ??= Object.assign(Object.create(null) as Record<string, UpstreamConfig>, user.upstreams);
+    upstreams[name] = Object.freeze({ ...u, targets: Object.freeze(targets) });
+  }
+  return { config: upstreams === null ? user : Object.freeze({ ...user, upstreams: Object.freeze(upstreams) }) as GatewayConfig, sources };
+}
+
+/** Per upstream whose target list differs between two configs: the URLs added and removed (weights changed count as both). */
+function targetChanges(a: GatewayConfig, b: GatewayConfig): { upstream: string; added: string[]; removed: string[] }[] {
+  const out: { upstream: string; added: string[]; removed: string[] }[] = [];
+  for (const u of Object.values(b.upstreams)) {
+    const before = a.upstreams[u.name]?.targets ?? [];
+    const key = (t: TargetConfig) => `${t.url} ${t.weight}`;
+    if (before.length === u.targets.length && before.every((t, i) => key(t) === key(u.targets[i]!))) continue;
+    const was = new Set(before.map(key));
+    const now = new Set(u.targets.map(key));
+    out.push({
+      upstream: u.name,
+      added: u.targets.filter((t) => !was.has(key(t))).map((t) => t.url),
+      removed: before.filter((t) => !now.has(key(t))).map((t) => t.url),
+    });
+  }
+  return out;
 }
 
 /** Some upstream has active health checks (run by the admin thread). */
@@ -683,15 +871,6 @@ function processStartTime(pid: number): string | null {
     return fields[19] ?? null;
   } catch {
     return null;
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

@@ -55,11 +55,15 @@ export const entry = {
   error: '',
   userAgent: '',
   referer: '',
+  /** Retries the request took (upstream `retry`), 0 for none. */
+  retries: 0,
+  /** The consumer its API key belongs to (routes with auth), '' for none. */
+  consumer: '',
 };
 
 const FIELD_IDS: Readonly<Record<AccessLogField, number>> = {
   time: 0, request_id: 1, client: 2, method: 3, host: 4, path: 5, query: 6, status: 7, bytes_received: 8, bytes_sent: 9,
-  duration_ms: 10, upstream_ms: 11, route: 12, upstream: 13, target: 14, error: 15, user_agent: 16,
+  duration_ms: 10, upstream_ms: 11, route: 12, upstream: 13, target: 14, error: 15, user_agent: 16, retries: 17, consumer: 18,
 };
 
 /** Characters that need escaping inside a JSON string. */
@@ -253,7 +257,7 @@ function redactPairs(s: string, secrets: SecretParams): string {
       continue;
     }
     if (!isPairSeparator(c)) continue;
-    if (eq !== -1 && secrets.matches(s.slice(start, eq))) {
+    if (eq !== -1 && (secrets.matches(s.slice(start, eq)) || nestsSecret(s, eq + 1, i, secrets))) {
       out = (out ?? '') + s.slice(copied, eq + 1) + REDACTED_VALUE;
       copied = i;
     }
@@ -261,6 +265,26 @@ function redactPairs(s: string, secrets: SecretParams): string {
     eq = -1;
   }
   return out === null ? s : out + s.slice(copied);
+}
+
+/**
+ * Whether the value s[from, to) is a percent-encoded query that holds a
+ * secret (`next=%2Fcb%3Ftoken%3Dabc`, a redirect URL carried in a
+ * parameter; encoded up to three times): the whole value is then hidden,
+ * since re-encoding a redacted copy could not be checked against the
+ * client's bytes. Only values with an encoded `=` are decoded.
+ */
+function nestsSecret(s: string, from: number, to: number, secrets: SecretParams): boolean {
+  const pct = s.indexOf('%', from);
+  if (pct === -1 || pct >= to) return false;
+  let v = s.slice(from, to);
+  for (let i = 0; i < 3 && v.indexOf('%') !== -1; i++) {
+    const d = percentDecode(v);
+    if (d === v) break;
+    v = d;
+    if (v.indexOf('=') !== -1 && redactPairs(v, secrets) !== v) return true;
+  }
+  return false;
 }
 
 /** The query with the values of its secret parameters replaced by [REDACTED] (`&`, `;` separators; every name encoding: see canonicalParamName). */
@@ -372,18 +396,23 @@ export class AccessLog {
         case 14: s += '"target":' + (e.target === '' ? 'null' : '"' + e.target + '"'); break;
         case 15: s += '"error":' + (e.error === '' ? 'null' : '"' + e.error + '"'); break;
         case 16: s += '"user_agent":' + jsonText(e.userAgent); break;
+        case 17: s += '"retries":' + e.retries; break;
+        case 18: s += '"consumer":' + (e.consumer === '' ? 'null' : jsonText(e.consumer)); break;
       }
     }
     return s + '}\n';
   }
 
-  /** `$remote_addr - - [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent"` */
+  /**
+   * `$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent"`,
+   * `$remote_user` being the consumer of the request's API key (`-` for none), as nginx writes the Basic-auth user.
+   */
   private combinedLine(): string {
     const e = entry;
     const q = cap(redactQuery(e.query, this.secrets));
     const path = cap(redactPath(e.path, this.secrets));
     const target = q === '' ? path : path + '?' + q;
-    return (e.client === '' ? '-' : e.client) + ' - - [' + clfTime(this.origin + e.t0) + '] "' + combinedText(e.method) + ' ' +
+    return (e.client === '' ? '-' : e.client) + ' - ' + (e.consumer === '' ? '-' : combinedText(e.consumer)) + ' [' + clfTime(this.origin + e.t0) + '] "' + combinedText(e.method) + ' ' +
       combinedText(target) + ' HTTP/1.1" ' + e.status + ' ' + e.bytesSent + ' "' + combinedText(cap(redactUrl(e.referer, this.secrets))) + '" "' +
       combinedText(e.userAgent) + '"\n';
   }
@@ -400,4 +429,6 @@ export function resetEntry(): void {
   e.error = '';
   e.bytesReceived = 0;
   e.bytesSent = 0;
+  e.retries = 0;
+  e.consumer = '';
 }

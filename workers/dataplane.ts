@@ -1,7 +1,7 @@
 /**
  * One compiled configuration, as a worker uses it: the router, a context per
- * route (header plans, rewrite, limits, metrics slot, its upstream) and the
- * upstream pools. Built once per config version; the transport holds one
+ * route (header plans, rewrite, limits, metrics slot, its upstream, or its
+ * traffic split over several) and the upstream pools. Built once per config version; the transport holds one
  * reference and swaps it between requests. An exchange keeps the route
  * context it started with, so in-flight requests finish on the config they
  * started on.
@@ -13,18 +13,27 @@ import { compileRequestPlan, compileResponsePlan, type RequestPlan, type Respons
 import { compileRouter } from './router/compile.js';
 import type { Router } from './router/types.js';
 import { compilePipeline, type PolicyEnv } from './pipeline/compile.js';
+import type { IdentityClient } from './policies/auth/client.js';
 import type { Policy } from './pipeline/context.js';
 import { trustedProxyList } from './policies/rate-limit/keys.js';
 import { MIN_CAPACITY, RateLimitTable, createRateLimitTable } from '../common/rate-limit-layout.js';
 import type { StrictStore, StrictStores } from './policies/rate-limit/strict-store.js';
 import type { ResilienceEnv } from './proxy/guard.js';
+import { Split } from './proxy/split.js';
 
 export type Rewrite = ((path: string, paramNames: readonly string[], params: readonly string[]) => string) | null;
 
 export class RouteContext {
   readonly id: string;
   readonly slot: number;
+  /**
+   * The upstream serving the route. A split route (`split` set): the first
+   * listed upstream's, never used for a request: the handlers replace the
+   * route by `split.choose(...)` (one context per listed upstream, with that
+   * upstream and its header plans) before reading it.
+   */
   readonly upstream: UpstreamRuntime;
+  /** Header edits of server + upstream + route, compiled for `upstream`. */
   readonly requestPlan: RequestPlan;
   readonly responsePlan: ResponsePlan;
   readonly rewrite: Rewrite;
@@ -34,20 +43,64 @@ export class RouteContext {
   readonly maxBodyBytes: number;
   /** The route's policies in order (workers/pipeline), or null: proxied as is. */
   readonly policies: Policy[] | null;
+  /** routes[].retry.methods: what this route retries instead of its upstream's retry.methods (workers/proxy/retry.ts); null: the upstream's. */
+  readonly retryMethods: ReadonlySet<string> | null;
+  /** Query parameters removed before forwarding (an auth route's key sources, unless forwardCredentials), or null. */
+  readonly stripQuery: readonly string[] | null;
+  /** A traffic split (routes[].upstreams, workers/proxy/split.ts): its branches are this route for each upstream; null: one upstream. */
+  split: Split<RouteContext> | null = null;
 
-  constructor(route: RouteConfig, slot: number, upstream: UpstreamRuntime, config: GatewayConfig, env: PolicyEnv) {
+  /**
+   * `parent`: this is a branch of that split route, for `upstream`: it shares
+   * the parent's compiled parts (rewrite, policies) and has its own upstream
+   * and header plans.
+   */
+  constructor(route: RouteConfig, slot: number, upstream: UpstreamRuntime, config: GatewayConfig, env: PolicyEnv, parent: RouteContext | null = null) {
     this.id = route.id;
     this.slot = slot;
     this.upstream = upstream;
     const levels = [config.server.headers, upstream.config.headers, route.headers];
-    this.requestPlan = compileRequestPlan(levels, config.server.requestIdHeader);
+    this.requestPlan = compileRequestPlan(levels, config.server.requestIdHeader, identityDrops(route, config));
+    this.stripQuery = route.auth !== null && !route.auth.forwardCredentials
+      ? config.identity.keys.sources.filter((s) => s.kind === 'query').map((s) => (s as { name: string }).name)
+      : [];
+    if (this.stripQuery.length === 0) this.stripQuery = null;
     this.responsePlan = compileResponsePlan(levels);
-    this.rewrite = compileRewrite(route);
+    this.rewrite = parent !== null ? parent.rewrite : compileRewrite(route);
     this.preserveHost = route.preserveHost;
     this.forwardOriginalPath = (route.pathForwarding ?? config.server.pathForwarding) === 'original';
     this.maxBodyBytes = route.maxBodyBytes ?? config.server.limits.maxBodyBytes;
-    this.policies = compilePipeline(route, slot, env);
+    this.policies = parent !== null ? parent.policies : compilePipeline(route, slot, env);
+    this.retryMethods = route.retryMethods ? new Set(route.retryMethods) : null;
   }
+
+  /** The context of a route: with `upstreams`, a split whose branches are one context per listed upstream. */
+  static of(route: RouteConfig, slot: number, upstreams: ReadonlyMap<string, UpstreamRuntime>, config: GatewayConfig, env: PolicyEnv): RouteContext {
+    const list = route.upstreams;
+    if (list === null) return new RouteContext(route, slot, upstreams.get(route.upstream!)!, config, env);
+    const ctx = new RouteContext(route, slot, upstreams.get(list[0]!.name)!, config, env);
+    const branches = list.map((u) => new RouteContext(route, slot, upstreams.get(u.name)!, config, env, ctx));
+    ctx.split = new Split(list, route.hashOn, branches);
+    return ctx;
+  }
+}
+
+/**
+ * Request headers never copied from the client for `route`: the identity
+ * headers the gateway writes (on every route, so that no client can forge
+ * a consumer), and on an auth route the credential's headers (unless
+ * forwardCredentials).
+ */
+function identityDrops(route: RouteConfig, config: GatewayConfig): string[] {
+  const h = config.identity.headers;
+  const out = [h.consumerId, h.consumerName, h.routeId];
+  if (route.auth !== null && !route.auth.forwardCredentials) {
+    for (const s of config.identity.keys.sources) {
+      if (s.kind === 'authorization') out.push('authorization');
+      else if (s.kind === 'header') out.push(s.name);
+    }
+  }
+  return out;
 }
 
 /** What a worker's dataplanes share across config versions. */
@@ -60,6 +113,8 @@ export interface DataplaneShared {
   strictStores?: StrictStores | null;
   /** The shared upstream state and this worker's place in it (breakers, health, p2c); absent outside a worker: private state. */
   resilience?: ResilienceEnv | null;
+  /** The worker's API-key caches and line to the admin thread; absent outside a worker: every cache miss is unavailable. */
+  identity?: IdentityClient | null;
 }
 
 let scratch: RateLimitTable | null = null;
@@ -109,9 +164,19 @@ export class Dataplane {
           strict: this.strictStore,
         }
         : null,
+      auth: config.routes.some((r) => r.auth !== null)
+        ? {
+          client: shared.identity ?? null,
+          identity: config.identity,
+          metrics: config.metrics.enabled ? shared.metrics : null,
+          trusted: trustedProxyList(config.server.trustedProxies),
+          laterGuardMs: config.redis === null ? 0 : config.redis.commandTimeoutMs + 1_000,
+        }
+        : null,
     };
+    shared.identity?.configure(config.identity);
     try {
-      this.routes = config.routes.map((r) => new RouteContext(r, slots.get(r.id) ?? OVERFLOW_SLOT, this.upstreams.get(r.upstream)!, config, env));
+      this.routes = config.routes.map((r) => RouteContext.of(r, slots.get(r.id) ?? OVERFLOW_SLOT, this.upstreams, config, env));
       this.router = compileRouter(
         config.routes.map((r, i) => ({
           id: r.id,
@@ -134,10 +199,23 @@ export class Dataplane {
   }
 
   /**
+   * `next` replaces this config: each upstream runtime it replaced points at
+   * its successor, so that a request still on an old runtime retries on the
+   * running config's targets (UpstreamRuntime.latest). Both backends call it.
+   */
+  handOver(next: Dataplane): void {
+    for (const [name, u] of this.upstreams) {
+      const n = next.upstreams.get(name);
+      if (n !== undefined && n !== u) u.successor = n;
+    }
+  }
+
+  /**
    * Replaced by `next` (or shut down when null): upstreams it does not keep
    * close their idle sockets now and their busy ones when the exchange ends.
    */
   retire(next: Dataplane | null): void {
+    if (next !== null) this.handOver(next);
     for (const [name, u] of this.upstreams) if (next?.upstreams.get(name) !== u) u.close();
     this.releasePolicies();
   }

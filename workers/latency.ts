@@ -49,6 +49,9 @@ export class LatencyRecorder {
 
   /** Answers `{ id }` requests on the admin thread's port with a snapshot. */
   serve(port: MessagePort): void {
-    port.on('message', (msg: { id: number }) => port.postMessage({ id: msg.id, snapshot: this.snapshot() }));
+    port.on('message', (msg: { id: number; t?: string }) => {
+      if (msg.t !== undefined) return; // identity messages share the line (common/identity/wire.ts)
+      port.postMessage({ id: msg.id, snapshot: this.snapshot() });
+    });
   }
 }

@@ -1,8 +1,10 @@
 /**
  * Data-plane worker thread entry. Builds the Dataplane from the config it is
- * handed, starts the backend (uWS on Node, Bun.serve on Bun), and follows
- * the engine's messages: new config, drain, and (tests only) crash.
+ * handed, starts the backend (uWS on Node, Bun.serve on Bun, the node:net
+ * server with server.backend: node), and follows the engine's messages: new
+ * config, drain, and (tests only) crash.
  */
+import { IdentityClient } from './policies/auth/client.js';
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import type { FromWorker, TargetSlotEntries, ToWorker, UpstreamSlotEntries, WorkerData } from '../common/protocol.js';
 import type { ResilienceEnv } from './proxy/guard.js';
@@ -79,7 +81,10 @@ const resilienceOf = (entries: UpstreamSlotEntries): ResilienceEnv => ({
 const shared = {
   rateLimitTable: new RateLimitTable(data.rateLimitTable), metrics, strictStores: new StrictStores(`worker-${data.index}`),
   resilience: resilienceOf(data.upstreamSlots),
+  // API keys (workers/policies/auth): caches, and lookups on the line to the admin thread.
+  identity: new IdentityClient(),
 };
+shared.identity.attach(statsPort);
 
 async function main(): Promise<void> {
   let dp = new Dataplane(data.config, new Map(data.slots), null, targetSlotMap(data.targetSlots), shared);
@@ -97,8 +102,11 @@ async function main(): Promise<void> {
     backendName = 'bun';
   } else {
     const { UwsServer } = await import('./transport/uws-server.js');
-    backend = new UwsServer(dp, { host: s.host, port: s.port, workerIndex: data.index, metrics, latency, logs, control, onListen: () => {}, clockOffset: clockOffset(data.clock) });
-    backendName = 'uws';
+    // server.backend: node: the same transport on the strict node:net server (transport/node/app.ts) instead of uWS.
+    const mod = s.backend === 'node' ? (await import('./transport/node/app.js')).nodeUws : undefined;
+    if (mod !== undefined && data.listenFd !== null) mod.listenOnFd(data.listenFd);
+    backend = new UwsServer(dp, { host: s.host, port: s.port, workerIndex: data.index, metrics, latency, logs, control, onListen: () => {}, clockOffset: clockOffset(data.clock) }, mod);
+    backendName = s.backend === 'node' ? 'node' : 'uws';
   }
   active = backend;
   const bound = await backend.listen();
@@ -139,6 +147,7 @@ async function main(): Promise<void> {
         statsPort.close();
         statsPort = msg.port;
         latency.serve(statsPort);
+        shared.identity.attach(statsPort);
         break;
       case 'reopen-logs':
         // The engine reopens the files; this line says the signal reached the worker.
@@ -154,6 +163,7 @@ async function main(): Promise<void> {
             // What is still in flight is answered 503 shutting_down (or cut mid-body) and logged so.
             const done = () => {
               logs.close();
+              shared.identity.close(); // reports the last key uses
               send({ type: 'drained', inFlight: left });
               // Once the sockets and ports are closed the thread has nothing left and exits by itself.
               statsPort.close();

@@ -20,7 +20,8 @@ import { compareKeys, decodeCursor, encodeCursor, pageByKey } from './pagination
 import { redact } from './redact.js';
 import * as S from './schemas.js';
 import type { Schema } from './schemas.js';
-import { listUpstreams } from './upstreams.js';
+import { deregisterTarget, listUpstreams, registerTarget } from './upstreams.js';
+import { IDENTITY_ENDPOINTS } from './identity.js';
 
 /** Largest request body accepted (PUT /admin/config). */
 export const MAX_BODY_BYTES = 1_048_576; // 1 MiB
@@ -28,6 +29,8 @@ export const MAX_BODY_BYTES = 1_048_576; // 1 MiB
 export interface RequestContext {
   api: AdminContext;
   principal: Principal;
+  /** Path parameters (`{name}` in the endpoint's path), percent-decoded. */
+  params: Record<string, string>;
   /** Validated, defaults filled. */
   query: Record<string, unknown>;
   /** Parsed body (endpoints with a body). */
@@ -52,11 +55,16 @@ export interface BodySpec {
   contentTypes: readonly string[];
   maxBytes: number;
   description: string;
+  /** The body may be left out (no Content-Length or 0, no Transfer-Encoding): the handler gets `undefined`. */
+  optional?: boolean;
 }
 
 export interface Endpoint {
-  method: 'GET' | 'POST' | 'PUT';
+  method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
+  /** The path; `{name}` segments are path parameters (described in `params`). */
   path: string;
+  /** Path parameters: name -> schema (with a description), for the OpenAPI document. */
+  params?: Readonly<Record<string, Schema>>;
   operationId: string;
   tag: string;
   summary: string;
@@ -67,7 +75,7 @@ export interface Endpoint {
   /** null: no body; a non-empty one is refused with 400 unexpected_body. */
   body: BodySpec | null;
   /** Write endpoints: the audit action. */
-  audit: 'config.reload' | 'config.replace' | 'logging.update' | null;
+  audit: 'config.reload' | 'config.replace' | 'logging.update' | S.IdentityAuditAction | null;
   responses: Readonly<Record<number, { description: string; schema: Schema }>>;
   handler(rc: RequestContext): HandlerResult | Promise<HandlerResult>;
 }
@@ -131,7 +139,7 @@ export const ENDPOINTS: readonly Endpoint[] = [
   {
     method: 'GET', path: '/admin/status', operationId: 'getStatus', tag: 'gateway', role: 'viewer',
     summary: 'Gateway status',
-    description: 'Version, uptime, config version and source, worker states, restarts, reload counts, draining.',
+    description: 'Version, uptime, config version and source, worker states, restarts, reload counts, draining, and warnings (admin-side problems; the identity store while it is down).',
     query: S.noQuery, body: null, audit: null,
     responses: { 200: { description: 'Status.', schema: S.status }, ...R400, ...R401 },
     handler({ api, warnings }) {
@@ -152,7 +160,8 @@ export const ENDPOINTS: readonly Endpoint[] = [
           restarts: Atomics.load(c, C_RESTARTS),
           reloads: { success: Atomics.load(c, C_RELOADS_OK), failure: Atomics.load(c, C_RELOADS_FAILED) },
           draining: Atomics.load(c, C_DRAINING) === 1,
-          warnings: warnings(),
+          // Startup and reload warnings, and the identity store's state while it is down.
+          warnings: [...warnings(), ...(api.identity?.storeWarning != null ? [api.identity.storeWarning] : [])],
         },
       };
     },
@@ -292,13 +301,21 @@ export const ENDPOINTS: readonly Endpoint[] = [
       return {
         status: 200,
         body: {
-          items: p.items.map((r) => ({ id: r.id, host: r.host, path: r.path, methods: [...r.methods], upstream: r.upstream, priority: r.priority })),
+          items: p.items.map((r) => ({
+            id: r.id, host: r.host, path: r.path, methods: [...r.methods], upstream: r.upstream,
+            upstreams: r.upstreams === null
+              ? null
+              : r.upstreams.map((u) => ({ name: u.name, weight: u.weight, when: u.when === null ? null : { [u.when.kind]: u.when.name, equals: u.when.equals } })),
+            hashOn: r.hashOn, priority: r.priority,
+          })),
           next: p.next,
         },
       };
     },
   },
   listUpstreams, // admin/api/upstreams.ts: counters and resilience state per target
+  registerTarget, // admin/api/upstreams.ts: the registry (discovery)
+  deregisterTarget,
   {
     method: 'GET', path: '/admin/stats', operationId: 'getStats', tag: 'gateway', role: 'viewer',
     summary: 'Latency percentiles',
@@ -333,4 +350,5 @@ export const ENDPOINTS: readonly Endpoint[] = [
       return { status: 200, body: openapi() };
     },
   },
+  ...IDENTITY_ENDPOINTS, // admin/api/identity.ts: consumers, keys, groups, grants
 ];

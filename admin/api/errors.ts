@@ -25,13 +25,15 @@ export const AdminErrors = Object.freeze({
   FORBIDDEN: def('forbidden', 403, 'This token has the viewer role and may only read; writes need a token with the admin role.'),
   NOT_FOUND: def('not_found', 404, 'No such admin endpoint; GET /admin/openapi.json lists them.'),
   METHOD_NOT_ALLOWED: def('method_not_allowed', 405, 'This endpoint does not accept this method; see the Allow header.'),
-  BODY_TOO_LARGE: def('body_too_large', 413, 'The request body exceeds 1 MiB.'),
+  BODY_TOO_LARGE: def('body_too_large', 413, 'The request body is larger than this endpoint takes.'),
   UNSUPPORTED_MEDIA_TYPE: def('unsupported_media_type', 415, 'Send the body as application/json or application/yaml.'),
   INVALID_BODY: def('invalid_body', 422, 'The request body is not what this endpoint takes; "errors" says what is wrong.'),
+  CONFLICT: def('conflict', 409, 'The request conflicts with the running configuration; the message says what to change.'),
   // -- config -----------------------------------------------------------------
   CONFIG_INVALID: def('config_invalid', 422, 'The configuration was refused and nothing was applied; the running config keeps serving. "errors" lists every problem by path.'),
   // -- admin thread -----------------------------------------------------------
   INTERNAL: def('internal_error', 500, 'The admin API failed unexpectedly; the error is logged.'),
+  UNAVAILABLE: def('unavailable', 503, 'A store the admin API needs (the registry\'s Redis) cannot be reached; try again shortly.'),
 });
 
 export type AdminErrorName = keyof typeof AdminErrors;

@@ -44,6 +44,8 @@ export interface AdminApiOptions {
   cwd?: string;
   /** Check every answer against its schema and answer 500 on a mismatch. Default: TURNPIKE_TEST_HOOKS=1. */
   strictResponses?: boolean;
+  /** The token written to the generated token file when no token is configured (the engine's, kept across admin restarts). Default: a new one. */
+  fallbackToken?: string;
 }
 
 const MAX_WARNINGS = 20;
@@ -74,11 +76,17 @@ function validatorFor(ajv: Ajv, schema: object): ValidateFunction {
   return v;
 }
 
-function queryProblem(e: ErrorObject, raw: Record<string, unknown>, known: string[]): ApiError {
+function queryProblem(e: ErrorObject, raw: Record<string, unknown>, known: string[], props: Record<string, { description?: string }> = {}): ApiError {
   if (e.keyword === 'additionalProperties') {
     const name = String((e.params as { additionalProperty: string }).additionalProperty);
     const hint = known.length === 0 ? 'this endpoint takes no query parameters' : `known: ${known.join(', ')}`;
     return new ApiError(AdminErrors.INVALID_QUERY, `unknown query parameter ${JSON.stringify(name)} (${hint})`, { parameter: name });
+  }
+  if (e.keyword === 'required') {
+    const name = String((e.params as { missingProperty: string }).missingProperty);
+    // The parameter's own description says what to send.
+    const what = props[name]?.description;
+    return new ApiError(AdminErrors.INVALID_QUERY, `query parameter ${name} is required${what === undefined ? '' : `: ${what}`}`, { parameter: name });
   }
   const name = e.instancePath.replace(/^\//, '');
   const got = raw[name];
@@ -97,7 +105,8 @@ function parseQuery(search: string, e: Endpoint): Record<string, unknown> {
   const data = { ...raw };
   const validate = validatorFor(queryAjv, e.query);
   if (!validate(data)) {
-    throw queryProblem(validate.errors![0]!, raw, Object.keys((e.query['properties'] ?? {}) as object));
+    const props = (e.query['properties'] ?? {}) as Record<string, { description?: string }>;
+    throw queryProblem(validate.errors![0]!, raw, Object.keys(props), props);
   }
   return data;
 }
@@ -119,7 +128,7 @@ function readBody(req: http.IncomingMessage, max: number): Promise<Buffer> {
       size += c.length;
       if (size > max) {
         done = true;
-        reject(new ApiError(AdminErrors.BODY_TOO_LARGE, `The request body exceeds ${max} bytes (1 MiB); send a smaller document.`));
+        reject(new ApiError(AdminErrors.BODY_TOO_LARGE, `The request body exceeds ${max} bytes (${sizeText(max)}), the most this endpoint takes; send a smaller body.`));
         return;
       }
       chunks.push(c);
@@ -127,6 +136,13 @@ function readBody(req: http.IncomingMessage, max: number): Promise<Buffer> {
     req.on('end', () => { if (!done) { done = true; resolve(Buffer.concat(chunks)); } });
     req.on('error', (err) => { if (!done) { done = true; reject(err); } });
   });
+}
+
+/** 1048576 -> "1 MiB", 4096 -> "4 KiB", 1000 -> "1000 bytes". */
+function sizeText(bytes: number): string {
+  if (bytes % 1_048_576 === 0) return `${bytes / 1_048_576} MiB`;
+  if (bytes % 1024 === 0) return `${bytes / 1024} KiB`;
+  return `${bytes} bytes`;
 }
 
 function mediaType(req: http.IncomingMessage): string {
@@ -138,14 +154,14 @@ async function parseBody(req: http.IncomingMessage, e: Endpoint): Promise<unknow
   const type = mediaType(req);
   if (!spec.contentTypes.includes(type)) {
     throw new ApiError(AdminErrors.UNSUPPORTED_MEDIA_TYPE,
-      `${type === '' ? 'No Content-Type' : `Content-Type ${type}`} is not accepted here; send ${spec.contentTypes.join(', ')}.`);
+      `${type === '' ? 'The request has no Content-Type' : `Content-Type ${type} is not accepted here`}; send ${spec.contentTypes.join(', ')}.`);
   }
   const declared = Number(req.headers['content-length']);
   if (Number.isFinite(declared) && declared > spec.maxBytes) {
-    throw new ApiError(AdminErrors.BODY_TOO_LARGE, `The request body (${declared} bytes) exceeds ${spec.maxBytes} bytes (1 MiB); send a smaller document.`);
+    throw new ApiError(AdminErrors.BODY_TOO_LARGE, `The request body (${declared} bytes) exceeds ${spec.maxBytes} bytes (${sizeText(spec.maxBytes)}), the most this endpoint takes; send a smaller body.`);
   }
   const text = (await readBody(req, spec.maxBytes)).toString('utf8');
-  if (text.trim() === '') throw new ApiError(AdminErrors.MALFORMED_BODY, 'The request body is empty; send a whole config document.');
+  if (text.trim() === '') throw new ApiError(AdminErrors.MALFORMED_BODY, `The request body is empty; this endpoint takes ${spec.description}`);
   const json = type === 'application/json';
   try {
     return parseConfigText(text, json ? 'body.json' : 'body.yaml');
@@ -201,12 +217,42 @@ function send(req: http.IncomingMessage, res: http.ServerResponse, status: numbe
 
 // -- the API ------------------------------------------------------------------
 
-/** Endpoints by path, for 404/405. */
+/** Endpoints by path, for 404/405 (paths without parameters). */
 const BY_PATH = new Map<string, Endpoint[]>();
+/** Endpoints of paths with `{param}` segments: the path as a regular expression, its parameter names. */
+const TEMPLATES = new Map<string, { re: RegExp; names: string[]; list: Endpoint[] }>();
 for (const e of ENDPOINTS) {
+  if (e.path.includes('{')) {
+    let t = TEMPLATES.get(e.path);
+    if (t === undefined) {
+      const names: string[] = [];
+      const re = new RegExp('^' + e.path.replace(/[.*+?^$()|[\]\\]/g, '\\$&').replace(/\{([A-Za-z]+)\}/g, (_m, n: string) => { names.push(n); return '([^/]+)'; }) + '$');
+      TEMPLATES.set(e.path, (t = { re, names, list: [] }));
+    }
+    t.list.push(e);
+    continue;
+  }
   const list = BY_PATH.get(e.path) ?? [];
   list.push(e);
   BY_PATH.set(e.path, list);
+}
+
+/** The endpoints of a request path and its path parameters (percent-decoded), or null. */
+function endpointsOf(path: string): { list: Endpoint[]; params: Record<string, string> } | null {
+  const list = BY_PATH.get(path);
+  if (list !== undefined) return { list, params: {} };
+  for (const t of TEMPLATES.values()) {
+    const m = t.re.exec(path);
+    if (m === null) continue;
+    const params: Record<string, string> = {};
+    try {
+      t.names.forEach((n, i) => { params[n] = decodeURIComponent(m[i + 1]!); });
+    } catch {
+      return null; // a malformed percent-escape: no such path
+    }
+    return { list: t.list, params };
+  }
+  return null;
 }
 
 function allowOf(list: readonly Endpoint[]): string {
@@ -251,7 +297,7 @@ export function createAdminApi(ctx: AdminContext, opts: AdminApiOptions): AdminA
       return;
     }
     if (generated === null) {
-      const token = generateToken();
+      const token = opts.fallbackToken ?? generateToken();
       try {
         const { path } = writeGeneratedToken(cwd, adminPort, token);
         const host = config.admin.host === '0.0.0.0' ? '127.0.0.1' : config.admin.host.includes(':') ? `[${config.admin.host}]` : config.admin.host;
@@ -360,11 +406,12 @@ export function createAdminApi(ctx: AdminContext, opts: AdminApiOptions): AdminA
       });
     }
 
-    const list = BY_PATH.get(path);
-    if (list === undefined) {
+    const found = endpointsOf(path);
+    if (found === null) {
       const e = new ApiError(AdminErrors.NOT_FOUND, `No admin endpoint ${path}; GET /admin/openapi.json lists them.`);
       return answer(req, res, null, 404, e.body());
     }
+    const list = found.list;
     const method = req.method === 'HEAD' ? 'GET' : req.method;
     const endpoint = list.find((x) => x.method === method);
     if (endpoint === undefined) {
@@ -383,7 +430,7 @@ export function createAdminApi(ctx: AdminContext, opts: AdminApiOptions): AdminA
       const query = parseQuery(search, endpoint);
       let body: unknown = undefined;
       if (endpoint.body !== null) {
-        body = await parseBody(req, endpoint);
+        if (!(endpoint.body.optional === true && !hasBody(req))) body = await parseBody(req, endpoint);
       } else if (endpoint.method !== 'GET' && hasBody(req)) {
         const got = await readBody(req, 64 * 1024).catch(() => Buffer.alloc(1));
         if (got.length > 0) {
@@ -391,7 +438,7 @@ export function createAdminApi(ctx: AdminContext, opts: AdminApiOptions): AdminA
         }
       }
       result = await endpoint.handler({
-        api: ctx, principal, query, body, audit, warnings: () => [...warnings], openapi: openapiDoc,
+        api: ctx, principal, params: found.params, query, body, audit, warnings: () => [...warnings], openapi: openapiDoc,
       });
     } catch (err) {
       let e: ApiError;

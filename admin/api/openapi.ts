@@ -32,10 +32,17 @@ export function buildOpenApi(endpoints: readonly Endpoint[], version: string): R
   const paths: Record<string, Record<string, unknown>> = {};
   for (const e of endpoints) {
     const props = (e.query['properties'] ?? {}) as Record<string, Schema>;
-    const parameters = Object.entries(props).map(([name, schema]) => {
-      const { description, ...rest } = schema;
-      return { name, in: 'query', required: false, description, schema: rest };
-    });
+    const required = new Set((e.query['required'] ?? []) as string[]);
+    const parameters = [
+      ...Object.entries(e.params ?? {}).map(([name, schema]) => {
+        const { description, ...rest } = schema;
+        return { name, in: 'path', required: true, description, schema: rest };
+      }),
+      ...Object.entries(props).map(([name, schema]) => {
+        const { description, ...rest } = schema;
+        return { name, in: 'query', required: required.has(name), description, schema: rest };
+      }),
+    ];
     const responses: Record<string, unknown> = {};
     for (const [status, r] of Object.entries(e.responses)) {
       responses[status] = { description: r.description, content: { 'application/json': { schema: ref(r.schema) } } };
@@ -50,7 +57,7 @@ export function buildOpenApi(endpoints: readonly Endpoint[], version: string): R
       ...(parameters.length > 0 ? { parameters } : {}),
       ...(e.body !== null ? {
         requestBody: {
-          required: true,
+          required: e.body.optional !== true,
           description: e.body.description,
           content: Object.fromEntries(e.body.contentTypes.map((ct) => [ct, { schema: ref(e.body!.schema) }])),
         },
@@ -74,13 +81,14 @@ export function buildOpenApi(endpoints: readonly Endpoint[], version: string): R
     info: {
       title: 'Turnpike admin API',
       version: `v1 (turnpike ${version})`,
-      description: 'Control plane of the Turnpike gateway, on the admin listener (127.0.0.1:9901 by default). Every /admin endpoint needs "Authorization: Bearer <token>": role viewer for reads, admin for writes. Errors are {"error":{"code","message"}} with the stable codes of the Error schema. Lists are cursor paginated (?limit, ?cursor, "next" in the body). GET /health and GET /metrics are public and not part of this API.',
+      description: 'Control plane of the Turnpike gateway, on the admin listener (127.0.0.1:9901 by default). Every /admin endpoint needs "Authorization: Bearer <token>": role viewer for reads, admin for writes. Errors are {"error":{"code","message"}} with the stable codes of the Error schema. Lists are cursor paginated (?limit, ?cursor, "next" in the body). Times are ISO-8601 UTC strings (format date-time); durations in milliseconds. GET /health and GET /metrics are public and not part of this API.',
       license: { name: 'Apache-2.0', identifier: 'Apache-2.0' },
     },
     servers: [{ url: '/', description: 'The admin listener (admin.host:admin.port).' }],
     tags: [
       { name: 'gateway', description: 'Status, latency, audit, this document.' },
       { name: 'config', description: 'Running configuration, reload, replacement, routes, upstreams.' },
+      { name: 'identity', description: 'Consumers, API keys, groups, grants and the identity store\'s audit log. Times are ISO-8601 UTC strings; a new key\'s plaintext is in the 201 that made it and nowhere else.' },
     ],
     security: [{ bearerAuth: [] }],
     paths,

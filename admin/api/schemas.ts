@@ -136,7 +136,7 @@ export const status = named('Status', object({
 export const resolvedConfig = named('ResolvedConfig', {
   type: 'object',
   additionalProperties: false,
-  required: ['version', 'source', 'server', 'admin', 'metrics', 'log', 'upstreams', 'routes', 'demo', 'rateLimits', 'redis', 'rateLimitTable'],
+  required: ['version', 'source', 'server', 'admin', 'metrics', 'log', 'upstreams', 'routes', 'demo', 'rateLimits', 'redis', 'rateLimitTable', 'store', 'secrets', 'identity', 'authz'],
   description: 'The running configuration, resolved (every default filled in), secrets shown as "[redacted]". Header edits are [name, value] pairs.',
   properties: {
     version: int('Config version.'),
@@ -151,6 +151,10 @@ export const resolvedConfig = named('ResolvedConfig', {
     rateLimits: { type: 'object', description: 'Named rate limits and quotas, resolved (name, tag, key, algorithm, numbers).', additionalProperties: { type: 'object' } },
     redis: { anyOf: [{ type: 'object' }, { type: 'null' }], description: 'Redis settings (the URL without its credentials), or null.' },
     rateLimitTable: { type: 'object', description: 'The shared bucket table (capacity as configured; applied at start).' },
+    store: { type: 'object', description: 'Where consumers and keys live (kind, path).' },
+    secrets: { type: 'object', description: 'References (env:NAME, file:/path) to the key pepper and encryption keys; never the secrets.' },
+    identity: { type: 'object', description: 'How API keys are read, cached and judged.' },
+    authz: { anyOf: [{ type: 'object' }, { type: 'null' }], description: 'The nginx auth_request listener, or null.' },
   },
 });
 
@@ -159,13 +163,36 @@ export const route = named('Route', object({
   host: str('Host pattern: "*", "api.example.com" or "*.example.com".'),
   path: str('Path pattern.'),
   methods: strings('Methods matched; empty: any.'),
-  upstream: str('Upstream name.'),
+  upstream: { type: ['string', 'null'], description: 'Upstream name; null for a traffic split ("upstreams").' },
+  upstreams: {
+    anyOf: [
+      {
+        type: 'array',
+        items: object({
+          name: str('Upstream name.'),
+          weight: int('Share relative to the other entries (0..1000); 0: reached only through "when".'),
+          when: {
+            anyOf: [
+              object({ header: str('Request header name (lowercase).'), equals: str('Exact value.') }, 'Canary override by header.'),
+              object({ cookie: str('Cookie name.'), equals: str('Exact value.') }, 'Canary override by cookie.'),
+              { type: 'null' },
+            ],
+            description: 'Canary override: a matching request goes to this upstream whatever the weights; null: none.',
+          },
+        }, 'One upstream of the split.'),
+      },
+      { type: 'null' },
+    ],
+    description: 'The traffic split, in config order; null for a route with one "upstream".',
+  },
+  hashOn: { type: ['string', 'null'], description: 'What keeps a client on one upstream of the split: "ip", "path", "header:<name>", "cookie:<name>"; null: smooth weighted round robin.' },
   priority: { type: 'integer', description: 'Higher wins among matching routes.' },
 }, 'A route, in short (GET /admin/config has every field).'));
 
 const count = (description: string): Schema => ({ type: 'number', minimum: 0, description });
 
-export const upstreamTarget = named('UpstreamTarget', object({
+/** A target's counters: the base of GET /admin/upstreams' target schema (admin/api/upstreams.ts extends and names it). */
+export const upstreamTarget = object({
   url: str('http://host:port'),
   weight: int('Relative share.', 1),
   requests: count('Requests assigned to this target since start, all workers (as turnpike_upstream_requests_total).'),
@@ -190,19 +217,20 @@ export const upstreamTarget = named('UpstreamTarget', object({
     type: 'boolean',
     description: `The target came after the first ${MAX_TARGET_SLOTS - FIRST_TARGET_SLOT} (upstream, target) pairs the gateway has seen: its counters are those of every such target (the \`_overflow\` series).`,
   },
-}, 'A backend server of an upstream, with its counters since start.'));
+}, 'A backend server of an upstream, with its counters since start.');
 
-export const upstream = named('Upstream', object({
+/** An upstream in short: the base of GET /admin/upstreams' item schema (admin/api/upstreams.ts extends and names it). */
+export const upstream = object({
   name: str('Upstream name.'),
   targets: { type: 'array', items: upstreamTarget, description: 'Backend servers, with their counters.' },
-  balance: { type: 'string', enum: ['round_robin', 'least_conn', 'random', 'ip_hash'], description: 'Load-balancing policy.' },
+  balance: { type: 'string', enum: ['round_robin', 'least_conn', 'random', 'ip_hash', 'p2c', 'consistent_hash', 'sticky'], description: 'Load-balancing policy.' },
   timeouts: object({
     connectMs: int('TCP connect timeout.'),
     responseMs: int('Request sent to response head.'),
     idleMs: int('Longest silence inside a response body.'),
     totalMs: int('Whole exchange; 0 = none.'),
   }, 'Timeouts in milliseconds.'),
-}, 'An upstream, in short (GET /admin/config has every field).'));
+}, 'An upstream, in short (GET /admin/config has every field).');
 
 const percentiles = named('Percentiles', object({
   count: int('Requests measured since start.'),
@@ -221,11 +249,18 @@ export const stats = named('Stats', object({
   upstream: percentiles,
 }, 'Latency since start: gateway (request arrival to response end) and upstream (request sent to response head).'));
 
+/** Admin audit actions of the identity endpoints (admin/api/identity.ts): the store's own action names. */
+export const IDENTITY_AUDIT_ACTIONS = [
+  'consumer.create', 'consumer.update', 'consumer.delete', 'key.create', 'key.update', 'key.rotate', 'key.revoke',
+  'group.create', 'group.update', 'group.delete', 'grant.create', 'grant.delete',
+] as const;
+export type IdentityAuditAction = typeof IDENTITY_AUDIT_ACTIONS[number];
+
 export const auditRecord = named('AuditRecord', object({
   time: { type: 'string', format: 'date-time', description: 'When.' },
   actor: str('Token name: "env", "generated" or a tokens-file name.'),
   role: { type: 'string', enum: ['admin', 'viewer'], description: 'Role of the token.' },
-  action: { type: 'string', enum: ['config.reload', 'config.replace'], description: 'What was attempted.' },
+  action: { type: 'string', enum: ['config.reload', 'config.replace', 'logging.update', ...IDENTITY_AUDIT_ACTIONS], description: 'What was attempted (identity writes: the action names of GET /admin/identity/audit).' },
   method: str('HTTP method.'),
   path: str('Request path.'),
   result: { type: 'string', enum: ['applied', 'dry_run', 'refused', 'forbidden', 'rejected', 'error'], description: 'applied, dry_run, refused (invalid config), forbidden (viewer), rejected (malformed request) or error.' },
@@ -245,7 +280,6 @@ const page = (name: string, item: Schema, what: string): Schema => named(name, o
 }, `A page of ${what.toLowerCase()}`));
 
 export const routePage = page('RoutePage', route, 'Routes in id order.');
-export const upstreamPage = page('UpstreamPage', upstream, 'Upstreams in name order.');
 export const auditPage = page('AuditPage', auditRecord, 'Audit records, newest first.');
 
 export const openapiDocument: Schema = {

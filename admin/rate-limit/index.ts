@@ -55,7 +55,7 @@ import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import type { GatewayConfig, RateLimitPolicy, RedisConfig } from '../../common/config/types.js';
 import { log } from '../../common/log.js';
-import { H_SHARE, H_STORE_DOWN, type RateLimitTable } from '../../common/rate-limit-layout.js';
+import { H_DOWN_SHARE, H_SHARE, H_STORE_DOWN, type RateLimitTable } from '../../common/rate-limit-layout.js';
 import { instancesKey } from './script.js';
 import { RedisStore, STORE_ERROR_REASONS, StoreDatabaseError, classifyStoreError, safeMessage, type StoreErrorReason } from './store.js';
 import { SyncEngine, type Batch } from './sync.js';
@@ -249,7 +249,7 @@ export class RateLimitSync {
     // (allow_local ones decide locally meanwhile), as when Redis is away.
     this.table.f64[H_STORE_DOWN] = 1;
     this.everUp = false;
-    this.instances = 1;
+    this.setInstances(1);
     this.lastBeat = -Infinity;
     const store = new RedisStore(cfg, {
       onConnectionError: (err) => {
@@ -340,11 +340,17 @@ export class RateLimitSync {
     if (firstError !== null && this.store === store) this.failure(firstError, now);
   }
 
+  /** The instance count, and the share a strict limit falls back to (H_DOWN_SHARE) with it. */
+  private setInstances(n: number): void {
+    this.instances = n;
+    this.table.f64[H_DOWN_SHARE] = 1 / n;
+  }
+
   private async beat(store: RedisStore): Promise<void> {
     const before = this.lastBeat;
     const reply = await store.heartbeat(instancesKey(store.config.keyPrefix), this.instanceId, INSTANCE_TTL_MS);
     const [n, added] = Array.isArray(reply) ? reply : [reply, 0];
-    this.instances = Math.max(1, Number(n) || 1);
+    this.setInstances(Math.max(1, Number(n) || 1));
     const at = this.now();
     this.lastBeat = at;
     // New to the set although it beat within the ttl: the set (and so, most

@@ -7,7 +7,7 @@ import { cmdOutput, which, clockTicks } from './proc.mjs';
 
 export const RESULTS_DIR = join(BENCH_DIR, 'results');
 const RESULTS_MD = join(BENCH_DIR, 'RESULTS.md');
-const SECTION_ORDER = ['proxy', 'budget', 'budget-post-16k', 'latency', 'router'];
+const SECTION_ORDER = ['proxy', 'budget', 'budget-post-16k', 'latency', 'router', 'failure'];
 
 export function median(values) {
   const v = values.filter((x) => typeof x === 'number' && Number.isFinite(x)).sort((a, b) => a - b);

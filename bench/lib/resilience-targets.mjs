@@ -25,7 +25,12 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnPinned, stopChild } from './proc.mjs';
 
-function target({ cli, benchDir, pool, loadCpu, notBuilt }, name, port, upPorts, upstreamExtra) {
+/**
+ * A gateway over two node:http targets of its own (started with it, pinned
+ * to the load CPU), with `upstreamExtra` merged into its one upstream; also
+ * used by lib/balancing-targets.mjs. `verifyHeaders`: sent by verify().
+ */
+export function twoTargetGateway({ cli, benchDir, pool, loadCpu, notBuilt }, name, port, upPorts, upstreamExtra, verifyHeaders = {}) {
   let ups = [];
   return {
     name,
@@ -57,7 +62,7 @@ function target({ cli, benchDir, pool, loadCpu, notBuilt }, name, port, upPorts,
     // Both upstreams answer through the gateway (p2c and round robin both reach each within a few requests).
     verify: async () => {
       for (let i = 0; i < 20; i++) {
-        const r = await fetch(`http://127.0.0.1:${port}/`);
+        const r = await fetch(`http://127.0.0.1:${port}/`, { headers: verifyHeaders });
         const body = await r.text();
         if (r.status !== 200 || body !== 'ok') throw new Error(`${name}: ${r.status} ${body.slice(0, 80)}`);
       }
@@ -72,7 +77,7 @@ function target({ cli, benchDir, pool, loadCpu, notBuilt }, name, port, upPorts,
 /** The pair: [baseline, breaker + p2c]. `deps`: { cli, benchDir, pool, loadCpu, notBuilt }. */
 export function resilienceTargets(deps) {
   return [
-    target(deps, 'turnpike-resilience-base', 18057, [18059, 18060], { balance: 'round_robin' }),
-    target(deps, 'turnpike-resilience', 18058, [18061, 18062], { balance: 'p2c', breaker: {} }),
+    twoTargetGateway(deps, 'turnpike-resilience-base', 18057, [18059, 18060], { balance: 'round_robin' }),
+    twoTargetGateway(deps, 'turnpike-resilience', 18058, [18061, 18062], { balance: 'p2c', breaker: {} }),
   ];
 }

@@ -17,6 +17,16 @@ export const SCENARIOS = [
   // One connection, one request at a time: the latency a decision adds
   // when nothing queues (a strict limit: one Redis round trip).
   { name: 'ratelimit-c1', method: 'GET', path: '/', connections: 1, keys: 10000, note: 'GET, 10,000 client addresses, 1 connection' },
+  // Traffic split (issue 11, routes[].upstreams): a browser-like GET with a
+  // Cookie header, so that hashOn "cookie:session" has its key to read. For
+  // the turnpike-split* targets (lib/split-targets.mjs).
+  { name: 'split-cookie', method: 'GET', path: '/', connections: 64, headers: { Cookie: 'theme=dark; session=4f1c2b9e7a; lang=en' }, note: 'GET with a 3-cookie Cookie header' },
+  // API keys (issue 12, routes[].auth): a GET with `Authorization: Bearer
+  // <key>`, the key made by the target once it runs (lib/auth-targets.mjs
+  // writes it to auth-header-<port>.txt in the run's temp dir, beside this
+  // script). For the turnpike-auth* targets only (their route /orders/*):
+  // others have no such file.
+  { name: 'auth', method: 'GET', path: '/orders/1', connections: 64, headerFiles: { Authorization: 'auth-header' }, note: 'GET with Authorization: Bearer <API key>' },
 ];
 
 export function selectScenarios(filter) {
@@ -63,6 +73,25 @@ end
 }
 
 /**
+ * Sets header `name` to the content of `<prefix>-<port>.txt` in the
+ * script's own directory (the run's temp dir), read once when wrk loads the
+ * script (wrk.port is set by then): a value only known once the target runs
+ * (an API key it made), still one pre-built request and no Lua per request.
+ * Without the file the script fails to load and wrk says so on stderr.
+ */
+function headerFileLua(name, prefix) {
+  return `
+do
+  local dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
+  local path = dir .. ${JSON.stringify(`${prefix}-`)} .. wrk.port .. ".txt"
+  local f = io.open(path, "r")
+  if f == nil then error("no " .. path .. ": this scenario is for a target that writes it") end
+  wrk.headers[${JSON.stringify(name)}] = f:read("*a")
+  f:close()
+end`;
+}
+
+/**
  * The wrk script. Unless the scenario spreads keys (keysLua), no
  * `request`/`response` function is defined, so wrk keeps
  * sending one pre-built request and runs no Lua per request; `done` runs
@@ -75,6 +104,8 @@ export function wrkLua(scenario) {
     lines.push(`wrk.body = string.rep("p", ${scenario.bodyBytes})`);
     lines.push('wrk.headers["Content-Type"] = "application/octet-stream"');
   }
+  for (const [k, v] of Object.entries(scenario.headers ?? {})) lines.push(`wrk.headers[${JSON.stringify(k)}] = ${JSON.stringify(v)}`);
+  for (const [k, prefix] of Object.entries(scenario.headerFiles ?? {})) lines.push(headerFileLua(k, prefix));
   if (scenario.keys) lines.push(keysLua(scenario.keys));
   lines.push(`
 done = function(summary, latency, requests)

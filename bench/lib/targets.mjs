@@ -12,6 +12,10 @@ import { fileURLToPath } from 'node:url';
 import { which, spawnPinned, waitReady, portInUse, stopChild, cmdOutput } from './proc.mjs';
 import { strictRateLimitTarget } from './strict-target.mjs';
 import { resilienceTargets } from './resilience-targets.mjs';
+import { balancingTargets } from './balancing-targets.mjs';
+import { splitTargets } from './split-targets.mjs';
+import { retryTargets } from './retry-targets.mjs';
+import { authTargets } from './auth-targets.mjs';
 
 export const BENCH_DIR = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const ROOT_DIR = join(BENCH_DIR, '..');
@@ -213,6 +217,19 @@ export const TARGETS = [
     command: (tmp) => [BUN_BIN, [TURNPIKE_CLI, 'start', '--config', turnpikeConfig(tmp, 'turnpike-bun', 18081, NO_ACCESS_LOG)]],
     version: () => `bun ${cmdOutput(BUN_BIN, ['--version'])}`,
   },
+  {
+    // turnpike-node's config on the node backend (server.backend: node, a
+    // strict HTTP/1.1 server on node:net; one worker thread, the only count
+    // Node 20 allows there) instead of uWS: the backend as a bench dimension
+    // (issue 13). Port 18079: outside 18080-18099, where another session's
+    // uWS gateway (SO_REUSEPORT) could silently share the port.
+    name: 'turnpike-node-backend',
+    port: 18079,
+    skip: notBuilt,
+    command: (tmp) => [process.execPath, [TURNPIKE_CLI, 'start', '--config',
+      turnpikeConfig(tmp, 'turnpike-node-backend', 18079, { server: { host: '127.0.0.1', port: 18079, workers: 1, backend: 'node' }, ...NO_ACCESS_LOG })]],
+    version: () => `node ${process.version}, server.backend node`,
+  },
   // Rate limiting (issue 10), with the `ratelimit` scenario (10,000 client
   // addresses in X-Forwarded-For and X-Client). Ports 18050-18056: outside
   // 18080-18099, which other work on a shared VM may hold (uWS listens with
@@ -228,6 +245,14 @@ export const TARGETS = [
   strictRateLimitTarget({ cli: TURNPIKE_CLI, upstreamUrl, pool: POOL, loadCpu: LOAD_CPU, notBuilt }),
   // Upstream resilience (issue 11): round_robin vs p2c + a breaker, two targets: lib/resilience-targets.mjs.
   ...resilienceTargets({ cli: TURNPIKE_CLI, benchDir: BENCH_DIR, pool: POOL, loadCpu: LOAD_CPU, notBuilt }),
+  // Keyed balancers (issue 11): round_robin vs consistent_hash on a header, two targets: lib/balancing-targets.mjs.
+  ...balancingTargets({ cli: TURNPIKE_CLI, benchDir: BENCH_DIR, pool: POOL, loadCpu: LOAD_CPU, notBuilt }),
+  // Traffic split (issue 11): single upstream vs a 2-way split, with and without hashOn: lib/split-targets.mjs.
+  ...splitTargets({ cli: TURNPIKE_CLI, upstreamUrl, pool: POOL, notBuilt }),
+  // Retries (issue 11): no retry vs retry on, healthy path: lib/retry-targets.mjs.
+  ...retryTargets({ cli: TURNPIKE_CLI, upstreamUrl, pool: POOL, notBuilt }),
+  // API keys (issue 12): no auth vs auth with a warm cache (scopes + grants, an unknown key): lib/auth-targets.mjs.
+  ...authTargets({ cli: TURNPIKE_CLI, dist: TURNPIKE_DIST, upstreamUrl, pool: POOL, notBuilt }),
   {
     name: 'nginx',
     port: 18001,

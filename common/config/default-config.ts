@@ -51,7 +51,7 @@ upstreams:
     targets:
       - url: http://127.0.0.1:${DEMO_PORT}
         weight: 1
-    balance: round_robin   # round_robin | least_conn | random | ip_hash
+    balance: round_robin   # round_robin | least_conn | random | ip_hash | p2c | consistent_hash (+ hashOn) | sticky (+ sticky)
     pool:
       maxConnections: 256  # per target, per worker thread
       idleTimeoutMs: 30000

@@ -43,6 +43,10 @@ export function diffConfigs(a: GatewayConfig, b: GatewayConfig): ConfigChanges {
   leafDiff(a.log, b.log, 'log', settings);
   leafDiff(a.redis, b.redis, 'redis', settings);
   leafDiff(a.rateLimitTable, b.rateLimitTable, 'rateLimitTable', settings);
+  leafDiff(a.store, b.store, 'store', settings);
+  leafDiff(a.secrets, b.secrets, 'secrets', settings);
+  leafDiff(a.identity, b.identity, 'identity', settings);
+  leafDiff(a.authz, b.authz, 'authz', settings);
   return {
     routes: compare(byKey(a.routes.map((r) => [r.id, r])), byKey(b.routes.map((r) => [r.id, r]))),
     upstreams: compare(byKey(Object.entries(a.upstreams)), byKey(Object.entries(b.upstreams))),
@@ -68,4 +72,5 @@ export function formatChanges(c: ConfigChanges): string {
 }
 
 /** Settings that only take effect on restart: a reload that changes them is refused. */
-export const RESTART_ONLY = ['server.host', 'server.port', 'server.workers', 'server.backend', 'admin.host', 'admin.port', 'admin.enabled'];
+// `store` and `secrets`: the identity store and the pepper its hashes were made with are opened once.
+export const RESTART_ONLY = ['server.host', 'server.port', 'server.workers', 'server.backend', 'admin.host', 'admin.port', 'admin.enabled', 'store', 'secrets'];

@@ -77,7 +77,7 @@ export function parsePer(v: unknown): number | null {
 }
 
 const BY_DESCRIPTION =
-  'What a bucket is kept for: "ip" (the client address; behind proxies listed in server.trustedProxies, the right-most X-Forwarded-For address that is not one of them), "global" (one bucket for all), "route" (one per route), "header:<name>" (one per value of that request header; a request without it is keyed by ip), "query:<name>" (the same for a query parameter). Default "ip".';
+  'What a bucket is kept for: "ip" (the client address; behind proxies listed in server.trustedProxies, the right-most X-Forwarded-For address that is not one of them), "global" (one bucket for all), "route" (one per route), "header:<name>" (one per value of that request header; a request without it is keyed by ip), "query:<name>" (the same for a query parameter), "consumer" (one per consumer authenticated by the route\'s auth; a request without one is keyed by ip). Default "ip".';
 
 /** One policy (named under `rateLimits`, or inline in a route's list). */
 export const rateLimitPolicySchema = {
@@ -213,9 +213,7 @@ function checkPolicy(p: Obj, at: PathSegment[], hasRedis: boolean, out: ConfigEr
     const m = KEY_RE.exec(by);
     if (m === null) {
       const close = didYouMean(by, ['ip', 'global', 'route', 'consumer']);
-      out.push({ path: formatPath([...at, 'by']), message: `unknown key ${JSON.stringify(by)}${close === null ? '' : ` (did you mean ${JSON.stringify(close)}?)`}: use ip, global, route, header:<name> or query:<name>` });
-    } else if (by === 'consumer') {
-      out.push({ path: formatPath([...at, 'by']), message: '"consumer" needs authentication, which this version does not have yet; key by "header:<name>" (an API key or tenant header) or "ip" meanwhile' });
+      out.push({ path: formatPath([...at, 'by']), message: `unknown key ${JSON.stringify(by)}${close === null ? '' : ` (did you mean ${JSON.stringify(close)}?)`}: use ip, global, route, consumer, header:<name> or query:<name>` });
     } else if (m[2] !== undefined && !TOKEN_RE.test(m[2])) {
       out.push({ path: formatPath([...at, 'by']), message: `"header:" must be followed by a header name (e.g. "header:x-tenant"), got ${JSON.stringify(by)}` });
     } else if (m[3] !== undefined && m[3].length === 0) {

@@ -6,14 +6,20 @@
  * describe what the schema already guaranteed.
  */
 import { resolveBreaker, resolveHealthCheck, resolveOutlierDetection } from './resilience.js';
+import { resolveDns, resolveRegistry } from './discovery.js';
+import { resolveRetry, resolveRouteRetryMethods } from './retry.js';
+import { resolveRouteWebSocket } from './websocket.js';
+import { resolveHashOn, resolveSticky } from './balancing.js';
 import os from 'node:os';
 import type {
-  Backend, Balance, GatewayConfig, HeaderPolicy, HeaderRules, LogConfig, LogLevel, PathForwarding, RouteConfig, TargetConfig,
+  Backend, Balance, GatewayConfig, HeaderPolicy, HeaderRules, LogConfig, LogLevel, PathForwarding, RouteConfig, RouteUpstreamConfig, TargetConfig,
   UpstreamConfig,
 } from './types.js';
-import { ACCESS_LOG_FIELDS, DEFAULTS, type AccessLogField } from './schema.js';
+import { DEFAULT_ACCESS_LOG_FIELDS, DEFAULTS, type AccessLogField } from './schema.js';
 import { parseTargetUrl } from './validate.js';
-import { deepFreeze, isPlainObject } from './util.js';
+import { deepFreeze, isPlainObject, nodeBackendShardable } from './util.js';
+import { autoBackend } from '../runtime.js';
+import { resolveAuthz, resolveIdentity, resolveRouteAuth, resolveSecrets, resolveStore } from './identity.js';
 import { RATE_LIMIT_DEFAULTS, resolveNamedPolicies, resolveRedis, resolveRouteLimits } from './rate-limit.js';
 import type { RateLimitPolicy } from './types.js';
 
@@ -56,6 +62,11 @@ export function defaultWorkers(): number {
   return Math.min(256, Math.max(1, n));
 }
 
+/** server.backend as the workers run it: `auto` becomes this runtime's backend (common/runtime.ts autoBackend). */
+function concreteBackend(b: Backend): Backend {
+  return b === 'auto' ? autoBackend() : b;
+}
+
 function target(raw: unknown): TargetConfig {
   const url = typeof raw === 'string' ? raw : String(obj(raw)['url']);
   const weight = typeof raw === 'string' ? DEFAULTS.upstream.weight : pick(obj(raw), 'weight', DEFAULTS.upstream.weight);
@@ -70,7 +81,7 @@ function upstream(name: string, raw: Obj): UpstreamConfig {
   const d = DEFAULTS.upstream;
   return {
     name,
-    targets: (raw['targets'] as unknown[]).map(target),
+    targets: Array.isArray(raw['targets']) ? (raw['targets'] as unknown[]).map(target) : [],
     balance: pick<Balance>(raw, 'balance', d.balance),
     pool: {
       maxConnections: pick(pool, 'maxConnections', d.pool.maxConnections),
@@ -87,7 +98,28 @@ function upstream(name: string, raw: Obj): UpstreamConfig {
     breaker: resolveBreaker(raw['breaker']),
     healthCheck: resolveHealthCheck(raw['healthCheck']),
     outlierDetection: resolveOutlierDetection(raw['outlierDetection']),
+    dns: resolveDns(raw['dns']),
+    registry: resolveRegistry(raw['registry']),
+    retry: resolveRetry(raw['retry']),
+    hashOn: resolveHashOn(raw),
+    sticky: resolveSticky(raw),
   };
+}
+
+/** One `routes[].upstreams[]` entry; header names lowercase, values as strings (a YAML `1` is "1"). */
+function splitUpstream(raw: Obj): RouteUpstreamConfig {
+  const w = obj(raw['when']);
+  const kind = typeof w['header'] === 'string' ? 'header' : 'cookie';
+  return {
+    name: raw['name'] as string,
+    weight: raw['weight'] as number,
+    when: raw['when'] === undefined ? null : { kind, name: kind === 'header' ? (w['header'] as string).toLowerCase() : w['cookie'] as string, equals: String(w['equals']) },
+  };
+}
+
+/** `header:X-User` -> `header:x-user`; cookie names keep their case (RFC 6265 compares them exactly). */
+function splitHashOn(s: string): string {
+  return s.startsWith('header:') ? s.toLowerCase() : s;
 }
 
 function route(raw: Obj, named: Record<string, RateLimitPolicy>, hasRedis: boolean): RouteConfig {
@@ -102,7 +134,9 @@ function route(raw: Obj, named: Record<string, RateLimitPolicy>, hasRedis: boole
     methods: [...new Set(methods)],
     priority: pick(raw, 'priority', DEFAULTS.route.priority),
     match: { headers: entries(match['headers']), query: Object.entries(obj(match['query'])).map(([k, v]) => [k, String(v)] as const) },
-    upstream: raw['upstream'] as string,
+    upstream: typeof raw['upstream'] === 'string' ? raw['upstream'] : null,
+    upstreams: Array.isArray(raw['upstreams']) ? (raw['upstreams'] as unknown[]).map((u) => splitUpstream(obj(u))) : null,
+    hashOn: typeof raw['hashOn'] === 'string' ? splitHashOn(raw['hashOn']) : null,
     rewrite: {
       stripPrefix: typeof rw['stripPrefix'] === 'string' ? rw['stripPrefix'] : null,
       replacePrefix: isPlainObject(rp) ? { from: rp['from'] as string, to: rp['to'] as string } : null,
@@ -113,10 +147,13 @@ function route(raw: Obj, named: Record<string, RateLimitPolicy>, hasRedis: boole
     headers: policy(raw['headers']),
     maxBodyBytes: pick<number | null>(raw, 'maxBodyBytes', null),
     rateLimit: resolveRouteLimits(raw['rateLimit'], raw['id'] as string, named, hasRedis),
+    auth: resolveRouteAuth(raw['auth']),
+    retryMethods: resolveRouteRetryMethods(raw['retry']),
+    websocket: resolveRouteWebSocket(raw['websocket']),
   };
 }
 
-function logConfig(raw: Obj): LogConfig {
+function logConfig(raw: Obj, keyParams: readonly string[] = []): LogConfig {
   const d = DEFAULTS.log;
   const access = obj(raw['access']);
   const errors = obj(raw['errors']);
@@ -128,8 +165,9 @@ function logConfig(raw: Obj): LogConfig {
       destination: pick(access, 'destination', d.access.destination),
       format: pick<'json' | 'combined'>(access, 'format', d.access.format),
       sampleRate: pick(access, 'sampleRate', d.access.sampleRate),
-      fields: pick<readonly AccessLogField[]>(access, 'fields', ACCESS_LOG_FIELDS),
-      redactQuery: pick<readonly string[]>(access, 'redactQuery', d.access.redactQuery).map((n) => n.toLowerCase()),
+      fields: pick<readonly AccessLogField[]>(access, 'fields', DEFAULT_ACCESS_LOG_FIELDS),
+      // The query parameters API keys are read from (identity.keys.sources) are never logged, whatever the list says.
+      redactQuery: [...new Set([...pick<readonly string[]>(access, 'redactQuery', d.access.redactQuery), ...keyParams].map((n) => n.toLowerCase()))],
     },
     errors: { burst: pick(errors, 'burst', d.errors.burst), intervalMs: pick(errors, 'intervalMs', d.errors.intervalMs) },
   };
@@ -138,6 +176,7 @@ function logConfig(raw: Obj): LogConfig {
 export function resolveConfig(doc: Obj, opts: ResolveOptions): GatewayConfig {
   const s = obj(doc['server']);
   const limits = obj(s['limits']);
+  const timeouts = obj(s['timeouts']);
   const fwd = obj(s['forwarded']);
   const a = obj(doc['admin']);
   const d = DEFAULTS.server;
@@ -153,8 +192,10 @@ export function resolveConfig(doc: Obj, opts: ResolveOptions): GatewayConfig {
     server: {
       host: pick(s, 'host', d.host),
       port: pick(s, 'port', d.port),
-      workers: workers === 'auto' ? defaultWorkers() : workers,
-      backend: pick<Backend>(s, 'backend', d.backend),
+      // The node backend serves one thread under Bun (validate.ts checkNodeBackend).
+      workers: workers === 'auto' ? (pick<Backend>(s, 'backend', d.backend) === 'node' && !nodeBackendShardable() ? 1 : defaultWorkers()) : workers,
+      // auto: what this runtime can serve (common/runtime.ts): uws on Node 20, node on Node 22+, bun on Bun.
+      backend: concreteBackend(pick<Backend>(s, 'backend', d.backend)),
       drainTimeoutMs: pick(s, 'drainTimeoutMs', d.drainTimeoutMs),
       drainDelayMs: pick(s, 'drainDelayMs', d.drainDelayMs),
       healthPath: pick<string | null>(s, 'healthPath', d.healthPath),
@@ -163,6 +204,11 @@ export function resolveConfig(doc: Obj, opts: ResolveOptions): GatewayConfig {
         maxUrlBytes: pick(limits, 'maxUrlBytes', d.limits.maxUrlBytes),
         maxHeaderBytes: pick(limits, 'maxHeaderBytes', d.limits.maxHeaderBytes),
         maxHeaderCount: pick(limits, 'maxHeaderCount', d.limits.maxHeaderCount),
+      },
+      timeouts: {
+        headerMs: pick(timeouts, 'headerMs', d.timeouts.headerMs),
+        idleMs: pick(timeouts, 'idleMs', d.timeouts.idleMs),
+        bodyMs: pick(timeouts, 'bodyMs', d.timeouts.bodyMs),
       },
       forwarded: {
         xForwardedFor: pick(fwd, 'xForwardedFor', d.forwarded.xForwardedFor),
@@ -182,7 +228,7 @@ export function resolveConfig(doc: Obj, opts: ResolveOptions): GatewayConfig {
       auditLog: pick<string | null>(a, 'auditLog', DEFAULTS.admin.auditLog),
     },
     metrics: { enabled: pick(obj(doc['metrics']), 'enabled', DEFAULTS.metrics.enabled) },
-    log: logConfig(obj(doc['log'])),
+    log: logConfig(obj(doc['log']), resolveIdentity(doc['identity']).keys.sources.flatMap((k) => (k.kind === 'query' ? [k.name] : []))),
     upstreams,
     routes: Array.isArray(doc['routes']) ? (doc['routes'] as unknown[]).map((r) => route(obj(r), named, hasRedis)) : [],
     rateLimits: named,
@@ -192,6 +238,10 @@ export function resolveConfig(doc: Obj, opts: ResolveOptions): GatewayConfig {
       quotaFile: pick<string | null>(obj(doc['rateLimitTable']), 'quotaFile', RATE_LIMIT_DEFAULTS.table.quotaFile),
     },
     demo: opts.demoPort === null ? { enabled: false, port: 0 } : { enabled: true, port: opts.demoPort },
+    store: resolveStore(doc['store']),
+    secrets: resolveSecrets(doc['secrets']),
+    identity: resolveIdentity(doc['identity']),
+    authz: resolveAuthz(doc['authz']),
   };
   return deepFreeze(config);
 }

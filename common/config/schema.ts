@@ -22,7 +22,12 @@
  */
 import { DURATION_MESSAGE, DURATION_PATTERN } from './duration.js';
 import { breakerSchema, healthCheckSchema, outlierDetectionSchema } from './resilience.js';
+import { dnsSchema, registrySchema } from './discovery.js';
+import { retrySchema, routeRetrySchema } from './retry.js';
+import { websocketSchema } from './websocket.js';
+import { hashOnSchema, stickySchema } from './balancing.js';
 import { rateLimitPolicySchema, rateLimitTableSchema, redisSchema, trustedProxiesSchema } from './rate-limit.js';
+import { authzSchema, identitySchema, routeAuthSchema, secretsSchema, storeSchema } from './identity.js';
 
 export const DEFAULTS = Object.freeze({
   server: Object.freeze({
@@ -40,6 +45,12 @@ export const DEFAULTS = Object.freeze({
       maxUrlBytes: 8_192, // 8 KiB
       maxHeaderBytes: 32_768, // 32 KiB
       maxHeaderCount: 100,
+    }),
+    // Client timeouts of the node backend (workers/transport/node/app.ts DEFAULT_*_TIMEOUT_MS).
+    timeouts: Object.freeze({
+      headerMs: 10_000, // 10 s: a request head must be complete this long after its first byte
+      idleMs: 10_000, // 10 s: a connection with no request in progress
+      bodyMs: 10_000, // 10 s: between two reads of a request body
     }),
     forwarded: Object.freeze({ xForwardedFor: true, xForwardedProtoHost: true, forwarded: false }),
   }),
@@ -82,12 +93,15 @@ export const DEFAULTS = Object.freeze({
   route: Object.freeze({ host: '*', priority: 0, preserveHost: false }),
 });
 
-/** Fields of a JSON access log line, in their default order (README, Logs). */
+/** Fields a JSON access log line may have (README, Logs): the default ones, in their order, then the ones written only when listed. */
 export const ACCESS_LOG_FIELDS = Object.freeze([
   'time', 'request_id', 'client', 'method', 'host', 'path', 'query', 'status', 'bytes_received', 'bytes_sent',
   'duration_ms', 'upstream_ms', 'route', 'upstream', 'target', 'error', 'user_agent',
+  'retries', 'consumer',
 ] as const);
 export type AccessLogField = (typeof ACCESS_LOG_FIELDS)[number];
+/** The fields of a line when `fields` is not set (every field but the opt-in ones: `retries`, `consumer`). */
+export const DEFAULT_ACCESS_LOG_FIELDS: readonly AccessLogField[] = Object.freeze(ACCESS_LOG_FIELDS.filter((f) => f !== 'retries' && f !== 'consumer'));
 
 /** Largest body limit accepted (1 TiB): a typo guard, not a real bound. */
 export const MAX_BODY_BYTES = 1_099_511_627_776;
@@ -102,6 +116,12 @@ const LABEL = '[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?';
 /** `*`, `*.example.com` or a hostname / IPv4 address. */
 export const HOST_PATTERN = `^(?:\\*|(?:\\*\\.)?${LABEL}(?:\\.${LABEL})*)$`;
 export const NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9_.:-]*$';
+
+/** routes[].upstreams: entries and weight bounds (workers/proxy/split.ts). */
+export const MAX_SPLIT_UPSTREAMS = 32;
+export const MAX_SPLIT_WEIGHT = 1000;
+/** routes[].hashOn: ip | path | header:<token> | cookie:<token>. */
+export const SPLIT_HASH_ON_PATTERN = "^(?:ip|path|(?:header|cookie):[!#$%&'*+.^_`|~0-9A-Za-z-]+)$";
 
 const TOKEN_MSG = 'must be a valid header name (letters, digits and !#$%&\'*+-.^_`|~, no spaces or colons)';
 const VALUE_MSG = 'must not contain control characters (CR, LF, NUL, ...)';
@@ -134,9 +154,6 @@ export const MIGRATION_HINTS: Readonly<Record<string, string>> = Object.freeze({
   'upstreams.*.healthcheck': ', use "healthCheck" instead',
   'upstreams.*.health': ', use "healthCheck" (active checks) or "outlierDetection" (ejection from real traffic) instead',
   'upstreams.*.outlier': ', use "outlierDetection" instead',
-  'upstreams.*.hashOn': ': consistent_hash is not supported by this version yet',
-  'upstreams.*.sticky': ': sticky sessions are not supported by this version yet',
-  'upstreams.*.retry': ': retries are not supported by this version yet',
   'upstreams.*.timeouts.readMs': ', use "responseMs" instead',
   'upstreams.*.timeouts.read': ', use "responseMs" instead',
   'upstreams.*.timeouts.sendMs': ', use "responseMs" instead',
@@ -228,8 +245,8 @@ export const configSchema = {
           ],
         },
         backend: {
-          type: 'string', enum: ['auto', 'uws', 'bun'],
-          description: 'HTTP server implementation: "auto" (uWebSockets.js on Node, Bun.serve on Bun), "uws" or "bun". Default "auto".',
+          type: 'string', enum: ['auto', 'uws', 'bun', 'node'],
+          description: 'HTTP server implementation: "auto" (uWebSockets.js on Node, Bun.serve on Bun), "uws", "bun", or "node" (a strict HTTP/1.1 and HTTP/1.0 server on node:net: HTTP/1.0, pipelining, extension methods, exact header bytes; one worker thread on Node before 22.12). Default "auto".',
           default: DEFAULTS.server.backend,
         },
         drainTimeoutMs: int(0, 3_600_000,
@@ -263,6 +280,15 @@ export const configSchema = {
             maxHeaderCount: int(1, 1_000, `Most request headers; above it 431. A count (1..1000). Default ${DEFAULTS.server.limits.maxHeaderCount}.`, DEFAULTS.server.limits.maxHeaderCount),
           },
         },
+        timeouts: {
+          type: 'object', additionalProperties: false, default: {},
+          description: 'How long the server waits on a client, with server.backend: node (uWS has its own fixed ~10 s idle timeout). A connection that runs out is closed without an answer, as nginx does; checked once a second, so a timeout fires up to 1 s late. A reload applies new values from the next wait of each connection.',
+          properties: {
+            headerMs: ms(100, 'A request head must be complete this long after its first byte, or the connection is closed (slowloris; like nginx client_header_timeout).', DEFAULTS.server.timeouts.headerMs, ' (10 s)'),
+            idleMs: ms(100, 'A keep-alive connection with no request in progress is closed after this (like nginx keepalive_timeout, Envoy idle_timeout).', DEFAULTS.server.timeouts.idleMs, ' (10 s)'),
+            bodyMs: ms(100, 'The longest pause between two reads of a request body, or the connection is closed (like nginx client_body_timeout).', DEFAULTS.server.timeouts.bodyMs, ' (10 s)'),
+          },
+        },
         forwarded: {
           type: 'object', additionalProperties: false, default: {},
           description: 'Proxy headers added to requests sent upstream.',
@@ -287,6 +313,10 @@ export const configSchema = {
       additionalProperties: { $ref: '#/definitions/rateLimitPolicy' },
     },
     rateLimitTable: rateLimitTableSchema,
+    store: storeSchema,
+    secrets: secretsSchema,
+    identity: identitySchema,
+    authz: authzSchema,
     log: {
       type: 'object', additionalProperties: false, default: {},
       description: 'Logs: the gateway\'s own log (stderr) and the access log.',
@@ -323,7 +353,7 @@ export const configSchema = {
             fields: {
               type: 'array', uniqueItems: true, minItems: 1,
               items: { type: 'string', enum: [...ACCESS_LOG_FIELDS] },
-              description: `JSON format: the fields written, in this order. Default all: ${ACCESS_LOG_FIELDS.join(', ')}.`,
+              description: `JSON format: the fields written, in this order. Default: ${DEFAULT_ACCESS_LOG_FIELDS.join(', ')} (add "retries", the retries the request took, by listing it).`,
             },
             redactQuery: {
               type: 'array', uniqueItems: true,
@@ -425,17 +455,17 @@ export const configSchema = {
       ],
     },
     upstream: {
-      type: 'object', additionalProperties: false, required: ['targets'],
-      description: 'A group of backend servers.',
+      type: 'object', additionalProperties: false,
+      description: 'A group of backend servers: `targets`, and/or those found by `dns` or a `registry` (at least one of the three).',
       properties: {
         targets: {
           type: 'array', minItems: 1, maxItems: 1_000,
-          description: 'Backend servers (at least one).',
+          description: 'Backend servers (at least one when given). Optional when dns or registry is set: the upstream then serves the union of its sources. Required otherwise.',
           items: { $ref: '#/definitions/target' },
         },
         balance: {
-          type: 'string', enum: ['round_robin', 'least_conn', 'random', 'ip_hash', 'p2c'],
-          description: `How a target is picked: "round_robin" (weighted), "least_conn", "random" (weighted), "ip_hash" (same client address, same target) or "p2c" (power of two choices: of two random targets, the one with fewer requests in flight across every worker, per unit of weight). Unhealthy, ejected and open targets are skipped. Default "${DEFAULTS.upstream.balance}".`,
+          type: 'string', enum: ['round_robin', 'least_conn', 'random', 'ip_hash', 'p2c', 'consistent_hash', 'sticky'],
+          description: `How a target is picked: "round_robin" (weighted), "least_conn", "random" (weighted), "ip_hash" (same client address, same target), "p2c" (power of two choices: of two random targets, the one with fewer requests in flight across every worker, per unit of weight), "consistent_hash" (a weighted Maglev table on the hashOn key: adding or removing one of N targets moves about 1/N of the keys) or "sticky" (an affinity cookie names the target: see sticky). Unhealthy, ejected and open targets are skipped. Default "${DEFAULTS.upstream.balance}".`,
           default: DEFAULTS.upstream.balance,
         },
         pool: {
@@ -461,10 +491,16 @@ export const configSchema = {
         breaker: breakerSchema,
         healthCheck: healthCheckSchema,
         outlierDetection: outlierDetectionSchema,
+        dns: dnsSchema,
+        registry: registrySchema,
+        retry: retrySchema,
+        hashOn: hashOnSchema,
+        sticky: stickySchema,
       },
     },
     route: {
-      type: 'object', additionalProperties: false, required: ['id', 'path', 'upstream'],
+      // `upstream` or `upstreams`, exactly one: checked in validate.ts (checkRoutes), which names the route.
+      type: 'object', additionalProperties: false, required: ['id', 'path'],
       description: 'Where a request goes.',
       properties: {
         id: {
@@ -506,7 +542,36 @@ export const configSchema = {
             },
           },
         },
-        upstream: { type: 'string', minLength: 1, description: 'Name of the upstream (under "upstreams") that serves this route. Required.' },
+        upstream: { type: 'string', minLength: 1, description: 'Name of the upstream (under "upstreams") that serves this route. Required unless "upstreams" is set (exactly one of the two).' },
+        upstreams: {
+          type: 'array', minItems: 1, maxItems: MAX_SPLIT_UPSTREAMS,
+          description: `A traffic split instead of "upstream": each request goes to one of these upstreams, by weight, or to the first whose "when" matches. 1..${MAX_SPLIT_UPSTREAMS} entries, each upstream once, at least one positive weight. Default none.`,
+          items: {
+            type: 'object', additionalProperties: false, required: ['name', 'weight'],
+            properties: {
+              name: { type: 'string', minLength: 1, description: 'An upstream under "upstreams". Required.' },
+              weight: int(0, MAX_SPLIT_WEIGHT, `Share of the route's requests relative to the other entries (0..${MAX_SPLIT_WEIGHT}); 0 = only requests matching "when" reach it. Required.`),
+              when: {
+                type: 'object', additionalProperties: false, required: ['equals'], minProperties: 2, maxProperties: 2,
+                errorMessage: 'must be { header: <name>, equals: <value> } or { cookie: <name>, equals: <value> }',
+                description: 'Canary override: a request whose header (or cookie) has exactly this value goes to this upstream whatever the weights; the first matching entry in list order wins. Default none.',
+                properties: {
+                  header: { type: 'string', pattern: TOKEN_PATTERN, errorMessage: TOKEN_MSG, description: 'Request header name (case-insensitive).' },
+                  cookie: { type: 'string', pattern: TOKEN_PATTERN, errorMessage: 'must be a cookie name (an RFC 6265 token: letters, digits and !#$%&\'*+-.^_`|~)', description: 'Cookie name (case-sensitive).' },
+                  equals: {
+                    type: ['string', 'number', 'boolean'], pattern: '^(?:[^\\u0000-\\u0008\\u000A-\\u001F\\u007F]+)$', errorMessage: 'must be a non-empty value without control characters (CR, LF, NUL, ...): an empty header or cookie counts as absent, so it could never match',
+                    description: 'The exact value (case-sensitive, not empty; repeated header lines are joined with ", ").',
+                  },
+                },
+              },
+            },
+          },
+        },
+        hashOn: {
+          type: 'string', pattern: SPLIT_HASH_ON_PATTERN,
+          errorMessage: 'must be "ip", "path", "header:<name>" or "cookie:<name>"',
+          description: 'Keeps a client on one upstream of the split ("upstreams"): "ip" (the connection\'s peer address), "path" (the normalized path), "header:<name>" or "cookie:<name>". A request without the header or cookie hashes its peer address. Default none: smooth weighted round robin per worker.',
+        },
         rewrite: {
           type: 'object', additionalProperties: false, minProperties: 1, maxProperties: 1,
           errorMessage: 'must set exactly one of stripPrefix, replacePrefix or template',
@@ -537,6 +602,9 @@ export const configSchema = {
         },
         headers: { $ref: '#/definitions/headerPolicy' },
         maxBodyBytes: int(0, MAX_BODY_BYTES, `Overrides server.limits.maxBodyBytes for this route. In bytes (0..${MAX_BODY_BYTES}). Default: inherit.`),
+        retry: routeRetrySchema,
+        auth: routeAuthSchema,
+        websocket: websocketSchema,
         rateLimit: {
           type: 'array', default: [],
           description: 'Rate limits and quotas for this route, checked in order; every one must pass, and a refused request consumes nothing from any of them. Each item is the name of a policy under "rateLimits" or a policy written inline. Default none.',

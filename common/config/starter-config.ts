@@ -70,7 +70,7 @@ upstreams:
   app:                         # a name of your choice; routes refer to it
     targets:                   # http://host:port, or { url: ..., weight: 1..1000 } (default weight ${up.weight})
       - http://127.0.0.1:3000  # your service
-    balance: ${up.balance}        # round_robin | least_conn | random | ip_hash (default ${up.balance})
+    balance: ${up.balance}        # round_robin | least_conn | random | ip_hash | p2c | consistent_hash | sticky (default ${up.balance})
     pool:
       maxConnections: ${up.pool.maxConnections}      # sockets per target per worker thread (default ${up.pool.maxConnections})
       idleTimeoutMs: ${dur(up.pool.idleTimeoutMs)}        # idle keep-alive sockets closed after (default ${dur(up.pool.idleTimeoutMs)})

@@ -11,8 +11,9 @@ import type { AccessLogField } from './schema.js';
 
 export type { AccessLogField } from './schema.js';
 
-export type Balance = 'round_robin' | 'least_conn' | 'random' | 'ip_hash' | 'p2c';
-export type Backend = 'auto' | 'uws' | 'bun';
+export type Balance = 'round_robin' | 'least_conn' | 'random' | 'ip_hash' | 'p2c' | 'consistent_hash' | 'sticky';
+/** server.backend: `node` is the strict node:net server (workers/transport/node/app.ts). */
+export type Backend = 'auto' | 'uws' | 'bun' | 'node';
 
 /** Header edits, applied in the order remove, set, add. Names are lowercase. */
 export interface HeaderRules {
@@ -39,6 +40,21 @@ export interface Limits {
   maxHeaderCount: number;
 }
 
+/**
+ * server.timeouts: how long the server waits on a client (the node backend,
+ * workers/transport/node/app.ts; uWS has its own fixed ~10 s idle timeout,
+ * Bun.serve its idleTimeout). A connection that runs out is closed without
+ * an answer, as nginx does. Checked once a second.
+ */
+export interface ServerTimeouts {
+  /** A request head must be complete this long after its first byte (slowloris; nginx client_header_timeout), ms. */
+  headerMs: number;
+  /** A connection with no request in progress is closed after this (nginx keepalive_timeout, Envoy idle_timeout), ms. */
+  idleMs: number;
+  /** The longest pause between two reads of a request body (nginx client_body_timeout), ms. */
+  bodyMs: number;
+}
+
 export interface ForwardedHeaders {
   /** Append the client address to X-Forwarded-For (default true). */
   xForwardedFor: boolean;
@@ -62,6 +78,8 @@ export interface ServerConfig {
   healthPath: string | null;
   /** Idle keep-alive client connections are closed by uWS after ~10 s. */
   limits: Limits;
+  /** Client timeouts of the node backend (ServerTimeouts). */
+  timeouts: ServerTimeouts;
   forwarded: ForwardedHeaders;
   /** Header carrying the request id; generated when absent. */
   requestIdHeader: string;
@@ -129,6 +147,62 @@ export interface UpstreamConfig {
   healthCheck: HealthCheckConfig | null;
   /** Passive outlier ejection, or null: none. */
   outlierDetection: OutlierConfig | null;
+  /** Targets from DNS (common/config/discovery.ts; run by the admin thread), or null: none. */
+  dns: DnsDiscoveryConfig | null;
+  /** Targets from the registry (POST /admin/upstreams/<name>/targets, or Redis), or null: registrations refused. */
+  registry: RegistryDiscoveryConfig | null;
+  /** Retries with a budget (common/config/retry.ts), or null: none. */
+  retry: RetryConfig | null;
+  /** What balance: consistent_hash hashes (common/config/balancing.ts); null for every other balance. */
+  hashOn: HashOnConfig | null;
+  /** The affinity cookie of balance: sticky; null for every other balance. */
+  sticky: StickyConfig | null;
+}
+
+/** Defaults: common/config/discovery.ts DISCOVERY_DEFAULTS. */
+export interface DnsDiscoveryConfig {
+  /** Lowercase, without a final dot. */
+  name: string;
+  port: number;
+  refreshMs: number;
+  family: 'any' | 'ipv4' | 'ipv6';
+  /** `ip`, `ip:port` or `[v6]:port`; empty: the system's resolvers. */
+  resolvers: readonly string[];
+  timeoutMs: number;
+  weight: number;
+}
+
+export interface RegistryDiscoveryConfig {
+  /** TTL of a registration that gives none. */
+  ttlMs: number;
+  maxTargets: number;
+}
+
+/** `hashOn: ip | path | header:<name> | cookie:<name>`; name '' for ip and path, lowercase for a header. */
+export interface HashOnConfig {
+  source: 'ip' | 'header' | 'cookie' | 'path';
+  name: string;
+}
+
+/** `sticky: { cookie, ttlMs }` (defaults tp_affinity, 1 h; ttlMs 0 = a session cookie). */
+export interface StickyConfig {
+  cookie: string;
+  ttlMs: number;
+}
+
+/** Defaults: common/config/retry.ts RETRY_DEFAULTS. */
+export interface RetryConfig {
+  /** Retries after the first try (2 = at most 3 tries). */
+  attempts: number;
+  /** Conditions: connect_failure, reset, timeout, "500".."599", "5xx". */
+  on: readonly string[];
+  backoffMs: number;
+  maxBackoffMs: number;
+  /** 0 = timeouts.responseMs per try. */
+  perTryTimeoutMs: number;
+  budgetPercent: number;
+  /** Uppercase methods retried. */
+  methods: readonly string[];
 }
 
 /** Defaults: common/config/resilience.ts RESILIENCE_DEFAULTS. */
@@ -195,7 +269,12 @@ export interface RouteConfig {
   /** Higher wins among routes that match the same request (default 0). */
   priority: number;
   match: RouteMatchPredicates;
-  upstream: string;
+  /** The one upstream serving this route, or null when `upstreams` (a traffic split) is set instead. */
+  upstream: string | null;
+  /** A traffic split (workers/proxy/split.ts) over several upstreams, in config order, or null (then `upstream` is set). */
+  upstreams: readonly RouteUpstreamConfig[] | null;
+  /** What keeps a client on one upstream of the split: `ip`, `path`, `header:<name>`, `cookie:<name>` (names lowercase), or null: no key (smooth weighted round robin). */
+  hashOn: string | null;
   rewrite: RewriteConfig;
   /** Send the client's Host upstream instead of the target's (default false). */
   preserveHost: boolean;
@@ -206,10 +285,112 @@ export interface RouteConfig {
   maxBodyBytes: number | null;
   /** Rate limits and quotas, in order; every one must pass (empty: none). */
   rateLimit: readonly RateLimitPolicy[];
+  /** routes[].retry.methods (uppercase): this route's retried methods instead of its upstream's; null: the upstream's. */
+  retryMethods: readonly string[] | null;
+  /** Who may call the route (common/config/identity.ts); null: public. */
+  auth: RouteAuth | null;
+  /** routes[].websocket (common/config/websocket.ts): how upgrades are proxied; null: not proxied (`websocket: false`). */
+  websocket: RouteWebSocket | null;
+}
+
+/** `routes[].websocket`, resolved (README, WebSocket). */
+export interface RouteWebSocket {
+  /** Largest message either way, bytes (close 1009 past it). */
+  maxMessageBytes: number;
+  /** Client messages per second per connection (close 1008 past it); 0 = no limit. */
+  messagesPerSecond: number;
+  /** No message either way this long: close 1001; 0 = never. */
+  idleTimeoutMs: number;
+  /** Ping a silent client after this long; 0 = no pings. */
+  pingIntervalMs: number;
+  /** Open connections per key; 0 = no limit (not enforced yet). */
+  maxConnectionsPerKey: number;
+  /** permessage-deflate with the client. */
+  compression: boolean;
+}
+
+/** `routes[].auth`, resolved (README, Identity). */
+export interface RouteAuth {
+  /** Accepted credential kinds, any one suffices: `key` (API keys) for now. */
+  any: readonly 'key'[];
+  /** Scopes the key must hold, every one of them (empty: none). */
+  scopes: readonly string[];
+  /** `required`: a grant for (consumer or one of its groups, this route, the method) must exist. */
+  grants: 'required' | 'none';
+  /** Forward the credential (its header or query parameter) upstream; default false: removed. */
+  forwardCredentials: boolean;
+}
+
+/** Where a request's API key is read, in `identity.keys.sources` order. */
+export type KeySource =
+  /** `Authorization: Bearer <key>` or `Authorization: ApiKey <key>` (scheme case-insensitive). */
+  | { kind: 'authorization' }
+  /** A request header (lowercase name), its whole value. */
+  | { kind: 'header'; name: string }
+  /** A query parameter; stripped before forwarding, never logged. */
+  | { kind: 'query'; name: string };
+
+/** `identity`, resolved: how keys are read, cached and judged (README, Identity). */
+export interface IdentityConfig {
+  keys: {
+    sources: readonly KeySource[];
+    /** The `<env>` label of keys made by this gateway (`tp_<env>_...`). */
+    env: string;
+  };
+  /** Names (lowercase) of the headers sent upstream; incoming copies are removed on every route. */
+  headers: { consumerId: string; consumerName: string; routeId: string };
+  /** Per-worker caches: positive (key -> record) and negative (unknown keys). */
+  cache: { size: number; ttlMs: number; negativeSize: number; negativeTtlMs: number };
+  /** A cache miss waits this long for the store (through the admin thread), then 503 identity_store_unavailable. */
+  lookupTimeoutMs: number;
+  /** How often expired keys are removed (and logged). */
+  purgeIntervalMs: number;
+  /** Rotation grace when a rotate request names none. */
+  rotationGraceMs: number;
+  /** How often workers report keys' last use (batched into one store write). */
+  lastUsedFlushMs: number;
+}
+
+/** `store`: where consumers and keys live. */
+export interface StoreConfig {
+  kind: 'sqlite' | 'redis';
+  /** sqlite: the database file (relative to the working directory). */
+  path: string;
+}
+
+/** `secrets`: references (`env:NAME`, `file:/path`), never values; absent ones are generated under .turnpike/. */
+export interface SecretsRefs {
+  keyPepper: string | null;
+  encryptionKeys: Readonly<Record<string, string>>;
+}
+
+/** `authz`: the nginx auth_request listener (node:http, HTTP/1.0 and 1.1). */
+export interface AuthzConfig {
+  host: string;
+  port: number;
+}
+
+/** One upstream of a route's traffic split (`routes[].upstreams[]`). */
+export interface RouteUpstreamConfig {
+  /** An upstream under `upstreams`. */
+  name: string;
+  /** Share of the route's requests relative to the other listed upstreams (0..1000); 0 = reached only through `when`. */
+  weight: number;
+  /** Canary override: a request that matches goes to this upstream whatever the weights; null = none. */
+  when: SplitCondition | null;
+}
+
+/** `when: { header: <name>, equals: <value> }` or `when: { cookie: <name>, equals: <value> }`, resolved. */
+export interface SplitCondition {
+  /** Where the value is read: a request header (lowercase name) or a cookie of the Cookie header (case-sensitive name). */
+  kind: 'header' | 'cookie';
+  name: string;
+  /** The exact value (case-sensitive) that selects the upstream. */
+  equals: string;
 }
 
 export type RateLimitAlgorithm = 'token_bucket' | 'gcra' | 'fixed_window' | 'sliding_window' | 'quota';
-export type RateLimitKeyKind = 'ip' | 'global' | 'route' | 'header' | 'query';
+export type RateLimitKeyKind = 'ip' | 'global' | 'route' | 'header' | 'query' | 'consumer';
 
 /** A rate limit or quota, resolved (common/config/rate-limit.ts). */
 export interface RateLimitPolicy {
@@ -298,4 +479,9 @@ export interface GatewayConfig {
   rateLimitTable: { capacity: number; quotaFile: string | null };
   /** Run the built-in demo upstream (the embedded default config only). */
   demo: { enabled: boolean; port: number };
+  store: StoreConfig;
+  secrets: SecretsRefs;
+  identity: IdentityConfig;
+  /** null: no auth_request listener. */
+  authz: AuthzConfig | null;
 }

@@ -110,3 +110,19 @@ export function deepFreeze<T>(value: T): T {
   }
   return value;
 }
+
+/** Whether node:net can share one port between the worker threads (`reusePort`, Node 22.12+ and 23.1+). */
+export function netReusePort(version: string = process.versions.node): boolean {
+  const [major, minor] = version.split('.').map(Number) as [number, number];
+  return major > 23 || (major === 23 && minor >= 1) || (major === 22 && minor >= 12);
+}
+
+/**
+ * Whether the node backend can serve from several worker threads: on Node
+ * every version can (each worker binds with `reusePort` on 22.12+; before,
+ * the engine hands each worker a copy of one listening socket:
+ * engine/shared-listener.ts); under Bun the node:net server serves one.
+ */
+export function nodeBackendShardable(): boolean {
+  return typeof (process.versions as Record<string, string | undefined>)['bun'] !== 'string';
+}

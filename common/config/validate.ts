@@ -16,7 +16,13 @@ import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import { DURATION_FORMS, DURATION_MESSAGE, formatDuration, parseDuration } from './duration.js';
 import { DEFAULTS, DURATION_NODES, configSchema, MIGRATION_HINTS, TOKEN_PATTERN } from './schema.js';
 import { checkRateLimitConfig } from './rate-limit.js';
+import { checkIdentityConfig, identityWarnings } from './identity.js';
+import { nodeBackendShardable } from './util.js';
+import { autoBackend } from '../runtime.js';
 import { checkResilience } from './resilience.js';
+import { checkDiscovery, discoveryWarnings } from './discovery.js';
+import { checkRetry } from './retry.js';
+import { checkBalancing } from './balancing.js';
 import {
   type ConfigError, type PathSegment, describeValue, didYouMean, formatPath, isPlainObject, suggestion,
 } from './util.js';
@@ -213,6 +219,8 @@ function messageFor(e: ErrorObject, originals: ReadonlyMap<string, string> = new
     case 'maxLength':
       return `must be at most ${String(p['limit'])} characters long (got ${typeof e.data === 'string' ? e.data.length : '?'})`;
     case 'minItems':
+      // An empty target list beside dns/registry: say that the list may go.
+      if (/^\/upstreams\/[^/]+\/targets$/.test(e.instancePath)) return 'must list at least one target; with "dns" or "registry" set, leave "targets" out';
       return p['limit'] === 1 ? 'must have at least one item' : `must have at least ${String(p['limit'])} items`;
     case 'maxItems':
       return `must have at most ${String(p['limit'])} items`;
@@ -334,7 +342,29 @@ export function parseTargetUrl(raw: string): ParsedTarget | string {
   if (!(port >= 1 && port <= 65535)) return `port must be from 1 to 65535 (got ${port})`;
   const hostname = u.hostname.toLowerCase();
   const host = hostname.startsWith('[') ? hostname.slice(1, -1) : hostname;
+  // WHATWG URL has turned every IPv4 form into a dotted quad already.
+  if (!hostname.startsWith('[') && !/^\d+\.\d+\.\d+\.\d+$/.test(host)) {
+    const bad = badHostName(host);
+    if (bad !== null) return `host ${JSON.stringify(host.length > 60 ? host.slice(0, 57) + "..." : host)} is not a valid host name: ${bad}`;
+  }
   return { url: `http://${hostname}:${port}`, host, port };
+}
+
+/**
+ * Why `name` is not a DNS host name (RFC 1123 2.1: labels of letters,
+ * digits and "-", not starting or ending with "-", 1..63 characters, 253
+ * in all; "_" is let through, as container and service names use it), or
+ * null when it is one.
+ */
+function badHostName(name: string): string | null {
+  if (name.length > 253) return `it is ${name.length} characters long (at most 253)`;
+  const labels = name.endsWith('.') ? name.slice(0, -1).split('.') : name.split('.');
+  for (const l of labels) {
+    if (l === '') return 'it has an empty label (two dots in a row, or a leading dot)';
+    if (l.length > 63) return `the label "${l.slice(0, 20)}..." is ${l.length} characters long (at most 63)`;
+    if (!/^[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?$/.test(l)) return `the label "${l}" must be letters, digits, "-" and "_", not starting or ending with "-"`;
+  }
+  return null;
 }
 
 /** Framing and hop-by-hop fields: the gateway writes these itself (RFC 9110 7.6.1). */
@@ -511,17 +541,32 @@ export const EXTENSION_METHODS: readonly string[] = [
 ];
 
 const METHOD_TOKEN = new RegExp(TOKEN_PATTERN);
-const IS_BUN = typeof (process.versions as Record<string, string | undefined>)['bun'] === 'string';
 
 /**
  * The server backend this document runs on in this process: server.backend,
- * or for "auto" the runtime's (uws on Node, bun on Bun), as the workers pick it.
+ * or for "auto" the runtime's (common/runtime.ts autoBackend: uws on Node 20,
+ * node on Node 22+, bun on Bun), as resolve.ts picks it for the workers.
  */
-export function effectiveBackend(doc: Record<string, unknown>): 'uws' | 'bun' {
+export function effectiveBackend(doc: Record<string, unknown>): 'uws' | 'bun' | 'node' {
   const server = doc['server'];
   const b = isPlainObject(server) ? server['backend'] : undefined;
-  if (b === 'uws' || b === 'bun') return b;
-  return IS_BUN ? 'bun' : 'uws';
+  if (b === 'uws' || b === 'bun' || b === 'node') return b;
+  return autoBackend();
+}
+
+
+/**
+ * The node backend's worker threads share one listening socket that the
+ * engine hands them (engine/shared-listener.ts), on every Node version; under
+ * Bun it serves one worker thread (`workers: auto` then means 1, resolve.ts).
+ */
+function checkNodeBackend(doc: Record<string, unknown>, out: ConfigError[]): void {
+  const server = doc['server'];
+  if (!isPlainObject(server) || server['backend'] !== 'node' || nodeBackendShardable()) return;
+  const w = server['workers'];
+  if (typeof w === 'number' && w > 1) {
+    out.push({ path: 'server.workers', message: 'the node backend serves one worker thread under Bun: set workers: 1 (or auto), or use server.backend: bun' });
+  }
 }
 
 /** TURNPIKE_UWS_MODULE points the loader at another uWS build, whose limits this one's facts may not describe. */
@@ -529,7 +574,7 @@ function customUws(): boolean {
   return (process.env['TURNPIKE_UWS_MODULE'] ?? '') !== '';
 }
 
-function checkMethods(methods: unknown[], i: number, backend: 'uws' | 'bun', out: ConfigError[]): void {
+function checkMethods(methods: unknown[], i: number, backend: 'uws' | 'bun' | 'node', out: ConfigError[]): void {
   methods.forEach((m: unknown, k: number) => {
     if (typeof m !== 'string' || !METHOD_TOKEN.test(m)) return; // the schema says what is wrong
     const at = formatPath(['routes', i, 'methods', k]);
@@ -540,12 +585,12 @@ function checkMethods(methods: unknown[], i: number, backend: 'uws' | 'bun', out
       const close = didYouMean(up, [...STANDARD_METHODS, ...EXTENSION_METHODS]);
       out.push({
         path: at,
-        message: `unknown HTTP method ${JSON.stringify(m)}${close === null ? '' : ` (did you mean ${JSON.stringify(close)}?)`}: no backend can receive it (uWS and Bun close the connection on it). Use a standard method: ${STANDARD_METHODS.join(', ')}`,
+        message: `unknown HTTP method ${JSON.stringify(m)}${close === null ? '' : ` (did you mean ${JSON.stringify(close)}?)`}: not a method this gateway routes (uWS and Bun close the connection on it). Use a standard method: ${STANDARD_METHODS.join(', ')}`,
       });
     } else if (EXTENSION_METHODS.includes(up) && backend === 'uws' && !customUws()) {
       out.push({
         path: at,
-        message: `${up} can never reach this route on the uWS backend: this uWebSockets.js build closes the connection on extension methods before the gateway sees the request. Remove it, or run on Bun (server.backend: bun), which receives ${up}`,
+        message: `${up} can never reach this route on the uWS backend: this uWebSockets.js build closes the connection on extension methods before the gateway sees the request. Remove it, or use server.backend: node (or bun), which receives ${up}`,
       });
     }
   });
@@ -595,6 +640,54 @@ function checkPathSyntax(path: string, at: PathSegment[], out: ConfigError[]): v
   }
 }
 
+/**
+ * A route's upstream choice (workers/proxy/split.ts): exactly one of
+ * `upstream` and `upstreams`; in a split every name known and listed once,
+ * some weight positive, `when` naming exactly one of header or cookie;
+ * `hashOn` only with a split. Paths name the exact entry.
+ */
+function checkSplit(r: Record<string, unknown>, i: number, upstreams: string[], out: ConfigError[]): void {
+  const one = r['upstream'];
+  const split = r['upstreams'];
+  if (one !== undefined && split !== undefined) {
+    out.push({ path: formatPath(['routes', i]), message: 'has both "upstream" and "upstreams"; keep "upstream" for one upstream, or "upstreams" (a weighted list) for a traffic split' });
+  } else if (one === undefined && split === undefined) {
+    out.push({ path: formatPath(['routes', i]), message: 'needs "upstream" (an upstream name) or "upstreams" (a weighted list such as [{ name: v1, weight: 90 }, { name: v2, weight: 10 }])' });
+  }
+  if (r['hashOn'] !== undefined && split === undefined) {
+    out.push({ path: formatPath(['routes', i, 'hashOn']), message: 'applies to a traffic split only; set "upstreams" on this route, or remove hashOn (a route with one upstream always uses it)' });
+  }
+  if (!Array.isArray(split)) return;
+  const seen = new Map<string, number>();
+  let positive = false;
+  split.forEach((u: unknown, k: number) => {
+    if (!isPlainObject(u)) return;
+    const name = u['name'];
+    if (typeof name === 'string' && name !== '') {
+      const prev = seen.get(name);
+      if (prev !== undefined) {
+        out.push({ path: formatPath(['routes', i, 'upstreams', k, 'name']), message: `${JSON.stringify(name)} is listed twice (also routes[${i}].upstreams[${prev}]); list each upstream once and add up its weights` });
+      } else {
+        seen.set(name, k);
+      }
+      if (!upstreams.includes(name)) {
+        const tail = upstreams.length === 0
+          ? ' (no upstreams are defined; add one under "upstreams")'
+          : suggestion(name, upstreams) || ` (known: ${upstreams.join(', ')})`;
+        out.push({ path: formatPath(['routes', i, 'upstreams', k, 'name']), message: `unknown upstream ${JSON.stringify(name)}${tail}` });
+      }
+    }
+    if (typeof u['weight'] === 'number' && u['weight'] > 0) positive = true;
+    const w = u['when'];
+    if (isPlainObject(w) && (w['header'] === undefined) === (w['cookie'] === undefined)) {
+      out.push({ path: formatPath(['routes', i, 'upstreams', k, 'when']), message: 'must name exactly one of "header" or "cookie", with "equals": { header: x-canary, equals: "1" } or { cookie: canary, equals: always }' });
+    }
+  });
+  if (!positive && split.length > 0 && split.every((u) => isPlainObject(u) && typeof u['weight'] === 'number')) {
+    out.push({ path: formatPath(['routes', i, 'upstreams']), message: 'every weight is 0, so requests that match no "when" would have nowhere to go; give at least one upstream a positive weight' });
+  }
+}
+
 function checkRoutes(doc: Record<string, unknown>, checkPattern: PatternChecker | undefined, out: ConfigError[], requestIdHeader: string): void {
   const routes = doc['routes'];
   if (!Array.isArray(routes)) return;
@@ -616,6 +709,7 @@ function checkRoutes(doc: Record<string, unknown>, checkPattern: PatternChecker 
         : suggestion(up, upstreams) || ` (known: ${upstreams.join(', ')})`;
       out.push({ path: formatPath(['routes', i, 'upstream']), message: `unknown upstream ${JSON.stringify(up)}${tail}` });
     }
+    checkSplit(r, i, upstreams, out);
     const path = r['path'];
     const pathOk = typeof path === 'string' && path.startsWith('/');
     if (pathOk && checkPattern !== undefined) {
@@ -686,8 +780,13 @@ export function semanticErrors(doc: Record<string, unknown>, checkPattern?: Patt
   if (isPlainObject(server)) checkHeaderPolicy(server['headers'], ['server', 'headers'], out, rid);
   checkUpstreams(doc['upstreams'], out, rid);
   checkResilience(doc['upstreams'], out);
+  checkDiscovery(doc['upstreams'], out);
+  checkRetry(doc, out);
+  checkBalancing(doc['upstreams'], out);
   checkRoutes(doc, checkPattern, out, rid);
   checkRateLimitConfig(doc, out);
+  checkIdentityConfig(doc, out);
+  checkNodeBackend(doc, out);
   const serverPort = isPlainObject(server) && server['port'] !== undefined ? server['port'] : DEFAULTS.server.port;
   const adminPort = isPlainObject(admin) && admin['port'] !== undefined ? admin['port'] : DEFAULTS.admin.port;
   const adminOn = !(isPlainObject(admin) && admin['enabled'] === false);
@@ -720,6 +819,8 @@ export function semanticWarnings(doc: Record<string, unknown>): ConfigError[] {
   const routes = Array.isArray(doc['routes']) ? doc['routes'] : [];
   const upstreams = isPlainObject(doc['upstreams']) ? Object.keys(doc['upstreams']) : [];
   const backend = effectiveBackend(doc);
+  discoveryWarnings(doc, out);
+  identityWarnings(doc, out);
   if (routes.length === 0) {
     out.push({ path: 'routes', message: 'no routes: every request will be answered 404 route_not_found; add a route under "routes" (turnpike init prints an example)' });
   }
@@ -727,6 +828,23 @@ export function semanticWarnings(doc: Record<string, unknown>): ConfigError[] {
   routes.forEach((r: unknown, i: number) => {
     if (!isPlainObject(r)) return;
     if (typeof r['upstream'] === 'string') used.add(r['upstream']);
+    if (Array.isArray(r['upstreams'])) {
+      r['upstreams'].forEach((u: unknown, k: number) => {
+        if (!isPlainObject(u)) return;
+        if (typeof u['name'] === 'string') used.add(u['name']);
+        if (u['weight'] === 0 && u['when'] === undefined) {
+          out.push({ path: formatPath(['routes', i, 'upstreams', k]), message: 'weight 0 and no "when": no request ever goes to this upstream; give it a weight, a "when", or remove it' });
+        }
+        const h = isPlainObject(u['when']) ? u['when']['header'] : undefined;
+        if (backend === 'uws' && typeof h === 'string' && !UWS_HEADER_NAME.test(h)) {
+          out.push({
+            path: formatPath(['routes', i, 'upstreams', k, 'when', 'header']),
+            message: `the uWS backend never receives a header named ${JSON.stringify(h)} (letters, digits and "-" only), so this "when" never matches there; use a name such as ${JSON.stringify(h.replace(/[^A-Za-z0-9-]+/g, '-'))}`,
+          });
+        }
+      });
+    }
+    if (backend === 'uws') unseenHashHeader(r['hashOn'], ['routes', i, 'hashOn'], out);
     const match = r['match'];
     const headers = isPlainObject(match) ? match['headers'] : undefined;
     if (backend === 'uws' && isPlainObject(headers)) {
@@ -750,11 +868,71 @@ export function semanticWarnings(doc: Record<string, unknown>): ConfigError[] {
       });
     }
   });
+  const ups = isPlainObject(doc['upstreams']) ? doc['upstreams'] : {};
+  for (const [name, u] of Object.entries(ups)) {
+    if (!isPlainObject(u)) continue;
+    if (backend === 'uws') unseenHashHeader(u['hashOn'], ['upstreams', name, 'hashOn'], out);
+    selfTargets(doc, name, u, out);
+    // A per-try timeout replaces responseMs for every try (README, Retries): longer than it is probably not meant.
+    const retry = u['retry'];
+    const t = u['timeouts'];
+    const perTry = isPlainObject(retry) ? retry['perTryTimeoutMs'] : undefined;
+    const response = isPlainObject(t) && typeof t['responseMs'] === 'number' ? t['responseMs'] : DEFAULTS.upstream.timeouts.responseMs;
+    if (typeof perTry === 'number' && perTry > response) {
+      out.push({
+        path: formatPath(['upstreams', name, 'retry', 'perTryTimeoutMs']),
+        message: `perTryTimeoutMs (${perTry}) is longer than timeouts.responseMs (${response}): each try waits up to perTryTimeoutMs for the response head, and responseMs is not used; lower perTryTimeoutMs (or 0 to use responseMs per try)`,
+      });
+    }
+  }
   for (const name of upstreams) {
     if (used.has(name)) continue;
     out.push({ path: formatPath(['upstreams', name]), message: 'no route uses this upstream; point a route at it (routes[].upstream: ' + JSON.stringify(name) + ') or remove it' });
   }
   return out;
+}
+
+/**
+ * Targets (and a dns name) that are this gateway's own proxy or admin
+ * listener, as far as the config says without a lookup (a loopback address,
+ * localhost, 0.0.0.0 or ::, with server.port or admin.port): a request sent
+ * there comes back in as a new one, until the pools fill.
+ */
+function selfTargets(doc: Record<string, unknown>, name: string, u: Record<string, unknown>, out: ConfigError[]): void {
+  const server = isPlainObject(doc['server']) ? doc['server'] : {};
+  const admin = isPlainObject(doc['admin']) ? doc['admin'] : {};
+  const ports = new Map<number, string>();
+  const sp = typeof server['port'] === 'number' ? server['port'] : DEFAULTS.server.port;
+  if (sp > 0) ports.set(sp, 'proxy listener (server.port)');
+  const ap = typeof admin['port'] === 'number' ? admin['port'] : DEFAULTS.admin.port;
+  if (admin['enabled'] !== false && ap > 0 && !ports.has(ap)) ports.set(ap, 'admin listener (admin.port)');
+  const local = (h: string) => /^(localhost\.?|127\.\d+\.\d+\.\d+|0\.0\.0\.0|::1?|::ffff:7f[0-9a-f]{2}:[0-9a-f]{1,4}|::ffff:127\.\d+\.\d+\.\d+)$/.test(h);
+  const message = (what: string) => `this is the gateway's own ${what}: a request sent there comes back in as a new one until the pools fill (a loop); point it at the service`;
+  const targets = Array.isArray(u['targets']) ? u['targets'] : [];
+  targets.forEach((t: unknown, k: number) => {
+    const raw = typeof t === 'string' ? t : isPlainObject(t) && typeof t['url'] === 'string' ? t['url'] : null;
+    if (raw === null) return;
+    const parsed = parseTargetUrl(raw);
+    if (typeof parsed === 'string') return;
+    const what = ports.get(parsed.port);
+    if (what !== undefined && local(parsed.host)) out.push({ path: formatPath(['upstreams', name, 'targets', k]), message: message(what) });
+  });
+  const dns = u['dns'];
+  if (isPlainObject(dns) && typeof dns['name'] === 'string' && local(dns['name'].toLowerCase())) {
+    const what = ports.get(typeof dns['port'] === 'number' ? dns['port'] : 80);
+    if (what !== undefined) out.push({ path: formatPath(['upstreams', name, 'dns']), message: message(what) });
+  }
+}
+
+/** A hashOn "header:<name>" the uWS backend never receives (letters, digits and "-" only): hashing falls back to the address, and such requests stall there. */
+function unseenHashHeader(hashOn: unknown, path: PathSegment[], out: ConfigError[]): void {
+  if (typeof hashOn !== 'string' || !hashOn.startsWith('header:')) return;
+  const h = hashOn.slice(7);
+  if (UWS_HEADER_NAME.test(h)) return;
+  out.push({
+    path: formatPath(path),
+    message: `the uWS backend never receives a header named ${JSON.stringify(h)} (letters, digits and "-" only): every request would hash on its address instead; use a name such as ${JSON.stringify('header:' + h.replace(/[^A-Za-z0-9-]+/g, '-'))}`,
+  });
 }
 
 /** Schema and semantic errors of a raw document; empty when it is valid. */

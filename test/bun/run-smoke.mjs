@@ -93,6 +93,14 @@ const rawUpstream = net.createServer((s) => {
 await new Promise((r) => rawUpstream.listen(0, '127.0.0.1', r));
 const rawPort = rawUpstream.address().port;
 
+// The canary of the traffic-split checks: answers its name.
+const canary = http.createServer((req, res) => {
+  res.setHeader('x-seen-plan', String(req.headers['x-plan'] ?? ''));
+  res.end('canary');
+});
+await new Promise((r) => canary.listen(0, '127.0.0.1', r));
+const canaryPort = canary.address().port;
+
 /** A closed port: bound once, then released. */
 const deadPort = await new Promise((resolve) => {
   const s = net.createServer();
@@ -115,6 +123,10 @@ function writeConfig(name, server, routes) {
       up: { targets: [`http://127.0.0.1:${upPort}`] },
       raw: { targets: [`http://127.0.0.1:${rawPort}`], timeouts: { connectMs: 300, responseMs: 300 } },
       dead: { targets: [`http://127.0.0.1:${deadPort}`] },
+      canary: {
+        targets: [`http://127.0.0.1:${canaryPort}`],
+        headers: { request: { set: { 'x-plan': 'canary' } }, response: { set: { 'x-upstream-plan': 'canary' } } },
+      },
     },
     routes,
   }));
@@ -151,6 +163,9 @@ const gw = startGateway(writeConfig('turnpike.json', { workers: 2 }, [
   { id: 'original', path: '/a/*', upstream: 'up', pathForwarding: 'original' },
   { id: 'all', path: '/api/*', upstream: 'up' },
   { id: 'dead', path: '/dead/*', upstream: 'dead' },
+  { id: 'split', path: '/split/*', upstreams: [{ name: 'up', weight: 3 }, { name: 'canary', weight: 1 }] },
+  { id: 'split-when', path: '/split-when/*', upstreams: [{ name: 'up', weight: 1 }, { name: 'canary', weight: 0, when: { cookie: 'canary', equals: 'always' } }] },
+  { id: 'split-hash', path: '/split-hash/*', upstreams: [{ name: 'up', weight: 1 }, { name: 'canary', weight: 1 }], hashOn: 'header:x-user' },
   { id: 'shared', path: '/shared', upstream: 'up', rateLimit: [{ by: 'global', rate: 100, per: '1h', headers: 'legacy' }] },
   { id: 'limited', path: '/limited/*', upstream: 'up', rateLimit: [{ by: 'global', rate: 1000, per: '1h' }, { by: 'header:x-k', rate: 10, per: '1m', burst: 2 }] },
   ...['reset', 'garbage', 'silent', 'high', 'chunked'].map((p) => ({ id: p, path: `/${p}/*`, upstream: 'raw' })),
@@ -381,6 +396,48 @@ await check('rate limits: one bucket for both workers, RateLimit headers, 429 wi
   const head = await fetch(`${base}/limited/x`, { method: 'HEAD', headers: { 'x-k': 'bun-a' } });
   eq(head.status, 429, 'HEAD refused too');
   eq(head.headers.get('retry-after'), '6', 'HEAD Retry-After');
+});
+// --- traffic split (routes[].upstreams): the chosen upstream's own header plan, weights, when, hashOn.
+/** Which upstream answered a split request: the canary answers its name, `up` JSON. */
+const whoAnswered = async (r) => {
+  const text = await r.text();
+  if (text === 'canary') {
+    eq([r.headers.get('x-upstream-plan'), r.headers.get('x-seen-plan')], ['canary', 'canary'], 'the canary\'s own header plan');
+    return 'canary';
+  }
+  eq([r.headers.get('x-upstream-plan'), JSON.parse(text).headers['x-plan']], [null, undefined], 'up has no canary header plan');
+  return 'up';
+};
+await check('traffic split 3:1 over 400 keep-alive requests: within 5%, each upstream with its own header plan', async () => {
+  const n = { up: 0, canary: 0 };
+  for (let i = 0; i < 40; i++) {
+    const rs = await Promise.all(Array.from({ length: 10 }, () => fetch(`${base}/split/x`)));
+    for (const r of rs) n[await whoAnswered(r)]++;
+  }
+  truthy(Math.abs(n.canary - 100) <= 20, `canary got ${n.canary} of 400 (want 100 +- 20)`);
+});
+await check('traffic split when: cookie canary=always picks the weight-0 canary, another value does not', async () => {
+  const got = [];
+  for (const cookie of ['canary=always', 'a=1; canary=always', 'canary=never', 'xcanary=always', '']) {
+    const r = await fetch(`${base}/split-when/x`, { headers: cookie === '' ? {} : { cookie } });
+    got.push(await whoAnswered(r));
+  }
+  eq(got, ['canary', 'canary', 'up', 'up', 'up'], 'upstreams');
+});
+await check('traffic split hashOn header: each key stays on one upstream over new connections (both workers); both upstreams used', async () => {
+  const byKey = new Map();
+  for (let round = 0; round < 3; round++) {
+    for (let k = 0; k < 30; k++) {
+      const c = await Raw.open();
+      const r = await c.request(req('GET', '/split-hash/x', [`X-User: u${k}`]));
+      c.destroy();
+      const who = r.body.toString() === 'canary' ? 'canary' : 'up';
+      if (!byKey.has(k)) byKey.set(k, who);
+      eq(who, byKey.get(k), `key u${k}`);
+    }
+  }
+  const onCanary = [...byKey.values()].filter((w) => w === 'canary').length;
+  truthy(onCanary > 3 && onCanary < 27, `canary got ${onCanary} of 30 keys`);
 });
 await check('413 JSON over the body limit', async () => {
   const r = await fetch(`${base}/api/post`, { method: 'POST', body: 'x'.repeat(5000) });
@@ -770,10 +827,80 @@ await check('drain timeout: a request still waiting for its upstream gets 503 sh
   }
 });
 
+// --- keyed balancers (balance: consistent_hash, sticky) on the Bun backend:
+// three upstreams that say who they are; every request on a fresh connection
+// so both workers take some (the request id names the worker that answered).
+await check('consistent_hash and sticky: same key same target on both workers, keys spread, cookie set once and honoured, forged re-picked', async () => {
+  const { stickyId } = await import('../../dist/workers/proxy/maglev.js');
+  const servers = await Promise.all(['a', 'b', 'c'].map((name) => new Promise((resolve) => {
+    const srv = http.createServer((q, r) => {
+      r.writeHead(200, { 'x-served-by': name });
+      r.end(name);
+    });
+    srv.listen(0, '127.0.0.1', () => resolve({ name, srv, url: `http://127.0.0.1:${srv.address().port}` }));
+  })));
+  const file = join(dir, 'balancing.json');
+  writeFileSync(file, JSON.stringify({
+    server: { host: '127.0.0.1', port: 0, backend: 'bun', workers: 2 },
+    admin: { enabled: false },
+    log: { access: { enabled: false } },
+    upstreams: {
+      hashed: { targets: servers.map((x) => x.url), balance: 'consistent_hash', hashOn: 'header:x-key' },
+      web: { targets: servers.map((x) => x.url), balance: 'sticky', sticky: { cookie: 'aff', ttlMs: 60000 } },
+    },
+    routes: [{ id: 'h', path: '/h/*', upstream: 'hashed' }, { id: 's', path: '/s/*', upstream: 'web' }],
+  }));
+  const g = startGateway(file);
+  try {
+    const s = await g.started;
+    const get = (path, headers = {}) => new Promise((resolve, reject) => {
+      const q = http.request({ host: '127.0.0.1', port: s.port, path, headers, agent: false }, (r) => {
+        r.resume();
+        // The request id's prefix names the worker (`<random>-b<worker>-<counter>`).
+        r.on('end', () => resolve({ status: r.statusCode, by: r.headers['x-served-by'], cookie: r.headers['set-cookie'] ?? [], worker: r.headers['x-request-id'].replace(/-[0-9a-z]+$/, '') }));
+      });
+      q.on('error', reject);
+      q.end();
+    });
+    const owner = new Map();
+    const workers = new Set();
+    for (let round = 0; round < 3; round++) {
+      for (let k = 0; k < 40; k++) {
+        const r = await get('/h/x', { 'x-key': `user-${k}` });
+        eq(r.status, 200, 'status');
+        workers.add(r.worker);
+        if (round === 0) owner.set(k, r.by);
+        else eq(r.by, owner.get(k), `user-${k} round ${round}`);
+      }
+    }
+    eq(new Set(owner.values()).size, 3, 'targets used by 40 keys');
+    // Bun's fetch shares one client (and its upstream sockets) between workers: the request ids tell them apart.
+    eq(workers.size, 2, 'workers that answered');
+    const first = await get('/s/x');
+    const m = /^aff=([0-9a-f]{16}); Path=\/; Max-Age=60; HttpOnly; SameSite=Lax$/.exec(first.cookie[0] ?? '');
+    truthy(m !== null && first.cookie.length === 1, `Set-Cookie: ${JSON.stringify(first.cookie)}`);
+    eq(m[1], stickyId('web', servers.find((x) => x.name === first.by).url), 'cookie names the target that served');
+    const stickyWorkers = new Set();
+    for (let i = 0; i < 12; i++) {
+      const r = await get('/s/x', { cookie: `z=1; aff=${m[1]}` });
+      stickyWorkers.add(r.worker);
+      eq([r.by, r.cookie], [first.by, []], `request ${i} with the cookie`);
+    }
+    eq(stickyWorkers.size, 2, 'workers that honoured the cookie');
+    const forged = await get('/s/x', { cookie: 'aff=0123456789abcdef' });
+    eq(forged.cookie.length, 1, 'forged cookie: a new Set-Cookie');
+    eq(/^aff=([0-9a-f]{16});/.exec(forged.cookie[0])[1], stickyId('web', servers.find((x) => x.name === forged.by).url), 'forged: re-picked');
+  } finally {
+    g.proc.kill('SIGKILL');
+    for (const x of servers) x.srv.close();
+  }
+});
+
 gw.proc.kill('SIGTERM');
 const code = await gw.exited;
 await check('drains and exits 0 on SIGTERM', async () => eq(code, 0, 'exit code'));
 upstream.close();
 rawUpstream.close();
+canary.close();
 console.log(`${passed} passed, ${failed} failed`);
 process.exit(failed === 0 ? 0 : 1);

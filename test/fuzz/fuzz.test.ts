@@ -10,12 +10,18 @@
  *   npm run fuzz -- --requests 1000000
  *   FUZZ_SEED=123 FUZZ_CASE=4567 npm run fuzz     # one case, described in full
  *
- * Violations listed in oracle.ts KNOWN_FINDINGS are reported but do not
- * fail (FUZZ_STRICT=1 makes them fail); any other violation fails.
+ * The backend is TURNPIKE_SERVER__BACKEND's (uWS when unset; `npm run
+ * fuzz -- --backend node` sets it): `npm run test:node-backend` runs this
+ * file on the node backend, `npm test` on uWS.
+ *
+ * Violations listed in oracle.ts KNOWN_FINDINGS for the backend are
+ * reported but do not fail (FUZZ_STRICT=1 makes them fail); any other
+ * violation fails.
  */
 import { randomInt } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { describeCase, formatReport, FuzzEnv, runFuzz, staleKnownFindings, type FuzzOptions, type FuzzReport } from './harness.js';
+import { backendOf } from './oracle.js';
 
 const env = process.env;
 const num = (name: string, dflt: number): number => (env[name] !== undefined && env[name] !== '' ? Number(env[name]) : dflt);
@@ -24,6 +30,7 @@ const RANDOM_SEED = randomInt(1, 2 ** 31);
 const LONG = num('FUZZ_REQUESTS', 0);
 const ONLY = env.FUZZ_CASE !== undefined && env.FUZZ_CASE !== '' ? Number(env.FUZZ_CASE) : null;
 const STRICT = env.FUZZ_STRICT === '1';
+const BACKEND = backendOf(env.TURNPIKE_SERVER__BACKEND);
 const log = (line: string): void => void process.stderr.write(line + '\n');
 
 function options(seed: number, requests: number, over: Partial<FuzzOptions> = {}): FuzzOptions {
@@ -48,10 +55,10 @@ function check(report: FuzzReport, details: boolean): void {
   expect(failing, text).toEqual([]);
 }
 
-describe('request fuzzer (raw sockets against a real gateway)', () => {
+describe(`request fuzzer (raw sockets against a real gateway, backend ${BACKEND})`, () => {
   let fz: FuzzEnv;
   beforeAll(async () => {
-    fz = await FuzzEnv.start(num('FUZZ_WORKERS', 1));
+    fz = await FuzzEnv.start(num('FUZZ_WORKERS', 1), BACKEND);
   });
   afterAll(async () => {
     await fz?.stop();
@@ -66,7 +73,7 @@ describe('request fuzzer (raw sockets against a real gateway)', () => {
   } else if (LONG > 0) {
     const seed = num('FUZZ_SEED', RANDOM_SEED);
     it(`long run: ${LONG} requests, seed ${seed}`, async () => {
-      log(`[fuzz] seed ${seed}; replay a case with FUZZ_SEED=${seed} FUZZ_CASE=<index> npm run fuzz`);
+      log(`[fuzz] backend ${BACKEND}, seed ${seed}; replay a case with FUZZ_SEED=${seed} FUZZ_CASE=<index> npm run fuzz${BACKEND === 'uws' ? '' : ` -- --backend ${BACKEND}`}`);
       check(await runFuzz(fz, options(seed, LONG, { progressMs: num('FUZZ_PROGRESS_MS', 5000), minimize: num('FUZZ_MINIMIZE', 20) })), true);
     }, 48 * 3600_000);
   } else {
@@ -77,7 +84,7 @@ describe('request fuzzer (raw sockets against a real gateway)', () => {
     it(`random seed ${RANDOM_SEED}: ${n} requests (replay: FUZZ_SEED=${RANDOM_SEED} npm run fuzz -- --requests ${n})`, async () => {
       check(await runFuzz(fz, options(RANDOM_SEED, n)), false);
     }, 30_000);
-    it('every known finding still reproduces (delete the entry of a fixed one in oracle.ts)', async () => {
+    it(`every known finding of the ${BACKEND} backend still reproduces (delete the entry of a fixed one in oracle.ts, or its backend)`, async () => {
       expect(await staleKnownFindings(fz, num('FUZZ_STALL_MS', 1500))).toEqual([]);
     }, 30_000);
   }

@@ -14,9 +14,9 @@
 import net from 'node:net';
 import { baseConfig, startGateway, type Gateway } from '../helpers/gateway.js';
 import { DEFAULT_LIMITS, generateCase, TAG_RE, type FuzzCase, type GenLimits } from './generator.js';
-import { judgeCase, judgeUpstream, KNOWN_FINDINGS, knownFinding, type KnownFinding, type Observation, type Violation } from './oracle.js';
+import { backendOf, findingsOf, judgeCase, judgeUpstream, knownFinding, type Backend, type KnownFinding, type Observation, type Violation } from './oracle.js';
 import { RecordingUpstream } from './recording-upstream.js';
-import { parseRequests, parseResponse, type ParsedResponse, type RefParse } from './wire.js';
+import { parseRequests, parseResponse, startsAsHead, type ParsedResponse, type RefParse } from './wire.js';
 
 // ------------------------------------------------------------------ environment
 
@@ -60,19 +60,65 @@ export function gatewayConfig(upstreamUrl: string, L: GenLimits = DEFAULT_LIMITS
   });
 }
 
+/**
+ * Valid requests through the gateway before a run: 64 connections × 8
+ * keep-alive requests to the upstream. A cold gateway (its code not yet
+ * compiled, no upstream connection open) answering the run's first burst of
+ * `concurrency` new connections on a loaded machine took over 1.5 s
+ * (`stallMs`) for some of them, measured on the node backend (upstream_ms
+ * ~1 s in the access log); a stall is meant to say "no answer", not "slow
+ * start". Fails if any of these requests is not answered 200.
+ */
+async function warmUp(port: number): Promise<void> {
+  await Promise.all(Array.from({ length: 64 }, (_, lane) => new Promise<void>((resolve, reject) => {
+    const s = net.connect(port, '127.0.0.1');
+    let buf = '';
+    let left = 8;
+    const send = (): void => void s.write(`GET /api/fz-warm-up?t=w${lane}-${left} HTTP/1.1\r\nHost: fuzz.test\r\n\r\n`);
+    const timer = setTimeout(() => { s.destroy(); reject(new Error('fuzzer warm-up: no answer from the gateway within 30 s')); }, 30_000);
+    s.on('connect', send);
+    s.on('data', (d: Buffer) => {
+      buf += d.toString('latin1');
+      for (;;) {
+        const end = buf.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const head = buf.slice(0, end);
+        const len = Number(/\r\ncontent-length: *(\d+)/i.exec(head)?.[1] ?? NaN);
+        if (!head.startsWith('HTTP/1.1 200 ') || !Number.isFinite(len)) {
+          clearTimeout(timer);
+          s.destroy();
+          reject(new Error('fuzzer warm-up: unexpected answer ' + JSON.stringify(head.slice(0, 200))));
+          return;
+        }
+        if (buf.length < end + 4 + len) return;
+        buf = buf.slice(end + 4 + len);
+        if (--left > 0) send();
+        else { clearTimeout(timer); s.end(); resolve(); return; }
+      }
+    });
+    s.on('error', (e) => { clearTimeout(timer); reject(e); });
+  })));
+}
+
 /** Log lines that mean property (a) failed: a worker died or a handler threw. */
 const FATAL_LOG = /worker failed|worker exited|restarting|internal error|uncaught|admin thread exited/i;
 
 export class FuzzEnv {
   private logCursor = 0;
-  private constructor(readonly upstream: RecordingUpstream, readonly gw: Gateway) {}
+  private constructor(readonly upstream: RecordingUpstream, readonly gw: Gateway, readonly backend: Backend) {}
 
-  static async start(workers = 1): Promise<FuzzEnv> {
+  /**
+   * Starts the recording upstream and the gateway on `backend` (default:
+   * the one TURNPIKE_SERVER__BACKEND selects, uWS when unset), given to the
+   * gateway through that variable (it overrides the config file).
+   */
+  static async start(workers = 1, backend: Backend = backendOf(process.env.TURNPIKE_SERVER__BACKEND)): Promise<FuzzEnv> {
     const upstream = new RecordingUpstream();
     await upstream.start();
     try {
-      const gw = await startGateway(gatewayConfig(upstream.url, DEFAULT_LIMITS, workers));
-      return new FuzzEnv(upstream, gw);
+      const gw = await startGateway(gatewayConfig(upstream.url, DEFAULT_LIMITS, workers), { env: { TURNPIKE_SERVER__BACKEND: backend } });
+      await warmUp(gw.port);
+      return new FuzzEnv(upstream, gw, backend);
     } catch (e) {
       await upstream.close();
       throw e;
@@ -176,7 +222,11 @@ function drive(port: number, plan: Plan, ref: RefParse, stallMs: number, tag: st
       while (!finished && pos < text.length) {
         const i = responses.length;
         const req = followUpAt >= 0 && i >= followUpAt ? undefined : ref.requests[i];
-        const r = parseResponse(text, pos, { head: req?.method === 'HEAD', connect: req?.method === 'CONNECT', eof: closed });
+        // A head the reference parser could not finish (a NUL, a cut) but whose request line says HEAD:
+        // the server knows the method, and an answer to a HEAD has no body (RFC 9110 9.3.2) either way.
+        const headLike = followUpAt < 0 && (req === undefined || !req.complete) && startsAsHead(ref, i);
+        const r0 = parseResponse(text, pos, { head: req?.method === 'HEAD', connect: req?.method === 'CONNECT', eof: closed });
+        const r = headLike && r0.kind === 'bad' && r0.why === 'truncated-body' ? parseResponse(text, pos, { head: true, connect: false, eof: closed }) : r0;
         if (r.kind === 'more') break;
         // A 100 Continue and then a close: no final response, the connection closed (acceptable, property b).
         if (r.kind === 'bad' && r.why === 'eof-after-interim') return finish('closed');
@@ -259,20 +309,31 @@ export interface CaseResult {
   deferred: Promise<Violation[]>;
 }
 
+/**
+ * A gateway refusal that may come after the request's head was forwarded:
+ * a chunked body cut once it crosses the limit (413, README) or once a
+ * chunk turns out malformed (400: the node backend answers it if no
+ * response has started; uWS refuses bad framing before forwarding). The upstream must then never see the body's end.
+ */
+function cutMidBody(x: { status: number; chunkedBody: boolean }, backend: Backend): boolean {
+  return x.chunkedBody && (x.status === 413 || (x.status === 400 && backend === 'node'));
+}
+
 /** Runs one case (or a replay/minimization attempt) and judges it. */
 export async function runCase(env: FuzzEnv, plan: Plan, stallMs: number): Promise<CaseResult> {
   const tag = 'FzT' + (++attempts).toString(16).padStart(8, '0').slice(-8);
   const bytes = tagged(plan.bytes, tag);
   const ref = parseRequests(bytes);
   const obs = await drive(env.port, { ...plan, bytes }, ref, stallMs, tag);
-  const verdict = judgeCase(ref, obs, (rid) => env.upstream.byRid.get(rid));
+  const verdict = judgeCase(ref, obs, (rid) => env.upstream.byRid.get(rid), env.backend);
   const deferred = new Promise<Violation[]>((resolve) => {
     setTimeout(() => {
       const recs = env.upstream.byTag.get(tag) ?? [];
       env.upstream.byTag.delete(tag);
       const sent = ref.requests.length + (obs.followUpAt >= 0 ? 1 : 0);
-      // A 413 for a chunked body was streamed until it crossed the limit (README): its head did go upstream.
-      const notForwarded = verdict.gatewayRejects.filter((x) => !(x.status === 413 && x.chunkedBody)).length;
+      // A 413 for a chunked body was streamed until it crossed the limit (README), and a 400 for a
+      // malformed chunk found after forwarding began (node backend): their head may have gone upstream.
+      const notForwarded = verdict.gatewayRejects.filter((x) => !(cutMidBody(x, env.backend) && env.upstream.byRid.has(x.rid))).length;
       const v = judgeUpstream(recs, ref, sent, notForwarded);
       for (const rej of verdict.gatewayRejects) {
         const rec = env.upstream.byRid.get(rej.rid);
@@ -280,7 +341,8 @@ export async function runCase(env: FuzzEnv, plan: Plan, stallMs: number): Promis
         // README: a chunked body is cut off with 413 once it crosses the
         // limit, so its head did go upstream; the upstream must then never
         // see the body's end (it gets an incomplete request, then a close).
-        if (rej.status === 413 && rej.chunkedBody && !rec.complete) continue;
+        // The same for a 400 answered when a chunk of the body turned out malformed (RFC 9112 7.1).
+        if (cutMidBody(rej, env.backend) && !rec.complete) continue;
         v.push({ signature: `c:gateway-${rej.status}-request-reached-upstream`, detail: JSON.stringify(rec.head.slice(0, 200)) });
       }
       resolve(v);
@@ -329,6 +391,7 @@ export interface ViolationGroup {
 }
 
 export interface FuzzReport {
+  backend: Backend;
   seed: number;
   cases: number;
   requests: number;
@@ -366,7 +429,7 @@ export async function runFuzz(env: FuzzEnv, o: FuzzOptions): Promise<FuzzReport>
     const sample: Sample = c === null
       ? { seed: o.seed, index: -1, caseSeed: 0, kind: 'harness', input: Buffer.alloc(0), splits: [], abort: null, detail: v.detail, received }
       : { seed: o.seed, index: c.index, caseSeed: c.seed, kind: c.kind, input: c.bytes, splits: c.splits, abort: c.abort, detail: v.detail, received };
-    const known = knownFinding(v.signature);
+    const known = knownFinding(v.signature, env.backend);
     groups.set(v.signature, { signature: v.signature, count: 1, known, sample, minimized: null });
     if (o.progressMs > 0) {
       o.log(`[fuzz] first ${known === null ? 'NEW violation' : `known violation (${known.id})`} ${v.signature} (case ${sample.index}, ${sample.kind}): ${v.detail}`);
@@ -444,7 +507,7 @@ export async function runFuzz(env: FuzzEnv, o: FuzzOptions): Promise<FuzzReport>
     g.minimized = await minimize(env, g.sample, g.signature, o.stallMs, o.log);
   }
   return {
-    seed: o.seed, cases, requests: sent, followUps, elapsedMs,
+    backend: env.backend, seed: o.seed, cases, requests: sent, followUps, elapsedMs,
     outcomes: [...outcomes].sort((a, b) => a[0].localeCompare(b[0])),
     kinds: [...kinds].sort((a, b) => b[1] - a[1]),
     groups: list,
@@ -589,7 +652,7 @@ export function hex(b: Buffer, cap = 512): string {
 export function formatReport(r: FuzzReport, details = true): string {
   const lines: string[] = [];
   const secs = r.elapsedMs / 1000;
-  lines.push(`fuzz summary: seed ${r.seed} (0x${r.seed.toString(16)}), ${r.requests} requests in ${r.cases} connections, ${r.followUps} follow-ups, ${secs.toFixed(1)} s, ${(r.requests / secs).toFixed(0)} req/s`);
+  lines.push(`fuzz summary (backend ${r.backend}): seed ${r.seed} (0x${r.seed.toString(16)}), ${r.requests} requests in ${r.cases} connections, ${r.followUps} follow-ups, ${secs.toFixed(1)} s, ${(r.requests / secs).toFixed(0)} req/s`);
   lines.push('case kinds: ' + r.kinds.map(([k, n]) => `${k} ${n}`).join(', '));
   const pick = (p: string) => r.outcomes.filter(([k]) => k.startsWith(p));
   lines.push('responses by status: ' + pick('status:').map(([k, n]) => `${k.slice(7)} ${n}`).join(', '));
@@ -607,7 +670,7 @@ export function formatReport(r: FuzzReport, details = true): string {
     if (g.known !== null && !details) continue;
     lines.push(`        ${s.detail}`);
     if (s.index >= 0) {
-      lines.push(`        replay: FUZZ_SEED=${s.seed} FUZZ_CASE=${s.index} npm run fuzz   (case seed ${s.caseSeed}, ${s.kind}${s.splits.length ? `, splits ${s.splits.join(',')}` : ''}${s.abort ? `, abort at ${s.abort.at}${s.abort.reset ? ' (RST)' : ''}` : ''})`);
+      lines.push(`        replay: FUZZ_SEED=${s.seed} FUZZ_CASE=${s.index} npm run fuzz${r.backend === 'uws' ? '' : ` -- --backend ${r.backend}`}   (case seed ${s.caseSeed}, ${s.kind}${s.splits.length ? `, splits ${s.splits.join(',')}` : ''}${s.abort ? `, abort at ${s.abort.at}${s.abort.reset ? ' (RST)' : ''}` : ''})`);
       lines.push(`        input ${literal(s.input)}`);
       lines.push(`        hex   ${hex(s.input)}`);
       if (g.minimized !== null) lines.push(`        minimized ${literal(g.minimized)}  hex ${hex(g.minimized)}`);
@@ -623,7 +686,7 @@ export async function describeCase(env: FuzzEnv, seed: number, index: number, st
   const r = await runCase(env, c, stallMs);
   const deferred = await r.deferred;
   const lines = [
-    `case ${index} of seed ${seed} (case seed ${c.seed}): ${c.kind}`,
+    `case ${index} of seed ${seed} (case seed ${c.seed}, backend ${env.backend}): ${c.kind}`,
     `input ${literal(c.bytes, 4096)}`,
     `writes: ${c.abort ? `abort after ${c.abort.at} bytes${c.abort.reset ? ' (RST)' : ''}` : c.splits.length ? `split at ${c.splits.join(',')}, ${c.writeDelayMs} ms apart` : 'one write'}`,
   ];
@@ -632,17 +695,18 @@ export async function describeCase(env: FuzzEnv, seed: number, index: number, st
   lines.push(`terminal: ${r.obs.terminal} ${r.obs.badWhy}`);
   lines.push(`received ${literal(Buffer.from(r.obs.received, 'latin1'), 2000)}`);
   lines.push(`outcomes: ${r.outcomes.join(', ')}`);
-  for (const v of [...r.violations, ...deferred]) lines.push(`VIOLATION ${v.signature}: ${v.detail}${knownFinding(v.signature) ? ' (known)' : ''}`);
+  for (const v of [...r.violations, ...deferred]) lines.push(`VIOLATION ${v.signature}: ${v.detail}${knownFinding(v.signature, env.backend) ? ' (known)' : ''}`);
   return lines.join('\n');
 }
 
 /**
- * Runs the reproducer of every known finding and returns those that no
- * longer show their violation (fixed: the entry should go).
+ * Runs the reproducer of every known finding of the env's backend and
+ * returns those that no longer show their violation there (fixed: the entry
+ * should go, or the backend be taken out of its `backends`).
  */
 export async function staleKnownFindings(env: FuzzEnv, stallMs: number): Promise<{ id: string; saw: string[] }[]> {
   const stale: { id: string; saw: string[] }[] = [];
-  await Promise.all(KNOWN_FINDINGS.filter((f) => f.deterministic !== false).map(async (f) => {
+  await Promise.all(findingsOf(env.backend).filter((f) => f.deterministic !== false).map(async (f) => {
     const r = await runCase(env, { bytes: Buffer.from(f.reproducer, 'latin1'), splits: f.splits ?? [], writeDelayMs: 150, abort: null }, stallMs);
     const saw = [...r.violations, ...(await r.deferred)].map((v) => v.signature);
     if (!saw.some((sig) => f.match.test(sig))) stale.push({ id: f.id, saw });

@@ -29,8 +29,27 @@
  * are still counted and printed, but do not fail the bounded test (set
  * FUZZ_STRICT=1 to make them fail).
  */
-import { header, type ParsedResponse, type RefParse, type RefRequest } from './wire.js';
+import { header, isWebSocketHandshake, startsAsHead, type ParsedResponse, type RefParse, type RefRequest } from './wire.js';
 import { HOP_RESPONSE_FIELDS, UPSTREAM_BODIES, type UpstreamRecord } from './recording-upstream.js';
+
+// ------------------------------------------------------------------ backends
+
+/**
+ * The HTTP server the gateway runs on (README "The node backend"): `uws`
+ * (uWebSockets.js 20.30, the default on Node) or `node` (the strict RFC 9112
+ * server on node:net). The properties are the same; what differs is which
+ * stalls are documented (none on `node`: it answers every defect at once)
+ * and which known findings apply (each finding names its backends).
+ */
+export type Backend = 'uws' | 'node';
+
+/** The backend a TURNPIKE_SERVER__BACKEND value (or none) selects on Node: `auto` is uWS. */
+export function backendOf(value: string | undefined): Backend {
+  const v = (value ?? '').trim().toLowerCase();
+  if (v === '' || v === 'auto' || v === 'uws') return 'uws';
+  if (v === 'node') return 'node';
+  throw new Error(`fuzzer: unsupported backend ${JSON.stringify(value)} (uws, node or auto)`);
+}
 
 // ------------------------------------------------------------------ reasons
 
@@ -43,6 +62,16 @@ import { HOP_RESPONSE_FIELDS, UPSTREAM_BODIES, type UpstreamRecord } from './rec
  * never runs, so the gateway cannot answer: a stall on these is expected.
  */
 export const DOCUMENTED_STALL = new Set(['space-before-colon', 'nul', 'bare-lf', 'too-many-headers', 'http10', 'absolute-form']);
+
+/**
+ * The documented stalls of a backend: the node backend answers every
+ * defect at once (README: 400 for bare LF, NUL, space before the colon...;
+ * more than 48 fields, HTTP/1.0 and absolute-form are served), so none.
+ */
+const NO_STALL = new Set<string>();
+function documentedStall(backend: Backend): Set<string> {
+  return backend === 'uws' ? DOCUMENTED_STALL : NO_STALL;
+}
 
 /**
  * Defects after which RFC 9112 obliges a server to close the connection
@@ -109,6 +138,8 @@ const NOT_COMPARED = new Set([
 
 export interface KnownFinding {
   id: string;
+  /** The backends it shows on (each was checked against every backend: README of test/fuzz). */
+  backends: readonly Backend[];
   /** Matches violation signatures this finding explains. */
   match: RegExp;
   /** Request defects (reference-parser reasons) on which uWS stalls, for stall findings. */
@@ -128,7 +159,7 @@ const F18_FIRST = 'HEAD /304/x?t=FzT00000000 HTTP/1.1\r\nHost: fuzz.test\r\nConn
 const F19_HEAD = 'POST /api/x?t=FzT00000000 HTTP/1.1\r\nHost: fuzz.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\n100\r\n';
 
 const stall = (id: string, reasons: string[], summary: string, reproducer: string): KnownFinding => ({
-  id, match: new RegExp(`^b:stall:(?:${reasons.join('|')})$`), stallReasons: reasons, summary, reproducer,
+  id, backends: UWS, match: new RegExp(`^b:stall:(?:${reasons.join('|')})$`), stallReasons: reasons, summary, reproducer,
 });
 
 /**
@@ -145,9 +176,13 @@ const stall = (id: string, reasons: string[], summary: string, reproducer: strin
  * fixed: fuzz.test.ts checks that every reproducer still shows its finding,
  * and the fuzzer keeps the fix from regressing.
  */
+const UWS: readonly Backend[] = ['uws'];
+const ALL: readonly Backend[] = ['uws', 'node'];
+
 export const KNOWN_FINDINGS: KnownFinding[] = [
   {
     id: 'F1-smuggling-fields-dropped-after-empty-name',
+    backends: UWS,
     match: /^c:(?:request-body-length-changed:body-dropped|upstream-got-more-requests-than-client-sent|response-to-a-request-the-client-did-not-send):empty-name$|empty-name-line-present/,
     summary: 'uWS stops reading header fields at a line with an empty name (`: x`) but still answers: every later field is dropped, ' +
       'Content-Length included, so the gateway forwards the request without its body and the body bytes are parsed as the next ' +
@@ -159,6 +194,7 @@ export const KNOWN_FINDINGS: KnownFinding[] = [
   },
   {
     id: 'F2-non-ascii-trimmed-from-field-value-ends',
+    backends: UWS,
     match: new RegExp([
       '^fidelity:header-(?:value-altered|count-changed):non-ascii$',
       '^rfc:forwarded-request-that-must-be-rejected:(?:bad-host|bad-cl|cl-conflict|te-not-chunked):non-ascii$',
@@ -174,6 +210,7 @@ export const KNOWN_FINDINGS: KnownFinding[] = [
   },
   {
     id: 'F3-chunked-trailers-break-keep-alive',
+    backends: UWS,
     match: /^d:.*trailers/,
     summary: 'After a chunked request body with a trailer section (`0\\r\\nX-T: 1\\r\\n\\r\\n`, RFC 9112 7.1.2), the next request on ' +
       'the connection never gets an answer: uWS apparently takes the trailer bytes for the start of the next request.',
@@ -181,6 +218,7 @@ export const KNOWN_FINDINGS: KnownFinding[] = [
   },
   {
     id: 'F5-close-not-initiated-after-bodyless-response',
+    backends: UWS,
     match: /^rfc:connection-not-closed-after-(?:request|response)-with-connection-close:bodyless-response$/,
     summary: 'Partly fixed in 4d6d8a0 (a client `Connection: close` on a HEAD now closes). Still: a HEAD (also 204/304) ' +
       'answered with `Connection: close` -- the gateway\'s own error after bad framing (`Transfer-Encoding: E`), or `close` ' +
@@ -190,6 +228,7 @@ export const KNOWN_FINDINGS: KnownFinding[] = [
   },
   {
     id: 'F18-request-after-close-processed',
+    backends: UWS,
     match: /^rfc:request-processed-after-close$/,
     summary: 'Partly fixed in 4d6d8a0 (a request already pipelined behind a closing answer now makes uWS close). Still: ' +
       'when a response says `Connection: close` but the connection stays open (F5, F6), a request the client sends next ' +
@@ -199,6 +238,7 @@ export const KNOWN_FINDINGS: KnownFinding[] = [
   },
   {
     id: 'F6-close-not-initiated-after-streamed-response',
+    backends: UWS,
     match: /^rfc:connection-not-closed-after-(?:request|response)-with-connection-close:chunked-response$/,
     summary: 'A streamed (chunked) response to a request with `close` inside a Connection list carries `Connection: close` ' +
       'but the gateway leaves the connection open (uws-respond.ts: this uWS build cannot close after a streamed body). ' +
@@ -207,6 +247,7 @@ export const KNOWN_FINDINGS: KnownFinding[] = [
   },
   {
     id: 'F7-invalid-target-characters-forwarded',
+    backends: ALL,
     match: /^c:upstream-target-(?:non-ascii|fragment|unsafe-char|bad-escape)$/,
     summary: 'Raw bytes that are not allowed in a request-target (non-ASCII, `#`, `"<>\\^`{|}`, invalid `%` escapes) are passed ' +
       'to the upstream in the query (RFC 9112 3.2 / RFC 3986 3.4). The README promises a byte-exact query, so this is a ' +
@@ -215,6 +256,7 @@ export const KNOWN_FINDINGS: KnownFinding[] = [
   },
   {
     id: 'F19-smuggling-chunk-data-terminator-not-checked',
+    backends: UWS,
     match: /^c:(?:request-body-length-changed(?::body-dropped)?|upstream-got-more-requests-than-client-sent|response-to-a-request-the-client-did-not-send):(?:chunk-bare-lf|chunk-data-no-crlf)$/,
     summary: 'HIGH. uWS skips the 2 bytes after chunk data without checking they are CRLF. After `5\\r\\nhello\\n100\\r\\n` ' +
       'it reads `00` as the last chunk, so the 0x100 bytes an RFC 9112 reader (which may accept a bare LF there, 2.2) takes ' +
@@ -225,6 +267,7 @@ export const KNOWN_FINDINGS: KnownFinding[] = [
   },
   {
     id: 'F21-large-head-answer-then-next-request-dropped',
+    backends: UWS,
     match: /^d:connection-closed-on-follow-up:.*large-head/,
     deterministic: false,
     summary: 'After a request head of tens of KB (a 100 KB target, a 70 KB field) answered by the gateway itself (414/431, ' +
@@ -270,11 +313,20 @@ export const KNOWN_FINDINGS: KnownFinding[] = [
     'POST /api/x?t=FzT00000000 HTTP/1.1\r\nHost: fuzz.test\r\nTransfer-Encoding: chunked\r\n\r\n5;\r\nhello\r\n0\r\n\r\n'),
 ];
 
-/** Request defects a known finding says uWS stalls on. */
-const KNOWN_STALL_REASONS = new Set(KNOWN_FINDINGS.flatMap((f) => f.stallReasons ?? []));
+/** The known findings of a backend. */
+export function findingsOf(backend: Backend): KnownFinding[] {
+  return KNOWN_FINDINGS.filter((f) => f.backends.includes(backend));
+}
 
-export function knownFinding(signature: string): KnownFinding | null {
-  for (const f of KNOWN_FINDINGS) if (f.match.test(signature)) return f;
+/** Request defects a known finding of the backend says it stalls on. */
+const KNOWN_STALL_REASONS: Record<Backend, Set<string>> = {
+  uws: new Set(findingsOf('uws').flatMap((f) => f.stallReasons ?? [])),
+  node: new Set(findingsOf('node').flatMap((f) => f.stallReasons ?? [])),
+};
+
+/** The known finding of `backend` that explains a violation signature, or null (a new violation: it fails). */
+export function knownFinding(signature: string, backend: Backend): KnownFinding | null {
+  for (const f of KNOWN_FINDINGS) if (f.backends.includes(backend) && f.match.test(signature)) return f;
   return null;
 }
 
@@ -313,17 +365,17 @@ export interface CaseVerdict {
 const DOCUMENTED_CLOSE = new Set(['extension-method', 'bad-method']);
 
 /** Whether a stall on the first unanswered request is acceptable (and why), or the violation it is. */
-export function stallSignature(req: RefRequest | undefined): { expected: string } | { violation: string } {
+export function stallSignature(req: RefRequest | undefined, backend: Backend): { expected: string } | { violation: string } {
   // Every request we could delimit was answered; the server may well have
   // read the rest differently (leniently): nothing is owed.
   if (req === undefined) return { expected: 'idle-after-answers' };
   // RFC 9112 6.3/7.1: the server waits for the bytes the message promised.
   if (req.reasons.includes('incomplete')) return { expected: 'incomplete' };
-  const doc = req.reasons.find((r) => DOCUMENTED_STALL.has(r));
+  const doc = req.reasons.find((r) => documentedStall(backend).has(r));
   if (doc !== undefined) return { expected: 'documented:' + doc };
   // Name it after the defect most likely to cause it: one already known to stall uWS, else the first.
   const cause =
-    req.reasons.find((r) => KNOWN_STALL_REASONS.has(r)) ??
+    req.reasons.find((r) => KNOWN_STALL_REASONS[backend].has(r)) ??
     req.reasons.find((r) => !FIDELITY_OK.has(r) && !DOCUMENTED_CLOSE.has(r)) ??
     req.reasons.find((r) => !FIDELITY_OK.has(r));
   // A framing field with bytes >= 0x80: finding F2 (uWS trims them, then reads another length or host).
@@ -352,8 +404,12 @@ const show = (s: string): string => JSON.stringify(s.length > 120 ? s.slice(0, 1
  * message, minus hop-by-hop fields; README: the query and header bytes reach
  * the upstream exactly, or the request is refused).
  */
-function fidelity(req: RefRequest, rec: UpstreamRecord, out: Violation[]): void {
+function fidelity(req: RefRequest, rec: UpstreamRecord, out: Violation[], backend: Backend): void {
   const up = rec.parsed;
+  // On uWS a WebSocket handshake is proxied (README "WebSockets"): the
+  // gateway's own client opens the upstream side with its own key (RFC 6455
+  // 4.1) and the Upgrade/Connection: upgrade the handshake needs.
+  const ws = backend === 'uws' && isWebSocketHandshake(req.method, req.headers);
   if (up.method !== req.method) {
     const nonAscii = req.reasons.includes('non-ascii-target') ? ':non-ascii-target' : '';
     out.push({ signature: 'fidelity:method' + nonAscii, detail: `client ${req.method}, upstream ${up.method}` });
@@ -368,6 +424,7 @@ function fidelity(req: RefRequest, rec: UpstreamRecord, out: Violation[]): void 
   const names = new Set(req.headers.map((h) => h[0]));
   for (const n of names) {
     if (NOT_COMPARED.has(n) || n.startsWith('proxy-') || listed.has(n) || n === '') continue;
+    if (ws && (n === 'sec-websocket-key' || n === 'sec-websocket-extensions')) continue;
     const cv = req.headers.filter((h) => h[0] === n).map((h) => h[1]);
     const uv = up.headers.filter((h) => h[0] === n).map((h) => h[1]);
     if (cv.length !== uv.length || cv.some((v, i) => v !== uv[i])) {
@@ -380,6 +437,7 @@ function fidelity(req: RefRequest, rec: UpstreamRecord, out: Violation[]): void 
   }
   for (const n of listed) {
     if (n === 'host' || n === 'x-request-id' || n === 'x-fz-set' || n.startsWith('x-forwarded-') || n === 'forwarded') continue;
+    if (ws && n === 'upgrade') continue;
     if (up.headers.some((h) => h[0] === n)) out.push({ signature: 'c:connection-listed-field-forwarded', detail: n });
   }
   if (up.headers.some((h) => h[0] === 'x-fz-drop')) out.push({ signature: 'c:header-rule:remove-ignored', detail: 'x-fz-drop reached the upstream' });
@@ -415,7 +473,7 @@ function framingAgreement(req: RefRequest, rec: UpstreamRecord, out: Violation[]
  * Client-side properties (b, d, fidelity, RFC closing rules) of one case.
  * `lookup` finds what the upstream recorded for a request id.
  */
-export function judgeCase(ref: RefParse, obs: Observation, lookup: (rid: string) => UpstreamRecord | undefined): CaseVerdict {
+export function judgeCase(ref: RefParse, obs: Observation, lookup: (rid: string) => UpstreamRecord | undefined, backend: Backend): CaseVerdict {
   const v: Violation[] = [];
   const outcomes: string[] = [];
   const gatewayRejects: CaseVerdict['gatewayRejects'] = [];
@@ -440,7 +498,8 @@ export function judgeCase(ref: RefParse, obs: Observation, lookup: (rid: string)
     if (kind === undefined && res.status >= 400 && res.status < 500 && rid !== undefined) {
       // Declared chunked (whatever its chunks look like): the gateway streams such a body until it crosses the limit.
       gatewayRejects.push({ rid, status: res.status, chunkedBody: req?.headers.some((h) => h[0] === 'transfer-encoding') ?? false });
-      const code = req?.method === 'HEAD' ? 'head' : gatewayErrorCode(res);
+      // A head the server read as HEAD (its request line starts so, even where the reference parser could not finish it) gets no body.
+      const code = req?.method === 'HEAD' || (res.body === '' && startsAsHead(ref, i)) ? 'head' : gatewayErrorCode(res);
       if (code === '?') v.push({ signature: 'b:gateway-error-body-not-json', detail: show(res.body) });
       outcomes.push('gateway:' + (code === 'head' ? `head-${res.status}` : code));
     }
@@ -463,7 +522,7 @@ export function judgeCase(ref: RefParse, obs: Observation, lookup: (rid: string)
       }
       else {
         framingAgreement(req, rec, v);
-        if (allBenignSoFar) fidelity(req, rec, v);
+        if (allBenignSoFar) fidelity(req, rec, v, backend);
       }
       const bodyless = req.method === 'HEAD' || res.status === 204 || res.status === 304 || res.framing === 'tunnel';
       const want = bodyless ? '' : UPSTREAM_BODIES[kind] ?? '?';
@@ -471,7 +530,9 @@ export function judgeCase(ref: RefParse, obs: Observation, lookup: (rid: string)
       if (kind === 'hop') {
         for (const n of HOP_RESPONSE_FIELDS) {
           const val = header(res.headers, n);
-          if (val !== undefined && !(n === 'connection' && val.toLowerCase() === 'close')) {
+          // The server's own `close`, or `keep-alive` to an HTTP/1.0 client that asked to keep the connection (RFC 9112 9.3), are not forwarded fields.
+          const own = n === 'connection' && val !== undefined && (val.toLowerCase() === 'close' || (val.toLowerCase() === 'keep-alive' && req.version === 'HTTP/1.0'));
+          if (val !== undefined && !own) {
             v.push({ signature: 'rfc:hop-by-hop-response-field-forwarded:' + n, detail: `${n}: ${val}` });
           }
         }
@@ -513,7 +574,7 @@ export function judgeCase(ref: RefParse, obs: Observation, lookup: (rid: string)
           detail: closeDue,
         });
       } else {
-        const s = stallSignature(ref.requests[main.length]);
+        const s = stallSignature(ref.requests[main.length], backend);
         if ('expected' in s) outcomes.push('stall:' + s.expected);
         else {
           outcomes.push('stall:unexpected');
@@ -526,6 +587,12 @@ export function judgeCase(ref: RefParse, obs: Observation, lookup: (rid: string)
       outcomes.push(main.length === 0 ? 'closed:no-response' : 'closed:after-response');
       if (main.length === 0 && ref.requests[0] !== undefined && ref.requests[0].complete && ref.requests[0].reasons.every((r) => FIDELITY_OK.has(r))) {
         outcomes.push('closed:no-response-to-valid-request' + (ref.requests.length > 1 ? ':pipelined' : ':single'));
+      }
+      // The node backend answers every request it read, a defective one with 400 (README "The node
+      // backend"): a close without any answer to a complete request, or to one with a defect, is a violation there.
+      const first = ref.requests[0];
+      if (backend === 'node' && main.length === 0 && first !== undefined && (first.complete || firstDefect(first) !== 'valid')) {
+        v.push({ signature: 'b:closed-without-answer:' + firstDefect(first), detail: `reasons [${first.reasons.join(', ')}]` });
       }
       if (obs.followUpAt >= 0 && obs.responses.length <= obs.followUpAt) {
         v.push({ signature: 'd:connection-closed-on-follow-up:' + shape(ref), detail: 'closed without answering the follow-up GET' });

@@ -13,6 +13,7 @@
  *   --minimize N      new violation kinds to minimize (20)       FUZZ_MINIMIZE
  *   --progress-ms N   progress line interval (5000)              FUZZ_PROGRESS_MS
  *   --strict          known findings fail too                    FUZZ_STRICT=1
+ *   --backend B       the gateway's server: uws (default), node  TURNPIKE_SERVER__BACKEND
  *
  * Variables already set in the environment (e.g. FUZZ_SEED=1 FUZZ_CASE=2
  * npm run fuzz) are kept unless an option overrides them.
@@ -31,8 +32,17 @@ for (let i = 0; i < args.length; i++) {
   const a = args[i];
   const [flag, inline] = a.includes('=') ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a, undefined];
   if (flag === '--strict') { env.FUZZ_STRICT = '1'; continue; }
+  if (flag === '--backend') {
+    const b = inline ?? args[++i];
+    if (b !== 'uws' && b !== 'node' && b !== 'auto') {
+      console.error(`--backend takes uws, node or auto, got ${b}`);
+      process.exit(2);
+    }
+    env.TURNPIKE_SERVER__BACKEND = b;
+    continue;
+  }
   if (flag === '--help' || flag === '-h') {
-    console.log('npm run fuzz -- [--requests N] [--seed N] [--case I] [--concurrency N] [--stall-ms N] [--workers N] [--minimize N] [--progress-ms N] [--strict]');
+    console.log('npm run fuzz -- [--requests N] [--seed N] [--case I] [--concurrency N] [--stall-ms N] [--workers N] [--minimize N] [--progress-ms N] [--strict] [--backend uws|node]');
     process.exit(0);
   }
   const name = names[flag];

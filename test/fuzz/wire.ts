@@ -211,7 +211,8 @@ function parseOne(s: string, start: number): RefRequest {
   // --- semantics (RFC 9112 3.2, 6, 9.6; RFC 9110 8.6, 10.1.1)
   const all = (n: string) => req.headers.filter((h) => h[0] === n).map((h) => h[1]);
   const hosts = all('host');
-  if (hosts.length === 0) reasons.add('missing-host');
+  // RFC 9112 3.2: Host is required in HTTP/1.1 (and the versions served as 1.1); HTTP/1.0 may omit it.
+  if (hosts.length === 0) reasons.add(req.version === 'HTTP/1.0' ? 'http10-without-host' : 'missing-host');
   else if (hosts.length > 1) reasons.add('multiple-host');
   else if (hosts[0] === '') reasons.add('empty-host');
   else if (!isValidHostValue(hosts[0]!)) reasons.add('bad-host');
@@ -398,6 +399,31 @@ export type ResponseResult =
   | { kind: 'bad'; why: string }
   | { kind: 'ok'; res: ParsedResponse; end: number };
 
+/**
+ * An opening handshake of RFC 6455 4.1 as a client sends it: GET, `Upgrade:
+ * websocket`, `upgrade` among the Connection options, a Sec-WebSocket-Key
+ * and Sec-WebSocket-Version 13.
+ */
+export function isWebSocketHandshake(method: string, h: [string, string][]): boolean {
+  if (method !== 'GET') return false;
+  const up = headerAll(h, 'upgrade');
+  if (up.length !== 1 || up[0]!.trim().toLowerCase() !== 'websocket') return false;
+  const conn = headerAll(h, 'connection').flatMap((v) => v.split(',')).map((t) => t.trim().toLowerCase());
+  return conn.includes('upgrade') && header(h, 'sec-websocket-key') !== undefined && header(h, 'sec-websocket-version') === '13';
+}
+
+/**
+ * Whether the i-th request of what the client sent has a request line that
+ * starts with `HEAD `, even where the reference parser could not finish its
+ * head (a NUL, a cut): the server knows the method, and its answer to a HEAD
+ * has no body (RFC 9110 9.3.2).
+ */
+export function startsAsHead(ref: RefParse, i: number): boolean {
+  const req = ref.requests[i];
+  const at = req !== undefined ? req.start : i === 0 ? 0 : i === ref.requests.length ? ref.requests[i - 1]!.end : -1;
+  return at >= 0 && ref.text.startsWith('HEAD ', at);
+}
+
 export function header(h: [string, string][], name: string): string | undefined {
   for (const [k, v] of h) if (k === name) return v;
   return undefined;
@@ -583,7 +609,11 @@ export function parseUpstreamRequest(head: string): UpstreamHead {
   const count = (n: string) => out.headers.filter((h) => h[0] === n).length;
   if (count('host') !== 1) v.push('upstream-host-count-' + count('host'));
   else if (!isValidHostValue(header(out.headers, 'host')!) || header(out.headers, 'host') === '') v.push('upstream-bad-host');
+  // A WebSocket handshake the gateway opened itself (routes proxy upgrades on
+  // uWS: README "WebSockets") carries Upgrade and Connection: upgrade by RFC 6455 4.1.
+  const ws = isWebSocketHandshake(out.method, out.headers);
   for (const [n] of out.headers) {
+    if (ws && (n === 'upgrade' || n === 'connection')) continue;
     if (HOP_BY_HOP.has(n)) v.push('upstream-hop-by-hop:' + n);
     else if (n.startsWith('proxy-')) v.push('upstream-proxy-header:' + n);
   }

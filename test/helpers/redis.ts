@@ -6,8 +6,8 @@
  * Needs `redis-server` on PATH (.ci/run installs it on a fresh machine).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import net from 'node:net';
 import { trackProcess } from './gateway.js';
+import { freePort } from './ports.js';
 
 export interface PrivateRedis {
   port: number;
@@ -20,17 +20,6 @@ export interface PrivateRedis {
   restart(): Promise<void>;
   /** Stops it for good (afterAll). */
   stop(): Promise<void>;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 function launch(port: number): Promise<ChildProcess> {

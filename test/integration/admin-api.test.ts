@@ -220,7 +220,12 @@ describe('reads', () => {
     const expected: Record<string, string[]> = {
       '/admin/status': ['get'], '/admin/config': ['get', 'put'], '/admin/config/reload': ['post'], '/admin/config/validate': ['post'], '/admin/routes': ['get'],
       '/admin/upstreams': ['get'], '/admin/stats': ['get'], '/admin/audit': ['get'], '/admin/openapi.json': ['get'],
-      '/admin/logging': ['get', 'put'],
+      '/admin/logging': ['get', 'put'], '/admin/upstreams/{name}/targets': ['delete', 'post'],
+      // admin/api/identity.ts (issue 12)
+      '/admin/consumers': ['get', 'post'], '/admin/consumers/{id}': ['delete', 'get', 'patch'], '/admin/consumers/{id}/keys': ['post'],
+      '/admin/keys': ['get'], '/admin/keys/{id}': ['get', 'patch'], '/admin/keys/{id}/rotate': ['post'], '/admin/keys/{id}/revoke': ['post'],
+      '/admin/groups': ['get', 'post'], '/admin/groups/{id}': ['delete', 'get', 'patch'],
+      '/admin/grants': ['get', 'post'], '/admin/grants/{id}': ['delete', 'get'], '/admin/identity/audit': ['get'],
     };
     expect(Object.keys(d.paths).sort()).toEqual(Object.keys(expected).sort());
     for (const [p, methods] of Object.entries(expected)) expect(Object.keys(d.paths[p]).sort(), p).toEqual(methods);
@@ -419,7 +424,7 @@ describe('writes', () => {
     const routePages = await walk('/admin/routes', 3);
     expect(routePages.map((p) => p.length)).toEqual([3, 3, 1]);
     expect(routePages.flat().map((x) => x.id)).toEqual([...ids].sort());
-    expect(routePages[0]![0]).toEqual({ id: 'p01', host: '*', path: '/p01', methods: [], upstream: 'u1', priority: 2 });
+    expect(routePages[0]![0]).toEqual({ id: 'p01', host: '*', path: '/p01', methods: [], upstream: 'u1', upstreams: null, hashOn: null, priority: 2 });
     const upPages = await walk('/admin/upstreams', 2);
     expect(upPages.map((p) => p.length)).toEqual([2, 2, 1]);
     expect(upPages.flat().map((x) => x.name)).toEqual(['u1', 'u2', 'u3', 'u4', 'u5']);
@@ -433,6 +438,7 @@ describe('writes', () => {
         },
         connections: { open: 0, idle: 0 }, lastError: null, overflow: false,
         state: null, // no breaker, healthCheck, outlierDetection, not p2c: nothing tracked
+        source: 'config', expiresAt: null,
       }],
       balance: 'least_conn', timeouts: { connectMs: 500, responseMs: 15000, idleMs: 30000, totalMs: 0 },
     });

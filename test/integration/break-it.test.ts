@@ -19,7 +19,6 @@
 import { spawn } from 'node:child_process';
 import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import type http from 'node:http';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -29,6 +28,7 @@ import { portLockFile } from '../../engine/supervisor.js';
 import { baseConfig, startGateway, startGatewayFile, trackProcess, type Gateway } from '../helpers/gateway.js';
 import { sampleValue, scrape } from '../helpers/metrics.js';
 import { startUpstream, type Upstream } from '../helpers/upstream.js';
+import { freePort } from '../helpers/ports.js';
 
 const TOKEN = `break-it-admin-token-${Math.random().toString(36).slice(2)}`;
 let up: Upstream;
@@ -48,14 +48,6 @@ afterAll(async () => {
 
 function jsonLines(gw: Gateway): any[] {
   return gw.logs.map((l) => { try { return JSON.parse(l); } catch { return null; } }).filter((j) => j !== null);
-}
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
 }
 
 async function api(gw: Gateway, method: string, path: string, body?: unknown): Promise<{ status: number; json: any }> {

@@ -174,6 +174,25 @@ describe('turnpike --help', () => {
   });
 });
 
+describe('--admin and TURNPIKE_ADMIN_URL', () => {
+  it('refuse a URL with credentials and never echo them, from either source', () => {
+    const secret = 'hunter2-secret';
+    const cases: { args: string[]; env: Record<string, string> }[] = [
+      { args: ['reload', '--admin', `http://admin:${secret}@127.0.0.1:1`], env: {} },
+      { args: ['reload'], env: { TURNPIKE_ADMIN_URL: `http://admin:${secret}@127.0.0.1:1` } },
+      { args: ['reload'], env: { TURNPIKE_ADMIN_URL: `http://:${secret}@127.0.0.1:1` } },
+      // Not a URL at all: still not echoed with the secret.
+      { args: ['reload'], env: { TURNPIKE_ADMIN_URL: `http://admin:${secret}@127.0.0.1:99999999` } },
+    ];
+    for (const c of cases) {
+      const r = cli(c.args, { TURNPIKE_ADMIN_TOKEN: 'x'.repeat(32), ...c.env });
+      expect(r.code, JSON.stringify(c)).not.toBe(0);
+      expect(r.out + r.err, JSON.stringify(c)).not.toContain(secret);
+      expect(r.err, JSON.stringify(c)).toMatch(/credentials|not a URL/);
+    }
+  });
+});
+
 describe('turnpike init', () => {
   it('prints a commented starter config that validates, and starts', async () => {
     const printed = cli(['init']);
@@ -249,7 +268,7 @@ routes:
     const r = cli(['validate', p]);
     expect(r.code).toBe(1);
     expect(r.err).toContain('routes[0].methods[0]: PURGE can never reach this route on the uWS backend');
-    expect(r.err).toContain('run on Bun (server.backend: bun)');
+    expect(r.err).toContain('use server.backend: node (or bun)');
     expect(r.err).toContain('routes[1].methods[0]: unknown HTTP method "GTE" (did you mean "GET"?)');
     expect(r.err).toContain('routes[2].path: "{id}" is not a path parameter here');
     expect(r.err).toContain('write ":id"');

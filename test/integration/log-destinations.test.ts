@@ -16,12 +16,12 @@
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { closeSync, constants, existsSync, mkdtempSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import { CLI, ROOT, trackProcess } from '../helpers/gateway.js';
+import { freePort } from '../helpers/ports.js';
 
 const DEAD = 'http://127.0.0.1:9'; // discard port: nothing listens, every request is a 502 and an error log line
 const AUTOCANNON = join(ROOT, 'node_modules/.bin/autocannon');
@@ -30,15 +30,6 @@ let dir: string;
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), 'turnpike-logdest-'));
 });
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const p = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
 
 function mkfifo(name: string): string {
   const path = join(dir, name);

@@ -210,7 +210,9 @@ describe('/metrics', () => {
 
   it('puts targets past the cap under _overflow', () => {
     expect(value(samples, 'turnpike_upstream_requests_total', { upstream: '_overflow', target: '_overflow', code: '200' })).toBe(1);
-    expect(samples.some((s) => s.name.startsWith('turnpike_upstream_') && s.labels['upstream'] === 'late')).toBe(false);
+    // (turnpike_upstream_targets is per upstream, not per target: it keeps the name.)
+    expect(samples.some((s) => s.name.startsWith('turnpike_upstream_') && s.name !== 'turnpike_upstream_targets' && s.labels['upstream'] === 'late')).toBe(false);
+    expect(value(samples, 'turnpike_upstream_targets', { upstream: 'late' })).toBe(1);
     // The route's own series keep their upstream's name.
     expect(value(samples, 'turnpike_requests_total', { route: 'late', method: 'GET', code: '200', upstream: 'late' })).toBe(1);
     const targets = new Set(samples.filter((s) => s.name === 'turnpike_upstream_connections').map((s) => `${s.labels['upstream']} ${s.labels['target']}`));

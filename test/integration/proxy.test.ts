@@ -341,6 +341,11 @@ describe('bodies and limits', () => {
 
   it('answers 414 for a long URL and 431 for large or many headers', async () => {
     expect((await get('/api/' + 'a'.repeat(3000))).status).toBe(414);
+    // maxUrlBytes (2048 here) is the request target's length: at the limit served, one byte over 414 (path alone, and path + ? + query).
+    expect((await get('/api/' + 'a'.repeat(2048 - 5))).status).not.toBe(414);
+    expect((await get('/api/' + 'a'.repeat(2048 - 4))).status).toBe(414);
+    expect((await get('/api/x?' + 'q'.repeat(2048 - 7))).status).not.toBe(414);
+    expect((await get('/api/x?' + 'q'.repeat(2048 - 6))).status).toBe(414);
     expect((await get('/api/x', { 'x-big': 'v'.repeat(9000) })).status).toBe(431);
     const many: Record<string, string> = {};
     for (let i = 0; i < 41; i++) many[`x-h${i}`] = '1';

@@ -606,8 +606,12 @@ describe('the strict limits\' Redis connection', () => {
       gw.proc.kill('SIGHUP');
       await expect.poll(() => gw.logs.slice(mark).some((l) => l.includes('"msg":"config reloaded"')), { timeout: 10_000 }).toBe(true);
       await expect.poll(async () => (await strictConnections()).sort(), { timeout: 5000 }).toEqual(['turnpike-strict-worker-0', 'turnpike-strict-worker-1']);
-      expect((await call(gw, '/strict')).status).toBe(200);
-      expect((await strictKeys(client, 'tp:')).length).toBe(1);
+      // A connection is listed by Redis a moment before the client counts it ready (until then a
+      // decision takes the store-down path, locally): the decisions reach Redis once it is.
+      await expect.poll(async () => {
+        expect((await call(gw, '/strict')).status).toBe(200);
+        return (await strictKeys(client, 'tp:')).length;
+      }, { timeout: 5000 }).toBe(1);
 
       // The same redis settings in the next config: the connections stay as they are.
       const ids = ((await client.client('LIST')) as string).split('\n').filter((l) => l.includes('name=turnpike-strict-')).map((l) => /id=(\d+)/.exec(l)![1]).sort();

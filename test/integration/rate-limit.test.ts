@@ -121,17 +121,25 @@ describe('one process, two workers: exact', () => {
     expect(workers.size, 'both workers served').toBe(2);
     // Windows are aligned on multiples of 250 ms of Unix time; map this clock to it.
     const offset = Date.now() - performance.now();
-    // An admission whose request was sent and answered within one window was
-    // decided in it (on a loaded machine an answer can come a window late: such
-    // an admission is not placed). At most 15 in any window.
-    const perWindow = new Map<number, number>();
-    for (const [sent, came] of spans) {
-      const w = Math.floor((sent + offset) / 250);
-      if (Math.floor((came + offset) / 250) !== w) continue;
-      perWindow.set(w, (perWindow.get(w) ?? 0) + 1);
+    // Each admission was decided somewhere between its send and its answer, so
+    // in one of the windows that interval touches. The limiter kept "at most 15
+    // per window" iff the admissions can be given windows within their
+    // intervals with at most 15 in each (earliest-deadline-first decides that
+    // exactly). Checked this way, an answer that comes a window late on a loaded
+    // machine is not a violation, and 16 decided inside one window is.
+    // The gateway's clock and this one are both Date.now() at a start plus a monotonic clock: they
+    // agree within ~2 ms (Date.now() is whole milliseconds); each interval is widened by 3 ms.
+    const intervals = spans
+      .map(([sent, came]) => [Math.floor((sent + offset - 3) / 250), Math.floor((came + offset + 3) / 250)] as const)
+      .sort((a, b) => a[0] - b[0]);
+    const open: number[] = []; // deadlines (last window) of admissions not yet given a window
+    let next = 0;
+    for (let w = intervals[0][0]; next < intervals.length || open.length > 0; w++) {
+      while (next < intervals.length && intervals[next][0] <= w) open.push(intervals[next++][1]);
+      open.sort((a, b) => a - b);
+      open.splice(0, 15);
+      expect(open.filter((deadline) => deadline <= w), `admissions that no window up to ${w} could hold`).toEqual([]);
     }
-    for (const [w, n] of perWindow) expect(n, `window ${w}`).toBeLessThanOrEqual(15);
-    expect([...perWindow.values()].reduce((a, b) => a + b, 0), 'admissions placed in their window').toBeGreaterThan(admitted.length / 2);
     // Offered far more than 15 per window for ~6 windows: every full window was used.
     expect(admitted.length).toBeGreaterThanOrEqual(15 * 5);
     expect(admitted.length).toBeLessThanOrEqual(15 * 8);

@@ -13,6 +13,7 @@ import { request } from 'undici';
 import { baseConfig, startGateway, type Gateway } from '../helpers/gateway.js';
 import { startUpstream, type Upstream } from '../helpers/upstream.js';
 import { Errors, errorBody } from '../../common/errors.js';
+import { freePort as deadPort } from '../helpers/ports.js';
 
 const TOKEN = 'resilience-test-token';
 const cleanup: (() => Promise<unknown>)[] = [];
@@ -44,15 +45,6 @@ async function upstreamsState(gw: Gateway): Promise<any[]> {
   const r = await request(`http://127.0.0.1:${gw.adminPort}/admin/upstreams?limit=100`, { headers: { authorization: `Bearer ${TOKEN}` } });
   expect(r.statusCode).toBe(200);
   return ((await r.body.json()) as any).items;
-}
-
-/** A port nothing listens on (connect refused). */
-async function deadPort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -565,7 +565,14 @@ class DocGen {
       targets.push(t);
     }
     const u: Obj = { targets: this.bad() ? r.pick<unknown>([[], 'http://127.0.0.1:1', null]) : targets };
-    if (r.chance(0.3)) u['balance'] = this.bad() ? 'weighted' : r.pick(['round_robin', 'least_conn', 'random', 'ip_hash']);
+    if (r.chance(0.3)) u['balance'] = this.bad() ? 'weighted' : r.pick(['round_robin', 'least_conn', 'random', 'ip_hash', 'consistent_hash', 'sticky']);
+    // Keyed balancers' settings: mostly with their balance; a bad document may set one without it (refused).
+    if (u['balance'] === 'consistent_hash' || this.bad(3)) {
+      if (r.chance(0.5)) u['hashOn'] = this.bad() ? r.pick(['query:id', 'header:', 'header:a b', 'cookie:a=b']) : r.pick(['ip', 'path', 'header:x-user-id', 'cookie:sid']);
+    }
+    if (u['balance'] === 'sticky' || this.bad(3)) {
+      if (r.chance(0.5)) u['sticky'] = { cookie: this.bad() ? 'a b' : r.pick(['tp_affinity', 'aff']), ttlMs: this.bad() ? 500 : r.pick<unknown>([0, 1000, '1h']) };
+    }
     if (r.chance(0.2)) u['pool'] = { maxConnections: this.bad() ? 0 : r.pick([1, 16, 256]), idleTimeoutMs: r.pick([1, 1000, 30000]), maxPending: r.pick([0, 10, 1024]) };
     if (r.chance(0.2)) u['timeouts'] = { connectMs: r.pick([1, 250, 1000]), responseMs: r.pick([1000, 15000]), idleMs: r.pick([1000, 30000]), totalMs: this.bad() ? -1 : r.pick([0, 60000]) };
     if (r.chance(0.15)) u['headers'] = this.headerPolicy();
@@ -618,7 +625,7 @@ class DocGen {
     const r = this.rng;
     if (this.bad(0.5)) {
       return r.pick<unknown>([
-        { rate: 0, per: '1s' }, { rate: 1, per: '1y' }, { rate: 1, per: '2d' }, { by: 'header:', rate: 1, per: '1s' }, { by: 'consumer', rate: 1, per: '1s' },
+        { rate: 0, per: '1s' }, { rate: 1, per: '1y' }, { rate: 1, per: '2d' }, { by: 'header:', rate: 1, per: '1s' },
         { quota: 5 }, { rate: 1, per: '1s', burst: 2, algorithm: 'fixed_window' }, { rate: 1 }, { rate: 1, per: '1s', scope: 'cluster' },
         { quota: 1, period: 'day', timeZone: 'Mars/Base' }, { rate: 1, per: '1s', mode: 'strict' }, 'x', 42, { by: 'query:', rate: 1, per: '1s' },
       ]);

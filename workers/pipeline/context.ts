@@ -40,8 +40,20 @@
  *    still completes on its own but tells no one.
  * A route whose policies never return PENDING pays nothing for this: the
  * transports test ctx.pending once per request that has policies.
+ *
+ * A decision that later policies depend on (authentication: a rate limit
+ * `by: consumer` needs the consumer) is `resumable`: when it goes PENDING
+ * the pipeline stops there and hands it the rest (`capture`): it copies what
+ * it needs of the request (the context is reused by the next request) and,
+ * once its own decision is taken, runs the remaining policies on its copy;
+ * one of those may go PENDING in turn (a strict rate limit), and the
+ * resumable decision settles when that one does. The transport sees a
+ * single pending decision either way.
  */
-import type { GatewayErrorDef } from '../../common/errors.js';
+import { Errors, type GatewayErrorDef } from '../../common/errors.js';
+
+/** headerOnce's answer for a field sent on more than one line (no header value holds a NUL). */
+export const REPEATED = '\u0000repeated';
 
 export const CONTINUE = 0;
 export const REFUSED = 1;
@@ -85,8 +97,12 @@ export abstract class PendingDecision implements PolicyOutcome {
   readonly responseHeaders: string[] = [];
   requestLines = '';
   refusedBy = '';
-  /** The longest this decision can take (ms), timeouts included: past it the transport gives up on it (503). */
+  /** The consumer an authentication decision found (RequestContext.consumerId), '' for none. */
+  consumerId = '';
+  /** The longest this decision can take (ms), timeouts included: past it the transport gives up on it (503 guardError). */
   readonly guardMs: number;
+  /** What the transport answers (503, Retry-After: 1) when it gives up on the decision at guardMs. */
+  guardError: GatewayErrorDef = Errors.RATE_LIMIT_STORE_UNAVAILABLE;
   private waiter: DecisionWaiter | null = null;
   private begun = false;
 
@@ -101,6 +117,16 @@ export abstract class PendingDecision implements PolicyOutcome {
     this.waiter = waiter;
     this.run();
   }
+
+  /** Later policies wait for this decision: the pipeline stops at it and calls `capture` (see the module comment). */
+  readonly resumable: boolean = false;
+
+  /**
+   * A resumable decision: the request's context as the handler had it (to
+   * copy from; it is reused once the handler returns), and the policies
+   * still to run after this decision: policies[from..].
+   */
+  capture(_ctx: RequestContext, _policies: readonly Policy[], _from: number): void {}
 
   /** The outcome is no longer wanted (the request ended); the decision completes unseen. */
   abandon(): void {
@@ -128,6 +154,8 @@ export class RequestContext implements PolicyOutcome {
   now = 0;
   routeId = '';
   routeSlot = 0;
+  /** Upper case. */
+  method = 'GET';
   /** The address the connection comes from. */
   clientIp = '';
   /** X-Forwarded-For as received (all lines joined), or null. */
@@ -145,6 +173,8 @@ export class RequestContext implements PolicyOutcome {
   refusedBy = '';
   /** Set with PENDING: the decision still to come (see the module comment). */
   pending: PendingDecision | null = null;
+  /** The authenticated consumer (auth policy), '' when none: rate limits `by: consumer`, the access log. */
+  consumerId = '';
 
   /**
    * Runs a route's policies in order for one request, with this context's
@@ -156,21 +186,32 @@ export class RequestContext implements PolicyOutcome {
    * still to come).
    */
   run(
-    policies: readonly Policy[], now: number, routeId: string, routeSlot: number,
+    policies: readonly Policy[], now: number, routeId: string, routeSlot: number, method: string,
     clientIp: string, xff: string | null, headers: readonly string[], query: string,
   ): number {
     this.reset();
     this.now = now;
     this.routeId = routeId;
     this.routeSlot = routeSlot;
+    this.method = method;
     this.clientIp = clientIp;
     this.xff = xff;
     this.headers = headers;
     this.query = query;
-    for (let i = 0; i < policies.length; i++) {
-      if (policies[i]!.onRequest(this) === REFUSED) {
+    return this.runFrom(policies, 0);
+  }
+
+  /** Runs policies[from..] on this context as it is (outputs kept): what `run` does after setting it up, and what a resumable decision does on its copy. */
+  runFrom(policies: readonly Policy[], from: number): number {
+    for (let i = from; i < policies.length; i++) {
+      const r = policies[i]!.onRequest(this);
+      if (r === REFUSED) {
         this.pending?.cancel();
         return REFUSED;
+      }
+      if (r === PENDING && this.pending!.resumable) {
+        this.pending!.capture(this, policies, i + 1);
+        return CONTINUE;
       }
     }
     return CONTINUE;
@@ -185,6 +226,7 @@ export class RequestContext implements PolicyOutcome {
     this.responseHeaders.length = 0;
     this.requestLines = '';
     this.refusedBy = '';
+    this.consumerId = '';
   }
 
   /**
@@ -201,6 +243,35 @@ export class RequestContext implements PolicyOutcome {
   }
 
   /**
+   * The value of a request header sent on exactly one line (lowercase
+   * name); null when absent, REPEATED when sent more than once. For fields
+   * that must be unambiguous (a credential, an Origin checked against a
+   * key's restrictions): a proxy in front and the gateway could otherwise
+   * read different lines, and the Bun backend sees them joined.
+   */
+  headerOnce(name: string): string | null {
+    const h = this.headers;
+    let found: string | null = null;
+    for (let i = 0; i < h.length; i += 2) {
+      if (h[i] !== name) continue;
+      if (found !== null) return REPEATED;
+      found = h[i + 1]!;
+    }
+    return found;
+  }
+
+  /** Whether query parameter `name` appears more than once (compared as queryParam does). */
+  queryRepeated(name: string): boolean {
+    const q = this.query;
+    let n = 0;
+    for (let at = 0; at <= q.length; at = param.end + 1) {
+      paramAt(q, at);
+      if (queryNameIs(q, at, param.nameEnd, name) && ++n > 1) return true;
+    }
+    return false;
+  }
+
+  /**
    * The first value of a query parameter, percent-decoded (`+` as space, as
    * forms send it), or null when absent. Undecodable escapes are kept as
    * sent. Decoding matters for keys: `%41` and `A` must be one client.
@@ -208,20 +279,36 @@ export class RequestContext implements PolicyOutcome {
   queryParam(name: string): string | null {
     const q = this.query;
     if (q === '') return null;
-    let at = 0;
-    while (at <= q.length) {
-      let end = q.indexOf('&', at);
-      if (end === -1) end = q.length;
-      const eq = q.indexOf('=', at);
-      const nameEnd = eq !== -1 && eq < end ? eq : end;
-      if (nameEnd - at === name.length && q.startsWith(name, at)) {
-        const raw = nameEnd === end ? '' : q.slice(nameEnd + 1, end);
-        return decodeQueryValue(raw);
-      }
-      at = end + 1;
+    for (let at = 0; at <= q.length; at = param.end + 1) {
+      paramAt(q, at);
+      const { nameEnd, end } = param;
+      if (queryNameIs(q, at, nameEnd, name)) return decodeQueryValue(nameEnd === end ? '' : q.slice(nameEnd + 1, end));
     }
     return null;
   }
+}
+
+/** Where the query parameter found by paramAt ends: its name at `nameEnd`, itself at `end` (one scratch object: no allocation). */
+export const param = { nameEnd: 0, end: 0 };
+
+/** The bounds of the query parameter starting at `at` (`&`-separated, `name[=value]`) into `param`. */
+export function paramAt(q: string, at: number): void {
+  let end = q.indexOf('&', at);
+  if (end === -1) end = q.length;
+  const eq = q.indexOf('=', at);
+  param.nameEnd = eq !== -1 && eq < end ? eq : end;
+  param.end = end;
+}
+
+/**
+ * Whether the parameter name q[at, end) is `name`: as sent, or once
+ * percent-decoded (`api%5Fkey` is `api_key`, as the upstream's framework
+ * will read it). The decoding runs only for a name holding `%` or `+`.
+ */
+export function queryNameIs(q: string, at: number, end: number, name: string): boolean {
+  if (end - at === name.length && q.startsWith(name, at)) return true;
+  const raw = q.slice(at, end);
+  return (raw.indexOf('%') !== -1 || raw.indexOf('+') !== -1) && decodeQueryValue(raw) === name;
 }
 
 function decodeQueryValue(raw: string): string {

@@ -110,6 +110,8 @@ export class UpstreamGuard {
   private rnd = (Math.random() * 0x7fffffff) | 1;
   /** Why the last `enter`/`choose` refused. */
   refusal: GatewayErrorDef = Errors.NO_HEALTHY_UPSTREAM;
+  /** The upstream has `retry` (the Bun backend looks up a retried request's tries: bun-retry.ts). */
+  readonly retrying: boolean;
 
   constructor(u: UpstreamConfig, pools: TargetPool[], targetSlots: ReadonlyMap<string, number> | null, env: ResilienceEnv | null) {
     const uslot = env?.upstreamSlots.get(u.name) ?? 0;
@@ -136,6 +138,7 @@ export class UpstreamGuard {
       });
     }
     this.clockOffset = env?.clockOffset ?? 0;
+    this.retrying = u.retry != null;
     this.pools = pools;
     this.cells = pools.map((p) => p.stateCell);
     this.workers = shareable ? Math.max(1, Atomics.load(this.state, HD_WORKERS)) : 1;
@@ -232,6 +235,27 @@ export class UpstreamGuard {
     }
     this.refusal = breakerRefused === n ? Errors.CIRCUIT_OPEN : Errors.NO_HEALTHY_UPSTREAM;
     return null;
+  }
+
+  /**
+   * `choose` for a retry: the first target from `first` on that was not
+   * tried yet and may take the request; none: `choose(first, now)` (a tried
+   * one, when it may). Only called when a try failed.
+   */
+  chooseUntried(first: number, now: number, tried: readonly TargetPool[]): TargetPool | null {
+    const s = this.state;
+    const pools = this.pools;
+    const n = pools.length;
+    for (let k = 0, i = first; k < n; k++, i = i + 1 === n ? 0 : i + 1) {
+      const pool = pools[i]!;
+      if (tried.includes(pool) || availability(s, pool.stateCell, this.probes, now) !== AVAILABLE) continue;
+      const r = acquire(s, pool.stateCell, this.settings, now);
+      if (r < 0) continue;
+      this.probe = r === 1;
+      s[this.own + pool.flightSlot]!++;
+      return pool;
+    }
+    return this.choose(first, now);
   }
 
   /**

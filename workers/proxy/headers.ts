@@ -67,9 +67,10 @@ function mergeRules(levels: readonly HeaderRules[]): { removed: Set<string>; fin
   return { removed, final };
 }
 
-export function compileRequestPlan(policies: readonly HeaderPolicy[], requestIdHeader: string): RequestPlan {
+/** `alsoDrop`: lowercase names the policies own (identity headers, an auth route's credential headers). */
+export function compileRequestPlan(policies: readonly HeaderPolicy[], requestIdHeader: string, alsoDrop: readonly string[] = []): RequestPlan {
   const { removed, final } = mergeRules(policies.map((p) => p.request));
-  const drop = new Set<string>([...HOP_BY_HOP, ...REQUEST_MANAGED, requestIdHeader, ...removed]);
+  const drop = new Set<string>([...HOP_BY_HOP, ...REQUEST_MANAGED, requestIdHeader, ...removed, ...alsoDrop]);
   let extraLines = '';
   for (const [name, values] of final) for (const v of values) extraLines += `${name}: ${v}\r\n`;
   // The request head is written as latin1 (one char = one byte); a configured

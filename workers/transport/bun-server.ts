@@ -37,8 +37,10 @@
  *  - fetch() refuses a body on GET/HEAD: such a request is refused (400)
  *    rather than forwarded without its body.
  */
+import { stripQueryParams } from '../policies/auth/index.js';
 import type { Fallback, UpstreamGuard } from '../proxy/guard.js';
 import type { TargetPool } from '../proxy/upstream-pool.js';
+import { type UpstreamRuntime, withStickyCookie } from '../proxy/balancer.js';
 import { Errors, errorBody, errorBodyWith, type GatewayErrorDef } from '../../common/errors.js';
 import { log } from '../../common/log.js';
 import { DURATION_BUCKETS, G_IN_FLIGHT, T_LATENCY, methodIndex, observe } from '../../common/metrics-layout.js';
@@ -54,6 +56,9 @@ import {
 import { C_DRAINING } from '../../common/protocol.js';
 import { entry, resetEntry } from '../access-log.js';
 import { coarse } from '../proxy/timers.js';
+import { R_CONNECT_FAILURE, R_RESET, R_TIMEOUT, RETRY_BODY_MAX_BYTES, RetryPolicy } from '../proxy/retry.js';
+import { WS_NOT_IMPLEMENTED, isWebSocketUpgrade, wsSettings } from './websocket/settings.js';
+import { BunRetry, RETRIED } from './bun-retry.js';
 import { CONTINUE, REFUSED, RequestContext, type PendingDecision } from '../pipeline/context.js';
 
 /** The pipeline's context, reused for every request of this thread (workers/pipeline/context.ts). */
@@ -76,6 +81,8 @@ interface AccessInfo {
   bytesReceived: number;
   userAgent: string;
   referer: string;
+  /** The consumer the route's auth found ('' for none). */
+  consumer: string;
 }
 
 declare const Bun: any;
@@ -93,6 +100,7 @@ function accessInfo(req: Request, server: any, t0: number, requestId: string, me
     bytesReceived: contentLength,
     userAgent: h.get('user-agent') ?? '',
     referer: h.get('referer') ?? '',
+    consumer: '',
   };
 }
 
@@ -179,6 +187,12 @@ function latin1Extra(extra: readonly string[]): readonly string[] {
 /** A request body over its route's limit: the counting stream errors with this. */
 class BodyTooLarge extends Error {}
 
+/** The next try's request on `next` (a retry): its URL, Host (unless the route keeps the client's), target and metrics cells. */
+function retarget(next: TargetPool, url: string, headers: Headers, preserveHost: boolean): { url: string; target: string; targetCells: number } {
+  if (!preserveHost) headers.set('host', next.hostHeader);
+  return { url: 'http://' + next.hostHeader + url.slice(url.indexOf('/', 7)), target: next.target.url, targetCells: next.metricsBase };
+}
+
 /**
  * The upstream admission of a request (workers/proxy/guard.ts), given back
  * once its response head is ready. Bun's fetch hides which failure it was,
@@ -196,7 +210,10 @@ async function settleAdmission(answer: Promise<Response>, guard: UpstreamGuard, 
     throw err;
   }
   const now = performance.now();
-  guard.finish(pool, probe, '', r.status, now - t, now);
+  // A retried request: each of its tries given back with its own outcome (bun-retry.ts).
+  const retried = guard.retrying ? RETRIED.get(r) : undefined;
+  if (retried !== undefined) retried.settle(guard, probe, r.status, now);
+  else guard.finish(pool, probe, '', r.status, now - t, now);
   return r;
 }
 
@@ -304,7 +321,10 @@ export class BunServer implements Backend {
     this.dp = dp;
     // Bun's fetch pools upstream connections itself; only what the old
     // config's policies hold (a strict limits' Redis connection) is let go.
-    if (old !== dp) old.releasePolicies();
+    if (old !== dp) {
+      old.handOver(dp);
+      old.releasePolicies();
+    }
   }
 
   stopListening(): void {
@@ -385,7 +405,7 @@ export class BunServer implements Backend {
   /** The access log line of a request (no-op when the access log is off). */
   private logAnswer(
     info: AccessInfo | null, status: number, route: string | null, upstream: string, target: string, error: string, upstreamMs: number,
-    bytesSent: number,
+    bytesSent: number, retries = 0,
   ): void {
     const access = this.opts.logs.access;
     if (info === null || access === null) return;
@@ -407,6 +427,8 @@ export class BunServer implements Backend {
     e.upstream = upstream;
     e.target = target;
     e.error = error;
+    e.retries = retries;
+    e.consumer = info.consumer;
     e.userAgent = info.userAgent;
     e.referer = info.referer;
     access.write();
@@ -491,10 +513,11 @@ export class BunServer implements Backend {
     const info = this.opts.logs.access === null ? null : accessInfo(req, server, t0, requestId, method, contentLength);
     const reject = (
       e: GatewayErrorDef, closeIt: boolean, slot = 0, allow: string | null = null, extra: string[] | null = null, message: string | null = null,
+      upstreamName = '',
     ): Response => {
       const bytes = gatewayErrorBytes(e, requestId, isHead, message);
       this.count(e, slot, mIdx, t0, -1, bytes);
-      this.logAnswer(info, e.status, slot === 0 ? null : route0(this.dp, slot), '', '', e.code, -1, bytes);
+      this.logAnswer(info, e.status, slot === 0 ? null : route0(this.dp, slot), upstreamName, '', e.code, -1, bytes);
       return this.errorResponse(e, requestId, isHead, closeIt, allow, extra, message);
     };
 
@@ -527,7 +550,12 @@ export class BunServer implements Backend {
     const m = dp.router.find(method, normalizeHost(hostHeader), path, flat, query);
     if (m === null) return reject(Errors.ROUTE_NOT_FOUND, close);
     if (m.kind !== MATCH_FOUND) return reject(Errors.METHOD_NOT_ALLOWED, close, 0, m.allow);
-    const route = m.data!;
+    let route = m.data!; // a split route: the branch of the chosen upstream, below
+    // WebSockets are not proxied on Bun yet: an upgrade the route would proxy is refused, not sent as plain HTTP.
+    if (method === 'GET') {
+      const up = h.get('upgrade');
+      if (up !== null && isWebSocketUpgrade(up) && wsSettings(dp, route) !== null) return reject(Errors.NOT_IMPLEMENTED, close, route.slot, null, null, WS_NOT_IMPLEMENTED);
+    }
     // Refused before reading a byte of it (Bun has already sent `100 Continue` to an Expect).
     if (bodyMode === BODY_LENGTH && contentLength > route.maxBodyBytes) return reject(Errors.BODY_TOO_LARGE, close, route.slot);
     // Bun's fetch cannot send a GET or HEAD body: refused rather than forwarded without it.
@@ -544,7 +572,9 @@ export class BunServer implements Backend {
     let pending: PendingDecision | null = null;
     if (policies !== null) {
       const ctx = pctx;
-      if (ctx.run(policies, t0 + this.opts.clockOffset, route.id, route.slot, clientIp, xff, flat, query) === REFUSED) {
+      const verdict = ctx.run(policies, t0 + this.opts.clockOffset, route.id, route.slot, method, clientIp, xff, flat, query);
+      if (info !== null) info.consumer = ctx.consumerId;
+      if (verdict === REFUSED) {
         return reject(ctx.refusal!, close, route.slot, null, ctx.refusalHeaders.slice(), ctx.refusalMessage);
       }
       if (ctx.responseHeaders.length !== 0) policyHeaders = ctx.responseHeaders.slice();
@@ -556,24 +586,29 @@ export class BunServer implements Backend {
     const upstreamPath = route.rewrite !== null
       ? route.rewrite(path, m.paramNames, m.params)
       : route.forwardOriginalPath ? rawPath : path;
+    // A traffic split (workers/proxy/split.ts): the chosen upstream's context drives everything from here.
+    if (route.split !== null) route = route.split.choose(flat, clientIp, path);
     const upstream = route.upstream;
     const guard = upstream.guard;
     let pool: TargetPool;
     if (guard === null) {
-      pool = upstream.pick(clientIp);
+      pool = upstream.pick(clientIp, flat, path);
     } else {
       // Breakers, health, ejection, maxInFlight (workers/proxy/guard.ts); given back when the response is ready.
-      const admitted = upstream.admit(clientIp, t0 + this.opts.clockOffset);
+      const admitted = upstream.admit(clientIp, t0 + this.opts.clockOffset, flat, path);
       if (admitted === null) {
         pending?.cancel();
         const fb = guard.fallback;
-        if (fb === null || guard.refusal !== Errors.CIRCUIT_OPEN) return reject(guard.refusal, close, route.slot);
+        // Logged with the upstream that refused (a split route's branch, say).
+        if (fb === null || guard.refusal !== Errors.CIRCUIT_OPEN) return reject(guard.refusal, close, route.slot, null, null, null, upstream.name);
         this.count(fb.def, route.slot, mIdx, t0, -1, isHead ? 0 : fb.body.length);
-        this.logAnswer(info, fb.status, route.id, '', '', fb.def.code, -1, isHead ? 0 : fb.body.length);
+        this.logAnswer(info, fb.status, route.id, upstream.name, '', fb.def.code, -1, isHead ? 0 : fb.body.length);
         return fallbackResponse(fb, this.dp.config.server.requestIdHeader, requestId, isHead, close);
       }
       pool = admitted;
     }
+    // balance: sticky: the affinity cookie, on the upstream's response only (never on a gateway error).
+    if (upstream.setCookie !== null) (policyHeaders ??= []).push('set-cookie', upstream.setCookie);
     const headers = new Headers();
     const drop = route.requestPlan.drop;
     const listed = conn !== null ? connectionListed(conn) : null;
@@ -611,28 +646,30 @@ export class BunServer implements Backend {
     } else if (bodyMode === BODY_CHUNKED && req.body !== null) {
       body = limitedBody(req.body, route.maxBodyBytes);
     }
-    const url = `http://${pool.hostHeader}${query === '' ? upstreamPath : `${upstreamPath}?${query}`}`;
+    // An auth route's key in the query (identity.keys.sources) is not forwarded.
+    const fq = route.stripQuery === null || query === '' ? query : stripQueryParams(query, route.stripQuery);
+    const url = `http://${pool.hostHeader}${fq === '' ? upstreamPath : `${upstreamPath}?${fq}`}`;
     const testThrow = TEST_HOOKS && h.get(TEST_THROW_HEADER) === 'upstream';
     if (guard !== null) {
       const answer = pending !== null
         ? this.decideThenProxy(
-          pending, reject, req, server, route, url, method, mIdx, isHead, requestId, headers, body, clientClose, close, t0, testThrow, info, pool.target.url,
+          pending, reject, req, server, route, upstream, url, method, mIdx, isHead, requestId, headers, body, clientClose, close, t0, testThrow, info, pool.target.url,
           pool.metricsBase, policyHeaders,
         )
         : this.proxy(
-          req, server, route, url, method, mIdx, isHead, requestId, headers, body, clientClose, close, t0, testThrow, info, pool.target.url, pool.metricsBase,
+          req, server, route, upstream, url, method, mIdx, isHead, requestId, headers, body, clientClose, close, t0, testThrow, info, pool.target.url, pool.metricsBase,
           policyHeaders,
         );
       return settleAdmission(answer, guard, pool, guard.probe, performance.now());
     }
     if (pending !== null) {
       return this.decideThenProxy(
-        pending, reject, req, server, route, url, method, mIdx, isHead, requestId, headers, body, clientClose, close, t0, testThrow, info, pool.target.url,
+        pending, reject, req, server, route, upstream, url, method, mIdx, isHead, requestId, headers, body, clientClose, close, t0, testThrow, info, pool.target.url,
         pool.metricsBase, policyHeaders,
       );
     }
     return this.proxy(
-      req, server, route, url, method, mIdx, isHead, requestId, headers, body, clientClose, close, t0, testThrow, info, pool.target.url, pool.metricsBase,
+      req, server, route, upstream, url, method, mIdx, isHead, requestId, headers, body, clientClose, close, t0, testThrow, info, pool.target.url, pool.metricsBase,
       policyHeaders,
     );
   }
@@ -650,7 +687,7 @@ export class BunServer implements Backend {
   private async decideThenProxy(
     d: PendingDecision,
     reject: (e: GatewayErrorDef, closeIt: boolean, slot?: number, allow?: string | null, extra?: string[] | null, message?: string | null) => Response,
-    req: Request, server: any, route: RouteContext, url: string, method: string, mIdx: number, isHead: boolean,
+    req: Request, server: any, route: RouteContext, upstream: UpstreamRuntime, url: string, method: string, mIdx: number, isHead: boolean,
     requestId: string, headers: Headers, body: ReadableStream<Uint8Array> | null, clientClose: boolean, close: boolean, t0: number,
     testThrow: boolean, info: AccessInfo | null, target: string, targetCells: number, policyHeaders: string[] | null,
   ): Promise<Response> {
@@ -672,7 +709,8 @@ export class BunServer implements Backend {
       this.inFlight--;
       cells[G_IN_FLIGHT]!--;
     }
-    if (outcome === null) return reject(Errors.RATE_LIMIT_STORE_UNAVAILABLE, close, route.slot, null, ['retry-after', '1'], null);
+    if (outcome === null) return reject(d.guardError, close, route.slot, null, ['retry-after', '1'], null);
+    if (info !== null && outcome.consumerId !== '') info.consumer = outcome.consumerId;
     if (outcome.result !== CONTINUE) {
       const e = outcome.refusal!;
       return reject(e, close || e === Errors.INTERNAL, route.slot, null, outcome.refusalHeaders, outcome.refusalMessage);
@@ -692,7 +730,7 @@ export class BunServer implements Backend {
     const extra = outcome.responseHeaders;
     const allHeaders = extra.length === 0 ? policyHeaders : policyHeaders === null ? extra : policyHeaders.concat(extra);
     return this.proxy(
-      req, server, route, url, method, mIdx, isHead, requestId, headers, body, clientClose, close, t0, testThrow, info, target, targetCells, allHeaders,
+      req, server, route, upstream, url, method, mIdx, isHead, requestId, headers, body, clientClose, close, t0, testThrow, info, target, targetCells, allHeaders,
     );
   }
 
@@ -703,18 +741,21 @@ export class BunServer implements Backend {
    * the client asked to close after the response.
    */
   private async proxy(
-    req: Request, server: any, route: RouteContext, url: string, method: string, mIdx: number, isHead: boolean,
+    req: Request, server: any, route: RouteContext, upstream: UpstreamRuntime, url: string, method: string, mIdx: number, isHead: boolean,
     requestId: string, headers: Headers, body: ReadableStream<Uint8Array> | null, clientClose: boolean, close: boolean, t0: number,
     testThrow: boolean, info: AccessInfo | null, target: string, targetCells: number, policyHeaders: string[] | null,
   ): Promise<Response> {
     const ridName = this.dp.config.server.requestIdHeader;
-    const t = route.upstream.config.timeouts;
+    const t = upstream.config.timeouts;
     const cells = this.opts.metrics;
     const metricsOn = this.dp.config.metrics.enabled;
     this.inFlight++;
     cells[G_IN_FLIGHT]!++;
     let counted = true;
     let upBody: ReadableStream<Uint8Array> | null = null;
+    /** This request's retries (bun-retry.ts), made at its first failed try; null: none. */
+    let retry: BunRetry | null = null;
+    let tSent = 0;
     const done = (): void => {
       if (!counted) return;
       counted = false;
@@ -728,54 +769,110 @@ export class BunServer implements Backend {
       // connection with no answer: it is set long enough for every
       // upstream at listen; a config reloaded with longer timeouts raises
       // it for this request (head budget, then idleMs for the body).
-      const headBudget = t.connectMs + t.responseMs;
+      // With `retry`, its per-try timeout (perTryTimeoutMs, else responseMs: retry.ts tryTimeoutMs).
+      const policy = upstream.retry;
+      const headBudget = t.connectMs + (policy === null ? t.responseMs : policy.tryTimeoutMs);
       const headS = headWaitSeconds(t);
       const raised = headS > this.idleS;
       if (raised) server.timeout(req, headS > BUN_MAX_IDLE_S ? 0 : headS);
-      const ac = new AbortController();
-      const timer = setTimeout(abortUpstream, headBudget, ac);
-      this.fetching.add(ac);
-      const tSent = performance.now();
-      let up: Response;
-      try {
-        // Bun's fetch sends a request again on a fresh connection when a
-        // reused one dies under it only for idempotent methods (GET, HEAD,
-        // PUT, DELETE...): a POST or PATCH fails instead (502).
-        up = await fetch(url, {
-          method,
-          headers,
-          body,
-          redirect: 'manual',
-          decompress: false,
-          keepalive: true,
-          signal: ac.signal,
-          duplex: 'half', // stream the request body
-        } as RequestInit);
-      } catch (err) {
-        done();
-        const code = (err as { code?: string }).code ?? '';
-        let e: GatewayErrorDef = Errors.UPSTREAM_RESET;
-        const shutdown = ac.signal.aborted && ac.signal.reason === SHUTDOWN;
-        if (err instanceof BodyTooLarge || (err as { cause?: unknown }).cause instanceof BodyTooLarge) e = Errors.BODY_TOO_LARGE;
-        else if (shutdown) e = Errors.SHUTTING_DOWN;
-        else if (ac.signal.aborted) e = Errors.UPSTREAM_TIMEOUT;
-        else if (code === 'ConnectionRefused' || code === 'ECONNREFUSED' || code === 'FailedToOpenSocket') e = Errors.UPSTREAM_CONNECT_FAILED;
-        else if (code.startsWith('Invalid') || code.startsWith('Malformed')) e = Errors.UPSTREAM_BAD_RESPONSE;
-        const message = shutdown ? SHUTDOWN_MESSAGE : null;
-        const bytes = gatewayErrorBytes(e, requestId, isHead, message);
-        this.count(e, route.slot, mIdx, t0, targetCells, bytes);
-        if (e.status >= 500) {
-          this.opts.logs.errors.report({
-            requestId, route: route.id, upstream: route.upstream.config.name, target,
-            phase: e === Errors.UPSTREAM_CONNECT_FAILED ? 'connect' : 'head', code: e.code, status: e.status,
-            detail: shutdown ? 'server.drainTimeoutMs ran out' : ac.signal.aborted ? 'response timeout' : code !== '' ? code : (err as Error).message ?? '',
-          }, coarse.now);
+      // Retries (workers/proxy/retry.ts): a body only whole, with a Content-Length within RETRY_BODY_MAX_BYTES, read before the first try.
+      let retryable = false;
+      let sendBody: ReadableStream<Uint8Array> | Uint8Array | null = body;
+      if (policy !== null) {
+        policy.countRequest();
+        retryable = policy.attempts > 0 && policy.allows(method, route.retryMethods);
+        if (retryable && body !== null) {
+          const cl = headers.get('content-length');
+          if (cl === null || Number(cl) > RETRY_BODY_MAX_BYTES) {
+            retryable = false;
+          } else {
+            try {
+              sendBody = new Uint8Array(await new Response(body).arrayBuffer());
+            } catch {
+              // The client left before its body was whole: nothing to proxy for (Bun drops this answer).
+              done();
+              this.logAnswer(info, 499, route.id, '', '', 'client_aborted', -1, 0);
+              return new Response(null, { status: 499 });
+            }
+          }
         }
-        this.logAnswer(info, e.status, route.id, route.upstream.config.name, target, e.code, -1, bytes);
-        return this.errorResponse(e, requestId, isHead, close || shutdown, null, null, message);
-      } finally {
-        clearTimeout(timer);
-        this.fetching.delete(ac);
+      }
+      let up!: Response;
+      for (;;) {
+        const ac = new AbortController();
+        const timer = setTimeout(abortUpstream, headBudget, ac);
+        this.fetching.add(ac);
+        tSent = performance.now();
+        try {
+          // Bun's fetch sends a request again on a fresh connection when a
+          // reused one dies under it only for idempotent methods (GET, HEAD,
+          // PUT, DELETE...): a POST or PATCH fails instead (502).
+          up = await fetch(url, {
+            method,
+            headers,
+            body: sendBody,
+            redirect: 'manual',
+            decompress: false,
+            keepalive: true,
+            signal: ac.signal,
+            duplex: 'half', // stream the request body
+          } as RequestInit);
+        } catch (err) {
+          const code = (err as { code?: string }).code ?? '';
+          let e: GatewayErrorDef = Errors.UPSTREAM_RESET;
+          const shutdown = ac.signal.aborted && ac.signal.reason === SHUTDOWN;
+          if (err instanceof BodyTooLarge || (err as { cause?: unknown }).cause instanceof BodyTooLarge) e = Errors.BODY_TOO_LARGE;
+          else if (shutdown) e = Errors.SHUTTING_DOWN;
+          else if (ac.signal.aborted) e = Errors.UPSTREAM_TIMEOUT;
+          else if (code === 'ConnectionRefused' || code === 'ECONNREFUSED' || code === 'FailedToOpenSocket') e = Errors.UPSTREAM_CONNECT_FAILED;
+          else if (code.startsWith('Invalid') || code.startsWith('Malformed')) e = Errors.UPSTREAM_BAD_RESPONSE;
+          if (retryable) {
+            // Bun's fetch tells a refused connection, a timeout (ours: connect and head share it) and anything else (a reset).
+            const reason = e === Errors.UPSTREAM_CONNECT_FAILED ? R_CONNECT_FAILURE : e === Errors.UPSTREAM_TIMEOUT ? R_TIMEOUT : e === Errors.UPSTREAM_RESET ? R_RESET : -1;
+            if (reason >= 0 && policy!.retriesOn(reason)) {
+              retry ??= new BunRetry(policy!, upstream, poolOf(upstream, target));
+              const detail = e === Errors.UPSTREAM_TIMEOUT ? 'response timeout' : code !== '' ? code : (err as Error).message ?? '';
+              const wait = this.retryNext(retry, req, t0, t.totalMs, reason, e.code, e.status, -1, requestId, route.id, target, detail);
+              if (wait >= 0) {
+                clearTimeout(timer);
+                if (wait > 0) await sleep(wait);
+                ({ url, target, targetCells } = retarget(retry.current, url, headers, route.preserveHost));
+                continue;
+              }
+            }
+          }
+          done();
+          const message = shutdown ? SHUTDOWN_MESSAGE : null;
+          const bytes = gatewayErrorBytes(e, requestId, isHead, message);
+          this.count(e, route.slot, mIdx, t0, targetCells, bytes);
+          if (e.status >= 500) {
+            this.opts.logs.errors.report({
+              requestId, route: route.id, upstream: upstream.config.name, target,
+              phase: e === Errors.UPSTREAM_CONNECT_FAILED ? 'connect' : 'head', code: e.code, status: e.status,
+              detail: shutdown ? 'server.drainTimeoutMs ran out' : ac.signal.aborted ? 'response timeout' : code !== '' ? code : (err as Error).message ?? '',
+            }, coarse.now);
+          }
+          this.logAnswer(info, e.status, route.id, upstream.config.name, target, e.code, -1, bytes, retry === null ? 0 : retry.tries);
+          return this.settleRetries(retry, tSent, this.errorResponse(e, requestId, isHead, close || shutdown, null, null, message));
+        } finally {
+          clearTimeout(timer);
+          this.fetching.delete(ac);
+        }
+        if (retryable && policy!.retriesStatus(up.status)) {
+          // A listed 5xx: dropped (its body cancelled, its connection not reused) and tried again.
+          retry ??= new BunRetry(policy!, upstream, poolOf(upstream, target));
+          const wait = this.retryNext(
+            retry, req, t0, t.totalMs, RetryPolicy.statusReason(up.status), 'upstream_status', up.status, performance.now() - tSent, requestId, route.id, target,
+            'status ' + up.status,
+          );
+          if (wait >= 0) {
+            up.body?.cancel().catch(() => {});
+            if (wait > 0) await sleep(wait);
+            ({ url, target, targetCells } = retarget(retry.current, url, headers, route.preserveHost));
+            continue;
+          }
+        }
+        break;
       }
       upBody = up.body;
       const bodyS = Math.min(Math.ceil(t.idleMs / 1000), BUN_MAX_IDLE_S);
@@ -809,6 +906,11 @@ export class BunServer implements Backend {
         const vals = latin1Extra(extra);
         for (let i = 0; i < vals.length; i += 2) out.append(vals[i]!, vals[i + 1]!);
       }
+      if (retry !== null && retry.tries > 0) {
+        // balance: sticky: the cookie names the target that answered.
+        const sticky = upstream.stickyCookie(retry.current);
+        if (sticky !== null) policyHeaders = withStickyCookie(policyHeaders, sticky);
+      }
       if (policyHeaders !== null) for (let i = 0; i < policyHeaders.length; i += 2) out.append(policyHeaders[i]!, policyHeaders[i + 1]!);
       const status = up.status;
       const noBody = isHead || status === 204 || status === 304;
@@ -830,13 +932,61 @@ export class BunServer implements Backend {
         recordRequest(cells, this.opts.latency, route.slot, mIdx, status, performance.now() - t0, targetCells);
         recordSizes(cells, route.slot, info?.bytesReceived ?? 0, sent);
       }
-      if (info !== null) this.logAnswer(info, status, route.id, route.upstream.config.name, target, '', upMs, sent);
-      return new Response(noBody ? null : up.body, { status, statusText: up.statusText, headers: out });
+      if (info !== null) this.logAnswer(info, status, route.id, upstream.config.name, target, '', upMs, sent, retry === null ? 0 : retry.tries);
+      return this.settleRetries(retry, tSent, new Response(noBody ? null : up.body, { status, statusText: up.statusText, headers: out }));
     } catch (err) {
       done();
       // The upstream connection is not left holding an unread body.
       upBody?.cancel().catch(() => {});
-      return this.internalError(err, requestId, mIdx, isHead, t0, info, route.slot, route.id);
+      return this.settleRetries(retry, tSent, this.internalError(err, requestId, mIdx, isHead, t0, info, route.slot, route.id));
     }
   }
+
+  /**
+   * After a failed try (retryable method and body, listed condition
+   * `reason`): the backoff wait before the next try (ms), its target in
+   * `r.current`, or -1: the failure stands (attempts used, the client gone,
+   * past timeouts.totalMs, the budget used up: counted, or no target may
+   * take it). A retry is counted by reason and the failed try logged as an
+   * error line (`code`, `status`, `detail`) with its target.
+   */
+  private retryNext(
+    r: BunRetry, req: Request, t0: number, totalMs: number, reason: number, code: string, status: number, headMs: number,
+    requestId: string, routeId: string, target: string, detail: string,
+  ): number {
+    const p = r.policy;
+    if (r.tries >= p.attempts || (req as { signal?: AbortSignal }).signal?.aborted === true) return -1;
+    const now = performance.now();
+    const wait = p.backoff(r.tries + 1);
+    if (totalMs > 0 && now + wait >= t0 + totalMs) return -1;
+    if (!p.take(now)) return -1;
+    if (r.next(code, status, headMs) === null) {
+      p.giveBack();
+      return -1;
+    }
+    p.count(reason);
+    this.opts.logs.errors.report({
+      requestId, route: routeId, upstream: r.upstreamName, target, phase: reason === R_CONNECT_FAILURE ? 'connect' : 'head', code, status,
+      detail: `${detail}; retrying (try ${r.tries} of ${p.attempts + 1} failed)`,
+    }, coarse.now);
+    return wait;
+  }
+
+  /** A response of a request that was retried on a guarded upstream: its tries are given back by settleAdmission (bun-retry.ts RETRIED). */
+  private settleRetries(r: BunRetry | null, tSent: number, res: Response): Response {
+    if (r !== null && r.tries > 0 && r.guarded) {
+      r.tSent = tSent;
+      RETRIED.set(res, r);
+    }
+    return res;
+  }
+}
+
+/** The pool of a target URL (the first failed try's, found once a retry is considered). */
+function poolOf(upstream: UpstreamRuntime, target: string): TargetPool {
+  return upstream.pools.find((p) => p.target.url === target) ?? upstream.pools[0]!;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }

@@ -15,6 +15,14 @@
  * and at any point: client aborted (onAborted), upstream broke (502 before
  * the head, a closed client connection after it: never a clean short 200),
  * or a deadline passed (504 before the head).
+ * With the upstream's `retry` (workers/proxy/retry.ts), a try that failed
+ * before anything reached the client (connect failure, reset or timeout
+ * before the head, or a listed 5xx head, dropped unwritten) may be retried:
+ *   retryTry()         the failed try given back to the breaker and logged,
+ *                      the budget taken, the next target admitted (an
+ *                      untried one first); after the backoff wait:
+ *   nextTry()          as start(), on the new target; a body goes again from
+ *                      the chunks kept (at most RETRY_BODY_MAX_BYTES).
  *
  * uWS rules honoured here (ENVIRONMENT.md): onAborted is attached before any
  * asynchronous step; every write from outside a uWS callback is corked; an
@@ -27,6 +35,8 @@ import { DURATION_BUCKETS, G_IN_FLIGHT, T_LATENCY, observe } from '../../common/
 import { countError, recordRequest, recordSizes } from '../request-metrics.js';
 import type { RouteContext } from '../dataplane.js';
 import type { LatencyRecorder } from '../latency.js';
+import { type UpstreamRuntime, withStickyCookie } from '../proxy/balancer.js';
+import { R_CONNECT_FAILURE, R_RESET, R_TIMEOUT, RETRY_BODY_MAX_BYTES, RetryPolicy } from '../proxy/retry.js';
 import { connectionListed } from '../proxy/headers.js';
 import { BODY_CHUNKED, BODY_LENGTH, BODY_NONE, ParseError, type ResponseSink } from '../proxy/http1-parser.js';
 import { coarse, type TimerList, type Timed } from '../proxy/timers.js';
@@ -50,7 +60,12 @@ const PHASE_HEAD = 3;
 const PHASE_BODY = 4;
 /** Waiting for a policy's pending decision (no upstream yet). */
 const PHASE_DECIDE = 5;
-const PHASE_NAMES: readonly Phase[] = ['connect', 'connect', 'send', 'head', 'body', 'gateway'];
+/** Waiting out the backoff before a retry (retryTry). */
+const PHASE_BACKOFF = 6;
+const PHASE_NAMES: readonly Phase[] = ['connect', 'connect', 'send', 'head', 'body', 'gateway', 'connect'];
+
+/** Takes the rest of a response dropped for a status retry (its connection is closed right after). */
+const DISCARD: ResponseSink = { onResponseHead() {}, onResponseData() {}, onResponseEnd() {} };
 
 /**
  * Request body bytes queued while a decision is pending before the client
@@ -127,6 +142,19 @@ function settleScratch(conn: Connection): void {
   if (conn.socket.writableLength !== 0) scratch = null;
 }
 
+/**
+ * Request bodies kept for a retry (retry on, a retried method, at most
+ * RETRY_BODY_MAX_BYTES) are copied into one buffer of that size per
+ * exchange, taken from this thread's free list and given back when the
+ * exchange completes (unless a socket may still be writing from it): a
+ * fresh Buffer per chunk costs an allocation of external memory each and
+ * the GC work that follows (5x the copy itself for 16 KiB chunks: bench/
+ * retry-micro.mjs), as the scratch buffer above explains.
+ */
+const keptFree: Buffer[] = [];
+/** Free kept-body buffers held per thread at most (64 x 64 KiB = 4 MiB). */
+const KEPT_FREE_MAX = 64;
+
 let corkEx: Exchange | null = null;
 let corkN = 0;
 function corkedRead(): void {
@@ -138,6 +166,12 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
   res: any;
   readonly env: ExchangeEnv;
   readonly route: RouteContext;
+  /**
+   * The upstream this request goes to (the route's, or the one its traffic
+   * split chose); a retry moves it to the runtime of the running config
+   * when a reload or a discovery update replaced it (UpstreamRuntime.latest).
+   */
+  upstream: UpstreamRuntime;
   readonly method: string;
   readonly isHead: boolean;
   readonly requestId: string;
@@ -186,6 +220,27 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
   finished = false;
   /** Test hook (TURNPIKE_TEST_HOOKS=1 only): throw when the response head arrives. */
   testThrow = false;
+  // --- retries (workers/proxy/retry.ts)
+  /** The upstream's retry policy when this request's method may be retried, else null (nothing more is paid). */
+  private readonly retry: RetryPolicy | null;
+  /** From request sent to response head, per try (ms): the retry's perTryTimeoutMs, else timeouts.responseMs. */
+  private readonly responseMs: number;
+  /** Retries made. */
+  retries = 0;
+  /** The authenticated consumer (routes with auth), for the access log; '' for none. */
+  consumer = '';
+  /** Targets tried (a retry prefers another), or null: no retry yet. */
+  private tried: TargetPool[] | null = null;
+  /** Body chunks sent upstream are kept for a retry (own copies, not the scratch buffer) while the body fits RETRY_BODY_MAX_BYTES. */
+  private keeping = false;
+  /** The body chunks sent upstream so far on this try, when keeping. */
+  private kept: Buffer[] | null = null;
+  /** The buffer (from keptFree) the kept chunks live in, the bytes used in it, and the connection last written from it. */
+  private keptBuf: Buffer | null = null;
+  private keptLen = 0;
+  private keptConn: Connection | null = null;
+  /** The backoff timer of a pending retry. */
+  private retryTimer: NodeJS.Timeout | null = null;
   /** Response headers the route's policies add (name/value pairs: RateLimit...), or null. */
   policyHeaders: string[] | null = null;
   /** The pending decision this exchange waits for (awaitDecision), or null. */
@@ -217,12 +272,13 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
   nextTimed: Timed | null = null;
 
   constructor(
-    res: any, env: ExchangeEnv, route: RouteContext, pool: TargetPool, method: string, methodIdx: number,
+    res: any, env: ExchangeEnv, route: RouteContext, upstream: UpstreamRuntime, pool: TargetPool, method: string, methodIdx: number,
     requestId: string, head: string, reqBodyMode: number, reqBodyLimit: number, t0: number, clientClose: number, closeBy: number,
   ) {
     this.res = res;
     this.env = env;
     this.route = route;
+    this.upstream = upstream;
     this.pool = pool;
     this.method = method;
     this.methodIdx = methodIdx;
@@ -235,6 +291,16 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
     this.t0 = t0;
     this.clientClose = clientClose;
     this.closeBy = closeBy;
+    const r = upstream.retry;
+    if (r === null) {
+      this.retry = null;
+      this.responseMs = upstream.config.timeouts.responseMs;
+    } else {
+      r.countRequest();
+      this.retry = r.attempts > 0 && r.allows(method, route.retryMethods) ? r : null;
+      this.responseMs = r.tryTimeoutMs;
+      this.keeping = this.retry !== null && reqBodyMode !== REQ_BODY_NONE;
+    }
   }
 
   /** Called synchronously from the uWS request handler. */
@@ -243,13 +309,18 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
     this.env.timers.add(this);
     const pool = this.pool!;
     pool.active++;
+    this.connectTo(pool);
+  }
+
+  /** An idle keep-alive connection of `pool` when there is one, else a new one (or a place in its queue). */
+  private connectTo(pool: TargetPool): void {
     const idle = pool.takeIdle();
     if (idle !== null) {
       idle.user = this;
       this.onConnection(idle);
-      return;
+    } else {
+      this.acquireNew();
     }
-    this.acquireNew();
   }
 
   /**
@@ -283,6 +354,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
 
   private onDecided(d: PendingDecision): void {
     this.decision = null;
+    if (d.consumerId !== '') this.consumer = d.consumerId;
     if (this.finished) return;
     if (d.result !== CONTINUE) {
       this.refuse(d.refusal!, d.refusalHeaders, d.refusalMessage);
@@ -303,13 +375,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
     this.pool = pool;
     // start(), the counting already done by awaitDecision.
     pool.active++;
-    const idle = pool.takeIdle();
-    if (idle !== null) {
-      idle.user = this;
-      this.onConnection(idle);
-    } else {
-      this.acquireNew();
-    }
+    this.connectTo(pool);
     // Upstream writes (and net.connect) defer work with process.nextTick, which a promise callback may leave waiting.
     this.env.pump();
   }
@@ -343,7 +409,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
   private acquireNew(): void {
     const pool = this.pool!;
     this.phase = PHASE_CONNECT;
-    this.setDeadline(performance.now() + this.route.upstream.config.timeouts.connectMs);
+    this.setDeadline(performance.now() + this.upstream.config.timeouts.connectMs);
     if (pool.connectOrQueue(this) === ACQUIRE_FULL) {
       // Answered after the request handler returns (this may run inside it):
       // inside it, uWS would go on to serve a request pipelined behind this
@@ -361,7 +427,6 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
 
   onConnection(conn: Connection): void {
     this.conn = conn;
-    const t = this.route.upstream.config.timeouts;
     this.tSent = performance.now();
     conn.parser.reset(this, this.isHead);
     const q = this.bodyQueue;
@@ -369,7 +434,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
       conn.write(this.head);
       this.headSent = true;
       this.phase = PHASE_HEAD;
-      this.setDeadline(this.tSent + t.responseMs);
+      this.setDeadline(this.tSent + this.responseMs);
     } else if (q === null && !this.reqBodyDone) {
       // No body byte has arrived yet (uWS hands over the body that came with
       // the headers right after the request handler returns): the head waits
@@ -386,12 +451,17 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
       if (q !== null) {
         for (let i = 0; i < q.length; i++) ok = this.writeBody(conn, q[i]!);
         this.bodyQueue = null;
+        if (this.keeping) {
+          // Own copies (or kept chunks sent again): kept for a retry.
+          this.kept = q;
+          this.keptConn = conn;
+        }
       }
       if (this.reqBodyDone && this.reqBodyMode === REQ_BODY_CHUNKED) ok = conn.write(LAST_CHUNK);
       conn.socket.uncork();
       if (this.reqBodyDone) {
         this.phase = PHASE_HEAD;
-        this.setDeadline(this.tSent + t.responseMs);
+        this.setDeadline(this.tSent + this.responseMs);
       } else {
         this.phase = PHASE_SEND;
         this.setDeadline(0); // the client's own idle timeout (uWS) bounds a slow upload
@@ -438,6 +508,11 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
       return;
     }
     if (isLast) this.reqBodyDone = true;
+    if (this.keeping && this.reqBytes > RETRY_BODY_MAX_BYTES) {
+      // Too large to keep: never retried once sent.
+      this.keeping = false;
+      this.kept = null;
+    }
     const conn = this.conn;
     if (conn !== null) {
       // The connection is ours but the head is still here (see onConnection):
@@ -449,13 +524,26 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
         this.headSent = true;
       }
       let ok = true;
-      if (n > 0) ok = this.writeBody(conn, stageChunk(ab, n));
+      if (n > 0) {
+        if (this.keeping) {
+          // Kept for a retry: copied into this exchange's kept-body buffer (it fits: reqBytes <= RETRY_BODY_MAX_BYTES), written from there.
+          const buf = (this.keptBuf ??= keptFree.pop() ?? Buffer.allocUnsafeSlow(RETRY_BODY_MAX_BYTES));
+          const chunk = buf.subarray(this.keptLen, this.keptLen + n);
+          chunk.set(new Uint8Array(ab));
+          this.keptLen += n;
+          (this.kept ??= []).push(chunk);
+          this.keptConn = conn;
+          ok = this.writeBody(conn, chunk);
+        } else {
+          ok = this.writeBody(conn, stageChunk(ab, n));
+        }
+      }
       if (isLast && this.reqBodyMode === REQ_BODY_CHUNKED) ok = conn.write(LAST_CHUNK);
       if (withHead) conn.socket.uncork();
-      if (n > 0) settleScratch(conn);
+      if (n > 0 && !this.keeping) settleScratch(conn);
       if (isLast) {
         this.phase = PHASE_HEAD;
-        this.setDeadline(performance.now() + this.route.upstream.config.timeouts.responseMs);
+        this.setDeadline(performance.now() + this.responseMs);
       } else if (!ok) {
         this.pauseClient();
       }
@@ -542,6 +630,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
     conn.destroy();
     if (this.finished) return;
     if (connectPhase) {
+      if (this.retry !== null && this.retryTry(R_CONNECT_FAILURE, Errors.UPSTREAM_CONNECT_FAILED.code, 502)) return;
       this.fail(Errors.UPSTREAM_CONNECT_FAILED);
       return;
     }
@@ -560,7 +649,118 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
       this.acquireNew();
       return;
     }
+    if (this.retry !== null && !this.responded && this.retryTry(R_RESET, Errors.UPSTREAM_RESET.code, 502)) return;
     this.upstreamBroken(Errors.UPSTREAM_RESET);
+  }
+
+  /**
+   * A try failed with nothing sent to the client (condition `reason`:
+   * retry.ts R_*; `code`: the gateway error it would end with, '' for a
+   * listed status; `status`: 502/504, or the target's status). Retried when
+   * the method is retried (checked at construction), the condition is
+   * listed (by the caller), attempts are left, a body is whole and kept (or
+   * nothing of the request was written), the backoff ends before
+   * timeouts.totalMs, the budget allows it and a target admits it (an
+   * untried one first). Then: the try is given back to the breaker with its
+   * outcome, logged as an error line, counted by reason, its connection
+   * dropped, and the next try starts after the backoff (nextTry). false:
+   * the caller answers the failure as without retries (an exhausted budget
+   * is counted).
+   */
+  private retryTry(reason: number, code: string, status: number): boolean {
+    const r = this.retry!;
+    if (this.responded || this.res === null || this.finished || this.retries >= r.attempts) return false;
+    // A body that left (even in part) can go again only whole and kept.
+    if (this.headSent && this.reqBodyMode !== REQ_BODY_NONE && !(this.reqBodyDone && this.keeping)) return false;
+    const now = performance.now();
+    const wait = r.backoff(this.retries + 1);
+    const total = this.upstream.config.timeouts.totalMs;
+    if (total > 0 && now + wait >= this.t0 + total) return false;
+    // The targets of the running config: a discovery update or a reload may
+    // have replaced this upstream's runtime since the request started (a
+    // removed target is never retried on, a new one may be).
+    const prev = this.upstream;
+    const upstream = prev.latest();
+    if (upstream.pools.length === 0) return false;
+    if (!r.take(now)) return false;
+    const guard = upstream.guard;
+    const old = this.pool!;
+    let tried = (this.tried ??= []);
+    tried.push(old);
+    if (upstream !== prev) this.tried = tried = upstream.samePools(tried);
+    let next: TargetPool | null;
+    let probe = false;
+    if (guard === null) {
+      next = upstream.pickUntried(this.client, tried);
+    } else {
+      next = upstream.admitUntried(this.client, guard.now(), tried);
+      if (next === null) {
+        // No target may take it (open, unhealthy, overloaded): the failure stands.
+        if (upstream === prev) tried.pop();
+        r.giveBack();
+        return false;
+      }
+      probe = guard.probe;
+    }
+    // The failed try's outcome, for its breaker and outlier ejection (its own runtime's guard).
+    if (prev.guard !== null) prev.guard.finish(old, this.probe, code, status, this.upstreamMs, coarse.now);
+    this.probe = probe;
+    this.upstream = upstream;
+    // Its connection goes (a dropped 5xx response is not read to its end).
+    const conn = this.conn;
+    if (conn !== null) conn.parser.sink = DISCARD;
+    this.abortUpstream();
+    this.retries++;
+    r.count(reason);
+    const detail = this.detail;
+    this.detail = (detail === '' ? '' : detail + '; ') + `retrying (try ${this.retries} of ${r.attempts + 1} failed)`;
+    this.report(code === '' ? 'upstream_status' : code, status, PHASE_NAMES[this.phase] ?? 'connect');
+    // The next target counts the request from now on (complete() during the wait gives it back).
+    old.active--;
+    next.active++;
+    this.pool = next;
+    // balance: sticky: the cookie names the target that will answer.
+    const sticky = upstream.stickyCookie(next);
+    if (sticky !== null) this.policyHeaders = withStickyCookie(this.policyHeaders, sticky);
+    // The next try starts afresh; a body that left goes again from the kept chunks.
+    if (this.headSent && this.reqBodyMode !== REQ_BODY_NONE) {
+      this.bodyQueue = this.kept;
+      this.kept = null;
+    }
+    this.headSent = false;
+    this.retried = false;
+    this.queued = false;
+    this.status = 0;
+    this.upstreamMs = -1;
+    this.detail = '';
+    this.phase = PHASE_BACKOFF;
+    this.setDeadline(0); // timeouts.totalMs only
+    this.retryTimer = setTimeout(retryNow, wait, this);
+    return true;
+  }
+
+  /** complete() of a retried method: the backoff timer cleared, the kept-body buffer given back when no socket may still write from it. */
+  private endRetries(): void {
+    if (this.retryTimer !== null) {
+      clearTimeout(this.retryTimer);
+      this.retryTimer = null;
+    }
+    const kb = this.keptBuf;
+    if (kb === null) return;
+    this.keptBuf = null;
+    this.kept = null;
+    const kc = this.keptConn;
+    this.keptConn = null;
+    if ((kc === null || kc.destroyed || kc.socket.writableLength === 0) && keptFree.length < KEPT_FREE_MAX) keptFree.push(kb);
+  }
+
+  /** The backoff is over: the next try, on `pool` (retryTry chose it and counted it active), as start(). */
+  nextTry(): void {
+    this.retryTimer = null;
+    if (this.finished) return;
+    this.phase = 0;
+    this.connectTo(this.pool!);
+    this.env.pump();
   }
 
   /** The upstream failed: 502/504 before the head, a hard close after it. */
@@ -609,6 +809,13 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
   onResponseHead(status: number, reason: string, headers: string[], bodyKind: number, contentLength: number): void {
     if (this.testThrow) throw new Error('internal error requested by test hook (upstream response)');
     const now = performance.now();
+    if (this.retry !== null && this.retry.retriesStatus(status) && this.res !== null) {
+      // A listed 5xx: dropped before anything is written to the client, and tried again.
+      this.upstreamMs = now - this.tSent;
+      this.detail = 'status ' + status;
+      if (this.retryTry(RetryPolicy.statusReason(status), '', status)) return;
+      this.detail = '';
+    }
     const env = this.env;
     if (env.metricsOn) {
       // The target's histogram (its cell base comes with the pool).
@@ -620,7 +827,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
     this.resTotal = contentLength;
     this.phase = PHASE_BODY;
     this.upstreamMs = now - this.tSent;
-    const idleMs = this.route.upstream.config.timeouts.idleMs;
+    const idleMs = this.upstream.config.timeouts.idleMs;
     this.setDeadline(now + idleMs);
     const res = this.res;
     if (res === null) return;
@@ -670,7 +877,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
     this.resBytes += end - start;
     const res = this.res;
     if (res === null) return;
-    this.setDeadline(coarse.now + this.route.upstream.config.timeouts.idleMs);
+    this.setDeadline(coarse.now + this.upstream.config.timeouts.idleMs);
     const view = buf.subarray(start, end);
     if (this.closeHeaderPending) {
       this.closeHeaderPending = false;
@@ -924,12 +1131,21 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
         }
         // Waiting in the pool's queue for connectMs: the upstream is saturated.
         this.detail = this.queued ? 'waited connectMs for a free connection' : 'connect timeout';
+        if (!this.queued && this.retry !== null && this.retryTry(R_CONNECT_FAILURE, Errors.UPSTREAM_CONNECT_TIMEOUT.code, 504)) return;
         this.fail(this.queued ? Errors.UPSTREAM_UNAVAILABLE : Errors.UPSTREAM_CONNECT_TIMEOUT);
         return;
       }
       case PHASE_SEND: // only a totalMs deadline can fire while the client uploads
       case PHASE_HEAD:
-        this.detail = this.deadline === this.t0 + this.route.upstream.config.timeouts.totalMs ? 'total timeout' : 'response timeout';
+        this.detail = this.deadline === this.t0 + this.upstream.config.timeouts.totalMs ? 'total timeout' : 'response timeout';
+        if (
+          this.retry !== null && this.phase === PHASE_HEAD && this.detail === 'response timeout' &&
+          this.retryTry(R_TIMEOUT, Errors.UPSTREAM_TIMEOUT.code, 504)
+        ) return;
+        this.fail(Errors.UPSTREAM_TIMEOUT);
+        return;
+      case PHASE_BACKOFF: // timeouts.totalMs ran out while waiting to retry
+        this.detail = 'total timeout';
         this.fail(Errors.UPSTREAM_TIMEOUT);
         return;
       case PHASE_DECIDE: {
@@ -937,7 +1153,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
         const d = this.decision;
         this.decision = null;
         d?.abandon();
-        this.refuse(Errors.RATE_LIMIT_STORE_UNAVAILABLE, ['retry-after', '1'], null);
+        this.refuse(d?.guardError ?? Errors.RATE_LIMIT_STORE_UNAVAILABLE, ['retry-after', '1'], null);
         return;
       }
       case PHASE_BODY:
@@ -953,7 +1169,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
 
   /** Phase deadline, never past the whole exchange's timeouts.totalMs. */
   private setDeadline(at: number): void {
-    const total = this.route.upstream.config.timeouts.totalMs;
+    const total = this.upstream.config.timeouts.totalMs;
     this.deadline = total > 0 && (at === 0 || at > this.t0 + total) ? this.t0 + total : at;
   }
 
@@ -967,7 +1183,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
   private report(code: string, status: number, phase: Phase): void {
     const pool = this.pool;
     this.env.logs.errors.report({
-      requestId: this.requestId, route: this.route.id, upstream: this.route.upstream.config.name,
+      requestId: this.requestId, route: this.route.id, upstream: this.upstream.config.name,
       target: pool === null ? '' : pool.target.url, phase, code, status, detail: this.detail,
     }, coarse.now);
   }
@@ -991,9 +1207,11 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
     e.durationMs = performance.now() - this.t0;
     e.upstreamMs = this.upstreamMs;
     e.route = this.route.id;
-    e.upstream = this.route.upstream.config.name;
+    e.upstream = this.upstream.config.name;
     e.target = this.pool === null ? '' : this.pool.target.url;
     e.error = this.errorCode;
+    e.retries = this.retries;
+    e.consumer = this.consumer;
     e.userAgent = this.userAgent;
     e.referer = this.referer;
     access.write();
@@ -1007,6 +1225,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
     const env = this.env;
     env.timers.remove(this);
     env.metrics[G_IN_FLIGHT]!--;
+    if (this.retry !== null) this.endRetries();
     const pool = this.pool;
     if (pool !== null) pool.active--;
     this.bodyQueue = null;
@@ -1017,7 +1236,7 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
       d.abandon();
     }
     // The upstream admission (guard.ts) is given back with the request's outcome for the breaker.
-    const guard = this.route.upstream.guard;
+    const guard = this.upstream.guard;
     if (guard !== null) {
       const held = pool ?? this.pickedPool;
       // coarse.now (the sweep's clock, <= 25 ms behind): no clock read per request.
@@ -1030,6 +1249,14 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
       env.metrics, env.latency, this.route.slot, this.methodIdx, this.status, performance.now() - this.t0, pool === null ? -1 : pool.metricsBase,
     );
     recordSizes(env.metrics, this.route.slot, this.reqBytes, this.resBytes);
+  }
+}
+
+function retryNow(ex: Exchange): void {
+  try {
+    ex.nextTry();
+  } catch (err) {
+    ex.crashed(err);
   }
 }
 

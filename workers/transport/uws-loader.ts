@@ -8,13 +8,31 @@
  * A proxy on that fallback would fail on its first streamed response, so we
  * refuse to start instead, and say what to do. To use another uWS build, set
  * TURNPIKE_UWS_MODULE to its package name or path.
+ *
+ * Only the uWS backend imports this module's loadUws (uws-server.ts when it
+ * is given no other module): the node backend (server.backend: node, what
+ * `auto` means on Node 22+, common/runtime.ts) never loads the addon.
  */
 import { createRequire } from 'node:module';
+import { DEFAULT_UWS_MODULE as DEFAULT_MODULE } from '../../common/runtime.js';
 
 const require = createRequire(import.meta.url);
-const DEFAULT_MODULE = '@trufflesuite/uws-js-unofficial';
 
 export type UWS = typeof import('@trufflesuite/uws-js-unofficial');
+
+/**
+ * What the transport (uws-server.ts) uses of a uWS module: a uWebSockets.js
+ * build, or the node:net server of workers/transport/node/app.ts.
+ * `strictHttp`: the server implements HTTP/1.x strictly itself (no uWS 20.30
+ * quirks to work around; header values are latin1 strings, one char per
+ * byte; the App takes `setLimits` and a `parseErrorHandler`).
+ */
+export interface UwsModule {
+  App(): any;
+  us_listen_socket_close(ls: any): void;
+  us_socket_local_port(ls: any): number;
+  readonly strictHttp?: boolean;
+}
 
 export class UwsUnavailableError extends Error {
   constructor(message: string) {
@@ -61,8 +79,8 @@ export function loadUws(): UWS {
   if (!isNative(mod) || warned.includes('Falling back') || warned.includes('fallback')) {
     throw new UwsUnavailableError(
       `${name} has no native binary for Node ${process.version} (ABI ${process.versions.modules}, ${process.platform}-${process.arch}) ` +
-      'and fell back to a JS imitation that cannot stream or proxy. Run Turnpike on Node 20 (ABI 115), ' +
-      'use Bun (server.backend: bun), or point TURNPIKE_UWS_MODULE at a uWS build for this Node.',
+      'and fell back to a JS imitation that cannot stream or proxy. Use server.backend: node (or auto, which picks it on this Node), ' +
+      'run Turnpike on Node 20 (ABI 115) for uWS, use Bun (server.backend: bun), or point TURNPIKE_UWS_MODULE at a uWS build for this Node.',
     );
   }
   cached = mod;

@@ -9,6 +9,7 @@
  * string and starts an Exchange. Gateway errors that need no upstream
  * (400/404/405/413/414/431) are answered right here, synchronously.
  */
+import { stripQueryParams } from '../policies/auth/index.js';
 import { Errors, type GatewayErrorDef } from '../../common/errors.js';
 import { methodIndex } from '../../common/metrics-layout.js';
 import { countError, recordRequest, recordSizes } from '../request-metrics.js';
@@ -21,7 +22,7 @@ import { entry, resetEntry } from '../access-log.js';
 import { MATCH_FOUND } from '../router/types.js';
 import { isValidHost, normalizeHost, normalizePath } from '../router/normalize.js';
 import { Exchange, REQ_BODY_CHUNKED, REQ_BODY_LENGTH, REQ_BODY_NONE, type ExchangeEnv } from './uws-exchange.js';
-import { loadUws } from './uws-loader.js';
+import { loadUws, type UwsModule } from './uws-loader.js';
 import { CLOSE_BY_SERVER, CLOSE_ENFORCE, CLOSE_NONE, writeFallback, writeGatewayError, writeJson } from './uws-respond.js';
 import type { UpstreamGuard } from '../proxy/guard.js';
 import type { TargetPool } from '../proxy/upstream-pool.js';
@@ -30,6 +31,8 @@ import {
   HEALTH_DRAINING, HEALTH_OK, LINGER_MAX_BYTES, gatewayErrorBytes, type Backend, type CloseReason, type ServerOptions,
 } from './backend.js';
 import { REFUSED, RequestContext, type PendingDecision } from '../pipeline/context.js';
+import { WsHub, WsTunnel, addLines, type UpgradeRequest } from './websocket/tunnel.js';
+import { WS_NOT_IMPLEMENTED, isWebSocketUpgrade, uwsPayloadCap, wsSettings } from './websocket/settings.js';
 
 /** The pipeline's context, reused for every request of this thread (workers/pipeline/context.ts). */
 const pctx = new RequestContext();
@@ -95,6 +98,8 @@ let hConnectionFirstLength = 0;
 let hXff: string | null = null;
 let hUserAgent = '';
 let hReferer = '';
+/** The Upgrade header (all its lines joined), or null: what the node backend refuses with 501 for a WebSocket (below). */
+let hUpgrade: string | null = null;
 let hForwarded: string | null = null;
 /** The request id header's value; '' when it came more than once (then one is generated). */
 let hRequestId: string | null = null;
@@ -113,6 +118,7 @@ function resetScratch(): void {
   hXff = null;
   hUserAgent = '';
   hReferer = '';
+  hUpgrade = null;
   hForwarded = null;
   hRequestId = null;
 }
@@ -129,6 +135,7 @@ function collectHeader(k: string, v: string): void {
       break;
     case 7:
       if (k === 'referer') hReferer = v;
+      else if (k === 'upgrade') hUpgrade = hUpgrade === null ? v : hUpgrade + ', ' + v;
       break;
     case 9:
       if (k === 'forwarded') hForwarded = hForwarded === null ? v : hForwarded + ', ' + v;
@@ -161,6 +168,10 @@ function collectHeader(k: string, v: string): void {
 }
 
 const HEAD_INDEX = methodIndex('HEAD');
+const GET_INDEX = methodIndex('GET');
+
+/** The `Allow` of an `OPTIONS *` answer (serverOptions). */
+const SERVER_ALLOW = 'GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS';
 
 /** The last Host value found valid: clients send the same one again and again. */
 let lastValidHost = '';
@@ -176,7 +187,14 @@ const TEST_THROW_HEADER = 'x-turnpike-test-throw';
 export { formatAddress };
 
 export class UwsServer implements Backend {
-  private readonly uws = loadUws();
+  private readonly uws: UwsModule;
+  /**
+   * The server implements HTTP/1.x strictly itself (the node backend,
+   * workers/transport/node/app.ts): the workarounds of uWS 20.30's quirks
+   * are skipped, header values arrive as latin1 strings (exact bytes), and
+   * malformed requests come to onParseError.
+   */
+  private readonly strict: boolean;
   private readonly app: any;
   private listenSocket: any = null;
   private dp: Dataplane;
@@ -186,10 +204,15 @@ export class UwsServer implements Backend {
   private pumpScheduled = false;
   private readonly ridPrefix: string;
   private ridCounter = 0;
+  /** WebSocket proxying (websocket/tunnel.ts); null on the strict node backend, which answers upgrades 501 for now. */
+  private readonly wsHub: WsHub | null = null;
   draining = false;
   port = 0;
 
-  constructor(dp: Dataplane, private readonly opts: ServerOptions) {
+  /** `uws`: the server module (default: the uWebSockets.js build loadUws finds; the node backend passes node/app.ts's). */
+  constructor(dp: Dataplane, private readonly opts: ServerOptions, uws: UwsModule = loadUws()) {
+    this.uws = uws;
+    this.strict = uws.strictHttp === true;
     this.dp = dp;
     ridHeaderName = dp.config.server.requestIdHeader;
     // Request ids: a per-process random prefix, the worker index and a counter;
@@ -216,6 +239,20 @@ export class UwsServer implements Backend {
     };
     this.app = this.uws.App();
     this.app.any('/*', (res: any, req: any) => this.onRequest(res, req));
+    if (!this.strict) {
+      // uWS gives this behaviour only GET requests with a 24-character
+      // Sec-WebSocket-Key; every other request reaches the handler above
+      // without any added work (websocket/tunnel.ts).
+      this.wsHub = new WsHub(this.env, uwsPayloadCap(dp));
+      const compressor = (this.uws as unknown as { SHARED_COMPRESSOR?: number }).SHARED_COMPRESSOR ?? 1;
+      this.app.ws('/*', this.wsHub.behavior((res: any, req: any, context: any) => this.onUpgrade(res, req, context), compressor));
+    }
+    if (this.strict) {
+      this.app.setLimits(dp.config.server.limits);
+      this.app.setTimeouts(dp.config.server.timeouts);
+      this.app.parseErrorHandler = (res: any, code: string, _status: number, _reason: string, close: boolean, method: string, target: string) =>
+        this.onParseError(res, code, close, method, target);
+    }
   }
 
   listen(): Promise<number> {
@@ -243,6 +280,10 @@ export class UwsServer implements Backend {
     this.env.requestIdHeader = dp.config.server.requestIdHeader;
     this.env.metricsOn = dp.config.metrics.enabled;
     this.env.latency = dp.config.metrics.enabled ? this.opts.latency : null;
+    if (this.strict) {
+      this.app.setLimits(dp.config.server.limits);
+      this.app.setTimeouts(dp.config.server.timeouts);
+    }
     if (old !== dp) old.retire(dp);
   }
 
@@ -285,6 +326,8 @@ export class UwsServer implements Backend {
       else ex.shutDown();
       t = next;
     }
+    // WebSockets: 1001 both ways (uWS's app.close() does not end them).
+    this.wsHub?.closeAll();
     // Closes every client socket; what is left sees onAborted and lets go
     // of its upstream socket.
     this.app.close();
@@ -320,6 +363,7 @@ export class UwsServer implements Backend {
     this.currentMethod = method;
     this.currentUrl = url;
     this.currentQuery = query;
+    this.currentConsumer = '';
     resetScratch();
     req.forEach(collectHeader);
 
@@ -350,7 +394,8 @@ export class UwsServer implements Backend {
     // Connection line is 5 characters long (uws-respond.ts) -- any 5, `X-Foo`
     // too: then the response says `Connection: close`, so that the client
     // knows (it would lose its next request on the connection otherwise).
-    const closeBy = hConnectionFirstLength === 5 ? CLOSE_BY_SERVER : CLOSE_ENFORCE;
+    // (A strict server closes whenever it is asked to: CLOSE_ENFORCE always works there.)
+    const closeBy = hConnectionFirstLength === 5 && !this.strict ? CLOSE_BY_SERVER : CLOSE_ENFORCE;
     const clientClose = closeBy === CLOSE_BY_SERVER || (hConnection !== null && hasCloseOption(hConnection)) ? closeBy : CLOSE_NONE;
     const close = clientClose !== CLOSE_NONE || bodyMode === REQ_BODY_CHUNKED || contentLength > LINGER_MAX_BYTES ? closeBy : CLOSE_NONE;
 
@@ -359,7 +404,7 @@ export class UwsServer implements Backend {
     if (badFraming) return this.reject(res, Errors.BAD_REQUEST, requestId, mIdx, isHead, t0, closeBy);
     // The gateway does not tunnel: CONNECT is refused whatever the routes say (RFC 9110 9.3.6).
     if (method === 'CONNECT') return this.reject(res, Errors.NOT_IMPLEMENTED, requestId, mIdx, isHead, t0, close);
-    if (url.length + query.length + 1 > limits.maxUrlBytes) {
+    if (url.length + (query.length === 0 ? 0 : query.length + 1) > limits.maxUrlBytes) {
       return this.reject(res, Errors.URL_TOO_LONG, requestId, mIdx, isHead, t0, close);
     }
     if (hdrs.length > limits.maxHeaderCount * 2 || hdrBytes > limits.maxHeaderBytes) {
@@ -367,18 +412,28 @@ export class UwsServer implements Backend {
     }
     // RFC 9112 3.2: exactly one Host line, with a valid value, or 400.
     if (hHostCount !== 1 || (hHost !== lastValidHost && !this.acceptHost(hHost))) {
-      return this.reject(res, Errors.BAD_HOST, requestId, mIdx, isHead, t0, close);
+      // HTTP/1.0 may omit Host (RFC 9112 3.2 requires it in HTTP/1.1 only); the strict server says so
+      // (NodeRequest.noHost10): routed with no host, so only routes without `host` match (nginx's default server).
+      if (!(hHostCount === 0 && req.noHost10 === true)) return this.reject(res, Errors.BAD_HOST, requestId, mIdx, isHead, t0, close);
     }
 
     const path = normalizePath(url);
-    if (path === null) return this.reject(res, Errors.BAD_PATH, requestId, mIdx, isHead, t0, close);
+    if (path === null) {
+      // `OPTIONS *` (asterisk-form, RFC 9112 3.2.4): only the strict server hands it over (its parser refuses `*` with another method).
+      if (url === '*' && method === 'OPTIONS' && this.strict) return this.serverOptions(res, requestId, mIdx, t0, close);
+      return this.reject(res, Errors.BAD_PATH, requestId, mIdx, isHead, t0, close);
+    }
     const host = normalizeHost(hHost);
     const m = dp.router.find(method, host, path, hdrs, query);
     if (m === null) return this.reject(res, Errors.ROUTE_NOT_FOUND, requestId, mIdx, isHead, t0, close);
     if (m.kind !== MATCH_FOUND) {
       return this.reject(res, Errors.METHOD_NOT_ALLOWED, requestId, mIdx, isHead, t0, close, 0, m.allow);
     }
-    const route = m.data!;
+    let route = m.data!; // a split route: the branch of the chosen upstream, below
+    // The node backend does not proxy WebSockets yet: an upgrade a route would proxy is refused, not sent as plain HTTP.
+    if (hUpgrade !== null && this.strict && isWebSocketUpgrade(hUpgrade) && wsSettings(dp, route) !== null) {
+      return this.reject(res, Errors.NOT_IMPLEMENTED, requestId, mIdx, isHead, t0, close, route.slot, null, null, WS_NOT_IMPLEMENTED);
+    }
     if (bodyMode === REQ_BODY_LENGTH && contentLength > route.maxBodyBytes) {
       // Refused before reading a byte of it. (uWS has already answered an
       // `Expect: 100-continue` by then: see the README.)
@@ -394,7 +449,9 @@ export class UwsServer implements Backend {
     let pending: PendingDecision | null = null;
     if (policies !== null) {
       const ctx = pctx;
-      if (ctx.run(policies, t0 + this.opts.clockOffset, route.id, route.slot, clientIp, hXff, hdrs, query) === REFUSED) {
+      const verdict = ctx.run(policies, t0 + this.opts.clockOffset, route.id, route.slot, method, clientIp, hXff, hdrs, query);
+      this.currentConsumer = ctx.consumerId;
+      if (verdict === REFUSED) {
         return this.reject(res, ctx.refusal!, requestId, mIdx, isHead, t0, close, route.slot, null, ctx.refusalHeaders.slice(), ctx.refusalMessage);
       }
       if (ctx.responseHeaders.length !== 0) policyHeaders = ctx.responseHeaders.slice();
@@ -405,22 +462,33 @@ export class UwsServer implements Backend {
 
     // --- upstream request head
     const upstreamPath = route.rewrite !== null ? route.rewrite(path, m.paramNames, m.params) : route.forwardOriginalPath ? url : path;
+    // A traffic split (workers/proxy/split.ts): the chosen upstream's context drives everything from here.
+    if (route.split !== null) route = route.split.choose(hdrs, clientIp, path);
     const upstream = route.upstream;
     const guard = upstream.guard;
     let pool: TargetPool;
     if (guard === null) {
-      pool = upstream.pick(clientIp);
+      pool = upstream.pick(clientIp, hdrs, path);
     } else {
       // Breakers, health, ejection, maxInFlight (workers/proxy/guard.ts): given back by the exchange, or below if refused before it exists.
-      const admitted = upstream.admit(clientIp, t0 + this.opts.clockOffset);
-      if (admitted === null) return this.refuseUpstream(res, guard, requestId, mIdx, isHead, t0, close, route.slot);
+      const admitted = upstream.admit(clientIp, t0 + this.opts.clockOffset, hdrs, path);
+      if (admitted === null) {
+        // Logged with the upstream that refused (a split route's branch, say).
+        this.refusedUpstream = upstream.name;
+        return this.refuseUpstream(res, guard, requestId, mIdx, isHead, t0, close, route.slot);
+      }
       pool = admitted;
       this.admittedGuard = guard;
       this.admittedPool = pool;
       this.admittedProbe = guard.probe;
     }
-    const hostLine = route.preserveHost ? hHost : pool.hostHeader;
-    let head = method + ' ' + (query === '' ? upstreamPath : upstreamPath + '?' + query) + ' HTTP/1.1\r\nhost: ' + hostLine + '\r\n';
+    // balance: sticky: the affinity cookie, on the upstream's response only (never on a gateway error).
+    if (upstream.setCookie !== null) (policyHeaders ??= []).push('set-cookie', upstream.setCookie);
+    // (No client Host, HTTP/1.0: nothing to preserve, the upstream's name goes.)
+    const hostLine = route.preserveHost && hHost !== '' ? hHost : pool.hostHeader;
+    // An auth route's key in the query (identity.keys.sources) is not forwarded.
+    const fq = route.stripQuery === null || query === '' ? query : stripQueryParams(query, route.stripQuery);
+    let head = method + ' ' + (fq === '' ? upstreamPath : upstreamPath + '?' + fq) + ' HTTP/1.1\r\nhost: ' + hostLine + '\r\n';
     const drop = route.requestPlan.drop;
     let listed: Set<string> | null = null;
     if (hConnection !== null && hConnection !== 'keep-alive' && hConnection !== 'close') listed = connectionListed(hConnection);
@@ -437,7 +505,8 @@ export class UwsServer implements Backend {
     // Only the client's part is checked: the lines the gateway owns come
     // after, so no recovered client value can ever stand in for them.
     if (Buffer.byteLength(head, 'utf8') !== head.length || head.indexOf('\x7f') !== -1) {
-      const exact = exactBytes(head, req);
+      // A strict server hands header values over as latin1 (the exact bytes): only what cannot be written as a head is refused.
+      const exact = this.strict ? (SAFE_HEAD.test(head) ? head : null) : exactBytes(head, req);
       if (exact === null) return this.rejectAfterPolicies(res, Errors.BAD_REQUEST, requestId, mIdx, isHead, t0, close, route.slot);
       head = exact;
     }
@@ -448,10 +517,10 @@ export class UwsServer implements Backend {
       return this.rejectAfterPolicies(res, Errors.BAD_REQUEST, requestId, mIdx, isHead, t0, close, route.slot);
     }
     if (fwd.xForwardedFor) head += 'x-forwarded-for: ' + (hXff === null ? clientIp : hXff + ', ' + clientIp) + '\r\n';
-    if (fwd.xForwardedProtoHost) head += 'x-forwarded-proto: http\r\nx-forwarded-host: ' + hHost + '\r\n';
+    if (fwd.xForwardedProtoHost) head += hHost === '' ? 'x-forwarded-proto: http\r\n' : 'x-forwarded-proto: http\r\nx-forwarded-host: ' + hHost + '\r\n';
     if (fwd.forwarded) {
       const forIp = clientIp.includes(':') ? '"[' + clientIp + ']"' : clientIp;
-      const el = 'for=' + forIp + ';host="' + hHost.replace(/["\\]/g, '') + '";proto=http';
+      const el = 'for=' + forIp + (hHost === '' ? '' : ';host="' + hHost.replace(/["\\]/g, '') + '"') + ';proto=http';
       head += 'forwarded: ' + (hForwarded === null ? el : hForwarded + ', ' + el) + '\r\n';
     }
     head += ridHeaderName + ': ' + requestId + '\r\n' + route.requestPlan.extraLines + policyLines;
@@ -459,7 +528,7 @@ export class UwsServer implements Backend {
     else if (bodyMode === REQ_BODY_CHUNKED) head += 'transfer-encoding: chunked\r\n\r\n';
     else head += '\r\n';
 
-    const ex = new Exchange(res, this.env, route, pool, method, mIdx, requestId, head, bodyMode, route.maxBodyBytes, t0, clientClose, closeBy);
+    const ex = new Exchange(res, this.env, route, upstream, pool, method, mIdx, requestId, head, bodyMode, route.maxBodyBytes, t0, clientClose, closeBy);
     if (guard !== null) {
       // The exchange gives the admission back when it completes.
       ex.probe = this.admittedProbe;
@@ -471,6 +540,7 @@ export class UwsServer implements Backend {
     ex.host = hHost;
     ex.path = url;
     ex.query = query;
+    ex.consumer = this.currentConsumer;
     ex.userAgent = hUserAgent;
     ex.referer = hReferer;
     ex.policyHeaders = policyHeaders;
@@ -483,6 +553,16 @@ export class UwsServer implements Backend {
         ex.crashed(err);
       }
     });
+    // The strict server's parser found the body malformed (a bad chunk): 400 bad_request if nothing was sent yet, and close.
+    if (this.strict) {
+      res.onBodyError = () => {
+        try {
+          ex.fail(Errors.BAD_REQUEST, true);
+        } catch (err) {
+          ex.crashed(err);
+        }
+      };
+    }
     if (bodyMode !== REQ_BODY_NONE) {
       res.onData((ab: ArrayBuffer, isLast: boolean) => {
         try {
@@ -507,6 +587,217 @@ export class UwsServer implements Backend {
     this.pendingEx = null;
   }
 
+  /**
+   * uWS's upgrade handler (websocket/tunnel.ts): a GET carrying a
+   * 24-character Sec-WebSocket-Key. Not `Upgrade: websocket` with
+   * `Connection: upgrade`, the health path, or a route with `websocket:
+   * false`: yielded to the HTTP handler, which strips the Upgrade header as
+   * hop-by-hop. Otherwise the request goes through the checks, the routing
+   * and the route's policies of handle() for a GET (a refusal is the same
+   * JSON error, never a 101), a target is admitted, and a WsTunnel opens the
+   * upstream WebSocket before the client gets its 101. Mirrors handle():
+   * change both together.
+   */
+  private onUpgrade(res: any, req: any, context: any): void {
+    try {
+      this.upgrade(res, req, context);
+    } catch (err) {
+      this.internalError(res, err);
+    }
+  }
+
+  private upgrade(res: any, req: any, context: any): void {
+    const t0 = performance.now();
+    const dp = this.dp;
+    const server = dp.config.server;
+    const limits = server.limits;
+    const url: string = req.getUrl();
+    const query: string = req.getQuery() ?? '';
+    if (!isWebSocketUpgrade(req.getHeader('upgrade') as string) || (server.healthPath !== null && url === server.healthPath)) {
+      req.setYield(true);
+      return;
+    }
+    const key: string = req.getHeader('sec-websocket-key');
+    const version: string = req.getHeader('sec-websocket-version');
+    const protocolHeader: string = req.getHeader('sec-websocket-protocol');
+    const extensions: string = req.getHeader('sec-websocket-extensions');
+    this.currentMethod = 'GET';
+    this.currentUrl = url;
+    this.currentQuery = query;
+    this.currentConsumer = '';
+    resetScratch();
+    req.forEach(collectHeader);
+    // RFC 6455 4.2.1: Connection must name `upgrade`; without it this is a plain GET.
+    if (hConnection === null || connectionListed(hConnection)?.has('upgrade') !== true) {
+      req.setYield(true);
+      return;
+    }
+    const requestId = hRequestId !== null && isSafeRequestId(hRequestId) ? hRequestId : this.nextRequestId();
+    const mIdx = GET_INDEX;
+    this.pendingId = requestId;
+    this.pendingMethod = mIdx;
+    // A handshake has no body (RFC 6455 4.1): one announced is refused, and the connection closed.
+    const closeBy = hConnectionFirstLength === 5 ? CLOSE_BY_SERVER : CLOSE_ENFORCE;
+    if (hTransferEncoding !== null || (hContentLength !== null && hContentLength !== '0')) {
+      return this.reject(res, Errors.BAD_REQUEST, requestId, mIdx, false, t0, closeBy, 0, null, null, 'A WebSocket handshake has no body.');
+    }
+    const close = CLOSE_NONE;
+    if (this.draining) return this.reject(res, Errors.SHUTTING_DOWN, requestId, mIdx, false, t0, closeBy);
+    if (version !== '13') {
+      // RFC 6455 4.4: the versions the server speaks, in Sec-WebSocket-Version.
+      return this.reject(res, Errors.BAD_REQUEST, requestId, mIdx, false, t0, close, 0, null, ['sec-websocket-version', '13'], 'Sec-WebSocket-Version must be 13.');
+    }
+    if (url.length + (query.length === 0 ? 0 : query.length + 1) > limits.maxUrlBytes) return this.reject(res, Errors.URL_TOO_LONG, requestId, mIdx, false, t0, close);
+    if (hdrs.length > limits.maxHeaderCount * 2 || hdrBytes > limits.maxHeaderBytes) {
+      return this.reject(res, Errors.HEADERS_TOO_LARGE, requestId, mIdx, false, t0, close);
+    }
+    if (hHostCount !== 1 || (hHost !== lastValidHost && !this.acceptHost(hHost))) {
+      return this.reject(res, Errors.BAD_HOST, requestId, mIdx, false, t0, close);
+    }
+    const path = normalizePath(url);
+    if (path === null) return this.reject(res, Errors.BAD_PATH, requestId, mIdx, false, t0, close);
+    const host = normalizeHost(hHost);
+    const m = dp.router.find('GET', host, path, hdrs, query);
+    if (m === null) return this.reject(res, Errors.ROUTE_NOT_FOUND, requestId, mIdx, false, t0, close);
+    if (m.kind !== MATCH_FOUND) return this.reject(res, Errors.METHOD_NOT_ALLOWED, requestId, mIdx, false, t0, close, 0, m.allow);
+    let route = m.data!;
+    const settings = wsSettings(dp, route);
+    if (settings === null) {
+      req.setYield(true); // websocket: false: proxied as plain HTTP
+      return;
+    }
+
+    const clientIp = this.remoteAddress(res);
+    const policies = route.policies;
+    let policyHeaders: string[] | null = null;
+    let policyLines = '';
+    let pending: PendingDecision | null = null;
+    if (policies !== null) {
+      const ctx = pctx;
+      const verdict = ctx.run(policies, t0 + this.opts.clockOffset, route.id, route.slot, 'GET', clientIp, hXff, hdrs, query);
+      this.currentConsumer = ctx.consumerId;
+      if (verdict === REFUSED) {
+        return this.reject(res, ctx.refusal!, requestId, mIdx, false, t0, close, route.slot, null, ctx.refusalHeaders.slice(), ctx.refusalMessage);
+      }
+      if (ctx.responseHeaders.length !== 0) policyHeaders = ctx.responseHeaders.slice();
+      policyLines = ctx.requestLines;
+      pending = ctx.pending;
+      this.pendingDecision = pending;
+    }
+
+    const upstreamPath = route.rewrite !== null ? route.rewrite(path, m.paramNames, m.params) : route.forwardOriginalPath ? url : path;
+    if (route.split !== null) route = route.split.choose(hdrs, clientIp, path);
+    const upstream = route.upstream;
+    const guard = upstream.guard;
+    let pool: TargetPool;
+    let probe = false;
+    if (guard === null) {
+      pool = upstream.pick(clientIp, hdrs, path);
+    } else {
+      const admitted = upstream.admit(clientIp, t0 + this.opts.clockOffset, hdrs, path);
+      if (admitted === null) {
+        this.refusedUpstream = upstream.name;
+        return this.refuseUpstream(res, guard, requestId, mIdx, false, t0, close, route.slot);
+      }
+      pool = admitted;
+      probe = guard.probe;
+      this.admittedGuard = guard;
+      this.admittedPool = pool;
+      this.admittedProbe = probe;
+    }
+    if (upstream.setCookie !== null) (policyHeaders ??= []).push('set-cookie', upstream.setCookie);
+    const hostLine = route.preserveHost ? hHost : pool.hostHeader;
+    const fq = route.stripQuery === null || query === '' ? query : stripQueryParams(query, route.stripQuery);
+    // The handshake's head, built by the HTTP rules (handle()); ws writes the Sec-WebSocket-* fields itself.
+    let head = 'GET ' + (fq === '' ? upstreamPath : upstreamPath + '?' + fq) + ' HTTP/1.1\r\nhost: ' + hostLine + '\r\n';
+    const drop = route.requestPlan.drop;
+    const listed = connectionListed(hConnection);
+    for (let i = 0; i < hdrs.length; i += 2) {
+      const k = hdrs[i]!;
+      if (drop.has(k) || k.startsWith('proxy-') || k.startsWith('sec-websocket-') || (listed !== null && listed.has(k))) continue;
+      head += k + ': ' + hdrs[i + 1] + '\r\n';
+    }
+    if (Buffer.byteLength(head, 'utf8') !== head.length || head.indexOf('\x7f') !== -1) {
+      const exact = exactBytes(head, req);
+      if (exact === null) return this.rejectAfterPolicies(res, Errors.BAD_REQUEST, requestId, mIdx, false, t0, close, route.slot);
+      head = exact;
+    }
+    const fwd = server.forwarded;
+    if ((hXff !== null && !isPlainAscii(hXff)) || (hForwarded !== null && !isPlainAscii(hForwarded))) {
+      return this.rejectAfterPolicies(res, Errors.BAD_REQUEST, requestId, mIdx, false, t0, close, route.slot);
+    }
+    if (fwd.xForwardedFor) head += 'x-forwarded-for: ' + (hXff === null ? clientIp : hXff + ', ' + clientIp) + '\r\n';
+    if (fwd.xForwardedProtoHost) head += 'x-forwarded-proto: http\r\nx-forwarded-host: ' + hHost + '\r\n';
+    if (fwd.forwarded) {
+      const forIp = clientIp.includes(':') ? '"[' + clientIp + ']"' : clientIp;
+      const el = 'for=' + forIp + ';host="' + hHost.replace(/["\\]/g, '') + '";proto=http';
+      head += 'forwarded: ' + (hForwarded === null ? el : hForwarded + ', ' + el) + '\r\n';
+    }
+    head += ridHeaderName + ': ' + requestId + '\r\n' + route.requestPlan.extraLines + policyLines;
+    const lineEnd = head.indexOf('\r\n');
+    const headers: Record<string, string | string[]> = {};
+    addLines(headers, head.slice(lineEnd + 2));
+    const protocols: string[] = [];
+    if (protocolHeader !== '') for (const p of protocolHeader.split(',')) if (p.trim() !== '') protocols.push(p.trim());
+
+    const r: UpgradeRequest = {
+      requestId, t0, key, protocols, extensions, target: head.slice(4, lineEnd - 9), headers,
+      client: clientIp, host: hHost, path: url, query, consumer: this.currentConsumer,
+      userAgent: hUserAgent, referer: hReferer, policyHeaders,
+    };
+    const t = new WsTunnel(this.wsHub!, res, context, route, upstream, pool, probe, settings, r);
+    // The tunnel gives the admission and the decision back from here.
+    this.admittedGuard = null;
+    this.admittedPool = null;
+    this.pendingDecision = null;
+    res.onAborted(() => {
+      try {
+        t.onClientAborted();
+      } catch (err) {
+        t.crashed(err);
+      }
+    });
+    if (pending === null) t.start();
+    else {
+      t.awaitDecision(pending);
+      this.env.pump();
+    }
+  }
+
+  /**
+   * A request the strict server's parser refused (node backend,
+   * workers/transport/node/request-parser.ts: 400 bad_request / bad_host,
+   * 414, 431, 505 version_not_supported for a major version other than 1):
+   * answered as every gateway error, counted and logged. No handler runs.
+   * `close` false (a complete, well-framed head: the server goes on with
+   * the connection, as uWS does after an early answer): answered at once,
+   * with the request's method and target in the log; else the connection
+   * closes after the answer and the method and target may be unknown ('').
+   */
+  private onParseError(res: any, code: string, close = true, method = '', target = ''): void {
+    const e = code === 'url_too_long' ? Errors.URL_TOO_LONG
+      : code === 'headers_too_large' ? Errors.HEADERS_TOO_LARGE
+      : code === 'bad_host' ? Errors.BAD_HOST
+      : code === 'version_not_supported' ? Errors.VERSION_NOT_SUPPORTED
+      : Errors.BAD_REQUEST;
+    resetScratch();
+    const q = target.indexOf('?');
+    this.currentMethod = method;
+    this.currentUrl = q === -1 ? target : target.slice(0, q);
+    this.currentQuery = q === -1 ? '' : target.slice(q + 1);
+    this.currentConsumer = '';
+    const requestId = this.nextRequestId();
+    // The server saw whether it was a HEAD (answered without a body).
+    const isHead = res.isHead === true;
+    this.pendingId = requestId;
+    this.pendingMethod = isHead ? HEAD_INDEX : methodIndex(method);
+    try {
+      this.reject(res, e, requestId, this.pendingMethod, isHead, performance.now(), close ? CLOSE_ENFORCE : CLOSE_NONE);
+    } catch (err) {
+      this.internalError(res, err);
+    }
+  }
+
   /** A pending decision not yet handed to its exchange: a refusal (or a throw) before that must cancel it. */
   private pendingDecision: PendingDecision | null = null;
 
@@ -519,6 +810,40 @@ export class UwsServer implements Backend {
     }
     this.releaseAdmission(e.code);
     this.reject(res, e, requestId, mIdx, isHead, t0, close, slot);
+  }
+
+  /**
+   * `OPTIONS *` (RFC 9110 9.3.7: a request about the server itself, not a
+   * resource): 200 with `Allow` (SERVER_ALLOW: the methods the gateway
+   * proxies; each route may allow fewer, which an OPTIONS to its path shows
+   * with 405 and its own Allow) and no body (Content-Length: 0). Counted and
+   * access-logged as a request without a route.
+   */
+  private serverOptions(res: any, requestId: string, mIdx: number, t0: number, close: number): void {
+    const logs = this.opts.logs;
+    const client = logs.access !== null ? this.remoteAddress(res) : '';
+    res.writeStatus('200 OK').writeHeader(ridHeaderName, requestId).writeHeader('allow', SERVER_ALLOW).end('', close !== CLOSE_NONE);
+    const access = logs.access;
+    if (access !== null) {
+      resetEntry();
+      const a = entry;
+      a.t0 = t0;
+      a.requestId = requestId;
+      a.client = client;
+      a.method = this.currentMethod;
+      a.host = hHost;
+      a.path = this.currentUrl;
+      a.query = this.currentQuery;
+      a.status = 200;
+      a.bytesSent = 0;
+      a.durationMs = performance.now() - t0;
+      a.userAgent = hUserAgent;
+      a.referer = hReferer;
+      access.write();
+    }
+    if (!this.env.metricsOn) return;
+    recordRequest(this.env.metrics, this.env.latency, 0, mIdx, 200, performance.now() - t0);
+    recordSizes(this.env.metrics, 0, 0, 0);
   }
 
   /** An upstream admission (guard.ts) not yet handed to its exchange: a refusal (or a throw) before that gives it back, with no verdict. */
@@ -548,7 +873,11 @@ export class UwsServer implements Backend {
     }
     const e = guard.refusal;
     const fb = guard.fallback;
-    if (fb === null || e !== Errors.CIRCUIT_OPEN) return this.reject(res, e, requestId, mIdx, isHead, t0, close, slot);
+    if (fb === null || e !== Errors.CIRCUIT_OPEN) {
+      this.reject(res, e, requestId, mIdx, isHead, t0, close, slot);
+      this.refusedUpstream = '';
+      return;
+    }
     // The fallback's exact bytes, counted and logged as circuit_open with the fallback's status.
     const logs = this.opts.logs;
     const client = logs.access !== null ? this.remoteAddress(res) : '';
@@ -569,6 +898,7 @@ export class UwsServer implements Backend {
     }
     const bytes = isHead ? 0 : fb.body.length;
     if (logs.access !== null || fb.status >= 500) this.logReject(client, fb.def, requestId, t0, slot, bytes);
+    this.refusedUpstream = ''; // not logged (a fallback under 500 with the access log off): not for the next answer
     if (!this.env.metricsOn) return;
     countError(this.env.metrics, e.code);
     recordRequest(this.env.metrics, this.env.latency, slot, mIdx, fb.status, performance.now() - t0);
@@ -583,6 +913,8 @@ export class UwsServer implements Backend {
   private currentMethod = '';
   private currentUrl = '';
   private currentQuery = '';
+  /** The consumer the route's auth found, once the policies ran ('' before, or none). */
+  private currentConsumer = '';
 
   /**
    * TURNPIKE_TEST_HOOKS=1 only: `x-turnpike-test-throw: handler` throws here;
@@ -629,6 +961,7 @@ export class UwsServer implements Backend {
   }
 
   private remoteAddress(res: any): string {
+    if (this.strict) return res.remoteAddressText() as string;
     return formatAddress(new Uint8Array(res.getRemoteAddress() as ArrayBuffer));
   }
 
@@ -685,12 +1018,17 @@ export class UwsServer implements Backend {
     writeJson(res, draining ? '503 Service Unavailable' : '200 OK', draining ? HEALTH_DRAINING : HEALTH_OK, isHead, null);
   }
 
+  /** The upstream whose guard refused the request being answered (refuseUpstream), for its log lines; '' otherwise. */
+  private refusedUpstream = '';
+
   /** Access log line (and, for a 5xx, an error log line) of a request the gateway answered itself; `bytes`: its body bytes. */
   private logReject(client: string, e: GatewayErrorDef, requestId: string, t0: number, slot: number, bytes: number): void {
     const logs = this.opts.logs;
     const route = slot === 0 ? '' : (this.dp.routes.find((r) => r.slot === slot)?.id ?? '');
+    const upstream = this.refusedUpstream;
+    this.refusedUpstream = '';
     if (e.status >= 500 && e !== Errors.INTERNAL) {
-      logs.errors.report({ requestId, route, upstream: '', target: '', phase: 'gateway', code: e.code, status: e.status, detail: '' }, coarse.now);
+      logs.errors.report({ requestId, route, upstream, target: '', phase: 'gateway', code: e.code, status: e.status, detail: '' }, coarse.now);
     }
     const access = logs.access;
     if (access === null) return;
@@ -707,7 +1045,9 @@ export class UwsServer implements Backend {
     a.bytesSent = bytes;
     a.durationMs = performance.now() - t0;
     a.route = route;
+    a.upstream = upstream;
     a.error = e.code;
+    a.consumer = this.currentConsumer;
     a.userAgent = hUserAgent;
     a.referer = hReferer;
     access.write();

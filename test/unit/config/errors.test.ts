@@ -40,8 +40,10 @@ describe('schema errors: readable path and message', () => {
   });
 
   it('missing required properties', () => {
-    expect(lines({ upstreams: { users: {} } })).toEqual(['upstreams.users: missing required property "targets"']);
-    expect(lines({ ...minimal(), routes: [{ id: 'x', path: '/' }] })).toEqual(['routes[0]: missing required property "upstream"']);
+    expect(lines({ upstreams: { users: {} } })).toEqual(['upstreams.users: missing required property "targets" (an upstream needs at least one source of targets: "targets", "dns" or "registry")']);
+    expect(lines({ ...minimal(), routes: [{ id: 'x', path: '/' }] })).toEqual([
+      'routes[0]: needs "upstream" (an upstream name) or "upstreams" (a weighted list such as [{ name: v1, weight: 90 }, { name: v2, weight: 10 }])',
+    ]);
   });
 
   it('types, with what was given', () => {
@@ -74,16 +76,16 @@ describe('schema errors: readable path and message', () => {
 
   it('enums list the allowed values and suggest the closest', () => {
     expect(lines(withUpstream({ targets: ['http://a:1'], balance: 'least-conn' }))).toEqual([
-      'upstreams.users.balance: must be one of "round_robin", "least_conn", "random", "ip_hash", "p2c" (got "least-conn") (did you mean "least_conn"?)',
+      'upstreams.users.balance: must be one of "round_robin", "least_conn", "random", "ip_hash", "p2c", "consistent_hash", "sticky" (got "least-conn") (did you mean "least_conn"?)',
     ]);
-    expect(lines(withServer({ backend: 'nginx' }))).toEqual(['server.backend: must be one of "auto", "uws", "bun" (got "nginx")']);
+    expect(lines(withServer({ backend: 'nginx' }))).toEqual(['server.backend: must be one of "auto", "uws", "bun", "node" (got "nginx")']);
   });
 
   it('a target that is neither a string nor an object', () => {
     expect(lines(withUpstream({ targets: [8080] }))).toEqual([
       'upstreams.users.targets[0]: must be a URL string like "http://127.0.0.1:9001" or an object { url, weight }',
     ]);
-    expect(lines(withUpstream({ targets: [] }))).toEqual(['upstreams.users.targets: must have at least one item']);
+    expect(lines(withUpstream({ targets: [] }))).toEqual(['upstreams.users.targets: must list at least one target; with "dns" or "registry" set, leave "targets" out']);
     // An object target is checked as an object (the string branch does not apply).
     expect(lines(withUpstream({ targets: [{ url: 'http://a:1', wieght: 2 }] }))).toEqual([
       'upstreams.users.targets[0]: unknown property "wieght" (did you mean "weight"?)',
@@ -147,6 +149,11 @@ describe('target URL errors', () => {
     ['http://u:p@a:1', 'must not contain credentials (user:password@); set an Authorization header under headers.request.set instead'],
     ['http://a:0', 'port must be from 1 to 65535 (got 0)'],
     ['http://a:99999', 'is not a valid URL (got "http://a:99999"); expected http://host:port with a port from 1 to 65535'],
+    ['http://a..b:1', 'host "a..b" is not a valid host name: it has an empty label (two dots in a row, or a leading dot)'],
+    ['http://-bad-:1', 'host "-bad-" is not a valid host name: the label "-bad-" must be letters, digits, "-" and "_", not starting or ending with "-"'],
+    ['http://a-.example:1', 'host "a-.example" is not a valid host name: the label "a-" must be letters, digits, "-" and "_", not starting or ending with "-"'],
+    [`http://${'l'.repeat(64)}.example:1`, `host "${'l'.repeat(57)}..." is not a valid host name: the label "${'l'.repeat(20)}..." is 64 characters long (at most 63)`],
+    [`http://${Array(50).fill('abcde').join('.')}:1`, `host "${Array(50).fill('abcde').join('.').slice(0, 57)}..." is not a valid host name: it is 299 characters long (at most 253)`],
   ];
   for (const [url, message] of cases) {
     it(url, () => {
@@ -154,6 +161,12 @@ describe('target URL errors', () => {
       expect(errorsOf(withUpstream({ targets: [{ url }] }))).toEqual([{ path: 'upstreams.users.targets[0].url', message }]);
     });
   }
+
+  it('host names as services name themselves are accepted: underscores, a trailing dot, IPv4 in any form, IPv6', () => {
+    for (const url of ['http://my_service:8080', 'http://users.default.svc.cluster.local.:9001', 'http://0x7f.1:80', 'http://[::1]:80', `http://${'l'.repeat(63)}:1`]) {
+      expect(validateConfig(withUpstream({ targets: [url] })).ok, url).toBe(true);
+    }
+  });
 
   it('duplicate targets', () => {
     expect(lines(withUpstream({ targets: ['http://a:1', 'http://A:1/'] }))).toEqual([

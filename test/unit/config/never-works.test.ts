@@ -40,15 +40,15 @@ describe('HTTP methods', () => {
 
   it('an unknown method is refused with a did-you-mean and the standard list', () => {
     expect(lines(route({ methods: ['GET', 'GTE'] }))).toEqual([
-      'routes[0].methods[1]: unknown HTTP method "GTE" (did you mean "GET"?): no backend can receive it (uWS and Bun close the connection on it). Use a standard method: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE',
+      'routes[0].methods[1]: unknown HTTP method "GTE" (did you mean "GET"?): not a method this gateway routes (uWS and Bun close the connection on it). Use a standard method: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE',
     ]);
-    expect(lines(route({ methods: ['FETCH'] }, { backend: 'bun' }))[0]).toMatch(/^routes\[0\]\.methods\[0\]: unknown HTTP method "FETCH": no backend can receive it/);
+    expect(lines(route({ methods: ['FETCH'] }, { backend: 'bun' }))[0]).toMatch(/^routes\[0\]\.methods\[0\]: unknown HTTP method "FETCH": not a method this gateway routes/);
     expect(lines(route({ methods: ['X-CUSTOM'] }))[0]).toMatch(/unknown HTTP method "X-CUSTOM"/);
   });
 
   it('an extension method is refused on the uWS backend (closed before the gateway sees it), accepted on Bun', () => {
     expect(lines(route({ methods: ['PURGE'] }, { backend: 'uws' }))).toEqual([
-      'routes[0].methods[0]: PURGE can never reach this route on the uWS backend: this uWebSockets.js build closes the connection on extension methods before the gateway sees the request. Remove it, or run on Bun (server.backend: bun), which receives PURGE',
+      'routes[0].methods[0]: PURGE can never reach this route on the uWS backend: this uWebSockets.js build closes the connection on extension methods before the gateway sees the request. Remove it, or use server.backend: node (or bun), which receives PURGE',
     ]);
     // Also next to methods that work: that entry still never works.
     expect(lines(route({ methods: ['GET', 'propfind'] }))).toHaveLength(1);

@@ -43,10 +43,9 @@ describe('resilience config: refused with the path of the problem', () => {
     ['consecutiveFailures 0', { outlierDetection: { consecutiveFailures: 0 } }, ['upstreams.users.outlierDetection.consecutiveFailures: must be an integer from 1 to 1000000 (got 0)']],
     ['maxEjectionPercent 150', { outlierDetection: { maxEjectionPercent: 150 } }, ['upstreams.users.outlierDetection.maxEjectionPercent: must be an integer from 0 to 100 (got 150)']],
     ['baseEjectionMs 0', { outlierDetection: { baseEjectionMs: 0 } }, ['upstreams.users.outlierDetection.baseEjectionMs: must be an integer from 1 to 86400000 (got 0)']],
-    ['balance typo', { balance: 'p2cc' }, ['upstreams.users.balance: must be one of "round_robin", "least_conn", "random", "ip_hash", "p2c" (got "p2cc") (did you mean "p2c"?)']],
+    ['balance typo', { balance: 'p2cc' }, ['upstreams.users.balance: must be one of "round_robin", "least_conn", "random", "ip_hash", "p2c", "consistent_hash", "sticky" (got "p2cc") (did you mean "p2c"?)']],
     ['renamed: circuitBreaker', { circuitBreaker: {} }, ['upstreams.users: unsupported property "circuitBreaker", use "breaker" instead']],
-    ['not yet: retry', { retry: {} }, ['upstreams.users: unsupported property "retry": retries are not supported by this version yet']],
-    ['not yet: hashOn', { hashOn: 'ip' }, ['upstreams.users: unsupported property "hashOn": consistent_hash is not supported by this version yet']],
+    ['hashOn without consistent_hash (test/unit/config/balancing.test.ts has the rest)', { hashOn: 'ip' }, ['upstreams.users.hashOn: hashOn is used by balance: consistent_hash only (this upstream\'s balance is "round_robin"); set balance: consistent_hash or remove hashOn']],
   ];
   it.each(cases)('%s', (_what, up, want) => {
     expect(lines(withUp(up))).toEqual(want);

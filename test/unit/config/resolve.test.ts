@@ -2,6 +2,7 @@ import os from 'node:os';
 import { describe, expect, it } from 'vitest';
 import { validateConfig } from '../../../common/config/load.js';
 import { minimal, valid } from './helpers.js';
+import { autoBackend } from '../../../common/runtime.js';
 
 describe('defaults resolution', () => {
   it('fills every section of a minimal document', () => {
@@ -12,11 +13,13 @@ describe('defaults resolution', () => {
       host: '0.0.0.0',
       port: 8080,
       workers: Math.min(256, os.availableParallelism()),
-      backend: 'auto',
+      // auto resolves to this runtime's backend: uws on Node 20, node on Node 22+, bun on Bun (common/runtime.ts).
+      backend: autoBackend(),
       drainTimeoutMs: 30000,
       drainDelayMs: 0,
       healthPath: null,
       limits: { maxBodyBytes: 10485760, maxUrlBytes: 8192, maxHeaderBytes: 32768, maxHeaderCount: 100 },
+      timeouts: { headerMs: 10000, idleMs: 10000, bodyMs: 10000 },
       forwarded: { xForwardedFor: true, xForwardedProtoHost: true, forwarded: false },
       requestIdHeader: 'x-request-id',
       pathForwarding: 'normalized',
@@ -39,6 +42,11 @@ describe('defaults resolution', () => {
       breaker: null,
       healthCheck: null,
       outlierDetection: null,
+      retry: null,
+      dns: null,
+      registry: null,
+      hashOn: null,
+      sticky: null,
     });
     expect(c.routes[0]).toEqual({
       id: 'users',
@@ -48,12 +56,17 @@ describe('defaults resolution', () => {
       priority: 0,
       match: { headers: [], query: [] },
       upstream: 'users',
+      upstreams: null,
+      hashOn: null,
       rewrite: { stripPrefix: null, replacePrefix: null, template: null },
       preserveHost: false,
       pathForwarding: null,
       headers: { request: { add: [], set: [], remove: [] }, response: { add: [], set: [], remove: [] } },
       maxBodyBytes: null,
       rateLimit: [],
+      retryMethods: null,
+      auth: null,
+      websocket: { maxMessageBytes: 1048576, messagesPerSecond: 0, idleTimeoutMs: 120000, pingIntervalMs: 30000, maxConnectionsPerKey: 0, compression: false },
     });
   });
 

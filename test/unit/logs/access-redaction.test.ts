@@ -73,6 +73,9 @@ const LAYOUTS: Array<[string, (pair: string) => string]> = [
   ['mixed & and ;', (p) => `a=1&b=2;${p}&keep=1`],
   ['after a valueless flag', (p) => `flag&${p}`],
   ['nested unencoded in another value', (p) => `next=/cb?${p}`],
+  ['nested percent-encoded in another value', (p) => `a=1&next=${encodeURIComponent(`/cb?x=1&${p}`)}&keep=1`],
+  ['nested encoded twice', (p) => `next=${encodeURIComponent(encodeURIComponent(`https://idp.example/cb?${p}`))}&keep=1`],
+  ['nested encoded, ; separated', (p) => `a=1;next=${encodeURIComponent(`/cb;${p}`)}`],
 ];
 
 interface Case { name: string; encoding: string; layout: string; query: string; secret: string }
@@ -135,6 +138,10 @@ describe('canonicalParamName', () => {
     }
     expect(canonicalParamName('[token]')).toBe('[token]'); // a leading bracket is not an array suffix
     expect(canonicalParamName('%zztoken')).toBe('%zztoken'); // a bad escape stays as sent
+  });
+
+  it('does not hide an encoded value that nests no secret', () => {
+    for (const q of ['next=%2Fcb%3Fpage%3D2', 'next=%252Fcb%253Fsort%253Dasc', 'q=a%3Db', 'x=%zz%3D']) expect(redactQuery(q, secrets)).toBe(q);
   });
 
   it('does not hide ordinary parameters', () => {

@@ -185,6 +185,18 @@ export interface LocalResult {
 }
 const local: LocalResult = { allowed: false, entry: 0, entryHi: 0, entryLo: 0, window: 0, remaining: 0, resetMs: 0, retryMs: 0 };
 
+/**
+ * The share of limit `l` this instance enforces in memory: 1 for a local
+ * limit; H_SHARE for a batched cluster limit (1 while Redis is up); for a
+ * strict limit, decided in memory only while its store fails, 1/instances
+ * at once (H_DOWN_SHARE): the worker's store usually sees the outage before
+ * the admin thread lowers H_SHARE, and the first fallback decisions must not
+ * admit a whole instance's burst.
+ */
+function scaleOf(l: Limit, table: RateLimitTable): number {
+  return l.strict ? table.downShare : l.cluster ? table.share : 1;
+}
+
 export class RateLimitPolicyRunner implements Policy {
   readonly name = 'rate-limit';
   readonly limits: Limit[];
@@ -252,7 +264,7 @@ export class RateLimitPolicyRunner implements Policy {
       const e = table.find(l.tag, hash[0]!, hash[1]!, now, found, true);
       const ib = table.base(e);
       const fb = ib >> 1;
-      const window = decideAt(f, fb, found.isNew, now, l, l.cluster ? table.share : 1);
+      const window = decideAt(f, fb, found.isNew, now, l, scaleOf(l, table));
       if (decision.allowed && l.pends) f[fb + F_PENDING]! += 1;
       takenHi[i] = table.i32[ib + E_HI]!;
       takenLo[i] = table.i32[ib + E_LO]!;
@@ -300,7 +312,7 @@ export class RateLimitPolicyRunner implements Policy {
       // policy sharing it: then leave it (the evicted key starts afresh anyway).
       if (i32[b + E_TAG] === l.tag && i32[b + E_HI] === his[j] && i32[b + E_LO] === los[j]) {
         const fb = b >> 1;
-        undo(f, fb, l.algorithm, l, l.cluster ? table.share : 1, windows[j]!);
+        undo(f, fb, l.algorithm, l, scaleOf(l, table), windows[j]!);
         if (l.pends && f[fb + F_PENDING]! > 0) f[fb + F_PENDING]! -= 1;
       }
       table.unlock(e);
@@ -320,7 +332,7 @@ export class RateLimitPolicyRunner implements Policy {
     const e = table.find(l.tag, hi, lo, now, found, true);
     const ib = table.base(e);
     const fb = ib >> 1;
-    const window = decideAt(f, fb, found.isNew, now, l, l.cluster ? table.share : 1);
+    const window = decideAt(f, fb, found.isNew, now, l, scaleOf(l, table));
     local.entryHi = table.i32[ib + E_HI]!;
     local.entryLo = table.i32[ib + E_LO]!;
     table.unlock(e);

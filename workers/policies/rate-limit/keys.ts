@@ -1,6 +1,6 @@
 /**
  * Key extraction: the text a request's bucket is named by, per policy
- * (`by`). The interface identity will plug into (`consumer`) is KeyFn.
+ * (`by`); `consumer` is the id the route's auth policy authenticated.
  *
  * A key function returns the key's text and sets `keyKind.kind`, which
  * seeds the hash, so that keys of different kinds never meet: a tenant
@@ -29,6 +29,7 @@ export const K_GLOBAL = 2;
 export const K_ROUTE = 3;
 export const K_HEADER = 4;
 export const K_QUERY = 5;
+export const K_CONSUMER = 6;
 /** Set by every key function: the kind of the key it returned. */
 export const keyKind = { kind: 0 };
 
@@ -133,7 +134,7 @@ function behindProxies(xff: string, peer: string, trusted: net.BlockList, rules:
       const a = rules === null ? -1 : parseIPv4(hop);
       if (a !== -1) {
         if (!inV4Rules(rules!, a)) return hop; // a valid address: net.isIP(hop) is 4
-      } else if (!isTrusted(trusted, rules, hop)) return net.isIP(hop) === 0 ? peer : hop;
+      } else if (!isTrusted(trusted, rules, hop)) return net.isIP(hop) === 0 ? peer : canonicalIPv6(hop);
     }
     if (comma === -1) break;
     end = comma;
@@ -141,7 +142,31 @@ function behindProxies(xff: string, peer: string, trusted: net.BlockList, rules:
   // Every hop is a trusted proxy: the left-most one is as close to the client as we know.
   const c0 = xff.indexOf(',');
   const first = stripPort((c0 === -1 ? xff : xff.slice(0, c0)).trim());
-  return net.isIP(first) === 0 ? peer : first;
+  return net.isIP(first) === 0 ? peer : canonicalIPv6(first);
+}
+
+/**
+ * One spelling per address, so that a client keeps one bucket however a
+ * proxy writes it: IPv6 in RFC 5952 form (lowercase, zeros compressed, as
+ * the gateway formats peer addresses), an IPv4-mapped IPv6 address
+ * (`::ffff:10.0.0.7`) as its IPv4 address. Dotted quads are returned as
+ * they are (the IPv4 path never gets here with anything else).
+ */
+export function canonicalIPv6(addr: string): string {
+  if (addr.indexOf(':') === -1 || addr.indexOf('%') !== -1) return addr; // zone ids: link-local, left alone
+  let host: string;
+  try {
+    host = new URL('http://[' + addr + ']/').hostname; // WHATWG serialises IPv6 in RFC 5952 form
+  } catch {
+    return addr;
+  }
+  const a = host.slice(1, -1);
+  // ::ffff:a00:7 is ::ffff:10.0.0.7 (RFC 4291 2.5.5.2).
+  const m = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(a);
+  if (m === null) return a;
+  const hi = parseInt(m[1]!, 16);
+  const lo = parseInt(m[2]!, 16);
+  return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
 }
 
 /** `1.2.3.4:5678` -> `1.2.3.4`; `[::1]:80` -> `::1`; anything else as is. */
@@ -199,6 +224,14 @@ export function keyFunction(p: RateLimitPolicy, trusted: net.BlockList | null): 
         return v;
       };
     }
+    case 'consumer':
+      // Set by the route's auth policy, which runs before rate limits; none (a public route): by ip.
+      return (ctx) => {
+        const c = ctx.consumerId;
+        if (c === '') return ip(ctx);
+        keyKind.kind = K_CONSUMER;
+        return c;
+      };
     case 'query': {
       const name = p.keyName!;
       return (ctx) => {

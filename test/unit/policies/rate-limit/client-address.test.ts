@@ -68,14 +68,51 @@ function refStripPort(s: string): string {
   return parts.length === 2 ? parts[0]! : s;
 }
 
+/**
+ * One spelling per address, by the RFCs: an IPv6 address as its 8 groups,
+ * then written as RFC 5952 4 says (lowercase, no leading zeros, the longest
+ * run of two or more zero groups as `::`, the first of equal runs); in
+ * ::ffff:0:0/96 (IPv4-mapped, RFC 4291 2.5.5.2) as the IPv4 address.
+ * Addresses with a zone id, and IPv4 ones, as they are.
+ */
+function refCanonical(a: string): string {
+  if (net.isIP(a) !== 6 || a.includes('%')) return a;
+  let s = a.toLowerCase();
+  const v4 = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(s);
+  if (v4 !== null) {
+    const [b0, b1, b2, b3] = v4.slice(1).map(Number) as [number, number, number, number];
+    s = s.slice(0, v4.index) + ((b0 << 8) | b1).toString(16) + ':' + ((b2 << 8) | b3).toString(16);
+  }
+  const [left, right] = s.includes('::') ? s.split('::') as [string, string] : [s, null];
+  const l = left === '' ? [] : left.split(':');
+  const r = right === null || right === '' ? [] : right.split(':');
+  const groups = right === null ? l : [...l, ...Array<string>(8 - l.length - r.length).fill('0'), ...r];
+  const g = groups.map((x) => parseInt(x, 16));
+  if (g.slice(0, 5).every((x) => x === 0) && g[5] === 0xffff) return `${g[6]! >> 8}.${g[6]! & 255}.${g[7]! >> 8}.${g[7]! & 255}`;
+  let best = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8;) {
+    let j = i;
+    while (j < 8 && g[j] === 0) j++;
+    if (j - i > bestLen) {
+      best = i;
+      bestLen = j - i;
+    }
+    i = j === i ? i + 1 : j;
+  }
+  const hex = g.map((x) => x.toString(16));
+  if (best === -1) return hex.join(':');
+  return hex.slice(0, best).join(':') + '::' + hex.slice(best + bestLen).join(':');
+}
+
 function refClientAddress(peer: string, xff: string | null, list: net.BlockList | null): string {
   if (list === null || xff === null || !refTrusted(list, peer)) return peer;
   const hops = xff.split(',').map((h) => refStripPort(h.trim()));
   for (let i = hops.length - 1; i >= 0; i--) {
     if (hops[i] === '') continue;
-    if (!refTrusted(list, hops[i]!)) return net.isIP(hops[i]!) === 0 ? peer : hops[i]!;
+    if (!refTrusted(list, hops[i]!)) return net.isIP(hops[i]!) === 0 ? peer : refCanonical(hops[i]!);
   }
-  return net.isIP(hops[0]!) === 0 ? peer : hops[0]!;
+  return net.isIP(hops[0]!) === 0 ? peer : refCanonical(hops[0]!);
 }
 
 // ---------------------------------------------------------------------------
@@ -100,7 +137,18 @@ function hex16(rng: Rng): string {
   return rng.int(256 * 256).toString(16);
 }
 
+/** IPv6 addresses in the spellings a proxy may write: upper case, leading zeros, zero runs uncompressed. */
 function ipv6(rng: Rng): string {
+  const a = ipv6Form(rng);
+  switch (rng.int(4)) {
+    case 0: return a.toUpperCase();
+    case 1: return a.replace(/(^|:)([0-9a-f]{1,3})(?=:|$)/g, (_m, p: string, g: string) => p + g.padStart(4, '0'));
+    case 2: return a === '::' ? '0:0:0:0:0:0:0:0' : a.replace('::', ':0:0:').replace(/^:/, '0:').replace(/:$/, ':0');
+    default: return a;
+  }
+}
+
+function ipv6Form(rng: Rng): string {
   switch (rng.int(8)) {
     case 0: return '::1';
     case 1: return '::';

@@ -19,7 +19,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createRequire } from 'node:module';
 import { resolvePolicy, resolveRedis } from '../../../../common/config/rate-limit.js';
 import type { RateLimitPolicy, RedisConfig } from '../../../../common/config/types.js';
-import { RateLimitTable, createRateLimitTable } from '../../../../common/rate-limit-layout.js';
+import { H_DOWN_SHARE, RateLimitTable, createRateLimitTable } from '../../../../common/rate-limit-layout.js';
 import { CONTINUE, PENDING, RequestContext, type PendingDecision } from '../../../../workers/pipeline/context.js';
 import { RateLimitPolicyRunner, type RateLimitEnv } from '../../../../workers/policies/rate-limit/index.js';
 import { StrictStore } from '../../../../workers/policies/rate-limit/strict-store.js';
@@ -165,6 +165,26 @@ describe('a Redis that answers errors', () => {
     expect(new Set(results)).toEqual(new Set(['ok', 'rate_limit_store_unavailable']));
     await sleep(300);
     expect(store.up).toBe(false);
+    expect(unhandled).toEqual([]);
+  });
+
+  it('allow_local falls back on this instance\'s share from the first failed call, before the admin thread lowers H_SHARE', async () => {
+    // The worker's store sees Redis fail before the admin thread's next sync
+    // does: H_SHARE is still 1 then; H_DOWN_SHARE (1/instances, kept by the
+    // admin thread from its heartbeats) already says 1/2. A burst of 4 on
+    // two instances is 2 here, from the first request on (CI once saw 3).
+    fake.failAll = true;
+    for (const key of ['first-call', 'already-down']) {
+      const store = new StrictStore(redisConfig(fake.url, 200), 'test-strict');
+      stores.push(store);
+      const allow = worker(store, [strictPolicy('a', { burst: 4 })]);
+      allow.table.f64[H_DOWN_SHARE] = 0.5;
+      expect(allow.table.share).toBe(1);
+      if (key === 'already-down') await allow.request('warm-up');
+      const statuses: string[] = [];
+      for (let i = 0; i < 6; i++) statuses.push((await allow.request(key)).status);
+      expect(statuses, key).toEqual(['ok', 'ok', 'rate_limited', 'rate_limited', 'rate_limited', 'rate_limited']);
+    }
     expect(unhandled).toEqual([]);
   });
 

@@ -1,0 +1,85 @@
+/**
+ * Configuration of WebSocket proxying (issue 14): the schema fragment
+ * (merged into schema.ts under `routes[].websocket`) and its resolution.
+ *
+ *   routes:
+ *     - id: chat
+ *       path: /chat/*
+ *       upstream: chat
+ *       websocket: { maxMessageBytes: 1048576, messagesPerSecond: 50, idleTimeoutMs: 120000,
+ *                    pingIntervalMs: 30000, maxConnectionsPerKey: 100, compression: false }
+ *
+ * Every route proxies `Upgrade: websocket` requests unless it says
+ * `websocket: false`; `websocket: true` or `{}` is every default
+ * (WEBSOCKET_DEFAULTS, the one table of them). Any other Upgrade (h2c...)
+ * is never honoured: it is stripped as hop-by-hop. What the words mean at
+ * run time: workers/transport/websocket/.
+ */
+import type { RouteWebSocket } from './types.js';
+
+export const WEBSOCKET_DEFAULTS = Object.freeze({
+  maxMessageBytes: 1_048_576, // 1 MiB: a larger message closes the connection with 1009
+  messagesPerSecond: 0, // per connection, client to upstream; 0 = no limit; past it: close 1008
+  idleTimeoutMs: 120_000, // 2 min without a message either way: close 1001 (pings do not count)
+  pingIntervalMs: 30_000, // the gateway pings a silent client this often; no answer within another interval: closed
+  maxConnectionsPerKey: 0, // 0 = no limit (not enforced yet: see the README)
+  compression: false, // permessage-deflate with the client
+});
+
+/** Largest maxMessageBytes accepted (64 MiB): a whole message is held in memory once on its way through. */
+export const MAX_WEBSOCKET_MESSAGE_BYTES = 67_108_864;
+const MAX_MS = 86_400_000;
+
+const D = WEBSOCKET_DEFAULTS;
+
+export const websocketSchema = {
+  description: 'WebSocket upgrades on this route: false = not proxied (the Upgrade header is stripped and the request is proxied as plain HTTP); true or an object = proxied, with these limits. Default: proxied with every default.',
+  errorMessage: 'must be false, true or an object such as { maxMessageBytes: 1048576, messagesPerSecond: 50 }',
+  anyOf: [
+    { type: 'boolean' },
+    {
+      type: 'object', additionalProperties: false,
+      properties: {
+        maxMessageBytes: {
+          type: 'integer', minimum: 1, maximum: MAX_WEBSOCKET_MESSAGE_BYTES, default: D.maxMessageBytes,
+          description: `Largest message either way, in bytes after reassembly of fragments (1..${MAX_WEBSOCKET_MESSAGE_BYTES}); a larger one closes the connection with 1009 (message too big). Default ${D.maxMessageBytes}.`,
+        },
+        messagesPerSecond: {
+          type: 'integer', minimum: 0, maximum: 1_000_000, default: D.messagesPerSecond,
+          description: `Messages a client may send per second on one connection (a one-second window); past it the connection closes with 1008 (policy violation). 0 = no limit. Default ${D.messagesPerSecond}.`,
+        },
+        idleTimeoutMs: {
+          type: 'integer', minimum: 0, maximum: MAX_MS, default: D.idleTimeoutMs,
+          description: `A connection with no message either way for this long is closed with 1001 (going away) on both sides; pings and pongs do not count. In milliseconds (0..${MAX_MS}; 0 = never). Default ${D.idleTimeoutMs}.`,
+        },
+        pingIntervalMs: {
+          type: 'integer', minimum: 0, maximum: MAX_MS, default: D.pingIntervalMs,
+          description: `The gateway pings a client it heard nothing from for this long, and closes it (1001 to the upstream) when nothing comes back within another interval. In milliseconds (0..${MAX_MS}; 0 = no pings). Default ${D.pingIntervalMs}.`,
+        },
+        maxConnectionsPerKey: {
+          type: 'integer', minimum: 0, maximum: 1_000_000, default: D.maxConnectionsPerKey,
+          description: `Open connections per consumer (or client address without one). 0 = no limit. Not enforced yet. Default ${D.maxConnectionsPerKey}.`,
+        },
+        compression: {
+          type: 'boolean', default: D.compression,
+          description: `Offer permessage-deflate (RFC 7692) to the client. The upstream side is never compressed. Default ${D.compression}.`,
+        },
+      },
+    },
+  ],
+} as const;
+
+/** routes[].websocket resolved: null = not proxied (`websocket: false`). */
+export function resolveRouteWebSocket(raw: unknown): RouteWebSocket | null {
+  if (raw === false) return null;
+  const o = typeof raw === 'object' && raw !== null ? (raw as Record<string, unknown>) : {};
+  const pick = <T>(k: keyof typeof D): T => (o[k] === undefined ? D[k] : o[k]) as T;
+  return {
+    maxMessageBytes: pick<number>('maxMessageBytes'),
+    messagesPerSecond: pick<number>('messagesPerSecond'),
+    idleTimeoutMs: pick<number>('idleTimeoutMs'),
+    pingIntervalMs: pick<number>('pingIntervalMs'),
+    maxConnectionsPerKey: pick<number>('maxConnectionsPerKey'),
+    compression: pick<boolean>('compression'),
+  };
+}

@@ -1,0 +1,49 @@
+/**
+ * WebSocket pieces every server backend uses (no uWS, no `ws`): whether a
+ * request asks for a WebSocket, a route's `websocket` settings, and what a
+ * backend that cannot proxy WebSockets yet answers.
+ */
+import type { RouteWebSocket } from '../../../common/config/types.js';
+import type { Dataplane, RouteContext } from '../../dataplane.js';
+
+/** `websocket` among the Upgrade header's protocols (RFC 9110 7.8), case-insensitively. */
+export function isWebSocketUpgrade(v: string): boolean {
+  if (v.length === 9) return v.toLowerCase() === 'websocket';
+  for (const p of v.split(',')) if (p.trim().toLowerCase() === 'websocket') return true;
+  return false;
+}
+
+/** The 501 not_implemented message of a backend that does not proxy WebSockets yet (Bun, node). */
+export const WS_NOT_IMPLEMENTED = 'WebSocket proxying is not available on this server backend yet (server.backend: uws proxies WebSockets).';
+
+/**
+ * The route settings of an upgrade: `websocket` of the route that matched
+ * (a split route's branches share it; null: `websocket: false`), looked up
+ * by RouteContext. Built once per config version, on its first upgrade.
+ */
+const settingsCache = new WeakMap<Dataplane, Map<RouteContext, RouteWebSocket | null>>();
+export function wsSettings(dp: Dataplane, route: RouteContext): RouteWebSocket | null {
+  let m = settingsCache.get(dp);
+  if (m === undefined) {
+    m = new Map();
+    const cfg = dp.config.routes;
+    for (let i = 0; i < dp.routes.length; i++) m.set(dp.routes[i]!, cfg[i]!.websocket ?? null);
+    settingsCache.set(dp, m);
+  }
+  return m.get(route) ?? null;
+}
+
+/**
+ * uWS's cap on a message it reassembles (maxPayloadLength, fixed when the
+ * worker starts): twice the largest maxMessageBytes of the config. A client
+ * message between maxMessageBytes and the cap is refused with 1009; past
+ * the cap uWS drops the connection without a Close frame (the client sees
+ * 1006). A reload that raises maxMessageBytes above half the cap keeps the
+ * old cap until the worker restarts.
+ */
+export function uwsPayloadCap(dp: Dataplane): number {
+  let max = 0;
+  for (const r of dp.config.routes) if (r.websocket !== null && r.websocket.maxMessageBytes > max) max = r.websocket.maxMessageBytes;
+  if (max === 0) max = 1_048_576;
+  return 2 * max;
+}

@@ -1,0 +1,952 @@
+/**
+ * WebSocket proxying on the uWS backend (issue 14): one WsTunnel per client
+ * connection, from the upgrade request to the last close, and the WsHub of a
+ * worker that holds them (the uWS behaviour, the sweep for pings and idle
+ * connections, shutdown).
+ *
+ * Life of a tunnel:
+ *   uws-server.ts upgrade()  reads the request, routes it and runs the route's
+ *                            policies exactly as for a GET (a refusal is the
+ *                            usual JSON error, never a 101), admits a target
+ *   awaitDecision()          (a policy's decision still to come) wait for it
+ *   start()                  open the upstream WebSocket (`ws`) to the target:
+ *                            path and query as the HTTP proxy sends them,
+ *                            headers filtered by the same rules,
+ *                            Sec-WebSocket-Protocol offered as the client did
+ *   onUpstreamOpen()         the upstream said 101: the client gets its 101
+ *                            with the protocol the upstream chose (uWS
+ *                            res.upgrade, corked); an upstream that refused
+ *                            (any other status) has its answer passed on, one
+ *                            that cannot be reached gets 502/504 JSON errors
+ *   onClientMessage() / onUpstreamMessage()  relay, text and binary as they
+ *                            came; messages are whole (uWS and ws reassemble
+ *                            fragments) and at most maxMessageBytes
+ *   close                    codes and reasons passed both ways (close-codes.ts)
+ *
+ * Backpressure and the memory bound per connection (README):
+ *  - toward the client: when uWS holds more than HIGH_WATER bytes for the
+ *    client, the upstream socket is paused (ws pause(): no more reads) until
+ *    uWS's drain brings it under LOW_WATER. What the gateway holds for a
+ *    client is therefore at most HIGH_WATER + maxMessageBytes + one socket
+ *    read (64 KiB): the read in progress is relayed whole.
+ *  - toward the upstream: this uWS build (20.30) cannot pause a WebSocket's
+ *    reads (no WebSocket.pause), so a client that sends faster than the
+ *    upstream reads is closed with 1013 (try again later; the upstream gets
+ *    1001) once the upstream socket holds more than HIGH_WATER +
+ *    maxMessageBytes unsent bytes. messagesPerSecond bounds the rate too.
+ *  - a message being reassembled by uWS: at most 2 x the largest
+ *    maxMessageBytes of the config the worker started with (uwsPayloadCap).
+ *
+ * Pings: uWS answers a client's pings itself, `ws` answers the upstream's;
+ * pings are not relayed. The gateway pings each side it heard nothing from
+ * for pingIntervalMs, and a side that stays silent for another interval is
+ * taken as lost (the other side gets 1001 / 1014). idleTimeoutMs counts only
+ * messages (either way): past it both sides get 1001.
+ */
+import { createRequire } from 'node:module';
+import { randomFillSync } from 'node:crypto';
+import type { IncomingMessage, ClientRequest } from 'node:http';
+import { STATUS_CODES } from 'node:http';
+import { Errors, type GatewayErrorDef } from '../../../common/errors.js';
+import type { RouteWebSocket } from '../../../common/config/types.js';
+import { log } from '../../../common/log.js';
+import { methodIndex } from '../../../common/metrics-layout.js';
+import { entry, resetEntry } from '../../access-log.js';
+import type { RouteContext } from '../../dataplane.js';
+import type { UpstreamRuntime } from '../../proxy/balancer.js';
+import type { TargetPool } from '../../proxy/upstream-pool.js';
+import { coarse } from '../../proxy/timers.js';
+import { connectionListed } from '../../proxy/headers.js';
+import { countError, recordRequest, recordSizes } from '../../request-metrics.js';
+import { CONTINUE, type DecisionWaiter, type PendingDecision } from '../../pipeline/context.js';
+import { CLOSE_NONE, writeGatewayError } from '../uws-respond.js';
+import type { ExchangeEnv } from '../uws-exchange.js';
+import {
+  CLOSE_BAD_GATEWAY, CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION,
+  CLOSE_TRY_AGAIN_LATER, MAX_REASON_BYTES, codeForClient, codeForUpstream,
+} from './close-codes.js';
+
+const require = createRequire(import.meta.url);
+
+/** What the gateway uses of a `ws` client (ws 8.23; the package ships no types). */
+interface UpstreamSocket {
+  readonly readyState: number;
+  readonly protocol: string;
+  readonly bufferedAmount: number;
+  send(data: Buffer, options: { binary: boolean; compress: boolean; fin: boolean }): void;
+  close(code?: number, reason?: Buffer | string): void;
+  ping(): void;
+  pause(): void;
+  resume(): void;
+  terminate(): void;
+  on(event: string, fn: (...a: any[]) => void): void;
+  once(event: string, fn: (...a: any[]) => void): void;
+  removeAllListeners(event?: string): void;
+}
+type UpstreamSocketCtor = new (address: string, protocols: string[], options: Record<string, unknown>) => UpstreamSocket;
+let WsCtor: UpstreamSocketCtor | null = null;
+function wsCtor(): UpstreamSocketCtor {
+  return (WsCtor ??= require('ws') as UpstreamSocketCtor);
+}
+const WS_OPEN = 1;
+
+/** Pause the upstream when uWS holds more than this for the client (bytes). */
+export const HIGH_WATER = 256 * 1024;
+/** Resume it when uWS's drain finds less than this. */
+export const LOW_WATER = 64 * 1024;
+/** How often the hub looks for silent and idle connections (ms). */
+export const SWEEP_INTERVAL_MS = 250;
+/** After the gateway sent its Close, how long the upstream has to answer before its socket is dropped (ms). */
+const UPSTREAM_CLOSE_GRACE_MS = 5_000;
+/** Largest body of an upstream's refusal (a non-101 answer to the handshake) passed to the client; larger: 502. */
+const REFUSAL_BODY_MAX = 64 * 1024;
+
+/** The per-message options handed to ws.send: preallocated, never changed. */
+const BINARY = { binary: true, compress: false, fin: true };
+const TEXT = { binary: false, compress: false, fin: true };
+
+/**
+ * Masking keys for the frames sent upstream (RFC 6455 5.3), from a random
+ * pool refilled 8 KiB at a time as `ws` does, but never all zero: with an
+ * all-zero key `ws` would send the caller's buffer itself later instead of a
+ * masked copy made at once, and the gateway's buffer is uWS's, valid only
+ * during the message callback.
+ */
+const maskPool = Buffer.allocUnsafe(8192);
+let maskAt = maskPool.length;
+function generateMask(mask: Buffer): void {
+  if (maskAt + 4 > maskPool.length) {
+    randomFillSync(maskPool);
+    maskAt = 0;
+  }
+  mask[0] = maskPool[maskAt++]!;
+  mask[1] = maskPool[maskAt++]!;
+  mask[2] = maskPool[maskAt++]!;
+  mask[3] = maskPool[maskAt++]! | ((mask[0] | mask[1] | mask[2]) === 0 ? 1 : 0);
+}
+
+const GET_INDEX = methodIndex('GET');
+
+const ST_DECIDE = 0;
+const ST_HANDSHAKE = 1;
+const ST_OPEN = 2;
+const ST_DONE = 3;
+
+/** The request as the upgrade handler read it, for the tunnel (copied: the uWS request dies with the handler). */
+export interface UpgradeRequest {
+  requestId: string;
+  t0: number;
+  key: string;
+  /** The client's offered subprotocols, in order (Sec-WebSocket-Protocol). */
+  protocols: string[];
+  /** Sec-WebSocket-Extensions as sent ('' for none). */
+  extensions: string;
+  /** The upstream request target: path and query, byte-exact as for HTTP. */
+  target: string;
+  /** Header name -> value(s) for the upstream handshake, latin1 strings (one char per byte). */
+  headers: Record<string, string | string[]>;
+  client: string;
+  host: string;
+  path: string;
+  query: string;
+  consumer: string;
+  userAgent: string;
+  referer: string;
+  /** Response headers from the policies (name, value pairs) for the 101 or the refusal, or null. */
+  policyHeaders: string[] | null;
+}
+
+/**
+ * A worker's WebSocket side: the uWS behaviour (registered once, under
+ * `/*`, next to the HTTP handler: uWS sends it only GET requests carrying a
+ * 24-character Sec-WebSocket-Key, the others reach the HTTP handler
+ * untouched), the open tunnels, and the sweep.
+ */
+export class WsHub {
+  readonly open = new Set<WsTunnel>();
+  /** Handshakes in progress (client waiting for its 101). */
+  readonly pending = new Set<WsTunnel>();
+  private sweeper: NodeJS.Timeout | null = null;
+  closed = false;
+
+  constructor(readonly env: ExchangeEnv, readonly uwsPayloadCap: number) {}
+
+  /**
+   * The uWS WebSocketBehavior. `upgrade`: the server's upgrade handler.
+   * `compression`: uWS's SHARED_COMPRESSOR constant (negotiated only for
+   * routes with `compression: true`: the others pass no extensions to
+   * res.upgrade). Idle timeouts and pings are the hub's (per route), so
+   * uWS's are off; maxBackpressure is set far above what the tunnels let
+   * build up, so that uWS never drops a message (HIGH_WATER above).
+   */
+  behavior(upgrade: (res: any, req: any, context: any) => void, compression: number): Record<string, unknown> {
+    return {
+      maxPayloadLength: this.uwsPayloadCap,
+      idleTimeout: 0,
+      sendPingsAutomatically: false,
+      maxBackpressure: 4 * this.uwsPayloadCap + 16 * 1024 * 1024,
+      closeOnBackpressureLimit: false,
+      compression,
+      upgrade,
+      open: (ws: any) => guard(ws, openClient),
+      message: (ws: any, ab: ArrayBuffer, isBinary: boolean) => {
+        const t = (ws.getUserData() as TunnelData).t;
+        try {
+          t.onClientMessage(ab, isBinary);
+        } catch (err) {
+          t.crashed(err);
+        }
+      },
+      drain: (ws: any) => guard(ws, drainClient),
+      pong: (ws: any) => guard(ws, heardClient),
+      close: (ws: any, code: number, message: ArrayBuffer) => {
+        const t = (ws.getUserData() as TunnelData).t;
+        try {
+          t.onClientClose(code, message);
+        } catch (err) {
+          t.crashed(err);
+        }
+      },
+    };
+  }
+
+  add(t: WsTunnel): void {
+    this.open.add(t);
+    if (this.sweeper === null) {
+      this.sweeper = setInterval(() => this.sweep(), SWEEP_INTERVAL_MS);
+      this.sweeper.unref();
+    }
+  }
+
+  remove(t: WsTunnel): void {
+    this.open.delete(t);
+    if (this.open.size === 0 && this.sweeper !== null) {
+      clearInterval(this.sweeper);
+      this.sweeper = null;
+    }
+  }
+
+  private sweep(): void {
+    const now = performance.now();
+    for (const t of this.open) {
+      try {
+        t.tick(now);
+      } catch (err) {
+        t.crashed(err);
+      }
+    }
+  }
+
+  /** The worker closes: every tunnel ends with 1001 both ways, every handshake with 503 shutting_down. */
+  closeAll(): void {
+    this.closed = true;
+    for (const t of [...this.pending]) t.shutDown();
+    for (const t of [...this.open]) t.shutDown();
+    if (this.sweeper !== null) clearInterval(this.sweeper);
+    this.sweeper = null;
+  }
+}
+
+interface TunnelData {
+  t: WsTunnel;
+}
+
+function guard(ws: any, fn: (t: WsTunnel, ws: any) => void): void {
+  const t = (ws.getUserData() as TunnelData).t;
+  try {
+    fn(t, ws);
+  } catch (err) {
+    t.crashed(err);
+  }
+}
+function openClient(t: WsTunnel, ws: any): void {
+  t.onClientOpen(ws);
+}
+function drainClient(t: WsTunnel): void {
+  t.onClientDrain();
+}
+function heardClient(t: WsTunnel): void {
+  t.clientHeard = coarse.now;
+  t.clientPingAt = 0;
+}
+
+export class WsTunnel implements DecisionWaiter {
+  private state = ST_DECIDE;
+  /** The upgrade request's response until the 101 (or an error) is written, then null. */
+  private res: any;
+  private client: any = null;
+  private up: UpstreamSocket | null = null;
+  private upPaused = false;
+  private upClosed = false;
+  private clientClosed = false;
+  private decision: PendingDecision | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private connected = false;
+  private tSent = 0;
+  private upstreamMs = -1;
+  /** What the client got for its upgrade: 101, or the error's / the upstream's status. */
+  private status = 0;
+  private errorCode = '';
+  private detail = '';
+  /** Close codes each way, for the log: what the client sent or was sent. */
+  private closeCode = 0;
+  // --- limits
+  private winStart = 0;
+  private winCount = 0;
+  private lastMessage = 0;
+  clientHeard = 0;
+  clientPingAt = 0;
+  private upHeard = 0;
+  private upPingAt = 0;
+  // --- counts
+  private bytesIn = 0;
+  private bytesOut = 0;
+  private messagesIn = 0;
+  private messagesOut = 0;
+
+  constructor(
+    private readonly hub: WsHub,
+    res: any,
+    private readonly context: any,
+    private readonly route: RouteContext,
+    private readonly upstream: UpstreamRuntime,
+    private readonly pool: TargetPool,
+    private readonly probe: boolean,
+    private readonly s: RouteWebSocket,
+    private readonly r: UpgradeRequest,
+  ) {
+    this.res = res;
+    pool.active++;
+    hub.pending.add(this);
+  }
+
+  /** Waits for a policy's decision (workers/pipeline/context.ts) before start(); its guardMs bounds the wait. */
+  awaitDecision(d: PendingDecision): void {
+    this.decision = d;
+    this.timer = setTimeout(() => {
+      const p = this.decision;
+      if (p === null || this.state !== ST_DECIDE) return;
+      this.decision = null;
+      p.abandon();
+      this.fail(p.guardError, null, ['retry-after', '1']);
+    }, d.guardMs);
+    d.begin(this);
+  }
+
+  /** DecisionWaiter: the decision is in. Never throws. */
+  decided(d: PendingDecision): void {
+    try {
+      this.decision = null;
+      if (this.timer !== null) clearTimeout(this.timer);
+      this.timer = null;
+      if (d.consumerId !== '') this.r.consumer = d.consumerId;
+      if (this.state !== ST_DECIDE) return;
+      if (d.result !== CONTINUE) {
+        this.fail(d.refusal!, d.refusalMessage, d.refusalHeaders);
+        return;
+      }
+      if (d.responseHeaders.length !== 0) this.r.policyHeaders = (this.r.policyHeaders ?? []).concat(d.responseHeaders);
+      if (d.requestLines !== '') addLines(this.r.headers, d.requestLines);
+      this.start();
+      this.hub.env.pump();
+    } catch (err) {
+      this.crashed(err);
+    }
+  }
+
+  /** Opens the upstream WebSocket; the client's 101 waits for the upstream's. */
+  start(): void {
+    this.state = ST_HANDSHAKE;
+    const t = this.pool.target;
+    const host = t.host.includes(':') ? `[${t.host}]` : t.host;
+    const timeouts = this.upstream.config.timeouts;
+    this.tSent = performance.now();
+    let up: UpstreamSocket;
+    try {
+      up = new (wsCtor())(`ws://${host}:${t.port}/`, this.r.protocols, {
+        headers: this.r.headers,
+        perMessageDeflate: false,
+        maxPayload: this.s.maxMessageBytes,
+        followRedirects: false,
+        generateMask,
+        // The request target goes out byte-exact (ws would parse it as a URL: `..` resolved, characters escaped).
+        finishRequest: (req: ClientRequest) => {
+          (req as unknown as { path: string }).path = this.r.target;
+          req.once('socket', (sock) => sock.once('connect', () => this.onConnected(timeouts.responseMs)));
+          req.end();
+        },
+      });
+    } catch (err) {
+      // A header or subprotocol Node or ws refuses (not a token...): the client's request is at fault.
+      this.detail = (err as Error).message;
+      this.fail(Errors.BAD_REQUEST, null, null);
+      return;
+    }
+    this.up = up;
+    up.once('open', () => this.upstreamCallback(this.onUpstreamOpen));
+    up.once('unexpected-response', (_req: ClientRequest, resp: IncomingMessage) => {
+      try {
+        this.onUpstreamRefused(resp);
+      } catch (err) {
+        this.crashed(err);
+      }
+    });
+    up.on('error', (err: Error) => {
+      try {
+        this.onUpstreamError(err);
+      } catch (e) {
+        this.crashed(e);
+      }
+    });
+    up.on('close', (code: number, reason: Buffer) => {
+      try {
+        this.onUpstreamClose(code, reason);
+      } catch (err) {
+        this.crashed(err);
+      }
+    });
+    up.on('message', (data: Buffer, isBinary: boolean) => {
+      try {
+        this.onUpstreamMessage(data, isBinary);
+      } catch (err) {
+        this.crashed(err);
+      }
+    });
+    up.on('pong', () => {
+      this.upHeard = coarse.now;
+      this.upPingAt = 0;
+    });
+    this.timer = setTimeout(() => this.upstreamCallback(this.onHandshakeTimeout), timeouts.connectMs);
+    // net.connect defers work with process.nextTick, which a uWS callback does not run by itself.
+    this.hub.env.pump();
+  }
+
+  private upstreamCallback(fn: (this: WsTunnel) => void): void {
+    try {
+      fn.call(this);
+    } catch (err) {
+      this.crashed(err);
+    }
+  }
+
+  private onConnected(responseMs: number): void {
+    this.connected = true;
+    if (this.state !== ST_HANDSHAKE) return;
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.upstreamCallback(this.onHandshakeTimeout), responseMs);
+  }
+
+  private onHandshakeTimeout(): void {
+    this.timer = null;
+    if (this.state !== ST_HANDSHAKE) return;
+    this.detail = this.connected ? 'no handshake answer within timeouts.responseMs' : 'connect timeout';
+    this.fail(this.connected ? Errors.UPSTREAM_TIMEOUT : Errors.UPSTREAM_CONNECT_TIMEOUT, null, null);
+  }
+
+  /** The upstream accepted (101): the client gets its 101, with the subprotocol the upstream chose. */
+  private onUpstreamOpen(): void {
+    if (this.state !== ST_HANDSHAKE) return;
+    this.upstreamMs = performance.now() - this.tSent;
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+    const res = this.res;
+    if (res === null) {
+      // The client left during the handshake (onClientAborted finished the tunnel).
+      this.up?.terminate();
+      return;
+    }
+    this.res = null;
+    this.status = 101;
+    this.hub.pending.delete(this);
+    this.finishAdmission('', 101);
+    const ext = this.s.compression ? this.r.extensions : '';
+    const ridHeader = this.hub.env.requestIdHeader;
+    const rid = this.r.requestId;
+    const ph = this.r.policyHeaders;
+    res.cork(() => {
+      res.writeStatus('101 Switching Protocols');
+      res.writeHeader(ridHeader, rid);
+      if (ph !== null) for (let i = 0; i < ph.length; i += 2) res.writeHeader(ph[i]!, ph[i + 1]!);
+      res.upgrade({ t: this } satisfies TunnelData, this.r.key, this.up!.protocol, ext, this.context);
+    });
+    if (this.client === null) {
+      // uWS did not open the socket (the client went away inside upgrade): its onAborted may not come.
+      this.clientClosed = true;
+      this.closeUpstream(CLOSE_GOING_AWAY, 'client connection lost');
+      this.maybeFinish();
+    }
+    const env = this.hub.env;
+    if (env.metricsOn) recordRequest(env.metrics, env.latency, this.route.slot, GET_INDEX, 101, performance.now() - this.r.t0, this.pool.metricsBase);
+  }
+
+  /** uWS open: called inside res.upgrade. */
+  onClientOpen(ws: any): void {
+    this.client = ws;
+    this.state = ST_OPEN;
+    const now = coarse.now;
+    this.lastMessage = now;
+    this.clientHeard = now;
+    this.upHeard = now;
+    this.winStart = now;
+    this.hub.add(this);
+    if (this.hub.closed) this.shutDown();
+  }
+
+  /** A handshake answer other than 101: its status, headers and (small) body go to the client. */
+  private onUpstreamRefused(resp: IncomingMessage): void {
+    if (this.state !== ST_HANDSHAKE) {
+      resp.destroy();
+      return;
+    }
+    this.upstreamMs = performance.now() - this.tSent;
+    const chunks: Buffer[] = [];
+    let size = 0;
+    resp.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size > REFUSAL_BODY_MAX) {
+        resp.destroy();
+        this.detail = `handshake answered ${resp.statusCode} with a body over ${REFUSAL_BODY_MAX} bytes`;
+        this.upstreamCallback(() => this.fail(Errors.UPSTREAM_BAD_RESPONSE, null, null));
+        return;
+      }
+      chunks.push(c);
+    });
+    resp.on('end', () => this.upstreamCallback(() => this.passRefusal(resp, Buffer.concat(chunks, size))));
+    resp.on('error', () => {});
+  }
+
+  private passRefusal(resp: IncomingMessage, body: Buffer): void {
+    if (this.state !== ST_HANDSHAKE) return;
+    this.endHandshake();
+    const status = resp.statusCode ?? 502;
+    this.status = status;
+    this.finishAdmission(status >= 500 ? 'upstream_refused' : '', status);
+    const res = this.res;
+    if (res !== null) {
+      this.res = null;
+      const drop = this.route.responsePlan.drop;
+      const raw = resp.rawHeaders;
+      const extra = this.route.responsePlan.extra;
+      const ph = this.r.policyHeaders;
+      const ridHeader = this.hub.env.requestIdHeader;
+      // Fields the upstream's Connection header names are hop-by-hop too (RFC 9110 7.6.1).
+      let listed: Set<string> | null = null;
+      for (let i = 0; i < raw.length; i += 2) {
+        if (raw[i]!.toLowerCase() !== 'connection') continue;
+        const names = connectionListed(raw[i + 1]!);
+        if (names !== null) for (const n of names) (listed ??= new Set()).add(n);
+      }
+      res.cork(() => {
+        res.writeStatus(`${status} ${STATUS_CODES[status] ?? 'Unknown'}`);
+        for (let i = 0; i < raw.length; i += 2) {
+          const k = raw[i]!.toLowerCase();
+          if (drop.has(k) || k === ridHeader || k.startsWith('sec-websocket-') || listed?.has(k) === true) continue;
+          res.writeHeader(k, Buffer.from(raw[i + 1]!, 'latin1'));
+        }
+        for (let i = 0; i < extra.length; i += 2) res.writeHeader(extra[i]!, extra[i + 1]!);
+        if (ph !== null) for (let i = 0; i < ph.length; i += 2) res.writeHeader(ph[i]!, ph[i + 1]!);
+        res.writeHeader(ridHeader, this.r.requestId);
+        res.end(body);
+      });
+    }
+    this.bytesOut = body.length;
+    this.upClosed = true;
+    this.clientClosed = true;
+    this.finish(status);
+  }
+
+  private onUpstreamError(err: Error): void {
+    const code = (err as NodeJS.ErrnoException).code ?? '';
+    if (this.detail === '') this.detail = code !== '' ? code : err.message;
+    if (this.state === ST_HANDSHAKE) {
+      // Connect failures (refused, unreachable) before the socket connected; anything after is a bad answer.
+      const e = !this.connected ? Errors.UPSTREAM_CONNECT_FAILED : code === 'ECONNRESET' || code === 'EPIPE' ? Errors.UPSTREAM_RESET : Errors.UPSTREAM_BAD_RESPONSE;
+      this.fail(e, null, null);
+      return;
+    }
+    // Open: 'close' follows; what the client is told depends on what went wrong.
+    this.upError = code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH' ? CLOSE_MESSAGE_TOO_BIG : CLOSE_BAD_GATEWAY;
+  }
+
+  /** Set by an upstream error while open: the code the client gets when the upstream's close follows (1009 or 1014). */
+  private upError = 0;
+
+  // ------------------------------------------------------------------ relay
+
+  /** uWS message: `ab` is neutered when this returns (ws copies it while masking, synchronously). */
+  onClientMessage(ab: ArrayBuffer, isBinary: boolean): void {
+    const n = ab.byteLength;
+    const now = coarse.now;
+    this.clientHeard = now;
+    this.clientPingAt = 0;
+    if (n > this.s.maxMessageBytes) {
+      this.gatewayClose(CLOSE_MESSAGE_TOO_BIG, 'message too big', CLOSE_GOING_AWAY, 'client sent a message over maxMessageBytes');
+      return;
+    }
+    const mps = this.s.messagesPerSecond;
+    if (mps > 0) {
+      if (now - this.winStart >= 1000) {
+        this.winStart = now;
+        this.winCount = 0;
+      }
+      if (++this.winCount > mps) {
+        this.gatewayClose(CLOSE_POLICY_VIOLATION, 'message rate limit exceeded', CLOSE_GOING_AWAY, 'client over messagesPerSecond');
+        return;
+      }
+    }
+    this.lastMessage = now;
+    const up = this.up;
+    if (up === null || up.readyState !== WS_OPEN) return;
+    this.bytesIn += n;
+    this.messagesIn++;
+    up.send(Buffer.from(ab), isBinary ? BINARY : TEXT);
+    if (up.bufferedAmount > HIGH_WATER + this.s.maxMessageBytes) {
+      // The upstream does not read and uWS cannot stop reading the client (see the module comment).
+      this.gatewayClose(CLOSE_TRY_AGAIN_LATER, 'upstream not keeping up', CLOSE_GOING_AWAY, 'upstream not reading');
+      return;
+    }
+    // Socket writes defer their bookkeeping with process.nextTick.
+    this.hub.env.pump();
+  }
+
+  private onUpstreamMessage(data: Buffer, isBinary: boolean): void {
+    const now = coarse.now;
+    this.upHeard = now;
+    this.upPingAt = 0;
+    this.lastMessage = now;
+    const c = this.client;
+    if (c === null) return;
+    this.bytesOut += data.length;
+    this.messagesOut++;
+    const r = c.send(data, isBinary, this.s.compression);
+    if (r === 2) {
+      // Dropped by uWS (maxBackpressure): cannot happen while the pause below works; never lose a message silently.
+      this.gatewayClose(CLOSE_INTERNAL_ERROR, 'backpressure limit', CLOSE_GOING_AWAY, 'client backpressure limit');
+      return;
+    }
+    if (!this.upPaused && c.getBufferedAmount() > HIGH_WATER) {
+      this.upPaused = true;
+      this.up?.pause();
+    }
+  }
+
+  onClientDrain(): void {
+    if (this.upPaused && this.client !== null && this.client.getBufferedAmount() < LOW_WATER) {
+      this.upPaused = false;
+      this.up?.resume();
+      this.hub.env.pump();
+    }
+  }
+
+  // ------------------------------------------------------------------ closing
+
+  /** uWS close (whoever started it; `ws` is dead after this). */
+  onClientClose(code: number, message: ArrayBuffer): void {
+    this.client = null;
+    if (this.clientClosed) return; // the gateway's own end() (gatewayClose, upstream closed first)
+    this.clientClosed = true;
+    this.closeCode = code;
+    this.hub.remove(this);
+    if (!this.upClosed) {
+      const c = codeForUpstream(code);
+      // A copy: uWS's buffer dies with this callback.
+      const reason = c === code ? Buffer.copyBytesFrom(new Uint8Array(message)) : Buffer.from('client connection lost');
+      this.closeUpstream(c, reason);
+    }
+    this.maybeFinish();
+  }
+
+  private onUpstreamClose(code: number, reason: Buffer): void {
+    if (this.state === ST_HANDSHAKE) {
+      // Closed before 'open' with no error event (rare): the handshake failed.
+      if (this.detail === '') this.detail = 'closed during the handshake';
+      this.fail(this.connected ? Errors.UPSTREAM_RESET : Errors.UPSTREAM_CONNECT_FAILED, null, null);
+      return;
+    }
+    this.upClosed = true;
+    this.up = null;
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+    if (!this.clientClosed) {
+      this.clientClosed = true;
+      this.hub.remove(this);
+      const c = this.upError !== 0 ? this.upError : codeForClient(code);
+      let why: Buffer | string = reason;
+      if (this.upError !== 0) why = this.upError === CLOSE_MESSAGE_TOO_BIG ? 'upstream message too big' : 'upstream protocol error';
+      else if (c !== code) why = code === 1006 ? 'upstream connection lost' : 'upstream closed';
+      if (c === CLOSE_BAD_GATEWAY && this.detail === '') this.detail = 'upstream connection lost';
+      this.closeCode = c;
+      const client = this.client;
+      this.client = null;
+      if (client !== null) {
+        if (c === 0) client.end();
+        else client.end(c, why);
+      }
+    }
+    this.maybeFinish();
+  }
+
+  /** Sends the upstream its Close (`code` 0: a Close without a code); drops the socket if it does not answer. */
+  private closeUpstream(code: number, reason: Buffer | string): void {
+    const up = this.up;
+    if (up === null || this.upClosed) return;
+    if (up.readyState !== WS_OPEN) {
+      up.terminate();
+      return;
+    }
+    if (this.upPaused) {
+      this.upPaused = false;
+      up.resume(); // its Close answer must be read
+    }
+    if (code === 0) up.close();
+    else up.close(code, truncateReason(reason));
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.up?.terminate(), UPSTREAM_CLOSE_GRACE_MS);
+    this.hub.env.pump();
+  }
+
+  /** The gateway ends an open tunnel: `cc`/`cr` to the client, `uc`/`ur` to the upstream. */
+  private gatewayClose(cc: number, cr: string, uc: number, ur: string): void {
+    if (this.errorCode === '') this.detail = ur;
+    this.closeCode = cc;
+    this.closeUpstream(uc, ur);
+    const client = this.client;
+    if (client !== null && !this.clientClosed) {
+      this.clientClosed = true;
+      this.client = null;
+      this.hub.remove(this);
+      client.end(cc, cr);
+    }
+    this.maybeFinish();
+  }
+
+  /** Sweep (every SWEEP_INTERVAL_MS): idle timeout, pings, silent peers. */
+  tick(now: number): void {
+    if (this.state !== ST_OPEN || this.client === null) return;
+    const s = this.s;
+    if (s.idleTimeoutMs > 0 && now - this.lastMessage >= s.idleTimeoutMs) {
+      this.gatewayClose(CLOSE_GOING_AWAY, 'idle timeout', CLOSE_GOING_AWAY, 'idle timeout');
+      return;
+    }
+    const every = s.pingIntervalMs;
+    if (every === 0) return;
+    if (this.clientPingAt !== 0) {
+      if (now - this.clientPingAt >= every) {
+        // No answer to the ping: the client is gone without a word. Its socket is dropped.
+        this.detail = 'client did not answer a ping';
+        const c = this.client;
+        this.client = null;
+        this.clientClosed = true;
+        this.closeCode = 1006;
+        this.hub.remove(this);
+        c.close();
+        this.closeUpstream(CLOSE_GOING_AWAY, 'client not responding');
+        this.maybeFinish();
+        return;
+      }
+    } else if (now - this.clientHeard >= every) {
+      this.clientPingAt = now;
+      this.client.ping();
+    }
+    if (this.up === null || this.upClosed) return;
+    if (this.upPingAt !== 0) {
+      if (now - this.upPingAt >= every) {
+        this.detail = 'upstream did not answer a ping';
+        this.upError = CLOSE_BAD_GATEWAY;
+        this.up.terminate(); // 'close' follows: the client gets 1014
+      }
+    } else if (now - this.upHeard >= every) {
+      this.upPingAt = now;
+      this.up.ping();
+      this.hub.env.pump();
+    }
+  }
+
+  /** The worker shuts down: 1001 both ways (a handshake in progress: 503 shutting_down). */
+  shutDown(): void {
+    try {
+      if (this.state === ST_DECIDE || this.state === ST_HANDSHAKE) {
+        this.fail(Errors.SHUTTING_DOWN, null, null);
+        return;
+      }
+      this.gatewayClose(CLOSE_GOING_AWAY, 'server shutting down', CLOSE_GOING_AWAY, 'gateway shutting down');
+      // The worker is going away: its upstream sockets must not hold it for the close grace.
+      if (this.timer !== null) clearTimeout(this.timer);
+      this.timer = setTimeout(() => this.up?.terminate(), 1000);
+    } catch (err) {
+      this.crashed(err);
+    }
+  }
+
+  /** uWS onAborted of the upgrade request: the client left before its 101. */
+  onClientAborted(): void {
+    this.res = null;
+    if (this.state === ST_DONE || this.state === ST_OPEN) return;
+    const d = this.decision;
+    this.decision = null;
+    d?.abandon();
+    this.errorCode = 'client_aborted';
+    this.countError('client_aborted');
+    this.endHandshake();
+    this.finishAdmission('', 0);
+    this.upClosed = true;
+    this.clientClosed = true;
+    this.finish(0);
+  }
+
+  /** Answers the upgrade request with a gateway error (nothing sent yet) and ends the tunnel. */
+  fail(e: GatewayErrorDef, message: string | null, headers: readonly string[] | null): void {
+    if (this.state === ST_DONE || this.state === ST_OPEN) return;
+    this.errorCode = e.code;
+    this.countError(e.code);
+    this.status = e.status;
+    this.endHandshake();
+    this.finishAdmission(e.code, e.status);
+    if (e.status >= 500 && e !== Errors.INTERNAL) this.report(e.code, e.status);
+    const res = this.res;
+    if (res !== null) {
+      this.res = null;
+      const env = this.hub.env;
+      let extra: string[] | null = headers === null ? null : headers.slice();
+      const ph = this.r.policyHeaders;
+      if (ph !== null && e.status === 429) extra = extra === null ? ph : extra.concat(ph);
+      res.cork(() => {
+        this.bytesOut = writeGatewayError(res, e, env.requestIdHeader, this.r.requestId, false, CLOSE_NONE, true, null, extra, message);
+      });
+    }
+    this.upClosed = true;
+    this.clientClosed = true;
+    this.finish(e.status);
+  }
+
+  /** Drops whatever the handshake holds: the timer, the upstream socket, a pending decision. */
+  private endHandshake(): void {
+    this.hub.pending.delete(this);
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+    const up = this.up;
+    this.up = null;
+    if (up !== null) {
+      up.removeAllListeners('message');
+      up.removeAllListeners('open');
+      up.terminate();
+    }
+  }
+
+  private admissionDone = false;
+  /** The upstream admission (guard.ts) given back with the handshake's outcome (breaker, outlier ejection). */
+  private finishAdmission(code: string, status: number): void {
+    if (this.admissionDone) return;
+    this.admissionDone = true;
+    const g = this.upstream.guard;
+    if (g !== null) g.finish(this.pool, this.probe, code, status, this.upstreamMs, coarse.now);
+  }
+
+  private maybeFinish(): void {
+    if (this.clientClosed && this.upClosed) this.finish(this.status);
+  }
+
+  private finished = false;
+  /** Once, when both sides are done: pool accounting, access log, metrics of a failed upgrade. */
+  private finish(status: number): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.state = ST_DONE;
+    this.hub.pending.delete(this);
+    this.hub.remove(this);
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+    this.pool.active--;
+    const env = this.hub.env;
+    if (env.logs.access !== null) this.writeAccess(status);
+    if (!env.metricsOn || status === 101) return; // a 101 was counted when it was sent
+    recordRequest(env.metrics, env.latency, this.route.slot, GET_INDEX, status, performance.now() - this.r.t0, status === 0 ? -1 : this.pool.metricsBase);
+    recordSizes(env.metrics, this.route.slot, 0, this.bytesOut);
+  }
+
+  /** A callback of this tunnel threw: logged, and the tunnel ends (500 before the 101, 1011 after). Never throws. */
+  crashed(err: unknown): void {
+    log('error', 'internal error while proxying a WebSocket; answered 500 or closed with 1011', {
+      requestId: this.r.requestId, route: this.route.id, error: err instanceof Error ? err.stack ?? err.message : String(err),
+    });
+    try {
+      if (this.state === ST_OPEN) this.gatewayClose(CLOSE_INTERNAL_ERROR, 'internal error', CLOSE_GOING_AWAY, 'gateway internal error');
+      else this.fail(Errors.INTERNAL, null, null);
+    } catch {
+      // Nothing more can be done for this connection.
+    }
+  }
+
+  private countError(code: string): void {
+    const env = this.hub.env;
+    if (env.metricsOn) countError(env.metrics, code, code.startsWith('upstream_') ? this.pool.metricsBase : -1);
+  }
+
+  private report(code: string, status: number): void {
+    this.hub.env.logs.errors.report({
+      requestId: this.r.requestId, route: this.route.id, upstream: this.upstream.config.name,
+      target: this.pool.target.url, phase: 'connect', code, status, detail: this.detail,
+    }, coarse.now);
+  }
+
+  /** One access log line per upgrade, when it ends: status 101 and the message bytes each way for a tunnel. */
+  private writeAccess(status: number): void {
+    const access = this.hub.env.logs.access!;
+    const r = this.r;
+    resetEntry();
+    const e = entry;
+    e.t0 = r.t0;
+    e.requestId = r.requestId;
+    e.client = r.client;
+    e.method = 'GET';
+    e.host = r.host;
+    e.path = r.path;
+    e.query = r.query;
+    e.status = status === 0 ? 499 : status;
+    e.bytesReceived = this.bytesIn;
+    e.bytesSent = this.bytesOut;
+    e.durationMs = performance.now() - r.t0;
+    e.upstreamMs = this.upstreamMs;
+    e.route = this.route.id;
+    e.upstream = this.upstream.config.name;
+    e.target = this.pool.target.url;
+    e.error = this.errorCode;
+    e.consumer = r.consumer;
+    e.userAgent = r.userAgent;
+    e.referer = r.referer;
+    access.write();
+  }
+}
+
+/** `name: value\r\n` lines (a policy's, the route's header plan) into the handshake's header map. */
+export function addLines(headers: Record<string, string | string[]>, lines: string): void {
+  let at = 0;
+  while (at < lines.length) {
+    let end = lines.indexOf('\r\n', at);
+    if (end === -1) end = lines.length;
+    const line = lines.slice(at, end);
+    at = end + 2;
+    const colon = line.indexOf(':');
+    if (colon <= 0) continue;
+    addHeader(headers, line.slice(0, colon).toLowerCase(), line.slice(colon + 1).trim());
+  }
+}
+
+export function addHeader(headers: Record<string, string | string[]>, name: string, value: string): void {
+  const prev = headers[name];
+  if (prev === undefined) headers[name] = value;
+  else if (typeof prev === 'string') headers[name] = [prev, value];
+  else prev.push(value);
+}
+
+/** A close reason cut to the 123 bytes a Close frame holds, on a character boundary. */
+function truncateReason(reason: Buffer | string): Buffer | string {
+  if (typeof reason === 'string') {
+    if (reason.length <= MAX_REASON_BYTES / 3 || Buffer.byteLength(reason) <= MAX_REASON_BYTES) return reason;
+    reason = Buffer.from(reason);
+  }
+  if (reason.length <= MAX_REASON_BYTES) return reason;
+  let n = MAX_REASON_BYTES;
+  while (n > 0 && (reason[n]! & 0xc0) === 0x80) n--;
+  return reason.subarray(0, n);
+}
