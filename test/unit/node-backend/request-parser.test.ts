@@ -341,6 +341,25 @@ describe('RequestParser: the method of a refused head, limits changed on the way
     expect(q.execute(b('AD / HTTP/1.1\r\n\n'), 0, 16)).toBe(R_ERROR);
     expect(q.methodIsHead).toBe(true);
   });
+  it('methodIsHead: the request line\'s first word, up to SP or the line end, even on a bad line (found by the fuzzer: "HEAD\\r\\n")', () => {
+    // [request line, is the refused request a HEAD]: the word ends at SP or CR; anything longer or
+    // ended by another byte is another (invalid) method, answered with a body.
+    const lines: [string, boolean][] = [
+      ['HEAD\r\n', true], ['HEAD \r\n', true], ['HEAD  / HTTP/1.1\r\n', true], ['HEAD /\r\n', true],
+      ['HEAD / HTTP/9.9\r\n', true], ['HEAD\x00 / HTTP/1.1\r\n', false], ['HEAD\t/ HTTP/1.1\r\n', false],
+      ['HEADX\r\n', false], ['HEA\r\n', false], ['head / HTTP/1.1\r\nX : 1\r\n', false], ['HEAD\n', false],
+    ];
+    for (const [line, head] of lines) {
+      for (const split of [0, 2, 4]) {
+        const p = new RequestParser(sink, LIMITS);
+        const all = b(line + 'Host: x\r\n\r\n');
+        const first = p.execute(all, 0, split);
+        const rest = first === R_OK ? p.execute(all, split, all.length) : first;
+        expect(rest, JSON.stringify(line)).toBe(R_ERROR);
+        expect(p.methodIsHead, `${JSON.stringify(line)} split at ${split}`).toBe(head);
+      }
+    }
+  });
   it('methodIsHead is not carried over: a HEAD served, then a bad request (and other 4-byte methods)', () => {
     const p = new RequestParser(sink, LIMITS);
     const s = b(`HEAD / HTTP/1.1\r\n${H}\r\n POST / HTTP/1.1\r\n`);

@@ -975,9 +975,11 @@ export class RequestParser {
         case H_METHOD: {
           while (i < stop && TCHAR[src[i]!] === 1) i++;
           if (i === stop) break;
+          // The request line's first word is its method even when the line is bad ("HEAD\r\n"): a
+          // refused HEAD gets no body (RFC 9110 9.3.2), so a client reading it as one stays in step.
+          if (i - base === 4 && (src[i] === SP || src[i] === CR)) this.methodIsHead = this.isHeadMethod(src, base);
           if (src[i] !== SP) return this.fail(E_BAD_REQUEST, 400, 'invalid method');
           this.methodEnd = i - base;
-          if (this.methodEnd === 4) this.methodIsHead = this.isHeadMethod(src, base);
           i++;
           hs = H_TARGET_START;
           break;
