@@ -25,6 +25,8 @@ import {
   G_ERRORS, G_GC, G_GC_OBSERVED, G_IN_FLIGHT, G_LOOP, G_LOOP_SAMPLED, G_LOOP_TICK, G_SCRAPE_EPOCH, LOOP_STATS, METHODS, OVERFLOW_SLOT,
   S_DURATION, S_REQ_SIZE, S_REQUESTS, S_RES_SIZE, SIZE_BUCKETS, SLOT_CELLS, S_RATE_LIMIT, RATE_LIMIT_RESULTS, G_RATE_LIMIT_OVERFLOW, G_AUTH_CACHE_HITS, G_AUTH_NEGATIVE_HITS, G_AUTH_CACHE_MISSES, G_AUTH_ROTATED_KEY_REQUESTS, TARGET_OVERFLOW_SLOT, T_ERRORS, T_IDLE,
   T_LAST_ERROR_AT, T_LAST_ERROR_CODE, T_LATENCY, T_OPEN, T_REQUESTS, UPSTREAM_ERROR_CODES, slotBase, targetBase,
+  G_WS_UPGRADE_FAILURES, S_WS_BYTES, S_WS_CLOSES, S_WS_LIMITS, S_WS_MESSAGES, S_WS_OPEN, WS_CLOSE_LABELS, WS_DIRECTIONS, WS_LIMITS,
+  WS_UPGRADE_FAILURE_REASONS,
 } from '../common/metrics-layout.js';
 import type { SlotEntries, TargetSlotEntries } from '../common/protocol.js';
 import {
@@ -105,6 +107,8 @@ export class MetricsView {
   private readonly routeUpstream = new Map<string, string>();
   private targetNames = new Map<number, TargetName>();
   private targetSlotOf = new Map<string, number>();
+  /** Route ids of the running config that proxy WebSockets (their open gauge shows at 0 too). */
+  private wsRoutes = new Set<string>();
   /** Route slot -> the names of its rate limits, by position (the running config's). */
   private rateLimitNames = new Map<number, readonly string[]>();
   private readonly table: RateLimitTable;
@@ -168,6 +172,7 @@ export class MetricsView {
       ]);
     add('turnpike_auth_rotated_key_requests_total', 'Requests admitted with a rotated API key still in its grace period (answered with Deprecation and Sunset headers): clients that have not switched to the new key yet.', 'counter',
       () => [{ labels: {}, value: this.sum(G_AUTH_ROTATED_KEY_REQUESTS) }]);
+    this.addWebSocket(add);
     for (const m of opts.extra ?? []) add(m.name, m.help, m.type, m.collect);
     add('turnpike_active_requests', 'Requests in flight across all workers (uWS exposes no per-connection events for HTTP).', 'gauge',
       () => [{ labels: {}, value: this.sum(G_IN_FLIGHT) }]);
@@ -240,6 +245,71 @@ export class MetricsView {
     });
   }
 
+  /** WebSocket proxying (workers/transport/websocket/tunnel.ts): the route slots' WS cells and the upgrade failures. */
+  private addWebSocket(add: (name: string, help: string, type: string, collect: () => Values) => void): void {
+    add('turnpike_websocket_connections_open', 'WebSocket connections open through the gateway (from the client\'s 101 to its close), by route.', 'gauge', () => {
+      const out: Values = [];
+      for (const [slot, route] of this.slotNames) {
+        const v = this.sum(slotBase(slot) + S_WS_OPEN);
+        if (v !== 0 || this.wsRoutes.has(route)) out.push({ labels: { route }, value: v });
+      }
+      return out;
+    });
+    const perDirection = (offset: number) => (): Values => {
+      const out: Values = [];
+      for (const [slot, route] of this.slotNames) {
+        const base = slotBase(slot) + offset;
+        WS_DIRECTIONS.forEach((direction, d) => {
+          const v = this.sum(base + d);
+          if (v > 0) out.push({ labels: { route, direction }, value: v });
+        });
+      }
+      return out;
+    };
+    add('turnpike_websocket_messages_total', 'WebSocket messages relayed, by route and direction (client_to_upstream, upstream_to_client); a message refused by a limit is not counted.', 'counter',
+      perDirection(S_WS_MESSAGES));
+    add('turnpike_websocket_bytes_total', 'Payload bytes of the WebSocket messages relayed (whole messages, before any compression), by route and direction.', 'counter',
+      perDirection(S_WS_BYTES));
+    add('turnpike_websocket_closes_total', 'WebSocket client connections closed, by route and the close code the client got (or sent, when it closed first; 1005: a Close without a code, 1006: the connection was lost); codes outside the known list are counted as other.', 'counter',
+      () => this.routeColumns(S_WS_CLOSES, WS_CLOSE_LABELS, 'code'));
+    add('turnpike_websocket_limit_hits_total', 'WebSocket limits reached, by route and limit: max_message (1009), messages_per_second (1008 or a dropped message), max_connections_per_key (429), backpressure (1013), idle (1001), ping_timeout (a side that did not answer a ping).', 'counter',
+      () => this.routeColumns(S_WS_LIMITS, WS_LIMITS, 'limit'));
+    add('turnpike_websocket_upgrade_failures_total', 'WebSocket upgrade requests not answered 101, by reason: the gateway error code the client got, or upstream_refused (the upstream answered its handshake with another status, passed on).', 'counter', () => {
+      const out: Values = [];
+      WS_UPGRADE_FAILURE_REASONS.forEach((reason, i) => {
+        const v = this.sum(G_WS_UPGRADE_FAILURES + i);
+        if (v > 0) out.push({ labels: { reason }, value: v });
+      });
+      return out;
+    });
+  }
+
+  /** Non-zero counters of a per-route column group, labelled route and `label`. */
+  private routeColumns(offset: number, names: readonly string[], label: string): Values {
+    const out: Values = [];
+    for (const [slot, route] of this.slotNames) {
+      const base = slotBase(slot) + offset;
+      names.forEach((name, k) => {
+        const v = this.sum(base + k);
+        if (v > 0) out.push({ labels: { route, [label]: name }, value: v });
+      });
+    }
+    return out;
+  }
+
+  /** GET /admin/status: WebSocket connections open, in all and per route (routes with none left out). */
+  websockets(): { open: number; routes: Record<string, number> } {
+    let open = 0;
+    const routes: Record<string, number> = {};
+    for (const [slot, route] of this.slotNames) {
+      const v = this.sum(slotBase(slot) + S_WS_OPEN);
+      if (v === 0) continue;
+      routes[route] = v;
+      open += v;
+    }
+    return { open, routes };
+  }
+
   private rateLimitDecisions(): Values {
     const out: Values = [];
     for (const [slot, names] of this.rateLimitNames) {
@@ -275,6 +345,7 @@ export class MetricsView {
       if (slot !== undefined && r.rateLimit.length > 0) rl.set(slot, r.rateLimit.map((p) => p.name));
     }
     this.rateLimitNames = rl;
+    this.wsRoutes = new Set(config.routes.filter((r) => r.websocket !== null).map((r) => r.id));
     const targets = new Map<number, TargetName>([[TARGET_OVERFLOW_SLOT, { upstream: '_overflow', target: '_overflow' }]]);
     const slotOf = new Map<string, number>();
     for (const [upstream, target, slot] of targetSlots) {

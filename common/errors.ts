@@ -84,6 +84,10 @@ export const Errors = Object.freeze({
   // An HTTP/1 request line with a major version other than 1 (RFC 9110 15.6.6; the node backend's parser: uWS cannot tell).
   VERSION_NOT_SUPPORTED: def('version_not_supported', 505, 'HTTP Version Not Supported',
     'The request line names an HTTP major version other than 1 (HTTP/2.0, HTTP/3.0); send HTTP/1.1 (the gateway speaks HTTP/1.0 and 1.1).'),
+  // A WebSocket upgrade over routes[].websocket.maxConnectionsPerKey (workers/transport/websocket): a count of open
+  // connections, not a rate, so no Retry-After (rate_limited promises one): a slot frees when one of them closes.
+  TOO_MANY_WEBSOCKET_CONNECTIONS: def('too_many_websocket_connections', 429, 'Too Many Requests',
+    'This client (its consumer, or its address without one) already holds the most WebSocket connections this route allows (websocket.maxConnectionsPerKey); close one before opening another.'),
   // -- policy stores -----------------------------------------------------------
   RATE_LIMIT_STORE_UNAVAILABLE: def('rate_limit_store_unavailable', 503, 'Service Unavailable',
     'The rate-limit store (Redis) is unreachable and this route\'s limit is set to refuse meanwhile (onStoreError: deny); retry later.'),

@@ -67,7 +67,7 @@ export const ERROR_CODES = [
   'circuit_open', 'upstream_overloaded', 'no_healthy_upstream',
   'credentials_missing', 'key_malformed', 'key_invalid', 'key_revoked', 'key_expired', 'consumer_suspended',
   'key_restricted', 'insufficient_scope', 'no_grant', 'identity_store_unavailable',
-  'version_not_supported',
+  'version_not_supported', 'too_many_websocket_connections',
 ] as const;
 
 /** The errors that are a target's fault (or its saturation), counted per target too. */
@@ -113,7 +113,16 @@ export const G_AUTH_CACHE_HITS = G_RATE_LIMIT_OVERFLOW + 1;
 export const G_AUTH_NEGATIVE_HITS = G_AUTH_CACHE_HITS + 1;
 export const G_AUTH_CACHE_MISSES = G_AUTH_NEGATIVE_HITS + 1;
 export const G_AUTH_ROTATED_KEY_REQUESTS = G_AUTH_CACHE_MISSES + 1;
-export const GLOBAL_CELLS = G_AUTH_ROTATED_KEY_REQUESTS + 1 + 4; // padded
+/**
+ * turnpike_websocket_upgrade_failures_total{reason}: upgrade requests not
+ * answered 101, by the gateway error code they got (ERROR_CODES order),
+ * then one cell for `upstream_refused` (the upstream answered its handshake
+ * with another status, passed to the client).
+ */
+export const G_WS_UPGRADE_FAILURES = G_AUTH_ROTATED_KEY_REQUESTS + 1;
+export const WS_UPSTREAM_REFUSED = ERROR_CODES.length;
+export const WS_UPGRADE_FAILURE_REASONS: readonly string[] = [...ERROR_CODES, 'upstream_refused'];
+export const GLOBAL_CELLS = G_WS_UPGRADE_FAILURES + WS_UPGRADE_FAILURE_REASONS.length + 4; // padded
 
 // -- per route slot -----------------------------------------------------------
 export const S_REQUESTS = 0; // [method][code column]
@@ -130,7 +139,46 @@ export const RATE_LIMIT_RESULTS = ['allowed', 'limited', 'store_unavailable'] as
 export const RL_ALLOWED = 0;
 export const RL_LIMITED = 1;
 export const RL_STORE_UNAVAILABLE = 2;
-export const SLOT_CELLS = S_RATE_LIMIT + RATE_LIMIT_POSITIONS * RATE_LIMIT_RESULTS.length;
+/**
+ * WebSockets of the route (workers/transport/websocket/tunnel.ts):
+ *   S_WS_OPEN      gauge: client connections open (from the 101 to the close)
+ *   S_WS_MESSAGES  [direction]: messages relayed (WS_DIRECTIONS order)
+ *   S_WS_BYTES     [direction]: their payload bytes (after reassembly, before any compression)
+ *   S_WS_CLOSES    [close column]: client connections closed, by the code the client got
+ *   S_WS_LIMITS    [limit]: limit hits (WS_LIMITS order)
+ */
+export const S_WS_OPEN = S_RATE_LIMIT + RATE_LIMIT_POSITIONS * RATE_LIMIT_RESULTS.length;
+export const S_WS_MESSAGES = S_WS_OPEN + 1;
+export const S_WS_BYTES = S_WS_MESSAGES + 2;
+export const S_WS_CLOSES = S_WS_BYTES + 2;
+export const WS_DIRECTIONS = ['client_to_upstream', 'upstream_to_client'] as const;
+export const WS_C2U = 0;
+export const WS_U2C = 1;
+/**
+ * Close codes counted under their own `code` label (RFC 6455 7.4.1: 1005 a
+ * Close without a code, 1006 a connection lost without one); every other
+ * code (1004, 1015, the 3000-4999 ones of libraries and applications) under
+ * `other`.
+ */
+export const WS_CLOSE_CODES = [1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014] as const;
+export const WS_CLOSE_LABELS: readonly string[] = [...WS_CLOSE_CODES.map(String), 'other'];
+const WS_CLOSE_COLUMN = new Uint8Array(1016).fill(WS_CLOSE_CODES.length);
+WS_CLOSE_CODES.forEach((c, i) => { WS_CLOSE_COLUMN[c] = i; });
+/** Column of a close code (0: a Close without a code, as 1005): one array read. */
+export function wsCloseColumn(code: number): number {
+  if (code === 0) return 4; // 1005
+  return code >= 0 && code < 1016 ? WS_CLOSE_COLUMN[code]! : WS_CLOSE_CODES.length;
+}
+export const S_WS_LIMITS = S_WS_CLOSES + WS_CLOSE_LABELS.length;
+/** turnpike_websocket_limit_hits_total{route,limit}: what each WS_L_* column counts (README, WebSockets). */
+export const WS_LIMITS = ['max_message', 'messages_per_second', 'max_connections_per_key', 'backpressure', 'idle', 'ping_timeout'] as const;
+export const WS_L_MAX_MESSAGE = 0;
+export const WS_L_RATE = 1;
+export const WS_L_PER_KEY = 2;
+export const WS_L_BACKPRESSURE = 3;
+export const WS_L_IDLE = 4;
+export const WS_L_PING = 5;
+export const SLOT_CELLS = S_WS_LIMITS + WS_LIMITS.length;
 
 /** Route series kept apart; routes past this share the `_overflow` slot. */
 export const DEFAULT_MAX_ROUTE_SLOTS = 1024;
@@ -181,6 +229,7 @@ export function resetGauges(cells: Float64Array): void {
     cells[b + T_OPEN] = 0;
     cells[b + T_IDLE] = 0;
   }
+  for (let r = 0; r < DEFAULT_MAX_ROUTE_SLOTS; r++) cells[slotBase(r) + S_WS_OPEN] = 0;
 }
 
 export function methodIndex(m: string): number {

@@ -65,6 +65,8 @@ export interface WorkerData {
   /** Breakers, health, ejection and in-flight per target (common/upstream-state-layout.ts), created once at start. */
   upstreamState: SharedArrayBuffer;
   upstreamSlots: UpstreamSlotEntries;
+  /** WebSocket connections per key, one column per worker index (common/websocket-layout.ts), created once at start. */
+  wsConnections: SharedArrayBuffer;
   /**
    * server.backend node on Node: this worker's own descriptor of the engine's
    * listening socket (engine/shared-listener.ts), which it listens on and

@@ -9,6 +9,7 @@
  * The main thread never terminate()s a worker that may still hold uWS
  * sockets and never exits before its workers: either aborts the process.
  */
+import { createWsConnectionTable } from '../common/websocket-layout.js';
 import { H_STORE_DOWN, createClockEpoch, createRateLimitTable } from '../common/rate-limit-layout.js';
 import {
   type Stats, chmodSync, chownSync, closeSync, copyFileSync, fchmodSync, fchownSync, fsyncSync, openSync, readFileSync, readdirSync, realpathSync, renameSync, statSync,
@@ -141,6 +142,8 @@ export class Supervisor {
    * reload keeps every unchanged target's state, a replaced worker finds it.
    */
   private upstreamState: SharedArrayBuffer | null = null;
+  /** WebSocket connections per key (common/websocket-layout.ts): one column per worker index. */
+  private wsConnections: SharedArrayBuffer | null = null;
   private admin: Worker | null = null;
   /** Delay before the next restart of an admin thread that died (doubles up to BACKOFF_MAX_MS, reset once one lived STABLE_AFTER_MS). */
   private adminBackoffMs = BACKOFF_MIN_MS;
@@ -240,6 +243,7 @@ export class Supervisor {
     Atomics.store(this.controlView, C_WORKER_COUNT, n);
     Atomics.store(this.controlView, C_CONFIG_VERSION, this.config.version);
     this.upstreamState = createUpstreamState(n);
+    this.wsConnections = createWsConnectionTable(n);
     for (let i = 0; i < n; i++) {
       this.slots.push({
         index: i, worker: null, metrics: new SharedArrayBuffer(metricsBufferBytes(DEFAULT_MAX_ROUTE_SLOTS)), accessRing: createAccessRing(),
@@ -284,6 +288,7 @@ export class Supervisor {
     const data: WorkerData = {
       index: slot.index, config, logLevel: logLevel(), slots: [...this.routeSlots], targetSlots: this.targetSlotEntries(), metrics: slot.metrics, accessRing: slot.accessRing, logRing: slot.logRing, control: this.control, statsPort: stats.port1,
       rateLimitTable: this.rateLimitTable, clock: this.clock, upstreamState: this.upstreamState!, upstreamSlots: this.upstreamSlotEntries(), listenFd,
+      wsConnections: this.wsConnections!,
     };
     Atomics.store(this.controlView, C_WORKER_STATE + slot.index, W_STARTING);
     const w = new Worker(WORKER_ENTRY, { workerData: data, transferList: [stats.port1], name: `turnpike-worker-${slot.index}` });

@@ -20,6 +20,7 @@ import { RuntimeSampler } from '../common/runtime-metrics.js';
 import type { Backend } from './transport/backend.js';
 import { RateLimitTable, clockOffset } from '../common/rate-limit-layout.js';
 import { StrictStores } from './policies/rate-limit/strict-store.js';
+import { WsConnectionTable } from '../common/websocket-layout.js';
 
 if (isMainThread || parentPort === null) throw new Error('workers/worker.js runs as a worker thread; start the gateway with `turnpike start`.');
 
@@ -102,6 +103,11 @@ async function main(): Promise<void> {
     backendName = 'bun';
   } else {
     const { UwsServer } = await import('./transport/uws-server.js');
+    // WebSocket connections per key (maxConnectionsPerKey), shared by the workers: this worker's column starts empty
+    // (a replacement's predecessor's connections died with it).
+    const wsTable = new WsConnectionTable(data.wsConnections, data.index);
+    wsTable.reset();
+    (await import('./transport/websocket/tunnel.js')).setConnectionTable(wsTable);
     // server.backend: node: the same transport on the strict node:net server (transport/node/app.ts) instead of uWS.
     const mod = s.backend === 'node' ? (await import('./transport/node/app.js')).nodeUws : undefined;
     if (mod !== undefined && data.listenFd !== null) mod.listenOnFd(data.listenFd);

@@ -139,7 +139,7 @@ export const ENDPOINTS: readonly Endpoint[] = [
   {
     method: 'GET', path: '/admin/status', operationId: 'getStatus', tag: 'gateway', role: 'viewer',
     summary: 'Gateway status',
-    description: 'Version, uptime, config version and source, worker states, restarts, reload counts, draining, and warnings (admin-side problems; the identity store while it is down).',
+    description: 'Version, uptime, config version and source, worker states, restarts, reload counts, draining, WebSocket connections open (in all and per route), and warnings (admin-side problems; the identity store while it is down).',
     query: S.noQuery, body: null, audit: null,
     responses: { 200: { description: 'Status.', schema: S.status }, ...R400, ...R401 },
     handler({ api, warnings }) {
@@ -160,6 +160,7 @@ export const ENDPOINTS: readonly Endpoint[] = [
           restarts: Atomics.load(c, C_RESTARTS),
           reloads: { success: Atomics.load(c, C_RELOADS_OK), failure: Atomics.load(c, C_RELOADS_FAILED) },
           draining: Atomics.load(c, C_DRAINING) === 1,
+          websockets: api.metrics.websockets(),
           // Startup and reload warnings, and the identity store's state while it is down.
           warnings: [...warnings(), ...(api.identity?.storeWarning != null ? [api.identity.storeWarning] : [])],
         },

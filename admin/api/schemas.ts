@@ -130,6 +130,10 @@ export const status = named('Status', object({
   restarts: int('Workers restarted after a crash since start.'),
   reloads: object({ success: int('Reloads applied.'), failure: int('Reloads refused.') }),
   draining: { type: 'boolean', description: 'The gateway is shutting down.' },
+  websockets: object({
+    open: int('WebSocket connections open through the gateway (every worker, every route).'),
+    routes: { type: 'object', description: 'Connections open by route id (routes with none are left out).', additionalProperties: { type: 'integer', minimum: 0 } },
+  }, 'WebSocket connections open (turnpike_websocket_connections_open).'),
   warnings: strings('Admin-side problems worth a look (e.g. a tokens file that could not be re-read).'),
 }, 'Gateway status.'));
 

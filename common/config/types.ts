@@ -297,16 +297,20 @@ export interface RouteConfig {
 export interface RouteWebSocket {
   /** Largest message either way, bytes (close 1009 past it). */
   maxMessageBytes: number;
-  /** Client messages per second per connection (close 1008 past it); 0 = no limit. */
+  /** Client messages per second per connection (messagesPerSecondAction past it); 0 = no limit. */
   messagesPerSecond: number;
+  /** Past messagesPerSecond: `close` (1008) or `drop` the message. */
+  messagesPerSecondAction: 'close' | 'drop';
   /** No message either way this long: close 1001; 0 = never. */
   idleTimeoutMs: number;
   /** Ping a silent client after this long; 0 = no pings. */
   pingIntervalMs: number;
-  /** Open connections per key; 0 = no limit (not enforced yet). */
+  /** Open connections per (route, consumer or client address) across the workers; 0 = no limit; past it: 429. */
   maxConnectionsPerKey: number;
   /** permessage-deflate with the client. */
   compression: boolean;
+  /** A reload that removes or changes the route closes its connections (1001) after this many ms; 0 = at once. */
+  drainMs: number;
 }
 
 /** `routes[].auth`, resolved (README, Identity). */

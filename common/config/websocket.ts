@@ -7,7 +7,8 @@
  *       path: /chat/*
  *       upstream: chat
  *       websocket: { maxMessageBytes: 1048576, messagesPerSecond: 50, idleTimeoutMs: 120000,
- *                    pingIntervalMs: 30000, maxConnectionsPerKey: 100, compression: false }
+ *                    pingIntervalMs: 30000, maxConnectionsPerKey: 100, compression: false,
+ *                    messagesPerSecondAction: close, drainMs: 30000 }
  *
  * Every route proxies `Upgrade: websocket` requests unless it says
  * `websocket: false`; `websocket: true` or `{}` is every default
@@ -19,11 +20,13 @@ import type { RouteWebSocket } from './types.js';
 
 export const WEBSOCKET_DEFAULTS = Object.freeze({
   maxMessageBytes: 1_048_576, // 1 MiB: a larger message closes the connection with 1009
-  messagesPerSecond: 0, // per connection, client to upstream; 0 = no limit; past it: close 1008
+  messagesPerSecond: 0, // per connection, client to upstream; 0 = no limit; past it: messagesPerSecondAction
+  messagesPerSecondAction: 'close' as 'close' | 'drop', // close: 1008 (policy violation); drop: the message is not relayed
   idleTimeoutMs: 120_000, // 2 min without a message either way: close 1001 (pings do not count)
   pingIntervalMs: 30_000, // the gateway pings a silent client this often; no answer within another interval: closed
-  maxConnectionsPerKey: 0, // 0 = no limit (not enforced yet: see the README)
+  maxConnectionsPerKey: 0, // open per consumer (or client address) on this route, across the workers; 0 = no limit; past it: 429
   compression: false, // permessage-deflate with the client
+  drainMs: 30_000, // a reload that removes or changes the route: its open connections close (1001) this long after; 0 = at once
 });
 
 /** Largest maxMessageBytes accepted (64 MiB): a whole message is held in memory once on its way through. */
@@ -46,7 +49,12 @@ export const websocketSchema = {
         },
         messagesPerSecond: {
           type: 'integer', minimum: 0, maximum: 1_000_000, default: D.messagesPerSecond,
-          description: `Messages a client may send per second on one connection (a one-second window); past it the connection closes with 1008 (policy violation). 0 = no limit. Default ${D.messagesPerSecond}.`,
+          description: `Messages a client may send per second on one connection (a one-second window); past it, messagesPerSecondAction. 0 = no limit. Default ${D.messagesPerSecond}.`,
+        },
+        messagesPerSecondAction: {
+          type: 'string', enum: ['close', 'drop'], default: D.messagesPerSecondAction,
+          errorMessage: 'must be "close" or "drop"',
+          description: `What a message over messagesPerSecond does: close = the connection closes with 1008 (policy violation), the upstream gets 1001; drop = the message is not relayed (the connection stays). Each is a limit hit (turnpike_websocket_limit_hits_total{limit="messages_per_second"}). Default ${D.messagesPerSecondAction}.`,
         },
         idleTimeoutMs: {
           type: 'integer', minimum: 0, maximum: MAX_MS, default: D.idleTimeoutMs,
@@ -58,7 +66,11 @@ export const websocketSchema = {
         },
         maxConnectionsPerKey: {
           type: 'integer', minimum: 0, maximum: 1_000_000, default: D.maxConnectionsPerKey,
-          description: `Open connections per consumer (or client address without one). 0 = no limit. Not enforced yet. Default ${D.maxConnectionsPerKey}.`,
+          description: `Open WebSocket connections per consumer (the identity policy's), or per client address without one, on this route, across every worker thread of the instance; one more upgrade is refused with 429 too_many_websocket_connections before the upstream is contacted. 0 = no limit. Default ${D.maxConnectionsPerKey}.`,
+        },
+        drainMs: {
+          type: 'integer', minimum: 0, maximum: MAX_MS, default: D.drainMs,
+          description: `A reload that removes this route or changes its definition leaves its open connections this long, then closes them with 1001 (going away) both ways; connections of routes a reload does not change are untouched. In milliseconds (0..${MAX_MS}; 0 = close at once). Default ${D.drainMs}.`,
         },
         compression: {
           type: 'boolean', default: D.compression,
@@ -79,7 +91,9 @@ export function resolveRouteWebSocket(raw: unknown): RouteWebSocket | null {
     messagesPerSecond: pick<number>('messagesPerSecond'),
     idleTimeoutMs: pick<number>('idleTimeoutMs'),
     pingIntervalMs: pick<number>('pingIntervalMs'),
+    messagesPerSecondAction: pick<'close' | 'drop'>('messagesPerSecondAction'),
     maxConnectionsPerKey: pick<number>('maxConnectionsPerKey'),
     compression: pick<boolean>('compression'),
+    drainMs: pick<number>('drainMs'),
   };
 }

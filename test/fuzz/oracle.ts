@@ -183,7 +183,8 @@ export const KNOWN_FINDINGS: KnownFinding[] = [
   {
     id: 'F1-smuggling-fields-dropped-after-empty-name',
     backends: UWS,
-    match: /^c:(?:request-body-length-changed:body-dropped|upstream-got-more-requests-than-client-sent|response-to-a-request-the-client-did-not-send):empty-name$|empty-name-line-present/,
+    // The defect tag may come with others (`empty-name:non-ascii-target`): the same uWS fault.
+    match: /^c:(?:request-body-length-changed:body-dropped|upstream-got-more-requests-than-client-sent|response-to-a-request-the-client-did-not-send):empty-name(?::[a-z0-9-]+)*$|empty-name-line-present/,
     summary: 'uWS stops reading header fields at a line with an empty name (`: x`) but still answers: every later field is dropped, ' +
       'Content-Length included, so the gateway forwards the request without its body and the body bytes are parsed as the next ' +
       'request on the connection (request smuggling when a front proxy passes such a line: the smuggled request reaches the ' +
@@ -406,10 +407,11 @@ const show = (s: string): string => JSON.stringify(s.length > 120 ? s.slice(0, 1
  */
 function fidelity(req: RefRequest, rec: UpstreamRecord, out: Violation[], backend: Backend): void {
   const up = rec.parsed;
-  // On uWS a WebSocket handshake is proxied (README "WebSockets"): the
-  // gateway's own client opens the upstream side with its own key (RFC 6455
-  // 4.1) and the Upgrade/Connection: upgrade the handshake needs.
-  const ws = backend === 'uws' && isWebSocketHandshake(req.method, req.headers);
+  // On uWS and node a WebSocket handshake is proxied (README "WebSockets"):
+  // the gateway's own client (`ws`) opens the upstream side with its own key
+  // (RFC 6455 4.1) and the Upgrade/Connection: upgrade the handshake needs.
+  // (Bun answers it 501: nothing reaches the upstream.)
+  const ws = (backend === 'uws' || backend === 'node') && isWebSocketHandshake(req.method, req.headers);
   if (up.method !== req.method) {
     const nonAscii = req.reasons.includes('non-ascii-target') ? ':non-ascii-target' : '';
     out.push({ signature: 'fidelity:method' + nonAscii, detail: `client ${req.method}, upstream ${up.method}` });
@@ -425,8 +427,11 @@ function fidelity(req: RefRequest, rec: UpstreamRecord, out: Violation[], backen
   for (const n of names) {
     if (NOT_COMPARED.has(n) || n.startsWith('proxy-') || listed.has(n) || n === '') continue;
     if (ws && (n === 'sec-websocket-key' || n === 'sec-websocket-extensions')) continue;
-    const cv = req.headers.filter((h) => h[0] === n).map((h) => h[1]);
+    let cv = req.headers.filter((h) => h[0] === n).map((h) => h[1]);
     const uv = up.headers.filter((h) => h[0] === n).map((h) => h[1]);
+    // The handshake goes upstream through node:http (README "WebSockets"), which sends several Cookie
+    // lines as one joined with "; " (RFC 6265 5.4: one Cookie line; RFC 9113 8.2.3 joins them the same way).
+    if (ws && n === 'cookie' && cv.length > 1) cv = [cv.join('; ')];
     if (cv.length !== uv.length || cv.some((v, i) => v !== uv[i])) {
       const altered = cv.length === uv.length ? 'value-altered' : 'count-changed';
       const nonAscii = cv.some((v) => /[\x80-\xff]/.test(v))

@@ -42,6 +42,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { generateKey } from '../../common/identity/keys.js';
+import WebSocket, { WebSocketServer } from 'ws';
 
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'OPTIONS', 'PATCH'] as const;
 type Method = (typeof METHODS)[number];
@@ -306,6 +307,12 @@ const TABLE: Trigger[] = [
     timed: ['retry-after', 'ratelimit'],
   },
   {
+    // A WebSocket upgrade is a GET (RFC 6455 4.1): the other methods cannot ask for one.
+    error: Errors.TOO_MANY_WEBSOCKET_CONNECTIONS, how: 'a WebSocket upgrade on a route with maxConnectionsPerKey 1, its one connection held from setup', closes: false,
+    request: (m) => raw(m, '/wslimit/x', ['Upgrade: websocket', 'Connection: Upgrade', 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==', 'Sec-WebSocket-Version: 13']),
+    cannot: Object.fromEntries(['HEAD', 'POST', 'PUT', 'DELETE', 'OPTIONS', 'PATCH'].map((m) => [m, 'only a GET asks for a WebSocket (RFC 6455 4.1)'])),
+  },
+  {
     error: Errors.RATE_LIMIT_STORE_UNAVAILABLE, how: 'a cluster limit with onStoreError: deny while redis.url points to a closed port', closes: false,
     request: (m) => raw(m, '/storeless/x'),
     message: /^The rate-limit store \(Redis\) is unreachable and limit "storeless#0" refuses requests meanwhile \(onStoreError: deny\); retry later\.$/,
@@ -485,6 +492,9 @@ let gw: Gateway;
 let drainGw: Gateway;
 let busyHolder: RawConn | null = null;
 let fullHolder: RawConn | null = null;
+/** The WebSocket upstream of /wslimit/*, and the one connection the setup holds there (maxConnectionsPerKey 1). */
+let wsUp: { server: http.Server; wss: WebSocketServer; port: number } | null = null;
+let wsHolder: WebSocket | null = null;
 /** Gateway errors the setup itself provoked (the tripped breaker's failure, the sick target before its check): counted in /metrics too. */
 const setupErrors = new Map<string, number>();
 const outcomes = new Map<string, Outcome>();
@@ -601,9 +611,18 @@ async function makeKeys(): Promise<void> {
   while (Date.now() <= expiresAt) await new Promise((r) => setTimeout(r, 50));
 }
 
+/** A WebSocket upstream that accepts every upgrade (and never sends). */
+function startWsUpstream(): Promise<{ server: http.Server; wss: WebSocketServer; port: number }> {
+  const server = http.createServer((_req, res) => res.end());
+  const wss = new WebSocketServer({ server });
+  wss.on('connection', (ws) => ws.on('error', () => {}));
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({ server, wss, port: (server.address() as net.AddressInfo).port })));
+}
+
 /** The main gateway: every code but shutting_down. */
 async function startMain(): Promise<void> {
   const [deadPort, blackholePort, redisPort] = await Promise.all([closedPort(), startBlackhole(), closedPort()]);
+  wsUp = await startWsUpstream();
   gw = await startGateway(baseConfig({
     server: { workers: 1, limits: LIMITS },
     admin: { enabled: true, port: 0 },
@@ -611,6 +630,7 @@ async function startMain(): Promise<void> {
     redis: { url: `redis://127.0.0.1:${redisPort}` },
     upstreams: {
       ok: { targets: [okUp.url] },
+      wsup: { targets: [`http://127.0.0.1:${wsUp!.port}`] },
       dead: { targets: [`http://127.0.0.1:${deadPort}`] },
       raw: { targets: [rawUp.url], timeouts: { responseMs: 300 } },
       busy: { targets: [busyUp.url], pool: { maxConnections: 1, maxPending: 0 } },
@@ -642,10 +662,18 @@ async function startMain(): Promise<void> {
       { id: 'auth', path: '/auth/*', upstream: 'ok', auth: {} },
       { id: 'scoped', path: '/scoped/*', upstream: 'ok', auth: { scopes: ['orders:write'] } },
       { id: 'granted', path: '/granted/*', upstream: 'ok', auth: { grants: 'required' } },
+      { id: 'wslimit', path: '/wslimit/*', upstream: 'wsup', websocket: { maxConnectionsPerKey: 1, idleTimeoutMs: 0, pingIntervalMs: 0 } },
     ],
     store: { path: join(identityDir, 'id.db') },
   }), { env: { TURNPIKE_TEST_HOOKS: '1', TURNPIKE_ADMIN_TOKEN: ADMIN_TOKEN }, cwd: identityDir });
   await makeKeys();
+  // The one WebSocket connection /wslimit/* allows a client address: held until teardown.
+  wsHolder = new WebSocket(`ws://127.0.0.1:${gw.port}/wslimit/hold`);
+  wsHolder.on('error', () => {});
+  await new Promise<void>((resolve, reject) => {
+    wsHolder!.once('open', () => resolve());
+    wsHolder!.once('unexpected-response', (_req, res) => reject(new Error(`setup /wslimit/hold: ${res.statusCode}`)));
+  });
   // The day's one request of /limited/*: every request of the table after it is refused.
   const first = await RawConn.open(gw.port);
   first.write(Buffer.from(`GET ${LIMITED_SETUP} HTTP/1.1\r\nHost: t\r\n\r\n`));
@@ -767,7 +795,8 @@ beforeAll(async () => {
   ]);
   // The two gateways are independent: run them side by side.
   await Promise.all([
-    startMain().then(runMainTable).catch((err: Error) => { mainFailure = err.stack ?? err.message; }),
+    // The held WebSocket was counted at its 101; its access log line comes when it closes: closed once the table ran.
+    startMain().then(runMainTable).then(() => { wsHolder?.close(); }).catch((err: Error) => { mainFailure = err.stack ?? err.message; }),
     runDrainScenario().catch((err: Error) => { drainFailure = err.stack ?? err.message; }),
   ]);
 }, 60_000);
@@ -776,11 +805,17 @@ afterAll(async () => {
   for (const r of busyHeld) r.end('released');
   busyHolder?.destroy();
   fullHolder?.destroy();
+  wsHolder?.terminate();
   for (const s of fillers) s.destroy();
   blackhole?.kill('SIGKILL');
   await gw?.stop();
   await drainGw?.stop();
   await Promise.all([okUp?.close(), rawUp?.close(), busyUp?.close(), slowUp?.close()]);
+  if (wsUp !== null) {
+    for (const c of wsUp.wss.clients) c.terminate();
+    wsUp.wss.close();
+    wsUp.server.close();
+  }
 });
 
 // ------------------------------------------------------------------ assertions

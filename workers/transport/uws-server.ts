@@ -31,8 +31,8 @@ import {
   HEALTH_DRAINING, HEALTH_OK, LINGER_MAX_BYTES, gatewayErrorBytes, type Backend, type CloseReason, type ServerOptions,
 } from './backend.js';
 import { REFUSED, RequestContext, type PendingDecision } from '../pipeline/context.js';
-import { WsHub, WsTunnel, addLines, type UpgradeRequest } from './websocket/tunnel.js';
-import { WS_NOT_IMPLEMENTED, isWebSocketUpgrade, uwsPayloadCap, wsSettings } from './websocket/settings.js';
+import { WsHub, WsTunnel, addLines, countUpgradeFailure, type UpgradeRequest } from './websocket/tunnel.js';
+import { isWebSocketUpgrade, uwsPayloadCap, wsKeyAddress, wsSettings } from './websocket/settings.js';
 
 /** The pipeline's context, reused for every request of this thread (workers/pipeline/context.ts). */
 const pctx = new RequestContext();
@@ -98,8 +98,6 @@ let hConnectionFirstLength = 0;
 let hXff: string | null = null;
 let hUserAgent = '';
 let hReferer = '';
-/** The Upgrade header (all its lines joined), or null: what the node backend refuses with 501 for a WebSocket (below). */
-let hUpgrade: string | null = null;
 let hForwarded: string | null = null;
 /** The request id header's value; '' when it came more than once (then one is generated). */
 let hRequestId: string | null = null;
@@ -118,7 +116,6 @@ function resetScratch(): void {
   hXff = null;
   hUserAgent = '';
   hReferer = '';
-  hUpgrade = null;
   hForwarded = null;
   hRequestId = null;
 }
@@ -135,7 +132,6 @@ function collectHeader(k: string, v: string): void {
       break;
     case 7:
       if (k === 'referer') hReferer = v;
-      else if (k === 'upgrade') hUpgrade = hUpgrade === null ? v : hUpgrade + ', ' + v;
       break;
     case 9:
       if (k === 'forwarded') hForwarded = hForwarded === null ? v : hForwarded + ', ' + v;
@@ -204,7 +200,7 @@ export class UwsServer implements Backend {
   private pumpScheduled = false;
   private readonly ridPrefix: string;
   private ridCounter = 0;
-  /** WebSocket proxying (websocket/tunnel.ts); null on the strict node backend, which answers upgrades 501 for now. */
+  /** WebSocket proxying (websocket/tunnel.ts), on uWS and on the strict node backend (node/websocket.ts gives it uWS's ws API). */
   private readonly wsHub: WsHub | null = null;
   draining = false;
   port = 0;
@@ -239,14 +235,13 @@ export class UwsServer implements Backend {
     };
     this.app = this.uws.App();
     this.app.any('/*', (res: any, req: any) => this.onRequest(res, req));
-    if (!this.strict) {
-      // uWS gives this behaviour only GET requests with a 24-character
-      // Sec-WebSocket-Key; every other request reaches the handler above
-      // without any added work (websocket/tunnel.ts).
-      this.wsHub = new WsHub(this.env, uwsPayloadCap(dp));
-      const compressor = (this.uws as unknown as { SHARED_COMPRESSOR?: number }).SHARED_COMPRESSOR ?? 1;
-      this.app.ws('/*', this.wsHub.behavior((res: any, req: any, context: any) => this.onUpgrade(res, req, context), compressor));
-    }
+    // uWS gives this behaviour only GET requests with a 24-character
+    // Sec-WebSocket-Key (the node backend: HTTP/1.1 GETs with a key `ws`
+    // accepts, node/app.ts); every other request reaches the handler above
+    // without any added work (websocket/tunnel.ts).
+    this.wsHub = new WsHub(this.env, uwsPayloadCap(dp));
+    const compressor = (this.uws as unknown as { SHARED_COMPRESSOR?: number }).SHARED_COMPRESSOR ?? 1;
+    this.app.ws('/*', this.wsHub.behavior((res: any, req: any, context: any) => this.onUpgrade(res, req, context), compressor));
     if (this.strict) {
       this.app.setLimits(dp.config.server.limits);
       this.app.setTimeouts(dp.config.server.timeouts);
@@ -284,7 +279,11 @@ export class UwsServer implements Backend {
       this.app.setLimits(dp.config.server.limits);
       this.app.setTimeouts(dp.config.server.timeouts);
     }
-    if (old !== dp) old.retire(dp);
+    if (old !== dp) {
+      // WebSockets of routes the reload removed or changed: drained (websocket.drainMs), the others untouched.
+      this.wsHub?.reload(old.config.routes, dp.config.routes);
+      old.retire(dp);
+    }
   }
 
   get inFlight(): number {
@@ -430,10 +429,6 @@ export class UwsServer implements Backend {
       return this.reject(res, Errors.METHOD_NOT_ALLOWED, requestId, mIdx, isHead, t0, close, 0, m.allow);
     }
     let route = m.data!; // a split route: the branch of the chosen upstream, below
-    // The node backend does not proxy WebSockets yet: an upgrade a route would proxy is refused, not sent as plain HTTP.
-    if (hUpgrade !== null && this.strict && isWebSocketUpgrade(hUpgrade) && wsSettings(dp, route) !== null) {
-      return this.reject(res, Errors.NOT_IMPLEMENTED, requestId, mIdx, isHead, t0, close, route.slot, null, null, WS_NOT_IMPLEMENTED);
-    }
     if (bodyMode === REQ_BODY_LENGTH && contentLength > route.maxBodyBytes) {
       // Refused before reading a byte of it. (uWS has already answered an
       // `Expect: 100-continue` by then: see the README.)
@@ -602,6 +597,7 @@ export class UwsServer implements Backend {
     try {
       this.upgrade(res, req, context);
     } catch (err) {
+      this.countUpgradeFailure('internal_error');
       this.internalError(res, err);
     }
   }
@@ -637,29 +633,31 @@ export class UwsServer implements Backend {
     this.pendingId = requestId;
     this.pendingMethod = mIdx;
     // A handshake has no body (RFC 6455 4.1): one announced is refused, and the connection closed.
-    const closeBy = hConnectionFirstLength === 5 ? CLOSE_BY_SERVER : CLOSE_ENFORCE;
+    const closeBy = hConnectionFirstLength === 5 && !this.strict ? CLOSE_BY_SERVER : CLOSE_ENFORCE;
     if (hTransferEncoding !== null || (hContentLength !== null && hContentLength !== '0')) {
-      return this.reject(res, Errors.BAD_REQUEST, requestId, mIdx, false, t0, closeBy, 0, null, null, 'A WebSocket handshake has no body.');
+      return this.rejectUpgrade(res, Errors.BAD_REQUEST, requestId, mIdx, false, t0, closeBy, 0, null, null, 'A WebSocket handshake has no body.');
     }
-    const close = CLOSE_NONE;
-    if (this.draining) return this.reject(res, Errors.SHUTTING_DOWN, requestId, mIdx, false, t0, closeBy);
+    // A refusal (ours or the upstream's) keeps the connection unless the client asked to close (`close` in
+    // Connection) or uWS will close anyway (a 5-byte first Connection line): then it says so, as handle() does.
+    const close = closeBy === CLOSE_BY_SERVER || (hConnection !== null && hasCloseOption(hConnection)) ? closeBy : CLOSE_NONE;
+    if (this.draining) return this.rejectUpgrade(res, Errors.SHUTTING_DOWN, requestId, mIdx, false, t0, closeBy);
     if (version !== '13') {
       // RFC 6455 4.4: the versions the server speaks, in Sec-WebSocket-Version.
-      return this.reject(res, Errors.BAD_REQUEST, requestId, mIdx, false, t0, close, 0, null, ['sec-websocket-version', '13'], 'Sec-WebSocket-Version must be 13.');
+      return this.rejectUpgrade(res, Errors.BAD_REQUEST, requestId, mIdx, false, t0, close, 0, null, ['sec-websocket-version', '13'], 'Sec-WebSocket-Version must be 13.');
     }
-    if (url.length + (query.length === 0 ? 0 : query.length + 1) > limits.maxUrlBytes) return this.reject(res, Errors.URL_TOO_LONG, requestId, mIdx, false, t0, close);
+    if (url.length + (query.length === 0 ? 0 : query.length + 1) > limits.maxUrlBytes) return this.rejectUpgrade(res, Errors.URL_TOO_LONG, requestId, mIdx, false, t0, close);
     if (hdrs.length > limits.maxHeaderCount * 2 || hdrBytes > limits.maxHeaderBytes) {
-      return this.reject(res, Errors.HEADERS_TOO_LARGE, requestId, mIdx, false, t0, close);
+      return this.rejectUpgrade(res, Errors.HEADERS_TOO_LARGE, requestId, mIdx, false, t0, close);
     }
     if (hHostCount !== 1 || (hHost !== lastValidHost && !this.acceptHost(hHost))) {
-      return this.reject(res, Errors.BAD_HOST, requestId, mIdx, false, t0, close);
+      return this.rejectUpgrade(res, Errors.BAD_HOST, requestId, mIdx, false, t0, close);
     }
     const path = normalizePath(url);
-    if (path === null) return this.reject(res, Errors.BAD_PATH, requestId, mIdx, false, t0, close);
+    if (path === null) return this.rejectUpgrade(res, Errors.BAD_PATH, requestId, mIdx, false, t0, close);
     const host = normalizeHost(hHost);
     const m = dp.router.find('GET', host, path, hdrs, query);
-    if (m === null) return this.reject(res, Errors.ROUTE_NOT_FOUND, requestId, mIdx, false, t0, close);
-    if (m.kind !== MATCH_FOUND) return this.reject(res, Errors.METHOD_NOT_ALLOWED, requestId, mIdx, false, t0, close, 0, m.allow);
+    if (m === null) return this.rejectUpgrade(res, Errors.ROUTE_NOT_FOUND, requestId, mIdx, false, t0, close);
+    if (m.kind !== MATCH_FOUND) return this.rejectUpgrade(res, Errors.METHOD_NOT_ALLOWED, requestId, mIdx, false, t0, close, 0, m.allow);
     let route = m.data!;
     const settings = wsSettings(dp, route);
     if (settings === null) {
@@ -677,7 +675,7 @@ export class UwsServer implements Backend {
       const verdict = ctx.run(policies, t0 + this.opts.clockOffset, route.id, route.slot, 'GET', clientIp, hXff, hdrs, query);
       this.currentConsumer = ctx.consumerId;
       if (verdict === REFUSED) {
-        return this.reject(res, ctx.refusal!, requestId, mIdx, false, t0, close, route.slot, null, ctx.refusalHeaders.slice(), ctx.refusalMessage);
+        return this.rejectUpgrade(res, ctx.refusal!, requestId, mIdx, false, t0, close, route.slot, null, ctx.refusalHeaders.slice(), ctx.refusalMessage);
       }
       if (ctx.responseHeaders.length !== 0) policyHeaders = ctx.responseHeaders.slice();
       policyLines = ctx.requestLines;
@@ -697,6 +695,7 @@ export class UwsServer implements Backend {
       const admitted = upstream.admit(clientIp, t0 + this.opts.clockOffset, hdrs, path);
       if (admitted === null) {
         this.refusedUpstream = upstream.name;
+        this.countUpgradeFailure(guard.refusal.code);
         return this.refuseUpstream(res, guard, requestId, mIdx, false, t0, close, route.slot);
       }
       pool = admitted;
@@ -718,13 +717,14 @@ export class UwsServer implements Backend {
       head += k + ': ' + hdrs[i + 1] + '\r\n';
     }
     if (Buffer.byteLength(head, 'utf8') !== head.length || head.indexOf('\x7f') !== -1) {
-      const exact = exactBytes(head, req);
-      if (exact === null) return this.rejectAfterPolicies(res, Errors.BAD_REQUEST, requestId, mIdx, false, t0, close, route.slot);
+      // The strict (node) server's values are latin1 strings already (the exact bytes), as in handle().
+      const exact = this.strict ? (SAFE_HEAD.test(head) ? head : null) : exactBytes(head, req);
+      if (exact === null) return this.rejectUpgradeAfterPolicies(res, Errors.BAD_REQUEST, requestId, mIdx, false, t0, close, route.slot);
       head = exact;
     }
     const fwd = server.forwarded;
     if ((hXff !== null && !isPlainAscii(hXff)) || (hForwarded !== null && !isPlainAscii(hForwarded))) {
-      return this.rejectAfterPolicies(res, Errors.BAD_REQUEST, requestId, mIdx, false, t0, close, route.slot);
+      return this.rejectUpgradeAfterPolicies(res, Errors.BAD_REQUEST, requestId, mIdx, false, t0, close, route.slot);
     }
     if (fwd.xForwardedFor) head += 'x-forwarded-for: ' + (hXff === null ? clientIp : hXff + ', ' + clientIp) + '\r\n';
     if (fwd.xForwardedProtoHost) head += 'x-forwarded-proto: http\r\nx-forwarded-host: ' + hHost + '\r\n';
@@ -742,8 +742,9 @@ export class UwsServer implements Backend {
 
     const r: UpgradeRequest = {
       requestId, t0, key, protocols, extensions, target: head.slice(4, lineEnd - 9), headers,
-      client: clientIp, host: hHost, path: url, query, consumer: this.currentConsumer,
-      userAgent: hUserAgent, referer: hReferer, policyHeaders,
+      client: clientIp, keyAddress: settings.maxConnectionsPerKey > 0 ? wsKeyAddress(dp, clientIp, hXff) : clientIp,
+      host: hHost, path: url, query, consumer: this.currentConsumer,
+      userAgent: hUserAgent, referer: hReferer, policyHeaders, close,
     };
     const t = new WsTunnel(this.wsHub!, res, context, route, upstream, pool, probe, settings, r);
     // The tunnel gives the admission and the decision back from here.
@@ -762,6 +763,26 @@ export class UwsServer implements Backend {
       t.awaitDecision(pending);
       this.env.pump();
     }
+  }
+
+  /** turnpike_websocket_upgrade_failures_total{reason}: an upgrade refused before its tunnel exists (the tunnel counts its own). */
+  private countUpgradeFailure(code: string): void {
+    if (this.env.metricsOn) countUpgradeFailure(this.env.metrics, code);
+  }
+
+  /** reject() of an upgrade request, counted as an upgrade failure. */
+  private rejectUpgrade(
+    res: any, e: GatewayErrorDef, requestId: string, mIdx: number, isHead: boolean, t0: number, close: number, slot = 0,
+    allow: string | null = null, extra: string[] | null = null, message: string | null = null,
+  ): void {
+    this.countUpgradeFailure(e.code);
+    this.reject(res, e, requestId, mIdx, isHead, t0, close, slot, allow, extra, message);
+  }
+
+  /** rejectAfterPolicies() of an upgrade request, counted as an upgrade failure. */
+  private rejectUpgradeAfterPolicies(res: any, e: GatewayErrorDef, requestId: string, mIdx: number, isHead: boolean, t0: number, close: number, slot: number): void {
+    this.countUpgradeFailure(e.code);
+    this.rejectAfterPolicies(res, e, requestId, mIdx, isHead, t0, close, slot);
   }
 
   /**

@@ -25,6 +25,20 @@ describe('routes[].websocket', () => {
     });
   });
 
+  it('takes maxConnectionsPerKey, drainMs (a duration) and messagesPerSecondAction; defaults: 0, 30 s, close', () => {
+    expect(WEBSOCKET_DEFAULTS).toMatchObject({ maxConnectionsPerKey: 0, drainMs: 30_000, messagesPerSecondAction: 'close' });
+    expect(resolved({ websocket: { maxConnectionsPerKey: 3, drainMs: '5s', messagesPerSecond: 10, messagesPerSecondAction: 'drop' } })).toEqual({
+      ...WEBSOCKET_DEFAULTS, maxConnectionsPerKey: 3, drainMs: 5_000, messagesPerSecond: 10, messagesPerSecondAction: 'drop',
+    });
+    expect(resolved({ websocket: { drainMs: 0 } })).toEqual({ ...WEBSOCKET_DEFAULTS, drainMs: 0 });
+  });
+
+  it('names the path and the problem of a bad drainMs, maxConnectionsPerKey or messagesPerSecondAction', () => {
+    expect(lines(withRoute({ websocket: { drainMs: -1 } }))[0]).toMatch(/^routes\[0\]\.websocket\.drainMs: /);
+    expect(lines(withRoute({ websocket: { maxConnectionsPerKey: 1.5 } }))).toEqual(['routes[0].websocket.maxConnectionsPerKey: must be an integer (got 1.5)']);
+    expect(lines(withRoute({ websocket: { messagesPerSecondAction: 'queue' } }))).toEqual(['routes[0].websocket.messagesPerSecondAction: must be "close" or "drop"']);
+  });
+
   it('names the path and the problem of a bad value', () => {
     expect(lines(withRoute({ websocket: { maxMessageBytes: 0 } }))).toEqual(['routes[0].websocket.maxMessageBytes: must be an integer from 1 to 67108864 (got 0)']);
     expect(lines(withRoute({ websocket: { messagesPerSecond: -1 } }))).toEqual(['routes[0].websocket.messagesPerSecond: must be an integer from 0 to 1000000 (got -1)']);

@@ -3,8 +3,11 @@
  * request asks for a WebSocket, a route's `websocket` settings, and what a
  * backend that cannot proxy WebSockets yet answers.
  */
+import type net from 'node:net';
 import type { RouteWebSocket } from '../../../common/config/types.js';
 import type { Dataplane, RouteContext } from '../../dataplane.js';
+import type { RequestContext } from '../../pipeline/context.js';
+import { clientAddress, trustedProxyList } from '../../policies/rate-limit/keys.js';
 
 /** `websocket` among the Upgrade header's protocols (RFC 9110 7.8), case-insensitively. */
 export function isWebSocketUpgrade(v: string): boolean {
@@ -13,8 +16,8 @@ export function isWebSocketUpgrade(v: string): boolean {
   return false;
 }
 
-/** The 501 not_implemented message of a backend that does not proxy WebSockets yet (Bun, node). */
-export const WS_NOT_IMPLEMENTED = 'WebSocket proxying is not available on this server backend yet (server.backend: uws proxies WebSockets).';
+/** The 501 not_implemented message of a backend that does not proxy WebSockets yet (Bun). */
+export const WS_NOT_IMPLEMENTED = 'WebSocket proxying is not available on the Bun server backend yet: run the gateway on Node (server.backend: uws or node proxies WebSockets).';
 
 /**
  * The route settings of an upgrade: `websocket` of the route that matched
@@ -46,4 +49,21 @@ export function uwsPayloadCap(dp: Dataplane): number {
   for (const r of dp.config.routes) if (r.websocket !== null && r.websocket.maxMessageBytes > max) max = r.websocket.maxMessageBytes;
   if (max === 0) max = 1_048_576;
   return 2 * max;
+}
+
+/**
+ * The client address maxConnectionsPerKey counts a connection under (when
+ * no consumer was found): the socket's address, or behind
+ * server.trustedProxies the right-most untrusted X-Forwarded-For address,
+ * exactly as rate limits `by: ip` see it (policies/rate-limit/keys.ts).
+ */
+const trustedCache = new WeakMap<Dataplane, net.BlockList | null>();
+export function wsKeyAddress(dp: Dataplane, peer: string, xff: string | null): string {
+  let trusted = trustedCache.get(dp);
+  if (trusted === undefined) {
+    trusted = trustedProxyList(dp.config.server.trustedProxies);
+    trustedCache.set(dp, trusted);
+  }
+  if (trusted === null || xff === null) return peer;
+  return clientAddress({ clientIp: peer, xff } as RequestContext, trusted);
 }

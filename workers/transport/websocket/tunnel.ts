@@ -29,13 +29,37 @@
  *    uWS's drain brings it under LOW_WATER. What the gateway holds for a
  *    client is therefore at most HIGH_WATER + maxMessageBytes + one socket
  *    read (64 KiB): the read in progress is relayed whole.
- *  - toward the upstream: this uWS build (20.30) cannot pause a WebSocket's
- *    reads (no WebSocket.pause), so a client that sends faster than the
- *    upstream reads is closed with 1013 (try again later; the upstream gets
- *    1001) once the upstream socket holds more than HIGH_WATER +
- *    maxMessageBytes unsent bytes. messagesPerSecond bounds the rate too.
+ *  - toward the upstream: where the client side can stop reading (the node
+ *    backend's WebSocket: pause/resume), a message that takes the upstream
+ *    socket's unsent bytes over HIGH_WATER pauses the client's reads until
+ *    it is written out with less than LOW_WATER behind it (its send
+ *    callback); the gateway then holds at most HIGH_WATER + maxMessageBytes
+ *    + one read. This uWS build (20.30) cannot pause a WebSocket's reads (no
+ *    WebSocket.pause), so there a client that sends faster than the upstream
+ *    reads is closed with 1013 (try again later; the upstream gets 1001)
+ *    once the upstream socket holds more than HIGH_WATER + maxMessageBytes
+ *    unsent bytes. messagesPerSecond bounds the rate too.
  *  - a message being reassembled by uWS: at most 2 x the largest
  *    maxMessageBytes of the config the worker started with (uwsPayloadCap).
+ *
+ * Limits beyond the message ones: maxConnectionsPerKey is taken in start()
+ * (after the policies, so a consumer found by a pending decision counts),
+ * in the process's shared per-key table (common/websocket-layout.ts), and
+ * given back in finish(); over it the upgrade gets 429
+ * too_many_websocket_connections and the upstream is never contacted.
+ * messagesPerSecondAction `drop` skips the message instead of closing 1008.
+ *
+ * Reload: WsHub.reload() gives the tunnels of a removed or changed route a
+ * deadline (websocket.drainMs), after which tick() closes them 1001 both
+ * ways; the others keep running on the route context they began with.
+ *
+ * Metrics (common/metrics-layout.ts, the route slot's S_WS_* cells and
+ * G_WS_UPGRADE_FAILURES, in the worker's own Float64Array): per relayed
+ * message one increment and one addition, no allocation; the open gauge at
+ * the client's open and close, the close column by the code the client
+ * got (countClose, once), limit hits where each limit acts, upgrade
+ * failures where the upgrade is refused (fail, passRefusal, onClientAborted;
+ * uws-server.ts counts the refusals made before a tunnel exists).
  *
  * Pings: uWS answers a client's pings itself, `ws` answers the upstream's;
  * pings are not relayed. The gateway pings each side it heard nothing from
@@ -50,7 +74,12 @@ import { STATUS_CODES } from 'node:http';
 import { Errors, type GatewayErrorDef } from '../../../common/errors.js';
 import type { RouteWebSocket } from '../../../common/config/types.js';
 import { log } from '../../../common/log.js';
-import { methodIndex } from '../../../common/metrics-layout.js';
+import {
+  ERROR_CODES, G_WS_UPGRADE_FAILURES, S_WS_BYTES, S_WS_CLOSES, S_WS_LIMITS, S_WS_MESSAGES, S_WS_OPEN, WS_C2U, WS_L_BACKPRESSURE,
+  WS_L_IDLE, WS_L_MAX_MESSAGE, WS_L_PER_KEY, WS_L_PING, WS_L_RATE, WS_U2C, WS_UPSTREAM_REFUSED, methodIndex, slotBase, wsCloseColumn,
+} from '../../../common/metrics-layout.js';
+import { WsConnectionTable, createWsConnectionTable } from '../../../common/websocket-layout.js';
+import type { RouteConfig } from '../../../common/config/types.js';
 import { entry, resetEntry } from '../../access-log.js';
 import type { RouteContext } from '../../dataplane.js';
 import type { UpstreamRuntime } from '../../proxy/balancer.js';
@@ -59,7 +88,7 @@ import { coarse } from '../../proxy/timers.js';
 import { connectionListed } from '../../proxy/headers.js';
 import { countError, recordRequest, recordSizes } from '../../request-metrics.js';
 import { CONTINUE, type DecisionWaiter, type PendingDecision } from '../../pipeline/context.js';
-import { CLOSE_NONE, writeGatewayError } from '../uws-respond.js';
+import { endWhole, endWithoutBody, writeGatewayError } from '../uws-respond.js';
 import type { ExchangeEnv } from '../uws-exchange.js';
 import {
   CLOSE_BAD_GATEWAY, CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION,
@@ -73,7 +102,7 @@ interface UpstreamSocket {
   readonly readyState: number;
   readonly protocol: string;
   readonly bufferedAmount: number;
-  send(data: Buffer, options: { binary: boolean; compress: boolean; fin: boolean }): void;
+  send(data: Buffer, options: { binary: boolean; compress: boolean; fin: boolean }, cb?: (err?: Error | null) => void): void;
   close(code?: number, reason?: Buffer | string): void;
   ping(): void;
   pause(): void;
@@ -127,6 +156,30 @@ function generateMask(mask: Buffer): void {
 
 const GET_INDEX = methodIndex('GET');
 
+/**
+ * The process's WebSocket connections per key (common/websocket-layout.ts),
+ * set by the worker at start (setConnectionTable); without one (a backend
+ * run outside a worker: tests) a private table of this thread: the limit
+ * then holds per thread only.
+ */
+let keyTable: WsConnectionTable | null = null;
+export function setConnectionTable(t: WsConnectionTable): void {
+  keyTable = t;
+}
+function connectionTable(): WsConnectionTable {
+  return (keyTable ??= new WsConnectionTable(createWsConnectionTable(1), 0));
+}
+
+/** ERROR_CODES index of a gateway error code (turnpike_websocket_upgrade_failures_total). */
+const failureIndex = new Map<string, number>(ERROR_CODES.map((c, i) => [c, i]));
+failureIndex.set('upstream_refused', WS_UPSTREAM_REFUSED);
+
+/** Counts an upgrade not answered 101 under `reason` (a gateway error code or upstream_refused); unknown codes are not counted. */
+export function countUpgradeFailure(cells: Float64Array, reason: string): void {
+  const i = failureIndex.get(reason);
+  if (i !== undefined) cells[G_WS_UPGRADE_FAILURES + i]!++;
+}
+
 const ST_DECIDE = 0;
 const ST_HANDSHAKE = 1;
 const ST_OPEN = 2;
@@ -146,6 +199,8 @@ export interface UpgradeRequest {
   /** Header name -> value(s) for the upstream handshake, latin1 strings (one char per byte). */
   headers: Record<string, string | string[]>;
   client: string;
+  /** The address maxConnectionsPerKey counts under without a consumer (behind trusted proxies: X-Forwarded-For's client). */
+  keyAddress: string;
   host: string;
   path: string;
   query: string;
@@ -154,6 +209,8 @@ export interface UpgradeRequest {
   referer: string;
   /** Response headers from the policies (name, value pairs) for the 101 or the refusal, or null. */
   policyHeaders: string[] | null;
+  /** How a refusal (an error, the upstream's non-101 answer) ends the connection: uws-respond.ts CLOSE_* (the client's `close`, uWS's own). */
+  close: number;
 }
 
 /**
@@ -237,6 +294,32 @@ export class WsHub {
     }
   }
 
+  /**
+   * A reload replaced the routes `before` by `after` (workers/transport/uws-server.ts
+   * setDataplane): the connections of a route that is gone or whose resolved
+   * definition (its routes[] entry, JSON-compared as common/config/diff.ts
+   * does) changed get their route's websocket.drainMs, then close with 1001
+   * both ways (tick()); handshakes in progress on such a route too, from
+   * their 101 on. Every other connection is left as it is.
+   */
+  reload(before: readonly RouteConfig[], after: readonly RouteConfig[]): void {
+    if (this.open.size === 0 && this.pending.size === 0) return;
+    const next = new Map<string, string>();
+    for (const r of after) next.set(r.id, JSON.stringify(r));
+    const changed = new Set<string>();
+    for (const r of before) if (next.get(r.id) !== JSON.stringify(r)) changed.add(r.id);
+    if (changed.size === 0) return;
+    const now = performance.now();
+    for (const t of [...this.pending, ...this.open]) {
+      if (!changed.has(t.routeId)) continue;
+      try {
+        t.drain(now);
+      } catch (err) {
+        t.crashed(err);
+      }
+    }
+  }
+
   /** The worker closes: every tunnel ends with 1001 both ways, every handshake with 503 shutting_down. */
   closeAll(): void {
     this.closed = true;
@@ -277,6 +360,10 @@ export class WsTunnel implements DecisionWaiter {
   private client: any = null;
   private up: UpstreamSocket | null = null;
   private upPaused = false;
+  /** The client's reads are paused until the upstream takes what waits for it (server sides that can pause: the node backend). */
+  private clientPaused = false;
+  /** The client WebSocket can stop reading (pause/resume): the node backend's; uWS 20.30's cannot. */
+  private clientCanPause = false;
   private upClosed = false;
   private clientClosed = false;
   private decision: PendingDecision | null = null;
@@ -298,6 +385,15 @@ export class WsTunnel implements DecisionWaiter {
   clientPingAt = 0;
   private upHeard = 0;
   private upPingAt = 0;
+  /** performance.now() past which a reload's drain closes the connection (1001), or 0. */
+  private drainAt = 0;
+  /** This connection's key in the per-key table (websocket-layout.ts: `c <consumer>` or `a <address>`), or null: not counted. */
+  private countedKey: string | null = null;
+  // --- metrics: the worker's cells (null: metrics off when the tunnel began), the route slot's first cell
+  private readonly cells: Float64Array | null;
+  private readonly mb: number;
+  /** Counted in the route's open gauge (from the client's open to its close). */
+  private openCounted = false;
   // --- counts
   private bytesIn = 0;
   private bytesOut = 0;
@@ -316,8 +412,41 @@ export class WsTunnel implements DecisionWaiter {
     private readonly r: UpgradeRequest,
   ) {
     this.res = res;
+    this.cells = hub.env.metricsOn ? hub.env.metrics : null;
+    this.mb = slotBase(route.slot);
     pool.active++;
     hub.pending.add(this);
+  }
+
+  /** The route id (reload: was its route changed). */
+  get routeId(): string {
+    return this.route.id;
+  }
+
+  /** A reload removed or changed the route: close (1001 both ways) after its drainMs; an earlier deadline stays. */
+  drain(now: number): void {
+    if (this.drainAt !== 0 || this.state === ST_DONE) return;
+    this.drainAt = now + this.s.drainMs;
+    if (this.s.drainMs === 0 && this.state === ST_OPEN) this.drainClose();
+  }
+
+  private drainClose(): void {
+    this.gatewayClose(CLOSE_GOING_AWAY, 'route changed by a reload', CLOSE_GOING_AWAY, 'gateway route changed by a reload');
+  }
+
+  private limitHit(limit: number): void {
+    const c = this.cells;
+    if (c !== null) c[this.mb + S_WS_LIMITS + limit]!++;
+  }
+
+  /** The client side is over with `code` (what the client got, or sent; 1006 lost): the open gauge and the close count. */
+  private countClose(code: number): void {
+    if (!this.openCounted) return;
+    this.openCounted = false;
+    const c = this.cells;
+    if (c === null) return;
+    c[this.mb + S_WS_OPEN]!--;
+    c[this.mb + S_WS_CLOSES + wsCloseColumn(code)]!++;
   }
 
   /** Waits for a policy's decision (workers/pipeline/context.ts) before start(); its guardMs bounds the wait. */
@@ -354,8 +483,20 @@ export class WsTunnel implements DecisionWaiter {
     }
   }
 
-  /** Opens the upstream WebSocket; the client's 101 waits for the upstream's. */
+  /** Opens the upstream WebSocket (after maxConnectionsPerKey); the client's 101 waits for the upstream's. */
   start(): void {
+    const limit = this.s.maxConnectionsPerKey;
+    if (limit > 0) {
+      // The consumer when identity found one (a pending decision has brought it by now), else the client address.
+      const key = this.r.consumer !== '' ? 'c ' + this.r.consumer : 'a ' + this.r.keyAddress;
+      if (!connectionTable().acquire(this.route.id, key, limit)) {
+        this.limitHit(WS_L_PER_KEY);
+        this.detail = `${limit} connections open for this key (maxConnectionsPerKey)`;
+        this.fail(Errors.TOO_MANY_WEBSOCKET_CONNECTIONS, null, null);
+        return;
+      }
+      this.countedKey = key;
+    }
     this.state = ST_HANDSHAKE;
     const t = this.pool.target;
     const host = t.host.includes(':') ? `[${t.host}]` : t.host;
@@ -482,7 +623,10 @@ export class WsTunnel implements DecisionWaiter {
   /** uWS open: called inside res.upgrade. */
   onClientOpen(ws: any): void {
     this.client = ws;
+    this.clientCanPause = typeof ws.pause === 'function';
     this.state = ST_OPEN;
+    this.openCounted = true;
+    if (this.cells !== null) this.cells[this.mb + S_WS_OPEN]!++;
     const now = coarse.now;
     this.lastMessage = now;
     this.clientHeard = now;
@@ -490,6 +634,7 @@ export class WsTunnel implements DecisionWaiter {
     this.winStart = now;
     this.hub.add(this);
     if (this.hub.closed) this.shutDown();
+    else if (this.drainAt !== 0 && this.s.drainMs === 0) this.drainClose();
   }
 
   /** A handshake answer other than 101: its status, headers and (small) body go to the client. */
@@ -521,6 +666,7 @@ export class WsTunnel implements DecisionWaiter {
     const status = resp.statusCode ?? 502;
     this.status = status;
     this.finishAdmission(status >= 500 ? 'upstream_refused' : '', status);
+    if (this.cells !== null) countUpgradeFailure(this.cells, 'upstream_refused');
     const res = this.res;
     if (res !== null) {
       this.res = null;
@@ -546,7 +692,9 @@ export class WsTunnel implements DecisionWaiter {
         for (let i = 0; i < extra.length; i += 2) res.writeHeader(extra[i]!, extra[i + 1]!);
         if (ph !== null) for (let i = 0; i < ph.length; i += 2) res.writeHeader(ph[i]!, ph[i + 1]!);
         res.writeHeader(ridHeader, this.r.requestId);
-        res.end(body);
+        // 1xx/204/304 carry no body and no Content-Length (RFC 9110 8.6, 15.3.5, 15.4.5).
+        if (status < 200 || status === 204 || status === 304) endWithoutBody(res, status, -1, this.r.close, true);
+        else endWhole(res, body, this.r.close);
       });
     }
     this.bytesOut = body.length;
@@ -566,6 +714,7 @@ export class WsTunnel implements DecisionWaiter {
     }
     // Open: 'close' follows; what the client is told depends on what went wrong.
     this.upError = code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH' ? CLOSE_MESSAGE_TOO_BIG : CLOSE_BAD_GATEWAY;
+    if (this.upError === CLOSE_MESSAGE_TOO_BIG) this.limitHit(WS_L_MAX_MESSAGE);
   }
 
   /** Set by an upstream error while open: the code the client gets when the upstream's close follows (1009 or 1014). */
@@ -580,6 +729,7 @@ export class WsTunnel implements DecisionWaiter {
     this.clientHeard = now;
     this.clientPingAt = 0;
     if (n > this.s.maxMessageBytes) {
+      this.limitHit(WS_L_MAX_MESSAGE);
       this.gatewayClose(CLOSE_MESSAGE_TOO_BIG, 'message too big', CLOSE_GOING_AWAY, 'client sent a message over maxMessageBytes');
       return;
     }
@@ -590,6 +740,11 @@ export class WsTunnel implements DecisionWaiter {
         this.winCount = 0;
       }
       if (++this.winCount > mps) {
+        this.limitHit(WS_L_RATE);
+        if (this.s.messagesPerSecondAction === 'drop') {
+          this.lastMessage = now; // the client is active: a dropped message is not idleness
+          return;
+        }
         this.gatewayClose(CLOSE_POLICY_VIOLATION, 'message rate limit exceeded', CLOSE_GOING_AWAY, 'client over messagesPerSecond');
         return;
       }
@@ -599,14 +754,43 @@ export class WsTunnel implements DecisionWaiter {
     if (up === null || up.readyState !== WS_OPEN) return;
     this.bytesIn += n;
     this.messagesIn++;
+    const cells = this.cells;
+    if (cells !== null) {
+      cells[this.mb + S_WS_MESSAGES + WS_C2U]!++;
+      cells[this.mb + S_WS_BYTES + WS_C2U]! += n;
+    }
+    if (this.clientCanPause && up.bufferedAmount + n > HIGH_WATER) {
+      // The upstream is not keeping up: stop reading the client until this message is written out
+      // (what the gateway holds stays under HIGH_WATER + maxMessageBytes + one read). A closure only here.
+      up.send(Buffer.from(ab), isBinary ? BINARY : TEXT, (err?: Error | null) => this.onUpstreamFlushed(err));
+      if (!this.clientPaused) {
+        this.clientPaused = true;
+        this.limitHit(WS_L_BACKPRESSURE);
+        this.client.pause();
+      }
+      this.hub.env.pump();
+      return;
+    }
     up.send(Buffer.from(ab), isBinary ? BINARY : TEXT);
     if (up.bufferedAmount > HIGH_WATER + this.s.maxMessageBytes) {
+      this.limitHit(WS_L_BACKPRESSURE);
       // The upstream does not read and uWS cannot stop reading the client (see the module comment).
       this.gatewayClose(CLOSE_TRY_AGAIN_LATER, 'upstream not keeping up', CLOSE_GOING_AWAY, 'upstream not reading');
       return;
     }
     // Socket writes defer their bookkeeping with process.nextTick.
     this.hub.env.pump();
+  }
+
+  /** A message sent while the upstream was behind was written out: the client's reads resume once little waits. */
+  private onUpstreamFlushed(err: Error | null | undefined): void {
+    if ((err !== undefined && err !== null) || !this.clientPaused || this.client === null) return;
+    const up = this.up;
+    if (up === null || up.bufferedAmount > LOW_WATER) return; // a later message's callback resumes
+    this.clientPaused = false;
+    this.clientHeard = coarse.now; // pongs were not read while paused
+    this.clientPingAt = 0;
+    this.client.resume();
   }
 
   private onUpstreamMessage(data: Buffer, isBinary: boolean): void {
@@ -618,8 +802,14 @@ export class WsTunnel implements DecisionWaiter {
     if (c === null) return;
     this.bytesOut += data.length;
     this.messagesOut++;
+    const cells = this.cells;
+    if (cells !== null) {
+      cells[this.mb + S_WS_MESSAGES + WS_U2C]!++;
+      cells[this.mb + S_WS_BYTES + WS_U2C]! += data.length;
+    }
     const r = c.send(data, isBinary, this.s.compression);
     if (r === 2) {
+      this.limitHit(WS_L_BACKPRESSURE);
       // Dropped by uWS (maxBackpressure): cannot happen while the pause below works; never lose a message silently.
       this.gatewayClose(CLOSE_INTERNAL_ERROR, 'backpressure limit', CLOSE_GOING_AWAY, 'client backpressure limit');
       return;
@@ -646,6 +836,7 @@ export class WsTunnel implements DecisionWaiter {
     if (this.clientClosed) return; // the gateway's own end() (gatewayClose, upstream closed first)
     this.clientClosed = true;
     this.closeCode = code;
+    this.countClose(code);
     this.hub.remove(this);
     if (!this.upClosed) {
       const c = codeForUpstream(code);
@@ -676,6 +867,7 @@ export class WsTunnel implements DecisionWaiter {
       else if (c !== code) why = code === 1006 ? 'upstream connection lost' : 'upstream closed';
       if (c === CLOSE_BAD_GATEWAY && this.detail === '') this.detail = 'upstream connection lost';
       this.closeCode = c;
+      this.countClose(c);
       const client = this.client;
       this.client = null;
       if (client !== null) {
@@ -714,6 +906,7 @@ export class WsTunnel implements DecisionWaiter {
     if (client !== null && !this.clientClosed) {
       this.clientClosed = true;
       this.client = null;
+      this.countClose(cc);
       this.hub.remove(this);
       client.end(cc, cr);
     }
@@ -723,21 +916,30 @@ export class WsTunnel implements DecisionWaiter {
   /** Sweep (every SWEEP_INTERVAL_MS): idle timeout, pings, silent peers. */
   tick(now: number): void {
     if (this.state !== ST_OPEN || this.client === null) return;
+    if (this.drainAt !== 0 && now >= this.drainAt) {
+      this.drainClose();
+      return;
+    }
     const s = this.s;
     if (s.idleTimeoutMs > 0 && now - this.lastMessage >= s.idleTimeoutMs) {
+      this.limitHit(WS_L_IDLE);
       this.gatewayClose(CLOSE_GOING_AWAY, 'idle timeout', CLOSE_GOING_AWAY, 'idle timeout');
       return;
     }
     const every = s.pingIntervalMs;
     if (every === 0) return;
-    if (this.clientPingAt !== 0) {
+    if (this.clientPaused) {
+      // Reads are paused (the upstream is behind): a pong could not be read, so no ping timeout.
+    } else if (this.clientPingAt !== 0) {
       if (now - this.clientPingAt >= every) {
         // No answer to the ping: the client is gone without a word. Its socket is dropped.
         this.detail = 'client did not answer a ping';
+        this.limitHit(WS_L_PING);
         const c = this.client;
         this.client = null;
         this.clientClosed = true;
         this.closeCode = 1006;
+        this.countClose(1006);
         this.hub.remove(this);
         c.close();
         this.closeUpstream(CLOSE_GOING_AWAY, 'client not responding');
@@ -752,6 +954,7 @@ export class WsTunnel implements DecisionWaiter {
     if (this.upPingAt !== 0) {
       if (now - this.upPingAt >= every) {
         this.detail = 'upstream did not answer a ping';
+        this.limitHit(WS_L_PING);
         this.upError = CLOSE_BAD_GATEWAY;
         this.up.terminate(); // 'close' follows: the client gets 1014
       }
@@ -787,6 +990,7 @@ export class WsTunnel implements DecisionWaiter {
     d?.abandon();
     this.errorCode = 'client_aborted';
     this.countError('client_aborted');
+    if (this.cells !== null) countUpgradeFailure(this.cells, 'client_aborted');
     this.endHandshake();
     this.finishAdmission('', 0);
     this.upClosed = true;
@@ -799,6 +1003,7 @@ export class WsTunnel implements DecisionWaiter {
     if (this.state === ST_DONE || this.state === ST_OPEN) return;
     this.errorCode = e.code;
     this.countError(e.code);
+    if (this.cells !== null) countUpgradeFailure(this.cells, e.code);
     this.status = e.status;
     this.endHandshake();
     this.finishAdmission(e.code, e.status);
@@ -811,7 +1016,7 @@ export class WsTunnel implements DecisionWaiter {
       const ph = this.r.policyHeaders;
       if (ph !== null && e.status === 429) extra = extra === null ? ph : extra.concat(ph);
       res.cork(() => {
-        this.bytesOut = writeGatewayError(res, e, env.requestIdHeader, this.r.requestId, false, CLOSE_NONE, true, null, extra, message);
+        this.bytesOut = writeGatewayError(res, e, env.requestIdHeader, this.r.requestId, false, this.r.close, true, null, extra, message);
       });
     }
     this.upClosed = true;
@@ -857,9 +1062,19 @@ export class WsTunnel implements DecisionWaiter {
     if (this.timer !== null) clearTimeout(this.timer);
     this.timer = null;
     this.pool.active--;
+    this.countClose(1006); // (never left counted by the paths above: a safety net for the gauge)
+    if (this.countedKey !== null) {
+      connectionTable().release(this.route.id, this.countedKey);
+      this.countedKey = null;
+    }
     const env = this.hub.env;
     if (env.logs.access !== null) this.writeAccess(status);
-    if (!env.metricsOn || status === 101) return; // a 101 was counted when it was sent
+    if (status === 101) {
+      // The request was counted when its 101 was sent; its sizes (the message bytes each way, as the access log's) now.
+      if (this.cells !== null) recordSizes(this.cells, this.route.slot, this.bytesIn, this.bytesOut);
+      return;
+    }
+    if (!env.metricsOn) return;
     recordRequest(env.metrics, env.latency, this.route.slot, GET_INDEX, status, performance.now() - this.r.t0, status === 0 ? -1 : this.pool.metricsBase);
     recordSizes(env.metrics, this.route.slot, 0, this.bytesOut);
   }
