@@ -1,10 +1,16 @@
 /**
- * WebSocket proxying (issue 14) through a real gateway process on the uWS
- * backend: real `ws` clients, a real `ws` upstream server, 127.0.0.1 and
- * ephemeral ports. The upgrade is routed and passes the route's policies
- * before the upstream is contacted; the upstream's handshake comes before
- * the client's 101; messages, close codes, limits and backpressure both
- * ways. The Bun and node backends answer upgrades 501 for now (end of file).
+ * WebSocket proxying (issue 14) through a real gateway process: real `ws`
+ * clients, a real `ws` upstream server, 127.0.0.1 and ephemeral ports. The
+ * upgrade is routed and passes the route's policies before the upstream is
+ * contacted; the upstream's handshake comes before the client's 101;
+ * messages, close codes, limits and backpressure both ways.
+ *
+ * The backend is TURNPIKE_SERVER__BACKEND's (uWS when unset), like the other
+ * proxy suites: the gateway process inherits the variable, and the same
+ * tests hold on `uws` and `node` (node/websocket.ts gives the strict node:net
+ * server uWS's WebSocket API over `ws`). The end of the file checks a node
+ * gateway proxies WebSockets in the default (uWS) run too, and that Bun
+ * answers upgrades 501.
  */
 import http from 'node:http';
 import net from 'node:net';
@@ -17,6 +23,7 @@ import { baseConfig, startGateway, type Gateway } from '../helpers/gateway.js';
 import { freePort } from '../helpers/ports.js';
 
 const ADMIN_TOKEN = 'ws-test-admin-token-0123456789abcdef';
+const BACKEND = process.env.TURNPIKE_SERVER__BACKEND === 'node' ? 'node' : 'uws';
 
 /** What the upstream saw of one connection, by the `id` query parameter the tests put on each URL. */
 interface Seen {
@@ -237,7 +244,7 @@ afterAll(async () => {
   upServer?.close();
 });
 
-describe('websocket proxying (uws backend)', () => {
+describe(`websocket proxying (${BACKEND} backend)`, () => {
   it('relays text and binary both ways, and the upstream gets the request as HTTP would send it', async () => {
     const id = nextId();
     const c = await open(`/echo/a%7e?id=${id}&q=a%20b&x=%zz`, [], { headers: { 'x-custom': 'v1', 'x-request-id': 'rid-ws-1' } });
@@ -490,7 +497,45 @@ describe('websocket proxying (uws backend)', () => {
     c.ws.close();
   }, 90_000);
 
-  it('closes with 1013 a client whose upstream does not read (uWS cannot pause the client)', async () => {
+  // uWS 20.30 cannot pause a WebSocket's reads, so the tunnel closes instead; on the node backend the tunnel does the same (it does not pause the client there either).
+  it.runIf(BACKEND === 'node')('pauses a client whose upstream does not read (node backend): memory stays bounded, every message arrives in order once it reads', async () => {
+    const rss0 = rssKb(gw.proc.pid!);
+    const id = nextId();
+    const c = await open(`/deaf/x?id=${id}`);
+    const s = await upstreamConn(id);
+    const chunk = Buffer.alloc(512 * 1024, 3);
+    let sent = 0;
+    // 64 MiB offered; the client's own buffer grows once the gateway stops reading it.
+    while (c.ws.readyState === WebSocket.OPEN && sent < 128) {
+      const m = Buffer.from(chunk);
+      m.writeUInt32BE(sent, 0);
+      c.ws.send(m);
+      sent++;
+      if (c.ws.bufferedAmount > 8 << 20) await new Promise((r) => setTimeout(r, 5));
+      if (c.ws.bufferedAmount > 48 << 20) break;
+    }
+    // The gateway paused the client: its unsent bytes pile up at the client, not in the gateway.
+    await until(() => c.ws.bufferedAmount > 16 << 20, 10_000, 'the client to be held back');
+    expect(c.ws.readyState).toBe(WebSocket.OPEN);
+    expect((rssKb(gw.proc.pid!) - rss0) / 1024).toBeLessThan(32);
+    const got: number[] = [];
+    s.ws.on('message', (d: Buffer) => got.push(d.readUInt32BE(0)));
+    (s.ws as any)._socket.resume();
+    while (c.ws.readyState === WebSocket.OPEN && sent < 128) {
+      const m = Buffer.from(chunk);
+      m.writeUInt32BE(sent, 0);
+      c.ws.send(m);
+      sent++;
+      if (c.ws.bufferedAmount > 8 << 20) await new Promise((r) => setTimeout(r, 5));
+    }
+    await until(() => got.length === sent, 30_000, `all ${sent} messages at the upstream (got ${got.length})`);
+    expect(got).toEqual([...Array(sent).keys()]);
+    expect(c.ws.readyState).toBe(WebSocket.OPEN);
+    c.ws.close(1000);
+    await c.closed;
+  }, 60_000);
+
+  it.runIf(BACKEND !== 'node')('closes with 1013 a client whose upstream does not read (uWS cannot pause a WebSocket\'s reads)', async () => {
     const rss0 = rssKb(gw.proc.pid!);
     const c = await open(`/deaf/x?id=${nextId()}`);
     const chunk = Buffer.alloc(512 * 1024, 3);
@@ -541,27 +586,140 @@ function fetchRaw(request: string): Promise<string> {
 }
 
 /**
- * Backends that do not proxy WebSockets yet (Bun.serve, the strict node:net
- * server): a config with WebSocket routes starts and serves HTTP; an upgrade
- * a route would proxy is answered 501 not_implemented (never passed on as
- * plain HTTP, never a 101); a route with `websocket: false` still proxies it
- * as plain HTTP.
+ * The node backend proxies WebSockets as uWS does (the whole suite above runs
+ * on it with TURNPIKE_SERVER__BACKEND=node): here a node gateway next to the
+ * uWS one of the default run, for the parts only this backend has: what the
+ * client sends right behind its handshake (before the 101) reaches the
+ * upstream as the first message, an upgrade answered with an error leaves a
+ * keep-alive HTTP connection, and the connection count comes back down.
  */
-describe.each([
-  ['node', { server: { backend: 'node' } }, {}],
-  ['bun', {}, { runtime: 'bun' as const }],
-])('the %s backend', (_name, over, opts) => {
-  let other: Gateway;
+describe('the node backend', () => {
+  let nodeGw: Gateway;
   beforeAll(async () => {
-    other = await startGateway(baseConfig({
-      ...over,
-      server: { workers: 1, ...(over as any).server },
+    nodeGw = await startGateway(baseConfig({
+      server: { backend: 'node', workers: 1, timeouts: { headerMs: 500, idleMs: 500 } },
       upstreams: { up: { targets: [`http://127.0.0.1:${upPort}`] } },
       routes: [
         { id: 'echo', path: '/echo/*', upstream: 'up', websocket: { maxMessageBytes: 4096 } },
         { id: 'plain', path: '/plain/*', upstream: 'up', websocket: false },
       ],
-    }), opts);
+    }), { env: { TURNPIKE_SERVER__BACKEND: 'node' } });
+  }, 60_000);
+  afterAll(async () => {
+    await nodeGw?.stop();
+  });
+
+  /** A raw handshake for `path`, with `extra` bytes written in the same packet right behind it. */
+  function rawHandshake(path: string, extra: Buffer = Buffer.alloc(0), headers = ''): Promise<{ sock: net.Socket; head: string; rest: () => Buffer }> {
+    return new Promise((resolve, reject) => {
+      const sock = net.connect(nodeGw.port, '127.0.0.1');
+      const key = Buffer.from('0123456789abcdef').toString('base64');
+      let buf = Buffer.alloc(0);
+      let done = false;
+      sock.on('connect', () => sock.write(Buffer.concat([Buffer.from(
+        `GET ${path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n${headers}\r\n`,
+      ), extra])));
+      sock.on('data', (d) => {
+        buf = Buffer.concat([buf, d]);
+        const end = buf.indexOf('\r\n\r\n');
+        if (!done && end !== -1) {
+          done = true;
+          resolve({ sock, head: buf.subarray(0, end).toString('latin1'), rest: () => buf.subarray(end + 4) });
+        }
+      });
+      sock.on('error', reject);
+      setTimeout(() => reject(new Error('no answer to the handshake')), 10_000).unref();
+    });
+  }
+
+  /** A masked client frame (RFC 6455 5.2/5.3). */
+  function clientFrame(opcode: number, payload: Buffer): Buffer {
+    const mask = Buffer.from([1, 2, 3, 4]);
+    const body = Buffer.from(payload.map((b, i) => b ^ mask[i & 3]!));
+    return Buffer.concat([Buffer.from([0x80 | opcode, 0x80 | payload.length]), mask, body]);
+  }
+
+  it('proxies: 101 with the upstream\'s subprotocol and the request id; messages both ways', async () => {
+    const id = nextId();
+    const c = await new Promise<WebSocket>((resolve, reject) => {
+      const ws = new WebSocket(`ws://127.0.0.1:${nodeGw.port}/echo/n?id=${id}`, ['chat.v1', 'chat.v2'], { headers: { 'x-request-id': 'rid-node-1' } });
+      ws.on('upgrade', (res) => {
+        expect(res.headers['x-request-id']).toBe('rid-node-1');
+      });
+      ws.on('open', () => resolve(ws));
+      ws.on('error', reject);
+    });
+    expect(c.protocol).toBe('chat.v2');
+    const got = new Promise<string>((r) => c.once('message', (d) => r(d.toString())));
+    c.send('over node');
+    expect(await got).toBe('over node');
+    const s = await upstreamConn(id);
+    expect(s.headers['sec-websocket-protocol']).toBe('chat.v1,chat.v2');
+    const closed = new Promise<number>((r) => c.on('close', (code) => r(code)));
+    c.close(4003, 'bye');
+    expect(await s.closed).toEqual({ code: 4003, reason: 'bye' });
+    expect(await closed).toBe(4003);
+  });
+
+  it('hands the bytes sent right behind the handshake to the WebSocket (the upstream gets them first)', async () => {
+    const id = nextId();
+    const early = clientFrame(1, Buffer.from('early bird'));
+    const { sock, head } = await rawHandshake(`/echo/e?id=${id}`, early);
+    expect(head).toMatch(/^HTTP\/1\.1 101 /);
+    expect(head.toLowerCase()).toContain('sec-websocket-accept: ');
+    const s = await upstreamConn(id);
+    await until(() => s.messages.length >= 1, 5000, 'the early message at the upstream');
+    expect(s.messages[0]!.data.toString()).toBe('early bird');
+    sock.destroy();
+    expect((await s.closed).code).toBe(1001);
+  });
+
+  it('keeps the connection for HTTP after an upgrade answered with an error (keep-alive, next request parsed)', async () => {
+    // No route: 404 as JSON, then a pipelined plain request on the same connection.
+    const next = 'GET /plain/after HTTP/1.1\r\nHost: t\r\n\r\n';
+    const { sock, head, rest } = await rawHandshake('/nowhere', Buffer.from(next));
+    expect(head).toMatch(/^HTTP\/1\.1 404 /);
+    await until(() => rest().includes('{"plain":true'), 5000, 'the pipelined request\'s answer');
+    expect(rest().toString()).toMatch(/HTTP\/1\.1 200 OK/);
+    sock.destroy();
+  });
+
+  it('leaves a WebSocket to the hub: the server\'s idle and header timeouts no longer apply to it', async () => {
+    const ws = await new Promise<WebSocket>((resolve, reject) => {
+      const w = new WebSocket(`ws://127.0.0.1:${nodeGw.port}/echo/quiet?id=${nextId()}`);
+      w.on('open', () => resolve(w));
+      w.on('error', reject);
+    });
+    let closed = false;
+    ws.on('close', () => { closed = true; });
+    // server.timeouts (500 ms) plus two of the server's 1 s timeout sweeps, silent.
+    await new Promise((r) => setTimeout(r, 2_600));
+    expect(closed).toBe(false);
+    const echo = new Promise<string>((r) => ws.once('message', (d) => r(d.toString())));
+    ws.send('still open');
+    expect(await echo).toBe('still open');
+    ws.close();
+  });
+});
+
+/**
+ * Bun.serve does not proxy WebSockets yet: a config with WebSocket routes
+ * starts and serves HTTP; an upgrade a route would proxy is answered 501
+ * not_implemented (never passed on as plain HTTP, never a 101); a route with
+ * `websocket: false` still proxies it as plain HTTP.
+ */
+describe('the bun backend', () => {
+  let other: Gateway;
+  beforeAll(async () => {
+    other = await startGateway(baseConfig({
+      server: { workers: 1 },
+      upstreams: { up: { targets: [`http://127.0.0.1:${upPort}`] } },
+      routes: [
+        { id: 'echo', path: '/echo/*', upstream: 'up', websocket: { maxMessageBytes: 4096 } },
+        { id: 'plain', path: '/plain/*', upstream: 'up', websocket: false },
+      ],
+      // Bun's own server whatever TURNPIKE_SERVER__BACKEND says for the rest of the file.
+    }), { runtime: 'bun', env: { TURNPIKE_SERVER__BACKEND: 'auto' } });
   }, 60_000);
   afterAll(async () => {
     await other?.stop();

@@ -6,12 +6,14 @@
  * (`NodeUws.strictHttp`), so there is one proxy, not two.
  *
  * Only the part of the uWS API the transport uses is implemented:
- *   module: App(), us_listen_socket_close(ls), us_socket_local_port(ls)
- *   app:    any('/*', handler), listen(host, port, cb), close()
- *   req:    getCaseSensitiveMethod, getMethod, getUrl, getQuery, getHeader, forEach
+ *   module: App(), us_listen_socket_close(ls), us_socket_local_port(ls),
+ *           SHARED_COMPRESSOR, DISABLED
+ *   app:    any('/*', handler), ws('/*', behavior), listen(host, port, cb), close()
+ *   req:    getCaseSensitiveMethod, getMethod, getUrl, getQuery, getHeader, forEach, setYield
  *   res:    writeStatus, writeHeader, write, end, tryEnd, endWithoutBody,
  *           cork, onAborted, onData, onWritable, getWriteOffset, pause,
- *           resume, close, getRemoteAddress, getRemoteAddressAsText
+ *           resume, close, getRemoteAddress, getRemoteAddressAsText, upgrade
+ *   ws:     websocket.ts (NodeWebSocket, over the `ws` package)
  * with uWS's documented meaning, and none of the 20.30 build's quirks
  * (uws-respond.ts lists them): `endWithoutBody(n)` writes `Content-Length: n`
  * and ends; `end(body, true)` closes after whatever was written before; a
@@ -62,6 +64,20 @@
  *    second (TIMEOUT_SWEEP_MS): a timeout fires up to a second late. A new
  *    value applies from the next time a connection's timer is armed.
  *  - Responses carry `Date` (RFC 9110 6.6.1), no `Server`, no `uWebSockets`.
+ *  - WebSockets (RFC 6455; websocket.ts): with app.ws('/*', behavior), a
+ *    GET (HTTP/1.1) carrying a valid Sec-WebSocket-Key goes to the
+ *    behavior's upgrade handler first, as on uWS; req.setYield(true) there
+ *    hands it to the HTTP handler. While the handshake is under way the
+ *    parser holds what the client sends after the head (the next request,
+ *    or the WebSocket's first frames) and no connection timer runs (the
+ *    tunnel bounds the wait). res.upgrade() writes the 101 (ws's
+ *    WebSocketServer.handleUpgrade) and the connection leaves HTTP for good:
+ *    the bytes the parser held are the WebSocket's first, reads go to ws
+ *    (copied out of the shared read buffer), the header/idle/body timers
+ *    stop, and the connection stays counted until its socket closes. An
+ *    upgrade answered with an error goes on as HTTP (keep-alive as usual).
+ *    close() gives open WebSockets WS_CLOSE_GRACE_MS to finish the Close
+ *    handshake the transport started (1001) before their sockets go.
  *
  * Listening: one net.Server per worker thread. Node 22.12+ binds the port in
  * every thread with `reusePort`; before (Node 20), node:net has no
@@ -75,6 +91,7 @@ import {
   BODY_CHUNKED, R_ERROR, R_PAUSED, RequestParser, type ParsedRequest, type RequestParserOptions, type RequestSink,
   DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADER_COUNT, DEFAULT_MAX_URL_BYTES, FORM_ABSOLUTE,
 } from './request-parser.js';
+import { DISABLED, NodeWsServer, SHARED_COMPRESSOR, WS_KEY, type NodeWebSocket, type NodeWsBehavior } from './websocket.js';
 
 /** Default header timeout (slowloris): a request head must be complete this long after its first byte (ms); server.timeouts.headerMs. nginx: 60 s; uWS closes idle sockets after ~10 s. */
 export const DEFAULT_HEADER_TIMEOUT_MS = 10_000;
@@ -82,6 +99,8 @@ export const DEFAULT_HEADER_TIMEOUT_MS = 10_000;
 export const DEFAULT_IDLE_TIMEOUT_MS = 10_000;
 /** Default body timeout: the longest pause between two reads of a request body (ms); server.timeouts.bodyMs. */
 export const DEFAULT_BODY_TIMEOUT_MS = 10_000;
+/** close(): how long an open WebSocket has to finish its Close handshake before its socket is dropped (ms). */
+export const WS_CLOSE_GRACE_MS = 1_000;
 /** How often timeouts are checked (ms). */
 export const TIMEOUT_SWEEP_MS = 1_000;
 /** After the server closes its side (FIN), how long it still reads and discards before dropping the connection (ms): unread bytes would make the kernel reset the answer away (nginx's lingering_close). */
@@ -270,6 +289,8 @@ export class NodeRequest {
   private p: ParsedRequest;
   private url: string;
   private query: string | undefined;
+  /** setYield(true) in a WebSocket upgrade handler: the request goes to the HTTP handler instead. */
+  yielded = false;
 
   constructor(p: ParsedRequest) {
     this.p = p;
@@ -281,6 +302,12 @@ export class NodeRequest {
 
   getCaseSensitiveMethod(): string {
     return this.p.method;
+  }
+
+  /** uWS: in the WebSocket upgrade handler, pass the request on to the HTTP handler. */
+  setYield(y: boolean): this {
+    this.yielded = y;
+    return this;
   }
 
   /**
@@ -579,6 +606,21 @@ export class NodeResponse {
     return addressText(this.conn.remoteAddress());
   }
 
+  /**
+   * uWS res.upgrade, in the WebSocket upgrade handler's response (now or
+   * later, nothing written yet): writes `101 Switching Protocols` with the
+   * headers written before (writeHeader), Sec-WebSocket-Accept for
+   * `secKey`, `protocol` ('' none) and the permessage-deflate answer to the
+   * `extensions` offer ('' none; only when the behavior has compression),
+   * and makes the connection a WebSocket: the behavior's open runs before
+   * this returns (not when the client is gone: ws destroyed the socket).
+   * `context` is uWS's and ignored. Does nothing on any other response.
+   */
+  upgrade(userData: unknown, secKey: string, protocol: string, extensions: string, _context?: unknown): void {
+    if (this.done || this.headState !== HEAD_NONE) return;
+    this.conn.upgradeTo(this, userData, secKey, protocol, extensions, this.headers);
+  }
+
   private finish(): void {
     this.done = true;
     this.conn.responseDone(this, this.closeAfter || this.conn.closing);
@@ -614,6 +656,22 @@ function flushResumes(): void {
 }
 
 const kConn = Symbol('turnpike.node.conn');
+
+/**
+ * A WebSocket handshake for the behavior's upgrade handler (the caller
+ * checked GET): HTTP/1.1 and a Sec-WebSocket-Key ws accepts (WS_KEY; the
+ * first one, as req.getHeader reads it). uWS takes a GET with any
+ * 24-character key; the rest is checked by the handler (uws-server.ts).
+ */
+function isHandshake(req: ParsedRequest): boolean {
+  if (req.minor !== 1) return false;
+  const h = req.headers;
+  for (let i = 0; i < h.length; i += 2) {
+    const k = h[i]!;
+    if (k.length === 17 && k === 'sec-websocket-key') return WS_KEY.test(h[i + 1]!);
+  }
+  return false;
+}
 
 function onClientRead(this: net.Socket, nread: number, buf: Buffer): boolean | void {
   const c = (this as any)[kConn] as Connection | undefined;
@@ -663,6 +721,12 @@ export class Connection implements RequestSink {
   deadline = 0;
   /** Parsing stopped until 'drain': the client does not read the answers already written (see writeBacklogged). */
   blockedOnWrite = false;
+  /** The response of a WebSocket handshake under way (the behavior's upgrade handler took it), or null. */
+  private upgrading: NodeResponse | null = null;
+  /** The WebSocket this connection became (res.upgrade), or null: HTTP. */
+  ws: NodeWebSocket | null = null;
+  /** close(): the timer that drops an open WebSocket's socket, or null. */
+  private graceTimer: NodeJS.Timeout | null = null;
 
   constructor(app: NodeApp, socket: net.Socket, opts: RequestParserOptions) {
     this.app = app;
@@ -767,6 +831,12 @@ export class Connection implements RequestSink {
 
   onRead(buf: Buffer, nread: number): void {
     if (this.closed || nread <= 0) return;
+    const ws = this.ws;
+    if (ws !== null) {
+      // ws keeps what it is given: a copy of the shared read buffer.
+      ws.onData(Buffer.copyBytesFrom(buf, 0, nread));
+      return;
+    }
     // Closing (after a refused request, a response that closes, or the client's FIN): later bytes are read and discarded.
     if (this.closing) return;
     if (this.timer === T_BODY) this.deadline = performance.now() + this.app.bodyTimeoutMs;
@@ -870,9 +940,61 @@ export class Connection implements RequestSink {
     this.bodyTo = null;
     this.expectContinue = req.expectContinue && req.bodyKind !== 0; // no body: nothing to wait for
     this.arm(req.bodyKind === 0 ? T_NONE : T_BODY, this.app.bodyTimeoutMs);
-    this.app.handle(res, new NodeRequest(req));
+    const nreq = new NodeRequest(req);
+    if (this.app.wsServer !== null && req.method === 'GET' && isHandshake(req) && this.tryUpgrade(res, nreq)) {
+      this.expectContinue = false;
+      return;
+    }
+    this.app.handle(res, nreq);
     if (this.expectContinue && !res.done && this.bodyTo === res) this.send(CONTINUE_100, false);
     this.expectContinue = false;
+  }
+
+  /**
+   * A WebSocket handshake: the behavior's upgrade handler first (uWS's
+   * order). The parser stays paused from here (its end not delivered):
+   * what follows the head is kept, for the WebSocket if it comes to one
+   * (upgradeTo), else parsed as HTTP once the answer is complete
+   * (responseDone). False: the handler yielded (setYield), the request is
+   * HTTP's.
+   */
+  private tryUpgrade(res: NodeResponse, req: NodeRequest): boolean {
+    this.upgrading = res;
+    this.parser.pause();
+    this.app.wsServer!.behavior.upgrade!(res, req, null);
+    if (!req.yielded) return true;
+    this.upgrading = null;
+    this.parser.resume(); // inside the parser's callback: cancels the pause
+    return false;
+  }
+
+  /** NodeResponse.upgrade: the handshake's response becomes a 101 and the connection a WebSocket. */
+  upgradeTo(res: NodeResponse, userData: unknown, key: string, protocol: string, extensions: string, extraHead: string): void {
+    const server = this.app.wsServer;
+    if (res !== this.upgrading || this.closed || server === null) return;
+    this.upgrading = null;
+    res.done = true;
+    this.current = null;
+    this.reqOpen = false;
+    this.bodyTo = null;
+    this.arm(T_NONE, 0); // no HTTP timer from here: the hub's idle timeout and pings apply
+    if (stageOwner === this) flushStage(); // (nothing is gathered before a 101; kept in order all the same)
+    const head = this.parser.kept();
+    this.parser.discardRest();
+    const ws = server.accept(this, userData, key, protocol, extensions, extraHead);
+    if (ws === null) return; // ws destroyed the socket (the client is gone or half-closed): onClose follows
+    this.ws = ws;
+    this.waitingResponse = false;
+    this.uploadPaused = false;
+    this.blockedOnWrite = false;
+    this.readPaused = false;
+    ws.opened(head);
+  }
+
+  /** close(): an open WebSocket's socket is dropped WS_CLOSE_GRACE_MS from now (its Close handshake may finish first). */
+  closeUpgradedSoon(): void {
+    if (this.closed || this.graceTimer !== null) return;
+    this.graceTimer = setTimeout(() => this.destroy(), WS_CLOSE_GRACE_MS);
   }
 
   onRequestBody(buf: Buffer, start: number, end: number): void {
@@ -980,6 +1102,11 @@ export class Connection implements RequestSink {
   responseDone(res: NodeResponse, close: boolean): void {
     if (res !== this.current) return;
     this.current = null;
+    if (this.upgrading === res) {
+      // A handshake answered without a 101 (an error, the upstream's refusal): HTTP goes on from the end of its request.
+      this.upgrading = null;
+      if (!close && !this.parser.closed) this.scheduleResume();
+    }
     if (this.uploadPaused) {
       // The rest of its body (if any) is discarded by its framing, or read on for an upload still under way.
       this.uploadPaused = false;
@@ -1015,6 +1142,11 @@ export class Connection implements RequestSink {
   }
 
   onDrain(): void {
+    const ws = this.ws;
+    if (ws !== null) {
+      ws.onDrain();
+      return;
+    }
     if (this.blockedOnWrite) {
       this.blockedOnWrite = false;
       this.scheduleResume();
@@ -1025,6 +1157,7 @@ export class Connection implements RequestSink {
   }
 
   onEnd(): void {
+    if (this.ws !== null) return; // ws ends its side (its own 'end' listener)
     // The client half-closed: with nothing under way the connection is done; else the answer is still written, then closed.
     const cur = this.current;
     if (cur === null) {
@@ -1058,6 +1191,9 @@ export class Connection implements RequestSink {
     if (this.closed) return;
     this.closed = true;
     this.timer = T_NONE;
+    if (this.graceTimer !== null) clearTimeout(this.graceTimer);
+    this.graceTimer = null;
+    this.upgrading = null;
     this.app.forget(this);
     const res = this.current;
     this.current = null;
@@ -1120,6 +1256,8 @@ export class NodeApp {
   idleTimeoutMs = DEFAULT_IDLE_TIMEOUT_MS;
   bodyTimeoutMs = DEFAULT_BODY_TIMEOUT_MS;
   private readonly conns = new Set<Connection>();
+  /** app.ws('/*', behavior): the WebSocket side (websocket.ts), or null: no upgrade handler, handshakes are HTTP requests. */
+  wsServer: NodeWsServer | null = null;
   private servers: net.Server[] = [];
   private sweeper: NodeJS.Timeout | null = null;
 
@@ -1127,6 +1265,19 @@ export class NodeApp {
   any(pattern: string, handler: Handler): this {
     if (pattern !== '/*') throw new Error(`NodeApp.any: only "/*" is supported, got ${pattern}`);
     this.handler = handler;
+    return this;
+  }
+
+  /**
+   * uWS's app.ws: WebSocket handshakes (a GET with a valid
+   * Sec-WebSocket-Key) go to `behavior.upgrade` (required: the transport
+   * routes and answers them itself), the rest of the behavior runs the
+   * WebSockets res.upgrade makes (websocket.ts). Only '/*'.
+   */
+  ws(pattern: string, behavior: NodeWsBehavior): this {
+    if (pattern !== '/*') throw new Error(`NodeApp.ws: only "/*" is supported, got ${pattern}`);
+    if (typeof behavior.upgrade !== 'function') throw new Error('NodeApp.ws: the behavior needs an upgrade handler');
+    this.wsServer = new NodeWsServer(behavior);
     return this;
   }
 
@@ -1254,11 +1405,18 @@ export class NodeApp {
     ls.server.close();
   }
 
-  /** Stops listening and closes every connection (responses under way see onAborted). */
+  /**
+   * Stops listening and closes every connection (responses under way see
+   * onAborted). WebSockets get WS_CLOSE_GRACE_MS to finish the Close
+   * handshake the transport started (the hub's 1001) before their sockets go.
+   */
   close(): void {
     for (const s of this.servers) s.close();
     this.servers = [];
-    for (const c of [...this.conns]) c.destroy();
+    for (const c of [...this.conns]) {
+      if (c.ws !== null) c.closeUpgradedSoon();
+      else c.destroy();
+    }
     if (this.sweeper !== null) clearInterval(this.sweeper);
     this.sweeper = null;
   }
@@ -1278,6 +1436,9 @@ const appsOf = new WeakMap<NodeListenSocket, NodeApp>();
  */
 export const nodeUws = {
   strictHttp: true as const,
+  /** uWS's compression constants for app.ws behaviors (any non-zero: permessage-deflate, websocket.ts). */
+  SHARED_COMPRESSOR,
+  DISABLED,
   /**
    * The worker's own descriptor of the engine's listening socket
    * (common/protocol.ts WorkerData.listenFd): Apps made from now on listen

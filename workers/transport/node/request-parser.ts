@@ -663,6 +663,17 @@ export class RequestParser {
   }
 
   /**
+   * The input held unparsed while paused at the end of a request (the
+   * bytes a client sent behind a WebSocket handshake), or null. A view of
+   * the parser's buffer: valid until the next execute(); after
+   * discardRest() the parser no longer refers to it, so it is the caller's.
+   */
+  kept(): Buffer | null {
+    if (this.keep === null || this.kLen <= this.kScan) return null;
+    return this.keep.subarray(this.kScan, this.kLen);
+  }
+
+  /**
    * Ignore everything from now on (the server closes the connection after
    * its answer, e.g. after a refused head whose body it will not read): the
    * parser becomes `closed`, holds nothing and hands out nothing more. May
