@@ -97,17 +97,17 @@ async function main(): Promise<void> {
   const wantBun = s.backend === 'bun' || (s.backend === 'auto' && isBun);
   let backend: Backend;
   let backendName: string;
+  // WebSocket connections per key (maxConnectionsPerKey), shared by the workers of every backend: this worker's
+  // column starts empty (a replacement's predecessor's connections died with it).
+  const wsTable = new WsConnectionTable(data.wsConnections, data.index);
+  wsTable.reset();
+  (await import('./transport/websocket/tunnel.js')).setConnectionTable(wsTable);
   if (wantBun) {
     const { BunServer } = await import('./transport/bun-server.js');
     backend = new BunServer(dp, { host: s.host, port: s.port, workerIndex: data.index, metrics, latency, logs, control, onListen: () => {}, clockOffset: clockOffset(data.clock) });
     backendName = 'bun';
   } else {
     const { UwsServer } = await import('./transport/uws-server.js');
-    // WebSocket connections per key (maxConnectionsPerKey), shared by the workers: this worker's column starts empty
-    // (a replacement's predecessor's connections died with it).
-    const wsTable = new WsConnectionTable(data.wsConnections, data.index);
-    wsTable.reset();
-    (await import('./transport/websocket/tunnel.js')).setConnectionTable(wsTable);
     // server.backend: node: the same transport on the strict node:net server (transport/node/app.ts) instead of uWS.
     const mod = s.backend === 'node' ? (await import('./transport/node/app.js')).nodeUws : undefined;
     if (mod !== undefined && data.listenFd !== null) mod.listenOnFd(data.listenFd);

@@ -15,6 +15,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { WebSocket, WebSocketServer } from 'ws';
 import { Errors, errorBody } from '../../dist/common/errors.js';
 import { LINGER_MAX_BYTES } from '../../dist/workers/transport/backend.js';
 
@@ -101,6 +102,28 @@ const canary = http.createServer((req, res) => {
 await new Promise((r) => canary.listen(0, '127.0.0.1', r));
 const canaryPort = canary.address().port;
 
+// WebSocket upstream (`ws`): echoes text and binary as they came; `close4001` makes it close 4001; the
+// Close frames it gets are kept; /ws/refuse is answered 403 (with a header and a body) instead of 101.
+const wsSeen = { req: null, closes: [] };
+const wsHttp = http.createServer((q, r) => r.end('not a websocket'));
+const wss = new WebSocketServer({ noServer: true, handleProtocols: (p) => (p.has('chat') ? 'chat' : false) });
+wsHttp.on('upgrade', (q, sock, head) => {
+  if (q.url.startsWith('/ws/refuse')) {
+    sock.end('HTTP/1.1 403 Forbidden\r\nX-Why: nope\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\nforbidden!');
+    return;
+  }
+  wss.handleUpgrade(q, sock, head, (w) => {
+    wsSeen.req = { url: q.url, headers: q.headers };
+    w.on('message', (d, isBinary) => {
+      if (!isBinary && String(d) === 'close4001') w.close(4001, 'upstream bye');
+      else w.send(d, { binary: isBinary });
+    });
+    w.on('close', (code, reason) => wsSeen.closes.push([code, String(reason)]));
+  });
+});
+await new Promise((r) => wsHttp.listen(0, '127.0.0.1', r));
+const wsPort = wsHttp.address().port;
+
 /** A closed port: bound once, then released. */
 const deadPort = await new Promise((resolve) => {
   const s = net.createServer();
@@ -123,6 +146,7 @@ function writeConfig(name, server, routes) {
       up: { targets: [`http://127.0.0.1:${upPort}`] },
       raw: { targets: [`http://127.0.0.1:${rawPort}`], timeouts: { connectMs: 300, responseMs: 300 } },
       dead: { targets: [`http://127.0.0.1:${deadPort}`] },
+      wsup: { targets: [`http://127.0.0.1:${wsPort}`] },
       canary: {
         targets: [`http://127.0.0.1:${canaryPort}`],
         headers: { request: { set: { 'x-plan': 'canary' } }, response: { set: { 'x-upstream-plan': 'canary' } } },
@@ -169,6 +193,9 @@ const gw = startGateway(writeConfig('turnpike.json', { workers: 2 }, [
   { id: 'shared', path: '/shared', upstream: 'up', rateLimit: [{ by: 'global', rate: 100, per: '1h', headers: 'legacy' }] },
   { id: 'limited', path: '/limited/*', upstream: 'up', rateLimit: [{ by: 'global', rate: 1000, per: '1h' }, { by: 'header:x-k', rate: 10, per: '1m', burst: 2 }] },
   ...['reset', 'garbage', 'silent', 'high', 'chunked'].map((p) => ({ id: p, path: `/${p}/*`, upstream: 'raw' })),
+  { id: 'ws', path: '/ws/*', upstream: 'wsup' },
+  { id: 'ws-off', path: '/ws-off/*', upstream: 'up', websocket: false },
+  { id: 'ws-idle', path: '/ws-idle/*', upstream: 'wsup', websocket: { idleTimeoutMs: 1000, messagesPerSecond: 3, messagesPerSecondAction: 'drop' } },
 ]));
 const started = await gw.started;
 const port = started.port;
@@ -896,11 +923,132 @@ await check('consistent_hash and sticky: same key same target on both workers, k
   }
 });
 
+// ------------------------------------------------------------------ WebSockets
+
+/** A `ws` client through the gateway: resolves on open (with the 101's headers) or the refusal (status, headers, body). */
+function wsOpen(path, protocols = [], headers = {}) {
+  return new Promise((resolve, reject) => {
+    const c = new WebSocket(`ws://127.0.0.1:${port}${path}`, protocols, { headers });
+    const msgs = [];
+    const waiters = [];
+    c.on('message', (d, isBinary) => {
+      msgs.push([isBinary, Buffer.from(d)]);
+      waiters.splice(0).forEach((w) => w());
+    });
+    c.closed = new Promise((r) => c.on('close', (code, reason) => r([code, String(reason)])));
+    c.next = async (ms = 3000) => {
+      const deadline = performance.now() + ms;
+      while (msgs.length === 0) {
+        if (performance.now() > deadline) throw new Error('no message');
+        await new Promise((r) => { waiters.push(r); setTimeout(r, 50); });
+      }
+      return msgs.shift();
+    };
+    c.once('upgrade', (res) => { c.head = res.headers; });
+    c.once('open', () => resolve(c));
+    c.once('unexpected-response', (_q, res) => {
+      const chunks = [];
+      res.on('data', (x) => chunks.push(x));
+      res.on('end', () => resolve({ refused: true, status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks).toString() }));
+    });
+    c.once('error', reject);
+    setTimeout(() => reject(new Error('no answer to the upgrade')), 5000);
+  });
+}
+
+await check('websocket: upgrade through to a ws echo upstream (path, query, request id, forwarding); text and binary round trip', async () => {
+  const c = await wsOpen('/ws/room?x=1', [], { 'x-custom': 'yes' });
+  truthy(!c.refused, 'refused');
+  truthy(/^[0-9a-z]+-b[0-9a-z]+-[0-9a-z]+$/.test(c.head['x-request-id'] ?? ''), `101 x-request-id: ${c.head['x-request-id']}`);
+  eq(wsSeen.req.url, '/ws/room?x=1', 'upstream target');
+  eq([wsSeen.req.headers['x-custom'], wsSeen.req.headers['x-forwarded-for'], wsSeen.req.headers['x-request-id']], ['yes', '127.0.0.1', c.head['x-request-id']], 'upstream headers');
+  c.send('héllo');
+  eq(await c.next(), [false, Buffer.from('héllo')], 'text echo');
+  const bin = Buffer.from([0, 1, 2, 255, 254]);
+  c.send(bin);
+  eq(await c.next(), [true, bin], 'binary echo');
+  const big = Buffer.alloc(300_000, 7);
+  c.send(big);
+  const [isBin, got] = await c.next();
+  truthy(isBin && got.equals(big), 'a 300 kB binary message echoed whole');
+  c.close(1000);
+  eq(await c.closed, [1000, ''], 'close');
+});
+
+await check('websocket: subprotocol chosen by the upstream reaches the client', async () => {
+  const c = await wsOpen('/ws/p', ['a', 'chat']);
+  eq([c.protocol, wsSeen.req.headers['sec-websocket-protocol']], ['chat', 'a,chat'], 'protocol, offered upstream');
+  c.close();
+  await c.closed;
+});
+
+await check('websocket: close code 4001 and its reason both ways', async () => {
+  const c = await wsOpen('/ws/c');
+  c.close(4001, 'client bye');
+  eq(await c.closed, [4001, 'client bye'], 'client: the echo of its close');
+  const deadline = performance.now() + 3000;
+  while (!wsSeen.closes.some(([code]) => code === 4001) && performance.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  eq(wsSeen.closes.find(([code]) => code === 4001), [4001, 'client bye'], 'upstream got');
+  const d = await wsOpen('/ws/c');
+  d.send('close4001');
+  eq(await d.closed, [4001, 'upstream bye'], 'client got the upstream close');
+});
+
+await check('websocket: an upstream refusal (403, header, body) is passed through; bad version 400 with Sec-WebSocket-Version', async () => {
+  const r = await wsOpen('/ws/refuse');
+  eq([r.refused, r.status, r.headers['x-why'], r.body], [true, 403, 'nope', 'forbidden!'], 'refusal');
+  truthy(typeof r.headers['x-request-id'] === 'string', 'request id on the refusal');
+  const raw = await Raw.open();
+  const a = await raw.request(req('GET', '/ws/v', ['Upgrade: websocket', 'Connection: Upgrade', 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==', 'Sec-WebSocket-Version: 8']));
+  eq([a.status, a.get('sec-websocket-version'), JSON.parse(a.body).error.code], [400, '13', 'bad_request'], 'version 8');
+  raw.destroy();
+});
+
+await check('websocket: a route with websocket: false proxies the upgrade request as plain HTTP (no Upgrade upstream)', async () => {
+  const raw = await Raw.open();
+  const a = await raw.request(req('GET', '/ws-off/x', ['Upgrade: websocket', 'Connection: Upgrade', 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==', 'Sec-WebSocket-Version: 13']));
+  eq(a.status, 200, 'status');
+  const saw = await upstreamSaw(a);
+  eq([saw.url, saw.headers.upgrade, saw.headers['sec-websocket-key']], ['/ws-off/x', undefined, 'dGhlIHNhbXBsZSBub25jZQ=='], 'upstream saw');
+  raw.destroy();
+});
+
+await check('websocket: idleTimeoutMs and messagesPerSecond count on the live clock (a gateway up for longer than both)', async () => {
+  const c = await wsOpen('/ws-idle/x');
+  // A message every 400 ms for 1.6 s: never idle for 1 s, never over 3 in one second (a stale clock would drop the 4th).
+  for (let i = 0; i < 5; i++) {
+    c.send(`tick${i}`);
+    eq(await c.next(), [false, Buffer.from(`tick${i}`)], `echo ${i}`);
+    if (i < 4) await new Promise((r) => setTimeout(r, 400));
+  }
+  eq(c.readyState, WebSocket.OPEN, 'open after 1.6 s of traffic');
+  const t0 = performance.now();
+  eq(await c.closed, [1001, 'idle timeout'], 'closed when idle');
+  truthy(performance.now() - t0 > 500, 'not closed before about idleTimeoutMs of silence');
+});
+
+await check('websocket: access log has the 101 with the message bytes each way', async () => {
+  const lines = await accessLines((ls) => ls.some((l) => l.path === '/ws/room' && l.status === 101));
+  const l = lines.find((x) => x.path === '/ws/room' && x.status === 101);
+  truthy(l !== undefined, 'no 101 line for /ws/room');
+  eq([l.route, l.bytes_received > 300_000, l.bytes_sent > 300_000], ['ws', true, true], 'route and bytes');
+});
+
+const lastWs = await wsOpen('/ws/shut');
 gw.proc.kill('SIGTERM');
 const code = await gw.exited;
 await check('drains and exits 0 on SIGTERM', async () => eq(code, 0, 'exit code'));
+await check('websocket: an open WebSocket gets 1001 both ways at shutdown', async () => {
+  eq(await lastWs.closed, [1001, 'server shutting down'], 'client got');
+  const deadline = performance.now() + 2000;
+  const shut = ([c, r]) => c === 1001 && r === 'gateway shutting down';
+  while (!wsSeen.closes.some(shut) && performance.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  truthy(wsSeen.closes.some(shut), `upstream got 1001 'gateway shutting down': ${JSON.stringify(wsSeen.closes)}`);
+});
 upstream.close();
 rawUpstream.close();
+wsHttp.close();
+for (const w of wss.clients) w.terminate();
 canary.close();
 console.log(`${passed} passed, ${failed} failed`);
 process.exit(failed === 0 ? 0 : 1);

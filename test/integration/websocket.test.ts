@@ -9,8 +9,8 @@
  * proxy suites: the gateway process inherits the variable, and the same
  * tests hold on `uws` and `node` (node/websocket.ts gives the strict node:net
  * server uWS's WebSocket API over `ws`). The end of the file checks a node
- * gateway proxies WebSockets in the default (uWS) run too, and that Bun
- * answers upgrades 501.
+ * gateway and a Bun gateway proxy WebSockets in the default (uWS) run too
+ * (test/bun/run-smoke.mjs has Bun's own cases).
  */
 import http from 'node:http';
 import net from 'node:net';
@@ -703,10 +703,9 @@ describe('the node backend', () => {
 });
 
 /**
- * Bun.serve does not proxy WebSockets yet: a config with WebSocket routes
- * starts and serves HTTP; an upgrade a route would proxy is answered 501
- * not_implemented (never passed on as plain HTTP, never a 101); a route with
- * `websocket: false` still proxies it as plain HTTP.
+ * Bun.serve proxies WebSockets through the same tunnel (bun-websocket.ts): a
+ * config with WebSocket routes serves HTTP, an upgrade round-trips, and a
+ * route with `websocket: false` still proxies it as plain HTTP.
  */
 describe('the bun backend', () => {
   let other: Gateway;
@@ -725,24 +724,23 @@ describe('the bun backend', () => {
     await other?.stop();
   });
 
-  it('serves HTTP, refuses a WebSocket upgrade with 501, proxies it as HTTP where websocket: false', async () => {
+  it('serves HTTP, proxies a WebSocket (a round trip, the upstream sees the path and query), and plain HTTP where websocket: false', async () => {
     const r = await fetch(`http://127.0.0.1:${other.port}/echo/x`);
     expect(r.status).toBe(200);
     expect(await r.json()).toEqual({ plain: true, upgrade: null });
-    const before = seen.size;
-    const upgrade = await new Promise<{ status: number; body: any }>((resolve, reject) => {
-      const ws = new WebSocket(`ws://127.0.0.1:${other.port}/echo/x`);
-      ws.on('unexpected-response', (_q, res) => {
-        let b = '';
-        res.on('data', (d) => { b += d; });
-        res.on('end', () => resolve({ status: res.statusCode!, body: JSON.parse(b) }));
+    const id = nextId();
+    const echoed = await new Promise<string>((resolve, reject) => {
+      const ws = new WebSocket(`ws://127.0.0.1:${other.port}/echo/x?id=${id}`);
+      ws.on('open', () => ws.send('hi'));
+      ws.on('message', (d: Buffer) => {
+        resolve(d.toString());
+        ws.close(1000);
       });
-      ws.on('open', () => reject(new Error('upgraded')));
-      ws.on('error', () => {});
+      ws.on('unexpected-response', (_q, res) => reject(new Error(`upgrade answered ${res.statusCode}`)));
+      ws.on('error', reject);
     });
-    expect(upgrade.status).toBe(501);
-    expect(upgrade.body.error.code).toBe('not_implemented');
-    expect(seen.size).toBe(before);
+    expect(echoed).toBe('hi');
+    expect(seen.get(id)?.url).toBe(`/echo/x?id=${id}`);
     const p = await new Promise<number>((resolve) => {
       const ws = new WebSocket(`ws://127.0.0.1:${other.port}/plain/x`);
       ws.on('unexpected-response', (_q, res) => resolve(res.statusCode!));

@@ -36,6 +36,10 @@
  *  - Bun ignores statusText and writes its own reason phrases;
  *  - fetch() refuses a body on GET/HEAD: such a request is refused (400)
  *    rather than forwarded without its body.
+ *
+ * WebSocket handshakes take the same checks, routing and policies as a GET,
+ * then go to the shared tunnel through bun-websocket.ts (its comment lists
+ * what differs from uWS).
  */
 import { stripQueryParams } from '../policies/auth/index.js';
 import type { Fallback, UpstreamGuard } from '../proxy/guard.js';
@@ -55,9 +59,11 @@ import {
 } from './backend.js';
 import { C_DRAINING } from '../../common/protocol.js';
 import { entry, resetEntry } from '../access-log.js';
-import { coarse } from '../proxy/timers.js';
+import { SWEEP_MS, coarse } from '../proxy/timers.js';
 import { R_CONNECT_FAILURE, R_RESET, R_TIMEOUT, RETRY_BODY_MAX_BYTES, RetryPolicy } from '../proxy/retry.js';
-import { WS_NOT_IMPLEMENTED, isWebSocketUpgrade, wsSettings } from './websocket/settings.js';
+import { isWebSocketUpgrade, wsSettings } from './websocket/settings.js';
+import { BUN_WS_KEY, BunWebSockets } from './bun-websocket.js';
+import type { RouteWebSocket } from '../../common/config/types.js';
 import { BunRetry, RETRIED } from './bun-retry.js';
 import { CONTINUE, REFUSED, RequestContext, type PendingDecision } from '../pipeline/context.js';
 
@@ -252,6 +258,10 @@ function abortUpstream(ac: AbortController): void {
   ac.abort();
 }
 
+function tickCoarse(): void {
+  coarse.now = performance.now();
+}
+
 /** The abort reason of a fetch cut by the drain timeout (close('drained')). */
 const SHUTDOWN = Symbol('shutting down');
 
@@ -284,18 +294,29 @@ export class BunServer implements Backend {
   private pendingId = '';
   /** Bun.serve's idleTimeout, fixed at listen (serverIdleSeconds); requests that need more set their own. */
   private idleS = BUN_DEFAULT_IDLE_S;
+  /**
+   * Keeps coarse.now (proxy/timers.ts) fresh every SWEEP_MS, as the uWS
+   * backend's sweep does: the WebSocket tunnels' idle, ping and
+   * messagesPerSecond clocks and the error log's rate limit read it.
+   */
+  private clock: ReturnType<typeof setInterval> | null = null;
   inFlight = 0;
   draining = false;
   /** Fetches waiting for their upstream's response head: aborted with SHUTDOWN when the drain times out. */
   private readonly fetching = new Set<AbortController>();
+  /** WebSocket proxying (bun-websocket.ts over websocket/tunnel.ts). */
+  private readonly ws: BunWebSockets;
 
   constructor(dp: Dataplane, private readonly opts: ServerOptions) {
     this.dp = dp;
+    this.ws = new BunWebSockets(dp, opts);
     this.ridPrefix = Math.random().toString(36).slice(2, 10) + '-b' + opts.workerIndex.toString(36) + '-';
   }
 
   async listen(): Promise<number> {
     this.idleS = serverIdleSeconds(this.dp);
+    this.clock = setInterval(tickCoarse, SWEEP_MS);
+    this.clock.unref();
     this.server = Bun.serve({
       hostname: this.opts.host,
       port: this.opts.port,
@@ -308,6 +329,7 @@ export class BunServer implements Backend {
       // own refusal would be a bare 413 after its `100 Continue`.
       maxRequestBodySize: Number.MAX_SAFE_INTEGER,
       fetch: (req: Request, server: any) => this.onRequest(req, server),
+      websocket: this.ws.handlers,
       // Only reached if something throws outside onRequest's own guard.
       error: (err: unknown) => this.internalError(err, this.nextRequestId(), 0, false, performance.now()),
     });
@@ -321,6 +343,7 @@ export class BunServer implements Backend {
     this.dp = dp;
     // Bun's fetch pools upstream connections itself; only what the old
     // config's policies hold (a strict limits' Redis connection) is let go.
+    this.ws.setDataplane(old, dp);
     if (old !== dp) {
       old.handOver(dp);
       old.releasePolicies();
@@ -349,8 +372,14 @@ export class BunServer implements Backend {
       while (this.inFlight > 0 && performance.now() < until) await new Promise((r) => setTimeout(r, 5));
       await new Promise((r) => setTimeout(r, 20));
     }
+    // WebSockets: 1001 both ways, handshakes in progress 503 (before Bun drops every connection).
+    const hadWs = this.ws.hub.open.size > 0;
+    this.ws.closeAll();
+    if (hadWs && reason === 'drained') await new Promise((r) => setTimeout(r, 20));
     this.server?.stop(true);
     this.server = null;
+    if (this.clock !== null) clearInterval(this.clock);
+    this.clock = null;
     this.dp.releasePolicies();
   }
 
@@ -511,11 +540,22 @@ export class BunServer implements Backend {
     const clientClose = conn !== null && hasCloseOption(conn);
     const close = clientClose || bodyMode === BODY_CHUNKED || contentLength > LINGER_MAX_BYTES;
     const info = this.opts.logs.access === null ? null : accessInfo(req, server, t0, requestId, method, contentLength);
+    // A WebSocket handshake (RFC 6455 4.1: GET, Upgrade websocket, Connection naming upgrade, a key Bun accepts);
+    // anything else with an Upgrade header is plain HTTP (Upgrade is hop-by-hop), as on uWS.
+    let wsAsk = false;
+    if (method === 'GET') {
+      const up = h.get('upgrade');
+      if (up !== null && conn !== null && isWebSocketUpgrade(up) && connectionListed(conn)?.has('upgrade') === true) {
+        const key = h.get('sec-websocket-key');
+        wsAsk = key !== null && BUN_WS_KEY.test(key);
+      }
+    }
     const reject = (
       e: GatewayErrorDef, closeIt: boolean, slot = 0, allow: string | null = null, extra: string[] | null = null, message: string | null = null,
       upstreamName = '',
     ): Response => {
       const bytes = gatewayErrorBytes(e, requestId, isHead, message);
+      if (wsAsk) this.ws.countFailure(e.code);
       this.count(e, slot, mIdx, t0, -1, bytes);
       this.logAnswer(info, e.status, slot === 0 ? null : route0(this.dp, slot), upstreamName, '', e.code, -1, bytes);
       return this.errorResponse(e, requestId, isHead, closeIt, allow, extra, message);
@@ -551,10 +591,14 @@ export class BunServer implements Backend {
     if (m === null) return reject(Errors.ROUTE_NOT_FOUND, close);
     if (m.kind !== MATCH_FOUND) return reject(Errors.METHOD_NOT_ALLOWED, close, 0, m.allow);
     let route = m.data!; // a split route: the branch of the chosen upstream, below
-    // WebSockets are not proxied on Bun yet: an upgrade the route would proxy is refused, not sent as plain HTTP.
-    if (method === 'GET') {
-      const up = h.get('upgrade');
-      if (up !== null && isWebSocketUpgrade(up) && wsSettings(dp, route) !== null) return reject(Errors.NOT_IMPLEMENTED, close, route.slot, null, null, WS_NOT_IMPLEMENTED);
+    // A handshake on a route with `websocket: false` is proxied as plain HTTP; else it must have no body and version 13.
+    let wsRoute: RouteWebSocket | null = null;
+    if (wsAsk) {
+      wsRoute = wsSettings(dp, route);
+      if (wsRoute === null) wsAsk = false;
+      else if (bodyMode !== BODY_NONE) return reject(Errors.BAD_REQUEST, true, 0, null, null, 'A WebSocket handshake has no body.');
+      // RFC 6455 4.4: the versions the server speaks, in Sec-WebSocket-Version.
+      else if (h.get('sec-websocket-version') !== '13') return reject(Errors.BAD_REQUEST, close, 0, null, ['sec-websocket-version', '13'], 'Sec-WebSocket-Version must be 13.');
     }
     // Refused before reading a byte of it (Bun has already sent `100 Continue` to an Expect).
     if (bodyMode === BODY_LENGTH && contentLength > route.maxBodyBytes) return reject(Errors.BODY_TOO_LARGE, close, route.slot);
@@ -599,6 +643,7 @@ export class BunServer implements Backend {
       if (admitted === null) {
         pending?.cancel();
         const fb = guard.fallback;
+        if (wsAsk && fb !== null && guard.refusal === Errors.CIRCUIT_OPEN) this.ws.countFailure(guard.refusal.code);
         // Logged with the upstream that refused (a split route's branch, say).
         if (fb === null || guard.refusal !== Errors.CIRCUIT_OPEN) return reject(guard.refusal, close, route.slot, null, null, null, upstream.name);
         this.count(fb.def, route.slot, mIdx, t0, -1, isHead ? 0 : fb.body.length);
@@ -609,6 +654,20 @@ export class BunServer implements Backend {
     }
     // balance: sticky: the affinity cookie, on the upstream's response only (never on a gateway error).
     if (upstream.setCookie !== null) (policyHeaders ??= []).push('set-cookie', upstream.setCookie);
+    if (wsRoute !== null) {
+      // The tunnel (bun-websocket.ts) gives the admission and the pending decision back from here.
+      const fq = route.stripQuery === null || query === '' ? query : stripQueryParams(query, route.stripQuery);
+      const opened = this.ws.open({
+        dp, req, server, t0, requestId, route, upstream, pool, probe: guard?.probe ?? false, settings: wsRoute, flat,
+        listed: conn !== null ? connectionListed(conn) : null, host: hostHeader, clientIp, xff, forwarded: h.get('forwarded'),
+        target: fq === '' ? upstreamPath : upstreamPath + '?' + fq, path: rawPath, query, consumer: policies !== null ? pctx.consumerId : '',
+        policyHeaders, policyLines, pending, close: clientClose,
+      });
+      if (opened !== null) return opened as Promise<Response>;
+      pending?.cancel();
+      if (guard !== null) guard.finish(pool, guard.probe, Errors.BAD_REQUEST.code, 400, -1, performance.now());
+      return reject(Errors.BAD_REQUEST, close, route.slot);
+    }
     const headers = new Headers();
     const drop = route.requestPlan.drop;
     const listed = conn !== null ? connectionListed(conn) : null;

@@ -1,7 +1,7 @@
 /**
  * WebSocket pieces every server backend uses (no uWS, no `ws`): whether a
- * request asks for a WebSocket, a route's `websocket` settings, and what a
- * backend that cannot proxy WebSockets yet answers.
+ * request asks for a WebSocket, a route's `websocket` settings, and the
+ * key maxConnectionsPerKey counts by.
  */
 import type net from 'node:net';
 import type { RouteWebSocket } from '../../../common/config/types.js';
@@ -15,9 +15,6 @@ export function isWebSocketUpgrade(v: string): boolean {
   for (const p of v.split(',')) if (p.trim().toLowerCase() === 'websocket') return true;
   return false;
 }
-
-/** The 501 not_implemented message of a backend that does not proxy WebSockets yet (Bun). */
-export const WS_NOT_IMPLEMENTED = 'WebSocket proxying is not available on the Bun server backend yet: run the gateway on Node (server.backend: uws or node proxies WebSockets).';
 
 /**
  * The route settings of an upgrade: `websocket` of the route that matched
