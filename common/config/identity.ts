@@ -22,8 +22,20 @@ export const IDENTITY_DEFAULTS = Object.freeze({
   authzHost: '127.0.0.1',
 });
 
-/** `<kind>` or `<kind>:<name>`: authorization | header:<token> | query:<name>. */
-export const KEY_SOURCE_PATTERN = "^(?:authorization|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+|query:[A-Za-z0-9_.~-]+)$";
+/**
+ * `<kind>` or `<kind>:<name>`: authorization | header:<token> | query:<name>
+ * | subprotocol:<prefix>. The prefix is checked by checkIdentityConfig
+ * (SUBPROTOCOL_PREFIX), whose message says what a prefix may hold.
+ */
+export const KEY_SOURCE_PATTERN = "^(?:authorization|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+|query:[A-Za-z0-9_.~-]+|subprotocol:.*)$";
+/**
+ * A `subprotocol:<prefix>` source's prefix: 1-64 token characters (RFC 9110
+ * 5.6.2 tchar: RFC 6455 4.1 makes every Sec-WebSocket-Protocol entry a
+ * token, so a prefix with any other character could never match).
+ */
+export const SUBPROTOCOL_PREFIX = /^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$/;
+/** A prefix starting with this carries the key base64url-encoded (RFC 4648 5), as Kubernetes' `base64url.bearer.authorization.k8s.io.` does. */
+export const BASE64URL_PREFIX = 'base64url.';
 /** A scope: what OAuth calls a scope-token (RFC 6749 3.3), without spaces. */
 export const SCOPE_PATTERN = '^[\\x21\\x23-\\x5B\\x5D-\\x7E]{1,128}$';
 const HEADER_NAME = { type: 'string', minLength: 1, maxLength: 128, pattern: "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", errorMessage: 'must be a valid header name' } as const;
@@ -65,8 +77,8 @@ export const identitySchema = {
       properties: {
         sources: {
           type: 'array', minItems: 1, maxItems: 8, uniqueItems: true,
-          items: { type: 'string', pattern: KEY_SOURCE_PATTERN, errorMessage: 'must be "authorization", "header:<name>" or "query:<name>"' },
-          description: 'Where a key is read, first match wins: "authorization" (Bearer or ApiKey scheme), "header:<name>", "query:<name>" (stripped before forwarding, never logged). Default ["authorization", "header:x-api-key"].',
+          items: { type: 'string', pattern: KEY_SOURCE_PATTERN, errorMessage: 'must be "authorization", "header:<name>", "query:<name>" or "subprotocol:<prefix>"' },
+          description: 'Where a key is read, first match wins: "authorization" (Bearer or ApiKey scheme), "header:<name>", "query:<name>" (stripped before forwarding, never logged), "subprotocol:<prefix>" (WebSocket upgrades only: the Sec-WebSocket-Protocol entry starting with <prefix>, the key after it, base64url when the prefix starts with "base64url."; never offered upstream). Default ["authorization", "header:x-api-key"].',
         },
         env: { type: 'string', pattern: '^[a-z0-9]{1,8}$', errorMessage: 'must be 1-8 lowercase letters or digits', description: 'The <env> of keys this gateway makes (tp_<env>_...). Default "live".' },
       },
@@ -174,6 +186,7 @@ export function checkIdentityConfig(doc: Obj, out: ConfigError[]): void {
       out.push({ path: 'authz.port', message: `${authz['port']} is the ${authz['port'] === serverPort ? 'server' : 'admin'} port too: the auth_request listener needs a port of its own (e.g. 9902)` });
     }
   }
+  checkSubprotocolSources(doc, out);
   const routes = Array.isArray(doc['routes']) ? doc['routes'] : [];
   routes.forEach((r: unknown, i: number) => {
     if (!isPlainObject(r) || !isPlainObject(r['auth'])) return;
@@ -181,6 +194,39 @@ export function checkIdentityConfig(doc: Obj, out: ConfigError[]): void {
     if (Array.isArray(scopes) && scopes.some((s) => s === '*')) {
       out.push({ path: formatPath(['routes', i, 'auth', 'scopes']), message: '"*" is not a wildcard here: list the scopes a key must hold' });
     }
+  });
+}
+
+/**
+ * `subprotocol:<prefix>` sources: each prefix is 1-64 token characters
+ * (SUBPROTOCOL_PREFIX), and no prefix starts another (one entry would be
+ * read by both: which source it is would depend on the list's order).
+ */
+function checkSubprotocolSources(doc: Obj, out: ConfigError[]): void {
+  const id = doc['identity'];
+  const keys = isPlainObject(id) ? id['keys'] : undefined;
+  const sources = isPlainObject(keys) && Array.isArray(keys['sources']) ? keys['sources'] : [];
+  const seen: { prefix: string; at: number }[] = [];
+  sources.forEach((s: unknown, i: number) => {
+    if (typeof s !== 'string' || !s.startsWith('subprotocol:')) return;
+    const at = formatPath(['identity', 'keys', 'sources', i]);
+    const prefix = s.slice('subprotocol:'.length);
+    if (!SUBPROTOCOL_PREFIX.test(prefix)) {
+      const why = prefix === '' ? 'is empty' : prefix.length > 64 ? `is ${prefix.length} characters long` : 'holds a character a Sec-WebSocket-Protocol entry cannot (spaces, commas, quotes, "/", ":", "=", non-ASCII...)';
+      out.push({ path: at, message: `the subprotocol prefix ${JSON.stringify(prefix)} ${why}: it must be 1-64 token characters (RFC 9110 5.6.2: letters, digits and !#$%&'*+-.^_\`|~), such as "turnpike.key." or "base64url.bearer.authorization.k8s.io."` });
+      return;
+    }
+    if (prefix === BASE64URL_PREFIX) {
+      out.push({ path: at, message: `the subprotocol prefix ${JSON.stringify(prefix)} names the encoding only: add a name of your own after it, such as "base64url.turnpike.key."` });
+      return;
+    }
+    for (const o of seen) {
+      if (prefix.startsWith(o.prefix) || o.prefix.startsWith(prefix)) {
+        out.push({ path: at, message: `the subprotocol prefix ${JSON.stringify(prefix)} overlaps ${JSON.stringify(o.prefix)} (identity.keys.sources[${o.at}]): one entry would match both; give each source a prefix that does not start the other` });
+        return;
+      }
+    }
+    seen.push({ prefix, at: i });
   });
 }
 
@@ -217,11 +263,13 @@ function pick<T>(o: Obj, k: string, d: T): T {
   return o[k] === undefined ? d : (o[k] as T);
 }
 
+/** One `identity.keys.sources` entry (validated), resolved. */
 export function parseKeySource(text: string): KeySource {
   if (text === 'authorization') return { kind: 'authorization' };
   const at = text.indexOf(':');
   const kind = text.slice(0, at);
   const name = text.slice(at + 1);
+  if (kind === 'subprotocol') return { kind: 'subprotocol', prefix: name, base64url: name.startsWith(BASE64URL_PREFIX) };
   return kind === 'header' ? { kind: 'header', name: name.toLowerCase() } : { kind: 'query', name };
 }
 

@@ -332,7 +332,15 @@ export type KeySource =
   /** A request header (lowercase name), its whole value. */
   | { kind: 'header'; name: string }
   /** A query parameter; stripped before forwarding, never logged. */
-  | { kind: 'query'; name: string };
+  | { kind: 'query'; name: string }
+  /**
+   * `subprotocol:<prefix>`: on a WebSocket upgrade only, the entry of
+   * Sec-WebSocket-Protocol that starts with `prefix` (case-sensitive); the
+   * rest of the entry is the key, base64url-decoded (RFC 4648 5, no
+   * padding) when the prefix starts with `base64url.` (`base64url`).
+   * Removed from the offer sent upstream (workers/policies/auth).
+   */
+  | { kind: 'subprotocol'; prefix: string; base64url: boolean };
 
 /** `identity`, resolved: how keys are read, cached and judged (README, Identity). */
 export interface IdentityConfig {

@@ -41,7 +41,7 @@
  * then go to the shared tunnel through bun-websocket.ts (its comment lists
  * what differs from uWS).
  */
-import { stripQueryParams } from '../policies/auth/index.js';
+import { parseProtocols, stripQueryParams, upgradeOffer } from '../policies/auth/index.js';
 import type { Fallback, UpstreamGuard } from '../proxy/guard.js';
 import type { TargetPool } from '../proxy/upstream-pool.js';
 import { type UpstreamRuntime, withStickyCookie } from '../proxy/balancer.js';
@@ -616,7 +616,15 @@ export class BunServer implements Backend {
     let pending: PendingDecision | null = null;
     if (policies !== null) {
       const ctx = pctx;
-      const verdict = ctx.run(policies, t0 + this.opts.clockOffset, route.id, route.slot, method, clientIp, xff, flat, query);
+      let verdict: number;
+      // A handshake this server will tunnel: an auth route may read its key in the subprotocol offer
+      // (identity.keys.sources `subprotocol:<prefix>`; bun-websocket.ts open() offers upstream the rest).
+      if (wsRoute !== null) upgradeOffer.protocols = parseProtocols(h.get('sec-websocket-protocol'));
+      try {
+        verdict = ctx.run(policies, t0 + this.opts.clockOffset, route.id, route.slot, method, clientIp, xff, flat, query);
+      } finally {
+        upgradeOffer.protocols = null;
+      }
       if (info !== null) info.consumer = ctx.consumerId;
       if (verdict === REFUSED) {
         return reject(ctx.refusal!, close, route.slot, null, ctx.refusalHeaders.slice(), ctx.refusalMessage);

@@ -38,7 +38,8 @@
  *    offered one itself. The tunnel's upstream client (`ws`) fails a
  *    handshake in which the client offered protocols and the upstream chose
  *    none, so the 101 always names the upstream's choice when there is one
- *    to name;
+ *    to name; a credential entry (an auth route's `subprotocol:` key source)
+ *    is taken out of the request's own offer too, so that Bun never picks it;
  *  - req.signal aborts when the client leaves while its answer is pending
  *    (uWS onAborted), but also when an upgraded connection ends: the
  *    listener is removed at the upgrade;
@@ -62,6 +63,7 @@ import type { UpstreamRuntime } from '../proxy/balancer.js';
 import type { TargetPool } from '../proxy/upstream-pool.js';
 import { TimerList } from '../proxy/timers.js';
 import type { PendingDecision } from '../pipeline/context.js';
+import { offerUpstream, parseProtocols } from '../policies/auth/index.js';
 import type { ServerOptions } from './backend.js';
 import type { ExchangeEnv } from './uws-exchange.js';
 import { CLOSE_ENFORCE, CLOSE_NONE } from './uws-respond.js';
@@ -418,9 +420,15 @@ export class BunWebSockets {
     addHeader(headers, ridHeader, x.requestId);
     addLines(headers, route.requestPlan.extraLines + x.policyLines);
     const h = x.req.headers;
-    const protocols: string[] = [];
-    const offered = h.get('sec-websocket-protocol');
-    if (offered !== null) for (const p of offered.split(',')) if (p.trim() !== '') protocols.push(p.trim());
+    const offered = parseProtocols(h.get('sec-websocket-protocol'));
+    // Never a credential entry upstream (an auth route's `subprotocol:` key source). Bun answers an upgrade
+    // whose 101 names no subprotocol with the client's first offered one (measured, 1.4.5): the request's
+    // offer is cut to what the upstream was offered, so that it can never be a credential.
+    const protocols = offerUpstream(route.policies, offered);
+    if (protocols !== offered) {
+      if (protocols.length === 0) h.delete('sec-websocket-protocol');
+      else h.set('sec-websocket-protocol', protocols.join(', '));
+    }
     const r: UpgradeRequest = {
       requestId: x.requestId, t0: x.t0, key: h.get('sec-websocket-key') ?? '', protocols,
       extensions: h.get('sec-websocket-extensions') ?? '', target: x.target, headers,

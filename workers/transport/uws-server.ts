@@ -9,7 +9,7 @@
  * string and starts an Exchange. Gateway errors that need no upstream
  * (400/404/405/413/414/431) are answered right here, synchronously.
  */
-import { stripQueryParams } from '../policies/auth/index.js';
+import { offerUpstream, parseProtocols, stripQueryParams, upgradeOffer } from '../policies/auth/index.js';
 import { Errors, type GatewayErrorDef } from '../../common/errors.js';
 import { methodIndex } from '../../common/metrics-layout.js';
 import { countError, recordRequest, recordSizes } from '../request-metrics.js';
@@ -591,7 +591,10 @@ export class UwsServer implements Backend {
    * and the route's policies of handle() for a GET (a refusal is the same
    * JSON error, never a 101), a target is admitted, and a WsTunnel opens the
    * upstream WebSocket before the client gets its 101. Mirrors handle():
-   * change both together.
+   * change both together. The policies see the Sec-WebSocket-Protocol offer
+   * (policies/auth upgradeOffer: an auth route's `subprotocol:<prefix>` key
+   * source reads its key there), and the upstream is offered what
+   * offerUpstream() leaves: never a credential entry.
    */
   private onUpgrade(res: any, req: any, context: any): void {
     try {
@@ -670,9 +673,18 @@ export class UwsServer implements Backend {
     let policyHeaders: string[] | null = null;
     let policyLines = '';
     let pending: PendingDecision | null = null;
+    // The client's offer (uWS: the first Sec-WebSocket-Protocol line). An auth route may read its key in it
+    // (identity.keys.sources `subprotocol:<prefix>`); what goes upstream is offerUpstream()'s, below.
+    const offered = parseProtocols(protocolHeader);
     if (policies !== null) {
       const ctx = pctx;
-      const verdict = ctx.run(policies, t0 + this.opts.clockOffset, route.id, route.slot, 'GET', clientIp, hXff, hdrs, query);
+      let verdict: number;
+      upgradeOffer.protocols = offered;
+      try {
+        verdict = ctx.run(policies, t0 + this.opts.clockOffset, route.id, route.slot, 'GET', clientIp, hXff, hdrs, query);
+      } finally {
+        upgradeOffer.protocols = null;
+      }
       this.currentConsumer = ctx.consumerId;
       if (verdict === REFUSED) {
         return this.rejectUpgrade(res, ctx.refusal!, requestId, mIdx, false, t0, close, route.slot, null, ctx.refusalHeaders.slice(), ctx.refusalMessage);
@@ -737,8 +749,8 @@ export class UwsServer implements Backend {
     const lineEnd = head.indexOf('\r\n');
     const headers: Record<string, string | string[]> = {};
     addLines(headers, head.slice(lineEnd + 2));
-    const protocols: string[] = [];
-    if (protocolHeader !== '') for (const p of protocolHeader.split(',')) if (p.trim() !== '') protocols.push(p.trim());
+    // Never a credential entry upstream: the upstream cannot choose it, so the client never gets it back in its 101.
+    const protocols = offerUpstream(policies, offered);
 
     const r: UpgradeRequest = {
       requestId, t0, key, protocols, extensions, target: head.slice(4, lineEnd - 9), headers,

@@ -8,6 +8,8 @@ import { lines, minimal, valid } from './helpers.js';
 
 const withAuth = (auth: unknown) => ({ ...minimal(), routes: [{ id: 'r', path: '/x', upstream: 'users', auth }] });
 const REDIS = { url: 'redis://127.0.0.1:6379' };
+const TOKEN_RULE = 'it must be 1-64 token characters (RFC 9110 5.6.2: letters, digits and !#$%&\'*+-.^_`|~), such as "turnpike.key." or "base64url.bearer.authorization.k8s.io."';
+const NOT_TOKEN = 'holds a character a Sec-WebSocket-Protocol entry cannot (spaces, commas, quotes, "/", ":", "=", non-ASCII...)';
 
 describe('identity settings: refused with the path of the problem', () => {
   const cases: [string, Record<string, unknown>, string[]][] = [
@@ -18,8 +20,19 @@ describe('identity settings: refused with the path of the problem', () => {
     ['a secret written in the config', { ...minimal(), secrets: { keyPepper: 'hunter2' } }, ['secrets.keyPepper: must be a reference, "env:NAME" or "file:/path" (a secret is never written in the config itself)']],
     ['an encryption key version that is not a number', { ...minimal(), secrets: { encryptionKeys: { v2: 'env:X' } } }, ['secrets.encryptionKeys.v2: must be a key version: a positive integer ("1", "2", ...)']],
     ['an encryption key written in the config', { ...minimal(), secrets: { encryptionKeys: { 2: 'abc' } } }, ['secrets.encryptionKeys["2"]: must be a reference, "env:NAME" or "file:/path" (a secret is never written in the config itself)']],
-    ['a key source of another kind', { ...minimal(), identity: { keys: { sources: ['cookie:x'] } } }, ['identity.keys.sources[0]: must be "authorization", "header:<name>" or "query:<name>"']],
+    ['a key source of another kind', { ...minimal(), identity: { keys: { sources: ['cookie:x'] } } }, ['identity.keys.sources[0]: must be "authorization", "header:<name>", "query:<name>" or "subprotocol:<prefix>"']],
     ['no key source', { ...minimal(), identity: { keys: { sources: [] } } }, ['identity.keys.sources: must have at least one item']],
+    ['a subprotocol source without a prefix', { ...minimal(), identity: { keys: { sources: ['subprotocol:'] } } }, [`identity.keys.sources[0]: the subprotocol prefix "" is empty: ${TOKEN_RULE}`]],
+    ['a subprotocol prefix with a space, a comma, a slash or "="', { ...minimal(), identity: { keys: { sources: ['subprotocol:my key.', 'subprotocol:a,b', 'subprotocol:bearer/', 'subprotocol:k='] } } }, [
+      `identity.keys.sources[0]: the subprotocol prefix "my key." ${NOT_TOKEN}: ${TOKEN_RULE}`,
+      `identity.keys.sources[1]: the subprotocol prefix "a,b" ${NOT_TOKEN}: ${TOKEN_RULE}`,
+      `identity.keys.sources[2]: the subprotocol prefix "bearer/" ${NOT_TOKEN}: ${TOKEN_RULE}`,
+      `identity.keys.sources[3]: the subprotocol prefix "k=" ${NOT_TOKEN}: ${TOKEN_RULE}`,
+    ]],
+    ['a non-ASCII subprotocol prefix', { ...minimal(), identity: { keys: { sources: ['subprotocol:clé.'] } } }, [`identity.keys.sources[0]: the subprotocol prefix "clé." ${NOT_TOKEN}: ${TOKEN_RULE}`]],
+    ['a subprotocol prefix of 65 characters', { ...minimal(), identity: { keys: { sources: [`subprotocol:${'a'.repeat(65)}`] } } }, [`identity.keys.sources[0]: the subprotocol prefix "${'a'.repeat(65)}" is 65 characters long: ${TOKEN_RULE}`]],
+    ['"base64url." alone', { ...minimal(), identity: { keys: { sources: ['subprotocol:base64url.'] } } }, ['identity.keys.sources[0]: the subprotocol prefix "base64url." names the encoding only: add a name of your own after it, such as "base64url.turnpike.key."']],
+    ['two subprotocol prefixes, one starting the other', { ...minimal(), identity: { keys: { sources: ['subprotocol:turnpike.', 'authorization', 'subprotocol:turnpike.key.'] } } }, ['identity.keys.sources[2]: the subprotocol prefix "turnpike.key." overlaps "turnpike." (identity.keys.sources[0]): one entry would match both; give each source a prefix that does not start the other']],
     ['one header name twice (any case)', { ...minimal(), identity: { headers: { consumerId: 'X-A', consumerName: 'x-a' } } }, ['identity.headers: names "x-a" twice; give each header its own name']],
     ['Transfer-Encoding as a consumer header', { ...minimal(), identity: { headers: { consumerName: 'Transfer-Encoding' } } }, ['identity.headers.consumerName: "Transfer-Encoding" is a header the gateway manages or that frames or routes the request; choose a name of its own such as "x-consumer-name"']],
     ['Content-Length, Host, Proxy-*', { ...minimal(), identity: { headers: { consumerId: 'content-length', consumerName: 'HOST', routeId: 'proxy-x' } } }, [
@@ -79,6 +92,18 @@ describe('identity settings: resolution', () => {
     expect(c.authz).toEqual({ host: '127.0.0.1', port: 9902 });
     // The key's query parameter is never logged, whatever redactQuery says.
     expect(c.log.access.redactQuery).toContain('key');
+  });
+
+  it('subprotocol key sources: the prefix kept as written (case-sensitive), base64url when it starts with "base64url."', () => {
+    const c = valid({ ...withAuth({}), identity: { keys: { sources: ['subprotocol:Turnpike.Key.', 'authorization', 'subprotocol:base64url.bearer.authorization.k8s.io.', "subprotocol:tp_"] } } });
+    expect(c.identity.keys.sources).toEqual([
+      { kind: 'subprotocol', prefix: 'Turnpike.Key.', base64url: false },
+      { kind: 'authorization' },
+      { kind: 'subprotocol', prefix: 'base64url.bearer.authorization.k8s.io.', base64url: true },
+      { kind: 'subprotocol', prefix: 'tp_', base64url: false },
+    ]);
+    // Every token character is allowed in a prefix.
+    expect(valid({ ...minimal(), identity: { keys: { sources: ["subprotocol:!#$%&'*+-.^_`|~0aZ"] } } }).identity.keys.sources[0]).toEqual({ kind: 'subprotocol', prefix: "!#$%&'*+-.^_`|~0aZ", base64url: false });
   });
 
   it('rate limits by consumer are accepted', () => {

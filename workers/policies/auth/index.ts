@@ -27,6 +27,13 @@
  * Sunset on the response (RFC 9745, RFC 8594), and ctx.consumerId is set
  * for the policies after it (rate limits by: consumer) and the access log.
  *
+ * WebSocket upgrades (issue 14; README, WebSockets): a `subprotocol:<prefix>`
+ * source reads the Sec-WebSocket-Protocol offer the transport put in
+ * `upgradeOffer` around the policies of an upgrade it will tunnel; a plain
+ * HTTP request (upgradeOffer.protocols null) never has a credential there,
+ * whatever its Sec-WebSocket-Protocol header says. The transport then
+ * offers upstream what offerUpstream() leaves: never a credential entry.
+ *
  * Hot path, with a warm cache: the sources are read (a header lookup), one
  * Map get, the checks of decide() and two string appends; no allocation
  * but the request-line concatenation. A miss is a resumable PendingDecision
@@ -62,7 +69,7 @@ const REFUSALS: readonly GatewayErrorDef[] = [
   Errors.KEY_REVOKED, Errors.CONSUMER_SUSPENDED, Errors.KEY_EXPIRED, Errors.KEY_RESTRICTED, Errors.INSUFFICIENT_SCOPE, Errors.NO_GRANT,
 ];
 
-const REPEATED_MESSAGE = 'The request carries its API key more than once (a repeated credential header or query parameter); send exactly one.';
+const REPEATED_MESSAGE = 'The request carries its API key more than once (a repeated credential header, query parameter or subprotocol entry); send exactly one.';
 
 /** Slack past lookupTimeoutMs before the transport's own guard gives up (the lookup's timer settles first). */
 const GUARD_SLACK_MS = 1_000;
@@ -84,6 +91,68 @@ function fromAuthorization(v: string): string | null {
 function schemeIs(v: string, scheme: string): boolean {
   for (let i = 0; i < scheme.length; i++) if ((v.charCodeAt(i) | 0x20) !== scheme.charCodeAt(i)) return false;
   return true;
+}
+
+/**
+ * The Sec-WebSocket-Protocol offer (entries in order, trimmed, none empty)
+ * of the WebSocket upgrade whose route policies run now, or null: a plain
+ * HTTP request. Set by the transport's upgrade handlers just around
+ * `ctx.run` (uws-server.ts upgrade(): uWS and node backends; bun-server.ts
+ * handle() for a handshake it will tunnel) and set back to null in a
+ * `finally`: the policies read their sources synchronously, in `run`, and
+ * a worker runs one request's policies at a time.
+ */
+export const upgradeOffer: { protocols: readonly string[] | null } = { protocols: null };
+
+/** The entries of a Sec-WebSocket-Protocol value (RFC 6455 4.1: a comma-separated list of tokens), trimmed, empty ones dropped. null or '': none. */
+export function parseProtocols(value: string | null): string[] {
+  const out: string[] = [];
+  if (value !== null && value !== '') for (const p of value.split(',')) if (p.trim() !== '') out.push(p.trim());
+  return out;
+}
+
+/** Strictly base64url (RFC 4648 5) without padding: the alphabet only, and no length that leaves 6 bits over. */
+const BASE64URL = /^[A-Za-z0-9_-]*$/;
+
+/**
+ * The credential of a `subprotocol:<prefix>` source in an upgrade's offer:
+ * the rest of the one entry starting with the prefix ('' when the entry is
+ * the prefix alone: key_malformed), base64url-decoded for a `base64url.`
+ * prefix ('' when it is not valid base64url: key_malformed; never the text
+ * as sent, which could be a key in the clear), REPEATED when two entries
+ * carry one, null when none does.
+ */
+function fromOffer(offer: readonly string[], src: { prefix: string; base64url: boolean }): string | null {
+  let v: string | null = null;
+  for (let i = 0; i < offer.length; i++) {
+    const p = offer[i]!;
+    if (!p.startsWith(src.prefix)) continue;
+    if (v !== null) return REPEATED;
+    v = p.slice(src.prefix.length);
+  }
+  if (v === null || !src.base64url || v === '') return v;
+  return BASE64URL.test(v) && v.length % 4 !== 1 ? Buffer.from(v, 'base64url').toString('latin1') : '';
+}
+
+/**
+ * What of a WebSocket upgrade's offer goes upstream, for a route whose
+ * policies are `policies`: without every entry a `subprotocol:` key source
+ * of the route's auth reads (whether it was the credential used or not),
+ * unless the route forwards credentials (`auth.forwardCredentials`). The
+ * same array when nothing is removed. A route without auth reads no
+ * credential, so it removes nothing, as it forwards an X-API-Key header.
+ * An empty result: the upstream handshake has no Sec-WebSocket-Protocol,
+ * and the client's 101 names no subprotocol.
+ */
+export function offerUpstream(policies: readonly Policy[] | null, protocols: string[]): string[] {
+  if (policies === null || protocols.length === 0) return protocols;
+  for (let i = 0; i < policies.length; i++) {
+    const p = policies[i]!;
+    if (!(p instanceof AuthPolicy) || p.protocolPrefixes === null) continue;
+    const prefixes = p.protocolPrefixes;
+    return protocols.filter((e) => !prefixes.some((x) => e.startsWith(x)));
+  }
+  return protocols;
 }
 
 /**
@@ -111,9 +180,13 @@ export class AuthPolicy implements Policy {
   private readonly challenge: string;
   readonly invalidChallenge: string;
   private readonly scopeChallenge: string;
+  /** The prefixes of the `subprotocol:` sources, removed from an upgrade's offer upstream (offerUpstream); null: none, or forwardCredentials. */
+  readonly protocolPrefixes: readonly string[] | null;
 
   constructor(readonly auth: RouteAuth, routeId: string, readonly env: AuthEnv) {
     this.sources = env.identity.keys.sources;
+    const prefixes = this.sources.flatMap((s) => (s.kind === 'subprotocol' ? [s.prefix] : []));
+    this.protocolPrefixes = prefixes.length === 0 || auth.forwardCredentials ? null : prefixes;
     this.routeLine = `${env.identity.headers.routeId}: ${routeId}\r\n`;
     const scheme = this.sources.some((s) => s.kind === 'authorization') ? 'Bearer' : 'ApiKey';
     this.challenge = `${scheme} realm="turnpike"`;
@@ -124,8 +197,9 @@ export class AuthPolicy implements Policy {
   /**
    * The key as sent, '' when a source is present but empty, null when no
    * source has one, REPEATED when the first source present is repeated (two
-   * Authorization lines, a parameter given twice): which one would be meant
-   * is ambiguous, so none is (key_malformed).
+   * Authorization lines, a parameter given twice, two subprotocol entries
+   * with the prefix): which one would be meant is ambiguous, so none is
+   * (key_malformed).
    */
   extract(ctx: RequestContext): string | null {
     const s = this.sources;
@@ -140,9 +214,13 @@ export class AuthPolicy implements Policy {
       } else if (src.kind === 'header') {
         v = ctx.headerOnce(src.name);
         if (v !== null && v !== REPEATED) v = v.trim();
-      } else {
+      } else if (src.kind === 'query') {
         v = ctx.queryParam(src.name);
         if (v !== null && ctx.queryRepeated(src.name)) v = REPEATED;
+      } else {
+        // WebSocket upgrades only: a plain request's Sec-WebSocket-Protocol is nobody's credential.
+        const offer = upgradeOffer.protocols;
+        v = offer === null ? null : fromOffer(offer, src);
       }
       if (v !== null) return v;
     }
