@@ -25,7 +25,7 @@ import {
   G_ERRORS, G_GC, G_GC_OBSERVED, G_IN_FLIGHT, G_LOOP, G_LOOP_SAMPLED, G_LOOP_TICK, G_SCRAPE_EPOCH, LOOP_STATS, METHODS, OVERFLOW_SLOT,
   S_DURATION, S_REQ_SIZE, S_REQUESTS, S_RES_SIZE, SIZE_BUCKETS, SLOT_CELLS, S_RATE_LIMIT, RATE_LIMIT_RESULTS, G_RATE_LIMIT_OVERFLOW, G_AUTH_CACHE_HITS, G_AUTH_NEGATIVE_HITS, G_AUTH_CACHE_MISSES, G_AUTH_ROTATED_KEY_REQUESTS, TARGET_OVERFLOW_SLOT, T_ERRORS, T_IDLE,
   T_LAST_ERROR_AT, T_LAST_ERROR_CODE, T_LATENCY, T_OPEN, T_REQUESTS, UPSTREAM_ERROR_CODES, slotBase, targetBase,
-  G_WS_UPGRADE_FAILURES, S_WS_BYTES, S_WS_CLOSES, S_WS_LIMITS, S_WS_MESSAGES, S_WS_OPEN, WS_CLOSE_LABELS, WS_DIRECTIONS, WS_LIMITS,
+  G_WS_PER_KEY, G_WS_PER_KEY_STORE_DOWN, G_WS_PER_KEY_STORE_OPEN, WS_PER_KEY_DECIDERS, G_WS_UPGRADE_FAILURES, S_WS_BYTES, S_WS_CLOSES, S_WS_LIMITS, S_WS_MESSAGES, S_WS_OPEN, WS_CLOSE_LABELS, WS_DIRECTIONS, WS_LIMITS,
   WS_UPGRADE_FAILURE_REASONS,
 } from '../common/metrics-layout.js';
 import type { SlotEntries, TargetSlotEntries } from '../common/protocol.js';
@@ -281,6 +281,18 @@ export class MetricsView {
         if (v > 0) out.push({ labels: { reason }, value: v });
       });
       return out;
+    });
+    add('turnpike_websocket_per_key_decisions_total', 'WebSocket upgrades on routes with maxConnectionsPerKey while a redis section is set, by what decided them: redis (the count across instances), instance_at_limit (refused by this instance\'s own count, without asking Redis), fallback (Redis unreachable: this instance\'s count alone).', 'counter', () => {
+      const out: Values = [];
+      WS_PER_KEY_DECIDERS.forEach((decided_by, i) => {
+        const v = this.sum(G_WS_PER_KEY + i);
+        if (v > 0) out.push({ labels: { decided_by }, value: v });
+      });
+      return out;
+    });
+    add('turnpike_websocket_per_key_store_up', 'Whether maxConnectionsPerKey is counted across instances in Redis right now: 1 when every worker with such a Redis connection reaches it, 0 while one does not (it then decides by this instance\'s count). No sample before the first upgrade that needed one.', 'gauge', () => {
+      if (this.sum(G_WS_PER_KEY_STORE_OPEN) <= 0) return [];
+      return [{ labels: {}, value: this.sum(G_WS_PER_KEY_STORE_DOWN) > 0 ? 0 : 1 }];
     });
   }
 

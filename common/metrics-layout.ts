@@ -122,7 +122,22 @@ export const G_AUTH_ROTATED_KEY_REQUESTS = G_AUTH_CACHE_MISSES + 1;
 export const G_WS_UPGRADE_FAILURES = G_AUTH_ROTATED_KEY_REQUESTS + 1;
 export const WS_UPSTREAM_REFUSED = ERROR_CODES.length;
 export const WS_UPGRADE_FAILURE_REASONS: readonly string[] = [...ERROR_CODES, 'upstream_refused'];
-export const GLOBAL_CELLS = G_WS_UPGRADE_FAILURES + WS_UPGRADE_FAILURE_REASONS.length + 4; // padded
+/**
+ * maxConnectionsPerKey across instances (workers/transport/websocket/cluster-count.ts), with `redis` set:
+ * turnpike_websocket_per_key_decisions_total{decided_by}: upgrades decided in Redis (`redis`), refused by
+ * the instance's own count without asking it (`instance_at_limit`), or decided by the instance's count
+ * alone because Redis was unreachable (`fallback`), WS_PER_KEY_DECIDERS order; then two gauges of the
+ * worker: 1 while it has a Redis connection for them (G_WS_PER_KEY_STORE_OPEN), 1 while that is away
+ * (G_WS_PER_KEY_STORE_DOWN).
+ */
+export const G_WS_PER_KEY = G_WS_UPGRADE_FAILURES + WS_UPGRADE_FAILURE_REASONS.length;
+export const WS_PER_KEY_DECIDERS = ['redis', 'instance_at_limit', 'fallback'] as const;
+export const WS_PK_REDIS = 0;
+export const WS_PK_AT_LIMIT = 1;
+export const WS_PK_FALLBACK = 2;
+export const G_WS_PER_KEY_STORE_OPEN = G_WS_PER_KEY + WS_PER_KEY_DECIDERS.length;
+export const G_WS_PER_KEY_STORE_DOWN = G_WS_PER_KEY_STORE_OPEN + 1;
+export const GLOBAL_CELLS = G_WS_PER_KEY_STORE_DOWN + 1 + 4; // padded
 
 // -- per route slot -----------------------------------------------------------
 export const S_REQUESTS = 0; // [method][code column]

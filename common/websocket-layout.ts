@@ -46,6 +46,13 @@
  * still holds them; the replacement worker (same index) zeroes the column
  * when it starts (reset()). Until then (normally well under a second) the
  * dead worker's keys may be refused early.
+ *
+ * Across instances: with a `redis` section this table is the first, local
+ * step of every admission (a key this instance alone holds `limit`
+ * connections of is refused without asking Redis); an upgrade it admits
+ * is then checked against the count of every instance in Redis
+ * (workers/transport/websocket/cluster-count.ts, which says how, and what
+ * happens while Redis is away: this table alone decides).
  */
 import { hashKey } from './rate-limit-layout.js';
 

@@ -311,6 +311,8 @@ export interface RouteWebSocket {
   compression: boolean;
   /** A reload that removes or changes the route closes its connections (1001) after this many ms; 0 = at once. */
   drainMs: number;
+  /** With `redis`: lease of an instance's per-key counts in Redis, ms (renewed every third; workers/transport/websocket/cluster-count.ts). */
+  perKeyLeaseMs: number;
 }
 
 /** `routes[].auth`, resolved (README, Identity). */

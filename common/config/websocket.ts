@@ -8,7 +8,7 @@
  *       upstream: chat
  *       websocket: { maxMessageBytes: 1048576, messagesPerSecond: 50, idleTimeoutMs: 120000,
  *                    pingIntervalMs: 30000, maxConnectionsPerKey: 100, compression: false,
- *                    messagesPerSecondAction: close, drainMs: 30000 }
+ *                    messagesPerSecondAction: close, drainMs: 30000, perKeyLeaseMs: 15000 }
  *
  * Every route proxies `Upgrade: websocket` requests unless it says
  * `websocket: false`; `websocket: true` or `{}` is every default
@@ -27,7 +27,12 @@ export const WEBSOCKET_DEFAULTS = Object.freeze({
   maxConnectionsPerKey: 0, // open per consumer (or client address) on this route, across the workers; 0 = no limit; past it: 429
   compression: false, // permessage-deflate with the client
   drainMs: 30_000, // a reload that removes or changes the route: its open connections close (1001) this long after; 0 = at once
+  perKeyLeaseMs: 15_000, // with `redis`: an instance's maxConnectionsPerKey counts in Redis expire this long after it stops renewing them (crash)
 });
+
+/** perKeyLeaseMs bounds (ms): renewed every third of it, so at least 1 s; at most an hour. */
+export const MIN_PER_KEY_LEASE_MS = 1_000;
+export const MAX_PER_KEY_LEASE_MS = 3_600_000;
 
 /** Largest maxMessageBytes accepted (64 MiB): a whole message is held in memory once on its way through. */
 export const MAX_WEBSOCKET_MESSAGE_BYTES = 67_108_864;
@@ -66,7 +71,11 @@ export const websocketSchema = {
         },
         maxConnectionsPerKey: {
           type: 'integer', minimum: 0, maximum: 1_000_000, default: D.maxConnectionsPerKey,
-          description: `Open WebSocket connections per consumer (the identity policy's), or per client address without one, on this route, across every worker thread of the instance; one more upgrade is refused with 429 too_many_websocket_connections before the upstream is contacted. 0 = no limit. Default ${D.maxConnectionsPerKey}.`,
+          description: `Open WebSocket connections per consumer (the identity policy's), or per client address without one, on this route, across every worker thread of the instance and, with a \`redis\` section, across every instance sharing that Redis (perKeyLeaseMs); one more upgrade is refused with 429 too_many_websocket_connections before the upstream is contacted. 0 = no limit. Default ${D.maxConnectionsPerKey}.`,
+        },
+        perKeyLeaseMs: {
+          type: 'integer', minimum: MIN_PER_KEY_LEASE_MS, maximum: MAX_PER_KEY_LEASE_MS, default: D.perKeyLeaseMs,
+          description: `With a \`redis\` section, maxConnectionsPerKey holds across every instance sharing that Redis: each instance keeps its count of a key's connections there under a lease it renews every third of this; an instance that stops renewing (crashed, or cut off from Redis) stops counting on the others this long after. In milliseconds (${MIN_PER_KEY_LEASE_MS}..${MAX_PER_KEY_LEASE_MS}). Default ${D.perKeyLeaseMs}.`,
         },
         drainMs: {
           type: 'integer', minimum: 0, maximum: MAX_MS, default: D.drainMs,
@@ -95,5 +104,6 @@ export function resolveRouteWebSocket(raw: unknown): RouteWebSocket | null {
     maxConnectionsPerKey: pick<number>('maxConnectionsPerKey'),
     compression: pick<boolean>('compression'),
     drainMs: pick<number>('drainMs'),
+    perKeyLeaseMs: pick<number>('perKeyLeaseMs'),
   };
 }

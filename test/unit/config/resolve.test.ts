@@ -66,7 +66,7 @@ describe('defaults resolution', () => {
       rateLimit: [],
       retryMethods: null,
       auth: null,
-      websocket: { maxMessageBytes: 1048576, messagesPerSecond: 0, idleTimeoutMs: 120000, pingIntervalMs: 30000, messagesPerSecondAction: 'close', maxConnectionsPerKey: 0, compression: false, drainMs: 30000 },
+      websocket: { maxMessageBytes: 1048576, messagesPerSecond: 0, idleTimeoutMs: 120000, pingIntervalMs: 30000, messagesPerSecondAction: 'close', maxConnectionsPerKey: 0, compression: false, drainMs: 30000, perKeyLeaseMs: 15000 },
     });
   });
 

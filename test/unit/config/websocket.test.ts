@@ -39,6 +39,16 @@ describe('routes[].websocket', () => {
     expect(lines(withRoute({ websocket: { messagesPerSecondAction: 'queue' } }))).toEqual(['routes[0].websocket.messagesPerSecondAction: must be "close" or "drop"']);
   });
 
+  it('perKeyLeaseMs: a duration from 1 s to 1 h, default 15 s; outside it the path and the problem', () => {
+    expect(WEBSOCKET_DEFAULTS).toMatchObject({ perKeyLeaseMs: 15_000 });
+    expect(resolved({ websocket: { perKeyLeaseMs: '20s' } })).toEqual({ ...WEBSOCKET_DEFAULTS, perKeyLeaseMs: 20_000 });
+    for (const bad of [999, 3_600_001, 'later', -5]) {
+      expect(lines(withRoute({ websocket: { perKeyLeaseMs: bad } }))[0], String(bad)).toMatch(/^routes\[0\]\.websocket\.perKeyLeaseMs: /);
+    }
+    expect(resolved({ websocket: { perKeyLeaseMs: 1000 } })).toEqual({ ...WEBSOCKET_DEFAULTS, perKeyLeaseMs: 1000 });
+    expect(resolved({ websocket: { perKeyLeaseMs: '1h' } })).toEqual({ ...WEBSOCKET_DEFAULTS, perKeyLeaseMs: 3_600_000 });
+  });
+
   it('names the path and the problem of a bad value', () => {
     expect(lines(withRoute({ websocket: { maxMessageBytes: 0 } }))).toEqual(['routes[0].websocket.maxMessageBytes: must be an integer from 1 to 67108864 (got 0)']);
     expect(lines(withRoute({ websocket: { messagesPerSecond: -1 } }))).toEqual(['routes[0].websocket.messagesPerSecond: must be an integer from 0 to 1000000 (got -1)']);

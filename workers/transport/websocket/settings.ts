@@ -4,7 +4,7 @@
  * key maxConnectionsPerKey counts by.
  */
 import type net from 'node:net';
-import type { RouteWebSocket } from '../../../common/config/types.js';
+import type { RedisConfig, RouteWebSocket } from '../../../common/config/types.js';
 import type { Dataplane, RouteContext } from '../../dataplane.js';
 import type { RequestContext } from '../../pipeline/context.js';
 import { clientAddress, trustedProxyList } from '../../policies/rate-limit/keys.js';
@@ -27,10 +27,26 @@ export function wsSettings(dp: Dataplane, route: RouteContext): RouteWebSocket |
   if (m === undefined) {
     m = new Map();
     const cfg = dp.config.routes;
-    for (let i = 0; i < dp.routes.length; i++) m.set(dp.routes[i]!, cfg[i]!.websocket ?? null);
+    for (let i = 0; i < dp.routes.length; i++) {
+      const ws = cfg[i]!.websocket ?? null;
+      m.set(dp.routes[i]!, ws);
+      if (ws !== null) redisOf.set(ws, dp.config.redis);
+    }
     settingsCache.set(dp, m);
   }
   return m.get(route) ?? null;
+}
+
+/** The `redis` section of the config a route's settings came from (filled by wsSettings). */
+const redisOf = new WeakMap<RouteWebSocket, RedisConfig | null>();
+
+/**
+ * The `redis` section of the config whose route has these settings (as
+ * wsSettings returned them), or null: none (maxConnectionsPerKey then holds
+ * per instance; with one, across instances: cluster-count.ts).
+ */
+export function wsRedis(s: RouteWebSocket): RedisConfig | null {
+  return redisOf.get(s) ?? null;
 }
 
 /**

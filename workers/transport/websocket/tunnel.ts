@@ -44,8 +44,10 @@
  *
  * Limits beyond the message ones: maxConnectionsPerKey is taken in start()
  * (after the policies, so a consumer found by a pending decision counts),
- * in the process's shared per-key table (common/websocket-layout.ts), and
- * given back in finish(); over it the upgrade gets 429
+ * in the process's shared per-key table (common/websocket-layout.ts) and,
+ * with a `redis` section, then in the count across instances
+ * (cluster-count.ts: one Redis round trip, perKeyDecided), and given back
+ * in finish(); over it the upgrade gets 429
  * too_many_websocket_connections and the upstream is never contacted.
  * messagesPerSecondAction `drop` skips the message instead of closing 1008.
  *
@@ -75,10 +77,12 @@ import { Errors, type GatewayErrorDef } from '../../../common/errors.js';
 import type { RouteWebSocket } from '../../../common/config/types.js';
 import { log } from '../../../common/log.js';
 import {
-  ERROR_CODES, G_WS_UPGRADE_FAILURES, S_WS_BYTES, S_WS_CLOSES, S_WS_LIMITS, S_WS_MESSAGES, S_WS_OPEN, WS_C2U, WS_L_BACKPRESSURE,
+  ERROR_CODES, G_WS_PER_KEY, G_WS_UPGRADE_FAILURES, WS_PK_AT_LIMIT, S_WS_BYTES, S_WS_CLOSES, S_WS_LIMITS, S_WS_MESSAGES, S_WS_OPEN, WS_C2U, WS_L_BACKPRESSURE,
   WS_L_IDLE, WS_L_MAX_MESSAGE, WS_L_PER_KEY, WS_L_PING, WS_L_RATE, WS_U2C, WS_UPSTREAM_REFUSED, methodIndex, slotBase, wsCloseColumn,
 } from '../../../common/metrics-layout.js';
 import { WsConnectionTable, createWsConnectionTable } from '../../../common/websocket-layout.js';
+import { PK_REFUSED, closeClusterCounts, clusterCounts, type PerKeyTicket, type PerKeyWaiter } from './cluster-count.js';
+import { wsRedis } from './settings.js';
 import type { RouteConfig } from '../../../common/config/types.js';
 import { entry, resetEntry } from '../../access-log.js';
 import type { RouteContext } from '../../dataplane.js';
@@ -327,6 +331,7 @@ export class WsHub {
     for (const t of [...this.open]) t.shutDown();
     if (this.sweeper !== null) clearInterval(this.sweeper);
     this.sweeper = null;
+    closeClusterCounts(); // each Redis connection of maxConnectionsPerKey closes once its last connection is given back
   }
 }
 
@@ -353,7 +358,7 @@ function heardClient(t: WsTunnel): void {
   t.clientPingAt = 0;
 }
 
-export class WsTunnel implements DecisionWaiter {
+export class WsTunnel implements DecisionWaiter, PerKeyWaiter {
   private state = ST_DECIDE;
   /** The upgrade request's response until the 101 (or an error) is written, then null. */
   private res: any;
@@ -389,6 +394,8 @@ export class WsTunnel implements DecisionWaiter {
   private drainAt = 0;
   /** This connection's key in the per-key table (websocket-layout.ts: `c <consumer>` or `a <address>`), or null: not counted. */
   private countedKey: string | null = null;
+  /** With `redis`: this connection's place in the count across instances (cluster-count.ts), given back in finish(); or null. */
+  private perKey: PerKeyTicket | null = null;
   // --- metrics: the worker's cells (null: metrics off when the tunnel began), the route slot's first cell
   private readonly cells: Float64Array | null;
   private readonly mb: number;
@@ -483,20 +490,60 @@ export class WsTunnel implements DecisionWaiter {
     }
   }
 
-  /** Opens the upstream WebSocket (after maxConnectionsPerKey); the client's 101 waits for the upstream's. */
+  /**
+   * maxConnectionsPerKey, then the upstream: the instance's shared table
+   * first (a key this instance alone holds `limit` connections of is
+   * refused at once); with `redis`, then the count across instances
+   * (cluster-count.ts: one round trip; the tunnel stays in ST_DECIDE until
+   * perKeyDecided), then openUpstream().
+   */
   start(): void {
     const limit = this.s.maxConnectionsPerKey;
     if (limit > 0) {
       // The consumer when identity found one (a pending decision has brought it by now), else the client address.
       const key = this.r.consumer !== '' ? 'c ' + this.r.consumer : 'a ' + this.r.keyAddress;
+      const redis = wsRedis(this.s);
       if (!connectionTable().acquire(this.route.id, key, limit)) {
-        this.limitHit(WS_L_PER_KEY);
-        this.detail = `${limit} connections open for this key (maxConnectionsPerKey)`;
-        this.fail(Errors.TOO_MANY_WEBSOCKET_CONNECTIONS, null, null);
+        if (redis !== null && this.cells !== null) this.cells[G_WS_PER_KEY + WS_PK_AT_LIMIT]!++;
+        this.refusePerKey(limit);
         return;
       }
       this.countedKey = key;
+      if (redis !== null) {
+        const t = clusterCounts(redis, this.cells).acquire(this.route.id, key, this.s.perKeyLeaseMs, this);
+        this.perKey = t;
+        t.store.decide(t, limit); // perKeyDecided goes on (maybe at once)
+        return;
+      }
     }
+    this.openUpstream();
+  }
+
+  /** cluster-count.ts answered the admission (PK_*). Never throws. */
+  perKeyDecided(outcome: number): void {
+    try {
+      if (this.state !== ST_DECIDE || this.finished) return; // ended meanwhile (client gone, shutdown): finish() gave the place back
+      if (outcome === PK_REFUSED) {
+        this.perKey = null;
+        this.refusePerKey(this.s.maxConnectionsPerKey);
+        return;
+      }
+      this.openUpstream();
+      this.hub.env.pump();
+    } catch (err) {
+      this.crashed(err);
+    }
+  }
+
+  /** 429 too_many_websocket_connections (the place taken in the instance's table is given back by finish()). */
+  private refusePerKey(limit: number): void {
+    this.limitHit(WS_L_PER_KEY);
+    this.detail = `${limit} connections open for this key (maxConnectionsPerKey)`;
+    this.fail(Errors.TOO_MANY_WEBSOCKET_CONNECTIONS, null, null);
+  }
+
+  /** Opens the upstream WebSocket; the client's 101 waits for the upstream's. */
+  private openUpstream(): void {
     this.state = ST_HANDSHAKE;
     const t = this.pool.target;
     const host = t.host.includes(':') ? `[${t.host}]` : t.host;
@@ -1066,6 +1113,10 @@ export class WsTunnel implements DecisionWaiter {
     if (this.countedKey !== null) {
       connectionTable().release(this.route.id, this.countedKey);
       this.countedKey = null;
+    }
+    if (this.perKey !== null) {
+      this.perKey.store.release(this.perKey);
+      this.perKey = null;
     }
     const env = this.hub.env;
     if (env.logs.access !== null) this.writeAccess(status);
