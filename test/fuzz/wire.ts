@@ -407,7 +407,8 @@ export type ResponseResult =
 export function isWebSocketHandshake(method: string, h: [string, string][]): boolean {
   if (method !== 'GET') return false;
   const up = headerAll(h, 'upgrade');
-  if (up.length !== 1 || up[0]!.trim().toLowerCase() !== 'websocket') return false;
+  // Every Upgrade line makes one list (RFC 9110 5.3, 7.8): a handshake when it lists websocket.
+  if (!up.flatMap((v) => v.split(',')).some((t) => t.trim().toLowerCase() === 'websocket')) return false;
   const conn = headerAll(h, 'connection').flatMap((v) => v.split(',')).map((t) => t.trim().toLowerCase());
   return conn.includes('upgrade') && header(h, 'sec-websocket-key') !== undefined && header(h, 'sec-websocket-version') === '13';
 }

@@ -110,6 +110,35 @@ describe('a handshake the upstream refuses: its answer, then the connection as a
     }
   }
 
+  // [Upgrade lines, proxied as a WebSocket]: all lines make one list (RFC 9110 5.3); found by the fuzzer
+  // (a second Upgrade line): uWS's getHeader gives only the first line.
+  const UPGRADES: [string[], boolean][] = [
+    [['websocket', 'websocket'], true], [['websocket', 'h2c'], true], [['h2c', 'websocket'], true],
+    [['h2c, websocket'], true], [['h2c'], false], [['h2c', 'h2'], false],
+  ];
+  for (const [lines, ws] of UPGRADES) {
+    it(`Upgrade lines ${JSON.stringify(lines)}: ${ws ? 'a WebSocket handshake' : 'plain HTTP, Upgrade stripped'}`, async () => {
+      const tag = `up${UPGRADES.findIndex((u) => u[0] === lines)}`;
+      const c = await RawConnection.open(gw.port);
+      c.send(`GET /s/403?${tag} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n${lines.map((l) => `Upgrade: ${l}\r\n`).join('')}` +
+        `Sec-WebSocket-Key: ${KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+      expect((await c.read()).status).toBe(403);
+      c.close();
+      const h = handshakes.find((x) => x.startsWith(`GET /s/403?${tag} `))!;
+      const fields = h.split('\r\n').slice(1).map((l) => [l.slice(0, l.indexOf(':')).toLowerCase(), l.slice(l.indexOf(':') + 1).trim()]);
+      const get = (n: string) => fields.filter((f) => f[0] === n).map((f) => f[1]);
+      if (ws) {
+        // The gateway's own client (ws): its own key, `Upgrade: websocket` alone.
+        expect(get('upgrade')).toEqual(['websocket']);
+        expect(get('sec-websocket-key')).toHaveLength(1);
+        expect(get('sec-websocket-key')[0]).not.toBe(KEY);
+      } else {
+        expect(get('upgrade')).toEqual([]);
+        expect(get('sec-websocket-key')).toEqual([KEY]);
+      }
+    });
+  }
+
   it('several Cookie lines reach the upstream as one, joined with "; " (RFC 6265 5.4; node:http sends the handshake)', async () => {
     const c = await RawConnection.open(gw.port);
     c.send(`GET /s/403?cookies HTTP/1.1\r\nHost: x\r\nCookie: a=1\r\nCookie: b=2; c=3\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +

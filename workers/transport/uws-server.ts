@@ -163,6 +163,13 @@ function collectHeader(k: string, v: string): void {
   if (k === ridHeaderName) hRequestId = hRequestId === null ? v : '';
 }
 
+/** Every line of field `name` (lowercase) in `h` (name, value pairs) joined as one list value (RFC 9110 5.3); '' when absent. */
+function joinedField(h: string[], name: string): string {
+  let v = '';
+  for (let i = 0; i < h.length; i += 2) if (h[i] === name) v = v === '' ? h[i + 1]! : v + ', ' + h[i + 1]!;
+  return v;
+}
+
 const HEAD_INDEX = methodIndex('HEAD');
 const GET_INDEX = methodIndex('GET');
 
@@ -612,7 +619,7 @@ export class UwsServer implements Backend {
     const limits = server.limits;
     const url: string = req.getUrl();
     const query: string = req.getQuery() ?? '';
-    if (!isWebSocketUpgrade(req.getHeader('upgrade') as string) || (server.healthPath !== null && url === server.healthPath)) {
+    if ((req.getHeader('upgrade') as string) === '' || (server.healthPath !== null && url === server.healthPath)) {
       req.setYield(true);
       return;
     }
@@ -626,8 +633,9 @@ export class UwsServer implements Backend {
     this.currentConsumer = '';
     resetScratch();
     req.forEach(collectHeader);
-    // RFC 6455 4.2.1: Connection must name `upgrade`; without it this is a plain GET.
-    if (hConnection === null || connectionListed(hConnection)?.has('upgrade') !== true) {
+    // RFC 6455 4.2.1: Upgrade must list `websocket` (all its lines make one list, RFC 9110 5.3: uWS's
+    // getHeader gives the first only) and Connection must name `upgrade`; else this is a plain GET.
+    if (!isWebSocketUpgrade(joinedField(hdrs, 'upgrade')) || hConnection === null || connectionListed(hConnection)?.has('upgrade') !== true) {
       req.setYield(true);
       return;
     }
