@@ -535,6 +535,29 @@ describe(`websocket proxying (${BACKEND} backend)`, () => {
     await c.closed;
   }, 60_000);
 
+  it('drops a client that pings without reading its pongs: what waits for it stays bounded (found by the break-it pass: 1 GB on uWS)', async () => {
+    const rss0 = rssKb(gw.proc.pid!);
+    const id = nextId();
+    const c = await open(`/echo/x?id=${id}`);
+    const s = await upstreamConn(id);
+    (c.ws as any)._socket.pause(); // reads nothing from here: the pongs pile up on the gateway's side
+    const payload = Buffer.alloc(125, 1);
+    let upClosed: { code: number; reason: string } | null = null;
+    void s.closed.then((x) => { upClosed = x; });
+    // Up to 40 MiB of pings (each answered with a 127-byte pong), or until the gateway gives up on the client.
+    for (let i = 0; i < 320_000 && upClosed === null && c.ws.readyState === WebSocket.OPEN; i++) {
+      c.ws.ping(payload);
+      if (i % 2000 === 1999) await new Promise((r) => setTimeout(r, 1));
+    }
+    await until(() => upClosed !== null, 10_000, 'the upstream side to be closed');
+    expect(upClosed!.code).toBe(1001);
+    // uWS queues pongs without a limit: the gateway drops the client itself. The node backend's ws
+    // server stops reading a client whose pongs are not read (the socket ends: client connection lost).
+    if (BACKEND === 'uws') expect(upClosed!.reason).toBe('client not reading');
+    expect((rssKb(gw.proc.pid!) - rss0) / 1024).toBeLessThan(64);
+    c.ws.terminate();
+  }, 60_000);
+
   it.runIf(BACKEND !== 'node')('closes with 1013 a client whose upstream does not read (uWS cannot pause a WebSocket\'s reads)', async () => {
     const rss0 = rssKb(gw.proc.pid!);
     const c = await open(`/deaf/x?id=${nextId()}`);

@@ -260,6 +260,7 @@ export class WsHub {
       },
       drain: (ws: any) => guard(ws, drainClient),
       pong: (ws: any) => guard(ws, heardClient),
+      ping: (ws: any) => guard(ws, pingedByClient),
       close: (ws: any, code: number, message: ArrayBuffer) => {
         const t = (ws.getUserData() as TunnelData).t;
         try {
@@ -352,6 +353,9 @@ function openClient(t: WsTunnel, ws: any): void {
 }
 function drainClient(t: WsTunnel): void {
   t.onClientDrain();
+}
+function pingedByClient(t: WsTunnel): void {
+  t.onClientPing();
 }
 function heardClient(t: WsTunnel): void {
   t.clientHeard = coarse.now;
@@ -766,6 +770,8 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter {
 
   /** Set by an upstream error while open: the code the client gets when the upstream's close follows (1009 or 1014). */
   private upError = 0;
+  /** The upstream was dropped for not answering a ping (its close reason to the client says so). */
+  private upSilent = false;
 
   // ------------------------------------------------------------------ relay
 
@@ -827,6 +833,32 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter {
     }
     // Socket writes defer their bookkeeping with process.nextTick.
     this.hub.env.pump();
+  }
+
+  /**
+   * The client pinged (its pong is the server side's: uWS queues it). A
+   * client that pings without reading would make that queue grow without
+   * bound (uWS has no limit on it: found by the break-it pass, 1 GB from
+   * one connection): past HIGH_WATER + maxMessageBytes unread toward the
+   * client, it is dropped like a client that stopped answering pings
+   * (counted as a backpressure hit; the upstream gets 1001).
+   */
+  onClientPing(): void {
+    const c = this.client;
+    if (c === null) return;
+    this.clientHeard = coarse.now;
+    this.clientPingAt = 0;
+    if (c.getBufferedAmount() <= HIGH_WATER + this.s.maxMessageBytes) return;
+    this.detail = 'client pings without reading';
+    this.limitHit(WS_L_BACKPRESSURE);
+    this.client = null;
+    this.clientClosed = true;
+    this.closeCode = 1006;
+    this.countClose(1006);
+    this.hub.remove(this);
+    c.close();
+    this.closeUpstream(CLOSE_GOING_AWAY, 'client not reading');
+    this.maybeFinish();
   }
 
   /** A message sent while the upstream was behind was written out: the client's reads resume once little waits. */
@@ -910,7 +942,7 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter {
       this.hub.remove(this);
       const c = this.upError !== 0 ? this.upError : codeForClient(code);
       let why: Buffer | string = reason;
-      if (this.upError !== 0) why = this.upError === CLOSE_MESSAGE_TOO_BIG ? 'upstream message too big' : 'upstream protocol error';
+      if (this.upError !== 0) why = this.upError === CLOSE_MESSAGE_TOO_BIG ? 'upstream message too big' : this.upSilent ? 'upstream not responding' : 'upstream protocol error';
       else if (c !== code) why = code === 1006 ? 'upstream connection lost' : 'upstream closed';
       if (c === CLOSE_BAD_GATEWAY && this.detail === '') this.detail = 'upstream connection lost';
       this.closeCode = c;
@@ -1003,6 +1035,7 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter {
         this.detail = 'upstream did not answer a ping';
         this.limitHit(WS_L_PING);
         this.upError = CLOSE_BAD_GATEWAY;
+        this.upSilent = true;
         this.up.terminate(); // 'close' follows: the client gets 1014
       }
     } else if (now - this.upHeard >= every) {
