@@ -426,7 +426,8 @@ function fidelity(req: RefRequest, rec: UpstreamRecord, out: Violation[], backen
   const names = new Set(req.headers.map((h) => h[0]));
   for (const n of names) {
     if (NOT_COMPARED.has(n) || n.startsWith('proxy-') || listed.has(n) || n === '') continue;
-    if (ws && (n === 'sec-websocket-key' || n === 'sec-websocket-extensions')) continue;
+    // The gateway's client writes its own key, version and extensions (RFC 6455 4.1: one line each).
+    if (ws && (n === 'sec-websocket-key' || n === 'sec-websocket-version' || n === 'sec-websocket-extensions')) continue;
     let cv = req.headers.filter((h) => h[0] === n).map((h) => h[1]);
     const uv = up.headers.filter((h) => h[0] === n).map((h) => h[1]);
     // The handshake goes upstream through node:http (README "WebSockets"), which sends several Cookie
