@@ -849,15 +849,25 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter {
     this.clientHeard = coarse.now;
     this.clientPingAt = 0;
     if (c.getBufferedAmount() <= HIGH_WATER + this.s.maxMessageBytes) return;
-    this.detail = 'client pings without reading';
-    this.limitHit(WS_L_BACKPRESSURE);
+    this.dropClient(c, 'client pings without reading', WS_L_BACKPRESSURE, 'client not reading');
+  }
+
+  /**
+   * Drops a client that cannot be closed politely (it does not read, or
+   * does not answer): its socket closes without a Close frame (1006 in the
+   * metrics), the upstream gets 1001 with `upReason`; `hit` is the limit
+   * counted.
+   */
+  private dropClient(c: any, detail: string, hit: number, upReason: string): void {
+    this.detail = detail;
+    this.limitHit(hit);
     this.client = null;
     this.clientClosed = true;
     this.closeCode = 1006;
     this.countClose(1006);
     this.hub.remove(this);
     c.close();
-    this.closeUpstream(CLOSE_GOING_AWAY, 'client not reading');
+    this.closeUpstream(CLOSE_GOING_AWAY, upReason);
     this.maybeFinish();
   }
 
@@ -1012,17 +1022,7 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter {
     } else if (this.clientPingAt !== 0) {
       if (now - this.clientPingAt >= every) {
         // No answer to the ping: the client is gone without a word. Its socket is dropped.
-        this.detail = 'client did not answer a ping';
-        this.limitHit(WS_L_PING);
-        const c = this.client;
-        this.client = null;
-        this.clientClosed = true;
-        this.closeCode = 1006;
-        this.countClose(1006);
-        this.hub.remove(this);
-        c.close();
-        this.closeUpstream(CLOSE_GOING_AWAY, 'client not responding');
-        this.maybeFinish();
+        this.dropClient(this.client, 'client did not answer a ping', WS_L_PING, 'client not responding');
         return;
       }
     } else if (now - this.clientHeard >= every) {
