@@ -89,7 +89,8 @@ export class RouteContext {
  * Request headers never copied from the client for `route`: the identity
  * headers the gateway writes (on every route, so that no client can forge
  * a consumer), and on an auth route the credential's headers (unless
- * forwardCredentials).
+ * forwardCredentials; with a `subprotocol:` source, Sec-WebSocket-Protocol:
+ * a tunnelled handshake offers upstream what offerUpstream() leaves).
  */
 function identityDrops(route: RouteConfig, config: GatewayConfig): string[] {
   const h = config.identity.headers;
@@ -98,6 +99,9 @@ function identityDrops(route: RouteConfig, config: GatewayConfig): string[] {
     for (const s of config.identity.keys.sources) {
       if (s.kind === 'authorization') out.push('authorization');
       else if (s.kind === 'header') out.push(s.name);
+      // A request that is not a tunnelled handshake (plain HTTP, a websocket: false route) reads no key there, but
+      // its Sec-WebSocket-Protocol may still carry one: it means nothing outside a handshake, so it is not forwarded.
+      else if (s.kind === 'subprotocol' && !out.includes('sec-websocket-protocol')) out.push('sec-websocket-protocol');
     }
   }
   return out;

@@ -267,6 +267,22 @@ for (const b of BACKENDS) {
       expect(upstreamSaw(id3).upgrade).toBe(false);
     });
 
+    it('a plain request (or an upgrade to a websocket: false route) let in by another credential does not forward a key entry (found by a break-it pass)', async () => {
+      const offer = `chat, ${PREFIX}${key}`;
+      for (const path of ['/ws/x', '/nows/x']) {
+        const id = nextId();
+        const r = await fetch(`http://127.0.0.1:${gw.port}${path}?id=${id}`, { headers: { authorization: `Bearer ${key}`, 'sec-websocket-protocol': offer } });
+        expect(r.status).toBe(200);
+        await r.text();
+        expect(upstreamSaw(id).headers['sec-websocket-protocol'], path).toBeUndefined();
+      }
+      const id = nextId();
+      const a = await rawHandshake(gw.port, `/nows/x?id=${id}`, [`Authorization: Bearer ${key}`, `Sec-WebSocket-Protocol: ${offer}`]);
+      expect(a.status).toBe(200);
+      expect(upstreamSaw(id).upgrade).toBe(false);
+      expect(upstreamSaw(id).headers['sec-websocket-protocol']).toBeUndefined();
+    });
+
     it('with the Authorization header as the credential, a key entry in the offer is still never offered upstream', async () => {
       const id = nextId();
       const ws = await open(gw.port, `/ws/x?id=${id}`, [PREFIX + 'anything', 'chat.v2'], { authorization: `Bearer ${key}` });
