@@ -668,7 +668,10 @@ describe('server.backend: node: nginx in front with its defaults', () => {
   });
 
   if (nginxBin === null) {
-    it.skip('nginx is not installed: skipped', () => {});
+    // A requirement, not an option (as Chromium for the browser test): a missing nginx fails, saying what to do.
+    it('nginx is there (test/helpers/nginx.ts installs nginx-light when it can)', () => {
+      throw new Error('nginx is not installed and `apt-get install nginx-light` (or nginx) failed: install it (apt-get install -y nginx-light, as root; .ci/run does it on CI) and run again.');
+    });
     return;
   }
 
