@@ -233,7 +233,8 @@ for (const b of BACKENDS) {
         [[K8S + '!!', 'chat.v2'], 'key_malformed'],
         // The key in the clear where base64url is expected.
         [[K8S + key, 'chat.v2'], 'key_malformed'],
-        [[PREFIX + key, PREFIX + key.replace(/.$/, 'x'), 'chat.v2'], 'key_malformed'],
+        // Another last character (never the key's own: the two entries must differ, or the ws client refuses the list).
+        [[PREFIX + key, PREFIX + key.slice(0, -1) + (key.endsWith('x') ? 'y' : 'x'), 'chat.v2'], 'key_malformed'],
         [['chat.v1', 'chat.v2'], 'credentials_missing'],
         [[], 'credentials_missing'],
       ];
