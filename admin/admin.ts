@@ -31,6 +31,7 @@ import { HealthChecker, resilienceMetrics } from './upstream-health.js';
 import { Discovery } from './discovery/index.js';
 import { IdentityService } from './identity/service.js';
 import { AuthzListener } from './identity/authz.js';
+import { RedirectListener } from './redirect-http.js';
 import { readTargetState } from '../common/upstream-state-layout.js';
 import { FIRST_TARGET_SLOT, MAX_TARGET_SLOTS } from '../common/metrics-layout.js';
 import { needsGuard } from '../workers/proxy/guard.js';
@@ -201,6 +202,7 @@ port.on('message', (msg: ToAdmin) => {
       void rateLimitSync.configure(msg.config);
       identity.configure(msg.config);
       authz.reconfigure(msg.config);
+      redirect.reconfigure(msg.config);
       break;
     case 'log-level':
       setLogLevel(msg.level);
@@ -229,7 +231,7 @@ port.on('message', (msg: ToAdmin) => {
       }
       collector.close();
       // The workers are gone: a last push of what they admitted (and of keys' last use), then the thread may end.
-      void Promise.allSettled([rateLimitSync.stop(), identity.close(), authz.close()]).finally(() => port.close());
+      void Promise.allSettled([rateLimitSync.stop(), identity.close(), authz.close(), redirect.close()]).finally(() => port.close());
       break;
   }
 });
@@ -248,7 +250,10 @@ const identityStarted = identityOpened.then((r) => {
   }
   return undefined;
 });
-const syncStarted = Promise.all([rateLimitSync.configure(data.config), discovery.configure(data.config), authzStarted, identityStarted]);
+// The https redirect listener (server.redirectHttp): a start that cannot bind it fails with the message.
+const redirect = new RedirectListener();
+const redirectStarted = redirect.configure(data.config).catch((err: Error) => { send({ type: 'fatal', message: err.message }); return new Promise<never>(() => {}); });
+const syncStarted = Promise.all([rateLimitSync.configure(data.config), discovery.configure(data.config), authzStarted, identityStarted, redirectStarted]);
 if (data.config.admin.enabled) {
   server.once('error', (err: NodeJS.ErrnoException) => {
     send({ type: 'fatal', message: `admin cannot listen on ${data.config.admin.host}:${data.config.admin.port} (${err.code}); change admin.port or set admin.enabled: false` });

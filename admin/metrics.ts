@@ -25,7 +25,7 @@ import {
   G_ERRORS, G_GC, G_GC_OBSERVED, G_IN_FLIGHT, G_LOOP, G_LOOP_SAMPLED, G_LOOP_TICK, G_SCRAPE_EPOCH, LOOP_STATS, METHODS, OVERFLOW_SLOT,
   S_DURATION, S_REQ_SIZE, S_REQUESTS, S_RES_SIZE, SIZE_BUCKETS, SLOT_CELLS, S_RATE_LIMIT, RATE_LIMIT_RESULTS, G_RATE_LIMIT_OVERFLOW, G_AUTH_CACHE_HITS, G_AUTH_NEGATIVE_HITS, G_AUTH_CACHE_MISSES, G_AUTH_ROTATED_KEY_REQUESTS, TARGET_OVERFLOW_SLOT, T_ERRORS, T_IDLE,
   T_LAST_ERROR_AT, T_LAST_ERROR_CODE, T_LATENCY, T_OPEN, T_REQUESTS, UPSTREAM_ERROR_CODES, slotBase, targetBase,
-  G_WS_PER_KEY, G_WS_PER_KEY_STORE_DOWN, G_WS_PER_KEY_STORE_OPEN, WS_PER_KEY_DECIDERS, G_WS_UPGRADE_FAILURES, S_WS_BYTES, S_WS_CLOSES, S_WS_LIMITS, S_WS_MESSAGES, S_WS_OPEN, WS_CLOSE_LABELS, WS_DIRECTIONS, WS_LIMITS,
+  G_TLS_FAILURES, G_TLS_HANDSHAKES, TLS_FAILURE_REASONS, G_WS_PER_KEY, G_WS_PER_KEY_STORE_DOWN, G_WS_PER_KEY_STORE_OPEN, WS_PER_KEY_DECIDERS, G_WS_UPGRADE_FAILURES, S_WS_BYTES, S_WS_CLOSES, S_WS_LIMITS, S_WS_MESSAGES, S_WS_OPEN, WS_CLOSE_LABELS, WS_DIRECTIONS, WS_LIMITS,
   WS_UPGRADE_FAILURE_REASONS,
 } from '../common/metrics-layout.js';
 import type { SlotEntries, TargetSlotEntries } from '../common/protocol.js';
@@ -107,6 +107,8 @@ export class MetricsView {
   private readonly routeUpstream = new Map<string, string>();
   private targetNames = new Map<number, TargetName>();
   private targetSlotOf = new Map<string, number>();
+  /** turnpike_tls_certificate_expiry_seconds samples of the running config. */
+  private certificates: Values = [];
   /** Route ids of the running config that proxy WebSockets (their open gauge shows at 0 too). */
   private wsRoutes = new Set<string>();
   /** Route slot -> the names of its rate limits, by position (the running config's). */
@@ -290,6 +292,18 @@ export class MetricsView {
       });
       return out;
     });
+    add('turnpike_tls_certificate_expiry_seconds', 'When each certificate of the running config expires (its notAfter), in seconds since the Unix epoch: alert on turnpike_tls_certificate_expiry_seconds - time() < 14 * 86400. Labels: certificate (the file as configured), role (default, sni, upstream_client) and, for upstream client certificates, upstream.', 'gauge',
+      () => this.certificates);
+    add('turnpike_tls_handshakes_total', 'TLS handshakes completed on the public listener (server.tls). Counted on the node backend only: uWebSockets.js and Bun.serve do not report handshakes.', 'counter',
+      () => [{ labels: {}, value: this.sum(G_TLS_HANDSHAKES) }]);
+    add('turnpike_tls_handshake_failures_total', 'TLS handshakes that failed on the public listener, by reason: protocol_version, no_shared_cipher, unknown_server_name (sniStrict), bad_certificate, timeout (not finished within server.timeouts.headerMs), not_tls (plain HTTP or other bytes), other. Node backend only (see turnpike_tls_handshakes_total).', 'counter', () => {
+      const out: Values = [];
+      TLS_FAILURE_REASONS.forEach((reason, i) => {
+        const v = this.sum(G_TLS_FAILURES + i);
+        if (v > 0) out.push({ labels: { reason }, value: v });
+      });
+      return out;
+    });
     add('turnpike_websocket_per_key_store_up', 'Whether maxConnectionsPerKey is counted across instances in Redis right now: 1 when every worker with such a Redis connection reaches it, 0 while one does not (it then decides by this instance\'s count). No sample before the first upgrade that needed one.', 'gauge', () => {
       if (this.sum(G_WS_PER_KEY_STORE_OPEN) <= 0) return [];
       return [{ labels: {}, value: this.sum(G_WS_PER_KEY_STORE_DOWN) > 0 ? 0 : 1 }];
@@ -358,6 +372,7 @@ export class MetricsView {
     }
     this.rateLimitNames = rl;
     this.wsRoutes = new Set(config.routes.filter((r) => r.websocket !== null).map((r) => r.id));
+    this.certificates = certificateExpiries(config);
     const targets = new Map<number, TargetName>([[TARGET_OVERFLOW_SLOT, { upstream: '_overflow', target: '_overflow' }]]);
     const slotOf = new Map<string, number>();
     for (const [upstream, target, slot] of targetSlots) {
@@ -543,4 +558,19 @@ function buildInfo(version: string, config: GatewayConfig): Record<string, strin
   const bun = (process.versions as Record<string, string | undefined>).bun;
   const backend = config.server.backend === 'bun' || (config.server.backend === 'auto' && bun !== undefined) ? 'bun' : config.server.backend === 'node' ? 'node' : 'uws';
   return { version, node: bun !== undefined ? `bun-${bun}` : process.versions.node, backend, uws: backend === 'uws' ? uwsPackageVersion() : 'none' };
+}
+
+/** One sample per certificate the config serves or presents (common/config/tls.ts read them): notAfter in Unix seconds. */
+function certificateExpiries(config: GatewayConfig): Values {
+  const out: Values = [];
+  const tls = config.server.tls;
+  if (tls !== null) {
+    out.push({ labels: { certificate: tls.default.certFile, role: 'default' }, value: Math.floor(tls.default.notAfterMs / 1000) });
+    for (const p of tls.sni) out.push({ labels: { certificate: p.certFile, role: 'sni' }, value: Math.floor(p.notAfterMs / 1000) });
+  }
+  for (const u of Object.values(config.upstreams)) {
+    const c = u.tls.clientCert;
+    if (c !== null) out.push({ labels: { certificate: c.certFile, role: 'upstream_client', upstream: u.name }, value: Math.floor(c.notAfterMs / 1000) });
+  }
+  return out;
 }

@@ -96,6 +96,10 @@ export const Errors = Object.freeze({
   // -- upstream errors -------------------------------------------------------
   UPSTREAM_CONNECT_FAILED: def('upstream_connect_failed', 502, 'Bad Gateway',
     'The gateway could not connect to the upstream; check that the service is running.'),
+  // An https:// target whose TLS handshake failed (certificate not trusted, wrong name, expired, no
+  // shared protocol): the reason goes to the error log, not to the client (it describes the internal service).
+  UPSTREAM_TLS_FAILED: def('upstream_tls_failed', 502, 'Bad Gateway',
+    'The gateway could not establish TLS with the upstream (its certificate was refused or the handshake failed); the gateway\'s error log says why. Check upstreams.<name>.tls.'),
   UPSTREAM_RESET: def('upstream_reset', 502, 'Bad Gateway',
     'The upstream closed the connection before sending a complete response head.'),
   UPSTREAM_BAD_RESPONSE: def('upstream_bad_response', 502, 'Bad Gateway',

@@ -67,13 +67,13 @@ export const ERROR_CODES = [
   'circuit_open', 'upstream_overloaded', 'no_healthy_upstream',
   'credentials_missing', 'key_malformed', 'key_invalid', 'key_revoked', 'key_expired', 'consumer_suspended',
   'key_restricted', 'insufficient_scope', 'no_grant', 'identity_store_unavailable',
-  'version_not_supported', 'too_many_websocket_connections',
+  'version_not_supported', 'too_many_websocket_connections', 'upstream_tls_failed',
 ] as const;
 
 /** The errors that are a target's fault (or its saturation), counted per target too. */
 export const UPSTREAM_ERROR_CODES = [
   'upstream_connect_failed', 'upstream_connect_timeout', 'upstream_reset', 'upstream_bad_response', 'upstream_timeout',
-  'upstream_unavailable', 'upstream_aborted',
+  'upstream_unavailable', 'upstream_aborted', 'upstream_tls_failed',
 ] as const;
 /** ERROR_CODES index -> UPSTREAM_ERROR_CODES index, or -1. */
 export const TARGET_ERROR_COLUMN: readonly number[] = ERROR_CODES.map((c) => (UPSTREAM_ERROR_CODES as readonly string[]).indexOf(c));
@@ -137,7 +137,20 @@ export const WS_PK_AT_LIMIT = 1;
 export const WS_PK_FALLBACK = 2;
 export const G_WS_PER_KEY_STORE_OPEN = G_WS_PER_KEY + WS_PER_KEY_DECIDERS.length;
 export const G_WS_PER_KEY_STORE_DOWN = G_WS_PER_KEY_STORE_OPEN + 1;
-export const GLOBAL_CELLS = G_WS_PER_KEY_STORE_DOWN + 1 + 4; // padded
+/**
+ * Downstream TLS (server.tls), counted by the backends that can see
+ * handshakes (the node backend: node:tls events; uWS and Bun.serve expose
+ * none, see README): turnpike_tls_handshakes_total (completed) and
+ * turnpike_tls_handshake_failures_total{reason} (TLS_FAILURE_REASONS order;
+ * workers/transport/tls-reasons.ts tlsFailureReason maps an error to one).
+ */
+export const G_TLS_HANDSHAKES = G_WS_PER_KEY_STORE_DOWN + 1;
+export const TLS_FAILURE_REASONS = [
+  'protocol_version', 'no_shared_cipher', 'unknown_server_name', 'bad_certificate', 'timeout', 'not_tls', 'other',
+] as const;
+export type TlsFailureReason = (typeof TLS_FAILURE_REASONS)[number];
+export const G_TLS_FAILURES = G_TLS_HANDSHAKES + 1;
+export const GLOBAL_CELLS = G_TLS_FAILURES + TLS_FAILURE_REASONS.length + 4; // padded
 
 // -- per route slot -----------------------------------------------------------
 export const S_REQUESTS = 0; // [method][code column]

@@ -25,6 +25,7 @@
 import { checkSecretRefs, looseSecretFiles } from '../common/identity/keys.js';
 import { takeEarlySignals } from './early-signals.js';
 import { readFileSync, watch, writeFileSync } from 'node:fs';
+import { CertWatcher, FileSettler, tlsFiles } from './file-watch.js';
 import { dirname, extname, resolve as resolvePath } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LEGACY_TOKEN_FILE, clientToken, generatedTokenFile, loadTokens } from '../admin/api/auth.js';
@@ -215,12 +216,15 @@ async function start(args: Args): Promise<void> {
     // Editors replace files (rename) as often as they write them: watch the
     // directory entry, and reload once the file has settled.
     const file = resolvePath(args.file);
-    const settler = new FileSettler(file, WATCH_SETTLE_MS, () => sup.reload({ actor: 'file-watch' }));
+    const settler = new FileSettler([file], WATCH_SETTLE_MS, () => sup.reload({ actor: 'file-watch' }));
     // Any event in the directory: a Kubernetes ConfigMap volume swaps a
     // `..data` symlink, never touching the file's own name; the settler
     // reloads only when the file's bytes (through any symlinks) changed.
     watch(dirname(file), { persistent: false }, () => settler.changed());
   }
+  // Certificates renewed on disk (certbot, cert-manager) apply by themselves, --watch or not: a reload like any
+  // other, so a half-written pair is refused (key does not match) and the old one keeps serving until both settle.
+  new CertWatcher(WATCH_SETTLE_MS, () => tlsFiles(sup.config), () => sup.reload({ actor: 'cert-watch' }));
   if (process.env.TURNPIKE_TEST_HOOKS === '1') {
     // Test hooks: `kill -USR2` makes worker 0 crash (see test/integration).
     process.on('SIGUSR2', () => sup.crashWorker(0));
@@ -237,57 +241,6 @@ async function start(args: Args): Promise<void> {
     config: config.source,
     routes: config.routes.length,
   });
-}
-
-/**
- * Calls `apply` after a burst of changes to `file` once the file's bytes
- * read the same twice, `settleMs` apart, with no change event in between,
- * and differ from the bytes last applied (events about other entries of the
- * directory then cost one read). One settle loop at a time; a change during
- * `apply` starts another.
- */
-class FileSettler {
-  private running = false;
-  private dirty = false;
-  private applied: Buffer | null;
-
-  constructor(private readonly file: string, private readonly settleMs: number, private readonly apply: () => Promise<unknown>) {
-    this.applied = this.read();
-  }
-
-  changed(): void {
-    this.dirty = true;
-    if (!this.running) void this.settle();
-  }
-
-  private read(): Buffer | null {
-    try {
-      return readFileSync(this.file);
-    } catch {
-      return null; // mid-rename: the next event or read will see it
-    }
-  }
-
-  private async settle(): Promise<void> {
-    this.running = true;
-    try {
-      let previous: Buffer | null = null;
-      for (;;) {
-        this.dirty = false;
-        await new Promise((r) => setTimeout(r, this.settleMs));
-        const current = this.read();
-        if (!this.dirty && previous !== null && current !== null && current.equals(previous)) break;
-        previous = current;
-      }
-      this.dirty = false;
-      if (this.applied !== null && previous !== null && previous.equals(this.applied)) return;
-      this.applied = previous;
-      await this.apply();
-    } finally {
-      this.running = false;
-      if (this.dirty) void this.settle();
-    }
-  }
 }
 
 async function validate(args: Args): Promise<void> {

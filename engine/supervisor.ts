@@ -527,6 +527,8 @@ export class Supervisor {
     const oldUser = this.userConfig;
     const changes = diffConfigs(oldUser, next);
     const restartOnly = changes.settings.filter((p) => RESTART_ONLY.some((r) => p === r || p.startsWith(r + '.')));
+    // Certificates swap on reload; turning TLS on or off changes what the port speaks, so that is a restart.
+    if ((oldUser.server.tls === null) !== (next.server.tls === null)) restartOnly.push('server.tls');
     if (restartOnly.length > 0) {
       return refuse(restartOnly.map((p) => ({ path: p, message: 'cannot change on reload; restart the gateway to apply it' })));
     }
@@ -760,7 +762,7 @@ export function mergeDiscovered(user: GatewayConfig, snapshot: DiscoverySnapshot
       for (const t of found) {
         if (t.source !== source || seen.has(t.url)) continue;
         seen.add(t.url);
-        targets.push({ url: t.url, host: t.host, port: t.port, weight: t.weight });
+        targets.push({ url: t.url, host: t.host, port: t.port, tls: t.url.startsWith('https:'), weight: t.weight });
         sources.push([name, t.url, source]);
       }
     }

@@ -73,4 +73,4 @@ export function formatChanges(c: ConfigChanges): string {
 
 /** Settings that only take effect on restart: a reload that changes them is refused. */
 // `store` and `secrets`: the identity store and the pepper its hashes were made with are opened once.
-export const RESTART_ONLY = ['server.host', 'server.port', 'server.workers', 'server.backend', 'admin.host', 'admin.port', 'admin.enabled', 'store', 'secrets'];
+export const RESTART_ONLY = ['server.host', 'server.port', 'server.workers', 'server.backend', 'server.redirectHttp.host', 'server.redirectHttp.port', 'admin.host', 'admin.port', 'admin.enabled', 'store', 'secrets'];

@@ -88,6 +88,7 @@ export function validateConfig(doc: unknown, options: ValidateOptions = {}): Val
     version: options.version ?? 1,
     source: options.source ?? '<inline>',
     demoPort: options.demo === true ? DEMO_PORT : null,
+    tls: checked.tls,
   });
   const compileProblems = options.checkCompile?.(config) ?? [];
   if (compileProblems.length > 0) return { ok: false, errors: scrubbed(compileProblems, secrets) };

@@ -22,7 +22,7 @@
 
 export const REDACTED = '[redacted]';
 /** Keys (and header or parameter names) whose values are secrets. */
-export const SECRET_KEY = /secret|passw(?:or)?d|token|credential|key$/i;
+export const SECRET_KEY = /secret|passw(?:or)?d|token|credential|key$|keypem$/i;
 /** Headers that carry credentials whatever their name says. */
 export const CREDENTIAL_HEADERS: ReadonlySet<string> = new Set(['authorization', 'proxy-authorization', 'cookie', 'set-cookie']);
 

@@ -10,8 +10,10 @@ import { resolveDns, resolveRegistry } from './discovery.js';
 import { resolveRetry, resolveRouteRetryMethods } from './retry.js';
 import { resolveRouteWebSocket } from './websocket.js';
 import { resolveHashOn, resolveSticky } from './balancing.js';
+import { type TlsMaterial, UPSTREAM_TLS_DEFAULTS } from './tls.js';
 import os from 'node:os';
 import type {
+  UpstreamTlsConfig,
   Backend, Balance, GatewayConfig, HeaderPolicy, HeaderRules, LogConfig, LogLevel, PathForwarding, RouteConfig, RouteUpstreamConfig, TargetConfig,
   UpstreamConfig,
 } from './types.js';
@@ -30,6 +32,8 @@ export interface ResolveOptions {
   source: string;
   /** Run the built-in demo upstream on this port (embedded default config). */
   demoPort: number | null;
+  /** The certificates and TLS settings validation loaded (common/config/tls.ts), or null: none loaded (no TLS). */
+  tls?: TlsMaterial | null;
 }
 
 function obj(v: unknown): Obj {
@@ -72,10 +76,10 @@ function target(raw: unknown): TargetConfig {
   const weight = typeof raw === 'string' ? DEFAULTS.upstream.weight : pick(obj(raw), 'weight', DEFAULTS.upstream.weight);
   const parsed = parseTargetUrl(url);
   if (typeof parsed === 'string') throw new Error(`resolve called on an invalid target: ${parsed}`);
-  return { url: parsed.url, host: parsed.host, port: parsed.port, weight };
+  return { url: parsed.url, host: parsed.host, port: parsed.port, tls: parsed.tls, weight };
 }
 
-function upstream(name: string, raw: Obj): UpstreamConfig {
+function upstream(name: string, raw: Obj, tls: UpstreamTlsConfig): UpstreamConfig {
   const pool = obj(raw['pool']);
   const t = obj(raw['timeouts']);
   const d = DEFAULTS.upstream;
@@ -103,6 +107,7 @@ function upstream(name: string, raw: Obj): UpstreamConfig {
     retry: resolveRetry(raw['retry']),
     hashOn: resolveHashOn(raw),
     sticky: resolveSticky(raw),
+    tls,
   };
 }
 
@@ -183,7 +188,11 @@ export function resolveConfig(doc: Obj, opts: ResolveOptions): GatewayConfig {
   const workers = pick<number | 'auto'>(s, 'workers', d.workers);
   // Null prototype: `upstreams[name]` must never find Object.prototype members.
   const upstreams = Object.create(null) as Record<string, UpstreamConfig>;
-  for (const [name, raw] of Object.entries(obj(doc['upstreams']))) upstreams[name] = upstream(name, obj(raw));
+  const material = opts.tls ?? null;
+  for (const [name, raw] of Object.entries(obj(doc['upstreams']))) {
+    // Registered targets may be https:// whatever the config lists: every upstream has settings for them.
+    upstreams[name] = upstream(name, obj(raw), material?.upstreams.get(name) ?? UPSTREAM_TLS_DEFAULTS);
+  }
   const named = resolveNamedPolicies(doc);
   const hasRedis = isPlainObject(doc['redis']);
   const config: GatewayConfig = {
@@ -219,6 +228,9 @@ export function resolveConfig(doc: Obj, opts: ResolveOptions): GatewayConfig {
       pathForwarding: pick<PathForwarding>(s, 'pathForwarding', d.pathForwarding),
       trustedProxies: pick<readonly string[]>(s, 'trustedProxies', []),
       headers: policy(s['headers']),
+      tls: material?.server ?? null,
+      redirectHttp: material?.redirectHttp ?? null,
+      hsts: material?.hsts ?? null,
     },
     admin: {
       enabled: pick(a, 'enabled', DEFAULTS.admin.enabled),

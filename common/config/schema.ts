@@ -26,6 +26,7 @@ import { dnsSchema, registrySchema } from './discovery.js';
 import { retrySchema, routeRetrySchema } from './retry.js';
 import { websocketSchema } from './websocket.js';
 import { hashOnSchema, stickySchema } from './balancing.js';
+import { hstsSchema, redirectHttpSchema, serverTlsSchema, upstreamTlsSchema } from './tls.js';
 import { rateLimitPolicySchema, rateLimitTableSchema, redisSchema, trustedProxiesSchema } from './rate-limit.js';
 import { authzSchema, identitySchema, routeAuthSchema, secretsSchema, storeSchema } from './identity.js';
 
@@ -300,6 +301,9 @@ export const configSchema = {
         },
         trustedProxies: trustedProxiesSchema,
         headers: { $ref: '#/definitions/headerPolicy' },
+        tls: serverTlsSchema,
+        redirectHttp: redirectHttpSchema,
+        hsts: hstsSchema,
       },
     },
     redis: redisSchema,
@@ -441,14 +445,14 @@ export const configSchema = {
       },
     },
     target: {
-      description: 'A backend server: "http://host:port", or { url, weight }. Only http:// (https upstreams are not supported yet); no path, query or credentials.',
+      description: 'A backend server: "http://host:port" or "https://host:port" (TLS: see the upstream\'s tls), or { url, weight }. No path, query or credentials.',
       errorMessage: 'must be a URL string like "http://127.0.0.1:9001" or an object { url, weight }',
       anyOf: [
         { type: 'string', minLength: 1 },
         {
           type: 'object', additionalProperties: false, required: ['url'],
           properties: {
-            url: { type: 'string', minLength: 1, description: 'http://host:port (port defaults to 80). No path, query or credentials.' },
+            url: { type: 'string', minLength: 1, description: 'http://host:port (port defaults to 80) or https://host:port (443). No path, query or credentials.' },
             weight: int(1, 1000, `Share of requests relative to the other targets (1..1000). Default ${DEFAULTS.upstream.weight}.`, DEFAULTS.upstream.weight),
           },
         },
@@ -496,6 +500,7 @@ export const configSchema = {
         retry: retrySchema,
         hashOn: hashOnSchema,
         sticky: stickySchema,
+        tls: upstreamTlsSchema,
       },
     },
     route: {

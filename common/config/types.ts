@@ -88,6 +88,88 @@ export interface ServerConfig {
   /** Addresses / CIDRs of proxies in front (rate limits by ip look behind them in X-Forwarded-For). */
   trustedProxies: readonly string[];
   headers: HeaderPolicy;
+  /** Downstream TLS (common/config/tls.ts), or null: plain HTTP. */
+  tls: ServerTlsConfig | null;
+  /** The plain listener that redirects to https (server.redirectHttp), or null: none. Only with tls. */
+  redirectHttp: RedirectHttpConfig | null;
+  /** Strict-Transport-Security on responses of the TLS listener, or null: not sent. */
+  hsts: HstsConfig | null;
+}
+
+/**
+ * A certificate and its key, read and checked when the config loads
+ * (common/config/tls.ts): what every worker serves is exactly these bytes,
+ * never a file changed on disk since (a reload reads them again).
+ */
+export interface TlsKeyPair {
+  /** The paths as written (for messages, metrics labels and the file watch). */
+  certFile: string;
+  keyFile: string;
+  /** PEM text: the certificate chain (leaf first) and the unencrypted private key. */
+  certPem: string;
+  keyPem: string;
+  /** The host names of `sni[].hosts` (lowercase; `*.example.com` wildcards); [] for the default certificate. */
+  hosts: readonly string[];
+  /** The DNS names the leaf certificate covers (subjectAltName, or its CN without one), lowercase. */
+  names: readonly string[];
+  /** The leaf's notAfter, ms since the epoch (turnpike_tls_certificate_expiry_seconds). */
+  notAfterMs: number;
+  /** SHA-256 fingerprint of the leaf, `AB:CD:...` (what changed on a reload). */
+  fingerprint256: string;
+}
+
+export type TlsVersion = 'TLSv1.2' | 'TLSv1.3';
+
+/** server.tls. Defaults: common/config/tls.ts TLS_DEFAULTS. */
+export interface ServerTlsConfig {
+  /** Served to clients whose server name no `sni` entry lists (and to clients that send none). */
+  default: TlsKeyPair;
+  /** More certificates by server name; exact names beat wildcards beat the default. */
+  sni: readonly TlsKeyPair[];
+  /** true: a name no entry lists (nor the default certificate covers) fails the handshake, as does no name. */
+  sniStrict: boolean;
+  minVersion: TlsVersion;
+  /** OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults). */
+  ciphers: string;
+  /** ECDH curves, OpenSSL's `:`-separated list. */
+  ecdhCurve: string;
+  /** ALPN protocols offered (only `http/1.1` is served). */
+  alpn: readonly string[];
+}
+
+/** server.redirectHttp: a plain listener answering every request with a redirect to the https URL. */
+export interface RedirectHttpConfig {
+  host: string;
+  port: number;
+  /** The port written in Location (443 left out), or null: server.port. */
+  httpsPort: number | null;
+  /** 301, 302, 307 or 308 (default 308: method and body kept, RFC 9110 15.4.9). */
+  status: number;
+  /** Files served under /.well-known/acme-challenge/ (ACME http-01), or null: that path redirects too. */
+  acmeChallengeDir: string | null;
+}
+
+/** server.hsts (RFC 6797). */
+export interface HstsConfig {
+  maxAge: number;
+  includeSubDomains: boolean;
+  preload: boolean;
+  /** The header value, built once: `max-age=31536000; includeSubDomains`. */
+  value: string;
+}
+
+/** upstreams.<name>.tls: how the gateway connects to its https:// targets. */
+export interface UpstreamTlsConfig {
+  /** PEM CA bundle to trust instead of the system's, or null: Node's bundled root CAs. */
+  caPem: string | null;
+  caFile: string | null;
+  /** SNI and the name checked against the certificate, or null: each target's host (an IP address sends no SNI). */
+  servername: string | null;
+  /** Refuse a certificate that does not verify (default true). */
+  rejectUnauthorized: boolean;
+  /** Client certificate for mTLS, or null. */
+  clientCert: TlsKeyPair | null;
+  minVersion: TlsVersion;
 }
 
 /**
@@ -107,8 +189,10 @@ export interface AdminConfig {
 }
 
 export interface TargetConfig {
-  /** Normalised `http://host:port` (no path). */
+  /** Normalised `http://host:port` or `https://host:port` (no path). */
   url: string;
+  /** An https:// target: connected to with TLS (the upstream's `tls` settings). */
+  tls: boolean;
   host: string;
   port: number;
   weight: number;
@@ -157,6 +241,8 @@ export interface UpstreamConfig {
   hashOn: HashOnConfig | null;
   /** The affinity cookie of balance: sticky; null for every other balance. */
   sticky: StickyConfig | null;
+  /** TLS settings for its https:// targets (common/config/tls.ts UPSTREAM_TLS_DEFAULTS when `tls` is absent). */
+  tls: UpstreamTlsConfig;
 }
 
 /** Defaults: common/config/discovery.ts DISCOVERY_DEFAULTS. */

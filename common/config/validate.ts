@@ -23,6 +23,7 @@ import { checkResilience } from './resilience.js';
 import { checkDiscovery, discoveryWarnings } from './discovery.js';
 import { checkRetry } from './retry.js';
 import { checkBalancing } from './balancing.js';
+import { type TlsMaterial, loadTlsMaterial } from './tls.js';
 import {
   type ConfigError, type PathSegment, describeValue, didYouMean, formatPath, isPlainObject, suggestion,
 } from './util.js';
@@ -317,16 +318,17 @@ export interface ParsedTarget {
   url: string;
   host: string;
   port: number;
+  /** https:// */
+  tls: boolean;
 }
 
 /** Parses an upstream target URL; returns the problem as a string when it is not usable. */
 export function parseTargetUrl(raw: string): ParsedTarget | string {
   const text = raw.trim();
   const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//.exec(text);
-  if (scheme === null) return `must be an absolute http:// URL such as "http://127.0.0.1:9001" (got ${describeValue(raw)})`;
+  if (scheme === null) return `must be an absolute http:// or https:// URL such as "http://127.0.0.1:9001" (got ${describeValue(raw)})`;
   const proto = scheme[1]!.toLowerCase();
-  if (proto === 'https') return 'https upstreams are not supported yet; use an http:// URL (terminate TLS to the upstream elsewhere)';
-  if (proto !== 'http') return `unsupported scheme "${proto}://"; only http:// upstreams are supported`;
+  if (proto !== 'http' && proto !== 'https') return `unsupported scheme "${proto}://"; only http:// and https:// upstreams are supported`;
   let u: URL;
   try {
     u = new URL(text);
@@ -338,7 +340,7 @@ export function parseTargetUrl(raw: string): ParsedTarget | string {
   if (u.search !== '' || text.includes('?')) return 'must not have a query string';
   if (u.hash !== '' || text.includes('#')) return 'must not have a fragment (#...)';
   if (u.hostname === '') return 'must name a host';
-  const port = u.port === '' ? 80 : Number(u.port);
+  const port = u.port === '' ? (proto === 'https' ? 443 : 80) : Number(u.port);
   if (!(port >= 1 && port <= 65535)) return `port must be from 1 to 65535 (got ${port})`;
   const hostname = u.hostname.toLowerCase();
   const host = hostname.startsWith('[') ? hostname.slice(1, -1) : hostname;
@@ -347,7 +349,7 @@ export function parseTargetUrl(raw: string): ParsedTarget | string {
     const bad = badHostName(host);
     if (bad !== null) return `host ${JSON.stringify(host.length > 60 ? host.slice(0, 57) + "..." : host)} is not a valid host name: ${bad}`;
   }
-  return { url: `http://${hostname}:${port}`, host, port };
+  return { url: `${proto}://${hostname}:${port}`, host, port, tls: proto === 'https' };
 }
 
 /**
@@ -945,19 +947,23 @@ export function collectErrors(doc: unknown, checkPattern?: PatternChecker): Conf
  * semantic errors, and the warnings. `doc` is the converted document: the
  * one to resolve when `errors` is empty.
  */
-export function checkDocument(raw: unknown, checkPattern?: PatternChecker): { doc: unknown; errors: ConfigError[]; warnings: ConfigError[] } {
+export function checkDocument(raw: unknown, checkPattern?: PatternChecker): { doc: unknown; errors: ConfigError[]; warnings: ConfigError[]; tls: TlsMaterial | null } {
   if (!isPlainObject(raw)) {
     const what = raw === null || raw === undefined ? 'the config is empty' : `the config must be a mapping of sections (server, admin, upstreams, routes), got ${describeValue(raw)}`;
-    return { doc: raw, errors: [{ path: '', message: what }], warnings: [] };
+    return { doc: raw, errors: [{ path: '', message: what }], warnings: [], tls: null };
   }
   const { doc, originals } = convertDurations(raw);
   const validate = validator();
   const errors = validate(doc) ? [] : translateAjvErrors(validate.errors ?? [], doc, originals);
   errors.push(...semanticErrors(doc as Record<string, unknown>, checkPattern));
+  // Certificates are read here, once: the resolved config serves the bytes checked (common/config/tls.ts).
+  const tls = loadTlsMaterial(doc as Record<string, unknown>, effectiveBackend(doc as Record<string, unknown>));
+  errors.push(...tls.errors);
   const seen = new Set<string>();
   return {
     doc,
-    warnings: semanticWarnings(doc as Record<string, unknown>),
+    tls,
+    warnings: [...semanticWarnings(doc as Record<string, unknown>), ...tls.warnings],
     errors: errors.filter((e) => {
       const k = `${e.path}\0${e.message}`;
       if (seen.has(k)) return false;

@@ -140,9 +140,9 @@ describe('schema errors: readable path and message', () => {
 
 describe('target URL errors', () => {
   const cases: Array<[string, string]> = [
-    ['https://a:1', 'https upstreams are not supported yet; use an http:// URL (terminate TLS to the upstream elsewhere)'],
-    ['ws://a:1', 'unsupported scheme "ws://"; only http:// upstreams are supported'],
-    ['localhost:9001', 'must be an absolute http:// URL such as "http://127.0.0.1:9001" (got "localhost:9001")'],
+    ['https://a:1/x', 'must not have a path (got "/x"); use the route\'s rewrite to change the path'],
+    ['ws://a:1', 'unsupported scheme "ws://"; only http:// and https:// upstreams are supported'],
+    ['localhost:9001', 'must be an absolute http:// or https:// URL such as "http://127.0.0.1:9001" (got "localhost:9001")'],
     ['http://a:1/api', 'must not have a path (got "/api"); use the route\'s rewrite to change the path'],
     ['http://a:1/?x=1', 'must not have a query string'],
     ['http://a:1#f', 'must not have a fragment (#...)'],
@@ -248,12 +248,12 @@ describe('semantic errors', () => {
   it('reports schema and semantic problems together', () => {
     const doc = {
       server: { port: 'x' },
-      upstreams: { users: { targets: ['https://a:1'] } },
+      upstreams: { users: { targets: ['ftp://a:1'] } },
       routes: [{ id: 'a', path: '/', upstream: 'usres' }, { id: 'a', path: '/', upstream: 'users' }],
     };
     expect(lines(doc)).toEqual([
       'server.port: must be an integer (got "x")',
-      'upstreams.users.targets[0]: https upstreams are not supported yet; use an http:// URL (terminate TLS to the upstream elsewhere)',
+      'upstreams.users.targets[0]: unsupported scheme "ftp://"; only http:// and https:// upstreams are supported',
       'routes[0].upstream: unknown upstream "usres" (did you mean "users"?)',
       'routes[1].id: duplicate route id "a" (also routes[0].id)',
     ]);

@@ -1,3 +1,4 @@
+import { UPSTREAM_TLS_DEFAULTS } from '../../../common/config/tls.js';
 import os from 'node:os';
 import { describe, expect, it } from 'vitest';
 import { validateConfig } from '../../../common/config/load.js';
@@ -25,6 +26,9 @@ describe('defaults resolution', () => {
       pathForwarding: 'normalized',
       trustedProxies: [],
       headers: { request: { add: [], set: [], remove: [] }, response: { add: [], set: [], remove: [] } },
+      tls: null,
+      redirectHttp: null,
+      hsts: null,
     });
     expect(c.rateLimits).toEqual({});
     expect(c.redis).toBeNull();
@@ -34,7 +38,7 @@ describe('defaults resolution', () => {
     const up = c.upstreams['users']!;
     expect(up).toEqual({
       name: 'users',
-      targets: [{ url: 'http://127.0.0.1:9001', host: '127.0.0.1', port: 9001, weight: 1 }],
+      targets: [{ url: 'http://127.0.0.1:9001', host: '127.0.0.1', port: 9001, tls: false, weight: 1 }],
       balance: 'round_robin',
       pool: { maxConnections: 256, idleTimeoutMs: 30000, maxPending: 1024 },
       timeouts: { connectMs: 1000, responseMs: 15000, idleMs: 30000, totalMs: 0 },
@@ -47,6 +51,7 @@ describe('defaults resolution', () => {
       registry: null,
       hashOn: null,
       sticky: null,
+      tls: UPSTREAM_TLS_DEFAULTS,
     });
     expect(c.routes[0]).toEqual({
       id: 'users',
@@ -92,11 +97,11 @@ describe('defaults resolution', () => {
     expect(c.admin).toEqual({ enabled: false, host: '127.0.0.1', port: 0, tokensFile: null, auditLog: null });
   });
 
-  it('normalises targets: trailing slash, case, default port 80, IPv6, weight', () => {
+  it('normalises targets: trailing slash, case, default port 80 (443 for https), IPv6, weight', () => {
     const doc = minimal();
     doc['upstreams'] = {
       users: {
-        targets: ['http://Example.COM/', { url: 'http://10.0.0.1:81', weight: 5 }, 'http://[::1]:9000'],
+        targets: ['http://Example.COM/', { url: 'http://10.0.0.1:81', weight: 5 }, 'http://[::1]:9000', 'HTTPS://Example.COM'],
         balance: 'least_conn',
         pool: { maxConnections: 10 },
         timeouts: { totalMs: 5000 },
@@ -104,9 +109,10 @@ describe('defaults resolution', () => {
     };
     const up = valid(doc).upstreams['users']!;
     expect(up.targets).toEqual([
-      { url: 'http://example.com:80', host: 'example.com', port: 80, weight: 1 },
-      { url: 'http://10.0.0.1:81', host: '10.0.0.1', port: 81, weight: 5 },
-      { url: 'http://[::1]:9000', host: '::1', port: 9000, weight: 1 },
+      { url: 'http://example.com:80', host: 'example.com', port: 80, tls: false, weight: 1 },
+      { url: 'http://10.0.0.1:81', host: '10.0.0.1', port: 81, tls: false, weight: 5 },
+      { url: 'http://[::1]:9000', host: '::1', port: 9000, tls: false, weight: 1 },
+      { url: 'https://example.com:443', host: 'example.com', port: 443, tls: true, weight: 1 },
     ]);
     expect(up.balance).toBe('least_conn');
     expect(up.pool).toEqual({ maxConnections: 10, idleTimeoutMs: 30000, maxPending: 1024 });

@@ -1,0 +1,442 @@
+/**
+ * TLS configuration (issue 15): the schema fragments merged into schema.ts
+ * (`server.tls`, `server.redirectHttp`, `server.hsts`, `upstreams.<n>.tls`),
+ * the rules a schema cannot say, and the loading of certificates and keys.
+ *
+ *   server:
+ *     port: 8443
+ *     tls:
+ *       cert: /etc/turnpike/default.crt      # PEM, chain allowed (leaf first)
+ *       key: /etc/turnpike/default.key       # PEM, unencrypted
+ *       sni:
+ *         - { hosts: [api.example.com, "*.example.com"], cert: ..., key: ... }
+ *       sniStrict: false
+ *       minVersion: TLSv1.2
+ *     redirectHttp: { port: 8080, status: 308 }
+ *     hsts: { maxAge: 31536000, includeSubDomains: true }
+ *   upstreams:
+ *     billing:
+ *       targets: [https://billing.internal:8443]
+ *       tls: { ca: /etc/turnpike/internal-ca.pem, servername: billing.internal }
+ *
+ * Certificates are read and checked when the config loads (`turnpike
+ * validate`, start, every reload), each problem reported with its path: a
+ * file that cannot be read, text that is not PEM, an encrypted key, a key
+ * that does not match its certificate, an expired certificate (or one not
+ * valid yet), a certificate that does not cover a host its `sni` entry
+ * lists. The bytes checked are the bytes served: the resolved config carries
+ * the PEM text (TlsKeyPair), never just a path a later change could swap.
+ * Node's crypto (X509Certificate, createPrivateKey) does the parsing: no
+ * hand-written ASN.1.
+ */
+import { X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import type { HstsConfig, RedirectHttpConfig, ServerTlsConfig, TlsKeyPair, TlsVersion, UpstreamTlsConfig } from './types.js';
+import { type ConfigError, type PathSegment, formatPath, isPlainObject } from './util.js';
+
+/**
+ * Mozilla's "intermediate" TLS 1.2 suites (ECDHE + AEAD only; TLS 1.3 suites
+ * are OpenSSL's, all AEAD), the curves of the same profile.
+ */
+export const TLS_DEFAULTS = Object.freeze({
+  minVersion: 'TLSv1.2' as TlsVersion,
+  ciphers: 'ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:'
+    + 'ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305',
+  ecdhCurve: 'X25519:prime256v1:secp384r1',
+  alpn: ['http/1.1'] as readonly string[],
+  sniStrict: false,
+  redirectStatus: 308,
+  hstsMaxAge: 31_536_000, // one year, in seconds (RFC 6797 6.1.1)
+  /** `turnpike validate` warns about a certificate that expires within this many days. */
+  expiryWarningDays: 14,
+});
+
+const pemFile = (what: string): Record<string, unknown> => ({
+  type: 'string', minLength: 1, maxLength: 4096,
+  description: `${what} A path to a PEM file, read when the config loads and on every reload (relative paths from the working directory).`,
+});
+
+const HOST_PATTERN = '^(\\*\\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$';
+
+const versionSchema = (d: string): Record<string, unknown> => ({
+  type: 'string', enum: ['TLSv1.2', 'TLSv1.3'], default: d,
+  description: `Oldest TLS version accepted: "TLSv1.2" or "TLSv1.3" (older ones are never offered). Default "${d}".`,
+});
+
+export const serverTlsSchema = {
+  type: 'object', additionalProperties: false, required: ['cert', 'key'],
+  description: 'Serve HTTPS on server.port (TLS termination). Absent: plain HTTP.',
+  properties: {
+    cert: pemFile('The default certificate (leaf first, then its chain): served to clients whose server name no sni entry lists.'),
+    key: pemFile('The default certificate\'s private key (unencrypted PEM: PKCS#8, PKCS#1 or SEC1).'),
+    sni: {
+      type: 'array', maxItems: 1000, default: [],
+      description: 'More certificates, chosen by the server name the client sends (SNI, RFC 6066): an exact name beats a wildcard, a wildcard beats the default. Default none.',
+      items: {
+        type: 'object', additionalProperties: false, required: ['hosts', 'cert', 'key'],
+        properties: {
+          hosts: {
+            type: 'array', minItems: 1, maxItems: 1000,
+            description: 'Server names this certificate is served for: "api.example.com" or "*.example.com" (one label). The certificate must cover each.',
+            items: { type: 'string', maxLength: 253, pattern: HOST_PATTERN, errorMessage: 'must be a host name such as "api.example.com" or "*.example.com" (no port, no IP address)' },
+          },
+          cert: pemFile('The certificate (leaf first, then its chain).'),
+          key: pemFile('Its private key (unencrypted PEM).'),
+        },
+      },
+    },
+    sniStrict: {
+      type: 'boolean', default: TLS_DEFAULTS.sniStrict,
+      description: 'true: a client whose server name no sni entry lists and the default certificate does not cover (or that sends no name) fails the handshake, as nginx\'s ssl_reject_handshake. Default false: it gets the default certificate.',
+    },
+    minVersion: versionSchema(TLS_DEFAULTS.minVersion),
+    ciphers: {
+      type: 'string', minLength: 1, maxLength: 4096, pattern: '^[A-Za-z0-9:+!@=_.-]+$', default: TLS_DEFAULTS.ciphers,
+      errorMessage: 'must be an OpenSSL cipher list such as "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256"',
+      description: 'TLS 1.2 cipher suites, an OpenSSL cipher list (TLS 1.3 suites are OpenSSL\'s defaults). Default: Mozilla\'s intermediate profile (ECDHE with AES-GCM or ChaCha20-Poly1305).',
+    },
+    ecdhCurve: {
+      type: 'string', minLength: 1, maxLength: 256, pattern: '^[A-Za-z0-9:_-]+$', default: TLS_DEFAULTS.ecdhCurve,
+      errorMessage: 'must be a ":"-separated list of curve names such as "X25519:prime256v1"',
+      description: `Key-exchange groups, ":"-separated OpenSSL names. Default "${TLS_DEFAULTS.ecdhCurve}".`,
+    },
+    alpn: {
+      type: 'array', maxItems: 1, uniqueItems: true, default: TLS_DEFAULTS.alpn,
+      items: { type: 'string', enum: ['http/1.1'] },
+      description: 'ALPN protocols offered (RFC 7301): ["http/1.1"] or [] (none). HTTP/2 is not served. Default ["http/1.1"].',
+    },
+  },
+};
+
+export const redirectHttpSchema = {
+  type: 'object', additionalProperties: false, required: ['port'],
+  description: 'A plain HTTP listener that answers every request with a redirect to the same URL over https (path and query kept), and can serve ACME http-01 challenge files. Needs server.tls. Absent: none.',
+  properties: {
+    port: { type: 'integer', minimum: 0, maximum: 65535, description: 'TCP port of the plain listener (0..65535; 0 picks a free port).' },
+    host: { type: 'string', minLength: 1, maxLength: 253, pattern: '^[A-Za-z0-9.:_\\[\\]%-]+$', description: 'Address to listen on. Default: server.host.' },
+    httpsPort: { type: 'integer', minimum: 1, maximum: 65535, description: 'The https port written in the redirect\'s Location (left out when 443). Default: server.port; set it when a load balancer or port mapping publishes the TLS listener on another port.' },
+    status: { type: 'integer', enum: [301, 302, 307, 308], default: TLS_DEFAULTS.redirectStatus, description: 'Redirect status: 308 (method and body kept, RFC 9110 15.4.9), 301, 302 or 307. Default 308.' },
+    acmeChallengeDir: {
+      type: 'string', minLength: 1, maxLength: 4096,
+      description: 'A directory whose files are served as /.well-known/acme-challenge/<token> (ACME http-01, RFC 8555 8.3) instead of redirected, for an ACME client run beside the gateway (Turnpike has none built in). Default none.',
+    },
+  },
+};
+
+export const hstsSchema = {
+  type: 'object', additionalProperties: false,
+  description: 'Send Strict-Transport-Security (RFC 6797) on every response of the TLS listener. Needs server.tls. Absent: not sent.',
+  properties: {
+    maxAge: { type: 'integer', minimum: 0, maximum: 1_000_000_000, default: TLS_DEFAULTS.hstsMaxAge, description: `max-age in seconds (0 tells browsers to forget the policy). Default ${TLS_DEFAULTS.hstsMaxAge} (one year).` },
+    includeSubDomains: { type: 'boolean', default: false, description: 'Add includeSubDomains. Default false.' },
+    preload: { type: 'boolean', default: false, description: 'Add preload (for browser preload lists; they require includeSubDomains and max-age of at least one year). Default false.' },
+  },
+};
+
+export const upstreamTlsSchema = {
+  type: 'object', additionalProperties: false,
+  description: 'How the gateway connects to this upstream\'s https:// targets. Absent: every default (system trust, target host as server name, certificates verified).',
+  properties: {
+    ca: pemFile('CA certificates (PEM bundle) trusted for the targets\' certificates, instead of Node\'s bundled root CAs. Default: the bundled roots.'),
+    servername: {
+      type: 'string', maxLength: 253, pattern: '^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$',
+      errorMessage: 'must be a host name such as "billing.internal"',
+      description: 'Server name sent (SNI) and checked against the certificate. Default: each target\'s host (an IP address target sends no SNI and is checked against the certificate\'s IP addresses).',
+    },
+    rejectUnauthorized: { type: 'boolean', default: true, description: 'Refuse a certificate that does not verify (untrusted, wrong name, expired): 502 upstream_tls_failed. false accepts any certificate (testing only). Default true.' },
+    cert: pemFile('Client certificate for mutual TLS. Needs key.'),
+    key: pemFile('Client certificate\'s private key (unencrypted PEM). Needs cert.'),
+    minVersion: versionSchema(TLS_DEFAULTS.minVersion),
+  },
+};
+
+/** upstreams.<n>.tls when absent: the bundled root CAs, each target's host as server name, certificates verified. */
+export const UPSTREAM_TLS_DEFAULTS: UpstreamTlsConfig = Object.freeze({
+  caPem: null, caFile: null, servername: null, rejectUnauthorized: true, clientCert: null, minVersion: TLS_DEFAULTS.minVersion,
+});
+
+// ---------------------------------------------------------------------------
+// Loading and checking the files
+
+/** What loading found: problems by config path, and the material to resolve from. */
+export interface TlsMaterial {
+  errors: ConfigError[];
+  warnings: ConfigError[];
+  server: ServerTlsConfig | null;
+  redirectHttp: RedirectHttpConfig | null;
+  hsts: HstsConfig | null;
+  /** Per upstream name, for upstreams with a `tls` section (the others: UPSTREAM_TLS_DEFAULTS). */
+  upstreams: Map<string, UpstreamTlsConfig>;
+}
+
+type Obj = Record<string, unknown>;
+const obj = (v: unknown): Obj => (isPlainObject(v) ? v : {});
+
+/** Reads one file; null (and an error at `at`) when it cannot be read. */
+function readPem(path: unknown, at: PathSegment[], what: string, out: ConfigError[]): string | null {
+  if (typeof path !== 'string' || path.length === 0) return null; // the schema reported it
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied (the gateway\'s user must be able to read it)'
+      : code === 'EISDIR' ? 'it is a directory' : String((e as Error).message);
+    out.push({ path: formatPath(at), message: `cannot read the ${what} "${path}": ${why}` });
+    return null;
+  }
+}
+
+/** The leaf (first certificate) of a PEM chain, or a message. */
+function parseLeaf(pem: string): X509Certificate | string {
+  const first = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/.exec(pem);
+  if (first === null) {
+    if (/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(pem)) return 'holds a private key, not a certificate (are cert and key swapped?)';
+    return 'holds no PEM certificate (-----BEGIN CERTIFICATE-----); convert DER with: openssl x509 -inform der -in FILE -out FILE.pem';
+  }
+  try {
+    return new X509Certificate(first[0]);
+  } catch (e) {
+    return `holds a certificate that cannot be parsed (${(e as Error).message})`;
+  }
+}
+
+function parseKey(pem: string): KeyObject | string {
+  if (/-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type: 4,ENCRYPTED/.test(pem)) {
+    return 'is an encrypted private key; the gateway needs it unencrypted (openssl pkey -in KEY -out KEY.plain), readable only by its user';
+  }
+  if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(pem)) {
+    if (/-----BEGIN CERTIFICATE-----/.test(pem)) return 'holds a certificate, not a private key (are cert and key swapped?)';
+    return 'holds no PEM private key (-----BEGIN PRIVATE KEY-----)';
+  }
+  try {
+    return createPrivateKey(pem);
+  } catch (e) {
+    return `holds a private key that cannot be parsed (${(e as Error).message})`;
+  }
+}
+
+/** DNS names of the leaf: subjectAltName DNS entries, or the CN when there are none (lowercase). */
+function certNames(x: X509Certificate): string[] {
+  const san = x.subjectAltName;
+  if (san !== undefined && san.length > 0) {
+    return san.split(/,\s*/).filter((e) => e.startsWith('DNS:')).map((e) => e.slice(4).toLowerCase());
+  }
+  const cn = /(?:^|\n)CN=([^\n]+)/.exec(x.subject);
+  return cn === null ? [] : [cn[1]!.toLowerCase()];
+}
+
+/** Does the certificate cover `host` (a name, or `*.zone`: then any one label of the zone)? */
+function covers(x: X509Certificate, host: string): boolean {
+  if (host.startsWith('*.')) {
+    // A wildcard host needs a wildcard certificate for the same zone: a name under it stands for all of them.
+    return certNames(x).includes(host.toLowerCase());
+  }
+  return x.checkHost(host, { wildcards: true, singleLabelSubdomains: false }) !== undefined;
+}
+
+/**
+ * Reads and checks one certificate + key pair. `hosts` are the names it is
+ * listed for (checked against the certificate); returns null when anything
+ * is wrong (each problem reported at its own path).
+ */
+function loadPair(o: Obj, at: PathSegment[], hosts: string[], role: string, now: number, out: ConfigError[], warn: ConfigError[]): TlsKeyPair | null {
+  const certPem = readPem(o['cert'], [...at, 'cert'], 'certificate', out);
+  const keyPem = readPem(o['key'], [...at, 'key'], 'private key', out);
+  if (certPem === null || keyPem === null) return null;
+  const leaf = parseLeaf(certPem);
+  const key = parseKey(keyPem);
+  let ok = true;
+  if (typeof leaf === 'string') {
+    out.push({ path: formatPath([...at, 'cert']), message: `"${String(o['cert'])}" ${leaf}` });
+    ok = false;
+  }
+  if (typeof key === 'string') {
+    out.push({ path: formatPath([...at, 'key']), message: `"${String(o['key'])}" ${key}` });
+    ok = false;
+  }
+  if (typeof leaf === 'string' || typeof key === 'string') return null;
+  if (!leaf.checkPrivateKey(key)) {
+    out.push({ path: formatPath([...at, 'key']), message: `"${String(o['key'])}" is not the private key of the certificate "${String(o['cert'])}" (${leaf.subject.replace(/\n/g, ', ')}); use the key the certificate was issued for` });
+    ok = false;
+  }
+  const notAfter = Date.parse(leaf.validTo);
+  const notBefore = Date.parse(leaf.validFrom);
+  if (notAfter <= now) {
+    out.push({ path: formatPath([...at, 'cert']), message: `"${String(o['cert'])}" expired on ${new Date(notAfter).toISOString()}; renew it` });
+    ok = false;
+  } else if (notBefore > now) {
+    out.push({ path: formatPath([...at, 'cert']), message: `"${String(o['cert'])}" is not valid before ${new Date(notBefore).toISOString()} (check this machine's clock)` });
+    ok = false;
+  } else if (notAfter - now < TLS_DEFAULTS.expiryWarningDays * 86_400_000) {
+    warn.push({ path: formatPath([...at, 'cert']), message: `"${String(o['cert'])}" (${role}) expires on ${new Date(notAfter).toISOString()}, in less than ${TLS_DEFAULTS.expiryWarningDays} days; renew it` });
+  }
+  hosts.forEach((h, i) => {
+    if (!covers(leaf, h)) {
+      out.push({ path: formatPath([...at, 'hosts', i]), message: `the certificate "${String(o['cert'])}" does not cover "${h}" (it covers ${certNames(leaf).map((n) => `"${n}"`).join(', ') || 'no DNS name'})` });
+      ok = false;
+    }
+  });
+  if (!ok) return null;
+  return {
+    certFile: String(o['cert']), keyFile: String(o['key']), certPem, keyPem,
+    hosts: hosts.map((h) => h.toLowerCase()), names: certNames(leaf), notAfterMs: notAfter, fingerprint256: leaf.fingerprint256,
+  };
+}
+
+function serverTls(raw: Obj, now: number, out: ConfigError[], warn: ConfigError[]): ServerTlsConfig | null {
+  const at: PathSegment[] = ['server', 'tls'];
+  const def = loadPair(raw, at, [], 'the default certificate', now, out, warn);
+  const sni: TlsKeyPair[] = [];
+  const seen = new Map<string, number>();
+  const entries = Array.isArray(raw['sni']) ? (raw['sni'] as unknown[]) : [];
+  entries.forEach((e, i) => {
+    const o = obj(e);
+    const hosts = Array.isArray(o['hosts']) ? (o['hosts'] as unknown[]).filter((h): h is string => typeof h === 'string') : [];
+    hosts.forEach((h, j) => {
+      const k = h.toLowerCase();
+      const first = seen.get(k);
+      if (first !== undefined) out.push({ path: formatPath([...at, 'sni', i, 'hosts', j]), message: `"${h}" is listed already by server.tls.sni[${first}]; a name picks one certificate` });
+      else seen.set(k, i);
+    });
+    const pair = loadPair(o, [...at, 'sni', i], hosts, `server.tls.sni[${i}]`, now, out, warn);
+    if (pair !== null) sni.push(pair);
+  });
+  if (def === null || sni.length !== entries.length) return null;
+  return {
+    default: def, sni,
+    sniStrict: raw['sniStrict'] === true,
+    minVersion: (raw['minVersion'] as TlsVersion | undefined) ?? TLS_DEFAULTS.minVersion,
+    ciphers: (raw['ciphers'] as string | undefined) ?? TLS_DEFAULTS.ciphers,
+    ecdhCurve: (raw['ecdhCurve'] as string | undefined) ?? TLS_DEFAULTS.ecdhCurve,
+    alpn: (raw['alpn'] as string[] | undefined) ?? TLS_DEFAULTS.alpn,
+  };
+}
+
+function upstreamTls(name: string, raw: Obj, now: number, out: ConfigError[], warn: ConfigError[]): UpstreamTlsConfig | null {
+  const at: PathSegment[] = ['upstreams', name, 'tls'];
+  let caPem: string | null = null;
+  let ok = true;
+  if (raw['ca'] !== undefined) {
+    caPem = readPem(raw['ca'], [...at, 'ca'], 'CA bundle', out);
+    if (caPem === null) ok = false;
+    else {
+      const certs = caPem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+      if (certs.length === 0) {
+        out.push({ path: formatPath([...at, 'ca']), message: `"${String(raw['ca'])}" holds no PEM certificate (-----BEGIN CERTIFICATE-----)` });
+        ok = false;
+      }
+      for (const c of certs) {
+        try {
+          const x = new X509Certificate(c);
+          if (Date.parse(x.validTo) <= now) warn.push({ path: formatPath([...at, 'ca']), message: `"${String(raw['ca'])}" holds an expired CA certificate (${x.subject.replace(/\n/g, ', ')}, expired ${new Date(Date.parse(x.validTo)).toISOString()})` });
+        } catch (e) {
+          out.push({ path: formatPath([...at, 'ca']), message: `"${String(raw['ca'])}" holds a certificate that cannot be parsed (${(e as Error).message})` });
+          ok = false;
+        }
+      }
+    }
+  }
+  let clientCert: TlsKeyPair | null = null;
+  const hasCert = raw['cert'] !== undefined;
+  const hasKey = raw['key'] !== undefined;
+  if (hasCert !== hasKey) {
+    out.push({ path: formatPath([...at, hasCert ? 'key' : 'cert']), message: `a client certificate needs both cert and key; add ${hasCert ? 'key' : 'cert'} or remove ${hasCert ? 'cert' : 'key'}` });
+    ok = false;
+  } else if (hasCert) {
+    clientCert = loadPair(raw, at, [], `the client certificate of upstream ${name}`, now, out, warn);
+    if (clientCert === null) ok = false;
+  }
+  if (!ok) return null;
+  return {
+    caPem, caFile: typeof raw['ca'] === 'string' ? raw['ca'] : null,
+    servername: typeof raw['servername'] === 'string' ? raw['servername'].toLowerCase() : null,
+    rejectUnauthorized: raw['rejectUnauthorized'] !== false,
+    clientCert,
+    minVersion: (raw['minVersion'] as TlsVersion | undefined) ?? TLS_DEFAULTS.minVersion,
+  };
+}
+
+/** `max-age=N[; includeSubDomains][; preload]` (RFC 6797 6.1). */
+export function hstsValue(maxAge: number, includeSubDomains: boolean, preload: boolean): string {
+  return `max-age=${maxAge}${includeSubDomains ? '; includeSubDomains' : ''}${preload ? '; preload' : ''}`;
+}
+
+/**
+ * Reads and checks every certificate, key and CA file the document names,
+ * and checks the TLS rules between sections (redirectHttp and hsts need
+ * tls; the uWS backend's limits). Defensive about types: anything of the
+ * wrong type was reported by the schema and is skipped here. `now` (ms)
+ * decides expiry; `backend` is the backend the config will run on.
+ */
+export function loadTlsMaterial(doc: Obj, backend: 'uws' | 'bun' | 'node', now = Date.now()): TlsMaterial {
+  const errors: ConfigError[] = [];
+  const warnings: ConfigError[] = [];
+  const s = obj(doc['server']);
+  const tlsRaw = isPlainObject(s['tls']) ? s['tls'] : null;
+  const server = tlsRaw === null ? null : serverTls(tlsRaw, now, errors, warnings);
+  if (tlsRaw !== null && backend === 'uws') {
+    if (tlsRaw['minVersion'] === 'TLSv1.3') {
+      errors.push({ path: 'server.tls.minVersion', message: 'the uWS backend cannot require TLS 1.3 (its minimum is TLS 1.2, fixed in uWebSockets.js); remove minVersion, or run server.backend: node (or bun)' });
+    }
+    if (tlsRaw['ecdhCurve'] !== undefined && tlsRaw['ecdhCurve'] !== TLS_DEFAULTS.ecdhCurve) {
+      errors.push({ path: 'server.tls.ecdhCurve', message: 'the uWS backend cannot choose key-exchange groups (uWebSockets.js uses OpenSSL\'s defaults); remove ecdhCurve, or run server.backend: node (or bun)' });
+    }
+  }
+  let redirectHttp: RedirectHttpConfig | null = null;
+  if (isPlainObject(s['redirectHttp'])) {
+    const r = s['redirectHttp'];
+    if (tlsRaw === null) errors.push({ path: 'server.redirectHttp', message: 'redirects to https need server.tls (the gateway must serve https to redirect to it); add server.tls or remove redirectHttp' });
+    if (typeof r['port'] === 'number' && r['port'] !== 0 && r['port'] === s['port']) {
+      errors.push({ path: 'server.redirectHttp.port', message: `is server.port (${String(r['port'])}); the redirect listener needs a port of its own, such as 80 or 8080` });
+    }
+    const dir = r['acmeChallengeDir'];
+    if (typeof dir === 'string') {
+      try {
+        readFileSync(dir);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code !== 'EISDIR') errors.push({ path: 'server.redirectHttp.acmeChallengeDir', message: `"${dir}" is not a readable directory (${code === 'ENOENT' ? 'no such directory' : String(code)}); create it for the ACME client to write into` });
+      }
+    }
+    redirectHttp = {
+      host: typeof r['host'] === 'string' ? r['host'] : typeof s['host'] === 'string' ? s['host'] : '0.0.0.0',
+      port: typeof r['port'] === 'number' ? r['port'] : 0,
+      httpsPort: typeof r['httpsPort'] === 'number' ? r['httpsPort'] : null,
+      status: typeof r['status'] === 'number' ? r['status'] : TLS_DEFAULTS.redirectStatus,
+      acmeChallengeDir: typeof dir === 'string' ? dir : null,
+    };
+  }
+  let hsts: HstsConfig | null = null;
+  if (isPlainObject(s['hsts'])) {
+    const h = s['hsts'];
+    if (tlsRaw === null) errors.push({ path: 'server.hsts', message: 'Strict-Transport-Security is sent only over https (RFC 6797 7.2); add server.tls or remove hsts' });
+    const maxAge = typeof h['maxAge'] === 'number' ? h['maxAge'] : TLS_DEFAULTS.hstsMaxAge;
+    const sub = h['includeSubDomains'] === true;
+    const preload = h['preload'] === true;
+    if (preload && (!sub || maxAge < 31_536_000)) {
+      warnings.push({ path: 'server.hsts.preload', message: 'browser preload lists require includeSubDomains: true and maxAge of at least 31536000 (one year); this policy would not be accepted there' });
+    }
+    hsts = { maxAge, includeSubDomains: sub, preload, value: hstsValue(maxAge, sub, preload) };
+  }
+  const upstreams = new Map<string, UpstreamTlsConfig>();
+  for (const [name, rawUp] of Object.entries(obj(doc['upstreams']))) {
+    const u = obj(rawUp);
+    const targets = Array.isArray(u['targets']) ? (u['targets'] as unknown[]) : [];
+    const https = targets.some((t) => /^https:\/\//i.test(typeof t === 'string' ? t : String(obj(t)['url'] ?? '')));
+    if (isPlainObject(u['tls'])) {
+      const t = upstreamTls(name, u['tls'], now, errors, warnings);
+      if (t !== null) upstreams.set(name, t);
+      if (!https && targets.length > 0 && !isPlainObject(u['registry'])) {
+        warnings.push({ path: formatPath(['upstreams', name, 'tls']), message: 'no target of this upstream is https://, so these settings are not used; write its targets as https://host:port' });
+      }
+    }
+  }
+  return { errors, warnings, server: tlsRaw === null ? null : server, redirectHttp, hsts, upstreams };
+}
+
+/** An IP address target sends no server name (RFC 6066 3: "Literal IPv4 and IPv6 addresses are not permitted"). */
+export function sniFor(host: string, servername: string | null): string | undefined {
+  if (servername !== null) return servername;
+  return isIP(host) === 0 ? host : undefined;
+}
