@@ -20,15 +20,24 @@
  * them merged in, and each discovery update is such a config. A target that
  * appears is checked at once (and receives traffic while `unknown`); one
  * that disappears stops being checked.
+ *
+ * An https:// target is checked over TLS with its upstream's `tls` settings
+ * (the CA bundle, servername, rejectUnauthorized, client certificate and
+ * minVersion the workers use: workers/proxy/upstream-pool.ts): a target
+ * whose certificate the proxy would refuse fails its check, with the TLS
+ * error's code as the reason in the log line.
  */
 import http from 'node:http';
-import type { GatewayConfig, HealthCheckConfig, TargetConfig } from '../common/config/types.js';
+import https from 'node:https';
+import type { ConnectionOptions } from 'node:tls';
+import type { GatewayConfig, HealthCheckConfig, TargetConfig, UpstreamTlsConfig } from '../common/config/types.js';
 import type { TargetSlotEntries, UpstreamSlotEntries } from '../common/protocol.js';
 import {
   H_HEALTHY, H_UNHEALTHY, H_UNKNOWN, HEALTH_CHECK_RESULTS, BREAKER_STATE_NAMES, T_EJECTIONS, T_HC, T_HEALTH, T_STATE, T_TO, U_OVERLOADED,
   RETRY_REASONS, U_BUDGET_EXHAUSTED, U_RETRIES, MAX_UPSTREAM_SLOTS, FIRST_UPSTREAM_SLOT, targetCell, upstreamCell, ST_TRANSIT, ST_OPEN,
 } from '../common/upstream-state-layout.js';
 import { FIRST_TARGET_SLOT, MAX_TARGET_SLOTS } from '../common/metrics-layout.js';
+import { UPSTREAM_TLS_DEFAULTS, sniFor } from '../common/config/tls.js';
 import { log } from '../common/log.js';
 
 interface Checker {
@@ -38,11 +47,35 @@ interface Checker {
   upstream: string;
   target: TargetConfig;
   cfg: HealthCheckConfig;
+  /** TLS options for an https:// target (its upstream's `tls`), or null: plain HTTP. */
+  tls: https.RequestOptions | null;
   cell: number;
   timer: ReturnType<typeof setInterval>;
   ok: number;
   fail: number;
   running: boolean;
+}
+
+/**
+ * The request options of a check on an https:// target: what the workers'
+ * connections use (upstream-pool.ts poolTls), each check a full handshake
+ * (no session reuse: a check proves the target's certificate as it is now).
+ */
+function checkTls(t: TargetConfig, tls: UpstreamTlsConfig | null): https.RequestOptions {
+  const c = tls ?? UPSTREAM_TLS_DEFAULTS;
+  const o: https.RequestOptions & ConnectionOptions = {
+    rejectUnauthorized: c.rejectUnauthorized,
+    minVersion: c.minVersion,
+    ALPNProtocols: ['http/1.1'],
+    // '': no SNI for an IP address (RFC 6066 3; https.Agent would send the host); the certificate is then checked against the IP.
+    servername: sniFor(t.host, c.servername) ?? '',
+  };
+  if (c.caPem !== null) o.ca = c.caPem;
+  if (c.clientCert !== null) {
+    o.cert = c.clientCert.certPem;
+    o.key = c.clientCert.keyPem;
+  }
+  return o;
 }
 
 const RESULT_SUCCESS = 0;
@@ -68,12 +101,12 @@ export class HealthChecker {
         // A target past the slot cap has no shared state to report into.
         if (slot === undefined || slot < FIRST_TARGET_SLOT || slot >= MAX_TARGET_SLOTS) continue;
         wanted.add(key);
-        const spec = JSON.stringify([cfg, t.host, t.port]);
+        const spec = JSON.stringify([cfg, t.host, t.port, t.tls === true ? u.tls : null]);
         const old = this.checkers.get(key);
         if (old !== undefined && old.spec === spec) continue;
         if (old !== undefined) clearInterval(old.timer);
         const c: Checker = {
-          key, spec, upstream: u.name, target: t, cfg, cell: targetCell(slot), ok: 0, fail: 0, running: false,
+          key, spec, upstream: u.name, target: t, cfg, tls: t.tls === true ? checkTls(t, u.tls) : null, cell: targetCell(slot), ok: 0, fail: 0, running: false,
           timer: setInterval(() => this.check(c), cfg.intervalMs),
         };
         c.timer.unref();
@@ -108,15 +141,17 @@ export class HealthChecker {
       if (this.checkers.get(c.key) !== c) return; // replaced or removed meanwhile
       this.verdict(c, result, detail);
     };
-    const req = http.get({
+    const opts: http.RequestOptions = {
       host: c.target.host, port: c.target.port, path: c.cfg.path, agent: false,
       headers: { 'user-agent': 'turnpike-health-check', connection: 'close' },
-    }, (res) => {
+    };
+    const onResponse = (res: http.IncomingMessage) => {
       const status = res.statusCode ?? 0;
       res.resume();
       const ok = c.cfg.expectStatus.some((r) => status >= r.lo && status <= r.hi);
       done(ok ? RESULT_SUCCESS : RESULT_FAILURE, `status ${status}`);
-    });
+    };
+    const req = c.tls === null ? http.get(opts, onResponse) : https.get({ ...opts, ...c.tls }, onResponse);
     req.on('error', (err: NodeJS.ErrnoException) => done(RESULT_FAILURE, err.code ?? err.message));
     const timer = setTimeout(() => done(RESULT_TIMEOUT, `no response within ${c.cfg.timeoutMs} ms`), c.cfg.timeoutMs);
     timer.unref();

@@ -233,7 +233,7 @@ async function start(args: Args): Promise<void> {
   }
   // Handlers first: a signal that arrives right after the line below must not hit Node's defaults.
   log('info', 'turnpike started', {
-    url: startedUrl(config.server.host, gw.port),
+    url: startedUrl(config.server.host, gw.port, config.server.tls !== null),
     port: gw.port,
     adminPort: gw.adminPort,
     workers: config.server.workers,
@@ -484,7 +484,7 @@ main().catch((err: Error) => {
  * The URL the `turnpike started` line gives: a wildcard address becomes the
  * loopback of its family, an IPv6 address goes in brackets (RFC 3986 3.2.2).
  */
-export function startedUrl(host: string, port: number): string {
+export function startedUrl(host: string, port: number, tls = false): string {
   const h = host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
-  return `http://${h.includes(':') ? `[${h}]` : h}:${port}`;
+  return `${tls ? 'https' : 'http'}://${h.includes(':') ? `[${h}]` : h}:${port}`;
 }

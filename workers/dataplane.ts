@@ -6,7 +6,7 @@
  * context it started with, so in-flight requests finish on the config they
  * started on.
  */
-import type { GatewayConfig, RouteConfig } from '../common/config/types.js';
+import type { GatewayConfig, HeaderPolicy, RouteConfig } from '../common/config/types.js';
 import { OVERFLOW_SLOT } from '../common/metrics-layout.js';
 import { UpstreamRuntime } from './proxy/balancer.js';
 import { compileRequestPlan, compileResponsePlan, type RequestPlan, type ResponsePlan } from './proxy/headers.js';
@@ -65,7 +65,8 @@ export class RouteContext {
       ? config.identity.keys.sources.filter((s) => s.kind === 'query').map((s) => (s as { name: string }).name)
       : [];
     if (this.stripQuery.length === 0) this.stripQuery = null;
-    this.responsePlan = compileResponsePlan(levels);
+    const hsts = hstsLevel(config);
+    this.responsePlan = compileResponsePlan(hsts === null ? levels : [hsts, ...levels]);
     this.rewrite = parent !== null ? parent.rewrite : compileRewrite(route);
     this.preserveHost = route.preserveHost;
     this.forwardOriginalPath = (route.pathForwarding ?? config.server.pathForwarding) === 'original';
@@ -107,6 +108,26 @@ function identityDrops(route: RouteConfig, config: GatewayConfig): string[] {
   return out;
 }
 
+/** The Strict-Transport-Security value a config sends (Dataplane.hsts): server.hsts, on a TLS listener only. */
+export function gatewayHsts(config: GatewayConfig): string | null {
+  const s = config.server;
+  return s.tls != null && s.hsts != null ? s.hsts.value : null;
+}
+
+const NO_RULES = { add: [], set: [], remove: [] };
+/**
+ * HSTS on proxied responses, as the first header level (before server,
+ * upstream and route rules): it replaces an upstream's own
+ * Strict-Transport-Security (the gateway terminates TLS, so its policy is
+ * the one that holds: Envoy's choice, not nginx's add_header, which would
+ * send two), and a route or upstream rule that sets or removes the header
+ * still wins over it.
+ */
+function hstsLevel(config: GatewayConfig): HeaderPolicy | null {
+  const v = gatewayHsts(config);
+  return v === null ? null : { request: NO_RULES, response: { add: [], set: [['strict-transport-security', v]], remove: [] } };
+}
+
 /** What a worker's dataplanes share across config versions. */
 export interface DataplaneShared {
   /** The process's rate-limit buckets (the engine's table); null: a private scratch table (validation, tests). */
@@ -133,6 +154,24 @@ export class Dataplane {
   readonly router: Router<RouteContext>;
   readonly upstreams: Map<string, UpstreamRuntime>;
   readonly routes: RouteContext[];
+  /**
+   * What the forwarding headers say of the client's connection, per config
+   * (no per-request work): `https` when the server listener is TLS
+   * (server.tls; the redirectHttp listener proxies nothing), else `http`.
+   * `xfProtoLine`: the `x-forwarded-proto` head line; `forwardedProto`: the
+   * Forwarded element's `;proto=` parameter (RFC 7239 5.4).
+   */
+  readonly proto: 'http' | 'https';
+  readonly xfProtoLine: string;
+  readonly forwardedProto: string;
+  /**
+   * Strict-Transport-Security value (RFC 6797) for every response of this
+   * config's listener, or null: server.hsts unset, or no server.tls (RFC
+   * 6797 7.2: never sent over plain HTTP). Proxied responses carry it
+   * through the routes' response plans (hstsLevel); the gateway's own
+   * answers through the backends (uws-respond.ts setGatewayHsts, bun-server.ts).
+   */
+  readonly hsts: string | null;
   /** The strict rate limits' Redis connection this config holds (given back by releasePolicies), or null. */
   private strictStore: StrictStore | null = null;
   private readonly strictStores: StrictStores | null;
@@ -147,6 +186,10 @@ export class Dataplane {
     targetSlots: ReadonlyMap<string, number> | null = null, shared: DataplaneShared = { rateLimitTable: null, metrics: null },
   ) {
     this.config = config;
+    this.proto = config.server.tls != null ? 'https' : 'http';
+    this.xfProtoLine = 'x-forwarded-proto: ' + this.proto + '\r\n';
+    this.forwardedProto = ';proto=' + this.proto;
+    this.hsts = gatewayHsts(config);
     this.upstreams = new Map();
     for (const [name, u] of Object.entries(config.upstreams)) {
       // An upstream whose settings did not change keeps its runtime: its warm

@@ -115,6 +115,8 @@ function messageFor(r: ErrorReport): string {
       ? 'server.drainTimeoutMs ran out during the response body; the client connection was closed'
       : 'server.drainTimeoutMs ran out before the response head; answered 503';
   }
+  // The TLS handshake with an https:// target (upstream-pool.ts): `detail` says why (certificate refused, wrong name...).
+  if (r.code === 'upstream_tls_failed') return 'upstream TLS handshake failed';
   switch (r.phase) {
     case 'connect': return 'upstream connect failed';
     case 'send': return 'upstream failed while the request was sent';

@@ -1,5 +1,6 @@
-/** Real upstream servers for tests: node:http, and raw TCP for framing cases. */
+/** Real upstream servers for tests: node:http (node:https with `tls`), and raw TCP for framing cases. */
 import http from 'node:http';
+import https from 'node:https';
 import net from 'node:net';
 
 export interface Upstream {
@@ -12,10 +13,14 @@ export interface Upstream {
 
 export type Handler = (req: http.IncomingMessage, res: http.ServerResponse, body: Buffer) => void;
 
-/** Echo server by default: answers JSON describing the request. */
-export async function startUpstream(handler?: Handler): Promise<Upstream> {
+/**
+ * Echo server by default: answers JSON describing the request. With `tls`
+ * (a certificate and key, e.g. test/helpers/certs.ts): an https server,
+ * its url https://127.0.0.1:<port>.
+ */
+export async function startUpstream(handler?: Handler, tls?: { certPem: string; keyPem: string }): Promise<Upstream> {
   const seen: Upstream['seen'] = [];
-  const server = http.createServer((req, res) => {
+  const listener: http.RequestListener = (req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
@@ -26,12 +31,13 @@ export async function startUpstream(handler?: Handler): Promise<Upstream> {
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(out);
     });
-  });
+  };
+  const server = tls === undefined ? http.createServer(listener) : https.createServer({ cert: tls.certPem, key: tls.keyPem }, listener);
   server.keepAliveTimeout = 30_000;
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
   const port = (server.address() as net.AddressInfo).port;
   return {
-    port, url: `http://127.0.0.1:${port}`, seen,
+    port, url: `${tls === undefined ? 'http' : 'https'}://127.0.0.1:${port}`, seen,
     close: () => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }),
   };
 }

@@ -43,6 +43,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { generateKey } from '../../common/identity/keys.js';
 import WebSocket, { WebSocketServer } from 'ws';
+import { CertFactory } from '../helpers/certs.js';
 
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'OPTIONS', 'PATCH'] as const;
 type Method = (typeof METHODS)[number];
@@ -322,6 +323,10 @@ const TABLE: Trigger[] = [
     request: (m) => raw(m, '/dead/x'),
   },
   {
+    error: Errors.UPSTREAM_TLS_FAILED, how: 'https:// target whose certificate a private CA signed, no tls.ca (Node\'s bundled roots refuse it)', closes: false,
+    request: (m) => raw(m, '/untrusted/x'),
+  },
+  {
     error: Errors.UPSTREAM_RESET, how: 'raw upstream that closes on the request head without answering', closes: false,
     request: (m) => raw(m, '/reset/x'),
   },
@@ -484,6 +489,9 @@ let okUp: Upstream;
 let rawUp: Upstream & { connections: number };
 let busyUp: Upstream;
 let slowUp: Upstream;
+/** An https upstream whose certificate no root CA trusts (upstream_tls_failed); its certificates. */
+let untrustedUp: Upstream;
+const certs = new CertFactory();
 const busyHeld: http.ServerResponse[] = [];
 const slowHeld: http.ServerResponse[] = [];
 let blackhole: ChildProcess | null = null;
@@ -631,6 +639,8 @@ async function startMain(): Promise<void> {
     upstreams: {
       ok: { targets: [okUp.url] },
       wsup: { targets: [`http://127.0.0.1:${wsUp!.port}`] },
+      // No tls block: Node's bundled root CAs, which do not trust the test CA.
+      untrusted: { targets: [untrustedUp.url] },
       dead: { targets: [`http://127.0.0.1:${deadPort}`] },
       raw: { targets: [rawUp.url], timeouts: { responseMs: 300 } },
       busy: { targets: [busyUp.url], pool: { maxConnections: 1, maxPending: 0 } },
@@ -649,6 +659,7 @@ async function startMain(): Promise<void> {
       { id: 'small', path: '/small/*', upstream: 'ok', maxBodyBytes: SMALL_LIMIT },
       { id: 'trace-only', path: '/trace-only', methods: ['TRACE'], upstream: 'ok' },
       { id: 'dead', path: '/dead/*', upstream: 'dead' },
+      { id: 'untrusted', path: '/untrusted/*', upstream: 'untrusted' },
       { id: 'reset', path: '/reset/*', upstream: 'raw' },
       { id: 'garbage', path: '/garbage/*', upstream: 'raw' },
       { id: 'silent', path: '/silent/*', upstream: 'raw' },
@@ -793,6 +804,7 @@ beforeAll(async () => {
     startUpstream((_req, res) => { busyHeld.push(res); }),
     startUpstream((_req, res) => { slowHeld.push(res); }),
   ]);
+  untrustedUp = await startUpstream(undefined, certs.leaf({ names: ['127.0.0.1'], ca: certs.ca() }));
   // The two gateways are independent: run them side by side.
   await Promise.all([
     // The held WebSocket was counted at its 101; its access log line comes when it closes: closed once the table ran.
@@ -810,7 +822,8 @@ afterAll(async () => {
   blackhole?.kill('SIGKILL');
   await gw?.stop();
   await drainGw?.stop();
-  await Promise.all([okUp?.close(), rawUp?.close(), busyUp?.close(), slowUp?.close()]);
+  await Promise.all([okUp?.close(), rawUp?.close(), busyUp?.close(), slowUp?.close(), untrustedUp?.close()]);
+  certs.cleanup();
   if (wsUp !== null) {
     for (const c of wsUp.wss.clients) c.terminate();
     wsUp.wss.close();

@@ -85,7 +85,7 @@ export class UpstreamRuntime {
     this.name = config.name;
     this.config = config;
     this.balance = config.balance;
-    this.pools = config.targets.map((t) => new TargetPool(t, config.pool, targetSlots?.get(targetKey(config.name, t.url))));
+    this.pools = config.targets.map((t) => new TargetPool(t, config.pool, targetSlots?.get(targetKey(config.name, t.url)), config.tls));
     // No target (discovery found none yet, or all were removed): a guard, so every request goes through admit and is refused.
     this.guard = needsGuard(config) || config.targets.length === 0 ? new UpstreamGuard(config, this.pools, targetSlots, resilience) : null;
     this.retry = config.retry ? new RetryPolicy(config, resilience) : null;

@@ -53,6 +53,7 @@ export function outcomeOf(errorCode: string, status: number, headMs: number, slo
       if (status >= 500) return OUTCOME_FAILURE;
       return slowCallMs > 0 && headMs > slowCallMs ? OUTCOME_FAILURE : OUTCOME_SUCCESS;
     case 'upstream_connect_failed':
+    case 'upstream_tls_failed':
     case 'upstream_connect_timeout':
     case 'upstream_reset':
     case 'upstream_bad_response':

@@ -17,9 +17,29 @@
  *  - A pool opens at most pool.maxConnections sockets; requests beyond that
  *    wait in a bounded FIFO (pool.maxPending), past which the request gets
  *    503 upstream_unavailable at once instead of queueing without bound.
+ *
+ * https:// targets (TargetConfig.tls; the upstream's `tls` settings,
+ * UpstreamTlsConfig) connect with `tls.connect`, which honours `onread` on
+ * Node 20 as net.connect does (each TLS record, at most 16 KiB of
+ * plaintext, lands in the same READ_BUFFER and goes through the same
+ * callback: the read path has no TLS branch). A TLS connection counts as
+ * connected at 'secureConnect' (the certificate verified): the request is
+ * never written before. One SecureContext per upstream `tls` block (the CA
+ * bundle and client certificate parsed once per worker and config), and
+ * the last TLS session each pool was given (the 'session' event: a TLS 1.3
+ * ticket or a TLS 1.2 session) is offered by its next connection, so new
+ * pooled connections resume instead of doing a full handshake. A handshake
+ * that fails once TCP is up (certificate refused, wrong name, expired, no
+ * shared version or ALPN protocol, the peer closed mid-handshake) marks the
+ * connection `tlsFailed` for the exchange (502 upstream_tls_failed), as does
+ * a TLS alert on a fresh connection before any response byte (TLS 1.3 mTLS:
+ * the server refuses a missing client certificate after the client's side
+ * of the handshake completed, before it reads any request).
  */
 import net from 'node:net';
-import type { PoolConfig, TargetConfig } from '../../common/config/types.js';
+import tls from 'node:tls';
+import type { PoolConfig, TargetConfig, UpstreamTlsConfig } from '../../common/config/types.js';
+import { UPSTREAM_TLS_DEFAULTS, sniFor } from '../../common/config/tls.js';
 import { FixedQueue } from './fixed-queue.js';
 import { TARGET_OVERFLOW_SLOT, T_IDLE, T_OPEN, targetBase } from '../../common/metrics-layout.js';
 import { ResponseParser } from './http1-parser.js';
@@ -79,8 +99,17 @@ export class Connection {
   readonly pool: TargetPool;
   readonly parser = new ResponseParser();
   user: ConnectionUser | null = null;
+  /** TCP connected, and for a TLS target the handshake done too ('secureConnect'). */
   connected = false;
   destroyed = false;
+  /** A TLS target's TCP connection is up (its handshake may still be under way); unused for plain targets. */
+  tcpUp = false;
+  /**
+   * Set when it broke: the TLS handshake failed (or the TLS layer refused the
+   * connection before any response byte), not the TCP connect. Read by the
+   * user in onConnectionError (then connectPhase is true).
+   */
+  tlsFailed = false;
   /** Requests completed on this connection (0: fresh; >0: a reused keep-alive socket). */
   served = 0;
   idleSince = 0;
@@ -92,14 +121,34 @@ export class Connection {
     this.user = user;
     user.connecting = this;
     gauge(pool.metricsBase + T_OPEN, 1);
-    const socket = net.connect({
-      host: pool.target.host,
-      port: pool.target.port,
-      noDelay: true,
-      onread: { buffer: READ_BUFFER, callback: onSocketRead },
-    });
+    const t = pool.tls;
+    let socket: net.Socket;
+    if (t === null) {
+      socket = net.connect({
+        host: pool.target.host,
+        port: pool.target.port,
+        noDelay: true,
+        onread: { buffer: READ_BUFFER, callback: onSocketRead },
+      });
+      socket.on('connect', onSocketConnect);
+    } else {
+      socket = tls.connect({
+        host: pool.target.host,
+        port: pool.target.port,
+        secureContext: (t.context ??= upstreamSecureContext(t.config)),
+        servername: t.servername,
+        rejectUnauthorized: t.rejectUnauthorized,
+        ALPNProtocols: ALPN,
+        session: pool.tlsSession ?? undefined,
+        // Honoured by tls.connect (Node passes it to the TLSSocket's net.Socket) though @types/node leaves it out.
+        onread: { buffer: READ_BUFFER, callback: onSocketRead },
+      } as tls.ConnectionOptions);
+      socket.setNoDelay(true); // tls.connect does not take noDelay; applied once TCP is up
+      socket.on('connect', onTlsTcpConnect);
+      socket.on('secureConnect', onSocketConnect);
+      socket.on('session', onTlsSession);
+    }
     (socket as any)[kConn] = this;
-    socket.on('connect', onSocketConnect);
     socket.on('error', onSocketError);
     socket.on('close', onSocketClose);
     socket.on('end', onSocketEnd);
@@ -144,6 +193,16 @@ function onSocketConnect(this: net.Socket): void {
   } catch (err) {
     userCrashed(conn, user, err);
   }
+}
+
+function onTlsTcpConnect(this: net.Socket): void {
+  ((this as any)[kConn] as Connection).tcpUp = true;
+}
+
+/** A TLS session (1.2) or ticket (1.3) the target issued: the pool's next connection offers it. */
+function onTlsSession(this: net.Socket, session: Buffer): void {
+  const conn = (this as any)[kConn] as Connection;
+  if (!conn.pool.closed) conn.pool.tlsSession = session;
 }
 
 function onSocketRead(this: net.Socket, n: number, _buf: Buffer): boolean {
@@ -197,7 +256,20 @@ function onSocketClose(this: net.Socket): void {
 
 function connectionBroken(conn: Connection, err: Error | null): void {
   const user = conn.user;
-  const connectPhase = !conn.connected;
+  let connectPhase = !conn.connected;
+  if (conn.pool.tls !== null && !conn.destroyed) {
+    if (connectPhase) {
+      conn.tlsFailed = conn.tcpUp;
+    } else if (err !== null && conn.served === 0 && !conn.parser.started && isTlsAlert(err)) {
+      // TLS 1.3: a server that refuses the client's certificate (or its
+      // absence) says so after the client's side of the handshake is done,
+      // before it reads the request: the request never reached the service.
+      conn.tlsFailed = true;
+      connectPhase = true;
+    }
+    // A session from a handshake that failed is not offered again.
+    if (conn.tlsFailed) conn.pool.tlsSession = null;
+  }
   if (user !== null && user.connecting === conn) user.connecting = null;
   if (!conn.destroyed) {
     conn.destroyed = true;
@@ -210,6 +282,97 @@ function connectionBroken(conn: Connection, err: Error | null): void {
   } catch (e) {
     user.crashed(e);
   }
+}
+
+/** An error raised by the TLS layer (OpenSSL alerts and record errors, Node's certificate checks), not by the TCP socket. */
+function isTlsAlert(err: Error): boolean {
+  const code = (err as NodeJS.ErrnoException).code;
+  return code !== undefined && (code.startsWith('ERR_SSL_') || code.startsWith('ERR_TLS_'));
+}
+
+/**
+ * What a TLS failure was, for the error log (never for the client): the
+ * error's code (a certificate check: UNABLE_TO_VERIFY_LEAF_SIGNATURE,
+ * DEPTH_ZERO_SELF_SIGNED_CERT, CERT_HAS_EXPIRED, ERR_TLS_CERT_ALTNAME_INVALID;
+ * a handshake alert: ERR_SSL_...) and its message.
+ */
+export function tlsFailureDetail(err: Error | null): string {
+  if (err === null) return 'TLS handshake: the connection closed before it completed';
+  const code = (err as NodeJS.ErrnoException).code;
+  // OpenSSL's messages carry its internal error string ("80DC...:error:0A00010B:SSL routines:..."): its reason is the last part.
+  let msg = err.message;
+  if (msg.includes(':error:')) msg = msg.slice(msg.lastIndexOf(':') + 1);
+  return code === undefined ? `TLS handshake: ${msg}` : `TLS handshake: ${code}: ${msg}`;
+}
+
+/**
+ * How a pool connects to its https:// target, built once per pool from the
+ * upstream's `tls` block (UpstreamTlsConfig).
+ */
+export interface PoolTls {
+  readonly config: UpstreamTlsConfig;
+  /** CA bundle (or Node's bundled roots), client certificate, minVersion: shared by the pools of one `tls` block; made at the first connect. */
+  context: tls.SecureContext | null;
+  /**
+   * SNI and the name the certificate must carry: `servername`, else the
+   * target's host; undefined for an IP address (RFC 6066 3: no IP literals
+   * in SNI; the certificate is then checked against the IP itself).
+   */
+  readonly servername: string | undefined;
+  readonly rejectUnauthorized: boolean;
+  /** The same settings as Bun's fetch() takes them (its `tls` option; the Bun backend): no minVersion there. */
+  readonly fetch: { ca?: string; cert?: string; key?: string; rejectUnauthorized: boolean; serverName?: string };
+}
+
+/** Offered in every upstream TLS handshake: the gateway speaks HTTP/1.1 only (RFC 7301). */
+const ALPN = ['http/1.1'];
+
+/** One SecureContext per `tls` block (each worker compiles its own copy of the config): parsed once, not per pool. */
+const contexts = new WeakMap<UpstreamTlsConfig, tls.SecureContext>();
+
+/**
+ * The SecureContext of an upstream's `tls` block: `caPem` replaces Node's
+ * bundled root CAs when set; `clientCert` is presented when the target asks
+ * (mTLS). Throws what tls.createSecureContext throws (the config loader
+ * checked these already).
+ */
+export function upstreamSecureContext(c: UpstreamTlsConfig): tls.SecureContext {
+  let ctx = contexts.get(c);
+  if (ctx === undefined) {
+    ctx = tls.createSecureContext({
+      ca: c.caPem ?? undefined,
+      cert: c.clientCert?.certPem,
+      key: c.clientCert?.keyPem,
+      minVersion: c.minVersion,
+    });
+    contexts.set(c, ctx);
+  }
+  return ctx;
+}
+
+/** The TLS settings of an https:// target (`tls` null: the upstream's defaults: bundled roots, verified, TLSv1.2+). */
+export function poolTls(target: TargetConfig, c: UpstreamTlsConfig | null): PoolTls {
+  const cfg = c ?? UPSTREAM_TLS_DEFAULTS;
+  const servername = sniFor(target.host, cfg.servername);
+  const fetch: PoolTls['fetch'] = { rejectUnauthorized: cfg.rejectUnauthorized };
+  if (cfg.caPem !== null) fetch.ca = cfg.caPem;
+  if (cfg.clientCert !== null) {
+    fetch.cert = cfg.clientCert.certPem;
+    fetch.key = cfg.clientCert.keyPem;
+  }
+  if (cfg.servername !== null) fetch.serverName = cfg.servername;
+  return { config: cfg, context: null, servername, rejectUnauthorized: cfg.rejectUnauthorized, fetch };
+}
+
+/**
+ * Whether an error code (Node's or Bun fetch's) is a TLS failure: a
+ * certificate check (OpenSSL's X509 verify names: UNABLE_TO_VERIFY_LEAF_SIGNATURE,
+ * DEPTH_ZERO_SELF_SIGNED_CERT, SELF_SIGNED_CERT_IN_CHAIN, CERT_HAS_EXPIRED,
+ * CERT_NOT_YET_VALID...), Node's name check (ERR_TLS_CERT_ALTNAME_INVALID),
+ * an OpenSSL alert (ERR_SSL_...) or Bun's EPROTO (handshake failed).
+ */
+export function isTlsErrorCode(code: string): boolean {
+  return /^(?:ERR_TLS_|ERR_SSL_|EPROTO$|CERT_|UNABLE_TO_|DEPTH_ZERO_|SELF_SIGNED_|HOSTNAME_MISMATCH|INVALID_CA|INVALID_PURPOSE|PATH_LENGTH_EXCEEDED)/.test(code);
 }
 
 export const ACQUIRE_QUEUED = 1;
@@ -226,8 +389,14 @@ export class TargetPool {
   /** Requests assigned to this target and not finished (least_conn). */
   active = 0;
   closed = false;
-  /** The Host header value for this target (port omitted when 80). */
+  /** The Host header value for this target (port omitted when it is the scheme's default: 80, or 443 for https). */
   readonly hostHeader: string;
+  /** `http://` or `https://` and hostHeader: the origin of request URLs to this target (the Bun backend's fetch). */
+  readonly origin: string;
+  /** How to connect with TLS (an https:// target), or null: plain TCP. */
+  readonly tls: PoolTls | null;
+  /** The last TLS session the target issued on a connection of this pool, offered by the next one (resumption), or null. */
+  tlsSession: Buffer | null = null;
   /**
    * First cell of this target's metrics slot (common/metrics-layout.ts
    * targetBase), fixed at config time: the exchange counts into it with no
@@ -241,13 +410,17 @@ export class TargetPool {
   /** This target's in-flight cell within a worker's section of the shared upstream state. Set by the guard. */
   flightSlot = 0;
 
-  constructor(target: TargetConfig, config: PoolConfig, metricsSlot = TARGET_OVERFLOW_SLOT) {
+  /** `tls`: the upstream's TLS settings (UpstreamConfig.tls), used when the target is https://. */
+  constructor(target: TargetConfig, config: PoolConfig, metricsSlot = TARGET_OVERFLOW_SLOT, tls: UpstreamTlsConfig | null = null) {
     this.target = target;
     this.config = config;
     this.slot = metricsSlot;
     this.metricsBase = targetBase(metricsSlot);
     const h = target.host.includes(':') ? `[${target.host}]` : target.host;
-    this.hostHeader = target.port === 80 ? h : `${h}:${target.port}`;
+    const secure = target.tls === true;
+    this.hostHeader = target.port === (secure ? 443 : 80) ? h : `${h}:${target.port}`;
+    this.origin = (secure ? 'https://' : 'http://') + this.hostHeader;
+    this.tls = secure ? poolTls(target, tls) : null;
   }
 
   /**
@@ -349,6 +522,7 @@ export class TargetPool {
   /** Config replaced: close idle sockets now, busy ones when their exchange ends. */
   close(): void {
     this.closed = true;
+    this.tlsSession = null;
     const idle = this.idle.splice(0);
     for (const c of idle) c.destroy();
     // Whoever still waits gets a socket of its own: their exchange is under way.

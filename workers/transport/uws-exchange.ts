@@ -41,7 +41,7 @@ import { connectionListed } from '../proxy/headers.js';
 import { BODY_CHUNKED, BODY_LENGTH, BODY_NONE, ParseError, type ResponseSink } from '../proxy/http1-parser.js';
 import { coarse, type TimerList, type Timed } from '../proxy/timers.js';
 import {
-  ACQUIRE_FULL, READ_BUFFER, type Connection, type ConnectionUser, type TargetPool,
+  ACQUIRE_FULL, READ_BUFFER, tlsFailureDetail, type Connection, type ConnectionUser, type TargetPool,
 } from '../proxy/upstream-pool.js';
 import { CLOSE_NONE, endWhole, endWithoutBody, writeGatewayError } from './uws-respond.js';
 import { SHUTDOWN_MESSAGE } from './backend.js';
@@ -612,7 +612,8 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
 
   onConnectionError(conn: Connection, connectPhase: boolean, err: Error | null): void {
     if (this.conn !== null && this.conn !== conn) return;
-    if (err !== null) this.detail = (err as NodeJS.ErrnoException).code ?? err.message;
+    if (conn.tlsFailed) this.detail = tlsFailureDetail(err);
+    else if (err !== null) this.detail = (err as NodeJS.ErrnoException).code ?? err.message;
     const res = this.res;
     corkEx = this;
     corkConn = conn;
@@ -630,8 +631,10 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
     conn.destroy();
     if (this.finished) return;
     if (connectPhase) {
-      if (this.retry !== null && this.retryTry(R_CONNECT_FAILURE, Errors.UPSTREAM_CONNECT_FAILED.code, 502)) return;
-      this.fail(Errors.UPSTREAM_CONNECT_FAILED);
+      // A TLS handshake the target failed (its certificate refused...) is a connect failure for retries: nothing reached the service.
+      const e = conn.tlsFailed ? Errors.UPSTREAM_TLS_FAILED : Errors.UPSTREAM_CONNECT_FAILED;
+      if (this.retry !== null && this.retryTry(R_CONNECT_FAILURE, e.code, 502)) return;
+      this.fail(e);
       return;
     }
     // A reused keep-alive socket closed by the upstream just as we sent: the
@@ -1130,7 +1133,9 @@ export class Exchange implements ConnectionUser, ResponseSink, Timed, DecisionWa
           connecting.destroy();
         }
         // Waiting in the pool's queue for connectMs: the upstream is saturated.
-        this.detail = this.queued ? 'waited connectMs for a free connection' : 'connect timeout';
+        // An https:// target's connectMs covers its TLS handshake too (upstream-pool.ts).
+        this.detail = this.queued ? 'waited connectMs for a free connection'
+          : connecting !== null && connecting.tcpUp ? 'connect timeout (TCP connected, the TLS handshake did not finish)' : 'connect timeout';
         if (!this.queued && this.retry !== null && this.retryTry(R_CONNECT_FAILURE, Errors.UPSTREAM_CONNECT_TIMEOUT.code, 504)) return;
         this.fail(this.queued ? Errors.UPSTREAM_UNAVAILABLE : Errors.UPSTREAM_CONNECT_TIMEOUT);
         return;

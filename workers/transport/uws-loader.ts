@@ -15,6 +15,7 @@
  */
 import { createRequire } from 'node:module';
 import { DEFAULT_UWS_MODULE as DEFAULT_MODULE } from '../../common/runtime.js';
+import type { ServerTlsConfig } from '../../common/config/types.js';
 
 const require = createRequire(import.meta.url);
 
@@ -29,6 +30,19 @@ export type UWS = typeof import('@trufflesuite/uws-js-unofficial');
  */
 export interface UwsModule {
   App(): any;
+  /**
+   * uWebSockets.js's TLS app (server.tls, built by uws-tls.ts): options as
+   * uSockets takes them (`key_file_name`, `cert_file_name`, `ssl_ciphers`:
+   * certificates from files only). Absent: the module serves no TLS.
+   */
+  SSLApp?(options: Record<string, unknown>): any;
+  /**
+   * A TLS app built from the config's PEM in memory, preferred over SSLApp
+   * when present (the node backend): one router for every server name, and
+   * `app.setTls(tls)` changes the certificates in place on a reload (no
+   * second listen socket: Node 20's net has no SO_REUSEPORT).
+   */
+  TlsApp?(tls: ServerTlsConfig): any;
   us_listen_socket_close(ls: any): void;
   us_socket_local_port(ls: any): number;
   readonly strictHttp?: boolean;

@@ -53,6 +53,20 @@ import type { Fallback } from '../proxy/guard.js';
 const noop = (): void => {};
 
 /**
+ * Strict-Transport-Security value (RFC 6797) of the running config
+ * (Dataplane.hsts: server.hsts on a TLS listener), written on every answer
+ * of the gateway's own (errors, fallbacks, health, 101s), or null: none.
+ * One per thread, like the server: set by it on start and on each config
+ * (setGatewayHsts). Proxied responses get it from their route's response plan.
+ */
+export let gatewayHsts: string | null = null;
+
+/** Sets gatewayHsts (the server, for each config it applies). */
+export function setGatewayHsts(value: string | null): void {
+  gatewayHsts = value;
+}
+
+/**
  * Ends a response that has no body: HEAD (with the Content-Length the GET
  * would have, or none when unknown: -1), 204 (never a Content-Length) and
  * 304 (a known one). `close` (CLOSE_*): with CLOSE_ENFORCE no further
@@ -95,6 +109,7 @@ export function endWhole(res: any, body: string | Uint8Array | undefined, close:
 export function writeJson(res: any, statusLine: string, body: string, isHead: boolean, allow: string | null): void {
   res.writeStatus(statusLine).writeHeader('content-type', 'application/json').writeHeader('cache-control', 'no-store');
   if (allow !== null) res.writeHeader('allow', allow);
+  if (gatewayHsts !== null) res.writeHeader('strict-transport-security', gatewayHsts);
   if (isHead) endWithoutBody(res, 200, body.length, CLOSE_NONE, false);
   else res.end(body);
 }
@@ -113,6 +128,7 @@ export function writeGatewayError(
   res.writeStatus(e.statusLine).writeHeader('content-type', 'application/json').writeHeader(requestIdHeader, requestId);
   if (allow !== null) res.writeHeader('allow', allow);
   if (extra !== null) for (let i = 0; i < extra.length; i += 2) res.writeHeader(extra[i]!, extra[i + 1]!);
+  if (gatewayHsts !== null) res.writeHeader('strict-transport-security', gatewayHsts);
   const body = message === null ? errorBody(e, requestId) : errorBodyWith(e, message, requestId);
   // Messages and request ids are ASCII (a policy's message too: names and numbers): length in characters = in bytes.
   if (isHead) {
@@ -134,6 +150,7 @@ export function writeFallback(res: any, fb: Fallback, requestIdHeader: string, r
   const h = fb.headers;
   for (let i = 0; i < h.length; i += 2) res.writeHeader(h[i]!, h[i + 1]!);
   res.writeHeader(requestIdHeader, requestId);
+  if (gatewayHsts !== null) res.writeHeader('strict-transport-security', gatewayHsts);
   if (isHead || fb.status === 204 || fb.status === 304) endWithoutBody(res, fb.status, fb.status === 204 ? -1 : fb.body.length, close, abortAttached);
   else endWhole(res, fb.body, close);
 }

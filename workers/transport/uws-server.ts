@@ -23,7 +23,8 @@ import { MATCH_FOUND } from '../router/types.js';
 import { isValidHost, normalizeHost, normalizePath } from '../router/normalize.js';
 import { Exchange, REQ_BODY_CHUNKED, REQ_BODY_LENGTH, REQ_BODY_NONE, type ExchangeEnv } from './uws-exchange.js';
 import { loadUws, type UwsModule } from './uws-loader.js';
-import { CLOSE_BY_SERVER, CLOSE_ENFORCE, CLOSE_NONE, writeFallback, writeGatewayError, writeJson } from './uws-respond.js';
+import { buildSslApp, tlsSignature } from './uws-tls.js';
+import { CLOSE_BY_SERVER, CLOSE_ENFORCE, CLOSE_NONE, gatewayHsts, setGatewayHsts, writeFallback, writeGatewayError, writeJson } from './uws-respond.js';
 import type { UpstreamGuard } from '../proxy/guard.js';
 import type { TargetPool } from '../proxy/upstream-pool.js';
 import { C_DRAINING } from '../../common/protocol.js';
@@ -198,8 +199,19 @@ export class UwsServer implements Backend {
    * malformed requests come to onParseError.
    */
   private readonly strict: boolean;
-  private readonly app: any;
+  /** The app taking new connections (with TLS: rebuilt when the certificates change, swapTls). */
+  private app: any;
   private listenSocket: any = null;
+  /**
+   * Apps a certificate reload replaced (swapTls): no longer listening, still
+   * serving the connections they had (keep-alive, WebSockets) until close().
+   */
+  private readonly retired: any[] = [];
+  /** uws-tls.ts tlsSignature of the certificates and settings `app` serves ('' for plain HTTP). */
+  private tlsKey: string;
+  /** The handlers every app (and every SNI name's router) gets: registerHandlers. */
+  private readonly httpHandler: (res: any, req: any) => void;
+  private readonly wsBehavior: Record<string, unknown>;
   private dp: Dataplane;
   private readonly env: ExchangeEnv;
   private readonly timers = new TimerList();
@@ -240,21 +252,49 @@ export class UwsServer implements Backend {
         }
       },
     };
-    this.app = this.uws.App();
-    this.app.any('/*', (res: any, req: any) => this.onRequest(res, req));
+    this.httpHandler = (res: any, req: any) => this.onRequest(res, req);
     // uWS gives this behaviour only GET requests with a 24-character
     // Sec-WebSocket-Key (the node backend: HTTP/1.1 GETs with a key `ws`
     // accepts, node/app.ts); every other request reaches the handler above
     // without any added work (websocket/tunnel.ts).
     this.wsHub = new WsHub(this.env, uwsPayloadCap(dp));
     const compressor = (this.uws as unknown as { SHARED_COMPRESSOR?: number }).SHARED_COMPRESSOR ?? 1;
-    this.app.ws('/*', this.wsHub.behavior((res: any, req: any, context: any) => this.onUpgrade(res, req, context), compressor));
+    this.wsBehavior = this.wsHub.behavior((res: any, req: any, context: any) => this.onUpgrade(res, req, context), compressor);
+    setGatewayHsts(dp.hsts);
+    this.tlsKey = tlsSignature(dp.config.server.tls);
+    this.app = this.createApp(dp);
+  }
+
+  /**
+   * A new app for `dp`'s listener: plain (uws.App) or TLS (server.tls:
+   * uws-tls.ts, one router per SNI name), with every handler registered.
+   * Throws when the TLS material cannot be loaded (nothing is left open).
+   */
+  private createApp(dp: Dataplane): any {
+    const tls = dp.config.server.tls ?? null;
+    let app: any;
+    if (tls === null) {
+      app = this.uws.App();
+      this.registerHandlers(app);
+    } else if (this.uws.TlsApp !== undefined) {
+      app = this.uws.TlsApp(tls);
+      this.registerHandlers(app);
+    } else {
+      app = buildSslApp(this.uws, tls, (a) => this.registerHandlers(a));
+    }
     if (this.strict) {
-      this.app.setLimits(dp.config.server.limits);
-      this.app.setTimeouts(dp.config.server.timeouts);
-      this.app.parseErrorHandler = (res: any, code: string, _status: number, _reason: string, close: boolean, method: string, target: string) =>
+      app.setLimits(dp.config.server.limits);
+      app.setTimeouts(dp.config.server.timeouts);
+      app.parseErrorHandler = (res: any, code: string, _status: number, _reason: string, close: boolean, method: string, target: string) =>
         this.onParseError(res, code, close, method, target);
     }
+    return app;
+  }
+
+  /** Every handler, on `app`'s current router (the default one, or an SNI name's after app.domain(name)): the start and every certificate swap use this. */
+  private registerHandlers(app: any): void {
+    app.any('/*', this.httpHandler);
+    app.ws('/*', this.wsBehavior);
   }
 
   listen(): Promise<number> {
@@ -278,6 +318,9 @@ export class UwsServer implements Backend {
   setDataplane(dp: Dataplane): void {
     const old = this.dp;
     this.dp = dp;
+    setGatewayHsts(dp.hsts);
+    const tlsKey = tlsSignature(dp.config.server.tls);
+    if (tlsKey !== this.tlsKey) this.swapTls(dp, tlsKey);
     ridHeaderName = dp.config.server.requestIdHeader;
     this.env.requestIdHeader = dp.config.server.requestIdHeader;
     this.env.metricsOn = dp.config.metrics.enabled;
@@ -292,6 +335,83 @@ export class UwsServer implements Backend {
       old.retire(dp);
     }
   }
+
+  /**
+   * New certificates (or TLS settings) without dropping a connection: a new
+   * app with every handler listens on the same port (SO_REUSEPORT), then,
+   * after one more poll phase, the old listen socket closes; the old app
+   * keeps serving the connections it has (keep-alive requests, WebSockets,
+   * with the certificate they were handshaken with) until close(). New
+   * connections get the new certificates. A connection the kernel queued on
+   * the old listen socket after uWS's last accept is reset by that close
+   * (Linux; net.ipv4.tcp_migrate_req=1 moves it to the new socket instead):
+   * ~0.1 per swap at 500 new connections/s, measured. If the new app cannot
+   * be built or cannot listen, the old one keeps serving and an error is
+   * logged (validation loads the same material, so this is not expected).
+   * Retired apps are kept until close(): ~140 KB each with three certificates.
+   */
+  private swapTls(dp: Dataplane, tlsKey: string): void {
+    const tls = dp.config.server.tls ?? null;
+    if (tls !== null && typeof this.app.setTls === 'function') {
+      // A module that swaps certificates in place (UwsModule.TlsApp).
+      try {
+        this.app.setTls(tls);
+        this.tlsKey = tlsKey;
+      } catch (err) {
+        log('error', 'server.tls: cannot apply the certificates of the new config; the previous ones keep serving', {
+          worker: this.opts.workerIndex, error: err instanceof Error ? err.message : String(err),
+        });
+      }
+      return;
+    }
+    let app: any;
+    try {
+      app = this.createApp(dp);
+    } catch (err) {
+      log('error', 'server.tls: cannot build the TLS listener of the new config; the previous certificates keep serving', {
+        worker: this.opts.workerIndex, error: err instanceof Error ? err.message : String(err),
+      });
+      return;
+    }
+    if (this.listenSocket === null) {
+      // Not listening: before listen() (it takes the new app) or after stopListening() (draining: no new app).
+      if (this.draining) {
+        app.close();
+        return;
+      }
+      this.app.close(); // never listened: no connection to keep
+      this.app = app;
+      this.tlsKey = tlsKey;
+      return;
+    }
+    let ls: any = null;
+    // uWS calls back before listen() returns.
+    app.listen(this.opts.host, this.port, (s: any) => { ls = s || null; });
+    if (ls === null) {
+      app.close();
+      log('error', `server.tls: cannot listen on ${this.opts.host}:${this.port} again for the new certificates; the previous certificates keep serving`, {
+        worker: this.opts.workerIndex,
+      });
+      return;
+    }
+    this.closeLater.push(this.listenSocket);
+    this.listenSocket = ls;
+    this.retired.push(this.app);
+    this.app = app;
+    this.tlsKey = tlsKey;
+    // The old listen socket closes after the next poll phase, in which uWS accepts what the kernel queued on
+    // it meanwhile (the build above blocked this thread): those connections would be reset by the close.
+    setImmediate(() => setImmediate(this.closeOldListeners));
+    log('debug', 'server.tls: new certificates serve new connections; open ones keep theirs', { worker: this.opts.workerIndex, retired: this.retired.length });
+  }
+
+  /** Listen sockets a certificate swap replaced, closed after one more poll phase (closeOldListeners). */
+  private closeLater: any[] = [];
+
+  private readonly closeOldListeners = (): void => {
+    for (const ls of this.closeLater) this.uws.us_listen_socket_close(ls);
+    this.closeLater.length = 0;
+  };
 
   get inFlight(): number {
     return this.timers.count;
@@ -311,6 +431,7 @@ export class UwsServer implements Backend {
   /** Stop accepting new connections; in-flight requests continue. */
   stopListening(): void {
     this.draining = true;
+    this.closeOldListeners();
     if (this.listenSocket !== null) {
       this.uws.us_listen_socket_close(this.listenSocket);
       this.listenSocket = null;
@@ -335,8 +456,10 @@ export class UwsServer implements Backend {
     // WebSockets: 1001 both ways (uWS's app.close() does not end them).
     this.wsHub?.closeAll();
     // Closes every client socket; what is left sees onAborted and lets go
-    // of its upstream socket.
+    // of its upstream socket. (Apps a certificate reload replaced too.)
     this.app.close();
+    for (const a of this.retired) a.close();
+    this.retired.length = 0;
     this.dp.retire(null);
   }
 
@@ -519,10 +642,10 @@ export class UwsServer implements Backend {
       return this.rejectAfterPolicies(res, Errors.BAD_REQUEST, requestId, mIdx, isHead, t0, close, route.slot);
     }
     if (fwd.xForwardedFor) head += 'x-forwarded-for: ' + (hXff === null ? clientIp : hXff + ', ' + clientIp) + '\r\n';
-    if (fwd.xForwardedProtoHost) head += hHost === '' ? 'x-forwarded-proto: http\r\n' : 'x-forwarded-proto: http\r\nx-forwarded-host: ' + hHost + '\r\n';
+    if (fwd.xForwardedProtoHost) head += hHost === '' ? dp.xfProtoLine : dp.xfProtoLine + 'x-forwarded-host: ' + hHost + '\r\n';
     if (fwd.forwarded) {
       const forIp = clientIp.includes(':') ? '"[' + clientIp + ']"' : clientIp;
-      const el = 'for=' + forIp + (hHost === '' ? '' : ';host="' + hHost.replace(/["\\]/g, '') + '"') + ';proto=http';
+      const el = 'for=' + forIp + (hHost === '' ? '' : ';host="' + hHost.replace(/["\\]/g, '') + '"') + dp.forwardedProto;
       head += 'forwarded: ' + (hForwarded === null ? el : hForwarded + ', ' + el) + '\r\n';
     }
     head += ridHeaderName + ': ' + requestId + '\r\n' + route.requestPlan.extraLines + policyLines;
@@ -747,10 +870,10 @@ export class UwsServer implements Backend {
       return this.rejectUpgradeAfterPolicies(res, Errors.BAD_REQUEST, requestId, mIdx, false, t0, close, route.slot);
     }
     if (fwd.xForwardedFor) head += 'x-forwarded-for: ' + (hXff === null ? clientIp : hXff + ', ' + clientIp) + '\r\n';
-    if (fwd.xForwardedProtoHost) head += 'x-forwarded-proto: http\r\nx-forwarded-host: ' + hHost + '\r\n';
+    if (fwd.xForwardedProtoHost) head += dp.xfProtoLine + 'x-forwarded-host: ' + hHost + '\r\n';
     if (fwd.forwarded) {
       const forIp = clientIp.includes(':') ? '"[' + clientIp + ']"' : clientIp;
-      const el = 'for=' + forIp + ';host="' + hHost.replace(/["\\]/g, '') + '";proto=http';
+      const el = 'for=' + forIp + ';host="' + hHost.replace(/["\\]/g, '') + '"' + dp.forwardedProto;
       head += 'forwarded: ' + (hForwarded === null ? el : hForwarded + ', ' + el) + '\r\n';
     }
     head += ridHeaderName + ': ' + requestId + '\r\n' + route.requestPlan.extraLines + policyLines;
@@ -863,7 +986,9 @@ export class UwsServer implements Backend {
   private serverOptions(res: any, requestId: string, mIdx: number, t0: number, close: number): void {
     const logs = this.opts.logs;
     const client = logs.access !== null ? this.remoteAddress(res) : '';
-    res.writeStatus('200 OK').writeHeader(ridHeaderName, requestId).writeHeader('allow', SERVER_ALLOW).end('', close !== CLOSE_NONE);
+    res.writeStatus('200 OK').writeHeader(ridHeaderName, requestId).writeHeader('allow', SERVER_ALLOW);
+    if (gatewayHsts !== null) res.writeHeader('strict-transport-security', gatewayHsts);
+    res.end('', close !== CLOSE_NONE);
     const access = logs.access;
     if (access !== null) {
       resetEntry();

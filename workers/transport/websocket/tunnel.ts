@@ -87,12 +87,12 @@ import type { RouteConfig } from '../../../common/config/types.js';
 import { entry, resetEntry } from '../../access-log.js';
 import type { RouteContext } from '../../dataplane.js';
 import type { UpstreamRuntime } from '../../proxy/balancer.js';
-import type { TargetPool } from '../../proxy/upstream-pool.js';
+import { isTlsErrorCode, tlsFailureDetail, upstreamSecureContext, type TargetPool } from '../../proxy/upstream-pool.js';
 import { coarse } from '../../proxy/timers.js';
 import { connectionListed } from '../../proxy/headers.js';
 import { countError, recordRequest, recordSizes } from '../../request-metrics.js';
 import { CONTINUE, type DecisionWaiter, type PendingDecision } from '../../pipeline/context.js';
-import { endWhole, endWithoutBody, writeGatewayError } from '../uws-respond.js';
+import { endWhole, endWithoutBody, gatewayHsts, writeGatewayError } from '../uws-respond.js';
 import type { ExchangeEnv } from '../uws-exchange.js';
 import {
   CLOSE_BAD_GATEWAY, CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION,
@@ -377,7 +377,10 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter {
   private clientClosed = false;
   private decision: PendingDecision | null = null;
   private timer: NodeJS.Timeout | null = null;
+  /** The upstream's socket is ready for the handshake: TCP connected (wss://: and TLS established, 'secureConnect'). */
   private connected = false;
+  /** wss://: TCP is up (its TLS handshake may still be under way). */
+  private tcpUp = false;
   private tSent = 0;
   private upstreamMs = -1;
   /** What the client got for its upgrade: 101, or the error's / the upstream's status. */
@@ -553,18 +556,38 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter {
     const host = t.host.includes(':') ? `[${t.host}]` : t.host;
     const timeouts = this.upstream.config.timeouts;
     this.tSent = performance.now();
+    // wss:// for an https:// target, with its upstream's tls settings (upstream-pool.ts PoolTls); the pool's last TLS session is offered and renewed.
+    const pool = this.pool;
+    const ptls = pool.tls;
     let up: UpstreamSocket;
     try {
-      up = new (wsCtor())(`ws://${host}:${t.port}/`, this.r.protocols, {
+      up = new (wsCtor())(`${ptls === null ? 'ws' : 'wss'}://${host}:${t.port}/`, this.r.protocols, {
         headers: this.r.headers,
         perMessageDeflate: false,
         maxPayload: this.s.maxMessageBytes,
         followRedirects: false,
         generateMask,
+        ...(ptls === null ? null : {
+          secureContext: (ptls.context ??= upstreamSecureContext(ptls.config)),
+          // '' : no SNI (an IP address; ws would otherwise default it to the host).
+          servername: ptls.servername ?? '',
+          rejectUnauthorized: ptls.rejectUnauthorized,
+          ALPNProtocols: ['http/1.1'],
+          session: pool.tlsSession ?? undefined,
+        }),
         // The request target goes out byte-exact (ws would parse it as a URL: `..` resolved, characters escaped).
         finishRequest: (req: ClientRequest) => {
           (req as unknown as { path: string }).path = this.r.target;
-          req.once('socket', (sock) => sock.once('connect', () => this.onConnected(timeouts.responseMs)));
+          req.once('socket', (sock) => {
+            if (ptls === null) {
+              sock.once('connect', () => this.onConnected(timeouts.responseMs));
+            } else {
+              // connectMs covers TCP and the TLS handshake (as for HTTP requests); responseMs then the 101.
+              sock.once('connect', () => { this.tcpUp = true; });
+              sock.once('secureConnect', () => this.onConnected(timeouts.responseMs));
+              sock.on('session', (session: Buffer) => { if (!pool.closed) pool.tlsSession = session; });
+            }
+          });
           req.end();
         },
       });
@@ -659,6 +682,7 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter {
       res.writeStatus('101 Switching Protocols');
       res.writeHeader(ridHeader, rid);
       if (ph !== null) for (let i = 0; i < ph.length; i += 2) res.writeHeader(ph[i]!, ph[i + 1]!);
+      if (gatewayHsts !== null) res.writeHeader('strict-transport-security', gatewayHsts);
       res.upgrade({ t: this } satisfies TunnelData, this.r.key, this.up!.protocol, ext, this.context);
     });
     if (this.client === null) {
@@ -759,7 +783,12 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter {
     if (this.detail === '') this.detail = code !== '' ? code : err.message;
     if (this.state === ST_HANDSHAKE) {
       // Connect failures (refused, unreachable) before the socket connected; anything after is a bad answer.
-      const e = !this.connected ? Errors.UPSTREAM_CONNECT_FAILED : code === 'ECONNRESET' || code === 'EPIPE' ? Errors.UPSTREAM_RESET : Errors.UPSTREAM_BAD_RESPONSE;
+      // wss://: a failure once TCP was up and before TLS was (or a TLS alert before the 101: TLS 1.3 refusing a client certificate) is the TLS handshake's.
+      const tlsFailed = this.pool.tls !== null && (this.connected ? isTlsErrorCode(code) : this.tcpUp);
+      if (tlsFailed) this.detail = tlsFailureDetail(err);
+      const e = tlsFailed ? Errors.UPSTREAM_TLS_FAILED
+        : !this.connected ? Errors.UPSTREAM_CONNECT_FAILED : code === 'ECONNRESET' || code === 'EPIPE' ? Errors.UPSTREAM_RESET : Errors.UPSTREAM_BAD_RESPONSE;
+      if (tlsFailed) this.pool.tlsSession = null;
       this.fail(e, null, null);
       return;
     }
@@ -940,7 +969,7 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter {
     if (this.state === ST_HANDSHAKE) {
       // Closed before 'open' with no error event (rare): the handshake failed.
       if (this.detail === '') this.detail = 'closed during the handshake';
-      this.fail(this.connected ? Errors.UPSTREAM_RESET : Errors.UPSTREAM_CONNECT_FAILED, null, null);
+      this.fail(this.connected ? Errors.UPSTREAM_RESET : this.tcpUp ? Errors.UPSTREAM_TLS_FAILED : Errors.UPSTREAM_CONNECT_FAILED, null, null);
       return;
     }
     this.upClosed = true;
