@@ -24,6 +24,11 @@ export const DEFAULT_UWS_MODULE = '@trufflesuite/uws-js-unofficial';
 
 const IS_BUN = typeof (process.versions as Record<string, string | undefined>)['bun'] === 'string';
 
+/** Whether this process runs on Bun (not Node). */
+export function isBun(): boolean {
+  return IS_BUN;
+}
+
 let nativeCache: boolean | null = null;
 
 /**

@@ -111,6 +111,7 @@ async function main(): Promise<void> {
     // server.backend: node: the same transport on the strict node:net server (transport/node/app.ts) instead of uWS.
     const mod = s.backend === 'node' ? (await import('./transport/node/app.js')).nodeUws : undefined;
     if (mod !== undefined && data.listenFd !== null) mod.listenOnFd(data.listenFd);
+    mod?.setTlsMetrics(metrics); // downstream TLS handshakes (transport/node/tls.ts), counted in this worker's cells
     backend = new UwsServer(dp, { host: s.host, port: s.port, workerIndex: data.index, metrics, latency, logs, control, onListen: () => {}, clockOffset: clockOffset(data.clock) }, mod);
     backendName = s.backend === 'node' ? 'node' : 'uws';
   }

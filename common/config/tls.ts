@@ -34,6 +34,7 @@ import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import type { HstsConfig, RedirectHttpConfig, ServerTlsConfig, TlsKeyPair, TlsVersion, UpstreamTlsConfig } from './types.js';
 import { type ConfigError, type PathSegment, formatPath, isPlainObject } from './util.js';
+import { isBun } from '../runtime.js';
 
 /**
  * Mozilla's "intermediate" TLS 1.2 suites (ECDHE + AEAD only; TLS 1.3 suites
@@ -382,6 +383,15 @@ export function loadTlsMaterial(doc: Obj, backend: 'uws' | 'bun' | 'node', now =
     if (tlsRaw['ecdhCurve'] !== undefined && tlsRaw['ecdhCurve'] !== TLS_DEFAULTS.ecdhCurve) {
       errors.push({ path: 'server.tls.ecdhCurve', message: 'the uWS backend cannot choose key-exchange groups (uWebSockets.js uses OpenSSL\'s defaults); remove ecdhCurve, or run server.backend: node (or bun)' });
     }
+  }
+  if (tlsRaw !== null && backend === 'bun' && tlsRaw['sniStrict'] === true) {
+    errors.push({ path: 'server.tls.sniStrict', message: 'the Bun backend cannot refuse a handshake by name (Bun.serve serves its default certificate to every unknown name); remove sniStrict, or run server.backend: node (or uws)' });
+  }
+  if (tlsRaw !== null && backend === 'node' && isBun()) {
+    errors.push({ path: 'server.tls', message: 'the node backend cannot serve TLS under Bun (Bun cannot wrap its sockets in TLS); run server.backend: bun, or the node backend on Node' });
+  }
+  if (tlsRaw !== null && backend !== 'node' && Array.isArray(tlsRaw['alpn']) && tlsRaw['alpn'].length > 0) {
+    warnings.push({ path: 'server.tls.alpn', message: `the ${backend === 'uws' ? 'uWS' : 'Bun'} backend negotiates no ALPN (clients then use HTTP/1.1, all the gateway serves): this setting applies on server.backend: node only` });
   }
   let redirectHttp: RedirectHttpConfig | null = null;
   if (isPlainObject(s['redirectHttp'])) {

@@ -43,7 +43,7 @@
  */
 import { parseProtocols, stripQueryParams, upgradeOffer } from '../policies/auth/index.js';
 import type { Fallback, UpstreamGuard } from '../proxy/guard.js';
-import type { TargetPool } from '../proxy/upstream-pool.js';
+import { isTlsErrorCode, type TargetPool } from '../proxy/upstream-pool.js';
 import { type UpstreamRuntime, withStickyCookie } from '../proxy/balancer.js';
 import { Errors, errorBody, errorBodyWith, type GatewayErrorDef } from '../../common/errors.js';
 import { log } from '../../common/log.js';
@@ -65,6 +65,9 @@ import { isWebSocketUpgrade, wsSettings } from './websocket/settings.js';
 import { BUN_WS_KEY, BunWebSockets } from './bun-websocket.js';
 import type { RouteWebSocket } from '../../common/config/types.js';
 import { BunRetry, RETRIED } from './bun-retry.js';
+import { setGatewayHsts } from './uws-respond.js';
+import { tlsSignature } from './uws-tls.js';
+import { bunTlsOptions } from './bun-tls.js';
 import { CONTINUE, REFUSED, RequestContext, type PendingDecision } from '../pipeline/context.js';
 
 /** The pipeline's context, reused for every request of this thread (workers/pipeline/context.ts). */
@@ -196,7 +199,7 @@ class BodyTooLarge extends Error {}
 /** The next try's request on `next` (a retry): its URL, Host (unless the route keeps the client's), target and metrics cells. */
 function retarget(next: TargetPool, url: string, headers: Headers, preserveHost: boolean): { url: string; target: string; targetCells: number } {
   if (!preserveHost) headers.set('host', next.hostHeader);
-  return { url: 'http://' + next.hostHeader + url.slice(url.indexOf('/', 7)), target: next.target.url, targetCells: next.metricsBase };
+  return { url: next.origin + url.slice(url.indexOf('/', 8)), target: next.target.url, targetCells: next.metricsBase };
 }
 
 /**
@@ -224,10 +227,11 @@ async function settleAdmission(answer: Promise<Response>, guard: UpstreamGuard, 
 }
 
 /** An open breaker's fallback (breaker.fallback): its status, headers and exact body bytes; HEAD: the head alone. */
-function fallbackResponse(fb: Fallback, ridHeader: string, requestId: string, isHead: boolean, close: boolean): Response {
+function fallbackResponse(fb: Fallback, ridHeader: string, requestId: string, isHead: boolean, close: boolean, hsts: string | null): Response {
   const headers = new Headers();
   for (let i = 0; i < fb.headers.length; i += 2) headers.append(fb.headers[i]!, fb.headers[i + 1]!);
   headers.set(ridHeader, requestId);
+  if (hsts !== null) headers.set('strict-transport-security', hsts);
   if (close) headers.set('connection', 'close');
   const init = { status: fb.status, statusText: fb.statusLine.slice(4), headers };
   const noBody = isHead || fb.status === 204 || fb.status === 304;
@@ -285,9 +289,23 @@ function serverIdleSeconds(dp: Dataplane): number {
   return Math.min(s, BUN_MAX_IDLE_S);
 }
 
+/** swapTls: how long a replaced Bun.serve still accepts and answers with `Connection: close` before it stops (ms). */
+export const RETIRE_GRACE_MS = 250;
+
 export class BunServer implements Backend {
   private dp: Dataplane;
+  /** The Bun.serve taking new connections. */
   private server: any = null;
+  /**
+   * Servers a certificate reload replaced (swapTls): stopped (stop(false):
+   * no longer accepting), still serving their in-flight requests and
+   * WebSockets until those end or close() stops them.
+   */
+  private retired: any[] = [];
+  /** The retired servers whose grace is over (stopped). */
+  private readonly stoppedRetired = new WeakSet<object>();
+  /** uws-tls.ts tlsSignature of the server.tls `server` serves ('' for plain HTTP). */
+  private tlsKey = '';
   private ridCounter = 0;
   private readonly ridPrefix: string;
   /** The request id the synchronous part of the handler gave out: what a throw there is logged with. */
@@ -309,6 +327,7 @@ export class BunServer implements Backend {
 
   constructor(dp: Dataplane, private readonly opts: ServerOptions) {
     this.dp = dp;
+    setGatewayHsts(dp.hsts); // the tunnel's own answers (websocket/tunnel.ts)
     this.ws = new BunWebSockets(dp, opts);
     this.ridPrefix = Math.random().toString(36).slice(2, 10) + '-b' + opts.workerIndex.toString(36) + '-';
   }
@@ -317,10 +336,21 @@ export class BunServer implements Backend {
     this.idleS = serverIdleSeconds(this.dp);
     this.clock = setInterval(tickCoarse, SWEEP_MS);
     this.clock.unref();
-    this.server = Bun.serve({
+    this.tlsKey = tlsSignature(this.dp.config.server.tls);
+    this.server = this.serve(this.opts.port);
+    const port = this.server.port as number;
+    this.opts.onListen(port);
+    return port;
+  }
+
+  /** A Bun.serve on `port` (reusePort: every worker, and a certificate swap, share it) with the current server.tls. */
+  private serve(port: number): any {
+    const tls = this.dp.config.server.tls ?? null;
+    return Bun.serve({
       hostname: this.opts.host,
-      port: this.opts.port,
+      port,
       reusePort: true,
+      ...(tls !== null ? { tls: bunTlsOptions(tls) } : {}),
       // Bun's idle timer also runs while a handler waits for its upstream
       // (it would close the client connection with no answer): see proxy().
       idleTimeout: this.idleS,
@@ -333,14 +363,50 @@ export class BunServer implements Backend {
       // Only reached if something throws outside onRequest's own guard.
       error: (err: unknown) => this.internalError(err, this.nextRequestId(), 0, false, performance.now()),
     });
-    const port = this.server.port as number;
-    this.opts.onListen(port);
-    return port;
+  }
+
+  /**
+   * New certificates (server.tls changed on a reload): Bun.serve cannot
+   * change those of a running server (server.reload({ tls }) keeps them), so
+   * a second Bun.serve with the new ones listens on the port (reusePort),
+   * and the old one is stopped (stop(false)) a little later. stop(false) lets its in-flight
+   * requests and its WebSockets finish, but Bun closes its idle keep-alive
+   * connections at once, and a request a client sends on one at that moment
+   * fails (a reset). So the old server first answers every request with
+   * `Connection: close` for RETIRE_GRACE_MS (busy keep-alive connections
+   * close after their next answer, and reconnect to the new certificates),
+   * and only then stops (what was idle all that time is closed). New
+   * connections may still reach the old certificates during that grace
+   * (both listen). A config Bun refuses keeps the old ones (logged).
+   */
+  private swapTls(key: string): void {
+    const old = this.server;
+    let next: any;
+    try {
+      next = this.serve(old.port as number);
+    } catch (err) {
+      log('error', 'server.tls: Bun.serve refused the certificates of the new config; the previous ones keep serving', {
+        worker: this.opts.workerIndex, error: err instanceof Error ? err.message : String(err),
+      });
+      return;
+    }
+    this.server = next;
+    this.tlsKey = key;
+    // Forget the replaced servers that are stopped and have nothing left.
+    this.retired = this.retired.filter((s) => !this.stoppedRetired.has(s) || s.pendingRequests > 0 || s.pendingWebSockets > 0);
+    this.retired.push(old);
+    setTimeout(() => {
+      this.stoppedRetired.add(old);
+      old.stop(false);
+    }, RETIRE_GRACE_MS).unref();
   }
 
   setDataplane(dp: Dataplane): void {
     const old = this.dp;
     this.dp = dp;
+    setGatewayHsts(dp.hsts);
+    const tlsKey = tlsSignature(dp.config.server.tls);
+    if (tlsKey !== this.tlsKey && this.server !== null && !this.draining) this.swapTls(tlsKey);
     // Bun's fetch pools upstream connections itself; only what the old
     // config's policies hold (a strict limits' Redis connection) is let go.
     this.ws.setDataplane(old, dp);
@@ -354,6 +420,7 @@ export class BunServer implements Backend {
     this.draining = true;
     // stop(false): stop accepting, let in-flight requests finish.
     this.server?.stop(false);
+    for (const s of this.retired) s.stop(false);
   }
 
   /**
@@ -378,6 +445,8 @@ export class BunServer implements Backend {
     if (hadWs && reason === 'drained') await new Promise((r) => setTimeout(r, 20));
     this.server?.stop(true);
     this.server = null;
+    for (const s of this.retired) s.stop(true);
+    this.retired = [];
     if (this.clock !== null) clearInterval(this.clock);
     this.clock = null;
     this.dp.releasePolicies();
@@ -411,6 +480,7 @@ export class BunServer implements Backend {
     if (allow !== null) headers.set('allow', allow);
     if (extra !== null) for (let i = 0; i < extra.length; i += 2) headers.append(extra[i]!, extra[i + 1]!);
     if (close) headers.set('connection', 'close');
+    if (this.dp.hsts !== null) headers.set('strict-transport-security', this.dp.hsts);
     const init = { status: e.status, statusText: e.statusLine.slice(4), headers };
     if (!isHead) return new Response(body, init);
     headers.set('content-length', String(Buffer.byteLength(body)));
@@ -420,7 +490,8 @@ export class BunServer implements Backend {
 
   /** server.healthPath (see the uWS backend): 200, or 503 as soon as the engine drains; not routed, logged or counted. */
   private health(method: string, isHead: boolean): Response {
-    const headers = { 'content-type': 'application/json', 'cache-control': 'no-store' };
+    const headers: Record<string, string> = { 'content-type': 'application/json', 'cache-control': 'no-store' };
+    if (this.dp.hsts !== null) headers['strict-transport-security'] = this.dp.hsts;
     if (method !== 'GET' && !isHead) {
       return new Response('{"status":"method not allowed: use GET or HEAD"}', { status: 405, headers: { ...headers, allow: 'GET, HEAD' } });
     }
@@ -537,7 +608,8 @@ export class BunServer implements Backend {
     // come is declared and at most LINGER_MAX_BYTES (Bun reads and discards
     // it by its framing, as uWS does); a chunked or larger one closes.
     const conn = h.get('connection');
-    const clientClose = conn !== null && hasCloseOption(conn);
+    // A server a certificate reload replaced answers as if the client asked to close (swapTls).
+    const clientClose = (conn !== null && hasCloseOption(conn)) || (this.retired.length !== 0 && this.retired.includes(server));
     const close = clientClose || bodyMode === BODY_CHUNKED || contentLength > LINGER_MAX_BYTES;
     const info = this.opts.logs.access === null ? null : accessInfo(req, server, t0, requestId, method, contentLength);
     // A WebSocket handshake (RFC 6455 4.1: GET, Upgrade websocket, Connection naming upgrade, a key Bun accepts);
@@ -656,7 +728,7 @@ export class BunServer implements Backend {
         if (fb === null || guard.refusal !== Errors.CIRCUIT_OPEN) return reject(guard.refusal, close, route.slot, null, null, null, upstream.name);
         this.count(fb.def, route.slot, mIdx, t0, -1, isHead ? 0 : fb.body.length);
         this.logAnswer(info, fb.status, route.id, upstream.name, '', fb.def.code, -1, isHead ? 0 : fb.body.length);
-        return fallbackResponse(fb, this.dp.config.server.requestIdHeader, requestId, isHead, close);
+        return fallbackResponse(fb, this.dp.config.server.requestIdHeader, requestId, isHead, close, this.dp.hsts);
       }
       pool = admitted;
     }
@@ -688,12 +760,12 @@ export class BunServer implements Backend {
     const fwd = cfg.forwarded;
     if (fwd.xForwardedFor) headers.set('x-forwarded-for', xff === null ? clientIp : `${xff}, ${clientIp}`);
     if (fwd.xForwardedProtoHost) {
-      headers.set('x-forwarded-proto', 'http');
+      headers.set('x-forwarded-proto', dp.proto);
       headers.set('x-forwarded-host', hostHeader);
     }
     if (fwd.forwarded) {
       const forIp = clientIp.includes(':') ? `"[${clientIp}]"` : clientIp;
-      const el = `for=${forIp};host="${hostHeader.replace(/["\\]/g, '')}";proto=http`;
+      const el = `for=${forIp};host="${hostHeader.replace(/["\\]/g, '')}"${dp.forwardedProto}`;
       const prev = h.get('forwarded');
       headers.set('forwarded', prev === null ? el : `${prev}, ${el}`);
     }
@@ -715,7 +787,7 @@ export class BunServer implements Backend {
     }
     // An auth route's key in the query (identity.keys.sources) is not forwarded.
     const fq = route.stripQuery === null || query === '' ? query : stripQueryParams(query, route.stripQuery);
-    const url = `http://${pool.hostHeader}${fq === '' ? upstreamPath : `${upstreamPath}?${fq}`}`;
+    const url = `${pool.origin}${fq === '' ? upstreamPath : `${upstreamPath}?${fq}`}`;
     const testThrow = TEST_HOOKS && h.get(TEST_THROW_HEADER) === 'upstream';
     if (guard !== null) {
       const answer = pending !== null
@@ -883,6 +955,8 @@ export class BunServer implements Backend {
             keepalive: true,
             signal: ac.signal,
             duplex: 'half', // stream the request body
+            // An https:// target: its upstream's tls settings (upstream-pool.ts PoolTls.fetch).
+            tls: url.charCodeAt(4) === 115 /* https: */ ? poolOf(upstream, target).tls?.fetch : undefined,
           } as RequestInit);
         } catch (err) {
           const code = (err as { code?: string }).code ?? '';
@@ -892,10 +966,11 @@ export class BunServer implements Backend {
           else if (shutdown) e = Errors.SHUTTING_DOWN;
           else if (ac.signal.aborted) e = Errors.UPSTREAM_TIMEOUT;
           else if (code === 'ConnectionRefused' || code === 'ECONNREFUSED' || code === 'FailedToOpenSocket') e = Errors.UPSTREAM_CONNECT_FAILED;
+          else if (url.charCodeAt(4) === 115 && isTlsErrorCode(code)) e = Errors.UPSTREAM_TLS_FAILED;
           else if (code.startsWith('Invalid') || code.startsWith('Malformed')) e = Errors.UPSTREAM_BAD_RESPONSE;
           if (retryable) {
             // Bun's fetch tells a refused connection, a timeout (ours: connect and head share it) and anything else (a reset).
-            const reason = e === Errors.UPSTREAM_CONNECT_FAILED ? R_CONNECT_FAILURE : e === Errors.UPSTREAM_TIMEOUT ? R_TIMEOUT : e === Errors.UPSTREAM_RESET ? R_RESET : -1;
+            const reason = e === Errors.UPSTREAM_CONNECT_FAILED || e === Errors.UPSTREAM_TLS_FAILED ? R_CONNECT_FAILURE : e === Errors.UPSTREAM_TIMEOUT ? R_TIMEOUT : e === Errors.UPSTREAM_RESET ? R_RESET : -1;
             if (reason >= 0 && policy!.retriesOn(reason)) {
               retry ??= new BunRetry(policy!, upstream, poolOf(upstream, target));
               const detail = e === Errors.UPSTREAM_TIMEOUT ? 'response timeout' : code !== '' ? code : (err as Error).message ?? '';
@@ -915,7 +990,7 @@ export class BunServer implements Backend {
           if (e.status >= 500) {
             this.opts.logs.errors.report({
               requestId, route: route.id, upstream: upstream.config.name, target,
-              phase: e === Errors.UPSTREAM_CONNECT_FAILED ? 'connect' : 'head', code: e.code, status: e.status,
+              phase: e === Errors.UPSTREAM_CONNECT_FAILED || e === Errors.UPSTREAM_TLS_FAILED ? 'connect' : 'head', code: e.code, status: e.status,
               detail: shutdown ? 'server.drainTimeoutMs ran out' : ac.signal.aborted ? 'response timeout' : code !== '' ? code : (err as Error).message ?? '',
             }, coarse.now);
           }

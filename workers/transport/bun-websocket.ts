@@ -409,12 +409,12 @@ export class BunWebSockets {
     const f = server.forwarded;
     if (f.xForwardedFor) addHeader(headers, 'x-forwarded-for', x.xff === null ? clientIp : x.xff + ', ' + clientIp);
     if (f.xForwardedProtoHost) {
-      addHeader(headers, 'x-forwarded-proto', 'http');
+      addHeader(headers, 'x-forwarded-proto', x.dp.proto);
       addHeader(headers, 'x-forwarded-host', x.host);
     }
     if (f.forwarded) {
       const forIp = clientIp.includes(':') ? '"[' + clientIp + ']"' : clientIp;
-      const el = 'for=' + forIp + ';host="' + x.host.replace(/["\\]/g, '') + '";proto=http';
+      const el = 'for=' + forIp + ';host="' + x.host.replace(/["\\]/g, '') + '"' + x.dp.forwardedProto;
       addHeader(headers, 'forwarded', x.forwarded === null ? el : x.forwarded + ', ' + el);
     }
     addHeader(headers, ridHeader, x.requestId);

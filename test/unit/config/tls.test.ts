@@ -115,6 +115,21 @@ describe('server.tls: certificates checked at load, each problem at its path', (
     expect(valid(withServer({ tls: { cert: api.certFile, key: api.keyFile, minVersion: 'TLSv1.3', ecdhCurve: 'X25519' } })).server.tls!.minVersion).toBe('TLSv1.3');
   });
 
+  it('the Bun backend: sniStrict is refused (Bun.serve serves its default to unknown names)', () => {
+    expect(lines(withServer({ tls: { cert: api.certFile, key: api.keyFile, sniStrict: true } }, 'bun'))).toEqual([
+      'server.tls.sniStrict: the Bun backend cannot refuse a handshake by name (Bun.serve serves its default certificate to every unknown name); remove sniStrict, or run server.backend: node (or uws)',
+    ]);
+  });
+
+  it('an explicit alpn on uWS or Bun is a warning (neither negotiates ALPN); on node it applies', () => {
+    for (const backend of ['uws', 'bun']) {
+      const r = validateConfig(withServer({ tls: { cert: api.certFile, key: api.keyFile, alpn: ['http/1.1'] } }, backend));
+      expect(r.ok && r.warnings.map((w) => w.path), backend).toEqual(['server.tls.alpn']);
+    }
+    const r = validateConfig(withServer({ tls: { cert: api.certFile, key: api.keyFile, alpn: ['http/1.1'] } }, 'node'));
+    expect(r.ok && r.warnings).toEqual([]);
+  });
+
   it('a private key never appears in an error: paths under `key` are redacted, key bytes are never quoted', () => {
     const pem = f.file('pem-as-path.key', api.keyPem);
     const out = lines(withServer({ tls: { cert: pem, key: api.keyFile } })).join('\n');

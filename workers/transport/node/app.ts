@@ -79,19 +79,33 @@
  *    close() gives open WebSockets WS_CLOSE_GRACE_MS to finish the Close
  *    handshake the transport started (1001) before their sockets go.
  *
+ * TLS (server.tls; tls.ts): `nodeUws.TlsApp(tls)` / `app.setTls(tls)`. An
+ * accepted handle first goes through its handshake (tls.ts TlsHandshake:
+ * the certificate picked from the ClientHello's server name, the deadline
+ * server.timeouts.headerMs, plain HTTP answered 400, counted in the
+ * worker's metrics cells), then the tls.TLSSocket becomes a Connection like
+ * any other. Its reads come as 'data' events (node:tls decrypts into a
+ * Buffer of its own; the static read buffer is for plain sockets), and what
+ * it writes from the staging buffer is copied only when an earlier write is
+ * still pending (flushStage): otherwise node:tls hands it to OpenSSL within
+ * write(). A reload with new certificates applies to new connections.
+ *
  * Listening: one net.Server per worker thread. Node 22.12+ binds the port in
  * every thread with `reusePort`; before (Node 20), node:net has no
  * reusePort and each worker listens on its own copy of one socket the
  * engine binds (engine/shared-listener.ts, `nodeUws.listenOnFd`).
  */
 import net from 'node:net';
+import type tls from 'node:tls';
 import { errorBody, Errors } from '../../../common/errors.js';
+import type { ServerTlsConfig } from '../../../common/config/types.js';
 import { LINGER_MAX_BYTES } from '../backend.js';
 import {
   BODY_CHUNKED, R_ERROR, R_PAUSED, RequestParser, type ParsedRequest, type RequestParserOptions, type RequestSink,
   DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADER_COUNT, DEFAULT_MAX_URL_BYTES, FORM_ABSOLUTE,
 } from './request-parser.js';
 import { DISABLED, NodeWsServer, SHARED_COMPRESSOR, WS_KEY, type NodeWebSocket, type NodeWsBehavior } from './websocket.js';
+import { ServerTlsContexts, TlsHandshake, type TlsHost } from './tls.js';
 
 /** Default header timeout (slowloris): a request head must be complete this long after its first byte (ms); server.timeouts.headerMs. nginx: 60 s; uWS closes idle sockets after ~10 s. */
 export const DEFAULT_HEADER_TIMEOUT_MS = 10_000;
@@ -198,7 +212,12 @@ function flushStage(): void {
   const c = stageOwner;
   if (c === null) return;
   stageOwner = null;
-  if (stagePos > stageStart && !c.closed) c.socket.write(stage!.subarray(stageStart, stagePos));
+  if (stagePos <= stageStart || c.closed) return;
+  // A TLS socket with nothing pending hands the bytes to OpenSSL (SSL_write into its
+  // buffer) within write(): the staging buffer is free again at once. With a write
+  // still pending, net queues this one by reference: it gets a copy.
+  if (c.tls && c.socket.writableLength !== 0) c.socket.write(Buffer.copyBytesFrom(stage!, stageStart, stagePos - stageStart));
+  else c.socket.write(stage!.subarray(stageStart, stagePos));
 }
 
 /** Room for `n` (<= STAGE_BYTES) more bytes gathered for `c` at stage[stagePos]: the staging buffer. */
@@ -218,7 +237,8 @@ function stageRoom(c: Connection, n: number): Buffer {
     stage ??= Buffer.allocUnsafeSlow(STAGE_BYTES);
     stageOwner = c;
     stageStart = stagePos;
-    if (stageSockets.length === 0 || stageSockets[stageSockets.length - 1] !== c.socket) stageSockets.push(c.socket);
+    // (A TLS socket never holds on to the staging buffer: flushStage.)
+    if (!c.tls && (stageSockets.length === 0 || stageSockets[stageSockets.length - 1] !== c.socket)) stageSockets.push(c.socket);
   }
   return stage!;
 }
@@ -679,6 +699,13 @@ function onClientRead(this: net.Socket, nread: number, buf: Buffer): boolean | v
   c.onRead(buf, nread);
 }
 
+/** A TLS connection's reads ('data': node:tls decrypts into a Buffer of its own per read). */
+function onClientTlsData(this: net.Socket, chunk: Buffer): void {
+  const c = (this as any)[kConn] as Connection | undefined;
+  if (c === undefined) return;
+  c.onRead(chunk, chunk.length);
+}
+
 function onClientClose(this: net.Socket): void {
   const c = (this as any)[kConn] as Connection | undefined;
   c?.onClose();
@@ -727,12 +754,16 @@ export class Connection implements RequestSink {
   ws: NodeWebSocket | null = null;
   /** close(): the timer that drops an open WebSocket's socket, or null. */
   private graceTimer: NodeJS.Timeout | null = null;
+  /** A TLS connection (a tls.TLSSocket, read through 'data' events instead of the thread's read buffer). */
+  readonly tls: boolean;
 
-  constructor(app: NodeApp, socket: net.Socket, opts: RequestParserOptions) {
+  constructor(app: NodeApp, socket: net.Socket, opts: RequestParserOptions, isTls = false) {
     this.app = app;
     this.socket = socket;
+    this.tls = isTls;
     this.parser = new RequestParser(this, opts);
     (socket as any)[kConn] = this;
+    if (isTls) socket.on('data', onClientTlsData);
     socket.on('close', onClientClose);
     socket.on('drain', onClientDrain);
     socket.on('end', onClientEnd);
@@ -833,8 +864,9 @@ export class Connection implements RequestSink {
     if (this.closed || nread <= 0) return;
     const ws = this.ws;
     if (ws !== null) {
-      // ws keeps what it is given: a copy of the shared read buffer.
-      ws.onData(Buffer.copyBytesFrom(buf, 0, nread));
+      // TLS: ws reads the socket's own 'data' events (these are them).
+      // Else ws keeps what it is given: a copy of the shared read buffer.
+      if (!this.tls) ws.onData(Buffer.copyBytesFrom(buf, 0, nread));
       return;
     }
     // Closing (after a refused request, a response that closes, or the client's FIN): later bytes are read and discarded.
@@ -984,6 +1016,7 @@ export class Connection implements RequestSink {
     const ws = server.accept(this, userData, key, protocol, extensions, extraHead);
     if (ws === null) return; // ws destroyed the socket (the client is gone or half-closed): onClose follows
     this.ws = ws;
+    if (this.tls) this.socket.off('data', onClientTlsData); // ws reads the TLS socket's 'data' itself
     this.waitingResponse = false;
     this.uploadPaused = false;
     this.blockedOnWrite = false;
@@ -1243,8 +1276,18 @@ export function netHasReusePort(): boolean {
   return maj > 23 || (maj === 23 && min >= 1) || (maj === 22 && min >= 12);
 }
 
+/** The contexts last built (per thread): every app of the thread serves the same config, built once. */
+let lastTls: ServerTlsContexts | null = null;
+
+/** The SecureContexts for `cfg` (null: none), reusing the thread's last ones for the same config object. Throws what createSecureContext throws. */
+function tlsContextsFor(cfg: ServerTlsConfig | null): ServerTlsContexts | null {
+  if (cfg === null) return null;
+  if (lastTls === null || lastTls.config !== cfg) lastTls = new ServerTlsContexts(cfg);
+  return lastTls;
+}
+
 /** A uWS-compatible App on node:net. */
-export class NodeApp {
+export class NodeApp implements TlsHost {
   private handler: Handler | null = null;
   /** Set by the transport (uws-server.ts): answers a malformed request as a gateway error. */
   parseErrorHandler: ParseErrorHandler | null = null;
@@ -1260,6 +1303,12 @@ export class NodeApp {
   wsServer: NodeWsServer | null = null;
   private servers: net.Server[] = [];
   private sweeper: NodeJS.Timeout | null = null;
+  /** server.tls as SecureContexts (setTls), or null: plain HTTP. */
+  tlsContexts: ServerTlsContexts | null = null;
+  /** The worker's metrics cells for the TLS handshake counters (setTls), or null. */
+  tlsMetrics: Float64Array | null = null;
+  /** TLS handshakes under way (tls.ts): swept with the connections (server.timeouts.headerMs). */
+  private readonly handshakes = new Set<TlsHandshake>();
 
   /** Only `any('/*', handler)` is supported: the transport routes by itself. */
   any(pattern: string, handler: Handler): this {
@@ -1301,6 +1350,34 @@ export class NodeApp {
     this.headerTimeoutMs = t.headerMs;
     this.idleTimeoutMs = t.idleMs;
     this.bodyTimeoutMs = t.bodyMs;
+  }
+
+  /**
+   * server.tls (common/config/types.ts ServerTlsConfig), or null: plain.
+   * New connections handshake with the new certificates (a reload);
+   * connections open or handshaking keep theirs. `metrics`: the worker's
+   * cells, where handshakes and their failures are counted
+   * (G_TLS_HANDSHAKES, G_TLS_FAILURES). Throws when a certificate or
+   * setting cannot be loaded into OpenSSL (nothing changes then).
+   */
+  setTls(cfg: ServerTlsConfig | null, metrics: Float64Array | null = this.tlsMetrics): void {
+    if (cfg !== null && typeof (process.versions as Record<string, string | undefined>).bun === 'string') {
+      // Bun's node:net / node:tls cannot put a TLSSocket over the handle-wrapped sockets this server uses.
+      throw new Error('server.tls with server.backend: node is not supported on Bun; use server.backend: bun (the default on Bun)');
+    }
+    this.tlsContexts = tlsContextsFor(cfg);
+    this.tlsMetrics = metrics;
+  }
+
+  /** TlsHost: a handshake completed; the TLS socket becomes a connection like any other. */
+  secured(socket: tls.TLSSocket): void {
+    const c = new Connection(this, socket, this.limits, true);
+    this.conns.add(c);
+  }
+
+  /** TlsHost: a handshake is over. */
+  handshakeDone(h: TlsHandshake): void {
+    this.handshakes.delete(h);
   }
 
   /** Open connections (the net.Server's own count is wrong with re-wrapped handles: ENVIRONMENT.md). */
@@ -1368,6 +1445,12 @@ export class NodeApp {
   /** An accepted libuv TCP handle, wrapped to read into the thread's static buffer (onread). */
   private acceptHandle(handle: unknown): void {
     (handle as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
+    const tlsContexts = this.tlsContexts;
+    if (tlsContexts !== null) {
+      // TLS: the handshake first (tls.ts), then secured() makes the connection.
+      this.handshakes.add(new TlsHandshake(this, tlsContexts, handle));
+      return;
+    }
     const socket = new net.Socket({ handle, allowHalfOpen: true, onread: { buffer: READ_BUFFER, callback: onClientRead } } as any);
     const c = new Connection(this, socket, this.limits);
     this.conns.add(c);
@@ -1396,6 +1479,7 @@ export class NodeApp {
   private sweep(): void {
     const now = performance.now();
     for (const c of this.conns) c.sweep(now);
+    if (this.handshakes.size !== 0) for (const h of this.handshakes) h.sweep(now);
   }
 
   /** Stops accepting on `ls` (uWS's us_listen_socket_close). */
@@ -1417,6 +1501,7 @@ export class NodeApp {
       if (c.ws !== null) c.closeUpgradedSoon();
       else c.destroy();
     }
+    for (const h of [...this.handshakes]) h.destroy();
     if (this.sweeper !== null) clearInterval(this.sweeper);
     this.sweeper = null;
   }
@@ -1424,6 +1509,8 @@ export class NodeApp {
 
 /** nodeUws.listenOnFd: the descriptor new Apps listen on, or null. */
 let sharedFd: number | null = null;
+/** nodeUws.setTlsMetrics: the worker's metrics cells TLS handshakes are counted in, or null. */
+let tlsMetricsCells: Float64Array | null = null;
 
 /** The listen sockets' apps, for the module-level uWS functions. */
 const appsOf = new WeakMap<NodeListenSocket, NodeApp>();
@@ -1446,6 +1533,25 @@ export const nodeUws = {
    */
   listenOnFd(fd: number): void {
     sharedFd = fd;
+  },
+  /**
+   * The worker's metrics cells (common/metrics-layout.ts) where the TLS
+   * handshakes of the Apps made from now on are counted (G_TLS_HANDSHAKES,
+   * G_TLS_FAILURES + reason): workers/worker.ts, before the transport.
+   */
+  setTlsMetrics(metrics: Float64Array | null): void {
+    tlsMetricsCells = metrics;
+  },
+  /**
+   * UwsModule.TlsApp: an App serving `tls` (server.tls) from the PEM in the
+   * config (tls.ts); `app.setTls(next)` swaps the certificates in place on a
+   * reload (new connections get them, open ones keep theirs). Throws what
+   * tls.createSecureContext throws.
+   */
+  TlsApp(tls: ServerTlsConfig): NodeApp {
+    const app = nodeUws.App();
+    app.setTls(tls, tlsMetricsCells);
+    return app;
   },
   App(): NodeApp {
     const app = new NodeApp();
