@@ -30,7 +30,8 @@
  * hand-written ASN.1.
  */
 import { X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { closeSync, constants as fsConstants, fstatSync, openSync, readFileSync, statSync } from 'node:fs';
+import { createSecureContext } from 'node:tls';
 import { isIP } from 'node:net';
 import type { HstsConfig, RedirectHttpConfig, ServerTlsConfig, TlsKeyPair, TlsVersion, UpstreamTlsConfig } from './types.js';
 import { type ConfigError, type PathSegment, formatPath, isPlainObject } from './util.js';
@@ -174,47 +175,121 @@ export interface TlsMaterial {
 type Obj = Record<string, unknown>;
 const obj = (v: unknown): Obj => (isPlainObject(v) ? v : {});
 
-/** Reads one file; null (and an error at `at`) when it cannot be read. */
+/** Largest certificate, key or CA file read (a CA bundle of every public root is ~220 KB). */
+export const MAX_PEM_FILE_BYTES = 1_048_576;
+
+/**
+ * Reads one file; null (and an error at `at`) when it cannot be read. Only
+ * a regular file of at most MAX_PEM_FILE_BYTES is read: opened without
+ * blocking and checked before reading, so a FIFO, a device or a huge file
+ * named by mistake is refused instead of hanging or filling memory.
+ */
 function readPem(path: unknown, at: PathSegment[], what: string, out: ConfigError[]): string | null {
   if (typeof path !== 'string' || path.length === 0) return null; // the schema reported it
+  let fd = -1;
   try {
-    return readFileSync(path, 'utf8');
+    fd = openSync(path, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
+    const st = fstatSync(fd);
+    if (st.isDirectory()) throw Object.assign(new Error('directory'), { code: 'EISDIR' });
+    if (!st.isFile()) {
+      out.push({ path: formatPath(at), message: `cannot read the ${what} "${path}": it is not a regular file (a FIFO, socket or device); name the PEM file itself` });
+      return null;
+    }
+    if (st.size > MAX_PEM_FILE_BYTES) {
+      out.push({ path: formatPath(at), message: `the ${what} "${path}" is ${st.size} bytes, more than a PEM file of certificates or a key can be (at most ${MAX_PEM_FILE_BYTES}); name the right file` });
+      return null;
+    }
+    const text = readFileSync(fd, 'utf8');
+    if (text.trim() === '') {
+      out.push({ path: formatPath(at), message: `the ${what} "${path}" is empty` });
+      return null;
+    }
+    return text;
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied (the gateway\'s user must be able to read it)'
-      : code === 'EISDIR' ? 'it is a directory' : String((e as Error).message);
+      : code === 'EISDIR' ? 'it is a directory' : code === 'ELOOP' ? 'a loop of symbolic links' : String((e as Error).message);
     out.push({ path: formatPath(at), message: `cannot read the ${what} "${path}": ${why}` });
     return null;
+  } finally {
+    if (fd !== -1) closeSync(fd);
   }
 }
 
-/** The leaf (first certificate) of a PEM chain, or a message. */
-function parseLeaf(pem: string): X509Certificate | string {
-  const first = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/.exec(pem);
-  if (first === null) {
-    if (/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(pem)) return 'holds a private key, not a certificate (are cert and key swapped?)';
-    return 'holds no PEM certificate (-----BEGIN CERTIFICATE-----); convert DER with: openssl x509 -inform der -in FILE -out FILE.pem';
+/**
+ * The PEM blocks of one label in `text`, in order, each from its BEGIN line
+ * to its END line. Linear: indexOf from each BEGIN to its END (a block with
+ * no END ends the scan), never a regex that backtracks over the text.
+ */
+export function pemBlocks(text: string, label: string): string[] {
+  const begin = `-----BEGIN ${label}-----`;
+  const end = `-----END ${label}-----`;
+  const out: string[] = [];
+  let i = text.indexOf(begin);
+  while (i !== -1) {
+    const j = text.indexOf(end, i + begin.length);
+    if (j === -1) break;
+    out.push(text.slice(i, j + end.length));
+    i = text.indexOf(begin, j + end.length);
   }
-  try {
-    return new X509Certificate(first[0]);
-  } catch (e) {
-    return `holds a certificate that cannot be parsed (${(e as Error).message})`;
+  return out;
+}
+
+const PRIVATE_KEY_LINE = /-----BEGIN (?:RSA |EC |DSA |ENCRYPTED )?PRIVATE KEY-----/;
+
+/** The certificates of a PEM chain (leaf first), or a message. */
+function parseChain(pem: string): X509Certificate[] | string {
+  const blocks = pemBlocks(pem, 'CERTIFICATE');
+  if (blocks.length === 0) {
+    if (PRIVATE_KEY_LINE.test(pem)) return 'holds a private key, not a certificate (are cert and key swapped?)';
+    return 'holds no PEM certificate (-----BEGIN CERTIFICATE-----); convert a DER file with: openssl x509 -inform der -in FILE -out FILE.pem';
   }
+  const chain: X509Certificate[] = [];
+  for (const [i, b] of blocks.entries()) {
+    try {
+      chain.push(new X509Certificate(b));
+    } catch (e) {
+      return `holds a certificate that cannot be parsed (the ${i === 0 ? 'first' : `number ${i + 1}`}: ${(e as Error).message})`;
+    }
+  }
+  return chain;
 }
 
 function parseKey(pem: string): KeyObject | string {
   if (/-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type: 4,ENCRYPTED/.test(pem)) {
     return 'is an encrypted private key; the gateway needs it unencrypted (openssl pkey -in KEY -out KEY.plain), readable only by its user';
   }
-  if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(pem)) {
-    if (/-----BEGIN CERTIFICATE-----/.test(pem)) return 'holds a certificate, not a private key (are cert and key swapped?)';
-    return 'holds no PEM private key (-----BEGIN PRIVATE KEY-----)';
+  const m = PRIVATE_KEY_LINE.exec(pem);
+  if (m === null) {
+    if (pem.includes('-----BEGIN CERTIFICATE-----')) return 'holds a certificate, not a private key (are cert and key swapped?)';
+    return 'holds no PEM private key (-----BEGIN PRIVATE KEY-----); convert a DER key with: openssl pkey -inform der -in KEY -out KEY.pem';
   }
+  const label = m[0].slice(11, -5);
+  const block = pemBlocks(pem, label)[0];
+  if (block === undefined) return `holds a private key with no "-----END ${label}-----" line (a truncated file?)`;
   try {
-    return createPrivateKey(pem);
+    return createPrivateKey(block);
   } catch (e) {
     return `holds a private key that cannot be parsed (${(e as Error).message})`;
   }
+}
+
+/**
+ * Why a key cannot serve TLS here, or null. Every backend: RSA below 2048
+ * bits (NIST SP 800-131A; OpenSSL's own security level refuses 1024 at
+ * level 2). uWS: its TLS library (BoringSSL) loads RSA and ECDSA on P-256,
+ * P-384 and P-521 only: a brainpool, secp256k1, RSA-PSS, Ed25519, Ed448 or
+ * DSA key would load in Node and fail in every worker.
+ */
+function keyProblem(key: KeyObject, backend: 'uws' | 'bun' | 'node'): string | null {
+  const type = key.asymmetricKeyType;
+  const d = key.asymmetricKeyDetails ?? {};
+  if (type === 'rsa' && (d.modulusLength ?? 0) < 2048) return `is a ${d.modulusLength}-bit RSA key; use 2048 bits or more (or ECDSA P-256)`;
+  if (backend !== 'uws') return null;
+  if (type === 'rsa') return null;
+  if (type === 'ec' && ['prime256v1', 'secp384r1', 'secp521r1'].includes(String(d.namedCurve))) return null;
+  const what = type === 'ec' ? `an EC key on ${String(d.namedCurve)}` : `a${type === 'ed25519' || type === 'ed448' ? 'n' : ''} ${String(type).toUpperCase()} key`;
+  return `is ${what}, which the uWS backend's TLS library (BoringSSL) cannot load; use an RSA (2048+) or ECDSA P-256/P-384/P-521 key, or run server.backend: node (or bun)`;
 }
 
 /** DNS names of the leaf: subjectAltName DNS entries, or the CN when there are none (lowercase). */
@@ -241,24 +316,36 @@ function covers(x: X509Certificate, host: string): boolean {
  * listed for (checked against the certificate); returns null when anything
  * is wrong (each problem reported at its own path).
  */
-function loadPair(o: Obj, at: PathSegment[], hosts: string[], role: string, now: number, out: ConfigError[], warn: ConfigError[]): TlsKeyPair | null {
-  const certPem = readPem(o['cert'], [...at, 'cert'], 'certificate', out);
-  const keyPem = readPem(o['key'], [...at, 'key'], 'private key', out);
-  if (certPem === null || keyPem === null) return null;
-  const leaf = parseLeaf(certPem);
-  const key = parseKey(keyPem);
+function loadPair(o: Obj, at: PathSegment[], hosts: string[], role: string, backend: 'uws' | 'bun' | 'node', now: number, out: ConfigError[], warn: ConfigError[]): TlsKeyPair | null {
+  const certText = readPem(o['cert'], [...at, 'cert'], 'certificate', out);
+  const keyText = readPem(o['key'], [...at, 'key'], 'private key', out);
+  if (certText === null || keyText === null) return null;
+  const chain = parseChain(certText);
+  const key = parseKey(keyText);
   let ok = true;
-  if (typeof leaf === 'string') {
-    out.push({ path: formatPath([...at, 'cert']), message: `"${String(o['cert'])}" ${leaf}` });
+  if (typeof chain === 'string') {
+    out.push({ path: formatPath([...at, 'cert']), message: `"${String(o['cert'])}" ${chain}` });
     ok = false;
   }
   if (typeof key === 'string') {
     out.push({ path: formatPath([...at, 'key']), message: `"${String(o['key'])}" ${key}` });
     ok = false;
   }
-  if (typeof leaf === 'string' || typeof key === 'string') return null;
+  if (typeof chain === 'string' || typeof key === 'string') return null;
+  const leaf = chain[0]!;
   if (!leaf.checkPrivateKey(key)) {
-    out.push({ path: formatPath([...at, 'key']), message: `"${String(o['key'])}" is not the private key of the certificate "${String(o['cert'])}" (${leaf.subject.replace(/\n/g, ', ')}); use the key the certificate was issued for` });
+    const later = chain.findIndex((c, i) => i > 0 && c.checkPrivateKey(key));
+    out.push({
+      path: formatPath([...at, 'key']),
+      message: later !== -1
+        ? `"${String(o['key'])}" is the key of certificate number ${later + 1} in "${String(o['cert'])}", not of the first: put the leaf (the server's own certificate) first, then its chain`
+        : `"${String(o['key'])}" is not the private key of the certificate "${String(o['cert'])}" (${leaf.subject.replace(/\n/g, ', ')}); use the key the certificate was issued for`,
+    });
+    ok = false;
+  }
+  const weak = keyProblem(key, backend);
+  if (weak !== null) {
+    out.push({ path: formatPath([...at, 'key']), message: `"${String(o['key'])}" ${weak}` });
     ok = false;
   }
   const notAfter = Date.parse(leaf.validTo);
@@ -279,15 +366,19 @@ function loadPair(o: Obj, at: PathSegment[], hosts: string[], role: string, now:
     }
   });
   if (!ok) return null;
+  // Only the certificates and the one key block are served: a combined file (cert + key in one) never puts its key into certPem.
+  const certPem = pemBlocks(certText, 'CERTIFICATE').join('\n') + '\n';
+  const keyLabel = PRIVATE_KEY_LINE.exec(keyText)![0].slice(11, -5);
+  const keyPem = pemBlocks(keyText, keyLabel)[0]! + '\n';
   return {
     certFile: String(o['cert']), keyFile: String(o['key']), certPem, keyPem,
     hosts: hosts.map((h) => h.toLowerCase()), names: certNames(leaf), notAfterMs: notAfter, fingerprint256: leaf.fingerprint256,
   };
 }
 
-function serverTls(raw: Obj, now: number, out: ConfigError[], warn: ConfigError[]): ServerTlsConfig | null {
+function serverTls(raw: Obj, backend: 'uws' | 'bun' | 'node', now: number, out: ConfigError[], warn: ConfigError[]): ServerTlsConfig | null {
   const at: PathSegment[] = ['server', 'tls'];
-  const def = loadPair(raw, at, [], 'the default certificate', now, out, warn);
+  const def = loadPair(raw, at, [], 'the default certificate', backend, now, out, warn);
   const sni: TlsKeyPair[] = [];
   const seen = new Map<string, number>();
   const entries = Array.isArray(raw['sni']) ? (raw['sni'] as unknown[]) : [];
@@ -295,12 +386,16 @@ function serverTls(raw: Obj, now: number, out: ConfigError[], warn: ConfigError[
     const o = obj(e);
     const hosts = Array.isArray(o['hosts']) ? (o['hosts'] as unknown[]).filter((h): h is string => typeof h === 'string') : [];
     hosts.forEach((h, j) => {
+      if (isIP(h) !== 0) {
+        out.push({ path: formatPath([...at, 'sni', i, 'hosts', j]), message: `"${h}" is an IP address: a client connecting to an address sends no server name (RFC 6066 3) and gets the default certificate; remove it, and put the address in the default certificate` });
+        return;
+      }
       const k = h.toLowerCase();
       const first = seen.get(k);
       if (first !== undefined) out.push({ path: formatPath([...at, 'sni', i, 'hosts', j]), message: `"${h}" is listed already by server.tls.sni[${first}]; a name picks one certificate` });
       else seen.set(k, i);
     });
-    const pair = loadPair(o, [...at, 'sni', i], hosts, `server.tls.sni[${i}]`, now, out, warn);
+    const pair = loadPair(o, [...at, 'sni', i], hosts.filter((h) => isIP(h) === 0), `server.tls.sni[${i}]`, backend, now, out, warn);
     if (pair !== null) sni.push(pair);
   });
   if (def === null || sni.length !== entries.length) return null;
@@ -322,7 +417,7 @@ function upstreamTls(name: string, raw: Obj, now: number, out: ConfigError[], wa
     caPem = readPem(raw['ca'], [...at, 'ca'], 'CA bundle', out);
     if (caPem === null) ok = false;
     else {
-      const certs = caPem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+      const certs = pemBlocks(caPem, 'CERTIFICATE');
       if (certs.length === 0) {
         out.push({ path: formatPath([...at, 'ca']), message: `"${String(raw['ca'])}" holds no PEM certificate (-----BEGIN CERTIFICATE-----)` });
         ok = false;
@@ -345,7 +440,7 @@ function upstreamTls(name: string, raw: Obj, now: number, out: ConfigError[], wa
     out.push({ path: formatPath([...at, hasCert ? 'key' : 'cert']), message: `a client certificate needs both cert and key; add ${hasCert ? 'key' : 'cert'} or remove ${hasCert ? 'cert' : 'key'}` });
     ok = false;
   } else if (hasCert) {
-    clientCert = loadPair(raw, at, [], `the client certificate of upstream ${name}`, now, out, warn);
+    clientCert = loadPair(raw, at, [], `the client certificate of upstream ${name}`, 'node', now, out, warn);
     if (clientCert === null) ok = false;
   }
   if (!ok) return null;
@@ -356,6 +451,58 @@ function upstreamTls(name: string, raw: Obj, now: number, out: ConfigError[], wa
     clientCert,
     minVersion: (raw['minVersion'] as TlsVersion | undefined) ?? TLS_DEFAULTS.minVersion,
   };
+}
+
+/**
+ * TLS 1.2 suites BoringSSL (the uWS backend's TLS library) knows, by their
+ * OpenSSL names: a list naming none of them fails in every uWS worker.
+ */
+const BORINGSSL_CIPHERS = new Set([
+  'ECDHE-ECDSA-AES128-GCM-SHA256', 'ECDHE-RSA-AES128-GCM-SHA256', 'ECDHE-ECDSA-AES256-GCM-SHA384', 'ECDHE-RSA-AES256-GCM-SHA384',
+  'ECDHE-ECDSA-CHACHA20-POLY1305', 'ECDHE-RSA-CHACHA20-POLY1305', 'ECDHE-PSK-CHACHA20-POLY1305', 'ECDHE-ECDSA-AES128-SHA',
+  'ECDHE-RSA-AES128-SHA', 'ECDHE-PSK-AES128-CBC-SHA', 'ECDHE-ECDSA-AES256-SHA', 'ECDHE-RSA-AES256-SHA', 'ECDHE-PSK-AES256-CBC-SHA',
+  'AES128-GCM-SHA256', 'AES256-GCM-SHA384', 'AES128-SHA', 'PSK-AES128-CBC-SHA', 'AES256-SHA', 'PSK-AES256-CBC-SHA', 'DES-CBC3-SHA',
+]);
+
+/** BoringSSL's cipher-list keywords (alone or joined with "+"). */
+const BORINGSSL_KEYWORDS = new Set([
+  'ALL', 'DEFAULT', 'HIGH', 'FIPS', 'ECDHE', 'EECDH', 'RSA', 'ECDSA', 'PSK', 'AES', 'AES128', 'AES256', 'AESGCM', 'CHACHA20',
+  'SHA1', 'SHA', 'SHA256', 'SHA384', '3DES', 'kRSA', 'kECDHE', 'kEECDH', 'kPSK', 'aRSA', 'aECDSA', 'aPSK', 'TLSv1', 'TLSv1.2', 'SSLv3',
+]);
+
+/**
+ * ciphers and ecdhCurve as the backend's TLS library takes them: Node's
+ * OpenSSL (node and Bun backends: a context is built with them, so what it
+ * refuses is refused here with its path), BoringSSL's cipher names on uWS
+ * (the workers also refuse what their TLS library cannot load; this says it
+ * at validate time).
+ */
+function checkTlsSettings(raw: Obj, backend: 'uws' | 'bun' | 'node', out: ConfigError[]): void {
+  const ciphers = raw['ciphers'];
+  if (typeof ciphers === 'string') {
+    if (backend === 'uws') {
+      // BoringSSL ignores names it does not know; a list with no name or keyword it knows loads nothing.
+      const known = ciphers.split(':').some((c) => !/^[!-]/.test(c) && (BORINGSSL_CIPHERS.has(c.replace(/^\+/, ''))
+        || c.replace(/^\+/, '').split('+').every((k) => BORINGSSL_KEYWORDS.has(k))));
+      if (!known) {
+        out.push({ path: 'server.tls.ciphers', message: `names no TLS 1.2 suite the uWS backend's TLS library (BoringSSL) has; use names such as ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256 (the default is Mozilla's intermediate list)` });
+      }
+    } else {
+      try {
+        createSecureContext({ ciphers });
+      } catch (e) {
+        out.push({ path: 'server.tls.ciphers', message: `OpenSSL refuses this cipher list (${(e as Error).message.replace(/^error:[0-9A-F]+:[^:]*::/, '')}); use names such as ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256` });
+      }
+    }
+  }
+  const curve = raw['ecdhCurve'];
+  if (typeof curve === 'string' && backend !== 'uws') {
+    try {
+      createSecureContext({ ecdhCurve: curve });
+    } catch {
+      out.push({ path: 'server.tls.ecdhCurve', message: `OpenSSL knows no such group in "${curve}"; use names such as X25519:prime256v1:secp384r1` });
+    }
+  }
 }
 
 /** `max-age=N[; includeSubDomains][; preload]` (RFC 6797 6.1). */
@@ -375,7 +522,8 @@ export function loadTlsMaterial(doc: Obj, backend: 'uws' | 'bun' | 'node', now =
   const warnings: ConfigError[] = [];
   const s = obj(doc['server']);
   const tlsRaw = isPlainObject(s['tls']) ? s['tls'] : null;
-  const server = tlsRaw === null ? null : serverTls(tlsRaw, now, errors, warnings);
+  const server = tlsRaw === null ? null : serverTls(tlsRaw, backend, now, errors, warnings);
+  if (tlsRaw !== null) checkTlsSettings(tlsRaw, backend, errors);
   if (tlsRaw !== null && backend === 'uws') {
     if (tlsRaw['minVersion'] === 'TLSv1.3') {
       errors.push({ path: 'server.tls.minVersion', message: 'the uWS backend cannot require TLS 1.3 (its minimum is TLS 1.2, fixed in uWebSockets.js); remove minVersion, or run server.backend: node (or bun)' });
@@ -402,12 +550,14 @@ export function loadTlsMaterial(doc: Obj, backend: 'uws' | 'bun' | 'node', now =
     }
     const dir = r['acmeChallengeDir'];
     if (typeof dir === 'string') {
+      let problem: string | null = null;
       try {
-        readFileSync(dir);
+        if (!statSync(dir).isDirectory()) problem = 'it is a file, not a directory';
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;
-        if (code !== 'EISDIR') errors.push({ path: 'server.redirectHttp.acmeChallengeDir', message: `"${dir}" is not a readable directory (${code === 'ENOENT' ? 'no such directory' : String(code)}); create it for the ACME client to write into` });
+        problem = code === 'ENOENT' ? 'no such directory' : String(code);
       }
+      if (problem !== null) errors.push({ path: 'server.redirectHttp.acmeChallengeDir', message: `"${dir}" is not a readable directory (${problem}); create it for the ACME client to write into` });
     }
     redirectHttp = {
       host: typeof r['host'] === 'string' ? r['host'] : typeof s['host'] === 'string' ? s['host'] : '0.0.0.0',

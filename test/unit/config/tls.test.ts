@@ -6,7 +6,9 @@
  * limits) and the https:// target form.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { validateConfig } from '../../../common/config/load.js';
 import { hstsValue, TLS_DEFAULTS, UPSTREAM_TLS_DEFAULTS } from '../../../common/config/tls.js';
 import { parseTargetUrl } from '../../../common/config/validate.js';
@@ -21,6 +23,15 @@ let other: CertFiles;
 let expired: CertFiles;
 let soon: CertFiles;
 let client: CertFiles;
+let rsa1024: CertFiles;
+let brainpool: { certFile: string; keyFile: string };
+
+/** A named pipe at <dir>/fifo.crt (made once): reading it would block until a writer comes. */
+function fifo(): string {
+  const p = join(f.dir, 'fifo.crt');
+  if (!existsSync(p)) execFileSync('mkfifo', [p]);
+  return p;
+}
 
 beforeAll(() => {
   f = new CertFactory();
@@ -31,6 +42,13 @@ beforeAll(() => {
   expired = f.leaf({ names: ['old.example.com'], ca, expired: true });
   soon = f.leaf({ names: ['soon.example.com'], ca, days: 3 });
   client = f.leaf({ names: ['gateway-client'], ca, usage: 'client' });
+  // Keys the factory does not make: a 1024-bit RSA key and an EC key on brainpoolP256r1 (OpenSSL loads it, BoringSSL does not).
+  for (const [name, genkey] of [['rsa1024', ['genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:1024']], ['brainpool', ['ecparam', '-genkey', '-noout', '-name', 'brainpoolP256r1']]] as const) {
+    execFileSync('openssl', [...genkey, '-out', join(f.dir, `${name}.key`)], { stdio: 'ignore' });
+    execFileSync('openssl', ['req', '-x509', '-key', join(f.dir, `${name}.key`), '-out', join(f.dir, `${name}.crt`), '-days', '30', '-subj', `/CN=${name}.test`, '-addext', `subjectAltName=DNS:${name}.test`], { stdio: 'ignore' });
+  }
+  rsa1024 = { certFile: join(f.dir, 'rsa1024.crt'), keyFile: join(f.dir, 'rsa1024.key'), certPem: '', keyPem: '' };
+  brainpool = { certFile: join(f.dir, 'brainpool.crt'), keyFile: join(f.dir, 'brainpool.key') };
 });
 afterAll(() => f.cleanup());
 
@@ -73,7 +91,27 @@ describe('server.tls: certificates checked at load, each problem at its path', (
       () => [`server.tls.cert: "${api.keyFile}" holds a private key, not a certificate (are cert and key swapped?)`,
         'server.tls.key: "[redacted]" holds a certificate, not a private key (are cert and key swapped?)']],
     ['text that is not PEM', () => ({ cert: f.file('junk.crt', 'hello'), key: api.keyFile }),
-      () => [`server.tls.cert: "${f.dir}/junk.crt" holds no PEM certificate (-----BEGIN CERTIFICATE-----); convert DER with: openssl x509 -inform der -in FILE -out FILE.pem`]],
+      () => [`server.tls.cert: "${f.dir}/junk.crt" holds no PEM certificate (-----BEGIN CERTIFICATE-----); convert a DER file with: openssl x509 -inform der -in FILE -out FILE.pem`]],
+    ['an empty file', () => ({ cert: f.file('empty.crt', '\n'), key: api.keyFile }),
+      () => [`server.tls.cert: the certificate "${f.dir}/empty.crt" is empty`]],
+    ['a FIFO (never read: it would block the load)', () => ({ cert: fifo(), key: api.keyFile }),
+      () => [`server.tls.cert: cannot read the certificate "${f.dir}/fifo.crt": it is not a regular file (a FIFO, socket or device); name the PEM file itself`]],
+    ['a file too large to be PEM', () => ({ cert: f.file('huge.crt', 'x'.repeat(1_048_577)), key: api.keyFile }),
+      () => [`server.tls.cert: the certificate "${f.dir}/huge.crt" is 1048577 bytes, more than a PEM file of certificates or a key can be (at most 1048576); name the right file`]],
+    ['BEGIN lines without END (linear: a regex scan would take minutes)', () => ({ cert: f.file('unterminated.crt', '-----BEGIN CERTIFICATE-----\n'.repeat(37_000)), key: api.keyFile }),
+      () => [`server.tls.cert: "${f.dir}/unterminated.crt" holds no PEM certificate (-----BEGIN CERTIFICATE-----); convert a DER file with: openssl x509 -inform der -in FILE -out FILE.pem`]],
+    ['a chain in the wrong order', () => ({ cert: f.file('reversed.crt', ca.certPem + api.certPem), key: api.keyFile }),
+      () => [`server.tls.key: "[redacted]" is the key of certificate number 2 in "${f.dir}/reversed.crt", not of the first: put the leaf (the server's own certificate) first, then its chain`]],
+    ['a DER key', () => ({ cert: api.certFile, key: f.file('der.key', 'MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg') }),
+      () => ['server.tls.key: "[redacted]" holds no PEM private key (-----BEGIN PRIVATE KEY-----); convert a DER key with: openssl pkey -inform der -in KEY -out KEY.pem']],
+    ['an RSA key below 2048 bits', () => ({ cert: rsa1024.certFile, key: rsa1024.keyFile }),
+      () => ['server.tls.key: "[redacted]" is a 1024-bit RSA key; use 2048 bits or more (or ECDSA P-256)']],
+    ['an IP address as an sni host', () => ({ cert: api.certFile, key: api.keyFile, sni: [{ hosts: ['127.0.0.1'], cert: api.certFile, key: api.keyFile }] }),
+      () => ['server.tls.sni[0].hosts[0]: "127.0.0.1" is an IP address: a client connecting to an address sends no server name (RFC 6066 3) and gets the default certificate; remove it, and put the address in the default certificate']],
+    ['a cipher list OpenSSL refuses', () => ({ cert: api.certFile, key: api.keyFile, ciphers: 'RC4-SHA' }),
+      () => ['server.tls.ciphers: OpenSSL refuses this cipher list (no cipher match); use names such as ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256']],
+    ['a curve OpenSSL does not know', () => ({ cert: api.certFile, key: api.keyFile, ecdhCurve: 'X25519:nope' }),
+      () => ['server.tls.ecdhCurve: OpenSSL knows no such group in "X25519:nope"; use names such as X25519:prime256v1:secp384r1']],
     ['a key of another certificate', () => ({ cert: api.certFile, key: other.keyFile }),
       () => [`server.tls.key: "[redacted]" is not the private key of the certificate "${api.certFile}" (CN=api.example.com); use the key the certificate was issued for`]],
     ['an encrypted key', () => ({ cert: api.certFile, key: f.file('enc.key', '-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n') }),
@@ -113,6 +151,31 @@ describe('server.tls: certificates checked at load, each problem at its path', (
       'server.tls.ecdhCurve: the uWS backend cannot choose key-exchange groups (uWebSockets.js uses OpenSSL\'s defaults); remove ecdhCurve, or run server.backend: node (or bun)',
     ]);
     expect(valid(withServer({ tls: { cert: api.certFile, key: api.keyFile, minVersion: 'TLSv1.3', ecdhCurve: 'X25519' } })).server.tls!.minVersion).toBe('TLSv1.3');
+  });
+
+  it('the uWS backend: keys BoringSSL cannot load and cipher lists it has no suite of are refused; node takes them', () => {
+    expect(lines(withServer({ tls: { cert: brainpool.certFile, key: brainpool.keyFile, ciphers: 'ECDHE-ECDSA-AES128-SHA256:DHE-RSA-AES128-GCM-SHA256' } }, 'uws'))).toEqual([
+      'server.tls.key: "[redacted]" is an EC key on brainpoolP256r1, which the uWS backend\'s TLS library (BoringSSL) cannot load; use an RSA (2048+) or ECDSA P-256/P-384/P-521 key, or run server.backend: node (or bun)',
+      'server.tls.ciphers: names no TLS 1.2 suite the uWS backend\'s TLS library (BoringSSL) has; use names such as ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256 (the default is Mozilla\'s intermediate list)',
+    ]);
+    for (const ciphers of ['HIGH:!aNULL', 'ECDHE+AESGCM', 'AES128-SHA:FOO', TLS_DEFAULTS.ciphers]) {
+      expect(valid(withServer({ tls: { cert: api.certFile, key: api.keyFile, ciphers } }, 'uws')).server.tls!.ciphers, ciphers).toBe(ciphers);
+    }
+    expect(valid(withServer({ tls: { cert: brainpool.certFile, key: brainpool.keyFile, ciphers: 'ECDHE-ECDSA-AES128-SHA256' } })).server.tls).not.toBeNull();
+  });
+
+  it('a file holding the certificate and its key serves both, and the key never lands in certPem', () => {
+    const both = f.file('combined.pem', api.certPem + api.keyPem);
+    const tls = valid(withServer({ tls: { cert: both, key: both } })).server.tls!;
+    expect(tls.default.certPem).not.toContain('PRIVATE KEY');
+    expect(tls.default.certPem.trim()).toBe(api.certPem.trim());
+    expect(tls.default.keyPem.trim()).toBe(api.keyPem.trim());
+  });
+
+  it('an ACME directory that is a file is refused', () => {
+    expect(lines(withServer({ tls: { cert: api.certFile, key: api.keyFile }, redirectHttp: { port: 8080, acmeChallengeDir: api.certFile } }))).toEqual([
+      `server.redirectHttp.acmeChallengeDir: "${api.certFile}" is not a readable directory (it is a file, not a directory); create it for the ACME client to write into`,
+    ]);
   });
 
   it('the Bun backend: sniStrict is refused (Bun.serve serves its default to unknown names)', () => {
@@ -192,8 +255,10 @@ describe('https upstreams', () => {
   });
 
   const cases: [string, () => Record<string, unknown>, () => string[]][] = [
-    ['a CA file with no certificate', () => ({ ca: f.file('empty-ca.pem', '') }),
-      () => [`upstreams.users.tls.ca: "${f.dir}/empty-ca.pem" holds no PEM certificate (-----BEGIN CERTIFICATE-----)`]],
+    ['an empty CA file', () => ({ ca: f.file('empty-ca.pem', '') }),
+      () => [`upstreams.users.tls.ca: the CA bundle "${f.dir}/empty-ca.pem" is empty`]],
+    ['a CA file with no certificate', () => ({ ca: f.file('key-as-ca.pem', api.keyPem) }),
+      () => [`upstreams.users.tls.ca: "${f.dir}/key-as-ca.pem" holds no PEM certificate (-----BEGIN CERTIFICATE-----)`]],
     ['a CA file that cannot be read', () => ({ ca: '/nonexistent/ca.pem' }),
       () => ['upstreams.users.tls.ca: cannot read the CA bundle "/nonexistent/ca.pem": no such file']],
     ['a client certificate without its key', () => ({ cert: client.certFile }),
