@@ -14,8 +14,9 @@
  *   redirectHttp.httpsPort (default server.port), left out when 443.
  * - With acmeChallengeDir, GET/HEAD /.well-known/acme-challenge/<token>
  *   serves the file <dir>/<token> (RFC 8555 8.3: the token is base64url, so
- *   nothing else is accepted: no path can leave the directory), 404 when
- *   absent. Turnpike has no ACME client: one run beside it writes there.
+ *   nothing else is accepted: no path can leave the directory; a symbolic
+ *   link, a FIFO or a file over 4 KiB is not served), 404 when absent.
+ *   Turnpike has no ACME client: one run beside it writes there.
  * - No Strict-Transport-Security here: RFC 6797 7.2 forbids it over plain
  *   HTTP.
  *
@@ -26,7 +27,8 @@
  * headers within 10 s, idle keep-alive closed after 5 s.
  */
 import http from 'node:http';
-import { readFile } from 'node:fs/promises';
+import { constants as fsConstants } from 'node:fs';
+import { type FileHandle, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { GatewayConfig, RedirectHttpConfig } from '../common/config/types.js';
 import { log } from '../common/log.js';
@@ -35,7 +37,7 @@ const ACME_PREFIX = '/.well-known/acme-challenge/';
 /** RFC 8555 8.1: a token is base64url without padding (at least 128 bits: 22+ characters; longer allowed). */
 const ACME_TOKEN = /^[A-Za-z0-9_-]{1,256}$/;
 /** Host header: reg-name or IPv4 (RFC 3986 3.2.2), or an IP-literal, then an optional port. */
-const HOST = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::\d{0,5})?$/;
+const HOST = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]{1,253})(?::(\d{1,5}))?$/;
 /** Request-target characters allowed in Location as they are (RFC 3986 pchar, "/", "?", and "%"-escapes); anything else is escaped. */
 const UNSAFE_TARGET = /[^A-Za-z0-9\-._~!$&'()*+,;=:@/?%]/g;
 
@@ -67,12 +69,37 @@ export function originForm(target: string): string | null {
  */
 export function redirectLocation(hostHeader: string | undefined, target: string, httpsPort: number): string {
   if (hostHeader === undefined || hostHeader === '') return '!the request has no Host header; send Host: <name> so the gateway knows where to redirect';
-  const m = HOST.exec(hostHeader);
-  if (m === null) return '!the Host header is not a host name or address; send Host: <name>[:port]';
+  const m = hostHeader.length <= 261 ? HOST.exec(hostHeader) : null;
+  if (m === null || (m[2] !== undefined && !(Number(m[2]) >= 1 && Number(m[2]) <= 65535))) return '!the Host header is not a host name or address with an optional port (1..65535); send Host: <name>[:port]';
   const path = originForm(target);
   if (path === null) return '!the request target must be a path (/...) or an absolute URL';
   const port = httpsPort === 443 ? '' : `:${httpsPort}`;
   return `https://${m[1]!.toLowerCase()}${port}${path.replace(UNSAFE_TARGET, (c) => encodeURIComponent(c))}`;
+}
+
+/** A key authorization is ~90 bytes (RFC 8555 8.1); a larger file is not one. */
+const MAX_CHALLENGE_BYTES = 4096;
+
+/**
+ * A challenge file's bytes, or null: only a regular file, not a symbolic
+ * link (O_NOFOLLOW: a link could name any file the gateway can read), not
+ * a FIFO or device (O_NONBLOCK, then fstat: a FIFO would hold a thread of
+ * the pool until a writer came), at most MAX_CHALLENGE_BYTES.
+ */
+async function readChallenge(path: string): Promise<Buffer | null> {
+  let fh: FileHandle;
+  try {
+    fh = await open(path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
+  } catch {
+    return null;
+  }
+  try {
+    const st = await fh.stat();
+    if (!st.isFile() || st.size > MAX_CHALLENGE_BYTES) return null;
+    return await fh.readFile();
+  } finally {
+    await fh.close();
+  }
 }
 
 /** Serves redirectHttp for the admin thread: configure on every config, close on drain. */
@@ -117,13 +144,20 @@ export class RedirectListener {
     }
     this.settings = { status: want.status, httpsPort: want.httpsPort ?? serverPort, acmeChallengeDir: want.acmeChallengeDir };
     if (this.server !== null) return;
-    const server = http.createServer({ maxHeaderSize: 16_384 }, (req, res) => this.handle(req, res));
+    // requireHostHeader off: a request without Host gets this listener's JSON 400 bad_host, not node's bare 400.
+    // connectionsCheckingInterval: headersTimeout is enforced within 1 s (node's default check runs every 30 s).
+    const server = http.createServer({ maxHeaderSize: 16_384, requireHostHeader: false, connectionsCheckingInterval: 1_000 }, (req, res) => this.handle(req, res));
     server.headersTimeout = 10_000;
     server.requestTimeout = 10_000;
     server.keepAliveTimeout = 5_000;
     server.on('clientError', (_err, socket) => {
       if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
       else socket.destroy();
+    });
+    // node:http hands CONNECT to this event (no listener: the socket is closed without a word).
+    server.on('connect', (_req, socket) => {
+      const body = JSON.stringify({ error: { code: 'bad_request', message: 'CONNECT is not served here; this listener only redirects to https.' } });
+      socket.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err: NodeJS.ErrnoException) => {
@@ -156,8 +190,10 @@ export class RedirectListener {
       this.acme(settings.acmeChallengeDir, target.slice(ACME_PREFIX.length), res);
       return;
     }
-    if (method === 'CONNECT') {
-      plain(res, 400, 'bad_request', 'CONNECT is not served here; this listener only redirects to https.');
+    let hosts = 0;
+    for (let i = 0; i < req.rawHeaders.length; i += 2) if (req.rawHeaders[i]!.length === 4 && req.rawHeaders[i]!.toLowerCase() === 'host') hosts++;
+    if (hosts > 1) {
+      plain(res, 400, 'bad_host', 'Cannot redirect to https: the request has more than one Host header (RFC 9112 3.2); send exactly one.');
       return;
     }
     const location = redirectLocation(req.headers.host, target, settings.httpsPort);
@@ -175,9 +211,13 @@ export class RedirectListener {
       plain(res, 404, 'not_found', 'No such ACME challenge token.');
       return;
     }
-    readFile(join(dir, bare)).then((body) => {
+    readChallenge(join(dir, bare)).then((body) => {
+      if (body === null) {
+        plain(res, 404, 'not_found', 'No such ACME challenge token (the ACME client has not written it, or it was removed).');
+        return;
+      }
       res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': body.length, 'cache-control': 'no-store' });
       res.end(body);
-    }, () => plain(res, 404, 'not_found', 'No such ACME challenge token (the ACME client has not written it, or it was removed).'));
+    }, () => plain(res, 404, 'not_found', 'No such ACME challenge token.'));
   }
 }

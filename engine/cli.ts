@@ -26,6 +26,7 @@ import { checkSecretRefs, looseSecretFiles } from '../common/identity/keys.js';
 import { takeEarlySignals } from './early-signals.js';
 import { readFileSync, watch, writeFileSync } from 'node:fs';
 import { CertWatcher, FileSettler, tlsFiles } from './file-watch.js';
+import { tlsFilesMatch } from '../common/config/tls.js';
 import { dirname, extname, resolve as resolvePath } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LEGACY_TOKEN_FILE, clientToken, generatedTokenFile, loadTokens } from '../admin/api/auth.js';
@@ -224,7 +225,7 @@ async function start(args: Args): Promise<void> {
   }
   // Certificates renewed on disk (certbot, cert-manager) apply by themselves, --watch or not: a reload like any
   // other, so a half-written pair is refused (key does not match) and the old one keeps serving until both settle.
-  new CertWatcher(WATCH_SETTLE_MS, () => tlsFiles(sup.config), () => sup.reload({ actor: 'cert-watch' }));
+  new CertWatcher(WATCH_SETTLE_MS, () => tlsFiles(sup.config), () => sup.reload({ actor: 'cert-watch' }), () => tlsFilesMatch(sup.config));
   if (process.env.TURNPIKE_TEST_HOOKS === '1') {
     // Test hooks: `kill -USR2` makes worker 0 crash (see test/integration).
     process.on('SIGUSR2', () => sup.crashWorker(0));

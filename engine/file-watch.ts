@@ -11,15 +11,14 @@
  * directory costs one read of the watched files; only a change in their
  * bytes (through symlinks) applies.
  */
-import { type FSWatcher, readFileSync, watch } from 'node:fs';
+import { type FSWatcher, readFileSync, statSync, watch } from 'node:fs';
 import { dirname, resolve as resolvePath } from 'node:path';
 import type { GatewayConfig } from '../common/config/types.js';
 import { log } from '../common/log.js';
 
 /**
  * Calls `apply` after a burst of changes to `files` once their bytes read
- * the same twice, `settleMs` apart, with no change event in between, and
- * differ from the bytes last applied. One settle loop at a time; a change
+ * the same twice, `settleMs` apart, and differ from the bytes last applied. One settle loop at a time; a change
  * during `apply` starts another.
  */
 export class FileSettler {
@@ -66,7 +65,9 @@ export class FileSettler {
         this.dirty = false;
         await new Promise((r) => setTimeout(r, this.settleMs));
         const current = this.read();
-        if (!this.dirty && previous !== null && current !== null && current.equals(previous)) break;
+        // Equal bytes 250 ms apart settle it, whatever else changed in the directory meanwhile (a log
+        // file written there every 100 ms must not hold a renewal back: found by the break-it pass).
+        if (previous !== null && current !== null && current.equals(previous)) break;
         previous = current;
       }
       this.dirty = false;
@@ -77,6 +78,14 @@ export class FileSettler {
       this.running = false;
       if (this.dirty) void this.settle();
     }
+  }
+}
+
+function inode(path: string): number {
+  try {
+    return statSync(path).ino;
+  } catch {
+    return -1;
   }
 }
 
@@ -115,26 +124,56 @@ export class CertWatcher {
   private files: string[] = [];
   private readonly timer: NodeJS.Timeout;
 
-  constructor(settleMs: number, private readonly current: () => string[], private readonly apply: () => Promise<unknown>) {
+  /** Per file: inode, size and mtime last seen through symlinks (the polling safety net). */
+  private seen = '';
+  /** Per watched directory: its inode when watched (a directory replaced by another is watched again). */
+  private readonly dirInodes = new Map<string, number>();
+
+  /**
+   * `upToDate()`: whether the running config already serves what the files
+   * hold (a reload from elsewhere, SIGHUP or the admin API, read them: then
+   * the watch has nothing to apply).
+   */
+  constructor(settleMs: number, private readonly current: () => string[], private readonly apply: () => Promise<unknown>, private readonly upToDate: () => boolean) {
     this.settler = new FileSettler([], settleMs, async () => {
-      await this.apply();
+      if (!this.upToDate()) await this.apply();
       this.refresh();
     });
     this.timer = setInterval(() => this.refresh(), REFRESH_MS).unref();
     this.refresh();
   }
 
-  /** Matches the watched files and directories to the running config's. */
+  /**
+   * Matches the watched files and directories to the running config's, and
+   * is the safety net of the events: a file whose inode, size or mtime
+   * changed since the last call, or a watched directory replaced by another
+   * (`mv live live.old && mkdir live`: its watch still follows the old one),
+   * counts as a change event.
+   */
   refresh(): void {
     const files = this.current();
-    if (files.join('\0') === this.files.join('\0')) return;
-    this.files = files;
-    this.settler.retarget(files);
+    if (files.join('\0') !== this.files.join('\0')) {
+      this.files = files;
+      this.settler.retarget(files);
+    }
+    const seen = files.map((f) => {
+      try {
+        const st = statSync(f);
+        return `${st.ino}:${st.size}:${st.mtimeMs}`;
+      } catch {
+        return '-';
+      }
+    }).join('\0');
+    if (seen !== this.seen) {
+      if (this.seen !== '') this.settler.changed();
+      this.seen = seen;
+    }
     const dirs = new Set(files.map((f) => dirname(f)));
     for (const [dir, w] of this.watchers) {
-      if (!dirs.has(dir)) {
+      if (!dirs.has(dir) || inode(dir) !== this.dirInodes.get(dir)) {
         w.close();
         this.watchers.delete(dir);
+        this.dirInodes.delete(dir);
       }
     }
     for (const dir of dirs) {
@@ -146,6 +185,7 @@ export class CertWatcher {
           this.watchers.delete(dir);
         });
         this.watchers.set(dir, w);
+        this.dirInodes.set(dir, inode(dir));
       } catch (err) {
         log('warn', 'cannot watch a certificate directory; certificate changes there apply on reload (SIGHUP) only', { directory: dir, error: (err as Error).message });
       }

@@ -33,7 +33,7 @@ import { X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto';
 import { closeSync, constants as fsConstants, fstatSync, openSync, readFileSync, statSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
 import { isIP } from 'node:net';
-import type { HstsConfig, RedirectHttpConfig, ServerTlsConfig, TlsKeyPair, TlsVersion, UpstreamTlsConfig } from './types.js';
+import type { GatewayConfig, HstsConfig, RedirectHttpConfig, ServerTlsConfig, TlsKeyPair, TlsVersion, UpstreamTlsConfig } from './types.js';
 import { type ConfigError, type PathSegment, formatPath, isPlainObject } from './util.js';
 import { isBun } from '../runtime.js';
 
@@ -237,6 +237,44 @@ export function pemBlocks(text: string, label: string): string[] {
 
 const PRIVATE_KEY_LINE = /-----BEGIN (?:RSA |EC |DSA |ENCRYPTED )?PRIVATE KEY-----/;
 
+/** The certificates of a PEM file as served (TlsKeyPair.certPem): its CERTIFICATE blocks only. */
+function servedCerts(text: string): string {
+  return pemBlocks(text, 'CERTIFICATE').join('\n') + '\n';
+}
+
+/** The private key of a PEM file as served (TlsKeyPair.keyPem): its first key block, or null. */
+function servedKey(text: string): string | null {
+  const m = PRIVATE_KEY_LINE.exec(text);
+  const block = m === null ? undefined : pemBlocks(text, m[0].slice(11, -5))[0];
+  return block === undefined ? null : block + '\n';
+}
+
+/**
+ * Whether the TLS files of `config` on disk hold what it serves (the file
+ * watch then has nothing to apply: a reload from another source read them
+ * already). A file that cannot be read counts as changed.
+ */
+export function tlsFilesMatch(config: GatewayConfig): boolean {
+  const read = (path: string): string | null => {
+    try {
+      return readFileSync(path, 'utf8');
+    } catch {
+      return null;
+    }
+  };
+  const pairs: TlsKeyPair[] = [];
+  if (config.server.tls !== null) pairs.push(config.server.tls.default, ...config.server.tls.sni);
+  for (const u of Object.values(config.upstreams)) {
+    if (u.tls.clientCert !== null) pairs.push(u.tls.clientCert);
+    if (u.tls.caFile !== null && read(u.tls.caFile) !== u.tls.caPem) return false;
+  }
+  return pairs.every((p) => {
+    const cert = read(p.certFile);
+    const key = read(p.keyFile);
+    return cert !== null && key !== null && servedCerts(cert) === p.certPem && servedKey(key) === p.keyPem;
+  });
+}
+
 /** The certificates of a PEM chain (leaf first), or a message. */
 function parseChain(pem: string): X509Certificate[] | string {
   const blocks = pemBlocks(pem, 'CERTIFICATE');
@@ -367,9 +405,8 @@ function loadPair(o: Obj, at: PathSegment[], hosts: string[], role: string, back
   });
   if (!ok) return null;
   // Only the certificates and the one key block are served: a combined file (cert + key in one) never puts its key into certPem.
-  const certPem = pemBlocks(certText, 'CERTIFICATE').join('\n') + '\n';
-  const keyLabel = PRIVATE_KEY_LINE.exec(keyText)![0].slice(11, -5);
-  const keyPem = pemBlocks(keyText, keyLabel)[0]! + '\n';
+  const certPem = servedCerts(certText);
+  const keyPem = servedKey(keyText)!;
   return {
     certFile: String(o['cert']), keyFile: String(o['key']), certPem, keyPem,
     hosts: hosts.map((h) => h.toLowerCase()), names: certNames(leaf), notAfterMs: notAfter, fingerprint256: leaf.fingerprint256,

@@ -7,7 +7,8 @@
  * keeps serving, TLS on/off refused on reload.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { appendFileSync, copyFileSync, mkdirSync, readFileSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { baseConfig, startGateway, type Gateway } from '../helpers/gateway.js';
 import { CertFactory, type CertFiles } from '../helpers/certs.js';
@@ -104,12 +105,19 @@ describe('redirectHttp: every request is sent to https, path and query kept', ()
     ['a Host with userinfo', 'GET / HTTP/1.1\r\nHost: a@evil.test\r\nConnection: close\r\n\r\n'],
     ['a Host with a space', 'GET / HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n'],
     ['an asterisk target', 'OPTIONS * HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n'],
+    ['two Host headers (RFC 9112 3.2)', 'GET / HTTP/1.1\r\nHost: example.test\r\nHost: evil.test\r\nConnection: close\r\n\r\n'],
+    ['a Host of 300 characters', `GET / HTTP/1.1\r\nHost: ${'a'.repeat(300)}\r\nConnection: close\r\n\r\n`],
+    ['a Host with port 99999', 'GET / HTTP/1.1\r\nHost: example.test:99999\r\nConnection: close\r\n\r\n'],
+    ['CONNECT', 'CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n'],
+    ['HTTP/1.0 without Host', 'GET / HTTP/1.0\r\n\r\n'],
   ];
   for (const [what, req] of hostile) {
     it(`400, never a Location, for ${what}`, async () => {
       const r = await rawRequest(redirectPort, req);
       expect(r.text).toMatch(/^HTTP\/1\.1 400 /);
       expect(r.text.toLowerCase()).not.toContain('location:');
+      // This listener's JSON answer, saying what to do (not node:http's bare 400).
+      expect(r.text).toMatch(/"code":"(bad_host|bad_request)"/);
     });
   }
 
@@ -127,6 +135,16 @@ describe('redirectHttp: every request is sent to https, path and query kept', ()
       const r = await rawRequest(redirectPort, `GET /.well-known/acme-challenge/${bad} HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n`);
       expect(r.text, bad).toMatch(/^HTTP\/1\.1 404 /);
     }
+    // Never a file outside through a symbolic link, never a FIFO (it would hold a thread until a writer came), nothing over 4 KiB.
+    symlinkSync('/etc/passwd', join(acme, 'evil'));
+    execFileSync('mkfifo', [join(acme, 'fifo')]);
+    writeFileSync(join(acme, 'big'), 'x'.repeat(5000));
+    for (const bad of ['evil', 'fifo', 'fifo', 'fifo', 'fifo', 'fifo', 'big']) {
+      const r = await rawRequest(redirectPort, `GET /.well-known/acme-challenge/${bad} HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n`);
+      expect(r.text, bad).toMatch(/^HTTP\/1\.1 404 /);
+      expect(r.text, bad).not.toContain('root:');
+    }
+    expect((await fetch(`http://127.0.0.1:${redirectPort}/.well-known/acme-challenge/tok_EN-123`)).status).toBe(200);
     // Other methods on the prefix redirect like any request.
     const post = await fetch(`http://127.0.0.1:${redirectPort}/.well-known/acme-challenge/tok_EN-123`, { method: 'POST', redirect: 'manual' });
     expect(post.status).toBe(308);
@@ -147,6 +165,54 @@ describe('certificates on disk', () => {
     writeFileSync(keyFile, readFileSync(renewed.keyFile));
     const notAfter = Date.parse(new (await import('node:crypto')).X509Certificate(renewed.certPem).validTo) / 1000;
     await waitFor('the renewed certificate', async () => ((await expiry()) === notAfter ? true : null));
+  });
+
+  it('GET /admin/config shows the certificates, never a private key', async () => {
+    const r = await fetch(`http://127.0.0.1:${gw.adminPort}/admin/config`, { headers: { authorization: `Bearer ${ADMIN.TURNPIKE_ADMIN_TOKEN}` } });
+    const text = await r.text();
+    expect(r.status).toBe(200);
+    expect(text).toContain('BEGIN CERTIFICATE');
+    expect(text).not.toContain('PRIVATE KEY');
+    expect(JSON.parse(text).server.tls.default.keyPem).toBe('[redacted]');
+  });
+
+  it('a file written every 100 ms in the same directory does not hold a renewal back', async () => {
+    const noise = setInterval(() => appendFileSync(join(f.dir, 'live', 'noise.log'), 'x\n'), 100);
+    try {
+      writeFileSync(keyFile, readFileSync(first.keyFile));
+      writeFileSync(certFile, readFileSync(first.certFile));
+      const notAfter = Date.parse(new (await import('node:crypto')).X509Certificate(first.certPem).validTo) / 1000;
+      await waitFor('the certificate written beside a noisy log', async () => ((await expiry()) === notAfter ? true : null));
+    } finally {
+      clearInterval(noise);
+    }
+  });
+
+  it('a certificate directory replaced by another (mv live live.old; mkdir live) is watched again', async () => {
+    renameSync(join(f.dir, 'live'), join(f.dir, 'live.old'));
+    mkdirSync(join(f.dir, 'live'));
+    copyFileSync(renewed.certFile, certFile);
+    copyFileSync(renewed.keyFile, keyFile);
+    const notAfter = Date.parse(new (await import('node:crypto')).X509Certificate(renewed.certPem).validTo) / 1000;
+    await waitFor('the certificate in the new directory', async () => ((await expiry()) === notAfter ? true : null));
+    // And a change inside the new directory afterwards.
+    writeFileSync(keyFile, readFileSync(first.keyFile));
+    writeFileSync(certFile, readFileSync(first.certFile));
+    const back = Date.parse(new (await import('node:crypto')).X509Certificate(first.certPem).validTo) / 1000;
+    await waitFor('a later change in the new directory', async () => ((await expiry()) === back ? true : null));
+  });
+
+  it('a SIGHUP that already read renewed files is not followed by a second reload from the watch', async () => {
+    const reloads = () => gw.logs.filter((l) => l.includes('"actor":"cert-watch"') && l.includes('config reloaded')).length;
+    await new Promise((r) => setTimeout(r, 1500));
+    const before = reloads();
+    writeFileSync(keyFile, readFileSync(renewed.keyFile));
+    writeFileSync(certFile, readFileSync(renewed.certFile));
+    gw.proc.kill('SIGHUP');
+    const notAfter = Date.parse(new (await import('node:crypto')).X509Certificate(renewed.certPem).validTo) / 1000;
+    await waitFor('the SIGHUP reload', async () => ((await expiry()) === notAfter ? true : null));
+    await new Promise((r) => setTimeout(r, 3000));
+    expect(reloads()).toBe(before);
   });
 
   it('turning TLS off is refused on reload (a restart), the listener keeps speaking https', async () => {
