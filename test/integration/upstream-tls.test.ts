@@ -326,6 +326,10 @@ for (const backend of ['uws', 'node'] as const) {
       expect(codeOf(r)).toBe('upstream_tls_failed');
       // The request never reached the service.
       expect(mtls.seen.length).toBe(seenBefore);
+      // OpenSSL's reason, not its error-string tail (was "ERR_SSL_...: \n").
+      const line = await waitFor(() => errorLines(gw, r.headers['x-request-id'] as string)[0], 3000, 'the error log line');
+      expect(line.detail).toMatch(/^TLS handshake: ERR_SSL_\S+: \S.*(certificate|handshake)/);
+      expect(line.detail).not.toMatch(/\n|:\s*$/);
     });
 
     it('a TLS handshake that never finishes: connectMs covers it (504 upstream_connect_timeout, the log says TCP was up)', async () => {

@@ -299,9 +299,10 @@ function isTlsAlert(err: Error): boolean {
 export function tlsFailureDetail(err: Error | null): string {
   if (err === null) return 'TLS handshake: the connection closed before it completed';
   const code = (err as NodeJS.ErrnoException).code;
-  // OpenSSL's messages carry its internal error string ("80DC...:error:0A00010B:SSL routines:..."): its reason is the last part.
-  let msg = err.message;
-  if (msg.includes(':error:')) msg = msg.slice(msg.lastIndexOf(':') + 1);
+  // OpenSSL's messages are "<id>:error:<code>:<library>:<function>:<reason>:<file>:<line>:<data>\n": keep the reason.
+  let msg = err.message.trim();
+  const openssl = /:error:[0-9A-Fa-f]+:[^:]*:[^:]*:([^:]+)/.exec(msg);
+  if (openssl !== null) msg = openssl[1]!.trim();
   return code === undefined ? `TLS handshake: ${msg}` : `TLS handshake: ${code}: ${msg}`;
 }
 
