@@ -17,7 +17,7 @@ import { LatencyRecorder } from './latency.js';
 import { WorkerLogs } from './logs.js';
 import { setPoolGauges } from './proxy/upstream-pool.js';
 import { RuntimeSampler } from '../common/runtime-metrics.js';
-import type { Backend } from './transport/backend.js';
+import { ConfigRefusedError, type Backend } from './transport/backend.js';
 import { RateLimitTable, clockOffset } from '../common/rate-limit-layout.js';
 import { StrictStores } from './policies/rate-limit/strict-store.js';
 import { WsConnectionTable } from '../common/websocket-layout.js';
@@ -58,7 +58,8 @@ let crashing = false;
 function crash(err: unknown): void {
   if (crashing) return;
   crashing = true;
-  const message = err instanceof Error ? err.stack ?? err.message : String(err);
+  // A config the backend cannot serve (at start): its one-line message; a bug: its stack.
+  const message = err instanceof ConfigRefusedError ? err.message : err instanceof Error ? err.stack ?? err.message : String(err);
   Atomics.store(control, C_WORKER_STATE + data.index, W_DEAD);
   send({ type: 'fatal', message });
   try {
@@ -86,6 +87,16 @@ const shared = {
   identity: new IdentityClient(),
 };
 shared.identity.attach(statsPort);
+
+/**
+ * A Dataplane built for a config the worker then refused: the upstream
+ * runtimes it made (those `current` does not share) and its policies'
+ * connections are let go; `current` keeps serving untouched.
+ */
+function discard(next: Dataplane, current: Dataplane): void {
+  for (const [name, u] of next.upstreams) if (current.upstreams.get(name) !== u) u.close();
+  next.releasePolicies();
+}
 
 async function main(): Promise<void> {
   let dp = new Dataplane(data.config, new Map(data.slots), null, targetSlotMap(data.targetSlots), shared);
@@ -116,6 +127,8 @@ async function main(): Promise<void> {
     backendName = s.backend === 'node' ? 'node' : 'uws';
   }
   active = backend;
+  // What the backend cannot load (TLS material BoringSSL refuses) ends the start here, with one line naming the setting.
+  backend.prepare?.(dp);
   const bound = await backend.listen();
   Atomics.store(control, C_WORKER_STATE + data.index, W_READY);
   // Heartbeat from this thread's event loop (protocol.ts): /health reports a worker whose loop stopped.
@@ -130,13 +143,25 @@ async function main(): Promise<void> {
         // so this cannot fail unless there is a bug; if it does, the worker
         // keeps serving its current config and the engine rolls the reload
         // back on every worker. A bad config must never take a worker down.
+        // The backend too may refuse it: TLS material its library cannot load (backend.prepare builds
+        // the new listener, or checks it, before anything is applied).
         let next: Dataplane;
+        const resilience = shared.resilience;
         try {
           // Test hook (TURNPIKE_TEST_HOOKS=1 only): a route with this id stands for a config only a worker refuses.
           if (TEST_HOOKS && msg.config.routes.some((r) => r.id === 'test-hook-refused-by-worker')) throw new Error('refused by test hook');
           shared.resilience = resilienceOf(msg.upstreamSlots);
           next = new Dataplane(msg.config, new Map(msg.slots), dp, targetSlotMap(msg.targetSlots), shared);
+          try {
+            backend.prepare?.(next);
+          } catch (err) {
+            discard(next, dp);
+            throw err;
+          }
         } catch (err) {
+          // The running config stays: what the refused one changed in the shared state goes back.
+          shared.resilience = resilience;
+          shared.identity.configure(dp.config.identity);
           send({ type: 'config-failed', version: msg.config.version, message: err instanceof Error ? err.message : String(err) });
           break;
         }

@@ -528,7 +528,7 @@ function checkTlsSettings(raw: Obj, backend: 'uws' | 'bun' | 'node', out: Config
       try {
         createSecureContext({ ciphers });
       } catch (e) {
-        out.push({ path: 'server.tls.ciphers', message: `OpenSSL refuses this cipher list (${(e as Error).message.replace(/^error:[0-9A-F]+:[^:]*::/, '')}); use names such as ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256` });
+        out.push({ path: 'server.tls.ciphers', message: `${isBun() ? 'BoringSSL (Bun\'s TLS library)' : 'OpenSSL'} refuses this cipher list (${(e as Error).message.replace(/^error:[0-9A-F]+:[^:]*::/, '')}); use names such as ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256` });
       }
     }
   }

@@ -23,6 +23,19 @@ export interface CertFiles {
   keyPem: string;
 }
 
+export type KeyType = 'ec' | 'rsa' | 'brainpoolP256r1' | 'secp256k1' | 'rsa-pss' | 'ed25519' | 'ed448';
+
+/** `openssl req -newkey` arguments per LeafOptions.keyType. */
+const NEWKEY: Record<KeyType, string[]> = {
+  'ec': ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256'],
+  'rsa': ['-newkey', 'rsa:2048'],
+  'brainpoolP256r1': ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:brainpoolP256r1'],
+  'secp256k1': ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:secp256k1'],
+  'rsa-pss': ['-newkey', 'rsa-pss', '-pkeyopt', 'rsa_keygen_bits:2048'],
+  'ed25519': ['-newkey', 'ed25519'],
+  'ed448': ['-newkey', 'ed448'],
+};
+
 export interface LeafOptions {
   /** DNS names and IP addresses for subjectAltName; the first is also the CN. */
   names: string[];
@@ -32,8 +45,12 @@ export interface LeafOptions {
   days?: number;
   /** Already expired: valid from 2020-01-01 to 2020-02-01. */
   expired?: boolean;
-  /** `ec` (P-256, default) or `rsa` (2048 bits). */
-  keyType?: 'ec' | 'rsa';
+  /**
+   * `ec` (P-256, default), `rsa` (2048 bits), or a key BoringSSL (uWS, Bun)
+   * cannot load while OpenSSL can: EC on `brainpoolP256r1` or `secp256k1`,
+   * `rsa-pss` (2048 bits), `ed448`; `ed25519` (both load it).
+   */
+  keyType?: KeyType;
   /** extendedKeyUsage: serverAuth (default) or clientAuth. */
   usage?: 'server' | 'client';
 }
@@ -68,7 +85,7 @@ export class CertFactory {
     const eku = o.usage === 'client' ? 'clientAuth' : 'serverAuth';
     const ext = `${base}.ext`;
     writeFileSync(join(this.dir, ext), `subjectAltName=${san}\nextendedKeyUsage=${eku}\nbasicConstraints=CA:FALSE\n`);
-    const newkey = o.keyType === 'rsa' ? ['-newkey', 'rsa:2048'] : ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256'];
+    const newkey = NEWKEY[o.keyType ?? 'ec'];
     openssl(['req', '-new', ...newkey, '-nodes', '-keyout', `${base}.key`, '-out', `${base}.csr`, '-subj', `/CN=${o.names[0]}`], this.dir);
     const signer = o.ca ?? null;
     if (o.expired === true) {

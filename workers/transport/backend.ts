@@ -25,6 +25,19 @@ export interface ServerOptions {
   clockOffset: number;
 }
 
+/**
+ * A config this backend cannot serve although it validated (TLS material
+ * its TLS library cannot load: BoringSSL on uWS and Bun). The message names
+ * the setting and what to do, in one line: it is what the reload's 422 and
+ * a failed start say, without a stack trace (workers/worker.ts).
+ */
+export class ConfigRefusedError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigRefusedError';
+  }
+}
+
 /** Why a backend closes (Backend.close). */
 export type CloseReason = 'drained' | 'crashed';
 
@@ -32,6 +45,19 @@ export type CloseReason = 'drained' | 'crashed';
 export interface Backend {
   /** Starts listening; resolves the port bound. */
   listen(): Promise<number>;
+  /**
+   * Builds, before anything is applied, what serving `dp` needs that can
+   * fail: the TLS listener of a changed server.tls (uWS: the new SSLApp,
+   * kept for the setDataplane that follows so it is built once; node: the
+   * SecureContexts; Bun: each certificate, key and setting loaded into its
+   * TLS library). Throws a ConfigRefusedError naming the setting when the
+   * backend cannot load it: the worker then refuses the config
+   * (`config-failed`) and the engine rolls the reload back. Also run once
+   * before listen() (a start with such material ends with that message).
+   * The worker calls setDataplane(dp) right after it returns. Absent: a
+   * backend with nothing that can fail.
+   */
+  prepare?(dp: Dataplane): void;
   /** Swap to a new config between requests; in-flight exchanges keep theirs. */
   setDataplane(dp: Dataplane): void;
   /** Stop accepting new connections; in-flight requests continue. */

@@ -67,7 +67,7 @@ import type { RouteWebSocket } from '../../common/config/types.js';
 import { BunRetry, RETRIED } from './bun-retry.js';
 import { setGatewayHsts } from './uws-respond.js';
 import { tlsSignature } from './uws-tls.js';
-import { bunTlsOptions } from './bun-tls.js';
+import { bunTlsOptions, checkBunTls } from './bun-tls.js';
 import { CONTINUE, REFUSED, RequestContext, type PendingDecision } from '../pipeline/context.js';
 
 /** The pipeline's context, reused for every request of this thread (workers/pipeline/context.ts). */
@@ -399,6 +399,17 @@ export class BunServer implements Backend {
       this.stoppedRetired.add(old);
       old.stop(false);
     }, RETIRE_GRACE_MS).unref();
+  }
+
+  /**
+   * Backend.prepare: a changed server.tls is loaded into BoringSSL first
+   * (bun-tls.ts checkBunTls): what it cannot load refuses the config
+   * (ConfigRefusedError) before anything changes.
+   */
+  prepare(dp: Dataplane): void {
+    const tls = dp.config.server.tls ?? null;
+    if (tls === null || tlsSignature(tls) === this.tlsKey) return;
+    checkBunTls(tls);
   }
 
   setDataplane(dp: Dataplane): void {

@@ -43,6 +43,12 @@ export interface UwsModule {
    * second listen socket: Node 20's net has no SO_REUSEPORT).
    */
   TlsApp?(tls: ServerTlsConfig): any;
+  /**
+   * With TlsApp: builds what `setTls(tls)` will use (it reuses it), and
+   * throws a ConfigRefusedError (transport/backend.ts) naming the setting
+   * when the certificates or settings cannot be loaded (Backend.prepare).
+   */
+  prepareTls?(tls: ServerTlsConfig): void;
   us_listen_socket_close(ls: any): void;
   us_socket_local_port(ls: any): number;
   readonly strictHttp?: boolean;

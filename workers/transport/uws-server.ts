@@ -209,6 +209,8 @@ export class UwsServer implements Backend {
   private readonly retired: any[] = [];
   /** uws-tls.ts tlsSignature of the certificates and settings `app` serves ('' for plain HTTP). */
   private tlsKey: string;
+  /** The app prepare() built for a config's new server.tls, taken by the setDataplane of that config (swapTls); else null. */
+  private prepared: { dp: Dataplane; tlsKey: string; app: any } | null = null;
   /** The handlers every app (and every SNI name's router) gets: registerHandlers. */
   private readonly httpHandler: (res: any, req: any) => void;
   private readonly wsBehavior: Record<string, unknown>;
@@ -314,13 +316,43 @@ export class UwsServer implements Backend {
     });
   }
 
+  /**
+   * Backend.prepare: when `dp`'s server.tls differs from what is served,
+   * builds its listener now: the new SSLApp (kept for setDataplane(dp),
+   * which listens with it), or with the node module its SecureContexts
+   * (UwsModule.prepareTls: setTls then reuses them). Throws the
+   * ConfigRefusedError of uws-tls.ts / node/tls.ts when a certificate, key
+   * or the cipher list cannot be loaded; nothing is applied then.
+   */
+  prepare(dp: Dataplane): void {
+    this.dropPrepared();
+    const tls = dp.config.server.tls ?? null;
+    // No TLS: uws.App() cannot fail (turning TLS on or off is a restart anyway).
+    if (tls === null) return;
+    const tlsKey = tlsSignature(tls);
+    if (tlsKey === this.tlsKey) return;
+    if (this.uws.TlsApp !== undefined) {
+      this.uws.prepareTls?.(tls);
+      return;
+    }
+    this.prepared = { dp, tlsKey, app: this.createApp(dp) };
+  }
+
+  /** Closes an app prepare() built that no setDataplane took (never listened: no connection to keep). */
+  private dropPrepared(): void {
+    if (this.prepared === null) return;
+    this.prepared.app.close();
+    this.prepared = null;
+  }
+
   /** Swap to a new config between requests; in-flight exchanges keep theirs. */
   setDataplane(dp: Dataplane): void {
     const old = this.dp;
     this.dp = dp;
     setGatewayHsts(dp.hsts);
-    const tlsKey = tlsSignature(dp.config.server.tls);
+    const tlsKey = this.prepared !== null && this.prepared.dp === dp ? this.prepared.tlsKey : tlsSignature(dp.config.server.tls);
     if (tlsKey !== this.tlsKey) this.swapTls(dp, tlsKey);
+    this.dropPrepared();
     ridHeaderName = dp.config.server.requestIdHeader;
     this.env.requestIdHeader = dp.config.server.requestIdHeader;
     this.env.metricsOn = dp.config.metrics.enabled;
@@ -347,8 +379,11 @@ export class UwsServer implements Backend {
    * (Linux; net.ipv4.tcp_migrate_req=1 moves it to the new socket instead):
    * ~0.1 per swap at 500 new connections/s, measured. If the new app cannot
    * be built or cannot listen, the old one keeps serving and an error is
-   * logged (validation loads the same material, so this is not expected).
-   * Retired apps are kept until close(): ~140 KB each with three certificates.
+   * logged (prepare() built it first and refuses a config it cannot build,
+   * so only listen can fail here). Retired apps are kept until close():
+   * measured ~600 KB of RSS per swap with three certificates, and a swap
+   * with 1000 sni entries blocks the worker ~1.1 s and adds ~70 MB (README,
+   * "TLS on the uWS backend").
    */
   private swapTls(dp: Dataplane, tlsKey: string): void {
     const tls = dp.config.server.tls ?? null;
@@ -366,7 +401,12 @@ export class UwsServer implements Backend {
     }
     let app: any;
     try {
-      app = this.createApp(dp);
+      if (this.prepared !== null && this.prepared.dp === dp) {
+        app = this.prepared.app;
+        this.prepared = null;
+      } else {
+        app = this.createApp(dp);
+      }
     } catch (err) {
       log('error', 'server.tls: cannot build the TLS listener of the new config; the previous certificates keep serving', {
         worker: this.opts.workerIndex, error: err instanceof Error ? err.message : String(err),
@@ -460,6 +500,7 @@ export class UwsServer implements Backend {
     this.app.close();
     for (const a of this.retired) a.close();
     this.retired.length = 0;
+    this.dropPrepared();
     this.dp.retire(null);
   }
 

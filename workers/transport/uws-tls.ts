@@ -12,11 +12,12 @@
  *    private directory (mkdtemp under os.tmpdir(), mode 0700; files 0600),
  *    the app is built, and the files are removed at once: the keys stay on
  *    disk for the few milliseconds of the build.
- *  - Material uWS cannot load (a key that does not match, a cipher list
- *    OpenSSL refuses) makes SSLApp() throw "App construction failed", but
- *    makes addServerName() crash the whole process (SIGSEGV). So every pair
- *    is first loaded alone into a throwaway SSLApp (which throws) before any
- *    addServerName.
+ *  - Material uWS cannot load (a key that does not match, a key type or
+ *    a cipher list its BoringSSL does not have: tls-load.ts) makes SSLApp()
+ *    throw "App construction failed", but makes addServerName() crash the
+ *    whole process (SIGSEGV). So every pair is first loaded alone into a
+ *    throwaway SSLApp (which throws) before any addServerName, then once
+ *    with the cipher list, and the refusal names what failed.
  *  - A name added with addServerName gets its own router: requests on it
  *    get no answer unless the handlers are registered for it too
  *    (`app.domain(name)` then `.any`/`.ws`). After domain(x) every
@@ -40,6 +41,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ServerTlsConfig, TlsKeyPair } from '../../common/config/types.js';
 import type { UwsModule } from './uws-loader.js';
+import { ciphersRefused, keyPairRefused } from './tls-load.js';
+
+/** The TLS library uWS is built with, as the workers' refusals name it. */
+const UWS_TLS = 'uWS (BoringSSL)';
 
 /** Registers every handler of the server on `app` (its current router: the default one, or a domain's). */
 export type RegisterHandlers = (app: any) => void;
@@ -76,8 +81,9 @@ export function serverNames(tls: ServerTlsConfig): Array<[name: string, pair: Tl
 /**
  * Builds a uWS SSLApp serving `tls`, with `register` run once for the
  * default router and once per server name (after `app.domain(name)`).
- * Throws (and builds nothing) when uWS cannot load a certificate or key,
- * or the cipher list; the temporary files are gone when it returns.
+ * Throws a ConfigRefusedError (backend.ts; built nothing) naming the
+ * setting when uWS cannot load a certificate or key, or finds no cipher in
+ * the cipher list; the temporary files are gone when it returns.
  */
 export function buildSslApp(uws: UwsModule, tls: ServerTlsConfig, register: RegisterHandlers): any {
   if (typeof uws.SSLApp !== 'function') throw new Error('this uWS module has no SSLApp: server.tls cannot be served');
@@ -100,17 +106,33 @@ export function buildSslApp(uws: UwsModule, tls: ServerTlsConfig, register: Regi
     // Every pair alone first: SSLApp() throws on what addServerName() would crash on.
     const pairs = new Set<TlsKeyPair>(names.map(([, p]) => p));
     if (!tls.sniStrict) pairs.add(tls.default);
+    // Each pair without ssl_ciphers, then the cipher list once (it does not depend on the key): the
+    // message says which of the two uWS cannot load.
+    let ciphersLoaded = tls.ciphers === '';
     for (const p of pairs) {
       let probe: any;
       try {
-        probe = uws.SSLApp({ ...fileOf(p), ...ciphers });
+        probe = uws.SSLApp(fileOf(p));
       } catch {
-        throw new Error(`uWS cannot load the certificate ${p.certFile} with the key ${p.keyFile}` +
-          (tls.ciphers === '' ? '' : ' and the cipher list of server.tls.ciphers'));
+        throw keyPairRefused(UWS_TLS, tls, p, '', 'or run server.backend: node');
       }
       probe.close();
+      if (ciphersLoaded) continue;
+      try {
+        probe = uws.SSLApp({ ...fileOf(p), ...ciphers });
+      } catch {
+        throw ciphersRefused(UWS_TLS, tls.ciphers);
+      }
+      probe.close();
+      ciphersLoaded = true;
     }
-    const app = tls.sniStrict ? uws.SSLApp({ ...ciphers }) : uws.SSLApp({ ...fileOf(tls.default), ...ciphers });
+    let app: any;
+    try {
+      app = tls.sniStrict ? uws.SSLApp({ ...ciphers }) : uws.SSLApp({ ...fileOf(tls.default), ...ciphers });
+    } catch {
+      // Only reached when no pair was probed (sniStrict, a default certificate without DNS names, no sni entry).
+      throw ciphersRefused(UWS_TLS, tls.ciphers);
+    }
     try {
       register(app);
       for (const [name, p] of names) {

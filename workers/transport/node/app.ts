@@ -1553,6 +1553,14 @@ export const nodeUws = {
     app.setTls(tls, tlsMetricsCells);
     return app;
   },
+  /**
+   * UwsModule.prepareTls: the SecureContexts of `tls`, built now (a
+   * reload's Backend.prepare) and kept for the setTls of the same config.
+   * Throws the ConfigRefusedError of tls.ts ServerTlsContexts.
+   */
+  prepareTls(tls: ServerTlsConfig): void {
+    tlsContextsFor(tls);
+  },
   App(): NodeApp {
     const app = new NodeApp();
     app.listenFd = sharedFd;

@@ -51,6 +51,8 @@ import { Errors, errorBodyWith } from '../../../common/errors.js';
 import { G_TLS_FAILURES, G_TLS_HANDSHAKES, type TlsFailureReason } from '../../../common/metrics-layout.js';
 import type { ServerTlsConfig, TlsKeyPair } from '../../../common/config/types.js';
 import { TLS_REASON_INDEX, tlsFailureReason } from '../tls-reasons.js';
+import { ConfigRefusedError } from '../backend.js';
+import { certSetting, describeKey } from '../tls-load.js';
 
 /** First byte of a TLS handshake record (ContentType handshake(22), RFC 8446 5.1). */
 const TLS_HANDSHAKE_RECORD = 0x16;
@@ -85,6 +87,29 @@ function normalName(name: string): string {
  * `*.example.com` with RSA, default with P-256). And with no SNI, node:tls
  * calls no callback at all, so sniStrict could not refuse those.
  */
+/**
+ * Why OpenSSL would not build the context of `kp` (null: sniStrict's
+ * context without a certificate) with `cfg`'s settings: the pair alone is
+ * loaded again to tell whether the pair or the settings are at fault.
+ */
+function refused(cfg: ServerTlsConfig, kp: TlsKeyPair | null, err: unknown): ConfigRefusedError {
+  const why = (err instanceof Error ? err.message : String(err)).replace(/^error:[0-9A-Fa-f]+:[^:]*::?/, '');
+  let pairLoads = true;
+  if (kp !== null) {
+    try {
+      tls.createSecureContext({ cert: kp.certPem, key: kp.keyPem });
+    } catch {
+      pairLoads = false;
+    }
+  }
+  if (kp !== null && !pairLoads) {
+    return new ConfigRefusedError(`${certSetting(cfg, kp)} "${kp.certFile}": the node backend's OpenSSL cannot load this certificate/key ` +
+      `(${describeKey(kp.keyPem)}: ${why}); use an RSA (2048+) or ECDSA P-256/P-384 key and its certificate, leaf first`);
+  }
+  return new ConfigRefusedError(`server.tls: the node backend's OpenSSL cannot load ciphers "${cfg.ciphers}", ecdhCurve "${cfg.ecdhCurve}", minVersion ${cfg.minVersion} ` +
+    `(${why}); use names such as ECDHE-ECDSA-AES128-GCM-SHA256 and X25519:prime256v1, or remove the settings (the defaults load)`);
+}
+
 export class ServerTlsContexts {
   readonly config: ServerTlsConfig;
   /** TLSSocket options for the default certificate. */
@@ -97,7 +122,13 @@ export class ServerTlsContexts {
   private readonly defaultExact = new Set<string>();
   private readonly defaultWild = new Set<string>();
 
-  /** Throws what tls.createSecureContext throws (a key that does not match, a cipher list OpenSSL refuses...). */
+  /**
+   * Throws a ConfigRefusedError (../backend.ts) naming the setting when
+   * OpenSSL cannot load a certificate/key pair (`server.tls.sni[1].cert
+   * "<path>" ...`) or the settings (ciphers, ecdhCurve, minVersion) with it;
+   * the validator loads the same with the same OpenSSL, so this is a last
+   * guard (Backend.prepare).
+   */
   constructor(config: ServerTlsConfig) {
     this.config = config;
     ticketKeys ??= randomBytes(48);
@@ -110,7 +141,12 @@ export class ServerTlsContexts {
     const alpn = config.alpn.length > 0 ? { ALPNProtocols: [...config.alpn] } : {};
     // One options object per certificate, shared by its connections (node:tls copies it).
     const make = (kp: TlsKeyPair | null): tls.TLSSocketOptions => {
-      const ctx = tls.createSecureContext(kp === null ? base : { ...base, cert: kp.certPem, key: kp.keyPem });
+      let ctx: tls.SecureContext;
+      try {
+        ctx = tls.createSecureContext(kp === null ? base : { ...base, cert: kp.certPem, key: kp.keyPem });
+      } catch (err) {
+        throw refused(config, kp, err);
+      }
       // (Node's SecureContext; Bun's node:tls has no setTicketKeys.)
       (ctx.context as { setTicketKeys?(k: Buffer): void }).setTicketKeys?.(ticketKeys!);
       return { isServer: true, secureContext: ctx, requestCert: false, rejectUnauthorized: false, ...alpn };
