@@ -434,7 +434,7 @@ describe('writes', () => {
         url: up.url, weight: 1, requests: 0, responses: {},
         errors: {
           upstream_connect_failed: 0, upstream_connect_timeout: 0, upstream_reset: 0, upstream_bad_response: 0, upstream_timeout: 0,
-          upstream_unavailable: 0, upstream_aborted: 0,
+          upstream_unavailable: 0, upstream_aborted: 0, upstream_tls_failed: 0,
         },
         connections: { open: 0, idle: 0 }, lastError: null, overflow: false,
         state: null, // no breaker, healthCheck, outlierDetection, not p2c: nothing tracked
