@@ -276,38 +276,30 @@ export class MetricsView {
       () => this.routeColumns(S_WS_CLOSES, WS_CLOSE_LABELS, 'code'));
     add('turnpike_websocket_limit_hits_total', 'WebSocket limits reached, by route and limit: max_message (1009), messages_per_second (1008 or a dropped message), max_connections_per_key (429), backpressure (1013), idle (1001), ping_timeout (a side that did not answer a ping).', 'counter',
       () => this.routeColumns(S_WS_LIMITS, WS_LIMITS, 'limit'));
-    add('turnpike_websocket_upgrade_failures_total', 'WebSocket upgrade requests not answered 101, by reason: the gateway error code the client got, or upstream_refused (the upstream answered its handshake with another status, passed on).', 'counter', () => {
-      const out: Values = [];
-      WS_UPGRADE_FAILURE_REASONS.forEach((reason, i) => {
-        const v = this.sum(G_WS_UPGRADE_FAILURES + i);
-        if (v > 0) out.push({ labels: { reason }, value: v });
-      });
-      return out;
-    });
-    add('turnpike_websocket_per_key_decisions_total', 'WebSocket upgrades on routes with maxConnectionsPerKey while a redis section is set, by what decided them: redis (the count across instances), instance_at_limit (refused by this instance\'s own count, without asking Redis), fallback (Redis unreachable: this instance\'s count alone).', 'counter', () => {
-      const out: Values = [];
-      WS_PER_KEY_DECIDERS.forEach((decided_by, i) => {
-        const v = this.sum(G_WS_PER_KEY + i);
-        if (v > 0) out.push({ labels: { decided_by }, value: v });
-      });
-      return out;
-    });
+    add('turnpike_websocket_upgrade_failures_total', 'WebSocket upgrade requests not answered 101, by reason: the gateway error code the client got, or upstream_refused (the upstream answered its handshake with another status, passed on).', 'counter',
+      () => this.globalColumns(G_WS_UPGRADE_FAILURES, WS_UPGRADE_FAILURE_REASONS, 'reason'));
+    add('turnpike_websocket_per_key_decisions_total', 'WebSocket upgrades on routes with maxConnectionsPerKey while a redis section is set, by what decided them: redis (the count across instances), instance_at_limit (refused by this instance\'s own count, without asking Redis), fallback (Redis unreachable: this instance\'s count alone).', 'counter',
+      () => this.globalColumns(G_WS_PER_KEY, WS_PER_KEY_DECIDERS, 'decided_by'));
     add('turnpike_tls_certificate_expiry_seconds', 'When each certificate of the running config expires (its notAfter), in seconds since the Unix epoch: alert on turnpike_tls_certificate_expiry_seconds - time() < 14 * 86400. Labels: certificate (the file as configured), role (default, sni, upstream_client) and, for upstream client certificates, upstream.', 'gauge',
       () => this.certificates);
     add('turnpike_tls_handshakes_total', 'TLS handshakes completed on the public listener (server.tls). Counted on the node backend only: uWebSockets.js and Bun.serve do not report handshakes.', 'counter',
       () => [{ labels: {}, value: this.sum(G_TLS_HANDSHAKES) }]);
-    add('turnpike_tls_handshake_failures_total', 'TLS handshakes that failed on the public listener, by reason: protocol_version, no_shared_cipher, unknown_server_name (sniStrict), bad_certificate, timeout (not finished within server.timeouts.headerMs), not_tls (plain HTTP or other bytes), other. Node backend only (see turnpike_tls_handshakes_total).', 'counter', () => {
-      const out: Values = [];
-      TLS_FAILURE_REASONS.forEach((reason, i) => {
-        const v = this.sum(G_TLS_FAILURES + i);
-        if (v > 0) out.push({ labels: { reason }, value: v });
-      });
-      return out;
-    });
+    add('turnpike_tls_handshake_failures_total', 'TLS handshakes that failed on the public listener, by reason: protocol_version, no_shared_cipher, unknown_server_name (sniStrict), bad_certificate, timeout (not finished within server.timeouts.headerMs), not_tls (plain HTTP or other bytes), other. Node backend only (see turnpike_tls_handshakes_total).', 'counter',
+      () => this.globalColumns(G_TLS_FAILURES, TLS_FAILURE_REASONS, 'reason'));
     add('turnpike_websocket_per_key_store_up', 'Whether maxConnectionsPerKey is counted across instances in Redis right now: 1 when every worker with such a Redis connection reaches it, 0 while one does not (it then decides by this instance\'s count). No sample before the first upgrade that needed one.', 'gauge', () => {
       if (this.sum(G_WS_PER_KEY_STORE_OPEN) <= 0) return [];
       return [{ labels: {}, value: this.sum(G_WS_PER_KEY_STORE_DOWN) > 0 ? 0 : 1 }];
     });
+  }
+
+  /** Non-zero worker-wide counters of a column group (cells base + i), labelled `label`: names[i]. */
+  private globalColumns(base: number, names: readonly string[], label: string): Values {
+    const out: Values = [];
+    names.forEach((name, i) => {
+      const v = this.sum(base + i);
+      if (v > 0) out.push({ labels: { [label]: name }, value: v });
+    });
+    return out;
   }
 
   /** Non-zero counters of a per-route column group, labelled route and `label`. */
