@@ -24,7 +24,8 @@ import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { tmpdir, loadavg } from 'node:os';
 import { join } from 'node:path';
-import { TARGETS, selectTargets, startTargets, startUpstream, PROXY_CPU, LOAD_CPU, POOL } from './lib/targets.mjs';
+import { TARGETS, selectTargets, startTargets, startUpstream, PROXY_CPU, LOAD_CPU, POOL, BENCH_DIR } from './lib/targets.mjs';
+import { buildWrkShim } from './lib/tls-targets.mjs';
 import { SCENARIOS, selectScenarios, wrkLua } from './lib/scenarios.mjs';
 import { which, cpuSnapshot, cpuDeltaTicks, ticksToMicros, rssKb, stopChild, stopAllOnExit, stopAll, machineBusyPct, cpuLineTicks } from './lib/proc.mjs';
 import { machineFacts, writeResultsJson, updateResultsMd, mdTable, median, fmtRate, fmtLatency, fmt, relPath } from './lib/report.mjs';
@@ -52,11 +53,18 @@ if (!WRK) {
 const targets = selectTargets(process.env.TARGETS);
 const scenarios = selectScenarios(process.env.SCENARIOS);
 
+// A TLS scenario (scenario.tls) goes to https:// with lib/wrk-tls-shim.c
+// preloaded (when it built): its handshake counts come back as `tls`.
+let wrkShim = null;
+
 function runWrk(port, scenario, seconds, luaFile) {
-  const url = `http://127.0.0.1:${port}${scenario.path}`;
+  const url = `${scenario.tls ? 'https' : 'http'}://127.0.0.1:${port}${scenario.path}`;
   const args = ['-c', String(LOAD_CPU), WRK, '-t1', `-c${scenario.connections}`, `-d${seconds}s`, '--timeout', '5s', '--latency', '-s', luaFile, url];
+  const env = scenario.tls && wrkShim
+    ? { ...process.env, LD_PRELOAD: wrkShim, WRK_TLS_NO_RESUME: scenario.fullHandshake ? '1' : '0', WRK_TLS_MAX: scenario.tlsMax ?? '' }
+    : process.env;
   return new Promise((resolve, reject) => {
-    const child = spawn('taskset', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn('taskset', args, { stdio: ['ignore', 'pipe', 'pipe'], env });
     let out = '';
     let err = '';
     child.stdout.on('data', (d) => (out += d));
@@ -69,13 +77,17 @@ function runWrk(port, scenario, seconds, luaFile) {
       clearTimeout(guard);
       const line = out.split('\n').find((l) => l.startsWith('WRKJSON '));
       if (!line) return reject(new Error(`wrk gave no summary (exit ${code}): ${(err || out).trim().slice(0, 300)}`));
-      resolve(JSON.parse(line.slice(8)));
+      const summary = JSON.parse(line.slice(8));
+      const shim = err.split('\n').find((l) => l.startsWith('TLSSHIM '));
+      if (shim) summary.tls = JSON.parse(shim.slice(8));
+      resolve(summary);
     });
   });
 }
 
 async function measure(t, scenario, seconds) {
   const cpu0Before = cpuLineTicks(PROXY_CPU);
+  const cpu1Before = cpuLineTicks(LOAD_CPU);
   const before = cpuSnapshot(t.pid);
   const upBefore = cpuSnapshot(upstream.child.pid);
   // A target may report figures of its own per run (the strict rate-limit
@@ -86,6 +98,7 @@ async function measure(t, scenario, seconds) {
   const probeAfter = t.target.probe?.();
   const upAfter = cpuSnapshot(upstream.child.pid);
   const cpu0After = cpuLineTicks(PROXY_CPU);
+  const cpu1After = cpuLineTicks(LOAD_CPU);
   const cpuUs = ticksToMicros(cpuDeltaTicks(before, after));
   const upCpuUs = ticksToMicros(cpuDeltaTicks(upBefore, upAfter));
   const seconds_ = w.duration_us / 1e6;
@@ -118,6 +131,19 @@ async function measure(t, scenario, seconds) {
     cpu0OtherPct: t.direct || !cpu0Before || !cpu0After ? null : round((100 * (cpu0After.busy - cpu0Before.busy - cpuDeltaTicks(before, after))) / Math.max(1, cpu0After.total - cpu0Before.total), 1),
     // The machine's 1-minute load average at the end of the run (2 CPUs: above 2, work waits).
     loadAvg1: round(loadavg()[0], 2),
+    // How busy the load CPU (wrk + upstream) was: near 100, req/s is the
+    // client's limit, not the target's (TLS handshakes cost wrk as much as
+    // the server).
+    loadCpuBusyPct: !cpu1Before || !cpu1After ? null : round((100 * (cpu1After.busy - cpu1Before.busy)) / Math.max(1, cpu1After.total - cpu1Before.total), 1),
+    // TLS scenarios: wrk's handshakes (lib/wrk-tls-shim.c), per second and
+    // the target's CPU per handshake (with a handshake per request, the
+    // whole request: accept, handshake, proxying, close).
+    ...(w.tls ? {
+      tls: w.tls,
+      handshakesPerS: round(w.tls.handshakes / seconds_, 0),
+      resumedPct: w.tls.handshakes > 0 ? round((100 * w.tls.resumed) / w.tls.handshakes, 1) : null,
+      cpuUsPerHandshake: w.tls.handshakes > 0 ? round(cpuUs / w.tls.handshakes, 2) : null,
+    } : {}),
     ...(t.target.probeResult ? { probe: t.target.probeResult(probeBefore, probeAfter, req) } : {}),
   };
 }
@@ -145,6 +171,17 @@ if (facts.busyPctBeforeStart > 15) console.log(`warning: the machine was ${facts
 const upstream = await startUpstream(tmp, log);
 console.log(`upstream: ${upstream.kind} on 127.0.0.1:${upstream.port}, pid ${upstream.child.pid}, CPU ${LOAD_CPU}`);
 
+if (scenarios.some((s) => s.tls)) {
+  const shim = buildWrkShim(BENCH_DIR, tmp);
+  if (shim.path) wrkShim = shim.path;
+  else {
+    console.log(`TLS scenarios run without handshake counts: ${shim.reason}`);
+    for (let i = scenarios.length - 1; i >= 0; i--) {
+      if (scenarios[i].fullHandshake || scenarios[i].tlsMax) console.log(`skip scenario ${scenarios.splice(i, 1)[0].name}: it needs the shim`);
+    }
+  }
+}
+
 const luaFiles = new Map();
 for (const s of scenarios) {
   const f = join(tmp, `wrk-${s.name}.lua`);
@@ -159,19 +196,24 @@ if (running.length === 0) {
   process.exit(1);
 }
 
+// A `tls: true` scenario runs only on `tls: true` targets (over https),
+// every other scenario only on plain targets.
+const fits = (t, s) => (t.target.tls === true) === (s.tls === true);
+const pairs = scenarios.reduce((n, s) => n + running.filter((t) => fits(t, s)).length, 0);
 const perRun = DURATION + 0.4;
-const estS = running.length * scenarios.length * (ROUNDS * perRun + (WARMUP ? WARMUP + 0.4 : 0));
-console.log(`plan: ${running.length} targets x ${scenarios.length} scenarios x ${ROUNDS} rounds x ${DURATION}s (+ ${WARMUP}s warm-up each) ~ ${(estS / 60).toFixed(1)} min`);
+const estS = pairs * (ROUNDS * perRun + (WARMUP ? WARMUP + 0.4 : 0));
+console.log(`plan: ${pairs} target x scenario pairs (${running.length} targets, ${scenarios.length} scenarios) x ${ROUNDS} rounds x ${DURATION}s (+ ${WARMUP}s warm-up each) ~ ${(estS / 60).toFixed(1)} min`);
 
 const runs = [];
 const failures = [];
 
 async function one(label, t, s, seconds, keep, round) {
-  if (!alive(t)) return;
+  if (!alive(t) || !fits(t, s)) return;
   try {
     const m = await measure(t, s, seconds);
     const errs = (m.errors ? `, ${m.errors} errors` : '') + (m.cpu0OtherPct > 10 ? ` (CPU 0: ${m.cpu0OtherPct}% not the target)` : '');
-    console.log(`[${label}] ${t.name} ${s.name} ... ${fmtRate(m.rps)} req/s, ${fmt(m.cpuUsPerReq)} µs/req, p99 ${fmtLatency(m.p99Us)}${errs}`);
+    const hs = m.tls ? `, ${m.tls.handshakes} handshakes (${m.resumedPct}% resumed, ${m.tls.version} ${m.tls.cipher} ${m.tls.group})` : '';
+    console.log(`[${label}] ${t.name} ${s.name} ... ${fmtRate(m.rps)} req/s, ${fmt(m.cpuUsPerReq)} µs/req, p99 ${fmtLatency(m.p99Us)}${errs}${hs}`);
     if (keep) runs.push({ round, target: t.name, scenario: s.name, ...m });
   } catch (err) {
     console.log(`[${label}] ${t.name} ${s.name} ... FAILED: ${err.message}`);
@@ -191,7 +233,7 @@ for (let r = 1; r <= ROUNDS; r++) {
     // Rotate the order each round so no target always runs first.
     const k = (r - 1) % running.length;
     const order = running.slice(k).concat(running.slice(0, k));
-    if (PARALLEL) await Promise.all(order.map((t) => one(`round ${r}/${ROUNDS}`, t, s, DURATION, true, r)));
+    if (PARALLEL) await Promise.all(order.filter((t) => fits(t, s)).map((t) => one(`round ${r}/${ROUNDS}`, t, s, DURATION, true, r)));
     else for (const t of order) await one(`round ${r}/${ROUNDS}`, t, s, DURATION, true, r);
   }
 }
@@ -223,16 +265,31 @@ for (const s of scenarios) {
       rssMb: pick('rssMb'),
       coreUsPerReq: pick('coreUsPerReq'),
       cpu0OtherPct: pick('cpu0OtherPct'),
+      cpuBusyPct: pick('cpuBusyPct'),
+      loadCpuBusyPct: pick('loadCpuBusyPct'),
       errors: rs.reduce((a, x) => a + x.errors, 0),
     };
+    // TLS scenarios: wrk's handshakes (medians), what was negotiated.
+    if (rs[0].tls) {
+      Object.assign(medians[s.name][t.name], {
+        handshakesPerS: pick('handshakesPerS'),
+        cpuUsPerHandshake: pick('cpuUsPerHandshake'),
+        resumedPct: pick('resumedPct'),
+        tls: { version: rs[0].tls.version, cipher: rs[0].tls.cipher, group: rs[0].tls.group, noResume: rs[0].tls.noResume },
+      });
+    }
     // The figures of a target's own probe (medians too).
     if (rs[0].probe) {
       medians[s.name][t.name].probe = Object.fromEntries(Object.keys(rs[0].probe).map((k) => [k, median(rs.map((x) => x.probe?.[k]).filter((v) => typeof v === 'number'))]));
     }
   }
-  const ng = medians[s.name].nginx?.cpuUsPerReq;
+  // `× nginx`: against the target's `reference` (nginx-tls for the TLS
+  // targets, ...), nginx for the others; `reference` names it.
   for (const [name, m] of Object.entries(medians[s.name])) {
+    const ref = running.find((t) => t.name === name)?.target.reference ?? 'nginx';
+    const ng = medians[s.name][ref]?.cpuUsPerReq;
     m.xNginx = ng && m.cpuUsPerReq !== null && name !== 'direct' ? round(m.cpuUsPerReq / ng, 2) : null;
+    if (ref !== 'nginx') m.reference = ref;
   }
 }
 
@@ -255,7 +312,7 @@ const result = {
   finishedAt: new Date().toISOString(),
   machine: facts,
   method,
-  knobs: { ROUNDS, DURATION, WARMUP, TARGETS: process.env.TARGETS || null, SCENARIOS: process.env.SCENARIOS || null, PARALLEL },
+  knobs: { ROUNDS, DURATION, WARMUP, TARGETS: process.env.TARGETS || null, SCENARIOS: process.env.SCENARIOS || null, PARALLEL, TLS_KEY: process.env.TLS_KEY || null },
   scenarios,
   targets: targetInfo,
   runs,

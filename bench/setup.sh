@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the benchmark harness needs, idempotently:
-#   - Debian packages: nginx, haproxy (peers + upstream), wrk (load generator)
+#   - Debian packages: nginx, haproxy (peers + upstream), wrk (load generator),
+#     gcc (builds lib/wrk-tls-shim.c for the TLS handshake scenarios)
 #   - bench/node_modules from bench/package-lock.json (npm ci), only when the
 #     lockfile changed since the last install.
 # Never starts, stops or enables a system service: the harness runs its own
@@ -11,8 +12,8 @@ cd "$(dirname "$0")"
 say() { printf '[setup] %s\n' "$*"; }
 
 need=()
-for pkg in nginx haproxy wrk; do
-  if command -v "$pkg" >/dev/null 2>&1 || [ -x "/usr/sbin/$pkg" ]; then
+for pkg in nginx haproxy wrk gcc; do
+  if command -v "$pkg" >/dev/null 2>&1 || [ -x "/usr/sbin/$pkg" ] || { [ "$pkg" = gcc ] && command -v cc >/dev/null 2>&1; }; then
     say "$pkg: present ($(command -v "$pkg" || echo /usr/sbin/$pkg))"
   else
     need+=("$pkg")

@@ -10,6 +10,7 @@
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import { readFileSync, readdirSync, openSync, closeSync, existsSync } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -183,13 +184,16 @@ export function portInUse(port, host = '127.0.0.1') {
   });
 }
 
-function getStatus(port, path) {
+function getStatus(port, path, tls = false) {
   return new Promise((resolve) => {
-    const req = http.get({ host: '127.0.0.1', port, path, agent: false, headers: { connection: 'close' }, timeout: 1000 }, (res) => {
+    // tls: over https, the certificate not checked (a bench target's own).
+    const opts = { host: '127.0.0.1', port, path, agent: false, headers: { connection: 'close' }, timeout: 1000 };
+    const req = (tls ? https.get({ ...opts, rejectUnauthorized: false }, onRes) : http.get(opts, onRes));
+    function onRes(res) {
       res.resume();
       res.once('end', () => resolve(res.statusCode));
       res.once('error', () => resolve(0));
-    });
+    }
     req.once('timeout', () => req.destroy());
     req.once('error', () => resolve(0));
   });
@@ -198,15 +202,16 @@ function getStatus(port, path) {
 /**
  * Wait until GET path on port answers 200 (through a proxy that proves the
  * whole path to the upstream works), or the child dies, or timeoutMs passes.
+ * tls: the port serves https.
  */
-export async function waitReady(port, { path = '/', child, timeoutMs = 15000 } = {}) {
+export async function waitReady(port, { path = '/', child, timeoutMs = 15000, tls = false } = {}) {
   const deadline = Date.now() + timeoutMs;
   let last = 0;
   while (Date.now() < deadline) {
     if (child && (child.exitCode !== null || child.signalCode !== null)) {
       throw new Error(`exited before it was ready (code ${child.exitCode}, signal ${child.signalCode})`);
     }
-    last = await getStatus(port, path);
+    last = await getStatus(port, path, tls);
     if (last === 200) return;
     await sleep(100);
   }

@@ -76,8 +76,10 @@ export function updateResultsMd(section, body) {
   if (i !== -1 && j > i) {
     text = text.slice(0, i) + block + text.slice(j + end.length);
   } else {
-    // Insert before the first later section that exists, else append.
-    const later = SECTION_ORDER.slice(SECTION_ORDER.indexOf(section) + 1)
+    // Insert before the first later section that exists, else append (a
+    // section not in SECTION_ORDER goes at the end).
+    const at = SECTION_ORDER.indexOf(section);
+    const later = (at === -1 ? [] : SECTION_ORDER.slice(at + 1))
       .map((s) => text.indexOf(`<!-- BEGIN ${s} -->`))
       .filter((k) => k !== -1);
     if (later.length) {

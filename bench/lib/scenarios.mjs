@@ -27,6 +27,25 @@ export const SCENARIOS = [
   // script). For the turnpike-auth* targets only (their route /orders/*):
   // others have no such file.
   { name: 'auth', method: 'GET', path: '/orders/1', connections: 64, headerFiles: { Authorization: 'auth-header' }, note: 'GET with Authorization: Bearer <API key>' },
+  // TLS (issue 15). A `tls: true` scenario runs only on targets with
+  // `tls: true` (lib/tls-targets.mjs: loaded over https), every other
+  // scenario only on plain targets. wrk (-t1) runs with
+  // lib/wrk-tls-shim.c preloaded, which counts its handshakes (full and
+  // resumed) and, for `fullHandshake`, drops the session wrk would offer
+  // on a reconnect.
+  { name: 'tls-get-64', tls: true, method: 'GET', path: '/', connections: 64, note: 'GET over TLS, keep-alive (64 handshakes per run)' },
+  // Connection: close, so a new connection and handshake per request. wrk
+  // keeps the last session of each connection slot and offers it again:
+  // against a server that takes tickets or has a session cache these are
+  // resumed handshakes (the shim's count says how many).
+  { name: 'tls-handshake', tls: true, method: 'GET', path: '/', connections: 64, headers: { Connection: 'close' }, note: 'GET over TLS, Connection: close: a handshake per request, resumed when the server allows it' },
+  { name: 'tls-handshake-full', tls: true, fullHandshake: true, method: 'GET', path: '/', connections: 64, headers: { Connection: 'close' }, note: 'GET over TLS, Connection: close, every handshake a full one (no session offered)' },
+  // The same two over TLS 1.2 (wrk capped by the shim): a resumed TLS 1.2
+  // handshake does no key exchange, a TLS 1.3 one does (psk_dhe_ke).
+  { name: 'tls12-handshake', tls: true, tlsMax: '1.2', method: 'GET', path: '/', connections: 64, headers: { Connection: 'close' }, note: 'GET over TLS 1.2, Connection: close: a handshake per request, resumed when the server allows it' },
+  { name: 'tls12-handshake-full', tls: true, tlsMax: '1.2', fullHandshake: true, method: 'GET', path: '/', connections: 64, headers: { Connection: 'close' }, note: 'GET over TLS 1.2, Connection: close, every handshake a full one' },
+  // The plain baseline of tls-handshake: a new TCP connection per request.
+  { name: 'close-64', method: 'GET', path: '/', connections: 64, headers: { Connection: 'close' }, note: 'GET, Connection: close: a new TCP connection per request' },
 ];
 
 export function selectScenarios(filter) {

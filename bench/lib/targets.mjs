@@ -16,6 +16,7 @@ import { balancingTargets } from './balancing-targets.mjs';
 import { splitTargets } from './split-targets.mjs';
 import { retryTargets } from './retry-targets.mjs';
 import { authTargets } from './auth-targets.mjs';
+import { tlsTargets } from './tls-targets.mjs';
 
 export const BENCH_DIR = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const ROOT_DIR = join(BENCH_DIR, '..');
@@ -253,6 +254,8 @@ export const TARGETS = [
   ...retryTargets({ cli: TURNPIKE_CLI, upstreamUrl, pool: POOL, notBuilt }),
   // API keys (issue 12): no auth vs auth with a warm cache (scopes + grants, an unknown key): lib/auth-targets.mjs.
   ...authTargets({ cli: TURNPIKE_CLI, dist: TURNPIKE_DIST, upstreamUrl, pool: POOL, notBuilt }),
+  // TLS (issue 15): nginx-tls, turnpike-tls (uWS, node backend, Bun) over https, and https upstreams: lib/tls-targets.mjs.
+  ...tlsTargets({ cli: TURNPIKE_CLI, bunBin: BUN_BIN, nginx: NGINX, nginxCommon, turnpikeConfig, noAccessLog: NO_ACCESS_LOG, upstreamUrl, pool: POOL, loadCpu: LOAD_CPU, notBuilt }),
   {
     name: 'nginx',
     port: 18001,
@@ -453,7 +456,7 @@ export async function startTarget(target, tmp, upstream) {
   const log = join(tmp, `${target.name}.log`);
   const child = spawnPinned(PROXY_CPU, cmd, args, { logFile: log, cwd: BENCH_DIR });
   try {
-    await waitReady(target.port, { child, timeoutMs: 20000 });
+    await waitReady(target.port, { child, timeoutMs: 20000, tls: target.tls === true });
   } catch (err) {
     await stopChild(child);
     await target.stop?.();
