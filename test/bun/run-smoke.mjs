@@ -18,6 +18,7 @@ import { fileURLToPath } from 'node:url';
 import { WebSocket, WebSocketServer } from 'ws';
 import { Errors, errorBody } from '../../dist/common/errors.js';
 import { LINGER_MAX_BYTES } from '../../dist/workers/transport/backend.js';
+import { check, eq, finish } from './checks.mjs';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const BUN = join(ROOT, 'node_modules/.bin/bun');
@@ -323,21 +324,6 @@ const OK = req('GET', '/api/ok');
 
 // ------------------------------------------------------------------ checks
 
-let passed = 0;
-let failed = 0;
-async function check(name, fn) {
-  try {
-    await fn();
-    passed++;
-    console.log(`  ok   ${name}`);
-  } catch (err) {
-    failed++;
-    console.log(`  FAIL ${name}: ${err.message}`);
-  }
-}
-function eq(a, b, what) {
-  if (JSON.stringify(a) !== JSON.stringify(b)) throw new Error(`${what}: expected ${JSON.stringify(b)}, got ${JSON.stringify(a)}`);
-}
 function truthy(v, what) {
   if (!v) throw new Error(what);
 }
@@ -1050,5 +1036,4 @@ rawUpstream.close();
 wsHttp.close();
 for (const w of wss.clients) w.terminate();
 canary.close();
-console.log(`${passed} passed, ${failed} failed`);
-process.exit(failed === 0 ? 0 : 1);
+finish();

@@ -21,6 +21,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import WebSocket, { WebSocketServer } from 'ws';
+import { check, eq, finish } from './checks.mjs';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const BUN = join(ROOT, 'node_modules/.bin/bun');
@@ -125,21 +126,6 @@ const port = started.port;
 
 // ------------------------------------------------------------------ clients
 
-let passed = 0;
-let failed = 0;
-async function check(name, fn) {
-  try {
-    await fn();
-    passed++;
-    console.log(`  ok   ${name}`);
-  } catch (err) {
-    failed++;
-    console.log(`  FAIL ${name}: ${err.message}`);
-  }
-}
-function eq(a, b, what) {
-  if (JSON.stringify(a) !== JSON.stringify(b)) throw new Error(`${what}: expected ${JSON.stringify(b)}, got ${JSON.stringify(a)}`);
-}
 
 /** A bare handshake; `servername` undefined: no SNI. Resolves the certificate's fingerprint, the protocol, or the error code. */
 function handshake(servername, extra = {}) {
@@ -278,5 +264,4 @@ await check('drains and exits 0 on SIGTERM', async () => eq(await exited, 0, 'ex
 upstream.closeAllConnections();
 upstream.close();
 rmSync(dir, { recursive: true, force: true });
-console.log(`${passed} passed, ${failed} failed`);
-process.exit(failed === 0 ? 0 : 1);
+finish();
