@@ -97,6 +97,7 @@
  */
 import net from 'node:net';
 import type tls from 'node:tls';
+import { isBun } from '../../../common/runtime.js';
 import { errorBody, Errors } from '../../../common/errors.js';
 import type { ServerTlsConfig } from '../../../common/config/types.js';
 import { LINGER_MAX_BYTES } from '../backend.js';
@@ -1361,7 +1362,7 @@ export class NodeApp implements TlsHost {
    * setting cannot be loaded into OpenSSL (nothing changes then).
    */
   setTls(cfg: ServerTlsConfig | null, metrics: Float64Array | null = this.tlsMetrics): void {
-    if (cfg !== null && typeof (process.versions as Record<string, string | undefined>).bun === 'string') {
+    if (cfg !== null && isBun()) {
       // Bun's node:net / node:tls cannot put a TLSSocket over the handle-wrapped sockets this server uses.
       throw new Error('server.tls with server.backend: node is not supported on Bun; use server.backend: bun (the default on Bun)');
     }
