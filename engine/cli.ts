@@ -65,8 +65,9 @@ interface Args {
 }
 
 /**
- * --watch applies a config file once its bytes have stayed the same across
- * two reads this far apart and no change event came in between: a file
+ * --watch (and the certificate watch) applies a file once its bytes have
+ * stayed the same across two reads this far apart (engine/file-watch.ts
+ * FileSettler; events about other files of the directory do not delay it): a file
  * rewritten in place in several writes (an editor, `cat > file`, a
  * deployment tool) is applied whole, never its first, possibly valid, part.
  */
