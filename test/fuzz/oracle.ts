@@ -428,11 +428,8 @@ function fidelity(req: RefRequest, rec: UpstreamRecord, out: Violation[], backen
     if (NOT_COMPARED.has(n) || n.startsWith('proxy-') || listed.has(n) || n === '') continue;
     // The gateway's client writes its own key, version and extensions (RFC 6455 4.1: one line each).
     if (ws && (n === 'sec-websocket-key' || n === 'sec-websocket-version' || n === 'sec-websocket-extensions')) continue;
-    let cv = req.headers.filter((h) => h[0] === n).map((h) => h[1]);
+    const cv = req.headers.filter((h) => h[0] === n).map((h) => h[1]);
     const uv = up.headers.filter((h) => h[0] === n).map((h) => h[1]);
-    // The handshake goes upstream through node:http (README "WebSockets"), which sends several Cookie
-    // lines as one joined with "; " (RFC 6265 5.4: one Cookie line; RFC 9113 8.2.3 joins them the same way).
-    if (ws && n === 'cookie' && cv.length > 1) cv = [cv.join('; ')];
     if (cv.length !== uv.length || cv.some((v, i) => v !== uv[i])) {
       const altered = cv.length === uv.length ? 'value-altered' : 'count-changed';
       const nonAscii = cv.some((v) => /[\x80-\xff]/.test(v))

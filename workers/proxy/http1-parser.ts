@@ -17,8 +17,10 @@
  *     a non-numeric value -> error: response smuggling guard);
  *  4. otherwise read until the connection closes.
  * 1xx interim responses (100 Continue, 103 Early Hints) are skipped: the
- * client side (uWS) answers Expect itself. 101 is not expected here (the
- * WebSocket proxy has its own path) and is an error.
+ * client side (uWS) answers Expect itself. 101 is an error, except for the
+ * WebSocket client's handshake (`allowUpgrade`, websocket/upstream-client.ts):
+ * there it ends the response at its head, and execute() returns where the
+ * head ended (the bytes after it are the new protocol's).
  */
 
 export const BODY_NONE = 0;
@@ -93,6 +95,8 @@ export class ResponseParser {
    * those bytes, not as UTF-8.
    */
   highBytes = false;
+  /** A 101 answer is the response (a WebSocket handshake's): head only, no body, then done. */
+  allowUpgrade = false;
 
   reset(sink: ResponseSink, headRequest: boolean): void {
     this.sink = sink;
@@ -283,7 +287,12 @@ export class ResponseParser {
     }
 
     if (status < 200) {
-      if (status === 101) throw new ParseError('unexpected 101 Switching Protocols');
+      if (status === 101) {
+        if (!this.allowUpgrade) throw new ParseError('unexpected 101 Switching Protocols');
+        this.state = S_DONE;
+        this.sink!.onResponseHead(101, reason, headers, BODY_NONE, -1);
+        return;
+      }
       // Interim response: discard and wait for the final one.
       this.state = S_HEAD;
       return;

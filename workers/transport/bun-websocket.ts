@@ -114,6 +114,8 @@ interface BunServerWebSocket {
  */
 export class BunClientSocket {
   ws: BunServerWebSocket | null = null;
+  /** Whether Bun copies a sent Uint8Array before sendBinary returns is not documented: the tunnel copies what is only lent to it. */
+  readonly keepsSentData = true;
 
   constructor(private readonly userData: unknown) {}
 

@@ -143,4 +143,28 @@ describe('ResponseParser framing', () => {
   it('refuses an endless head', () => {
     expect(() => run('HTTP/1.1 200 OK\r\n' + 'X-A: b\r\n'.repeat(10000), 1000)).toThrow(/too large/);
   });
+  // The WebSocket client's handshake (websocket/upstream-client.ts): a 101 ends the response at its head.
+  for (const split of splits) {
+    it(`allowUpgrade: a 101 is the response, its head only; execute() stops where the head ends (split ${split})`, () => {
+      const head = 'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: x\r\n\r\n';
+      const all = Buffer.from(head + '\x81\x02hi', 'latin1');
+      const p = new ResponseParser();
+      p.allowUpgrade = true;
+      const r = new Recorder();
+      p.reset(r, false);
+      let at = 0;
+      let stoppedAt = -1;
+      while (at < all.length && stoppedAt === -1) {
+        const n = Math.min(split, all.length - at);
+        const used = p.execute(all, at, at + n);
+        if (p.done) stoppedAt = at + used;
+        at += n;
+      }
+      expect(r.status).toBe(101);
+      expect(r.kind).toBe(BODY_NONE);
+      expect(r.headers).toEqual(['Upgrade', 'websocket', 'Sec-WebSocket-Accept', 'x']);
+      expect(r.ended, 'no end: the connection is the new protocol\'s now').toBe(0);
+      expect(stoppedAt).toBe(head.length);
+    });
+  }
 });

@@ -258,6 +258,8 @@ export class NodeWebSocket {
   private readonly ws: WsSocket;
   private readonly userData: unknown;
   closed = false;
+  /** send() keeps `message` by reference until written (the tunnel copies what is only lent to it). */
+  readonly keepsSentData = true;
 
   constructor(server: NodeWsServer, conn: WsConnection, ws: WsSocket, userData: unknown) {
     this.server = server;

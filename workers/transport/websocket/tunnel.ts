@@ -9,7 +9,7 @@
  *                            policies exactly as for a GET (a refusal is the
  *                            usual JSON error, never a 101), admits a target
  *   awaitDecision()          (a policy's decision still to come) wait for it
- *   start()                  open the upstream WebSocket (`ws`) to the target:
+ *   start()                  open the upstream WebSocket (upstream-client.ts) to the target:
  *                            path and query as the HTTP proxy sends them,
  *                            headers filtered by the same rules,
  *                            Sec-WebSocket-Protocol offered as the client did
@@ -25,7 +25,7 @@
  *
  * Backpressure and the memory bound per connection (README):
  *  - toward the client: when uWS holds more than HIGH_WATER bytes for the
- *    client, the upstream socket is paused (ws pause(): no more reads) until
+ *    client, the upstream socket is paused (no more reads) until
  *    uWS's drain brings it under LOW_WATER. What the gateway holds for a
  *    client is therefore at most HIGH_WATER + maxMessageBytes + one socket
  *    read (64 KiB): the read in progress is relayed whole.
@@ -63,15 +63,12 @@
  * failures where the upgrade is refused (fail, passRefusal, onClientAborted;
  * uws-server.ts counts the refusals made before a tunnel exists).
  *
- * Pings: uWS answers a client's pings itself, `ws` answers the upstream's;
+ * Pings: uWS answers a client's pings itself, upstream-client.ts the upstream's;
  * pings are not relayed. The gateway pings each side it heard nothing from
  * for pingIntervalMs, and a side that stays silent for another interval is
  * taken as lost (the other side gets 1001 / 1014). idleTimeoutMs counts only
  * messages (either way): past it both sides get 1001.
  */
-import { createRequire } from 'node:module';
-import { randomFillSync } from 'node:crypto';
-import type { IncomingMessage, ClientRequest } from 'node:http';
 import { STATUS_CODES } from 'node:http';
 import { Errors, type GatewayErrorDef } from '../../../common/errors.js';
 import type { RouteWebSocket } from '../../../common/config/types.js';
@@ -98,30 +95,7 @@ import {
   CLOSE_BAD_GATEWAY, CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION,
   CLOSE_TRY_AGAIN_LATER, MAX_REASON_BYTES, codeForClient, codeForUpstream,
 } from './close-codes.js';
-
-const require = createRequire(import.meta.url);
-
-/** What the gateway uses of a `ws` client (ws 8.23; the package ships no types). */
-interface UpstreamSocket {
-  readonly readyState: number;
-  readonly protocol: string;
-  readonly bufferedAmount: number;
-  send(data: Buffer, options: { binary: boolean; compress: boolean; fin: boolean }, cb?: (err?: Error | null) => void): void;
-  close(code?: number, reason?: Buffer | string): void;
-  ping(): void;
-  pause(): void;
-  resume(): void;
-  terminate(): void;
-  on(event: string, fn: (...a: any[]) => void): void;
-  once(event: string, fn: (...a: any[]) => void): void;
-  removeAllListeners(event?: string): void;
-}
-type UpstreamSocketCtor = new (address: string, protocols: string[], options: Record<string, unknown>) => UpstreamSocket;
-let WsCtor: UpstreamSocketCtor | null = null;
-function wsCtor(): UpstreamSocketCtor {
-  return (WsCtor ??= require('ws') as UpstreamSocketCtor);
-}
-const WS_OPEN = 1;
+import { UpstreamWs, WS_ERR_MESSAGE_TOO_BIG, WS_OPEN, type UpstreamWsHandler, type UpstreamWsTls } from './upstream-client.js';
 
 /** Pause the upstream when uWS holds more than this for the client (bytes). */
 export const HIGH_WATER = 256 * 1024;
@@ -134,29 +108,8 @@ const UPSTREAM_CLOSE_GRACE_MS = 5_000;
 /** Largest body of an upstream's refusal (a non-101 answer to the handshake) passed to the client; larger: 502. */
 const REFUSAL_BODY_MAX = 64 * 1024;
 
-/** The per-message options handed to ws.send: preallocated, never changed. */
-const BINARY = { binary: true, compress: false, fin: true };
-const TEXT = { binary: false, compress: false, fin: true };
-
-/**
- * Masking keys for the frames sent upstream (RFC 6455 5.3), from a random
- * pool refilled 8 KiB at a time as `ws` does, but never all zero: with an
- * all-zero key `ws` would send the caller's buffer itself later instead of a
- * masked copy made at once, and the gateway's buffer is uWS's, valid only
- * during the message callback.
- */
-const maskPool = Buffer.allocUnsafe(8192);
-let maskAt = maskPool.length;
-function generateMask(mask: Buffer): void {
-  if (maskAt + 4 > maskPool.length) {
-    randomFillSync(maskPool);
-    maskAt = 0;
-  }
-  mask[0] = maskPool[maskAt++]!;
-  mask[1] = maskPool[maskAt++]!;
-  mask[2] = maskPool[maskAt++]!;
-  mask[3] = maskPool[maskAt++]! | ((mask[0] | mask[1] | mask[2]) === 0 ? 1 : 0);
-}
+/** Handshake headers no longer needed once the upstream connection is made (they are let go: memory per connection). */
+const NO_HEADERS: Record<string, string | string[]> = Object.freeze({}) as Record<string, string | string[]>;
 
 const GET_INDEX = methodIndex('GET');
 
@@ -362,17 +315,19 @@ function heardClient(t: WsTunnel): void {
   t.clientPingAt = 0;
 }
 
-export class WsTunnel implements DecisionWaiter, PerKeyWaiter {
+export class WsTunnel implements DecisionWaiter, PerKeyWaiter, UpstreamWsHandler {
   private state = ST_DECIDE;
   /** The upgrade request's response until the 101 (or an error) is written, then null. */
   private res: any;
   private client: any = null;
-  private up: UpstreamSocket | null = null;
+  private up: UpstreamWs | null = null;
   private upPaused = false;
   /** The client's reads are paused until the upstream takes what waits for it (server sides that can pause: the node backend). */
   private clientPaused = false;
   /** The client WebSocket can stop reading (pause/resume): the node backend's; uWS 20.30's cannot. */
   private clientCanPause = false;
+  /** The client WebSocket may keep a reference to what it is sent (node backend, Bun): a view of the upstream's read buffer is copied first. */
+  private copyOut = false;
   private upClosed = false;
   private clientClosed = false;
   private decision: PendingDecision | null = null;
@@ -553,87 +508,84 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter {
   private openUpstream(): void {
     this.state = ST_HANDSHAKE;
     const t = this.pool.target;
-    const host = t.host.includes(':') ? `[${t.host}]` : t.host;
     const timeouts = this.upstream.config.timeouts;
     this.tSent = performance.now();
     // wss:// for an https:// target, with its upstream's tls settings (upstream-pool.ts PoolTls); the pool's last TLS session is offered and renewed.
     const pool = this.pool;
     const ptls = pool.tls;
-    let up: UpstreamSocket;
+    let tlsOptions: UpstreamWsTls | null = null;
+    if (ptls !== null) {
+      tlsOptions = {
+        secureContext: (ptls.context ??= upstreamSecureContext(ptls.config)),
+        // '' : no SNI (an IP address).
+        servername: ptls.servername ?? '',
+        rejectUnauthorized: ptls.rejectUnauthorized,
+        session: pool.tlsSession ?? undefined,
+        onSession: (session: Buffer) => { if (!pool.closed) pool.tlsSession = session; },
+      };
+    }
     try {
-      up = new (wsCtor())(`${ptls === null ? 'ws' : 'wss'}://${host}:${t.port}/`, this.r.protocols, {
-        headers: this.r.headers,
-        perMessageDeflate: false,
-        maxPayload: this.s.maxMessageBytes,
-        followRedirects: false,
-        generateMask,
-        ...(ptls === null ? null : {
-          secureContext: (ptls.context ??= upstreamSecureContext(ptls.config)),
-          // '' : no SNI (an IP address; ws would otherwise default it to the host).
-          servername: ptls.servername ?? '',
-          rejectUnauthorized: ptls.rejectUnauthorized,
-          ALPNProtocols: ['http/1.1'],
-          session: pool.tlsSession ?? undefined,
-        }),
-        // The request target goes out byte-exact (ws would parse it as a URL: `..` resolved, characters escaped).
-        finishRequest: (req: ClientRequest) => {
-          (req as unknown as { path: string }).path = this.r.target;
-          req.once('socket', (sock) => {
-            if (ptls === null) {
-              sock.once('connect', () => this.onConnected(timeouts.responseMs));
-            } else {
-              // connectMs covers TCP and the TLS handshake (as for HTTP requests); responseMs then the 101.
-              sock.once('connect', () => { this.tcpUp = true; });
-              sock.once('secureConnect', () => this.onConnected(timeouts.responseMs));
-              sock.on('session', (session: Buffer) => { if (!pool.closed) pool.tlsSession = session; });
-            }
-          });
-          req.end();
-        },
-      });
+      this.up = new UpstreamWs(this, t.host, t.port, this.r.target, this.r.headers, this.r.protocols, this.s.maxMessageBytes, REFUSAL_BODY_MAX, tlsOptions);
     } catch (err) {
-      // A header or subprotocol Node or ws refuses (not a token...): the client's request is at fault.
+      // A header or subprotocol that cannot be sent (not a token, a control character): the client's request is at fault.
       this.detail = (err as Error).message;
       this.fail(Errors.BAD_REQUEST, null, null);
       return;
     }
-    this.up = up;
-    up.once('open', () => this.upstreamCallback(this.onUpstreamOpen));
-    up.once('unexpected-response', (_req: ClientRequest, resp: IncomingMessage) => {
-      try {
-        this.onUpstreamRefused(resp);
-      } catch (err) {
-        this.crashed(err);
-      }
-    });
-    up.on('error', (err: Error) => {
-      try {
-        this.onUpstreamError(err);
-      } catch (e) {
-        this.crashed(e);
-      }
-    });
-    up.on('close', (code: number, reason: Buffer) => {
-      try {
-        this.onUpstreamClose(code, reason);
-      } catch (err) {
-        this.crashed(err);
-      }
-    });
-    up.on('message', (data: Buffer, isBinary: boolean) => {
-      try {
-        this.onUpstreamMessage(data, isBinary);
-      } catch (err) {
-        this.crashed(err);
-      }
-    });
-    up.on('pong', () => {
-      this.upHeard = coarse.now;
-      this.upPingAt = 0;
-    });
+    this.r.headers = NO_HEADERS;
     this.timer = setTimeout(() => this.upstreamCallback(this.onHandshakeTimeout), timeouts.connectMs);
     // net.connect defers work with process.nextTick, which a uWS callback does not run by itself.
     this.hub.env.pump();
+  }
+
+  // UpstreamWsHandler (upstream-client.ts): each call guarded, a throw ends this tunnel only.
+  onUpTcp(): void {
+    this.tcpUp = true;
+  }
+
+  onUpConnected(): void {
+    this.upstreamCallback(this.onConnected);
+  }
+
+  onUpOpen(): void {
+    this.upstreamCallback(this.onUpstreamOpen);
+  }
+
+  onUpRefused(status: number, headers: string[], body: Buffer): void {
+    try {
+      this.passRefusal(status, headers, body);
+    } catch (err) {
+      this.crashed(err);
+    }
+  }
+
+  onUpError(err: Error): void {
+    try {
+      this.onUpstreamError(err);
+    } catch (e) {
+      this.crashed(e);
+    }
+  }
+
+  onUpMessage(data: Buffer, isBinary: boolean, shared: boolean): void {
+    try {
+      this.onUpstreamMessage(data, isBinary, shared);
+    } catch (err) {
+      this.crashed(err);
+    }
+  }
+
+  onUpPong(): void {
+    this.upHeard = coarse.now;
+    this.upPingAt = 0;
+  }
+
+  onUpClose(code: number, reason: Buffer): void {
+    try {
+      this.onUpstreamClose(code, reason);
+    } catch (err) {
+      this.crashed(err);
+    }
   }
 
   private upstreamCallback(fn: (this: WsTunnel) => void): void {
@@ -644,11 +596,11 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter {
     }
   }
 
-  private onConnected(responseMs: number): void {
+  private onConnected(): void {
     this.connected = true;
     if (this.state !== ST_HANDSHAKE) return;
     if (this.timer !== null) clearTimeout(this.timer);
-    this.timer = setTimeout(() => this.upstreamCallback(this.onHandshakeTimeout), responseMs);
+    this.timer = setTimeout(() => this.upstreamCallback(this.onHandshakeTimeout), this.upstream.config.timeouts.responseMs);
   }
 
   private onHandshakeTimeout(): void {
@@ -699,6 +651,7 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter {
   onClientOpen(ws: any): void {
     this.client = ws;
     this.clientCanPause = typeof ws.pause === 'function';
+    this.copyOut = ws.keepsSentData === true;
     this.state = ST_OPEN;
     this.openCounted = true;
     if (this.cells !== null) this.cells[this.mb + S_WS_OPEN]!++;
@@ -712,33 +665,11 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter {
     else if (this.drainAt !== 0 && this.s.drainMs === 0) this.drainClose();
   }
 
-  /** A handshake answer other than 101: its status, headers and (small) body go to the client. */
-  private onUpstreamRefused(resp: IncomingMessage): void {
-    if (this.state !== ST_HANDSHAKE) {
-      resp.destroy();
-      return;
-    }
-    this.upstreamMs = performance.now() - this.tSent;
-    const chunks: Buffer[] = [];
-    let size = 0;
-    resp.on('data', (c: Buffer) => {
-      size += c.length;
-      if (size > REFUSAL_BODY_MAX) {
-        resp.destroy();
-        this.detail = `handshake answered ${resp.statusCode} with a body over ${REFUSAL_BODY_MAX} bytes`;
-        this.upstreamCallback(() => this.fail(Errors.UPSTREAM_BAD_RESPONSE, null, null));
-        return;
-      }
-      chunks.push(c);
-    });
-    resp.on('end', () => this.upstreamCallback(() => this.passRefusal(resp, Buffer.concat(chunks, size))));
-    resp.on('error', () => {});
-  }
-
-  private passRefusal(resp: IncomingMessage, body: Buffer): void {
+  /** A handshake answer other than 101 (`raw`: its header lines, name, value, ... as sent): its status, headers and (small) body go to the client. */
+  private passRefusal(status: number, raw: string[], body: Buffer): void {
     if (this.state !== ST_HANDSHAKE) return;
+    this.upstreamMs = performance.now() - this.tSent;
     this.endHandshake();
-    const status = resp.statusCode ?? 502;
     this.status = status;
     this.finishAdmission(status >= 500 ? 'upstream_refused' : '', status);
     if (this.cells !== null) countUpgradeFailure(this.cells, 'upstream_refused');
@@ -746,7 +677,6 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter {
     if (res !== null) {
       this.res = null;
       const drop = this.route.responsePlan.drop;
-      const raw = resp.rawHeaders;
       const extra = this.route.responsePlan.extra;
       const ph = this.r.policyHeaders;
       const ridHeader = this.hub.env.requestIdHeader;
@@ -780,7 +710,7 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter {
 
   private onUpstreamError(err: Error): void {
     const code = (err as NodeJS.ErrnoException).code ?? '';
-    if (this.detail === '') this.detail = code !== '' ? code : err.message;
+    if (this.detail === '') this.detail = code !== '' && !code.startsWith('WS_ERR_') ? code : err.message;
     if (this.state === ST_HANDSHAKE) {
       // Connect failures (refused, unreachable) before the socket connected; anything after is a bad answer.
       // wss://: a failure once TCP was up and before TLS was (or a TLS alert before the 101: TLS 1.3 refusing a client certificate) is the TLS handshake's.
@@ -793,7 +723,7 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter {
       return;
     }
     // Open: 'close' follows; what the client is told depends on what went wrong.
-    this.upError = code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH' ? CLOSE_MESSAGE_TOO_BIG : CLOSE_BAD_GATEWAY;
+    this.upError = code === WS_ERR_MESSAGE_TOO_BIG ? CLOSE_MESSAGE_TOO_BIG : CLOSE_BAD_GATEWAY;
     if (this.upError === CLOSE_MESSAGE_TOO_BIG) this.limitHit(WS_L_MAX_MESSAGE);
   }
 
@@ -804,7 +734,7 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter {
 
   // ------------------------------------------------------------------ relay
 
-  /** uWS message: `ab` is neutered when this returns (ws copies it while masking, synchronously). */
+  /** uWS message: `ab` is neutered when this returns (upstream-client.ts masks it into its own buffer, synchronously). */
   onClientMessage(ab: ArrayBuffer, isBinary: boolean): void {
     const n = ab.byteLength;
     const now = coarse.now;
@@ -844,7 +774,7 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter {
     if (this.clientCanPause && up.bufferedAmount + n > HIGH_WATER) {
       // The upstream is not keeping up: stop reading the client until this message is written out
       // (what the gateway holds stays under HIGH_WATER + maxMessageBytes + one read). A closure only here.
-      up.send(Buffer.from(ab), isBinary ? BINARY : TEXT, (err?: Error | null) => this.onUpstreamFlushed(err));
+      up.send(new Uint8Array(ab), isBinary, (err?: Error | null) => this.onUpstreamFlushed(err));
       if (!this.clientPaused) {
         this.clientPaused = true;
         this.limitHit(WS_L_BACKPRESSURE);
@@ -853,7 +783,7 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter {
       this.hub.env.pump();
       return;
     }
-    up.send(Buffer.from(ab), isBinary ? BINARY : TEXT);
+    up.send(new Uint8Array(ab), isBinary);
     if (up.bufferedAmount > HIGH_WATER + this.s.maxMessageBytes) {
       this.limitHit(WS_L_BACKPRESSURE);
       // The upstream does not read and uWS cannot stop reading the client (see the module comment).
@@ -911,7 +841,8 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter {
     this.client.resume();
   }
 
-  private onUpstreamMessage(data: Buffer, isBinary: boolean): void {
+  /** `shared`: `data` is a view of upstream-client.ts's read buffer, valid during this call only. */
+  private onUpstreamMessage(data: Buffer, isBinary: boolean, shared: boolean): void {
     const now = coarse.now;
     this.upHeard = now;
     this.upPingAt = 0;
@@ -925,7 +856,7 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter {
       cells[this.mb + S_WS_MESSAGES + WS_U2C]!++;
       cells[this.mb + S_WS_BYTES + WS_U2C]! += data.length;
     }
-    const r = c.send(data, isBinary, this.s.compression);
+    const r = c.send(shared && this.copyOut ? Buffer.from(data) : data, isBinary, this.s.compression);
     if (r === 2) {
       this.limitHit(WS_L_BACKPRESSURE);
       // Dropped by uWS (maxBackpressure): cannot happen while the pause below works; never lose a message silently.
@@ -1008,8 +939,7 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter {
       this.upPaused = false;
       up.resume(); // its Close answer must be read
     }
-    if (code === 0) up.close();
-    else up.close(code, truncateReason(reason));
+    up.close(code, code === 0 ? '' : truncateReason(reason));
     if (this.timer !== null) clearTimeout(this.timer);
     this.timer = setTimeout(() => this.up?.terminate(), UPSTREAM_CLOSE_GRACE_MS);
     this.hub.env.pump();
@@ -1140,11 +1070,7 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter {
     this.timer = null;
     const up = this.up;
     this.up = null;
-    if (up !== null) {
-      up.removeAllListeners('message');
-      up.removeAllListeners('open');
-      up.terminate();
-    }
+    if (up !== null) up.terminate(); // before the 101: it reports nothing more
   }
 
   private admissionDone = false;
