@@ -33,7 +33,7 @@ import {
   C_ACCESS_LOG_DROPPED, C_CONFIG_VERSION, C_LOG_DROPPED, C_RELOADS_FAILED, C_RELOADS_OK, C_REQUESTS_LOST, C_RESTARTS, C_WORKER_COUNT, C_WORKER_STATE,
   W_DRAINING, W_READY,
 } from '../common/protocol.js';
-import { RuntimeSampler, SAMPLE_MS } from '../common/runtime-metrics.js';
+import { OWN_TICK_MS, RuntimeSampler } from '../common/runtime-metrics.js';
 import { uwsPackageVersion } from '../workers/transport/uws-loader.js';
 import type { RateLimitTable } from '../common/rate-limit-layout.js';
 import { SYNC_DURATION_BUCKETS, STORE_ERROR_REASONS, type RateLimitSyncStats } from './rate-limit/index.js';
@@ -123,9 +123,12 @@ export class MetricsView {
     this.clockOffset = opts.clockOffset;
     this.setSlots(slots, opts.targetSlots, opts.config);
     this.buildLabels = buildInfo(opts.version, opts.config);
-    client.collectDefaultMetrics({ register: this.registry });
+    // prom-client starts its own monitorEventLoopDelay (a 10 ms timer in this thread) for the lag gauges replaced
+    // below; removing them from the registry does not stop it, so its period is made ~24.8 days (2^31-1 ms).
+    client.collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: 2 ** 31 - 1 });
     for (const name of PER_THREAD_DEFAULTS) this.registry.removeSingleMetric(name);
-    new RuntimeSampler(this.adminCells).start();
+    // This thread's own loop delay and GC, only when /metrics is served (admin.enabled is restart-only).
+    if (opts.config.admin.enabled) new RuntimeSampler(this.adminCells, { periodMs: OWN_TICK_MS, external: false }).start();
     const add = (name: string, help: string, type: string, collect: () => Values) => {
       const m: CustomMetric = {
         name, help, type, aggregator: 'sum',
@@ -429,8 +432,8 @@ export class MetricsView {
     for (const { thread, cells } of this.threads()) {
       if (cells[G_LOOP_SAMPLED] !== 1) continue;
       let v = cells[G_LOOP + k]!;
-      // lag and max: a thread blocked right now has not sampled since; how long it has been is its delay so far.
-      if (k === 0 || k === 2) v = Math.max(v, (now - cells[G_LOOP_TICK]! - SAMPLE_MS) / 1000);
+      // lag and max: a thread blocked right now has not ticked since; how overdue its next tick is, is its delay so far.
+      if (k === 0 || k === 2) v = Math.max(v, (now - cells[G_LOOP_TICK]!) / 1000);
       out.push({ labels: { thread }, value: v });
     }
     return out;

@@ -89,7 +89,7 @@ export const G_SCRAPE_EPOCH = 4;
 export const G_LOOP_SAMPLED = 5;
 /** 1 while this thread's GCs are observed. */
 export const G_GC_OBSERVED = 6;
-/** Date.now() of the runtime sampler's last tick: a loop blocked since shows as a stale tick. */
+/** Date.now() by which the runtime sampler's next tick is due: a loop blocked since shows as an overdue tick. */
 export const G_LOOP_TICK = 7;
 export const G_ERRORS = 8;
 /**

@@ -3,37 +3,49 @@
  * thread's shared metrics cells (common/metrics-layout.ts, G_LOOP and G_GC)
  * so the admin thread can export them per thread (`thread="worker-0"`...)
  * with no message and no per-request work. Every worker runs one, and the
- * admin thread runs one for itself (into cells of its own).
+ * admin thread runs one for itself (into cells of its own); none runs when
+ * nobody can read them (admin.enabled: false, a restart-only setting).
  *
- * - Event loop: perf_hooks.monitorEventLoopDelay (10 ms resolution, what
- *   prom-client uses) summarised every second into min, max, mean, stddev,
- *   p50, p90, p99, plus the delay of a setImmediate (prom-client's
- *   nodejs_eventloop_lag_seconds). The histogram holds the time between
- *   two ticks of its timer; what is exported is the delay beyond the 10 ms
- *   resolution (prom-client exports the raw value: ~0.010 on an idle loop).
- *   Each tick also stamps G_LOOP_TICK: a loop blocked right now cannot
- *   sample itself, so the admin thread reports the time since the last
- *   tick (less the sampling period) as the lag and max when it is larger. Like prom-client, the window restarts
- *   after each scrape: the admin thread bumps G_SCRAPE_EPOCH, the sampler
- *   sees it at its next tick and resets the histogram (until the new window
- *   has a second of data, the cells keep the previous window's values).
+ * - Event loop: no timer of its own where the thread already has one. A
+ *   worker's 25 ms sweep (workers/proxy/timers.ts SWEEP_MS, run by
+ *   transport/uws-server.ts for the uWS and node backends) calls
+ *   loopTick(now), which records the time since the previous sweep into a
+ *   perf_hooks.createHistogram(); the admin thread has no such timer and
+ *   ticks itself every OWN_TICK_MS. This is what monitorEventLoopDelay did
+ *   with its own 10 ms libuv timer (the histogram holds the time between
+ *   two ticks of a repeating timer), minus the wake-ups: 100 a second in
+ *   every thread cost more CPU than everything else an idle gateway does.
+ *   What is exported is the delay beyond the tick period (prom-client
+ *   exports the raw value: ~0.010 on an idle loop). Every SAMPLE_MS a tick
+ *   summarises the histogram into min, max, mean, stddev, p50, p90, p99,
+ *   plus the delay of a setImmediate (prom-client's
+ *   nodejs_eventloop_lag_seconds). Node's timers (and libuv's loop clock)
+ *   count whole milliseconds, so a delay is known to ~1 ms, as before.
+ *   Each tick also stamps G_LOOP_TICK with the time the next tick is due:
+ *   a loop blocked right now cannot tick, so the admin thread reports how
+ *   overdue that tick is as the lag and max when it is larger. Like
+ *   prom-client, the window restarts after each scrape: the admin thread
+ *   bumps G_SCRAPE_EPOCH, the sampler sees it at its next summary and
+ *   resets the histogram (until the new window has a second of data, the
+ *   cells keep the previous window's values).
  * - GC: a PerformanceObserver on 'gc' entries, each duration added to the
  *   histogram of its kind (major, minor, incremental, weakcb) with
  *   prom-client's buckets. Counted as they come: a cumulative histogram.
  *
- * On Bun neither API reports anything (monitorEventLoopDelay records no
- * sample, no 'gc' entry is ever delivered): there the sampler does not run
- * and G_LOOP_SAMPLED / G_GC_OBSERVED stay 0, so the thread is left out of
- * those metrics rather than reported as zero.
+ * On Bun the sampler does not run ('gc' entries are never delivered there,
+ * and the Bun backend has no sweep to tick it): G_LOOP_SAMPLED /
+ * G_GC_OBSERVED stay 0, so the thread is left out of those metrics rather
+ * than reported as zero.
  */
-import { type IntervalHistogram, PerformanceObserver, constants, monitorEventLoopDelay } from 'node:perf_hooks';
+import { type RecordableHistogram, PerformanceObserver, constants, createHistogram } from 'node:perf_hooks';
 import {
   GC_BUCKETS, GC_HIST_CELLS, G_GC, G_GC_OBSERVED, G_LOOP, G_LOOP_SAMPLED, G_LOOP_TICK, G_SCRAPE_EPOCH, observe,
 } from './metrics-layout.js';
 
-/** How often the event-loop histogram is summarised into the cells. */
+/** How often the event-loop histogram is summarised into the cells (ms). */
 export const SAMPLE_MS = 1000;
-const RESOLUTION_MS = 10;
+/** The tick period of a thread with no timer to tick the sampler (the admin thread), ms. */
+export const OWN_TICK_MS = 100;
 
 /** perf_hooks GC kind -> index in GC_KINDS (major, minor, incremental, weakcb). */
 const GC_KIND_INDEX = new Map<number, number>([
@@ -43,36 +55,62 @@ const GC_KIND_INDEX = new Map<number, number>([
   [constants.NODE_PERFORMANCE_GC_WEAKCB, 3],
 ]);
 
-/** A histogram value (ns between timer ticks) -> delay beyond the resolution, seconds. */
-function delay(ns: number): number {
-  return Math.max(0, ns / 1e6 - RESOLUTION_MS) / 1000;
+/** The sampler this thread's own sweep ticks (through loopTick), or null. */
+let ticked: RuntimeSampler | null = null;
+
+/**
+ * Called by a timer the thread already runs every `periodMs` of its
+ * sampler (a worker's sweep), with performance.now() of that run: records
+ * the loop delay since the previous call. Does nothing when no sampler of
+ * this thread waits for it (admin.enabled: false, Bun). Cost: one
+ * histogram record, and once a second the summary.
+ */
+export function loopTick(now: number): void {
+  if (ticked !== null) ticked.tick(now);
+}
+
+export interface SamplerOptions {
+  /** The period of the ticks, ms: the histogram holds times between ticks, the delay is what exceeds it. */
+  periodMs: number;
+  /**
+   * true: the thread ticks the sampler from a timer it already runs, by
+   * calling loopTick() every periodMs (one such sampler per thread);
+   * false: the sampler runs its own setInterval(periodMs).
+   */
+  external: boolean;
 }
 
 export class RuntimeSampler {
-  private histogram: IntervalHistogram | null = null;
+  private histogram: RecordableHistogram | null = null;
   private observer: PerformanceObserver | null = null;
   private timer: NodeJS.Timeout | null = null;
   private epoch: number;
   private lagStart = 0;
+  /** performance.now() of the previous tick; 0 before the first (the time until then is start-up, not delay). */
+  private last = 0;
+  /** performance.now() of the last summary. */
+  private summarised = 0;
+  private readonly periodMs: number;
 
-  constructor(private readonly cells: Float64Array) {
+  constructor(private readonly cells: Float64Array, private readonly opts: SamplerOptions) {
     this.epoch = cells[G_SCRAPE_EPOCH]!;
+    this.periodMs = opts.periodMs;
   }
 
   start(): this {
     const c = this.cells;
-    // Bun has both APIs but they report nothing (no delay samples, no 'gc' entries): zeros would look like data.
+    // Bun delivers no 'gc' entry, and its backend has no sweep to tick this: zeros would look like data.
     if (typeof (process.versions as Record<string, string | undefined>).bun === 'string') return this;
-    try {
-      const h = monitorEventLoopDelay({ resolution: RESOLUTION_MS });
-      h.enable();
-      this.histogram = h;
-      c[G_LOOP_TICK] = Date.now();
-      c[G_LOOP_SAMPLED] = 1;
-      this.timer = setInterval(this.sample, SAMPLE_MS);
+    this.histogram = createHistogram();
+    this.summarised = performance.now();
+    // Due: the first tick (the sweep starts once the backend listens, within a period of this).
+    c[G_LOOP_TICK] = Date.now() + this.periodMs;
+    c[G_LOOP_SAMPLED] = 1;
+    if (this.opts.external) {
+      ticked = this;
+    } else {
+      this.timer = setInterval(() => this.tick(performance.now()), this.periodMs);
       this.timer.unref();
-    } catch {
-      // Not implemented on this runtime (Bun).
     }
     try {
       const obs = new PerformanceObserver((list) => {
@@ -93,14 +131,36 @@ export class RuntimeSampler {
   stop(): void {
     if (this.timer !== null) clearInterval(this.timer);
     this.timer = null;
-    this.histogram?.disable();
+    if (ticked === this) ticked = null;
+    this.histogram = null;
     this.observer?.disconnect();
   }
 
-  private readonly sample = (): void => {
+  /**
+   * One tick, `now` = performance.now(): the time since the previous tick
+   * goes into the histogram (ns, what monitorEventLoopDelay records), and
+   * every SAMPLE_MS the histogram is summarised into the cells.
+   */
+  tick(now: number): void {
+    const h = this.histogram;
+    if (h === null) return;
     const c = this.cells;
-    const h = this.histogram!;
-    c[G_LOOP_TICK] = Date.now();
+    c[G_LOOP_TICK] = Date.now() + this.periodMs;
+    if (this.last !== 0) h.record(Math.max(1, Math.round((now - this.last) * 1e6)));
+    this.last = now;
+    if (now - this.summarised >= SAMPLE_MS) {
+      this.summarised = now;
+      this.sample(h);
+    }
+  }
+
+  /** A histogram value (ns between two ticks) -> the delay beyond the tick period, seconds. */
+  private delay(ns: number): number {
+    return Math.max(0, ns / 1e6 - this.periodMs) / 1000;
+  }
+
+  private sample(h: RecordableHistogram): void {
+    const c = this.cells;
     const epoch = c[G_SCRAPE_EPOCH]!;
     if (epoch !== this.epoch) {
       // Scraped since the last sample: a new window starts.
@@ -109,18 +169,16 @@ export class RuntimeSampler {
       return;
     }
     if (h.count === 0) return;
-    // The histogram records the time between two ticks of its 10 ms timer:
-    // the delay is what exceeds the resolution.
-    c[G_LOOP + 1] = delay(h.min);
-    c[G_LOOP + 2] = delay(h.max);
-    c[G_LOOP + 3] = delay(h.mean);
+    c[G_LOOP + 1] = this.delay(h.min);
+    c[G_LOOP + 2] = this.delay(h.max);
+    c[G_LOOP + 3] = this.delay(h.mean);
     c[G_LOOP + 4] = h.stddev / 1e9;
-    c[G_LOOP + 5] = delay(h.percentile(50));
-    c[G_LOOP + 6] = delay(h.percentile(90));
-    c[G_LOOP + 7] = delay(h.percentile(99));
+    c[G_LOOP + 5] = this.delay(h.percentile(50));
+    c[G_LOOP + 6] = this.delay(h.percentile(90));
+    c[G_LOOP + 7] = this.delay(h.percentile(99));
     this.lagStart = performance.now();
     setImmediate(this.lagDone);
-  };
+  }
 
   private readonly lagDone = (): void => {
     this.cells[G_LOOP] = (performance.now() - this.lagStart) / 1000;

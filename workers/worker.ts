@@ -17,6 +17,7 @@ import { LatencyRecorder } from './latency.js';
 import { WorkerLogs } from './logs.js';
 import { setPoolGauges } from './proxy/upstream-pool.js';
 import { RuntimeSampler } from '../common/runtime-metrics.js';
+import { SWEEP_MS } from './proxy/timers.js';
 import { ConfigRefusedError, type Backend } from './transport/backend.js';
 import { RateLimitTable, clockOffset } from '../common/rate-limit-layout.js';
 import { StrictStores } from './policies/rate-limit/strict-store.js';
@@ -35,8 +36,9 @@ const metrics = new Float64Array(data.metrics);
 // (the dead worker's sockets are gone with it).
 resetGauges(metrics);
 setPoolGauges(metrics);
-// Event-loop delay and GC of this thread, into its shared cells (no message, no per-request work).
-new RuntimeSampler(metrics).start();
+// Event-loop delay and GC of this thread, into its shared cells (no message, no per-request work), only when
+// /metrics is served (admin.enabled is restart-only). The backend's SWEEP_MS sweep ticks it (loopTick): no timer of its own.
+if (data.config.admin.enabled) new RuntimeSampler(metrics, { periodMs: SWEEP_MS, external: true }).start();
 const TEST_HOOKS = process.env.TURNPIKE_TEST_HOOKS === '1';
 const isBun = typeof (process.versions as Record<string, string | undefined>).bun === 'string';
 

@@ -281,6 +281,25 @@ describe('/metrics', () => {
     }
   }, 15_000);
 
+  it('records a stall once it is over: a worker blocked 200 ms shows it in lag_max, from the delay of its sweep', async () => {
+    await scrapeText();
+    // The scrape starts a new window at each thread's next summary (within a second): the stall must come after it.
+    await new Promise((r) => setTimeout(r, 1300));
+    expect(await get('/app/x', { 'x-turnpike-test-block': '200' })).toBe(200);
+    // The next summary (within a second) publishes it; the worker is not blocked any more when scraped.
+    await new Promise((r) => setTimeout(r, 1300));
+    const s = parseSamples(await scrapeText());
+    const max = s.filter((x) => x.name === 'nodejs_eventloop_lag_max_seconds' && x.labels['thread'] !== 'admin');
+    expect(max).toHaveLength(2);
+    const stalled = max.reduce((a, b) => (a.value > b.value ? a : b));
+    expect(stalled.value).toBeGreaterThanOrEqual(0.15);
+    // Not an overdue tick: the worker ticks again (an overdue one would be over a second by now).
+    expect(stalled.value).toBeLessThan(1);
+    expect(max.find((x) => x !== stalled)!.value).toBeLessThan(0.15);
+    // What is exported is the delay beyond the 25 ms sweep period, not the time between sweeps.
+    for (const p50 of s.filter((x) => x.name === 'nodejs_eventloop_lag_p50_seconds')) expect(p50.value, p50.labels['thread']).toBeLessThan(0.02);
+  }, 15_000);
+
   it('lists every turnpike metric, and every per-thread nodejs one, in the README Metrics section', () => {
     const readme = readFileSync(`${ROOT}/README.md`, 'utf8');
     const section = readme.slice(readme.indexOf('\n## Metrics'), readme.indexOf('\n## ', readme.indexOf('\n## Metrics') + 5));

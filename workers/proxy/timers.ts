@@ -4,7 +4,9 @@
  * in an intrusive list; every SWEEP_MS the list is walked and expired
  * exchanges are told so. Creating and clearing a Node timer per request
  * costs more than the whole walk. Timeouts are therefore accurate to
- * +SWEEP_MS, which the README states.
+ * +SWEEP_MS, which the README states. The sweep (transport/uws-server.ts)
+ * also ticks the thread's event-loop delay sampler
+ * (common/runtime-metrics.ts loopTick): how late it runs is the loop delay.
  */
 
 export const SWEEP_MS = 25;

@@ -18,6 +18,7 @@ import { log } from '../../common/log.js';
 import { connectionListed, hasCloseOption, isSafeRequestId } from '../proxy/headers.js';
 import { parseContentLength } from '../proxy/http1-parser.js';
 import { SWEEP_MS, TimerList, coarse } from '../proxy/timers.js';
+import { loopTick } from '../../common/runtime-metrics.js';
 import { entry, resetEntry } from '../access-log.js';
 import { MATCH_FOUND } from '../router/types.js';
 import { isValidHost, normalizeHost, normalizePath } from '../router/normalize.js';
@@ -461,6 +462,7 @@ export class UwsServer implements Backend {
 
   private sweep(): void {
     const now = performance.now();
+    loopTick(now); // this thread's event-loop delay (common/runtime-metrics.ts): the sweep is its timer
     this.timers.sweep(now);
     if (now - this.lastIdleSweep >= 1000) {
       this.lastIdleSweep = now;
