@@ -277,7 +277,7 @@ export class MetricsView {
       perDirection(S_WS_BYTES));
     add('turnpike_websocket_closes_total', 'WebSocket client connections closed, by route and the close code the client got (or sent, when it closed first; 1005: a Close without a code, 1006: the connection was lost); codes outside the known list are counted as other.', 'counter',
       () => this.routeColumns(S_WS_CLOSES, WS_CLOSE_LABELS, 'code'));
-    add('turnpike_websocket_limit_hits_total', 'WebSocket limits reached, by route and limit: max_message (1009), messages_per_second (1008 or a dropped message), max_connections_per_key (429), backpressure (1013), idle (1001), ping_timeout (a side that did not answer a ping).', 'counter',
+    add('turnpike_websocket_limit_hits_total', 'WebSocket limits reached, by route and limit: max_message (1009), messages_per_second (1008 or a dropped message), max_connections_per_key (429), backpressure (1013), idle (1001), ping_timeout (a side that did not answer a ping), credential (1008: the API key that opened it was revoked, its consumer suspended, or it expired).', 'counter',
       () => this.routeColumns(S_WS_LIMITS, WS_LIMITS, 'limit'));
     add('turnpike_websocket_upgrade_failures_total', 'WebSocket upgrade requests not answered 101, by reason: the gateway error code the client got, or upstream_refused (the upstream answered its handshake with another status, passed on).', 'counter',
       () => this.globalColumns(G_WS_UPGRADE_FAILURES, WS_UPGRADE_FAILURE_REASONS, 'reason'));

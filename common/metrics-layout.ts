@@ -199,13 +199,15 @@ export function wsCloseColumn(code: number): number {
 }
 export const S_WS_LIMITS = S_WS_CLOSES + WS_CLOSE_LABELS.length;
 /** turnpike_websocket_limit_hits_total{route,limit}: what each WS_L_* column counts (README, WebSockets). */
-export const WS_LIMITS = ['max_message', 'messages_per_second', 'max_connections_per_key', 'backpressure', 'idle', 'ping_timeout'] as const;
+export const WS_LIMITS = ['max_message', 'messages_per_second', 'max_connections_per_key', 'backpressure', 'idle', 'ping_timeout', 'credential'] as const;
 export const WS_L_MAX_MESSAGE = 0;
 export const WS_L_RATE = 1;
 export const WS_L_PER_KEY = 2;
 export const WS_L_BACKPRESSURE = 3;
 export const WS_L_IDLE = 4;
 export const WS_L_PING = 5;
+/** The API key that opened the tunnel was revoked, its consumer suspended, or it expired (1008; websocket/credential-watch.ts). */
+export const WS_L_CREDENTIAL = 6;
 export const SLOT_CELLS = S_WS_LIMITS + WS_LIMITS.length;
 
 /** Route series kept apart; routes past this share the `_overflow` slot. */

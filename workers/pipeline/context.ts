@@ -51,6 +51,7 @@
  * single pending decision either way.
  */
 import { Errors, type GatewayErrorDef } from '../../common/errors.js';
+import type { WsCredential } from '../policies/auth/credential.js';
 
 /** headerOnce's answer for a field sent on more than one line (no header value holds a NUL). */
 export const REPEATED = '\u0000repeated';
@@ -99,6 +100,8 @@ export abstract class PendingDecision implements PolicyOutcome {
   refusedBy = '';
   /** The consumer an authentication decision found (RequestContext.consumerId), '' for none. */
   consumerId = '';
+  /** A WebSocket upgrade's key as an authentication decision admitted it, for the tunnel (policies/auth/credential.ts); null otherwise. */
+  credential: WsCredential | null = null;
   /** The longest this decision can take (ms), timeouts included: past it the transport gives up on it (503 guardError). */
   readonly guardMs: number;
   /** What the transport answers (503, Retry-After: 1) when it gives up on the decision at guardMs. */

@@ -42,6 +42,7 @@
  * what differs from uWS).
  */
 import { parseProtocols, stripQueryParams, upgradeOffer } from '../policies/auth/index.js';
+import type { WsCredential } from '../policies/auth/credential.js';
 import type { Fallback, UpstreamGuard } from '../proxy/guard.js';
 import { isTlsErrorCode, type TargetPool } from '../proxy/upstream-pool.js';
 import { type UpstreamRuntime, withStickyCookie } from '../proxy/balancer.js';
@@ -697,6 +698,8 @@ export class BunServer implements Backend {
     let policyLines = '';
     /** A decision still to come (a strict rate limit's Redis round trip): awaited before the upstream request. */
     let pending: PendingDecision | null = null;
+    /** A handshake's API key as the route's auth admitted it (bun-websocket.ts: the tunnel closes when it stops working). */
+    let credential: WsCredential | null = null;
     if (policies !== null) {
       const ctx = pctx;
       let verdict: number;
@@ -705,8 +708,10 @@ export class BunServer implements Backend {
       if (wsRoute !== null) upgradeOffer.protocols = parseProtocols(h.get('sec-websocket-protocol'));
       try {
         verdict = ctx.run(policies, t0 + this.opts.clockOffset, route.id, route.slot, method, clientIp, xff, flat, query);
+        credential = upgradeOffer.credential;
       } finally {
         upgradeOffer.protocols = null;
+        upgradeOffer.credential = null;
       }
       if (info !== null) info.consumer = ctx.consumerId;
       if (verdict === REFUSED) {
@@ -752,7 +757,7 @@ export class BunServer implements Backend {
         dp, req, server, t0, requestId, route, upstream, pool, probe: guard?.probe ?? false, settings: wsRoute, flat,
         listed: conn !== null ? connectionListed(conn) : null, host: hostHeader, clientIp, xff, forwarded: h.get('forwarded'),
         target: fq === '' ? upstreamPath : upstreamPath + '?' + fq, path: rawPath, query, consumer: policies !== null ? pctx.consumerId : '',
-        policyHeaders, policyLines, pending, close: clientClose,
+        policyHeaders, policyLines, pending, close: clientClose, credential,
       });
       if (opened !== null) return opened as Promise<Response>;
       pending?.cancel();

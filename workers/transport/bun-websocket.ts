@@ -63,6 +63,7 @@ import type { UpstreamRuntime } from '../proxy/balancer.js';
 import type { TargetPool } from '../proxy/upstream-pool.js';
 import { TimerList } from '../proxy/timers.js';
 import type { PendingDecision } from '../pipeline/context.js';
+import type { WsCredential } from '../policies/auth/credential.js';
 import { offerUpstream, parseProtocols } from '../policies/auth/index.js';
 import type { ServerOptions } from './backend.js';
 import type { ExchangeEnv } from './uws-exchange.js';
@@ -291,6 +292,8 @@ export interface BunHandshake {
   pending: PendingDecision | null;
   /** Whether a refusal closes the connection (the client asked to). */
   close: boolean;
+  /** The API key the route's auth admitted (UpgradeRequest.credential), or null (none, or a pending decision brings it). */
+  credential: WsCredential | null;
 }
 
 /** Plain ASCII without DEL (X-Forwarded-For and Forwarded are extended, so their bytes must be text). */
@@ -437,7 +440,7 @@ export class BunWebSockets {
       client: clientIp, keyAddress: x.settings.maxConnectionsPerKey > 0 ? wsKeyAddress(x.dp, clientIp, x.xff) : clientIp,
       host: x.host, path: x.path, query: x.query, consumer: x.consumer,
       userAgent: h.get('user-agent') ?? '', referer: h.get('referer') ?? '',
-      policyHeaders: x.policyHeaders, close: x.close ? CLOSE_ENFORCE : CLOSE_NONE,
+      policyHeaders: x.policyHeaders, close: x.close ? CLOSE_ENFORCE : CLOSE_NONE, credential: x.credential,
     };
     return new Promise<Response | undefined>((resolve) => {
       const res = new BunUpgradeResponse(x.req, x.server, resolve, x.requestId, ridHeader);

@@ -10,6 +10,7 @@
  * (400/404/405/413/414/431) are answered right here, synchronously.
  */
 import { offerUpstream, parseProtocols, stripQueryParams, upgradeOffer } from '../policies/auth/index.js';
+import type { WsCredential } from '../policies/auth/credential.js';
 import { Errors, type GatewayErrorDef } from '../../common/errors.js';
 import { methodIndex } from '../../common/metrics-layout.js';
 import { countError, recordRequest, recordSizes } from '../request-metrics.js';
@@ -847,6 +848,8 @@ export class UwsServer implements Backend {
     let policyHeaders: string[] | null = null;
     let policyLines = '';
     let pending: PendingDecision | null = null;
+    /** The API key the route's auth admitted (a pending decision brings its own): the tunnel closes when it stops working. */
+    let credential: WsCredential | null = null;
     // The client's offer (uWS: the first Sec-WebSocket-Protocol line). An auth route may read its key in it
     // (identity.keys.sources `subprotocol:<prefix>`); what goes upstream is offerUpstream()'s, below.
     const offered = parseProtocols(protocolHeader);
@@ -856,8 +859,10 @@ export class UwsServer implements Backend {
       upgradeOffer.protocols = offered;
       try {
         verdict = ctx.run(policies, t0 + this.opts.clockOffset, route.id, route.slot, 'GET', clientIp, hXff, hdrs, query);
+        credential = upgradeOffer.credential;
       } finally {
         upgradeOffer.protocols = null;
+        upgradeOffer.credential = null;
       }
       this.currentConsumer = ctx.consumerId;
       if (verdict === REFUSED) {
@@ -930,7 +935,7 @@ export class UwsServer implements Backend {
       requestId, t0, key, protocols, extensions, target: head.slice(4, lineEnd - 9), headers,
       client: clientIp, keyAddress: settings.maxConnectionsPerKey > 0 ? wsKeyAddress(dp, clientIp, hXff) : clientIp,
       host: hHost, path: url, query, consumer: this.currentConsumer,
-      userAgent: hUserAgent, referer: hReferer, policyHeaders, close,
+      userAgent: hUserAgent, referer: hReferer, policyHeaders, close, credential,
     };
     const t = new WsTunnel(this.wsHub!, res, context, route, upstream, pool, probe, settings, r);
     // The tunnel gives the admission and the decision back from here.

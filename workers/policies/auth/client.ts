@@ -73,6 +73,10 @@ export class IdentityClient {
   private readonly waitingById = new Map<number, Waiting>();
   private nextId = 1;
   private flushTimer: NodeJS.Timeout | null = null;
+  /** Invalidations applied so far ({t:'inval'} received): a holder of an answer taken earlier knows it may be stale. */
+  invalidations = 0;
+  /** Told after each {t:'inval'} is applied (onInvalidate). */
+  private readonly invalListeners: Array<(hashes: readonly string[] | null) => void> = [];
 
   /** The line to the admin thread (WorkerData.statsPort, replaced when the admin thread restarts). */
   attach(port: MessagePort): void {
@@ -141,7 +145,23 @@ export class IdentityClient {
       if (w !== undefined) this.settle(w, m.answer);
     } else if (m.t === 'inval') {
       this.invalidate(m.hashes);
+      for (const fn of this.invalListeners) fn(m.hashes);
     }
+  }
+
+  /**
+   * `fn` hears every {t:'inval'} from the admin thread (the key hashes it
+   * names, or null: anything may have changed), after the caches dropped
+   * them: a lookup made from `fn` asks the store again. Used by the
+   * WebSocket tunnels, which re-check the key that opened them
+   * (transport/websocket/credential-watch.ts). Returns the unsubscribe.
+   */
+  onInvalidate(fn: (hashes: readonly string[] | null) => void): () => void {
+    this.invalListeners.push(fn);
+    return () => {
+      const i = this.invalListeners.indexOf(fn);
+      if (i !== -1) this.invalListeners.splice(i, 1);
+    };
   }
 
   private settle(w: Waiting, answer: KeyAnswer): void {
@@ -192,6 +212,7 @@ export class IdentityClient {
    * Redis restart) does not refuse the keys in use.
    */
   invalidate(hashes: readonly string[] | null): void {
+    this.invalidations++;
     if (hashes === null) {
       for (const e of this.positive.values()) e.staleAt = 0;
       this.negative.clear();

@@ -52,6 +52,7 @@ import { G_AUTH_CACHE_HITS, G_AUTH_CACHE_MISSES, G_AUTH_NEGATIVE_HITS, G_AUTH_RO
 import { CONTINUE, PENDING, PendingDecision, REFUSED, REPEATED, RequestContext, param, paramAt, queryNameIs, type DecisionWaiter, type Policy, type PolicyOutcome } from '../../pipeline/context.js';
 import { clientAddress } from '../rate-limit/keys.js';
 import type { CachedKey, IdentityClient } from './client.js';
+import { WsCredential, validUntil } from './credential.js';
 
 /** What the auth policies of a worker share. */
 export interface AuthEnv {
@@ -101,8 +102,14 @@ function schemeIs(v: string, scheme: string): boolean {
  * handle() for a handshake it will tunnel) and set back to null in a
  * `finally`: the policies read their sources synchronously, in `run`, and
  * a worker runs one request's policies at a time.
+ *
+ * `credential`: set by the auth policy when it admits such an upgrade with
+ * a cached key (a lookup brings it on its PendingDecision instead), for the
+ * tunnel, which closes when that key stops working (credential.ts). The
+ * transport reads it after `ctx.run` and sets it back to null with
+ * `protocols`. A plain request never sets it: no cost on the HTTP path.
  */
-export const upgradeOffer: { protocols: readonly string[] | null } = { protocols: null };
+export const upgradeOffer: { protocols: readonly string[] | null; credential: WsCredential | null } = { protocols: null, credential: null };
 
 /** The entries of a Sec-WebSocket-Protocol value (RFC 6455 4.1: a comma-separated list of tokens), trimmed, empty ones dropped. null or '': none. */
 export function parseProtocols(value: string | null): string[] {
@@ -248,7 +255,10 @@ export class AuthPolicy implements Policy {
     const cached = client === null ? undefined : client.cached(key);
     if (cached !== undefined && now < cached.staleAt) {
       if (m !== null) m[G_AUTH_CACHE_HITS]!++;
-      return this.admit(ctx, cached, now);
+      const v = this.admit(ctx, cached, now);
+      // A WebSocket upgrade: the tunnel keeps what it was admitted with (never on the HTTP path).
+      if (v === CONTINUE && upgradeOffer.protocols !== null) upgradeOffer.credential = this.credentialOf(ctx, key, cached);
+      return v;
     }
     if (cached === undefined) {
       // Refused offline: nothing to ask the store about.
@@ -285,6 +295,20 @@ export class AuthPolicy implements Policy {
       if (m !== null) m[G_AUTH_ROTATED_KEY_REQUESTS]!++;
     }
     return CONTINUE;
+  }
+
+  /**
+   * The credential of an upgrade admitted with `key` (its cache entry
+   * `entry`) on the request `ctx` holds: what a re-check needs to decide
+   * again as admit() did (credential.ts). Upgrades only.
+   */
+  credentialOf(ctx: RequestContext, key: string, entry: CachedKey): WsCredential {
+    const a = entry.key.answer;
+    const client = this.env.client;
+    return new WsCredential(
+      this, key, a.hash, validUntil(a), ctx.routeId, clientAddress(ctx, this.env.trusted),
+      ctx.headerOnce('origin'), ctx.headerOnce('referer'), client === null ? 0 : client.invalidations,
+    );
   }
 
   /** A decide() refusal into `out`. */
@@ -336,6 +360,8 @@ class AuthLookup extends PendingDecision implements DecisionWaiter {
   private rest: readonly Policy[] = [];
   private from = 0;
   private inner: PendingDecision | null = null;
+  /** The lookup is a WebSocket upgrade's: once admitted, `credential` is set for its tunnel. */
+  private readonly forUpgrade = upgradeOffer.protocols !== null;
 
   constructor(private readonly policy: AuthPolicy, private readonly key: string, private readonly stale: CachedKey | null) {
     // The lookup, then whatever a later policy waits for (a strict rate limit's Redis call).
@@ -395,6 +421,7 @@ class AuthLookup extends PendingDecision implements DecisionWaiter {
       this.settle(REFUSED);
       return;
     }
+    if (this.forUpgrade) this.credential = p.credentialOf(c, this.key, use);
     if (c.runFrom(this.rest, this.from) === REFUSED) {
       this.copyRefusal(c);
       this.settle(REFUSED);

@@ -55,6 +55,12 @@
  * deadline (websocket.drainMs), after which tick() closes them 1001 both
  * ways; the others keep running on the route context they began with.
  *
+ * Credentials: a tunnel an API key admitted (UpgradeRequest.credential)
+ * closes 1008 to the client, 1001 upstream, when that key stops working:
+ * revoked, its consumer suspended, or refused by a re-check after any
+ * identity change (credential-watch.ts, per distinct key), and at its
+ * validity end (expiresAt, a rotated key's graceUntil) on the sweep.
+ *
  * Metrics (common/metrics-layout.ts, the route slot's S_WS_* cells and
  * G_WS_UPGRADE_FAILURES, in the worker's own Float64Array): per relayed
  * message one increment and one addition, no allocation; the open gauge at
@@ -76,7 +82,10 @@ import { log } from '../../../common/log.js';
 import {
   ERROR_CODES, G_WS_PER_KEY, G_WS_UPGRADE_FAILURES, WS_PK_AT_LIMIT, S_WS_BYTES, S_WS_CLOSES, S_WS_LIMITS, S_WS_MESSAGES, S_WS_OPEN, WS_C2U, WS_L_BACKPRESSURE,
   WS_L_IDLE, WS_L_MAX_MESSAGE, WS_L_PER_KEY, WS_L_PING, WS_L_RATE, WS_U2C, WS_UPSTREAM_REFUSED, methodIndex, slotBase, wsCloseColumn,
+  WS_L_CREDENTIAL,
 } from '../../../common/metrics-layout.js';
+import { EXPIRED, type CredentialRefusal, type WsCredential } from '../../policies/auth/credential.js';
+import { CredentialWatch } from './credential-watch.js';
 import { WsConnectionTable, createWsConnectionTable } from '../../../common/websocket-layout.js';
 import { PK_REFUSED, closeClusterCounts, clusterCounts, type PerKeyTicket, type PerKeyWaiter } from './cluster-count.js';
 import { wsRedis } from './settings.js';
@@ -168,6 +177,14 @@ export interface UpgradeRequest {
   policyHeaders: string[] | null;
   /** How a refusal (an error, the upstream's non-101 answer) ends the connection: uws-respond.ts CLOSE_* (the client's `close`, uWS's own). */
   close: number;
+  /**
+   * The API key that admitted the upgrade (policies/auth/credential.ts:
+   * its hash, its validity end in ms since the epoch or 0, what a re-check
+   * needs), or null: a route without auth. A pending decision brings it in
+   * decided(). The tunnel closes 1008 when the key stops working
+   * (credential-watch.ts, and tick() at the validity end).
+   */
+  credential: WsCredential | null;
 }
 
 /**
@@ -182,6 +199,10 @@ export class WsHub {
   readonly pending = new Set<WsTunnel>();
   private sweeper: NodeJS.Timeout | null = null;
   closed = false;
+  /** The open tunnels an API key admitted, re-checked when the identity store changes (credential-watch.ts). */
+  readonly credentials = new CredentialWatch();
+  /** Date.now() at the last sweep: the wall clock key expiry is read on (ms). */
+  wallNow = Date.now();
 
   constructor(readonly env: ExchangeEnv, readonly uwsPayloadCap: number) {}
 
@@ -227,6 +248,8 @@ export class WsHub {
 
   add(t: WsTunnel): void {
     this.open.add(t);
+    const c = t.credential;
+    if (c !== null) this.credentials.add(t, c);
     if (this.sweeper === null) {
       this.sweeper = setInterval(() => this.sweep(), SWEEP_INTERVAL_MS);
       this.sweeper.unref();
@@ -235,6 +258,8 @@ export class WsHub {
 
   remove(t: WsTunnel): void {
     this.open.delete(t);
+    const c = t.credential;
+    if (c !== null) this.credentials.remove(t, c);
     if (this.open.size === 0 && this.sweeper !== null) {
       clearInterval(this.sweeper);
       this.sweeper = null;
@@ -243,6 +268,7 @@ export class WsHub {
 
   private sweep(): void {
     const now = performance.now();
+    this.wallNow = Date.now();
     for (const t of this.open) {
       try {
         t.tick(now);
@@ -285,6 +311,7 @@ export class WsHub {
     for (const t of [...this.open]) t.shutDown();
     if (this.sweeper !== null) clearInterval(this.sweeper);
     this.sweeper = null;
+    this.credentials.close();
     closeClusterCounts(); // each Redis connection of maxConnectionsPerKey closes once its last connection is given back
   }
 }
@@ -392,6 +419,28 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter, UpstreamWsHandler
     return this.route.id;
   }
 
+  /** The API key that admitted this tunnel, or null (UpgradeRequest.credential). */
+  get credential(): WsCredential | null {
+    return this.r.credential;
+  }
+
+  /**
+   * The key that admitted this open tunnel stopped working (revoked, its
+   * consumer suspended, expired: credential-watch.ts, tick()): the client
+   * gets 1008 (policy violation, RFC 6455 7.4.1) with `why.client` as the
+   * reason (never the key), the upstream 1001 with `why.upstream`; counted
+   * as a `credential` limit hit. Does nothing unless open. Never throws.
+   */
+  closeForCredential(why: CredentialRefusal): void {
+    try {
+      if (this.state !== ST_OPEN || this.clientClosed) return;
+      this.limitHit(WS_L_CREDENTIAL);
+      this.gatewayClose(CLOSE_POLICY_VIOLATION, why.client, CLOSE_GOING_AWAY, why.upstream);
+    } catch (err) {
+      this.crashed(err);
+    }
+  }
+
   /** A reload removed or changed the route: close (1001 both ways) after its drainMs; an earlier deadline stays. */
   drain(now: number): void {
     if (this.drainAt !== 0 || this.state === ST_DONE) return;
@@ -438,6 +487,7 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter, UpstreamWsHandler
       if (this.timer !== null) clearTimeout(this.timer);
       this.timer = null;
       if (d.consumerId !== '') this.r.consumer = d.consumerId;
+      if (d.credential !== null) this.r.credential = d.credential;
       if (this.state !== ST_DECIDE) return;
       if (d.result !== CONTINUE) {
         this.fail(d.refusal!, d.refusalMessage, d.refusalHeaders);
@@ -966,6 +1016,11 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter, UpstreamWsHandler
     if (this.state !== ST_OPEN || this.client === null) return;
     if (this.drainAt !== 0 && now >= this.drainAt) {
       this.drainClose();
+      return;
+    }
+    const cred = this.r.credential;
+    if (cred !== null && cred.until !== 0 && this.hub.wallNow >= cred.until) {
+      this.closeForCredential(EXPIRED);
       return;
     }
     const s = this.s;
