@@ -200,8 +200,9 @@ export class ResponseParser {
       from = 0;
       to = data.length;
     }
+    // `data` may be the shared read buffer: bytes past `to` are an older read's, so a match must end by `to`.
     const idx = data.indexOf(CRLFCRLF, carry !== null ? Math.max(0, carry.length - 3) : from);
-    if (idx === -1 || idx >= to) {
+    if (idx === -1 || idx + 4 > to) {
       if (to - from > MAX_RESPONSE_HEAD_BYTES) throw new ParseError('response head too large');
       // Keep a copy: buf is a shared read buffer, overwritten by the next read.
       this.carry = Buffer.from(data.subarray(from, to));
@@ -340,7 +341,7 @@ export class ResponseParser {
     }
     const to = carry !== null ? data.length : end;
     const eol = data.indexOf(CRLF, from);
-    if (eol === -1 || eol >= to) {
+    if (eol === -1 || eol + 2 > to) {
       if (to - from > MAX_CHUNK_LINE) throw new ParseError('chunk size line too long');
       this.carry = Buffer.from(data.subarray(from, to));
       return end;
@@ -403,7 +404,7 @@ export class ResponseParser {
     let p = from;
     for (;;) {
       const eol = data.indexOf(CRLF, p);
-      if (eol === -1 || eol >= to) {
+      if (eol === -1 || eol + 2 > to) {
         if (to - from > MAX_RESPONSE_HEAD_BYTES) throw new ParseError('trailers too large');
         this.carry = Buffer.from(data.subarray(from, to));
         return end;

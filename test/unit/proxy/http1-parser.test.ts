@@ -143,6 +143,33 @@ describe('ResponseParser framing', () => {
   it('refuses an endless head', () => {
     expect(() => run('HTTP/1.1 200 OK\r\n' + 'X-A: b\r\n'.repeat(10000), 1000)).toThrow(/too large/);
   });
+  // The bytes of a read are buf[start, end); past `end` the shared read buffer holds older bytes. Found by the
+  // upstream WebSocket client's tests: a read ending 1-3 bytes before a head's CRLFCRLF, or between the CR and
+  // LF of a chunk-size or trailer line, was completed by stale bytes and the next read parsed from the wrong
+  // place. Here the stale bytes are the worst possible: exactly the bytes the next read will bring.
+  for (const [name, text, body] of [
+    ['a Content-Length response', 'HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello', 'hello'],
+    ['a chunked response with trailers', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n1;x=y\r\n!\r\n0\r\nX-T: 1\r\nX-U: 2\r\n\r\n', 'hello!'],
+  ] as const) {
+    it(`${name} cut at every byte: the bytes past a read's end are never read (stale bytes = the next read's)`, () => {
+      const all = Buffer.from(text, 'latin1');
+      for (let cut = 1; cut < all.length; cut++) {
+        const p = new ResponseParser();
+        const r = new Recorder();
+        p.reset(r, false);
+        const shared = Buffer.from(all); // [0, cut) is the first read; past it, what the second read brings
+        const first = p.execute(shared, 0, cut);
+        expect(first, `cut ${cut}: consumed of the first read`).toBeLessThanOrEqual(cut);
+        all.copy(shared, 0, cut);
+        shared.fill(0xee, all.length - cut);
+        const second = p.execute(shared, 0, all.length - cut);
+        expect(first + second, `cut ${cut}: consumed`).toBe(all.length);
+        expect(r.body, `cut ${cut}: body`).toBe(body);
+        expect(r.ended, `cut ${cut}: ended`).toBe(1);
+      }
+    });
+  }
+
   // The WebSocket client's handshake (websocket/upstream-client.ts): a 101 ends the response at its head.
   for (const split of splits) {
     it(`allowUpgrade: a 101 is the response, its head only; execute() stops where the head ends (split ${split})`, () => {
