@@ -377,8 +377,8 @@ export class UpstreamWs implements ResponseSink {
       const p = this.parser;
       if (p !== null) {
         const used = p.execute(READ_BUFFER, 0, n);
-        // Past the 101's head: frames from the same read.
-        if (this.readyState === WS_OPEN && used < n) this.frames(READ_BUFFER, used, n);
+        // Past the 101's head: frames from the same read (also when onUpOpen already began a close: the upstream's Close may be among them).
+        if (this.parser === null && this.rstate !== R_DONE && used < n) this.frames(READ_BUFFER, used, n);
       } else if (this.rstate !== R_DONE) {
         this.frames(READ_BUFFER, 0, n);
       }
