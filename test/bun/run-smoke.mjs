@@ -197,6 +197,7 @@ const gw = startGateway(writeConfig('turnpike.json', { workers: 2 }, [
   { id: 'ws', path: '/ws/*', upstream: 'wsup' },
   { id: 'ws-off', path: '/ws-off/*', upstream: 'up', websocket: false },
   { id: 'ws-idle', path: '/ws-idle/*', upstream: 'wsup', websocket: { idleTimeoutMs: 1000, messagesPerSecond: 3, messagesPerSecondAction: 'drop' } },
+  { id: 'ws-deflate', path: '/ws-deflate/*', upstream: 'wsup', websocket: { compression: true } },
 ]));
 const started = await gw.started;
 const port = started.port;
@@ -966,6 +967,24 @@ await check('websocket: subprotocol chosen by the upstream reaches the client', 
   eq([c.protocol, wsSeen.req.headers['sec-websocket-protocol']], ['chat', 'a,chat'], 'protocol, offered upstream');
   c.close();
   await c.closed;
+});
+
+await check('websocket: permessage-deflate is negotiated on a compression route only; messages round trip either way', async () => {
+  // `ws` clients offer permessage-deflate by default.
+  const z = await wsOpen('/ws-deflate/z');
+  eq([z.extensions, z.head['sec-websocket-extensions']], ['permessage-deflate', 'permessage-deflate; client_no_context_takeover; server_no_context_takeover'], 'compression route');
+  eq(wsSeen.req.headers['sec-websocket-extensions'], undefined, 'the upstream side is never compressed');
+  const text = 'compressible '.repeat(2000);
+  z.send(text);
+  eq(await z.next(), [false, Buffer.from(text)], 'a 26 kB text message through both inflations');
+  z.close(1000);
+  await z.closed;
+  const p = await wsOpen('/ws/plain');
+  eq([p.extensions, p.head['sec-websocket-extensions']], ['', undefined], 'route without compression');
+  p.send(text);
+  eq(await p.next(), [false, Buffer.from(text)], 'echo');
+  p.close(1000);
+  await p.closed;
 });
 
 await check('websocket: close code 4001 and its reason both ways', async () => {

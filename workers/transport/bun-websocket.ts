@@ -48,13 +48,13 @@
  *    (binaryType set at open); Bun's buffers stay valid after the callback;
  *  - ws.close() without a code sends a Close frame the client reads as 1000
  *    (uWS's end() without a code: 1005 at the client);
- *  - permessage-deflate is one server-wide switch on Bun (no per-connection
- *    choice at upgrade time): it is off, so `websocket.compression: true`
- *    is not negotiated on this backend.
- *  - `require('ws')` in tunnel.ts is Bun's built-in port of ws 8 (native
- *    frames, node:http handshake): same events, pause/resume, bufferedAmount,
- *    finishRequest; it ignores `generateMask` (Bun masks natively, copying
- *    what it is given).
+ *  - permessage-deflate (RFC 7692) is one server-wide switch on Bun, with
+ *    no per-connection choice at upgrade time: it is on (Bun's shared
+ *    compressor: no context takeover either way, as uWS's
+ *    SHARED_COMPRESSOR), and a route without `compression: true` deletes
+ *    the request's Sec-WebSocket-Extensions before server.upgrade(), so Bun
+ *    negotiates it only where the route asks (measured, 1.4.5: Bun reads the
+ *    offer from the Request it is given).
  */
 import { Errors, errorBody } from '../../common/errors.js';
 import type { RouteWebSocket } from '../../common/config/types.js';
@@ -228,7 +228,7 @@ export class BunUpgradeResponse {
   /**
    * uWS upgrade: Bun writes the 101 (Sec-WebSocket-Accept; the subprotocol
    * and the headers written before it) and calls `open` before this returns.
-   * `extensions` is unused (permessage-deflate is off, see the module comment).
+   * `extensions` is unused: Bun negotiates from the request's own offer (see the module comment).
    */
   upgrade(userData: unknown, _key: string, protocol: string, _extensions: string, _context: unknown): void {
     if (this.settled) return;
@@ -344,7 +344,8 @@ export class BunWebSockets {
       sendPings: false,
       backpressureLimit: b.maxBackpressure,
       closeOnBackpressureLimit: false,
-      perMessageDeflate: false,
+      // Negotiated only on compression routes: open() deletes the offer elsewhere.
+      perMessageDeflate: true,
       publishToSelf: false,
       open: (ws: BunServerWebSocket) => {
         const c = ws.data;
@@ -430,6 +431,8 @@ export class BunWebSockets {
     // whose 101 names no subprotocol with the client's first offered one (measured, 1.4.5): the request's
     // offer is cut to what the upstream was offered, so that it can never be a credential.
     const protocols = offerUpstream(route.policies, offered);
+    // permessage-deflate only where the route asks for it (Bun negotiates whatever the request offers).
+    if (!x.settings.compression) h.delete('sec-websocket-extensions');
     if (protocols !== offered) {
       if (protocols.length === 0) h.delete('sec-websocket-protocol');
       else h.set('sec-websocket-protocol', protocols.join(', '));
