@@ -300,7 +300,7 @@ export class UpstreamWs implements ResponseSink {
     let socket: net.Socket;
     if (tlsOptions === null) {
       socket = net.connect({ host, port, noDelay: true, onread });
-      socket.once('connect', () => this.h?.onUpConnected());
+      socket.once('connect', onConnect);
     } else {
       socket = tls.connect({
         host,
@@ -313,13 +313,15 @@ export class UpstreamWs implements ResponseSink {
         onread,
       } as tls.ConnectionOptions);
       socket.setNoDelay(true);
-      socket.once('connect', () => this.h?.onUpTcp());
-      socket.once('secureConnect', () => this.h?.onUpConnected());
+      socket.once('connect', onTcp);
+      socket.once('secureConnect', onConnect);
       socket.on('session', (s: Buffer) => tlsOptions.onSession(s));
     }
-    socket.on('error', (err: Error) => this.onSocketError(err));
-    socket.on('end', () => this.onSocketEnd());
-    socket.on('close', () => this.onSocketClose());
+    // Socket events call shared functions that find this client on the socket: no closure per connection for them.
+    (socket as any)[kClient] = this;
+    socket.on('error', onError);
+    socket.on('end', onEnd);
+    socket.on('close', onClose);
     this.socket = socket;
     socket.write(head, 'latin1');
   }
@@ -672,7 +674,18 @@ export class UpstreamWs implements ResponseSink {
 
   // ------------------------------------------------------------- socket events
 
-  private onSocketError(err: Error): void {
+  /** @internal (socket events) */
+  onConnected(): void {
+    this.h?.onUpConnected();
+  }
+
+  /** @internal (socket events) */
+  onTcp(): void {
+    this.h?.onUpTcp();
+  }
+
+  /** @internal (socket events) */
+  onSocketError(err: Error): void {
     if (this.readyState === WS_CONNECTING && !this.reported) {
       this.reported = true;
       const h = this.h;
@@ -682,7 +695,8 @@ export class UpstreamWs implements ResponseSink {
     // Once open: not reported ('close' follows, 1006 unless the Close came).
   }
 
-  private onSocketEnd(): void {
+  /** @internal (socket events) */
+  onSocketEnd(): void {
     const p = this.parser;
     if (p !== null && this.readyState === WS_CONNECTING && !this.reported) {
       // A refusal whose body ends with the connection.
@@ -694,7 +708,8 @@ export class UpstreamWs implements ResponseSink {
     }
   }
 
-  private onSocketClose(): void {
+  /** @internal (socket events) */
+  onSocketClose(): void {
     if (this.readyState === WS_CONNECTING) {
       if (!this.reported) {
         this.reported = true;
@@ -710,6 +725,26 @@ export class UpstreamWs implements ResponseSink {
     this.closeReported = true;
     this.h?.onUpClose(this.closeCode, this.closeReason);
   }
+}
+
+const kClient = Symbol('turnpike.upstreamWs');
+function clientOf(socket: unknown): UpstreamWs {
+  return (socket as Record<symbol, UpstreamWs>)[kClient]!;
+}
+function onConnect(this: net.Socket): void {
+  clientOf(this).onConnected();
+}
+function onTcp(this: net.Socket): void {
+  clientOf(this).onTcp();
+}
+function onError(this: net.Socket, err: Error): void {
+  clientOf(this).onSocketError(err);
+}
+function onEnd(this: net.Socket): void {
+  clientOf(this).onSocketEnd();
+}
+function onClose(this: net.Socket): void {
+  clientOf(this).onSocketClose();
 }
 
 /** A frame header's size from its second byte: 2, 4 (16-bit length) or 10 (64-bit) bytes. */
