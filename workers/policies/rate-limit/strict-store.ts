@@ -16,7 +16,7 @@
  * in Redis; while down, by their onStoreError (in memory, or 503), without
  * waiting for anything. Down after a command failed (redis.commandTimeoutMs
  * passed, the connection broke, a script error) or while the connection is
- * lost; up again when ioredis reconnects (its own backoff, below) or, when
+ * lost; up again when ioredis reconnects (the backoff of workers/redis-link.ts) or, when
  * the connection stayed open (a Redis that stopped answering), when a PING
  * probe answers (probes back off the same way). One log line per change of
  * state (warn when going down, info when back), with the Redis address
@@ -42,19 +42,10 @@
  * validation refuses) is never connected to. No promise rejection escapes:
  * every command's promise gets a handler here or in strict.ts.
  */
-import { createRequire } from 'node:module';
 import type { RedisConfig } from '../../../common/config/types.js';
-import { redactRedisUrl, redisDatabase } from '../../../common/config/rate-limit.js';
 import { log } from '../../../common/log.js';
+import { RedisLink, describeRedis, urlSecret, type RedisLinkOwner } from '../../redis-link.js';
 import { DECIDE_COMMANDS, STRICT_SCRIPTS, UNDO_COMMANDS } from './strict-scripts.js';
-
-/** Reconnect and probe backoff: 50 ms, doubling, at most 2 s. */
-export const BACKOFF_MIN_MS = 50;
-export const BACKOFF_MAX_MS = 2_000;
-
-const STATE_CONNECTING = 0;
-const STATE_UP = 1;
-const STATE_DOWN = 2;
 
 const noop = (): void => {};
 
@@ -66,38 +57,8 @@ export interface Deadlined {
   expire(): void;
 }
 
-/** An ioredis error about the SELECT it sends while connecting (replies carry the command they answer). */
-function isSelectError(err: unknown): boolean {
-  const cmd = (err as { command?: { name?: unknown } } | null)?.command;
-  return typeof cmd?.name === 'string' && cmd.name.toLowerCase() === 'select';
-}
-
-let ioredis: any = null;
-/** ioredis, loaded on first use (CommonJS; createRequire works on Node and Bun). */
-function loadIoredis(): any {
-  if (ioredis === null) ioredis = createRequire(import.meta.url)('ioredis');
-  return ioredis;
-}
-
-/** Where Redis is, for log lines: the URL without credentials, or the sentinel / cluster nodes. */
-export function describeRedis(cfg: RedisConfig): string {
-  if (cfg.url !== null) return redactRedisUrl(cfg.url);
-  const nodes = (cfg.sentinels ?? cfg.cluster ?? []).map((n) => `${n.host}:${n.port}`).join(',');
-  return cfg.sentinels !== null ? `sentinel ${nodes} (master ${cfg.name ?? ''})` : `cluster ${nodes}`;
-}
-
-/** The password of a redis:// URL (decoded), or '' when none: scrubbed from error messages before they are logged. */
-function urlSecret(cfg: RedisConfig): string {
-  if (cfg.url === null) return '';
-  try {
-    const u = new URL(cfg.url);
-    return u.password === '' ? '' : decodeURIComponent(u.password);
-  } catch {
-    return '';
-  }
-}
-
-export class StrictStore {
+/** The strict limits' Redis connection of one worker (module comment); its connection and up/down state are a RedisLink. */
+export class StrictStore implements RedisLinkOwner {
   readonly config: RedisConfig;
   /** `${redis.keyPrefix}rl:s:`: every strict key starts with it (strict.ts adds the policy tag and the key hash). */
   readonly keyPrefix: string;
@@ -105,17 +66,11 @@ export class StrictStore {
   readonly target: string;
   /** Whether strict limits are decided in Redis right now (see the module comment). */
   up = true;
-  private state = STATE_CONNECTING;
+  private readonly link: RedisLink;
+  /** link.client (the ioredis client, with the strict scripts defined on it). */
   private readonly client: any;
-  private readonly secret: string;
-  private lastError = '';
-  private backoffMs = BACKOFF_MIN_MS;
-  private probeTimer: NodeJS.Timeout | null = null;
-  private closed = false;
   /** The database `redis.url` names (0 when none), or null when it is not a number (never connected). */
   private readonly db: number | null;
-  /** Redis refused the SELECT of the current connection: not used, dropped. */
-  private refused = false;
   private reason = '';
   /** Decisions waiting for Redis, in deadline order (all have the same timeout), from `watchHead` on. */
   private watched: Deadlined[] = [];
@@ -127,65 +82,21 @@ export class StrictStore {
     this.config = cfg;
     this.keyPrefix = cfg.keyPrefix + 'rl:s:';
     this.target = describeRedis(cfg);
-    this.secret = urlSecret(cfg);
-    this.db = cfg.url !== null ? redisDatabase(cfg.url) : 0;
-    const { Redis, Cluster } = loadIoredis();
-    const retryStrategy = (times: number): number => Math.min(BACKOFF_MIN_MS * 2 ** Math.min(Math.max(times - 1, 0), 6), BACKOFF_MAX_MS);
-    const options = {
-      connectTimeout: cfg.connectTimeoutMs,
-      commandTimeout: cfg.commandTimeoutMs,
-      // A command caught by a broken connection fails now (the limit's
-      // onStoreError decides) instead of being sent again later.
-      maxRetriesPerRequest: 0,
-      autoResendUnfulfilledCommands: false,
-      enableOfflineQueue: true,
-      enableAutoPipelining: true,
-      retryStrategy,
-      connectionName: name,
-      // A database that is not a number is never connected to (module comment).
-      lazyConnect: this.db === null,
-    };
-    if (cfg.cluster !== null) {
-      this.client = new Cluster(cfg.cluster.map((n) => ({ host: n.host, port: n.port })), {
-        redisOptions: { connectTimeout: cfg.connectTimeoutMs, commandTimeout: cfg.commandTimeoutMs, connectionName: name, maxRetriesPerRequest: 0 },
-        clusterRetryStrategy: retryStrategy,
-        enableOfflineQueue: true,
-        enableAutoPipelining: true,
-      });
-    } else if (cfg.sentinels !== null) {
-      this.client = new Redis({ ...options, sentinels: cfg.sentinels.map((n) => ({ host: n.host, port: n.port })), name: cfg.name ?? undefined });
-    } else {
-      // The database as validated (redisDatabase), never ioredis's own reading of the URL.
-      this.client = new Redis(cfg.url!, { ...options, db: this.db ?? 0 });
-    }
+    // A command caught by a broken connection fails now (the limit's onStoreError decides) instead of being sent
+    // again later (RedisLink); Redis's error messages are scrubbed of the URL's password before they are logged.
+    this.link = new RedisLink(cfg, { name, autoPipelining: true, secret: urlSecret(cfg) }, this);
+    this.client = this.link.client;
+    this.db = this.link.db;
     for (let i = 0; i < STRICT_SCRIPTS.length; i++) {
       this.client.defineCommand(DECIDE_COMMANDS[i]!, { numberOfKeys: 1, lua: STRICT_SCRIPTS[i]!.decide });
       this.client.defineCommand(UNDO_COMMANDS[i]!, { numberOfKeys: 1, lua: STRICT_SCRIPTS[i]!.undo });
     }
-    this.client.on('connect', () => {
-      this.refused = false;
-    });
-    this.client.on('ready', () => {
-      if (!this.refused) this.markUp();
-    });
-    this.client.on('error', (err: Error) => {
-      if (isSelectError(err)) {
-        // ioredis would go on, ready, on database 0: never use this connection.
-        this.refused = true;
-        this.lastError = `Redis refused database ${this.db}: ${this.scrub(err.message)}`;
-        this.markDown(this.lastError);
-        if (!this.closed) this.client.disconnect(true); // dropped; reconnected with the backoff
-        return;
-      }
-      this.lastError = this.scrub(err.message);
-    });
-    this.client.on('close', () => this.markDown(this.lastError === '' ? 'connection closed' : this.lastError));
     if (this.db === null) {
       let path = '';
       try {
         path = new URL(cfg.url!).pathname;
       } catch { /* described without it */ }
-      this.markDown(`redis.url names database ${JSON.stringify(path)}, which is not a whole number: not connecting (write redis://host:6379/0, or leave the database out)`);
+      this.link.markDown(`redis.url names database ${JSON.stringify(path)}, which is not a whole number: not connecting (write redis://host:6379/0, or leave the database out)`);
     }
   }
 
@@ -254,89 +165,41 @@ export class StrictStore {
 
   /** Gives back one admission (another limit of the request refused). Fire and forget: a failure only leaves one unit taken. */
   undo(alg: number, key: string, args: readonly string[], windowStart: string): void {
-    if (this.closed || this.db === null) return;
+    if (this.link.closed || this.db === null) return;
     this.client[UNDO_COMMANDS[alg]!](key, args[0], args[1], args[2], windowStart).catch(noop);
   }
 
   /** A command failed (timeout, broken connection, script error): down until the connection or a probe says otherwise. */
   failed(err: unknown): void {
-    if (this.closed) return;
-    const msg = err instanceof Error ? err.message : String(err);
-    const reason = /timed out/i.test(msg) ? `no reply within redis.commandTimeoutMs (${this.config.commandTimeoutMs} ms)` : this.scrub(msg);
-    this.markDown(reason);
-    // The connection may still look fine (a Redis that stopped answering):
-    // nothing else would bring the state back, so probe.
-    if (this.client.status === 'ready' && !this.refused) this.scheduleProbe();
+    this.link.failed(err);
   }
 
   /** A decision came back: the next outage starts its backoff afresh. */
   succeeded(): void {
-    this.backoffMs = BACKOFF_MIN_MS;
+    this.link.succeeded();
   }
 
-  /** Closes the connection (replies still due arrive first); the store is unusable afterwards. */
+  /** Closes the connection (replies still due arrive first; cut after commandTimeoutMs + 100 ms); the store is unusable afterwards. */
   close(): void {
-    if (this.closed) return;
-    this.closed = true;
+    if (this.link.closed) return;
     this.up = false;
-    if (this.probeTimer !== null) clearTimeout(this.probeTimer);
-    this.probeTimer = null;
-    const client = this.client;
-    if (client.status === 'ready') {
-      // QUIT waits for the replies still due; if Redis does not answer it either, cut.
-      const cut = setTimeout(() => client.disconnect(), this.config.commandTimeoutMs + 100);
-      cut.unref();
-      client.quit().then(() => clearTimeout(cut), () => {
-        clearTimeout(cut);
-        client.disconnect();
-      });
-    } else {
-      client.disconnect();
-    }
+    this.link.close();
   }
 
-  private scrub(msg: string): string {
-    return this.secret === '' ? msg : msg.split(this.secret).join('***');
-  }
-
-  private markUp(): void {
-    if (this.closed || this.state === STATE_UP || this.refused || this.db === null) return;
-    const was = this.state;
-    this.state = STATE_UP;
+  /** RedisLink: connected, or Redis answers again (a log line: info after an outage, debug at the first connection). */
+  linkUp(wasDown: boolean): void {
     this.up = true;
-    this.lastError = '';
-    if (this.probeTimer !== null) clearTimeout(this.probeTimer);
-    this.probeTimer = null;
-    if (was === STATE_DOWN) log('info', 'rate-limit store (Redis) reachable again: strict limits are decided in Redis', { redis: this.target });
+    if (wasDown) log('info', 'rate-limit store (Redis) reachable again: strict limits are decided in Redis', { redis: this.target });
     else log('debug', 'rate-limit store (Redis) connected for strict limits', { redis: this.target });
   }
 
-  private markDown(reason: string): void {
-    if (this.closed || this.state === STATE_DOWN) return;
-    this.state = STATE_DOWN;
+  /** RedisLink: unreachable for `reason` (no credentials): one warn line. */
+  linkDown(reason: string): void {
     this.up = false;
     this.reason = reason;
     log('warn', 'rate-limit store (Redis) unreachable: strict limits follow their onStoreError (allow_local: decided in memory with this instance\'s share; deny: 503) until it answers again', {
       redis: this.target, reason,
     });
-  }
-
-  private scheduleProbe(): void {
-    if (this.probeTimer !== null || this.closed) return;
-    const delay = this.backoffMs;
-    this.backoffMs = Math.min(this.backoffMs * 2, BACKOFF_MAX_MS);
-    this.probeTimer = setTimeout(() => {
-      this.probeTimer = null;
-      if (this.closed || this.state !== STATE_DOWN) return;
-      this.client.ping().then(
-        () => this.markUp(),
-        () => {
-          if (this.client.status === 'ready' && !this.refused) this.scheduleProbe();
-          // else: the connection is being re-established; 'ready' brings the state back.
-        },
-      );
-    }, delay);
-    this.probeTimer.unref();
   }
 }
 

@@ -74,16 +74,14 @@
  * connections admitted through the old one are released through it, and
  * it closes when it holds none.
  */
-import { createRequire } from 'node:module';
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { threadId } from 'node:worker_threads';
 import type { RedisConfig } from '../../../common/config/types.js';
-import { redisDatabase } from '../../../common/config/rate-limit.js';
 import { log } from '../../../common/log.js';
 import { G_WS_PER_KEY, G_WS_PER_KEY_STORE_DOWN, G_WS_PER_KEY_STORE_OPEN, WS_PK_FALLBACK, WS_PK_REDIS } from '../../../common/metrics-layout.js';
 import { hashKey } from '../../../common/rate-limit-layout.js';
-import { BACKOFF_MAX_MS, BACKOFF_MIN_MS, describeRedis } from '../../policies/rate-limit/strict-store.js';
+import { LINK_DOWN, RedisLink, describeRedis, urlSecret, type RedisLinkOwner } from '../../redis-link.js';
 
 /**
  * KEYS[1]: the (route, key) hash. ARGV: contributor id, its count before
@@ -131,10 +129,6 @@ const TAG = 0x5753434c;
 /** How often held keys are looked at for renewal (ms); each is renewed every perKeyLeaseMs / 3. */
 export const RENEW_SWEEP_MS = 100;
 
-const STATE_CONNECTING = 0;
-const STATE_UP = 1;
-const STATE_DOWN = 2;
-
 /** Outcome of an admission, handed to PerKeyWaiter.perKeyDecided. */
 export const PK_ADMITTED = 0;
 export const PK_REFUSED = 1;
@@ -177,12 +171,6 @@ export class PerKeyTicket {
   constructor(readonly store: ClusterCounts, readonly entry: Entry, readonly waiter: PerKeyWaiter) {}
 }
 
-let ioredis: any = null;
-function loadIoredis(): any {
-  if (ioredis === null) ioredis = createRequire(import.meta.url)('ioredis');
-  return ioredis;
-}
-
 /** This worker's stores by `redis` settings (JSON): the newest is the one new upgrades use. */
 const stores = new Map<string, ClusterCounts>();
 let newest: ClusterCounts | null = null;
@@ -218,21 +206,18 @@ export function closeClusterCounts(): void {
 }
 
 /** The Redis side of maxConnectionsPerKey for one worker and one `redis` section (module comment). */
-export class ClusterCounts {
+export class ClusterCounts implements RedisLinkOwner {
   readonly id = `${hostname()}/${process.pid}/${threadId}/${randomBytes(4).toString('hex')}`;
   readonly target: string;
   private readonly prefix: string;
+  /** The connection and its up/down state (closed once closeIfIdle closed it). */
+  private readonly link: RedisLink;
+  /** link.client, with PUT_LUA defined on it as `tpwsput`. */
   private readonly client: any;
-  private state = STATE_CONNECTING;
   private readonly entries = new Map<string, Entry>();
   private readonly h = new Int32Array(2);
   private sweeper: NodeJS.Timeout | null = null;
-  private probeTimer: NodeJS.Timeout | null = null;
-  private backoffMs = BACKOFF_MIN_MS;
-  private closed = false;
-  private lastError = '';
   private readonly timeoutMs: number;
-  private refused = false;
   /** The password of redis.url (decoded), scrubbed from error messages before they are logged; '' when none. */
   private readonly secret: string;
 
@@ -240,64 +225,21 @@ export class ClusterCounts {
     this.prefix = `${config.keyPrefix}ws:{`;
     this.target = describeRedis(config);
     this.timeoutMs = config.commandTimeoutMs;
-    let secret = '';
-    try {
-      if (config.url !== null) secret = decodeURIComponent(new URL(config.url).password);
-    } catch { /* none */ }
-    this.secret = secret;
-    const { Redis, Cluster } = loadIoredis();
-    const retryStrategy = (times: number): number => Math.min(BACKOFF_MIN_MS * 2 ** Math.min(Math.max(times - 1, 0), 6), BACKOFF_MAX_MS);
-    const name = `turnpike-ws-${threadId}`;
+    this.secret = urlSecret(config);
     // As the strict rate limits' connection (strict-store.ts): a command caught by a broken connection fails
     // at once (the upgrade is then decided locally) and is never sent again; no auto-pipelining (on a
-    // Cluster it routes a script by its first argument instead of its key).
-    const options = {
-      connectTimeout: config.connectTimeoutMs,
-      commandTimeout: config.commandTimeoutMs,
-      maxRetriesPerRequest: 0,
-      autoResendUnfulfilledCommands: false,
-      enableOfflineQueue: true,
-      retryStrategy,
-      connectionName: name,
-    };
-    const db = config.url !== null ? redisDatabase(config.url) : 0;
-    if (config.cluster !== null) {
-      this.client = new Cluster(config.cluster.map((n) => ({ host: n.host, port: n.port })), {
-        redisOptions: { connectTimeout: config.connectTimeoutMs, commandTimeout: config.commandTimeoutMs, connectionName: name, maxRetriesPerRequest: 0 },
-        clusterRetryStrategy: retryStrategy,
-        enableOfflineQueue: true,
-      });
-    } else if (config.sentinels !== null) {
-      this.client = new Redis({ ...options, sentinels: config.sentinels.map((n) => ({ host: n.host, port: n.port })), name: config.name ?? undefined });
-    } else {
-      this.client = new Redis(config.url!, { ...options, db: db ?? 0, lazyConnect: db === null });
-    }
+    // Cluster it routes a script by its first argument instead of its key). Reasons are scrubbed whole
+    // here (linkDown), so the link hands them over as Redis wrote them (secret '').
+    this.link = new RedisLink(config, { name: `turnpike-ws-${threadId}`, autoPipelining: false, secret: '' }, this);
+    this.client = this.link.client;
     this.client.defineCommand('tpwsput', { numberOfKeys: 1, lua: PUT_LUA });
-    this.client.on('connect', () => {
-      this.refused = false;
-    });
-    this.client.on('ready', () => {
-      if (!this.refused) this.markUp();
-    });
-    this.client.on('error', (err: Error) => {
-      const cmd = (err as { command?: { name?: unknown } }).command;
-      if (typeof cmd?.name === 'string' && cmd.name.toLowerCase() === 'select') {
-        // Redis refused the database of redis.url: never use this connection (ioredis would go on with database 0).
-        this.refused = true;
-        this.markDown(`Redis refused database ${db}: ${err.message}`);
-        if (!this.closed) this.client.disconnect(true);
-        return;
-      }
-      this.lastError = err.message;
-    });
-    this.client.on('close', () => this.markDown(this.lastError === '' ? 'connection closed' : this.lastError));
-    if (db === null) this.markDown('redis.url names a database that is not a whole number: not connecting');
+    if (this.link.db === null) this.link.markDown('redis.url names a database that is not a whole number: not connecting');
     if (this.metrics !== null) this.metrics[G_WS_PER_KEY_STORE_OPEN]! += 1;
   }
 
   /** Whether admissions are decided in Redis now (connecting counts: they wait, bounded by the command timeout). */
   get up(): boolean {
-    return this.state !== STATE_DOWN;
+    return this.link.state !== LINK_DOWN;
   }
 
   /**
@@ -321,7 +263,7 @@ export class ClusterCounts {
   decide(t: PerKeyTicket, limit: number): void {
     if (t.state !== T_PENDING) return;
     const e = t.entry;
-    if (this.state === STATE_DOWN || this.closed) {
+    if (this.link.state === LINK_DOWN || this.link.closed) {
       t.state = T_HELD;
       this.count(WS_PK_FALLBACK);
       t.waiter.perKeyDecided(PK_FALLBACK);
@@ -355,7 +297,7 @@ export class ClusterCounts {
   private answered(t: PerKeyTicket, reply: unknown, err: unknown): void {
     if (t.timer !== null) clearTimeout(t.timer);
     t.timer = null;
-    if (err !== null) this.failed(err);
+    if (err !== null) this.link.failed(err);
     const e = t.entry;
     if (t.inFlight) {
       t.inFlight = false;
@@ -368,7 +310,7 @@ export class ClusterCounts {
         this.count(WS_PK_FALLBACK);
         outcome = PK_FALLBACK;
       } else {
-        this.backoffMs = BACKOFF_MIN_MS;
+        this.link.succeeded();
         this.count(WS_PK_REDIS);
         if (Array.isArray(reply) && Number(reply[0]) === 1) {
           t.state = T_HELD;
@@ -385,7 +327,7 @@ export class ClusterCounts {
         // Writes sent meanwhile counted admissions that were refused or given back: assert the count again.
         e.stale = false;
         this.write(e);
-      } else if (e.count === 0 && this.state !== STATE_DOWN) {
+      } else if (e.count === 0 && this.link.state !== LINK_DOWN) {
         this.entries.delete(e.rkey);
       }
     }
@@ -416,14 +358,14 @@ export class ClusterCounts {
    * stay in Redis until its lease ends).
    */
   private write(e: Entry): void {
-    if (this.closed) {
+    if (this.link.closed) {
       if (e.count === 0 && e.pending === 0) this.entries.delete(e.rkey);
       return;
     }
-    if (this.state === STATE_DOWN) return;
+    if (this.link.state === LINK_DOWN) return;
     e.renewAt = performance.now() + e.leaseMs / 3;
     if (e.pending > 0) e.stale = true;
-    this.client.tpwsput(e.rkey, this.id, e.count, 0, e.leaseMs).then(() => { this.backoffMs = BACKOFF_MIN_MS; }, (err: unknown) => this.failed(err));
+    this.client.tpwsput(e.rkey, this.id, e.count, 0, e.leaseMs).then(() => this.link.succeeded(), (err: unknown) => this.link.failed(err));
     // Forgotten once written at 0; an entry with admissions pending stays (their answers come back to it).
     if (e.count === 0 && e.pending === 0) this.entries.delete(e.rkey);
   }
@@ -435,7 +377,7 @@ export class ClusterCounts {
       this.sweeper = null;
       return;
     }
-    if (this.state === STATE_DOWN || this.closed) return;
+    if (this.link.state === LINK_DOWN || this.link.closed) return;
     const now = performance.now();
     for (const e of this.entries.values()) if (all || now >= e.renewAt) this.write(e);
   }
@@ -444,54 +386,23 @@ export class ClusterCounts {
     if (this.metrics !== null) this.metrics[G_WS_PER_KEY + i]!++;
   }
 
-  private failed(err: unknown): void {
-    if (this.closed) return;
-    const msg = err instanceof Error ? err.message : String(err);
-    this.markDown(/timed out/i.test(msg) ? `no reply within redis.commandTimeoutMs (${this.timeoutMs} ms)` : msg);
-    // A connection that still looks fine (a Redis that stopped answering): only a probe brings the state back.
-    if (this.client.status === 'ready' && !this.refused) this.scheduleProbe();
-  }
-
-  private markUp(): void {
-    if (this.closed || this.state === STATE_UP || this.refused) return;
-    const was = this.state;
-    this.state = STATE_UP;
-    this.lastError = '';
-    if (this.probeTimer !== null) clearTimeout(this.probeTimer);
-    this.probeTimer = null;
+  /** RedisLink: connected, or Redis answers again: store_up 1, a log line after an outage, every held key written. */
+  linkUp(wasDown: boolean): void {
     if (this.metrics !== null) this.metrics[G_WS_PER_KEY_STORE_DOWN] = 0;
-    if (was === STATE_DOWN) {
+    if (wasDown) {
       log('info', 'WebSocket per-key store (Redis) reachable again: maxConnectionsPerKey counts across instances again', { redis: this.target, thread: threadId, keys: this.entries.size });
     }
     // (Re)connected: every held key is asserted now (Redis may have lost them, or their leases ended).
     this.renew(true);
   }
 
-  private markDown(why: string): void {
-    if (this.closed || this.state === STATE_DOWN) return;
+  /** RedisLink: unreachable for `why` (redis.url's password scrubbed here): store_up 0, one warn line. */
+  linkDown(why: string): void {
     const reason = this.secret === '' ? why : why.split(this.secret).join('***');
-    this.state = STATE_DOWN;
     if (this.metrics !== null) this.metrics[G_WS_PER_KEY_STORE_DOWN] = 1;
     log('warn', 'WebSocket per-key store (Redis) unreachable: maxConnectionsPerKey holds per instance (this instance\'s count alone) until it answers again', {
       redis: this.target, thread: threadId, reason,
     });
-  }
-
-  private scheduleProbe(): void {
-    if (this.probeTimer !== null || this.closed) return;
-    const delay = this.backoffMs;
-    this.backoffMs = Math.min(this.backoffMs * 2, BACKOFF_MAX_MS);
-    this.probeTimer = setTimeout(() => {
-      this.probeTimer = null;
-      if (this.closed || this.state !== STATE_DOWN) return;
-      this.client.ping().then(
-        () => this.markUp(),
-        () => {
-          if (this.client.status === 'ready' && !this.refused) this.scheduleProbe();
-        },
-      );
-    }, delay);
-    this.probeTimer.unref();
   }
 
   /**
@@ -501,30 +412,17 @@ export class ClusterCounts {
    * a reconnection do not hold it open (their counts end with their lease).
    */
   closeIfIdle(): void {
-    if (this.closed || this === newest) return;
+    if (this.link.closed || this === newest) return;
     for (const e of this.entries.values()) if (e.count > 0) return;
     this.entries.clear();
-    this.closed = true;
     stores.delete(JSON.stringify(this.config));
     if (this.sweeper !== null) clearInterval(this.sweeper);
     this.sweeper = null;
-    if (this.probeTimer !== null) clearTimeout(this.probeTimer);
-    this.probeTimer = null;
     if (this.metrics !== null) {
       this.metrics[G_WS_PER_KEY_STORE_OPEN]! -= 1;
-      if (this.state === STATE_DOWN) this.metrics[G_WS_PER_KEY_STORE_DOWN] = 0;
+      if (this.link.state === LINK_DOWN) this.metrics[G_WS_PER_KEY_STORE_DOWN] = 0;
     }
-    const client = this.client;
-    if (client.status === 'ready') {
-      const cut = setTimeout(() => client.disconnect(), this.timeoutMs + 100);
-      cut.unref();
-      client.quit().then(() => clearTimeout(cut), () => {
-        clearTimeout(cut);
-        client.disconnect();
-      });
-    } else {
-      client.disconnect();
-    }
+    this.link.close();
   }
 }
 
