@@ -20,10 +20,11 @@
  *
  * The routing, checks and policies of a handshake are bun-server.ts
  * handle()'s for a GET (they mirror uws-server.ts upgrade()); what is
- * WebSocket-only is here: openBunTunnel() builds the upstream handshake's
- * headers by the rules of uws-server.ts upgrade() (DUPLICATION: the head
- * building at the end of upgrade(), kept as a sibling because Bun's request
- * is not uWS's; change both together) and starts the WsTunnel.
+ * WebSocket-only is here: open() builds the upstream handshake's headers
+ * by the rules of uws-server.ts upgrade() (both through
+ * websocket/handshake-head.ts; Bun's fields go straight into the header
+ * map, uWS's through a head string checked byte for byte) and starts the
+ * WsTunnel.
  *
  * Measured on Bun 1.4.5 (probes with raw sockets and `ws` clients) and what
  * this file does about it:
@@ -70,6 +71,7 @@ import type { ExchangeEnv } from './uws-exchange.js';
 import { CLOSE_ENFORCE, CLOSE_NONE } from './uws-respond.js';
 import { WsHub, WsTunnel, addHeader, addLines, countUpgradeFailure, type UpgradeRequest } from './websocket/tunnel.js';
 import { uwsPayloadCap, wsKeyAddress } from './websocket/settings.js';
+import { forwardingIsPlain, handshakeDrops, handshakeGatewayLines } from './websocket/handshake-head.js';
 
 /** uWS send() results, as the tunnel reads them. */
 const SEND_BACKPRESSURE = 0;
@@ -296,15 +298,6 @@ export interface BunHandshake {
   credential: WsCredential | null;
 }
 
-/** Plain ASCII without DEL (X-Forwarded-For and Forwarded are extended, so their bytes must be text). */
-function isPlainAscii(s: string): boolean {
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c > 0x7e) return false;
-  }
-  return true;
-}
-
 /**
  * A worker's WebSocket side on Bun: the WsHub, Bun.serve's `websocket`
  * option (handlers), and the start of a tunnel (open).
@@ -387,19 +380,18 @@ export class BunWebSockets {
 
   /**
    * Starts the tunnel of a handshake bun-server.ts routed and admitted: the
-   * upstream handshake's headers by the HTTP proxy's rules (a copy of the
-   * head building of uws-server.ts upgrade(): host, the client's fields
-   * but hop-by-hop, proxy-*, Sec-WebSocket-* and the plan's drops, the
-   * forwarding fields, the request id, the plan's and policies' lines),
+   * upstream handshake's headers by the HTTP proxy's rules, as uws-server.ts
+   * upgrade() builds them (websocket/handshake-head.ts: host, the client's
+   * fields but hop-by-hop, proxy-*, Sec-WebSocket-* and the plan's drops,
+   * the forwarding fields, the request id, the plan's and policies' lines),
    * then the upstream WebSocket; the client's 101 or refusal resolves the
    * returned Promise. Returns null (nothing started; the caller answers 400
    * bad_request, as uWS does) for an X-Forwarded-For or Forwarded value
    * that is not plain ASCII.
    */
   open(x: BunHandshake): Promise<Response | undefined> | null {
-    if ((x.xff !== null && !isPlainAscii(x.xff)) || (x.forwarded !== null && !isPlainAscii(x.forwarded))) return null;
-    const server = x.dp.config.server;
-    const ridHeader = server.requestIdHeader;
+    if (!forwardingIsPlain(x.xff, x.forwarded)) return null;
+    const ridHeader = x.dp.config.server.requestIdHeader;
     const route = x.route;
     const clientIp = x.clientIp;
     const headers: Record<string, string | string[]> = {};
@@ -407,24 +399,13 @@ export class BunWebSockets {
     const drop = route.requestPlan.drop;
     const listed = x.listed;
     const flat = x.flat;
+    // The client's values as Bun gives them (addHeader: never trimmed, as a head line parsed by addLines would be).
     for (let i = 0; i < flat.length; i += 2) {
-      const k = flat[i]!;
-      if (drop.has(k) || k.startsWith('proxy-') || k.startsWith('sec-websocket-') || (listed !== null && listed.has(k))) continue;
-      addHeader(headers, k, flat[i + 1]!);
+      if (!handshakeDrops(flat[i]!, drop, listed)) addHeader(headers, flat[i]!, flat[i + 1]!);
     }
-    const f = server.forwarded;
-    if (f.xForwardedFor) addHeader(headers, 'x-forwarded-for', x.xff === null ? clientIp : x.xff + ', ' + clientIp);
-    if (f.xForwardedProtoHost) {
-      addHeader(headers, 'x-forwarded-proto', x.dp.proto);
-      addHeader(headers, 'x-forwarded-host', x.host);
-    }
-    if (f.forwarded) {
-      const forIp = clientIp.includes(':') ? '"[' + clientIp + ']"' : clientIp;
-      const el = 'for=' + forIp + ';host="' + x.host.replace(/["\\]/g, '') + '"' + x.dp.forwardedProto;
-      addHeader(headers, 'forwarded', x.forwarded === null ? el : x.forwarded + ', ' + el);
-    }
-    addHeader(headers, ridHeader, x.requestId);
-    addLines(headers, route.requestPlan.extraLines + x.policyLines);
+    // The gateway's lines, parsed: their values are plain ASCII (forwardingIsPlain) with no control character
+    // (Bun refuses one in a field with 400) and without white space at either end, so addLines keeps them whole.
+    addLines(headers, handshakeGatewayLines(x.dp, clientIp, x.host, x.xff, x.forwarded, ridHeader, x.requestId, route.requestPlan.extraLines, x.policyLines));
     const h = x.req.headers;
     const offered = parseProtocols(h.get('sec-websocket-protocol'));
     // Never a credential entry upstream (an auth route's `subprotocol:` key source). Bun answers an upgrade

@@ -36,6 +36,7 @@ import {
 import { REFUSED, RequestContext, type PendingDecision } from '../pipeline/context.js';
 import { WsHub, WsTunnel, addLines, countUpgradeFailure, type UpgradeRequest } from './websocket/tunnel.js';
 import { isWebSocketUpgrade, uwsPayloadCap, wsKeyAddress, wsSettings } from './websocket/settings.js';
+import { forwardingIsPlain, handshakeDrops, handshakeGatewayLines, isPlainAscii } from './websocket/handshake-head.js';
 
 /** The pipeline's context, reused for every request of this thread (workers/pipeline/context.ts). */
 const pctx = new RequestContext();
@@ -903,9 +904,7 @@ export class UwsServer implements Backend {
     const drop = route.requestPlan.drop;
     const listed = connectionListed(hConnection);
     for (let i = 0; i < hdrs.length; i += 2) {
-      const k = hdrs[i]!;
-      if (drop.has(k) || k.startsWith('proxy-') || k.startsWith('sec-websocket-') || (listed !== null && listed.has(k))) continue;
-      head += k + ': ' + hdrs[i + 1] + '\r\n';
+      if (!handshakeDrops(hdrs[i]!, drop, listed)) head += hdrs[i] + ': ' + hdrs[i + 1] + '\r\n';
     }
     if (Buffer.byteLength(head, 'utf8') !== head.length || head.indexOf('\x7f') !== -1) {
       // The strict (node) server's values are latin1 strings already (the exact bytes), as in handle().
@@ -913,18 +912,10 @@ export class UwsServer implements Backend {
       if (exact === null) return this.rejectUpgradeAfterPolicies(res, Errors.BAD_REQUEST, requestId, mIdx, false, t0, close, route.slot);
       head = exact;
     }
-    const fwd = server.forwarded;
-    if ((hXff !== null && !isPlainAscii(hXff)) || (hForwarded !== null && !isPlainAscii(hForwarded))) {
+    if (!forwardingIsPlain(hXff, hForwarded)) {
       return this.rejectUpgradeAfterPolicies(res, Errors.BAD_REQUEST, requestId, mIdx, false, t0, close, route.slot);
     }
-    if (fwd.xForwardedFor) head += 'x-forwarded-for: ' + (hXff === null ? clientIp : hXff + ', ' + clientIp) + '\r\n';
-    if (fwd.xForwardedProtoHost) head += dp.xfProtoLine + 'x-forwarded-host: ' + hHost + '\r\n';
-    if (fwd.forwarded) {
-      const forIp = clientIp.includes(':') ? '"[' + clientIp + ']"' : clientIp;
-      const el = 'for=' + forIp + ';host="' + hHost.replace(/["\\]/g, '') + '"' + dp.forwardedProto;
-      head += 'forwarded: ' + (hForwarded === null ? el : hForwarded + ', ' + el) + '\r\n';
-    }
-    head += ridHeaderName + ': ' + requestId + '\r\n' + route.requestPlan.extraLines + policyLines;
+    head += handshakeGatewayLines(dp, clientIp, hHost, hXff, hForwarded, ridHeaderName, requestId, route.requestPlan.extraLines, policyLines);
     const lineEnd = head.indexOf('\r\n');
     const headers: Record<string, string | string[]> = {};
     addLines(headers, head.slice(lineEnd + 2));
@@ -1347,11 +1338,6 @@ function exactBytes(head: string, req: any): string | null {
   // Whatever happened above, the head goes out as latin1: one char per byte,
   // and no CR, LF or NUL but the line ends. Refuse anything else.
   return SAFE_HEAD.test(out) ? out : null;
-}
-
-/** Printable ASCII and tab only (one native scan for bytes beyond ASCII, one for DEL). */
-function isPlainAscii(s: string): boolean {
-  return Buffer.byteLength(s, 'utf8') === s.length && s.indexOf('\x7f') === -1;
 }
 
 /** Lines of tab, printable latin1 and obs-text, each ended by CRLF. */
