@@ -14,14 +14,12 @@ import http from 'node:http';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { WebSocket, WebSocketServer } from 'ws';
 import { Errors, errorBody } from '../../dist/common/errors.js';
 import { LINGER_MAX_BYTES } from '../../dist/workers/transport/backend.js';
 import { check, eq, finish } from './checks.mjs';
+import { startBunGateway } from './gateway.mjs';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const BUN = join(ROOT, 'node_modules/.bin/bun');
 const LIMITS = { maxBodyBytes: 1000, maxUrlBytes: 2048, maxHeaderBytes: 8192, maxHeaderCount: 30 };
 
 // ------------------------------------------------------------------ upstreams
@@ -158,28 +156,9 @@ function writeConfig(name, server, routes) {
   return file;
 }
 
+/** The gateway under Bun, with the test hooks on (TURNPIKE_TEST_HOOKS: gateway.mjs). */
 function startGateway(configFile) {
-  const proc = spawn(BUN, [join(ROOT, 'dist/engine/cli.js'), 'start', '--config', configFile], {
-    env: { ...process.env, TURNPIKE_LOG_FORMAT: 'json', TURNPIKE_TEST_HOOKS: '1' }, stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const logs = [];
-  const exited = new Promise((r) => proc.on('exit', (code) => r(code)));
-  const started = new Promise((resolve, reject) => {
-    let buf = '';
-    proc.stderr.on('data', (c) => {
-      buf += c;
-      let nl;
-      while ((nl = buf.indexOf('\n')) !== -1) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        logs.push(line);
-        try { const j = JSON.parse(line); if (j.msg === 'turnpike started') resolve(j); } catch {}
-      }
-    });
-    proc.on('exit', (code) => reject(new Error(`bun gateway exited (${code}):\n${logs.join('\n')}`)));
-    setTimeout(() => reject(new Error(`bun gateway did not start:\n${logs.join('\n')}`)), 20000);
-  });
-  return { proc, logs, exited, started };
+  return startBunGateway(configFile, { TURNPIKE_TEST_HOOKS: '1' });
 }
 
 const gw = startGateway(writeConfig('turnpike.json', { workers: 2 }, [

@@ -10,7 +10,7 @@
 // the TLS port, and a certificate reload (SIGHUP) under keep-alive load: no
 // failed request, new connections get the new certificate and settings, an
 // open WebSocket keeps working.
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import http from 'node:http';
@@ -19,12 +19,10 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import WebSocket, { WebSocketServer } from 'ws';
 import { check, eq, finish } from './checks.mjs';
+import { startBunGateway } from './gateway.mjs';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const BUN = join(ROOT, 'node_modules/.bin/bun');
 const dir = mkdtempSync(join(tmpdir(), 'turnpike-bun-tls-'));
 
 // ------------------------------------------------------------------ certificates (openssl)
@@ -99,29 +97,11 @@ function writeConfig(tlsOver) {
 }
 writeConfig({ minVersion: 'TLSv1.3', ecdhCurve: 'X25519' });
 
-const logs = [];
-const proc = spawn(BUN, [join(ROOT, 'dist/engine/cli.js'), 'start', '--config', configFile], {
-  env: { ...process.env, TURNPIKE_LOG_FORMAT: 'json' }, stdio: ['ignore', 'pipe', 'pipe'],
-});
-const exited = new Promise((r) => proc.on('exit', (code) => r(code)));
+const { proc, logs, exited, started: starting } = startBunGateway(configFile);
 // A crash of this script must not leave the gateway running.
 process.on('exit', () => { if (proc.exitCode === null) proc.kill('SIGKILL'); });
-const started = await new Promise((resolve, reject) => {
-  let buf = '';
-  proc.stderr.on('data', (c) => {
-    buf += c;
-    let nl;
-    while ((nl = buf.indexOf('\n')) !== -1) {
-      const line = buf.slice(0, nl);
-      buf = buf.slice(nl + 1);
-      logs.push(line);
-      try { const j = JSON.parse(line); if (j.msg === 'turnpike started') resolve(j); } catch {}
-    }
-  });
-  proc.stdout.resume();
-  proc.on('exit', (code) => reject(new Error(`bun gateway exited (${code}):\n${logs.join('\n')}`)));
-  setTimeout(() => reject(new Error(`bun gateway did not start:\n${logs.join('\n')}`)), 20000);
-});
+proc.stdout.resume();
+const started = await starting;
 const port = started.port;
 
 // ------------------------------------------------------------------ clients
