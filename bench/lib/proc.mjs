@@ -82,6 +82,65 @@ export function cpuDeltaTicks(before, after) {
   return ticks;
 }
 
+/**
+ * Per-PID user and kernel CPU ticks for a tree (utime, stime: fields 14 and
+ * 15 of /proc/PID/stat), to diff later with cpuDeltaSplit. Like cpuSnapshot,
+ * but the two kept apart: Map pid -> { utime, stime }.
+ */
+export function cpuSnapshotSplit(rootPid) {
+  const snap = new Map();
+  for (const pid of processTree(rootPid)) {
+    const st = readStat(pid);
+    if (st !== null) snap.set(pid, { utime: st.utime, stime: st.stime });
+  }
+  return snap;
+}
+
+/**
+ * { utime, stime, ticks } spent between two cpuSnapshotSplit snapshots, in
+ * clock ticks (ticksToMicros converts); a PID only in `after` counts from 0,
+ * a PID gone by `after` counts nothing (its ticks are lost, as in cpuDeltaTicks).
+ */
+export function cpuDeltaSplit(before, after) {
+  let utime = 0;
+  let stime = 0;
+  for (const [pid, t] of after) {
+    const b = before.get(pid);
+    utime += t.utime - (b?.utime ?? 0);
+    stime += t.stime - (b?.stime ?? 0);
+  }
+  return { utime, stime, ticks: utime + stime };
+}
+
+/**
+ * Nanoseconds on CPU (user + kernel) summed over every thread of every
+ * process of the tree: field 1 of /proc/PID/task/TID/schedstat (the
+ * scheduler's sum_exec_runtime). Finer than utime+stime (whole clock ticks,
+ * 10 ms at CLK_TCK 100) for short windows; a thread that exited between two
+ * readings loses its time (utime+stime keep it in the process). A thread
+ * running right now may show its time up to one scheduler tick late. Returns
+ * null when no schedstat file could be read (kernel without schedstats).
+ */
+export function cpuRuntimeNs(rootPid) {
+  let ns = 0;
+  let any = false;
+  for (const pid of processTree(rootPid)) {
+    let tids;
+    try {
+      tids = readdirSync(`/proc/${pid}/task`);
+    } catch {
+      continue;
+    }
+    for (const tid of tids) {
+      try {
+        ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
+        any = true;
+      } catch {}
+    }
+  }
+  return any ? ns : null;
+}
+
 /** User and kernel ticks summed over a tree (to split CPU into JS/native vs syscalls). */
 export function cpuSplit(rootPid) {
   let utime = 0;
