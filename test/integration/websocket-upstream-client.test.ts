@@ -737,8 +737,9 @@ describe('valid frames', () => {
       expect(got.isBinary, `message ${i} binary`).toBe(m.binary);
       expect(got.data.length, `message ${i} length`).toBe(m.data.length);
       expect(got.data.equals(m.data), `message ${i} bytes`).toBe(true);
-      // 'whole': as the row says; one byte per read: never shared (the payload comes after its header's read).
-      const shared = row.chunking === 'whole' ? m.shared : row.chunking === 'bytes' ? false : null;
+      // 'whole': as the row says; one byte per read: only a 1-byte message the row says is shared comes whole
+      // in one read (its own); any longer payload spans reads and is collected.
+      const shared = row.chunking === 'whole' ? m.shared : row.chunking === 'bytes' ? m.shared && m.data.length === 1 : null;
       if (shared !== null) expect(got.shared, `message ${i} shared`).toBe(shared);
     });
     expect(rec.problems).toEqual([]);
@@ -1027,4 +1028,63 @@ describe('backpressure', () => {
     expect(peer.frames[0]!.payload.equals(data)).toBe(true);
     peer.expectWellMasked();
   });
+});
+
+// ================================================================ 7. resource bounds (the break-it pass's kinds)
+
+describe('what a hostile upstream can make the client hold', () => {
+  it('4,000,000 empty continuation frames: the message arrives whole and they held no memory of their own', async () => {
+    const { rec, peer } = await open();
+    let heapAtMessage = 0;
+    rec.onMessage = () => { heapAtMessage = process.memoryUsage().heapUsed; };
+    const empty = frame({ op: OP.cont, fin: false });
+    // A first fragment, then 4M empty ones (8 MB on the wire), then the last. Kept as a list (the first version of
+    // the client) they held 32 MB or more here; an endless stream of them grew a gateway to 2.2 GB until V8 aborted.
+    // (The bound leaves room for garbage of other tests in this worker: heapUsed is not collected first.)
+    const stream = Buffer.alloc(5 + 2 * 4_000_000);
+    frame({ op: OP.text, data: 'abc', fin: false }).copy(stream, 0);
+    for (let at = 5; at < stream.length; at += 2) empty.copy(stream, at);
+    const baseline = process.memoryUsage().heapUsed;
+    await peer.send(stream);
+    await peer.send(frame({ op: OP.cont, data: 'ok' }));
+    await rec.wait('message');
+    expect(rec.messages[0]!.data.toString()).toBe('abcok');
+    expect(heapAtMessage - baseline, 'heap held while the fragments came').toBeLessThan(12 * 1024 * 1024);
+  }, 30_000);
+
+  it('a message in 1-byte fragments just under maxPayload is held in one buffer (at most 2x the message)', async () => {
+    const { rec, peer } = await open();
+    let heapAtMessage = 0;
+    rec.onMessage = () => { heapAtMessage = process.memoryUsage().heapUsed; };
+    const n = 200_000;
+    const parts: Buffer[] = [frame({ op: OP.binary, data: Buffer.from([0]), fin: false })];
+    for (let i = 1; i < n - 1; i++) parts.push(frame({ op: OP.cont, data: Buffer.from([i & 0xff]), fin: false }));
+    parts.push(frame({ op: OP.cont, data: Buffer.from([(n - 1) & 0xff]) }));
+    const baseline = process.memoryUsage().heapUsed;
+    await peer.send(Buffer.concat(parts));
+    await rec.wait('message');
+    const m = rec.messages[0]!;
+    expect(m.data.length).toBe(n);
+    expect(m.data.every((v, i) => v === (i & 0xff))).toBe(true);
+    // One Buffer per fragment (as before the fix) held ~130 bytes each: 26 MB here.
+    expect(heapAtMessage - baseline, 'heap held for a 200 kB message').toBeLessThan(8 * 1024 * 1024);
+  }, 30_000);
+
+  it('pings from an upstream that does not read are not answered past PONG_BACKLOG unwritten bytes', async () => {
+    const { rec, peer, client } = await open();
+    peer.socket.pause();
+    const ping = frame({ op: OP.ping, data: 'p'.repeat(125) });
+    // 40,000 pings (5 MB of pongs if all were answered), then a message: once it arrives, every ping was read.
+    await peer.send(Buffer.concat([Buffer.concat(Array(40_000).fill(ping)), frame({ op: OP.text, data: 'after' })]));
+    await rec.wait('message');
+    const backlog = (clientModule as { PONG_BACKLOG: number }).PONG_BACKLOG;
+    expect(client.bufferedAmount, 'pongs waiting to be written').toBeLessThanOrEqual(backlog + 131);
+    peer.socket.resume();
+    // Once the upstream reads again, pings are answered again.
+    await until(() => client.bufferedAmount === 0, () => 'the pongs written out');
+    const before = peer.frames.length;
+    await peer.send(frame({ op: OP.ping, data: 'again' }));
+    await until(() => peer.frames.length > before, () => 'a pong to the last ping');
+    expect(peer.frames.at(-1)!.payload.toString()).toBe('again');
+  }, 30_000);
 });

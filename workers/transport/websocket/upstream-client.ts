@@ -44,7 +44,8 @@
  *    that code, then the socket ends (7.1.7 "Fail the WebSocket Connection"),
  *    and the handler gets onUpError (err.code one of WS_ERR_*), then onUpClose.
  *  - Pings are answered with a pong carrying the same payload (5.5.3), not
- *    reported; pongs are (onUpPong).
+ *    reported; pongs are (onUpPong). No pong is queued while PONG_BACKLOG
+ *    bytes wait unwritten (an upstream that pings without reading).
  *  - Close (5.5.1, 7.1.2): a Close from the upstream is answered with the
  *    same code and reason (none for a Close without a code), then the socket
  *    ends; close() sends ours and waits for the answer (the tunnel bounds the
@@ -58,9 +59,9 @@
  * 8 KiB at a time (crypto.randomFillSync), as `ws` does.
  *
  * Memory per connection once open: this object, the socket, and nothing
- * else until a frame is split across reads (its payload is then collected
- * in a buffer of the frame's size) or a message is fragmented (its parts
- * until the last).
+ * else until a message spans frames or reads: its bytes then go into one
+ * buffer grown by doubling as they arrive, at most maxPayload (so at most
+ * 2x the message; fragments, even empty ones, cost nothing of their own).
  */
 import net from 'node:net';
 import tls from 'node:tls';
@@ -114,6 +115,8 @@ export const WS_ERR_PROTOCOL = 'WS_ERR_PROTOCOL';
 export const WS_ERR_HANDSHAKE = 'WS_ERR_HANDSHAKE';
 
 const CLOSE_INVALID_PAYLOAD = 1007;
+/** A ping is not answered while this many bytes wait to be written to the upstream (see control()). */
+export const PONG_BACKLOG = 64 * 1024;
 const GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 
 /** The thread's read buffer: every upstream WebSocket reads into it, and each read is consumed before the callback returns. */
@@ -256,13 +259,14 @@ export class UpstreamWs implements ResponseSink {
   private fin = false;
   private opcode = 0;
   private remaining = 0;
-  /** The current frame's payload when it spans reads (or is a control frame), filled up to payAt. */
+  /** A control frame's payload when it spans reads, filled up to payAt. */
   private pay: Buffer | null = null;
   private payAt = 0;
-  /** A fragmented message in progress: its opcode (1 or 2; 0: none), its parts and their length. */
+  /** The message being received: its opcode (1 or 2) from its first frame's header to its end (0: none). */
   private msgOpcode = 0;
-  private parts: Buffer[] | null = null;
-  private partsLen = 0;
+  /** Its bytes when it spans frames or reads (append()), the first msgLen of them; null otherwise. */
+  private msg: Buffer | null = null;
+  private msgLen = 0;
   // --- closing
   private closeSent = false;
   private closeCode = 1006;
@@ -477,36 +481,70 @@ export class UpstreamWs implements ResponseSink {
         if (i < 0) return; // a violation: the connection is being failed
         if (this.rstate === R_HEADER) continue; // (a header still incomplete: i === end)
         if (this.remaining === 0) {
-          this.frameDone(EMPTY, false);
+          this.frameEnd(EMPTY, false);
           continue;
         }
       }
       if (this.rstate !== R_PAYLOAD) return;
       const avail = end - i;
       const need = this.remaining;
-      if (this.pay === null && avail >= need && this.opcode !== OP_CONT && this.fin && this.opcode < OP_CLOSE) {
-        // A whole unfragmented message in this read: a view, no copy.
-        this.rstate = R_HEADER;
-        this.frameDone(buf.subarray(i, i + need), true);
-        i += need;
-        continue;
-      }
-      let pay = this.pay;
-      if (pay === null) {
-        pay = this.pay = Buffer.allocUnsafe(need);
-        this.payAt = 0;
-      }
       const n = avail < need ? avail : need;
-      buf.copy(pay, this.payAt, i, i + n);
-      this.payAt += n;
-      this.remaining -= n;
-      i += n;
-      if (this.remaining === 0) {
-        this.pay = null;
+      if (this.opcode >= OP_CLOSE) {
+        // A control frame's payload (at most 125 bytes), collected if it spans reads.
+        let pay = this.pay;
+        if (pay === null) {
+          if (avail >= need) {
+            this.rstate = R_HEADER;
+            this.frameEnd(buf.subarray(i, i + need), true);
+            i += need;
+            continue;
+          }
+          pay = this.pay = Buffer.allocUnsafe(need);
+          this.payAt = 0;
+        }
+        buf.copy(pay, this.payAt, i, i + n);
+        this.payAt += n;
+        this.remaining -= n;
+        i += n;
+        if (this.remaining === 0) {
+          this.pay = null;
+          this.frameEnd(pay, false);
+        }
+      } else if (this.msg === null && this.fin && avail >= need) {
+        // A whole message in this read (the common case): a view, no copy.
         this.rstate = R_HEADER;
-        this.frameDone(pay, false);
+        this.frameEnd(buf.subarray(i, i + need), true);
+        i += need;
+      } else {
+        // A message over several frames or reads: its bytes go into one buffer as they come.
+        this.append(buf, i, n);
+        this.remaining -= n;
+        i += n;
+        if (this.remaining === 0) this.frameEnd(null, false);
       }
     }
+  }
+
+  /**
+   * Adds `buf[from, from + n)` to the message being collected: one buffer,
+   * grown by doubling as bytes arrive (never ahead of them: a frame that
+   * declares 64 MiB holds only what was received), at most maxPayload.
+   * Fragments of any size, empty ones included, cost no memory of their own.
+   */
+  private append(buf: Buffer, from: number, n: number): void {
+    if (n === 0) return;
+    let m = this.msg;
+    const want = this.msgLen + n;
+    if (m === null || want > m.length) {
+      let cap = m === null ? 4096 : m.length * 2;
+      if (cap < want) cap = want;
+      if (this.maxPayload > 0 && cap > this.maxPayload) cap = Math.max(want, this.maxPayload);
+      const grown = Buffer.allocUnsafe(cap);
+      if (m !== null) m.copy(grown, 0, 0, this.msgLen);
+      m = this.msg = grown;
+    }
+    buf.copy(m, this.msgLen, from, from + n);
+    this.msgLen = want;
   }
 
   /** Reads (the rest of) a frame header from `buf[i, end)`; returns where it ended, or -1 after failing the connection. */
@@ -548,10 +586,11 @@ export class UpstreamWs implements ResponseSink {
       if (this.msgOpcode === 0) return this.fail(CLOSE_PROTOCOL_ERROR, WS_ERR_PROTOCOL, 'a continuation frame outside a fragmented message');
     } else if (opcode === OP_TEXT || opcode === OP_BINARY) {
       if (this.msgOpcode !== 0) return this.fail(CLOSE_PROTOCOL_ERROR, WS_ERR_PROTOCOL, 'a new message inside a fragmented one');
+      this.msgOpcode = opcode;
     } else {
       return this.fail(CLOSE_PROTOCOL_ERROR, WS_ERR_PROTOCOL, `invalid opcode ${opcode}`);
     }
-    if (opcode < OP_CLOSE && this.maxPayload > 0 && this.partsLen + len > this.maxPayload) {
+    if (opcode < OP_CLOSE && this.maxPayload > 0 && this.msgLen + len > this.maxPayload) {
       return this.fail(CLOSE_MESSAGE_TOO_BIG, WS_ERR_MESSAGE_TOO_BIG, 'message over maxMessageBytes');
     }
     this.fin = fin;
@@ -561,33 +600,30 @@ export class UpstreamWs implements ResponseSink {
     return next;
   }
 
-  /** A frame's payload is complete. `shared`: a view of the read buffer. */
-  private frameDone(p: Buffer, shared: boolean): void {
+  /**
+   * A frame is complete. `p`: a control frame's payload, or a data frame's
+   * when it is the whole message (`shared`: a view of the read buffer), or
+   * EMPTY; null: the data frame's bytes went into the message buffer.
+   */
+  private frameEnd(p: Buffer | null, shared: boolean): void {
     this.rstate = R_HEADER;
     const op = this.opcode;
     if (op >= OP_CLOSE) {
-      this.control(op, p);
+      this.control(op, p ?? EMPTY);
       return;
     }
-    if (!this.fin) {
-      // A fragment: kept (copied when it is a view) until the last one.
-      if (op !== OP_CONT) this.msgOpcode = op;
-      (this.parts ??= []).push(shared ? Buffer.from(p) : p);
-      this.partsLen += p.length;
-      return;
-    }
-    let msg = p;
-    let binary = op === OP_BINARY;
-    if (op === OP_CONT) {
-      const parts = this.parts!;
-      parts.push(p);
-      msg = Buffer.concat(parts, this.partsLen + p.length);
-      binary = this.msgOpcode === OP_BINARY;
+    if (!this.fin) return; // a fragment: its bytes are in the message buffer
+    let msg: Buffer;
+    if (this.msg !== null) {
+      msg = this.msg.subarray(0, this.msgLen);
       shared = false;
-      this.parts = null;
-      this.partsLen = 0;
-      this.msgOpcode = 0;
+    } else {
+      msg = p ?? EMPTY;
     }
+    const binary = this.msgOpcode === OP_BINARY;
+    this.msg = null;
+    this.msgLen = 0;
+    this.msgOpcode = 0;
     if (!binary && !isUtf8(msg)) {
       this.fail(CLOSE_INVALID_PAYLOAD, WS_ERR_INVALID_UTF8, 'a text message that is not UTF-8');
       return;
@@ -597,7 +633,10 @@ export class UpstreamWs implements ResponseSink {
 
   private control(op: number, p: Buffer): void {
     if (op === OP_PING) {
-      if (this.readyState === WS_OPEN) this.socket.write(frame(OP_PONG, p, 0, p.length));
+      // Not while PONG_BACKLOG bytes wait unwritten: an upstream that pings without reading would make the
+      // pongs grow without bound (the break-it pass: 3 GB in 20 s). RFC 6455 5.5.3 lets an endpoint answer
+      // only the most recent of the pings it has not answered yet.
+      if (this.readyState === WS_OPEN && this.socket.writableLength < PONG_BACKLOG) this.socket.write(frame(OP_PONG, p, 0, p.length));
       return;
     }
     if (op === OP_PONG) {
@@ -647,7 +686,7 @@ export class UpstreamWs implements ResponseSink {
    */
   private fail(code: number, errCode: string, message: string): number {
     this.rstate = R_DONE;
-    this.parts = null;
+    this.msg = null;
     this.pay = null;
     if (this.readyState === WS_OPEN) {
       this.readyState = WS_CLOSING;
