@@ -15,7 +15,7 @@
 import { log } from '../common/log.js';
 
 /** Where in the exchange an upstream failure happened. */
-export type Phase = 'connect' | 'send' | 'head' | 'body' | 'gateway';
+export type Phase = 'connect' | 'send' | 'head' | 'body' | 'gateway' | 'websocket';
 
 export interface ErrorReport {
   requestId: string;
@@ -122,6 +122,7 @@ function messageFor(r: ErrorReport): string {
     case 'send': return 'upstream failed while the request was sent';
     case 'head': return 'upstream failed before the response head';
     case 'body': return 'upstream failed during the response body; the client connection was closed';
+    case 'websocket': return 'upstream failed during a proxied WebSocket; the client got a Close (1014, or 1009 for a message too big)';
     default: return 'the gateway answered with an error';
   }
 }

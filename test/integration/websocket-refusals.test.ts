@@ -10,8 +10,10 @@
  * the connection unannounced. Every upstream status kind × every way a
  * client can ask to close, on a real gateway with a raw upstream.
  */
+import { createHash } from 'node:crypto';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import WebSocket from 'ws';
 import { baseConfig, startGateway, type Gateway } from '../helpers/gateway.js';
 import { RawConnection, type RawResponse } from '../helpers/raw-http.js';
 
@@ -36,6 +38,20 @@ beforeAll(async () => {
       for (let end = buf.indexOf('\r\n\r\n'); end >= 0; end = buf.indexOf('\r\n\r\n')) {
         const head = buf.slice(0, end);
         buf = buf.slice(end + 4);
+        const after = /^GET \/after\/(\w+)/.exec(head);
+        if (after !== null) {
+          // A proper 101, then what the row's upstream does wrong.
+          const key = /sec-websocket-key: (\S+)/i.exec(head)![1]!;
+          const accept = createHash('sha1').update(key + '258EAFA5-E914-47DA-95CA-C5AB0DC85B11').digest('base64');
+          s.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+          const kind = after[1]!;
+          setTimeout(() => {
+            if (kind === 'masked') s.write(Buffer.from([0x81, 0x82, 1, 2, 3, 4, 0x69 ^ 1, 0x69 ^ 2]));
+            else if (kind === 'utf8') s.write(Buffer.from([0x81, 0x02, 0xc3, 0x28]));
+            else s.destroy();
+          }, 50);
+          return;
+        }
         const m = /^GET \/s\/(\d+)/.exec(head);
         if (m !== null) handshakes.push(head);
         // The upstream's own `Connection: close` on some answers must not close the client's connection.
@@ -147,5 +163,28 @@ describe('a handshake the upstream refuses: its answer, then the connection as a
     c.close();
     const h = handshakes.find((x) => x.startsWith('GET /s/403?cookies '))!;
     expect(h.split('\r\n').filter((l) => /^cookie:/i.test(l))).toEqual(['cookie: a=1', 'cookie: b=2; c=3']);
+  });
+});
+
+describe('an upstream that fails after its 101: the client gets 1014 and the error log says why', () => {
+  // Before, the tunnel kept the reason to itself: the access log said 101 and nothing was logged.
+  const KINDS: [string, string, string][] = [
+    ['masked', 'upstream_bad_response', 'a masked frame from the server'],
+    ['utf8', 'upstream_bad_response', 'a text message that is not UTF-8'],
+    ['drop', 'upstream_reset', 'upstream connection lost without a Close frame'],
+  ];
+  it.each(KINDS)('%s: %s', async (kind, code, detail) => {
+    const ws = new WebSocket(`ws://127.0.0.1:${gw.port}/after/${kind}`);
+    const closed = await new Promise<[number, string]>((resolve, reject) => {
+      ws.on('close', (c, r) => resolve([c, r.toString()]));
+      ws.on('error', reject);
+    });
+    expect(closed[0]).toBe(1014);
+    const deadline = Date.now() + 3000;
+    const match = (l: string) => l.includes('"phase":"websocket"') && l.includes(`"error":"${code}"`) && l.includes(detail);
+    while (!gw.logs.some(match) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    const line = gw.logs.find(match);
+    expect(line, `an error-log line with phase websocket, ${code}, "${detail}"`).toBeDefined();
+    expect(JSON.parse(line!)).toMatchObject({ level: 'error', status: 101, error: code, phase: 'websocket', detail });
   });
 });

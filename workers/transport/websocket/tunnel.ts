@@ -91,6 +91,7 @@ import { PK_REFUSED, closeClusterCounts, clusterCounts, type PerKeyTicket, type 
 import { wsRedis } from './settings.js';
 import type { RouteConfig } from '../../../common/config/types.js';
 import { entry, resetEntry } from '../../access-log.js';
+import type { Phase } from '../../error-log.js';
 import type { RouteContext } from '../../dataplane.js';
 import type { UpstreamRuntime } from '../../proxy/balancer.js';
 import { isTlsErrorCode, tlsFailureDetail, upstreamSecureContext, type TargetPool } from '../../proxy/upstream-pool.js';
@@ -775,6 +776,9 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter, UpstreamWsHandler
     // Open: 'close' follows; what the client is told depends on what went wrong.
     this.upError = code === WS_ERR_MESSAGE_TOO_BIG ? CLOSE_MESSAGE_TOO_BIG : CLOSE_BAD_GATEWAY;
     if (this.upError === CLOSE_MESSAGE_TOO_BIG) this.limitHit(WS_L_MAX_MESSAGE);
+    // A violation of the upstream's (upstream-client.ts says which): one error-log line, as for HTTP.
+    this.detail = err.message;
+    this.report(Errors.UPSTREAM_BAD_RESPONSE.code, 101, 'websocket');
   }
 
   /** Set by an upstream error while open: the code the client gets when the upstream's close follows (1009 or 1014). */
@@ -964,7 +968,11 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter, UpstreamWsHandler
       let why: Buffer | string = reason;
       if (this.upError !== 0) why = this.upError === CLOSE_MESSAGE_TOO_BIG ? 'upstream message too big' : this.upSilent ? 'upstream not responding' : 'upstream protocol error';
       else if (c !== code) why = code === 1006 ? 'upstream connection lost' : 'upstream closed';
-      if (c === CLOSE_BAD_GATEWAY && this.detail === '') this.detail = 'upstream connection lost';
+      if (c === CLOSE_BAD_GATEWAY && this.upError === 0) {
+        // Lost without a Close frame while the gateway had asked for nothing: a failure of the upstream's.
+        this.detail = 'upstream connection lost without a Close frame';
+        this.report(Errors.UPSTREAM_RESET.code, 101, 'websocket');
+      }
       this.closeCode = c;
       this.countClose(c);
       const client = this.client;
@@ -1047,6 +1055,7 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter, UpstreamWsHandler
     if (this.upPingAt !== 0) {
       if (now - this.upPingAt >= every) {
         this.detail = 'upstream did not answer a ping';
+        this.report(Errors.UPSTREAM_TIMEOUT.code, 101, 'websocket');
         this.limitHit(WS_L_PING);
         this.upError = CLOSE_BAD_GATEWAY;
         this.upSilent = true;
@@ -1191,10 +1200,11 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter, UpstreamWsHandler
     if (env.metricsOn) countError(env.metrics, code, code.startsWith('upstream_') ? this.pool.metricsBase : -1);
   }
 
-  private report(code: string, status: number): void {
+  /** One error-log line (rate limited per code and target): `phase` 'connect' / 'head' before the 101 (TCP not up / the answer was bad), 'websocket' after it. */
+  private report(code: string, status: number, phase: Phase = this.connected ? 'head' : 'connect'): void {
     this.hub.env.logs.errors.report({
       requestId: this.r.requestId, route: this.route.id, upstream: this.upstream.config.name,
-      target: this.pool.target.url, phase: 'connect', code, status, detail: this.detail,
+      target: this.pool.target.url, phase, code, status, detail: this.detail,
     }, coarse.now);
   }
 
