@@ -24,10 +24,17 @@
  *   Each tick also stamps G_LOOP_TICK with the time the next tick is due:
  *   a loop blocked right now cannot tick, so the admin thread reports how
  *   overdue that tick is as the lag and max when it is larger. Like
- *   prom-client, the window restarts after each scrape: the admin thread
- *   bumps G_SCRAPE_EPOCH, the sampler sees it at its next summary and
- *   resets the histogram (until the new window has a second of data, the
- *   cells keep the previous window's values).
+ *   prom-client, the window restarts after each scrape, but no tick delay
+ *   is lost to it: ticks go into `cur` (the delays since the last summary);
+ *   each summary adds `cur` into `win` (the window the cells show), resets
+ *   `cur` and writes the cells from `win`, and first resets `win` when the
+ *   admin thread has bumped G_SCRAPE_EPOCH since the previous summary (a
+ *   scrape: a new window). So every delay is in the cells from the summary
+ *   after it (within SAMPLE_MS) at least until the summary after the next
+ *   scrape, i.e. every delay is shown by at least one scrape, and the cells
+ *   change every summary whatever the scrape rate. A scrape shows the
+ *   delays recorded from (at most SAMPLE_MS before) the previous scrape to
+ *   (at most SAMPLE_MS before) itself.
  * - GC: a PerformanceObserver on 'gc' entries, each duration added to the
  *   histogram of its kind (major, minor, incremental, weakcb) with
  *   prom-client's buckets. Counted as they come: a cumulative histogram.
@@ -81,7 +88,10 @@ export interface SamplerOptions {
 }
 
 export class RuntimeSampler {
-  private histogram: RecordableHistogram | null = null;
+  /** Tick delays since the last summary (ns between two ticks). */
+  private cur: RecordableHistogram | null = null;
+  /** The window the cells show: the summaries since the first one after the last scrape. */
+  private win: RecordableHistogram | null = null;
   private observer: PerformanceObserver | null = null;
   private timer: NodeJS.Timeout | null = null;
   private epoch: number;
@@ -101,7 +111,8 @@ export class RuntimeSampler {
     const c = this.cells;
     // Bun delivers no 'gc' entry, and its backend has no sweep to tick this: zeros would look like data.
     if (typeof (process.versions as Record<string, string | undefined>).bun === 'string') return this;
-    this.histogram = createHistogram();
+    this.cur = createHistogram();
+    this.win = createHistogram();
     this.summarised = performance.now();
     // Due: the first tick (the sweep starts once the backend listens, within a period of this).
     c[G_LOOP_TICK] = Date.now() + this.periodMs;
@@ -132,17 +143,19 @@ export class RuntimeSampler {
     if (this.timer !== null) clearInterval(this.timer);
     this.timer = null;
     if (ticked === this) ticked = null;
-    this.histogram = null;
+    this.cur = null;
+    this.win = null;
     this.observer?.disconnect();
   }
 
   /**
    * One tick, `now` = performance.now(): the time since the previous tick
-   * goes into the histogram (ns, what monitorEventLoopDelay records), and
-   * every SAMPLE_MS the histogram is summarised into the cells.
+   * goes into `cur` (ns, what monitorEventLoopDelay records), and every
+   * SAMPLE_MS `cur` is moved into the window and the window summarised into
+   * the cells.
    */
   tick(now: number): void {
-    const h = this.histogram;
+    const h = this.cur;
     if (h === null) return;
     const c = this.cells;
     c[G_LOOP_TICK] = Date.now() + this.periodMs;
@@ -150,7 +163,7 @@ export class RuntimeSampler {
     this.last = now;
     if (now - this.summarised >= SAMPLE_MS) {
       this.summarised = now;
-      this.sample(h);
+      this.sample(h, this.win!);
     }
   }
 
@@ -159,15 +172,21 @@ export class RuntimeSampler {
     return Math.max(0, ns / 1e6 - this.periodMs) / 1000;
   }
 
-  private sample(h: RecordableHistogram): void {
+  /**
+   * One summary: `cur` (the delays since the last summary) joins the window
+   * `win` (a new one if a scrape bumped G_SCRAPE_EPOCH since the last
+   * summary), `cur` is emptied and the cells get the window's statistics.
+   */
+  private sample(cur: RecordableHistogram, h: RecordableHistogram): void {
     const c = this.cells;
     const epoch = c[G_SCRAPE_EPOCH]!;
     if (epoch !== this.epoch) {
-      // Scraped since the last sample: a new window starts.
+      // Scraped since the last summary: a new window starts, with the delays since that summary.
       this.epoch = epoch;
       h.reset();
-      return;
     }
+    h.add(cur);
+    cur.reset();
     if (h.count === 0) return;
     c[G_LOOP + 1] = this.delay(h.min);
     c[G_LOOP + 2] = this.delay(h.max);

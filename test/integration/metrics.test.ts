@@ -300,6 +300,56 @@ describe('/metrics', () => {
     for (const p50 of s.filter((x) => x.name === 'nodejs_eventloop_lag_p50_seconds')) expect(p50.value, p50.labels['thread']).toBeLessThan(0.02);
   }, 15_000);
 
+  /** The largest nodejs_eventloop_lag_max_seconds of the worker threads in one scrape. */
+  async function workerLagMax(): Promise<number> {
+    const max = parseSamples(await scrapeText()).filter((x) => x.name === 'nodejs_eventloop_lag_max_seconds' && x.labels['thread'] !== 'admin');
+    expect(max).toHaveLength(2);
+    return Math.max(...max.map((x) => x.value));
+  }
+
+  it('loses no stall to a scrape: one that ends 50 ms before a scrape shows in that scrape or the next', async () => {
+    // A summary that follows a scrape starts a new window; the delays since the previous summary must go into it,
+    // not be dropped with the old window. Random waits move the stall against the workers' 1 s summaries: with
+    // the delays dropped, a stall showed only when a summary fell in it or in the 50 ms after it (~1 in 5).
+    await workerLagMax();
+    const shown: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      await new Promise((r) => setTimeout(r, 1000 + Math.random() * 800));
+      expect(await get('/app/x', { 'x-turnpike-test-block': '150' })).toBe(200);
+      await new Promise((r) => setTimeout(r, 50));
+      const first = await workerLagMax();
+      await new Promise((r) => setTimeout(r, 1300));
+      const next = await workerLagMax();
+      shown.push(`${first.toFixed(3)}/${next.toFixed(3)}`);
+    }
+    // 150 ms between two 25 ms sweeps: a delay of at least 0.125 s.
+    expect(shown.filter((x) => x.split('/').some((v) => Number(v) >= 0.1)), shown.join(' ')).toHaveLength(4);
+  }, 30_000);
+
+  it('keeps the gauges updating under scrapes every 350 ms: a stall shows in a scrape after it, then leaves the window', async () => {
+    // Every summary then follows a scrape: each must still publish the delays since the previous summary.
+    await workerLagMax();
+    const t0 = Date.now();
+    let stallEnd = 0;
+    let stall: Promise<number> | null = null;
+    const seen: { at: number; max: number }[] = [];
+    while (stallEnd === 0 || Date.now() - stallEnd < 2700) {
+      // The stall starts among the scrapes (not awaited: the scrapes go on).
+      if (stall === null && Date.now() - t0 > 800) {
+        stall = get('/app/x', { 'x-turnpike-test-block': '200' }).then((st) => { stallEnd = Date.now(); return st; });
+      }
+      seen.push({ at: Date.now(), max: await workerLagMax() });
+      await new Promise((r) => setTimeout(r, 300 + Math.random() * 100));
+    }
+    expect(await stall).toBe(200);
+    const after = seen.filter((x) => x.at > stallEnd);
+    const log = after.map((x) => `+${x.at - stallEnd}ms:${x.max.toFixed(3)}`).join(' ');
+    // Published by the next summary (within a second of the stall), shown until a summary after a scrape.
+    expect(after.some((x) => x.max >= 0.15 && x.at - stallEnd < 1800), log).toBe(true);
+    // A new window after each scrape: the summary after the first scrape that showed it drops it (within 2 s).
+    expect(after.at(-1)!.max, log).toBeLessThan(0.1);
+  }, 30_000);
+
   it('lists every turnpike metric, and every per-thread nodejs one, in the README Metrics section', () => {
     const readme = readFileSync(`${ROOT}/README.md`, 'utf8');
     const section = readme.slice(readme.indexOf('\n## Metrics'), readme.indexOf('\n## ', readme.indexOf('\n## Metrics') + 5));
