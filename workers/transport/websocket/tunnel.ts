@@ -844,8 +844,10 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter, UpstreamWsHandler
       this.gatewayClose(CLOSE_TRY_AGAIN_LATER, 'upstream not keeping up', CLOSE_GOING_AWAY, 'upstream not reading');
       return;
     }
-    // Socket writes defer their bookkeeping with process.nextTick.
-    this.hub.env.pump();
+    // No pump() here (it costs a loop turn per message): a write the kernel takes at once is done, and
+    // writableLength already counts it off; what Node defers to process.nextTick is its callback and
+    // 'drain' (one tick per socket, however many writes), run at the next Node callback: the echo's read
+    // or the worker's 25 ms sweep at the latest.
   }
 
   /**
@@ -917,7 +919,8 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter, UpstreamWsHandler
       this.gatewayClose(CLOSE_INTERNAL_ERROR, 'backpressure limit', CLOSE_GOING_AWAY, 'client backpressure limit');
       return;
     }
-    if (!this.upPaused && c.getBufferedAmount() > HIGH_WATER) {
+    // Only a send that left bytes waiting (0: backpressure) can have taken the client over HIGH_WATER: no native call per message otherwise.
+    if (r === 0 && !this.upPaused && c.getBufferedAmount() > HIGH_WATER) {
       this.upPaused = true;
       this.up?.pause();
     }
