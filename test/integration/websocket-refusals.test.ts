@@ -16,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { baseConfig, startGateway, type Gateway } from '../helpers/gateway.js';
 import { RawConnection, type RawResponse } from '../helpers/raw-http.js';
+import { sampleValue, scrape } from '../helpers/metrics.js';
 
 /** What the raw upstream answers to a handshake for /s/<status>. */
 const BODY = 'no websocket here';
@@ -62,9 +63,10 @@ beforeAll(async () => {
   await new Promise<void>((r) => up.listen(0, '127.0.0.1', r));
   const port = (up.address() as net.AddressInfo).port;
   gw = await startGateway(baseConfig({
+    admin: { enabled: true, port: 0 },
     upstreams: { u: { targets: [`http://127.0.0.1:${port}`] } },
     routes: [{ id: 'r', path: '/*', upstream: 'u' }],
-  }));
+  }), { env: { TURNPIKE_ADMIN_TOKEN: 'ws-refusals-test-admin-token-0123456789ab' } });
 });
 afterAll(async () => {
   await gw?.stop();
@@ -186,5 +188,12 @@ describe('an upstream that fails after its 101: the client gets 1014 and the err
     const line = gw.logs.find(match);
     expect(line, `an error-log line with phase websocket, ${code}, "${detail}"`).toBeDefined();
     expect(JSON.parse(line!)).toMatchObject({ level: 'error', status: 101, error: code, phase: 'websocket', detail });
+  });
+
+  it('and the failures count in turnpike_gateway_errors_total, as an HTTP request\'s upstream failures do', async () => {
+    // The three rows above ran on this gateway: each counted once under its code.
+    const text = await scrape(gw.adminPort!);
+    expect(sampleValue(text, 'turnpike_gateway_errors_total{reason="upstream_bad_response"}')).toBe(2);
+    expect(sampleValue(text, 'turnpike_gateway_errors_total{reason="upstream_reset"}')).toBe(1);
   });
 });

@@ -778,7 +778,7 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter, UpstreamWsHandler
     if (this.upError === CLOSE_MESSAGE_TOO_BIG) this.limitHit(WS_L_MAX_MESSAGE);
     // A violation of the upstream's (upstream-client.ts says which): one error-log line, as for HTTP.
     this.detail = err.message;
-    this.report(Errors.UPSTREAM_BAD_RESPONSE.code, 101, 'websocket');
+    this.relayFailed(Errors.UPSTREAM_BAD_RESPONSE.code);
   }
 
   /** Set by an upstream error while open: the code the client gets when the upstream's close follows (1009 or 1014). */
@@ -974,7 +974,7 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter, UpstreamWsHandler
       if (c === CLOSE_BAD_GATEWAY && this.upError === 0) {
         // Lost without a Close frame while the gateway had asked for nothing: a failure of the upstream's.
         this.detail = 'upstream connection lost without a Close frame';
-        this.report(Errors.UPSTREAM_RESET.code, 101, 'websocket');
+        this.relayFailed(Errors.UPSTREAM_RESET.code);
       }
       this.closeCode = c;
       this.countClose(c);
@@ -1058,7 +1058,7 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter, UpstreamWsHandler
     if (this.upPingAt !== 0) {
       if (now - this.upPingAt >= every) {
         this.detail = 'upstream did not answer a ping';
-        this.report(Errors.UPSTREAM_TIMEOUT.code, 101, 'websocket');
+        this.relayFailed(Errors.UPSTREAM_TIMEOUT.code);
         this.limitHit(WS_L_PING);
         this.upError = CLOSE_BAD_GATEWAY;
         this.upSilent = true;
@@ -1201,6 +1201,18 @@ export class WsTunnel implements DecisionWaiter, PerKeyWaiter, UpstreamWsHandler
   private countError(code: string): void {
     const env = this.hub.env;
     if (env.metricsOn) countError(env.metrics, code, code.startsWith('upstream_') ? this.pool.metricsBase : -1);
+  }
+
+  /**
+   * The upstream failed after the 101 (`code`: upstream_bad_response, _reset,
+   * _timeout; `detail` says how): one error-log line (phase websocket) and
+   * the same counters as an HTTP request's upstream failure
+   * (turnpike_gateway_errors_total, turnpike_upstream_errors_total of the
+   * target), so logs and metrics agree.
+   */
+  private relayFailed(code: string): void {
+    this.countError(code);
+    this.report(code, 101, 'websocket');
   }
 
   /** One error-log line (rate limited per code and target): `phase` 'connect' / 'head' before the 101 (TCP not up / the answer was bad), 'websocket' after it. */
