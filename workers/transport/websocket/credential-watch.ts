@@ -64,13 +64,6 @@ export class CredentialWatch {
   private retryTimer: NodeJS.Timeout | null = null;
   private closed = false;
 
-  /** Tunnels watched now (for tests and status). */
-  get size(): number {
-    let n = 0;
-    for (const s of this.byKey.values()) n += s.size;
-    return n;
-  }
-
   /** Watches open tunnel `t`, admitted with `c`. */
   add(t: WsTunnel, c: WsCredential): void {
     const client = c.client;

@@ -271,7 +271,6 @@ export class UpstreamWs implements ResponseSink {
   private closeSent = false;
   private closeCode = 1006;
   private closeReason: Buffer = EMPTY;
-  private closeReported = false;
 
   /**
    * Connects to `host`:`port` (TLS with `tlsOptions`) and sends the
@@ -759,9 +758,8 @@ export class UpstreamWs implements ResponseSink {
       this.readyState = WS_CLOSED;
       return;
     }
+    // A socket emits 'close' once: this is the one report.
     this.readyState = WS_CLOSED;
-    if (this.closeReported) return;
-    this.closeReported = true;
     this.h?.onUpClose(this.closeCode, this.closeReason);
   }
 }
